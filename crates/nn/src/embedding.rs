@@ -1,0 +1,452 @@
+//! Sparse embedding bags: one table `[vocab, dim]` per slot; each example has
+//! zero or more ids per slot, combined by mean, sum or sqrt-n.
+//!
+//! Backward passes touch only the rows that appear in the batch: the cost of
+//! a step is O(ids in the batch), never O(table size). Work is split across
+//! threads by example (forward) and by slot (backward), and each row receives
+//! its updates in example order whatever the thread count, so results do not
+//! depend on the number of threads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::NnError;
+use crate::compute::Compute;
+use crate::dense::Update;
+use crate::init::InitSpec;
+use crate::optim::Optimizer;
+use crate::tensor::Matrix;
+
+/// How the embeddings of several ids in one slot are combined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combiner {
+    #[default]
+    Mean,
+    Sum,
+    /// Sum divided by the square root of the number of ids.
+    Sqrtn,
+}
+
+/// What to do with an id outside `[0, vocab)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRange {
+    /// Refuse the batch with an error naming slot, example and id.
+    #[default]
+    Error,
+    /// Hash the id into the table (any i64 is accepted).
+    Hash,
+}
+
+/// One slot's table shape and behaviour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotConfig {
+    pub name: String,
+    pub vocab: usize,
+    pub dim: usize,
+    pub combiner: Combiner,
+    pub out_of_range: OutOfRange,
+}
+
+/// Ids of a batch, example-major: the ids of example `b`, slot `s` are
+/// `ids[offsets[b * slots + s] .. offsets[b * slots + s + 1]]`.
+#[derive(Clone, Copy, Debug)]
+pub struct SparseBatch<'a> {
+    pub rows: usize,
+    pub slots: usize,
+    pub ids: &'a [i64],
+    pub offsets: &'a [u32],
+}
+
+impl SparseBatch<'_> {
+    fn check(&self) -> Result<(), NnError> {
+        let want = self.rows * self.slots + 1;
+        if self.offsets.len() != want {
+            return Err(NnError::Input(format!(
+                "sparse batch has {} offsets, expected rows*slots+1 = {want}",
+                self.offsets.len()
+            )));
+        }
+        if self.offsets[0] != 0 || self.offsets.windows(2).any(|w| w[0] > w[1]) {
+            return Err(NnError::Input("sparse batch offsets are not non-decreasing from 0".into()));
+        }
+        if self.offsets[want - 1] as usize != self.ids.len() {
+            return Err(NnError::Input(format!(
+                "sparse batch offsets end at {} but there are {} ids",
+                self.offsets[want - 1],
+                self.ids.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    cfg: SlotConfig,
+    /// First element of the slot's table in `tables`.
+    elem_off: usize,
+    /// First row of the slot's table, counting rows of all tables.
+    row_off: usize,
+    /// First output column.
+    col_off: usize,
+}
+
+/// All embedding tables of one party's tower.
+#[derive(Clone, Debug)]
+pub struct EmbeddingBags {
+    name: String,
+    slots: Vec<Slot>,
+    tables: Vec<f32>,
+    state_a: Vec<f32>,
+    state_b: Vec<f32>,
+    out_cols: usize,
+    total_rows: usize,
+    /// Table rows resolved during the last forward pass (parallel to ids).
+    resolved: Vec<u32>,
+    /// Gradient accumulators (allocated on first non-SGD or collect pass).
+    acc: Vec<f32>,
+    stamp: Vec<u32>,
+    generation: u32,
+    /// Per slot: rows touched by the last backward pass (local row index).
+    touched: Vec<Vec<u32>>,
+}
+
+impl EmbeddingBags {
+    pub fn new(name: &str, slots: &[SlotConfig], init: &InitSpec, seed: u64, opt: &Optimizer) -> Self {
+        let mut out = Vec::with_capacity(slots.len());
+        let (mut elem, mut row, mut col) = (0, 0, 0);
+        for cfg in slots {
+            out.push(Slot { cfg: cfg.clone(), elem_off: elem, row_off: row, col_off: col });
+            elem += cfg.vocab * cfg.dim;
+            row += cfg.vocab;
+            col += cfg.dim;
+        }
+        let mut tables = vec![0.0; elem];
+        for s in &out {
+            let t = &mut tables[s.elem_off..s.elem_off + s.cfg.vocab * s.cfg.dim];
+            init.fill(seed, &format!("{name}/{}", s.cfg.name), s.cfg.vocab, s.cfg.dim, t);
+        }
+        let st = opt.new_state(elem);
+        EmbeddingBags {
+            name: name.to_string(),
+            touched: vec![Vec::new(); out.len()],
+            slots: out,
+            tables,
+            state_a: st.a,
+            state_b: st.b,
+            out_cols: col,
+            total_rows: row,
+            resolved: Vec::new(),
+            acc: Vec::new(),
+            stamp: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn num_slots(&self) -> usize {
+        self.slots.len()
+    }
+    /// Width of the combined output: the sum of the slots' dims.
+    pub fn out_cols(&self) -> usize {
+        self.out_cols
+    }
+    pub fn slot_config(&self, s: usize) -> &SlotConfig {
+        &self.slots[s].cfg
+    }
+    /// The table of slot `s`, `[vocab, dim]` row-major.
+    pub fn table(&self, s: usize) -> &[f32] {
+        let sl = &self.slots[s];
+        &self.tables[sl.elem_off..sl.elem_off + sl.cfg.vocab * sl.cfg.dim]
+    }
+    /// All tables, concatenated in slot order.
+    pub fn tables(&self) -> &[f32] {
+        &self.tables
+    }
+    pub fn tables_mut(&mut self) -> &mut [f32] {
+        &mut self.tables
+    }
+    /// Tables and optimizer state (concatenated like the tables; empty for
+    /// SGD), mutably (checkpoints).
+    pub fn parts_mut(&mut self) -> (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>) {
+        (&mut self.tables, &mut self.state_a, &mut self.state_b)
+    }
+    pub fn state(&self) -> (&[f32], &[f32]) {
+        (&self.state_a, &self.state_b)
+    }
+
+    /// The gradient of the last `Update::Collect` backward pass as a dense
+    /// array shaped like [`EmbeddingBags::tables`] (for tests and tools; it
+    /// costs O(table size)).
+    pub fn collected_grad(&self) -> Vec<f32> {
+        let mut g = vec![0.0; self.tables.len()];
+        for (s, rows) in self.slots.iter().zip(&self.touched) {
+            let dim = s.cfg.dim;
+            for &r in rows {
+                let e = s.elem_off + r as usize * dim;
+                g[e..e + dim].copy_from_slice(&self.acc[e..e + dim]);
+            }
+        }
+        g
+    }
+
+    /// Looks up and combines the batch's ids, writing each example's
+    /// `out_cols` values into `out` (`rows x out.cols()`) from column
+    /// `col_off` on.
+    pub fn forward(&mut self, cx: &Compute, batch: &SparseBatch<'_>, out: &mut Matrix, col_off: usize) -> Result<(), NnError> {
+        batch.check()?;
+        if batch.slots != self.slots.len() {
+            return Err(NnError::Input(format!(
+                "{}: batch has {} slots, model expects {}",
+                self.name,
+                batch.slots,
+                self.slots.len()
+            )));
+        }
+        if out.rows() != batch.rows || out.cols() < col_off + self.out_cols {
+            return Err(NnError::Shape {
+                what: format!("{} output", self.name),
+                expected: format!("{} rows, >= {} columns", batch.rows, col_off + self.out_cols),
+                got: format!("{}x{}", out.rows(), out.cols()),
+            });
+        }
+        self.resolve(batch)?;
+        let ns = self.slots.len();
+        let cols = out.cols();
+        let rows_per = batch.rows.div_ceil(cx.threads()).max(1);
+        let parts: Vec<(usize, &mut [f32])> =
+            out.as_mut_slice().chunks_mut(rows_per * cols.max(1)).enumerate().collect();
+        let (slots, tables, resolved) = (&self.slots, &self.tables, &self.resolved);
+        cx.for_each_part(parts, |(chunk, dst)| {
+            let b0 = chunk * rows_per;
+            for (i, row) in dst.chunks_mut(cols.max(1)).enumerate() {
+                let b = b0 + i;
+                for (s, slot) in slots.iter().enumerate() {
+                    let (lo, hi) = (batch.offsets[b * ns + s] as usize, batch.offsets[b * ns + s + 1] as usize);
+                    let dim = slot.cfg.dim;
+                    let o = &mut row[col_off + slot.col_off..col_off + slot.col_off + dim];
+                    o.fill(0.0);
+                    for &r in &resolved[lo..hi] {
+                        let e = slot.elem_off + r as usize * dim;
+                        o.iter_mut().zip(&tables[e..e + dim]).for_each(|(o, t)| *o += t);
+                    }
+                    let scale = combine_scale(slot.cfg.combiner, hi - lo);
+                    if scale != 1.0 {
+                        o.iter_mut().for_each(|v| *v *= scale);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Maps each id to its table row, checking ranges.
+    fn resolve(&mut self, batch: &SparseBatch<'_>) -> Result<(), NnError> {
+        let ns = self.slots.len();
+        self.resolved.clear();
+        self.resolved.reserve(batch.ids.len());
+        for b in 0..batch.rows {
+            for (s, slot) in self.slots.iter().enumerate() {
+                let (lo, hi) = (batch.offsets[b * ns + s] as usize, batch.offsets[b * ns + s + 1] as usize);
+                for &id in &batch.ids[lo..hi] {
+                    let vocab = slot.cfg.vocab as u64;
+                    let row = if (0..slot.cfg.vocab as i64).contains(&id) {
+                        id as u64
+                    } else if slot.cfg.out_of_range == OutOfRange::Hash {
+                        hash_id(id) % vocab
+                    } else {
+                        return Err(NnError::IdOutOfRange {
+                            slot: slot.cfg.name.clone(),
+                            example: b,
+                            id,
+                            vocab: slot.cfg.vocab,
+                        });
+                    };
+                    self.resolved.push(row as u32);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward pass for the last forward pass on `batch`: `grad` holds the
+    /// gradient w.r.t. the output columns starting at `col_off`.
+    pub fn backward(
+        &mut self,
+        cx: &Compute,
+        batch: &SparseBatch<'_>,
+        grad: &Matrix,
+        col_off: usize,
+        update: Update<'_>,
+    ) -> Result<(), NnError> {
+        batch.check()?;
+        if self.resolved.len() != batch.ids.len() || grad.rows() != batch.rows || grad.cols() < col_off + self.out_cols {
+            return Err(NnError::Input(format!(
+                "{}: backward pass does not match the last forward pass",
+                self.name
+            )));
+        }
+        let sgd = match update {
+            Update::Apply(opt) => opt.sgd_rate(),
+            Update::Collect => None,
+        };
+        if sgd.is_none() && self.acc.len() != self.tables.len() {
+            self.acc = vec![0.0; self.tables.len()];
+            self.stamp = vec![0; self.total_rows];
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamp.fill(0);
+            self.generation = 1;
+        }
+        // Split slots into contiguous groups, one per thread.
+        let ns = self.slots.len();
+        let per = ns.div_ceil(cx.threads()).max(1);
+        let bounds: Vec<usize> = (0..ns).step_by(per).chain([ns]).collect();
+        let elem_b: Vec<usize> = bounds.iter().map(|&s| self.elem_at(s)).collect();
+        let row_b: Vec<usize> = bounds.iter().map(|&s| self.row_at(s)).collect();
+        let tables = split_by(&mut self.tables, &elem_b);
+        let acc = split_by(&mut self.acc, if sgd.is_none() { &elem_b } else { &[0, 0] });
+        let stamp = split_by(&mut self.stamp, if sgd.is_none() { &row_b } else { &[0, 0] });
+        let (a_empty, b_empty) = (self.state_a.is_empty(), self.state_b.is_empty());
+        let sa = split_by(&mut self.state_a, if a_empty { &[0, 0] } else { &elem_b });
+        let sb = split_by(&mut self.state_b, if b_empty { &[0, 0] } else { &elem_b });
+        let touched = split_by(&mut self.touched, &bounds);
+        let mut parts = Vec::new();
+        let mut its = (tables.into_iter(), acc.into_iter(), stamp.into_iter(), sa.into_iter(), sb.into_iter());
+        for (i, touched) in touched.into_iter().enumerate() {
+            parts.push(Part {
+                s0: bounds[i],
+                tables: its.0.next().unwrap_or_default(),
+                acc: its.1.next().unwrap_or_default(),
+                stamp: its.2.next().unwrap_or_default(),
+                sa: its.3.next().unwrap_or_default(),
+                sb: its.4.next().unwrap_or_default(),
+                touched,
+            });
+        }
+        let generation = self.generation;
+        let (slots, resolved) = (&self.slots, &self.resolved);
+        cx.for_each_part(parts, |part| {
+            part.run(slots, resolved, batch, grad, col_off, update, sgd, generation);
+        });
+        Ok(())
+    }
+
+    fn elem_at(&self, s: usize) -> usize {
+        self.slots.get(s).map_or(self.tables.len(), |sl| sl.elem_off)
+    }
+    fn row_at(&self, s: usize) -> usize {
+        self.slots.get(s).map_or(self.total_rows, |sl| sl.row_off)
+    }
+}
+
+/// The slots `[s0, s0 + touched.len())` and their slices of every buffer.
+struct Part<'a> {
+    s0: usize,
+    tables: &'a mut [f32],
+    acc: &'a mut [f32],
+    stamp: &'a mut [u32],
+    sa: &'a mut [f32],
+    sb: &'a mut [f32],
+    touched: &'a mut [Vec<u32>],
+}
+
+impl Part<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        self,
+        slots: &[Slot],
+        resolved: &[u32],
+        batch: &SparseBatch<'_>,
+        grad: &Matrix,
+        col_off: usize,
+        update: Update<'_>,
+        sgd: Option<f32>,
+        generation: u32,
+    ) {
+        let ns = slots.len();
+        let s1 = self.s0 + self.touched.len();
+        let (e0, r0) = (slots[self.s0].elem_off, slots[self.s0].row_off);
+        for t in self.touched.iter_mut() {
+            t.clear();
+        }
+        for b in 0..batch.rows {
+            let g_row = grad.row(b);
+            for s in self.s0..s1 {
+                let slot = &slots[s];
+                let (lo, hi) = (batch.offsets[b * ns + s] as usize, batch.offsets[b * ns + s + 1] as usize);
+                if lo == hi {
+                    continue;
+                }
+                let dim = slot.cfg.dim;
+                let scale = combine_scale(slot.cfg.combiner, hi - lo);
+                let g = &g_row[col_off + slot.col_off..col_off + slot.col_off + dim];
+                for &r in &resolved[lo..hi] {
+                    let e = slot.elem_off - e0 + r as usize * dim;
+                    if let Some(lr) = sgd {
+                        let step = lr * scale;
+                        self.tables[e..e + dim].iter_mut().zip(g).for_each(|(w, g)| *w -= step * g);
+                        continue;
+                    }
+                    let row = slot.row_off - r0 + r as usize;
+                    let a = &mut self.acc[e..e + dim];
+                    if self.stamp[row] != generation {
+                        self.stamp[row] = generation;
+                        self.touched[s - self.s0].push(r);
+                        a.iter_mut().zip(g).for_each(|(a, g)| *a = scale * g);
+                    } else {
+                        a.iter_mut().zip(g).for_each(|(a, g)| *a += scale * g);
+                    }
+                }
+            }
+        }
+        let Update::Apply(opt) = update else { return };
+        if sgd.is_some() {
+            return;
+        }
+        for s in self.s0..s1 {
+            let slot = &slots[s];
+            let dim = slot.cfg.dim;
+            for &r in &self.touched[s - self.s0] {
+                let e = slot.elem_off - e0 + r as usize * dim;
+                let a = if self.sa.is_empty() { &mut [][..] } else { &mut self.sa[e..e + dim] };
+                let b = if self.sb.is_empty() { &mut [][..] } else { &mut self.sb[e..e + dim] };
+                opt.apply(&mut self.tables[e..e + dim], &self.acc[e..e + dim], a, b);
+            }
+        }
+    }
+}
+
+fn combine_scale(c: Combiner, n: usize) -> f32 {
+    match (c, n) {
+        (_, 0) | (Combiner::Sum, _) => 1.0,
+        (Combiner::Mean, n) => 1.0 / n as f32,
+        (Combiner::Sqrtn, n) => 1.0 / (n as f32).sqrt(),
+    }
+}
+
+/// Hash used by [`OutOfRange::Hash`] (SplitMix64 finaliser of the id).
+pub fn hash_id(id: i64) -> u64 {
+    let mut z = (id as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Splits `s` at the (non-decreasing, starting at 0, ending at len) bounds.
+/// A bounds list `[0, 0]` on an empty slice yields empty parts on demand.
+fn split_by<'a, T>(mut s: &'a mut [T], bounds: &[usize]) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(bounds.len().saturating_sub(1));
+    let mut prev = bounds.first().copied().unwrap_or(0);
+    for &b in &bounds[1.min(bounds.len())..] {
+        let (head, tail) = std::mem::take(&mut s).split_at_mut(b - prev);
+        out.push(head);
+        s = tail;
+        prev = b;
+    }
+    out
+}
