@@ -1,1 +1,54 @@
-fn main() {}
+//! `vfl`: confidential vertical federated learning.
+//!
+//! A thin binary: argument parsing and output; the work is done by the
+//! library crates (vfl-trainer, vfl-data, vfl-nn).
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vfl",
+    version,
+    about = "enclave-vfl: confidential vertical federated learning (split neural networks, leader + follower)"
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info")]
+    loglevel: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate planted data and train, evaluate and report, all in one go.
+    Demo(cmd::demo::Args),
+    /// Measure training throughput of the in-process step.
+    Bench(cmd::bench::Args),
+    /// Inspect model specs.
+    #[command(subcommand)]
+    Model(cmd::model::Command),
+    /// Train a few steps of a small model and print a numeric fingerprint
+    /// and the CPU kernels in use (used to check fallback paths).
+    Selfcheck(cmd::selfcheck::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cmd::init_logging(&cli.loglevel);
+    let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Model(c) => cmd::model::run(c),
+        Command::Selfcheck(a) => cmd::selfcheck::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -107,7 +107,12 @@ pub struct Operand<'a> {
 impl<'a> Operand<'a> {
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
         debug_assert_eq!(data.len(), rows * cols);
-        Operand { data, rows, cols, trans: false }
+        Operand {
+            data,
+            rows,
+            cols,
+            trans: false,
+        }
     }
 
     pub fn of(m: &'a Matrix) -> Self {
@@ -116,17 +121,28 @@ impl<'a> Operand<'a> {
 
     /// The transposed operand (no copy: strides are swapped).
     pub fn t(self) -> Self {
-        Operand { trans: !self.trans, ..self }
+        Operand {
+            trans: !self.trans,
+            ..self
+        }
     }
 
     /// Logical shape after the optional transposition.
     fn shape(&self) -> (usize, usize) {
-        if self.trans { (self.cols, self.rows) } else { (self.rows, self.cols) }
+        if self.trans {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
     }
 
     /// (column stride, row stride) of the logical matrix, in elements.
     fn strides(&self) -> (isize, isize) {
-        if self.trans { (self.cols as isize, 1) } else { (1, self.cols as isize) }
+        if self.trans {
+            (self.cols as isize, 1)
+        } else {
+            (1, self.cols as isize)
+        }
     }
 }
 
@@ -269,11 +285,11 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    fn naive(a: &[f32], at: bool, ar: usize, ac: usize, b: &[f32], bt: bool, br: usize, bc: usize) -> Vec<f64> {
-        let get = |d: &[f32], t: bool, rows: usize, cols: usize, i: usize, j: usize| {
-            let _ = rows;
-            if t { d[j * cols + i] } else { d[i * cols + j] }
-        };
+    /// Reference product of stored matrices `(data, transposed, rows, cols)`.
+    fn naive(a: (&[f32], bool, usize, usize), b: (&[f32], bool, usize, usize)) -> Vec<f64> {
+        let ((a, at, ar, ac), (b, bt, br, bc)) = (a, b);
+        let get =
+            |d: &[f32], t: bool, cols: usize, i: usize, j: usize| if t { d[j * cols + i] } else { d[i * cols + j] };
         let (m, k) = if at { (ac, ar) } else { (ar, ac) };
         let n = if bt { br } else { bc };
         let mut out = vec![0.0f64; m * n];
@@ -281,7 +297,7 @@ mod tests {
             for j in 0..n {
                 let mut s = 0.0f64;
                 for p in 0..k {
-                    s += f64::from(get(a, at, ar, ac, i, p)) * f64::from(get(b, bt, br, bc, p, j));
+                    s += f64::from(get(a, at, ac, i, p)) * f64::from(get(b, bt, bc, p, j));
                 }
                 out[i * n + j] = s;
             }
@@ -316,10 +332,13 @@ mod tests {
                 let base = random(&mut rng, m * n);
                 let mut dst = base.clone();
                 gemm(&cx, &mut dst, oa, ob, Accumulate::Add, -0.5).unwrap();
-                let want = naive(&a, at, ar, ac, &b, bt, br, bc);
+                let want = naive((&a, at, ar, ac), (&b, bt, br, bc));
                 for i in 0..m * n {
                     let w = f64::from(base[i]) - 0.5 * want[i];
-                    assert!((f64::from(dst[i]) - w).abs() < 1e-4, "t={threads} at={at} bt={bt} i={i}");
+                    assert!(
+                        (f64::from(dst[i]) - w).abs() < 1e-4,
+                        "t={threads} at={at} bt={bt} i={i}"
+                    );
                 }
                 let mut dst2 = vec![7.0; m * n];
                 gemm(&cx, &mut dst2, oa, ob, Accumulate::Overwrite, 1.0).unwrap();
@@ -339,7 +358,15 @@ mod tests {
         let cx = Compute::new(2).unwrap();
         let run = || {
             let mut d = vec![0.0; m * n];
-            gemm(&cx, &mut d, Operand::new(&a, m, k), Operand::new(&b, k, n), Accumulate::Overwrite, 1.0).unwrap();
+            gemm(
+                &cx,
+                &mut d,
+                Operand::new(&a, m, k),
+                Operand::new(&b, k, n),
+                Accumulate::Overwrite,
+                1.0,
+            )
+            .unwrap();
             d
         };
         let (x, y) = (run(), run());
@@ -352,8 +379,15 @@ mod tests {
         let a = vec![0.0; 6];
         let b = vec![0.0; 6];
         let mut d = vec![0.0; 4];
-        let err = gemm(&cx, &mut d, Operand::new(&a, 2, 3), Operand::new(&b, 2, 3), Accumulate::Overwrite, 1.0)
-            .unwrap_err();
+        let err = gemm(
+            &cx,
+            &mut d,
+            Operand::new(&a, 2, 3),
+            Operand::new(&b, 2, 3),
+            Accumulate::Overwrite,
+            1.0,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("matrix product"), "{err}");
     }
 
@@ -361,7 +395,15 @@ mod tests {
     fn zero_inner_dimension_overwrites_with_zeros() {
         let cx = Compute::single();
         let mut d = vec![3.0; 4];
-        gemm(&cx, &mut d, Operand::new(&[], 2, 0), Operand::new(&[], 0, 2), Accumulate::Overwrite, 1.0).unwrap();
+        gemm(
+            &cx,
+            &mut d,
+            Operand::new(&[], 2, 0),
+            Operand::new(&[], 0, 2),
+            Accumulate::Overwrite,
+            1.0,
+        )
+        .unwrap();
         assert_eq!(d, vec![0.0; 4]);
     }
 }

@@ -138,7 +138,14 @@ impl Dense {
         let rows = x.rows();
         self.out.resize(rows, self.units);
         let w = Operand::new(&self.w, self.inputs, self.units);
-        gemm(cx, self.out.as_mut_slice(), Operand::of(x), w, Accumulate::Overwrite, 1.0)?;
+        gemm(
+            cx,
+            self.out.as_mut_slice(),
+            Operand::of(x),
+            w,
+            Accumulate::Overwrite,
+            1.0,
+        )?;
         if self.has_bias {
             for r in 0..rows {
                 self.out.row_mut(r).iter_mut().zip(&self.b).for_each(|(o, b)| *o += b);
@@ -163,7 +170,13 @@ impl Dense {
         if dy.shape() != self.out.shape() || x.rows() != dy.rows() || x.cols() != self.inputs {
             return Err(NnError::Shape {
                 what: format!("gradient of layer {}", self.name),
-                expected: format!("{}x{} (input {}x{})", self.out.rows(), self.units, self.out.rows(), self.inputs),
+                expected: format!(
+                    "{}x{} (input {}x{})",
+                    self.out.rows(),
+                    self.units,
+                    self.out.rows(),
+                    self.inputs
+                ),
                 got: format!("{}x{} (input {}x{})", dy.rows(), dy.cols(), x.rows(), x.cols()),
             });
         }

@@ -68,7 +68,9 @@ impl SparseBatch<'_> {
             )));
         }
         if self.offsets[0] != 0 || self.offsets.windows(2).any(|w| w[0] > w[1]) {
-            return Err(NnError::Input("sparse batch offsets are not non-decreasing from 0".into()));
+            return Err(NnError::Input(
+                "sparse batch offsets are not non-decreasing from 0".into(),
+            ));
         }
         if self.offsets[want - 1] as usize != self.ids.len() {
             return Err(NnError::Input(format!(
@@ -117,7 +119,12 @@ impl EmbeddingBags {
         let mut out = Vec::with_capacity(slots.len());
         let (mut elem, mut row, mut col) = (0, 0, 0);
         for cfg in slots {
-            out.push(Slot { cfg: cfg.clone(), elem_off: elem, row_off: row, col_off: col });
+            out.push(Slot {
+                cfg: cfg.clone(),
+                elem_off: elem,
+                row_off: row,
+                col_off: col,
+            });
             elem += cfg.vocab * cfg.dim;
             row += cfg.vocab;
             col += cfg.dim;
@@ -196,7 +203,13 @@ impl EmbeddingBags {
     /// Looks up and combines the batch's ids, writing each example's
     /// `out_cols` values into `out` (`rows x out.cols()`) from column
     /// `col_off` on.
-    pub fn forward(&mut self, cx: &Compute, batch: &SparseBatch<'_>, out: &mut Matrix, col_off: usize) -> Result<(), NnError> {
+    pub fn forward(
+        &mut self,
+        cx: &Compute,
+        batch: &SparseBatch<'_>,
+        out: &mut Matrix,
+        col_off: usize,
+    ) -> Result<(), NnError> {
         batch.check()?;
         if batch.slots != self.slots.len() {
             return Err(NnError::Input(format!(
@@ -217,25 +230,55 @@ impl EmbeddingBags {
         let ns = self.slots.len();
         let cols = out.cols();
         let rows_per = batch.rows.div_ceil(cx.threads()).max(1);
-        let parts: Vec<(usize, &mut [f32])> =
-            out.as_mut_slice().chunks_mut(rows_per * cols.max(1)).enumerate().collect();
+        let parts: Vec<(usize, &mut [f32])> = out
+            .as_mut_slice()
+            .chunks_mut(rows_per * cols.max(1))
+            .enumerate()
+            .collect();
         let (slots, tables, resolved) = (&self.slots, &self.tables, &self.resolved);
         cx.for_each_part(parts, |(chunk, dst)| {
             let b0 = chunk * rows_per;
-            for (i, row) in dst.chunks_mut(cols.max(1)).enumerate() {
-                let b = b0 + i;
+            let nrows = dst.len() / cols.max(1);
+            // Blocks of examples, slot-major within a block: a slot's
+            // table stays in L1 while it serves the block, and the block's
+            // output rows are written as a few sequential streams.
+            for blk in (0..nrows).step_by(EX_BLOCK) {
+                let end = (blk + EX_BLOCK).min(nrows);
                 for (s, slot) in slots.iter().enumerate() {
-                    let (lo, hi) = (batch.offsets[b * ns + s] as usize, batch.offsets[b * ns + s + 1] as usize);
                     let dim = slot.cfg.dim;
-                    let o = &mut row[col_off + slot.col_off..col_off + slot.col_off + dim];
-                    o.fill(0.0);
-                    for &r in &resolved[lo..hi] {
-                        let e = slot.elem_off + r as usize * dim;
-                        o.iter_mut().zip(&tables[e..e + dim]).for_each(|(o, t)| *o += t);
+                    let table = &tables[slot.elem_off..slot.elem_off + slot.cfg.vocab * dim];
+                    if let Some(next) = slots.get(s + 1) {
+                        for b in b0 + blk..b0 + end {
+                            let (lo, hi) = (
+                                batch.offsets[b * ns + s + 1] as usize,
+                                batch.offsets[b * ns + s + 2] as usize,
+                            );
+                            for &r in &resolved[lo..hi] {
+                                prefetch(&tables[next.elem_off + r as usize * next.cfg.dim..]);
+                            }
+                        }
                     }
-                    let scale = combine_scale(slot.cfg.combiner, hi - lo);
-                    if scale != 1.0 {
-                        o.iter_mut().for_each(|v| *v *= scale);
+                    for i in blk..end {
+                        let b = b0 + i;
+                        let (lo, hi) = (
+                            batch.offsets[b * ns + s] as usize,
+                            batch.offsets[b * ns + s + 1] as usize,
+                        );
+                        let c = i * cols + col_off + slot.col_off;
+                        let o = &mut dst[c..c + dim];
+                        match &resolved[lo..hi] {
+                            [] => o.fill(0.0),
+                            // One id: every combiner gives the row itself.
+                            [r] => copy(o, &table[*r as usize * dim..(*r as usize + 1) * dim]),
+                            rows => {
+                                let scale = combine_scale(slot.cfg.combiner, rows.len());
+                                o.fill(0.0);
+                                for &r in rows {
+                                    axpy(o, &table[r as usize * dim..(r as usize + 1) * dim], 1.0);
+                                }
+                                o.iter_mut().for_each(|v| *v *= scale);
+                            }
+                        }
                     }
                 }
             }
@@ -250,7 +293,10 @@ impl EmbeddingBags {
         self.resolved.reserve(batch.ids.len());
         for b in 0..batch.rows {
             for (s, slot) in self.slots.iter().enumerate() {
-                let (lo, hi) = (batch.offsets[b * ns + s] as usize, batch.offsets[b * ns + s + 1] as usize);
+                let (lo, hi) = (
+                    batch.offsets[b * ns + s] as usize,
+                    batch.offsets[b * ns + s + 1] as usize,
+                );
                 for &id in &batch.ids[lo..hi] {
                     let vocab = slot.cfg.vocab as u64;
                     let row = if (0..slot.cfg.vocab as i64).contains(&id) {
@@ -283,7 +329,8 @@ impl EmbeddingBags {
         update: Update<'_>,
     ) -> Result<(), NnError> {
         batch.check()?;
-        if self.resolved.len() != batch.ids.len() || grad.rows() != batch.rows || grad.cols() < col_off + self.out_cols {
+        if self.resolved.len() != batch.ids.len() || grad.rows() != batch.rows || grad.cols() < col_off + self.out_cols
+        {
             return Err(NnError::Input(format!(
                 "{}: backward pass does not match the last forward pass",
                 self.name
@@ -316,7 +363,13 @@ impl EmbeddingBags {
         let sb = split_by(&mut self.state_b, if b_empty { &[0, 0] } else { &elem_b });
         let touched = split_by(&mut self.touched, &bounds);
         let mut parts = Vec::new();
-        let mut its = (tables.into_iter(), acc.into_iter(), stamp.into_iter(), sa.into_iter(), sb.into_iter());
+        let mut its = (
+            tables.into_iter(),
+            acc.into_iter(),
+            stamp.into_iter(),
+            sa.into_iter(),
+            sb.into_iter(),
+        );
         for (i, touched) in touched.into_iter().enumerate() {
             parts.push(Part {
                 s0: bounds[i],
@@ -374,32 +427,56 @@ impl Part<'_> {
         for t in self.touched.iter_mut() {
             t.clear();
         }
-        for b in 0..batch.rows {
-            let g_row = grad.row(b);
+        let gcols = grad.cols();
+        let g_all = grad.as_slice();
+        // Blocks of examples, slot-major within a block: the slot's table
+        // (and accumulator) stays in cache while the block's gradient rows
+        // stream by; each table row still receives its updates in example
+        // order, whatever the number of threads.
+        for blk in (0..batch.rows).step_by(EX_BLOCK) {
+            let end = (blk + EX_BLOCK).min(batch.rows);
             for s in self.s0..s1 {
                 let slot = &slots[s];
-                let (lo, hi) = (batch.offsets[b * ns + s] as usize, batch.offsets[b * ns + s + 1] as usize);
-                if lo == hi {
-                    continue;
-                }
                 let dim = slot.cfg.dim;
-                let scale = combine_scale(slot.cfg.combiner, hi - lo);
-                let g = &g_row[col_off + slot.col_off..col_off + slot.col_off + dim];
-                for &r in &resolved[lo..hi] {
-                    let e = slot.elem_off - e0 + r as usize * dim;
-                    if let Some(lr) = sgd {
-                        let step = lr * scale;
-                        self.tables[e..e + dim].iter_mut().zip(g).for_each(|(w, g)| *w -= step * g);
+                let (se, sr) = (slot.elem_off - e0, slot.row_off - r0);
+                if s + 1 < s1 {
+                    let next = &slots[s + 1];
+                    let buf: &[f32] = if sgd.is_some() { self.tables } else { self.acc };
+                    for b in blk..end {
+                        let (lo, hi) = (
+                            batch.offsets[b * ns + s + 1] as usize,
+                            batch.offsets[b * ns + s + 2] as usize,
+                        );
+                        for &r in &resolved[lo..hi] {
+                            prefetch(&buf[next.elem_off - e0 + r as usize * next.cfg.dim..]);
+                        }
+                    }
+                }
+                for b in blk..end {
+                    let (lo, hi) = (
+                        batch.offsets[b * ns + s] as usize,
+                        batch.offsets[b * ns + s + 1] as usize,
+                    );
+                    if lo == hi {
                         continue;
                     }
-                    let row = slot.row_off - r0 + r as usize;
-                    let a = &mut self.acc[e..e + dim];
-                    if self.stamp[row] != generation {
-                        self.stamp[row] = generation;
-                        self.touched[s - self.s0].push(r);
-                        a.iter_mut().zip(g).for_each(|(a, g)| *a = scale * g);
-                    } else {
-                        a.iter_mut().zip(g).for_each(|(a, g)| *a += scale * g);
+                    let scale = combine_scale(slot.cfg.combiner, hi - lo);
+                    let c = b * gcols + col_off + slot.col_off;
+                    let g = &g_all[c..c + dim];
+                    for &r in &resolved[lo..hi] {
+                        let e = se + r as usize * dim;
+                        if let Some(lr) = sgd {
+                            axpy(&mut self.tables[e..e + dim], g, -lr * scale);
+                            continue;
+                        }
+                        let row = sr + r as usize;
+                        let a = &mut self.acc[e..e + dim];
+                        if self.stamp[row] != generation {
+                            self.stamp[row] = generation;
+                            self.touched[s - self.s0].push(r);
+                            a.fill(0.0);
+                        }
+                        axpy(a, g, scale);
                     }
                 }
             }
@@ -408,16 +485,70 @@ impl Part<'_> {
         if sgd.is_some() {
             return;
         }
-        for s in self.s0..s1 {
-            let slot = &slots[s];
+        for (slot, touched) in slots[self.s0..s1].iter().zip(self.touched.iter()) {
             let dim = slot.cfg.dim;
-            for &r in &self.touched[s - self.s0] {
+            for &r in touched {
                 let e = slot.elem_off - e0 + r as usize * dim;
-                let a = if self.sa.is_empty() { &mut [][..] } else { &mut self.sa[e..e + dim] };
-                let b = if self.sb.is_empty() { &mut [][..] } else { &mut self.sb[e..e + dim] };
+                let a = if self.sa.is_empty() {
+                    &mut [][..]
+                } else {
+                    &mut self.sa[e..e + dim]
+                };
+                let b = if self.sb.is_empty() {
+                    &mut [][..]
+                } else {
+                    &mut self.sb[e..e + dim]
+                };
                 opt.apply(&mut self.tables[e..e + dim], &self.acc[e..e + dim], a, b);
             }
         }
+    }
+}
+
+/// Examples per block in the gather and scatter loops.
+const EX_BLOCK: usize = 16;
+
+/// `o += a * t`, in fixed chunks of 16 so that the compiler emits straight
+/// vector code for the common embedding widths.
+#[inline(always)]
+fn axpy(o: &mut [f32], t: &[f32], a: f32) {
+    let (oc, or) = o.as_chunks_mut::<16>();
+    let (tc, tr) = t.as_chunks::<16>();
+    for (o, t) in oc.iter_mut().zip(tc) {
+        let mut r = *o;
+        for i in 0..16 {
+            r[i] += a * t[i];
+        }
+        *o = r;
+    }
+    for (o, t) in or.iter_mut().zip(tr) {
+        *o += a * t;
+    }
+}
+
+/// Asks the CPU to bring the cache line holding `row[0]` into L1.
+#[inline(always)]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a
+    // hint that never faults; the pointer comes from a live slice anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.as_ptr().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// `o = t`, like [`axpy`] without a call to `memcpy` for short rows.
+#[inline(always)]
+fn copy(o: &mut [f32], t: &[f32]) {
+    let (oc, or) = o.as_chunks_mut::<16>();
+    let (tc, tr) = t.as_chunks::<16>();
+    for (o, t) in oc.iter_mut().zip(tc) {
+        *o = *t;
+    }
+    for (o, t) in or.iter_mut().zip(tr) {
+        *o = *t;
     }
 }
 

@@ -31,13 +31,26 @@ pub use tensor::Matrix;
 #[derive(Debug, thiserror::Error)]
 pub enum NnError {
     #[error("shape mismatch in {what}: expected {expected}, got {got}")]
-    Shape { what: String, expected: String, got: String },
+    Shape {
+        what: String,
+        expected: String,
+        got: String,
+    },
     #[error("slot {slot}: example {example} has id {id}, outside the table's range [0, {vocab})")]
-    IdOutOfRange { slot: String, example: usize, id: i64, vocab: usize },
+    IdOutOfRange {
+        slot: String,
+        example: usize,
+        id: i64,
+        vocab: usize,
+    },
     #[error("{0}")]
     Input(String),
     #[error("model spec {origin}: field `{field}`: {reason}")]
-    Spec { origin: String, field: String, reason: String },
+    Spec {
+        origin: String,
+        field: String,
+        reason: String,
+    },
     #[error("model spec {origin}: {message}")]
     SpecParse { origin: String, message: String },
     #[error("{0}")]

@@ -52,16 +52,24 @@ pub fn loss_and_grad(
 ) -> Result<LossValue, NnError> {
     let (b, c) = logits.shape();
     if labels.len() != b {
-        return Err(NnError::Input(format!("{} labels for a batch of {b} examples", labels.len())));
+        return Err(NnError::Input(format!(
+            "{} labels for a batch of {b} examples",
+            labels.len()
+        )));
     }
     if let Some(w) = weights
         && w.len() != b
     {
-        return Err(NnError::Input(format!("{} loss weights for a batch of {b} examples", w.len())));
+        return Err(NnError::Input(format!(
+            "{} loss weights for a batch of {b} examples",
+            w.len()
+        )));
     }
     match (kind, c) {
         (LossKind::SoftmaxCrossEntropy, c) if c < 2 => {
-            return Err(NnError::Input(format!("softmax cross-entropy needs >= 2 logits, got {c}")));
+            return Err(NnError::Input(format!(
+                "softmax cross-entropy needs >= 2 logits, got {c}"
+            )));
         }
         (LossKind::SigmoidCrossEntropy, c) if c != 1 => {
             return Err(NnError::Input(format!("sigmoid cross-entropy needs 1 logit, got {c}")));
@@ -76,7 +84,9 @@ pub fn loss_and_grad(
     for i in 0..b {
         let w = weights.map_or(1.0, |w| w[i]);
         if !(w.is_finite() && w >= 0.0) {
-            return Err(NnError::Input(format!("example {i}: loss weight {w} is not a finite number >= 0")));
+            return Err(NnError::Input(format!(
+                "example {i}: loss weight {w} is not a finite number >= 0"
+            )));
         }
         let y = labels[i];
         let z = logits.row(i);
@@ -84,7 +94,9 @@ pub fn loss_and_grad(
         let l = match kind {
             LossKind::SoftmaxCrossEntropy => {
                 if !(y >= 0.0 && y.fract() == 0.0 && (y as usize) < c) {
-                    return Err(NnError::Input(format!("example {i}: label {y} is not a class index in [0, {c})")));
+                    return Err(NnError::Input(format!(
+                        "example {i}: label {y} is not a class index in [0, {c})"
+                    )));
                 }
                 let k = y as usize;
                 let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -119,7 +131,10 @@ pub fn loss_and_grad(
         total += f64::from(w) * l;
         wsum += f64::from(w);
     }
-    Ok(LossValue { loss: (total * inv_b) as f32, weight_sum: wsum as f32 })
+    Ok(LossValue {
+        loss: (total * inv_b) as f32,
+        weight_sum: wsum as f32,
+    })
 }
 
 #[cfg(test)]
@@ -142,11 +157,16 @@ mod tests {
             let mut minus = logits.clone();
             minus.as_mut_slice()[i] -= h;
             let f = |m: &Matrix| {
-                loss_and_grad(kind, m, labels, weights, &mut Matrix::default(), &mut Vec::new()).unwrap().loss
+                loss_and_grad(kind, m, labels, weights, &mut Matrix::default(), &mut Vec::new())
+                    .unwrap()
+                    .loss
             };
             let numeric = (f(&plus) - f(&minus)) / (2.0 * h);
             let analytic = grad.as_slice()[i];
-            assert!((numeric - analytic).abs() < 2e-3, "{kind:?} elem {i}: {analytic} vs {numeric}");
+            assert!(
+                (numeric - analytic).abs() < 2e-3,
+                "{kind:?} elem {i}: {analytic} vs {numeric}"
+            );
         }
     }
 
@@ -165,8 +185,15 @@ mod tests {
     #[test]
     fn softmax_value_for_known_logits() {
         let logits = Matrix::from_vec(1, 2, vec![0.0, 0.0]).unwrap();
-        let v = loss_and_grad(LossKind::SoftmaxCrossEntropy, &logits, &[1.0], None, &mut Matrix::default(), &mut Vec::new())
-            .unwrap();
+        let v = loss_and_grad(
+            LossKind::SoftmaxCrossEntropy,
+            &logits,
+            &[1.0],
+            None,
+            &mut Matrix::default(),
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert!((v.loss - std::f32::consts::LN_2).abs() < 1e-6);
     }
 
@@ -174,8 +201,15 @@ mod tests {
     fn masked_examples_contribute_nothing() {
         let logits = Matrix::from_vec(2, 1, vec![3.0, -1.0]).unwrap();
         let mut g = Matrix::default();
-        let v = loss_and_grad(LossKind::SigmoidCrossEntropy, &logits, &[0.0, 1.0], Some(&[0.0, 1.0]), &mut g, &mut Vec::new())
-            .unwrap();
+        let v = loss_and_grad(
+            LossKind::SigmoidCrossEntropy,
+            &logits,
+            &[0.0, 1.0],
+            Some(&[0.0, 1.0]),
+            &mut g,
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert_eq!(g.get(0, 0), 0.0);
         assert_eq!(v.weight_sum, 1.0);
         // Only example 1 counts, divided by B = 2.
@@ -186,20 +220,41 @@ mod tests {
     #[test]
     fn stable_for_huge_logits() {
         let logits = Matrix::from_vec(1, 2, vec![1000.0, -1000.0]).unwrap();
-        let v = loss_and_grad(LossKind::SoftmaxCrossEntropy, &logits, &[1.0], None, &mut Matrix::default(), &mut Vec::new())
-            .unwrap();
+        let v = loss_and_grad(
+            LossKind::SoftmaxCrossEntropy,
+            &logits,
+            &[1.0],
+            None,
+            &mut Matrix::default(),
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert!(v.loss.is_finite() && (v.loss - 2000.0).abs() < 1e-2);
     }
 
     #[test]
     fn rejects_bad_labels_naming_the_example() {
         let logits = Matrix::zeros(2, 2);
-        let err = loss_and_grad(LossKind::SoftmaxCrossEntropy, &logits, &[0.0, 2.0], None, &mut Matrix::default(), &mut Vec::new())
-            .unwrap_err();
+        let err = loss_and_grad(
+            LossKind::SoftmaxCrossEntropy,
+            &logits,
+            &[0.0, 2.0],
+            None,
+            &mut Matrix::default(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("example 1"), "{err}");
         let logits = Matrix::zeros(1, 1);
-        let err = loss_and_grad(LossKind::SigmoidCrossEntropy, &logits, &[1.5], None, &mut Matrix::default(), &mut Vec::new())
-            .unwrap_err();
+        let err = loss_and_grad(
+            LossKind::SigmoidCrossEntropy,
+            &logits,
+            &[1.5],
+            None,
+            &mut Matrix::default(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("label 1.5"), "{err}");
     }
 }

@@ -64,7 +64,13 @@ impl BinaryMetrics {
         let neg = n - p;
         let log_loss = if n == 0 { 0.0 } else { self.log_loss_sum / n as f64 };
         if p == 0 || neg == 0 {
-            return MetricValues { count: n, positives: p, auc: None, log_loss, ks: None };
+            return MetricValues {
+                count: n,
+                positives: p,
+                auc: None,
+                log_loss,
+                ks: None,
+            };
         }
         // Walk groups of equal score from the lowest up.
         let (mut neg_below, mut pos_below) = (0u64, 0u64);
@@ -75,7 +81,11 @@ impl BinaryMetrics {
             let mut j = i;
             let (mut gp, mut gn) = (0u64, 0u64);
             while j < pairs.len() && pairs[j].0.total_cmp(&pairs[i].0).is_eq() {
-                if pairs[j].1 { gp += 1 } else { gn += 1 }
+                if pairs[j].1 {
+                    gp += 1
+                } else {
+                    gn += 1
+                }
                 j += 1;
             }
             auc_num += gp as f64 * (neg_below as f64 + 0.5 * gn as f64);
@@ -107,7 +117,13 @@ mod tests {
             for j in 0..s.len() {
                 if y[i] == 1.0 && y[j] == 0.0 {
                     den += 1.0;
-                    num += if s[i] > s[j] { 1.0 } else if s[i] == s[j] { 0.5 } else { 0.0 };
+                    num += if s[i] > s[j] {
+                        1.0
+                    } else if s[i] == s[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

@@ -66,15 +66,24 @@ impl OptimizerSpec {
         }
         match *self {
             OptimizerSpec::Sgd { .. } => {}
-            OptimizerSpec::Adagrad { initial_accumulator, epsilon, .. } => {
+            OptimizerSpec::Adagrad {
+                initial_accumulator,
+                epsilon,
+                ..
+            } => {
                 if !(initial_accumulator.is_finite() && initial_accumulator >= 0.0) {
-                    return Err(("initial_accumulator".into(), format!("must be >= 0, got {initial_accumulator}")));
+                    return Err((
+                        "initial_accumulator".into(),
+                        format!("must be >= 0, got {initial_accumulator}"),
+                    ));
                 }
                 if !(epsilon.is_finite() && epsilon > 0.0) {
                     return Err(("epsilon".into(), format!("must be > 0, got {epsilon}")));
                 }
             }
-            OptimizerSpec::Adam { beta1, beta2, epsilon, .. } => {
+            OptimizerSpec::Adam {
+                beta1, beta2, epsilon, ..
+            } => {
                 for (name, b) in [("beta1", beta1), ("beta2", beta2)] {
                     if !(0.0..1.0).contains(&b) {
                         return Err((name.into(), format!("must be in [0, 1), got {b}")));
@@ -136,7 +145,12 @@ impl Optimizer {
 
     fn refresh(&mut self) {
         self.lr_t = match self.spec {
-            OptimizerSpec::Adam { learning_rate, beta1, beta2, .. } => {
+            OptimizerSpec::Adam {
+                learning_rate,
+                beta1,
+                beta2,
+                ..
+            } => {
                 let t = self.step.max(1) as i32;
                 let (b1t, b2t) = (f64::from(beta1).powi(t), f64::from(beta2).powi(t));
                 (f64::from(learning_rate) * (1.0 - b2t).sqrt() / (1.0 - b1t)) as f32
@@ -158,10 +172,16 @@ impl Optimizer {
     pub fn new_state(&self, len: usize) -> ParamState {
         match self.spec {
             OptimizerSpec::Sgd { .. } => ParamState::default(),
-            OptimizerSpec::Adagrad { initial_accumulator, .. } => {
-                ParamState { a: vec![initial_accumulator; len], b: Vec::new() }
-            }
-            OptimizerSpec::Adam { .. } => ParamState { a: vec![0.0; len], b: vec![0.0; len] },
+            OptimizerSpec::Adagrad {
+                initial_accumulator, ..
+            } => ParamState {
+                a: vec![initial_accumulator; len],
+                b: Vec::new(),
+            },
+            OptimizerSpec::Adam { .. } => ParamState {
+                a: vec![0.0; len],
+                b: vec![0.0; len],
+            },
         }
     }
 
@@ -176,13 +196,17 @@ impl Optimizer {
                     *w -= learning_rate * g;
                 }
             }
-            OptimizerSpec::Adagrad { learning_rate, epsilon, .. } => {
+            OptimizerSpec::Adagrad {
+                learning_rate, epsilon, ..
+            } => {
                 for ((w, g), acc) in w.iter_mut().zip(g).zip(a.iter_mut()) {
                     *acc += g * g;
                     *w -= learning_rate * g / (acc.sqrt() + epsilon);
                 }
             }
-            OptimizerSpec::Adam { beta1, beta2, epsilon, .. } => {
+            OptimizerSpec::Adam {
+                beta1, beta2, epsilon, ..
+            } => {
                 let lr_t = self.lr_t;
                 for (((w, g), m), v) in w.iter_mut().zip(g).zip(a.iter_mut()).zip(b.iter_mut()) {
                     *m = beta1 * *m + (1.0 - beta1) * g;
@@ -223,8 +247,23 @@ mod tests {
     fn sgd_adagrad_adam_converge() {
         for (spec, steps) in [
             (OptimizerSpec::Sgd { learning_rate: 0.1 }, 200),
-            (OptimizerSpec::Adagrad { learning_rate: 1.0, initial_accumulator: 0.1, epsilon: 1e-7 }, 500),
-            (OptimizerSpec::Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 }, 1000),
+            (
+                OptimizerSpec::Adagrad {
+                    learning_rate: 1.0,
+                    initial_accumulator: 0.1,
+                    epsilon: 1e-7,
+                },
+                500,
+            ),
+            (
+                OptimizerSpec::Adam {
+                    learning_rate: 0.1,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    epsilon: 1e-8,
+                },
+                1000,
+            ),
         ] {
             let w = converges(spec.clone(), steps);
             assert!(w.iter().all(|w| (w - 3.0).abs() < 1e-2), "{spec:?}: {w:?}");
@@ -265,7 +304,12 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let bad = OptimizerSpec::Adam { learning_rate: 0.1, beta1: 1.5, beta2: 0.999, epsilon: 1e-8 };
+        let bad = OptimizerSpec::Adam {
+            learning_rate: 0.1,
+            beta1: 1.5,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        };
         assert_eq!(bad.validate().unwrap_err().0, "beta1");
         let bad = OptimizerSpec::Sgd { learning_rate: -1.0 };
         assert_eq!(bad.validate().unwrap_err().0, "learning_rate");

@@ -152,7 +152,7 @@ impl std::fmt::Display for Role {
 }
 
 /// Names of the built-in presets.
-pub const PRESETS: &[&str] = &["wide_n_deep"];
+pub const PRESETS: &[&str] = &["wide_n_deep", "wide_n_deep_adam"];
 
 fn expand(name: &Option<String>, prefix: &Option<String>, count: Option<usize>) -> Vec<String> {
     match (name, prefix, count) {
@@ -168,20 +168,25 @@ impl TowerSpec {
         self.sparse
             .iter()
             .flat_map(|s| {
-                expand(&s.name, &s.prefix, s.count).into_iter().map(move |name| SlotConfig {
-                    name,
-                    vocab: s.vocab,
-                    dim: s.dim,
-                    combiner: s.combiner,
-                    out_of_range: s.out_of_range,
-                })
+                expand(&s.name, &s.prefix, s.count)
+                    .into_iter()
+                    .map(move |name| SlotConfig {
+                        name,
+                        vocab: s.vocab,
+                        dim: s.dim,
+                        combiner: s.combiner,
+                        out_of_range: s.out_of_range,
+                    })
             })
             .collect()
     }
 
     /// The dense feature columns, groups expanded, in order.
     pub fn dense_columns(&self) -> Vec<String> {
-        self.dense.iter().flat_map(|d| expand(&d.name, &d.prefix, d.count)).collect()
+        self.dense
+            .iter()
+            .flat_map(|d| expand(&d.name, &d.prefix, d.count))
+            .collect()
     }
 
     /// Width of the concatenated inputs (embeddings, then dense columns).
@@ -233,13 +238,21 @@ impl TowerSpec {
             }
         }
         if !self.has_inputs() && !self.layers.is_empty() {
-            return Err((format!("{role}.layers"), "a tower without inputs cannot have layers".into()));
+            return Err((
+                format!("{role}.layers"),
+                "a tower without inputs cannot have layers".into(),
+            ));
         }
         Ok(())
     }
 }
 
-fn check_naming(at: &str, name: &Option<String>, prefix: &Option<String>, count: Option<usize>) -> Result<(), (String, String)> {
+fn check_naming(
+    at: &str,
+    name: &Option<String>,
+    prefix: &Option<String>,
+    count: Option<usize>,
+) -> Result<(), (String, String)> {
     match (name, prefix, count) {
         (Some(n), None, None) if !n.is_empty() => Ok(()),
         (Some(_), None, None) => Err((format!("{at}.name"), "must not be empty".into())),
@@ -252,16 +265,20 @@ fn check_naming(at: &str, name: &Option<String>, prefix: &Option<String>, count:
 impl ModelSpec {
     /// Parses TOML and validates.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, NnError> {
-        let spec: ModelSpec =
-            toml::from_str(text).map_err(|e| NnError::SpecParse { origin: origin.into(), message: e.to_string() })?;
+        let spec: ModelSpec = toml::from_str(text).map_err(|e| NnError::SpecParse {
+            origin: origin.into(),
+            message: e.to_string(),
+        })?;
         spec.validate(origin)?;
         Ok(spec)
     }
 
     /// Parses JSON and validates.
     pub fn from_json_str(text: &str, origin: &str) -> Result<Self, NnError> {
-        let spec: ModelSpec = serde_json::from_str(text)
-            .map_err(|e| NnError::SpecParse { origin: origin.into(), message: e.to_string() })?;
+        let spec: ModelSpec = serde_json::from_str(text).map_err(|e| NnError::SpecParse {
+            origin: origin.into(),
+            message: e.to_string(),
+        })?;
         spec.validate(origin)?;
         Ok(spec)
     }
@@ -269,8 +286,10 @@ impl ModelSpec {
     /// Reads a spec file: JSON if it ends in `.json`, TOML otherwise.
     pub fn from_file(path: &Path) -> Result<Self, NnError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| NnError::SpecParse { origin: origin.clone(), message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| NnError::SpecParse {
+            origin: origin.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
         if path.extension().is_some_and(|e| e == "json") {
             Self::from_json_str(&text, &origin)
         } else {
@@ -294,25 +313,35 @@ impl ModelSpec {
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "wide_n_deep" => Some(wide_n_deep()),
+            "wide_n_deep_adam" => Some(wide_n_deep_adam()),
             _ => None,
         }
     }
 
     /// Checks the whole spec; the error names the offending field.
     pub fn validate(&self, origin: &str) -> Result<(), NnError> {
-        self.check().map_err(|(field, reason)| NnError::Spec { origin: origin.into(), field, reason })
+        self.check().map_err(|(field, reason)| NnError::Spec {
+            origin: origin.into(),
+            field,
+            reason,
+        })
     }
 
     fn check(&self) -> Result<(), (String, String)> {
         if self.name.trim().is_empty() {
             return Err(("name".into(), "must not be empty".into()));
         }
-        self.optimizer.validate().map_err(|(f, r)| (format!("optimizer.{f}"), r))?;
+        self.optimizer
+            .validate()
+            .map_err(|(f, r)| (format!("optimizer.{f}"), r))?;
         self.init.validate().map_err(|(f, r)| (format!("init.{f}"), r))?;
         self.leader.validate("leader")?;
         self.follower.validate("follower")?;
         if !self.follower.has_inputs() {
-            return Err(("follower".into(), "the follower must have at least one input feature".into()));
+            return Err((
+                "follower".into(),
+                "the follower must have at least one input feature".into(),
+            ));
         }
         let concat = self.leader.output_dim() + self.follower.output_dim();
         if let Some(d) = self.head.input_dim
@@ -328,7 +357,10 @@ impl ModelSpec {
             ));
         }
         let Some(last) = self.head.layers.last() else {
-            return Err(("head.layers".into(), "the head needs at least one layer (the logits)".into()));
+            return Err((
+                "head.layers".into(),
+                "the head needs at least one layer (the logits)".into(),
+            ));
         };
         for (i, l) in self.head.layers.iter().enumerate() {
             if l.units == 0 {
@@ -338,10 +370,16 @@ impl ModelSpec {
         let i = self.head.layers.len() - 1;
         match self.head.loss.required_logits() {
             Some(n) if last.units != n => {
-                return Err((format!("head.layers[{i}].units"), format!("the loss needs {n} logit(s), got {}", last.units)));
+                return Err((
+                    format!("head.layers[{i}].units"),
+                    format!("the loss needs {n} logit(s), got {}", last.units),
+                ));
             }
             None if last.units < 2 => {
-                return Err((format!("head.layers[{i}].units"), format!("softmax needs >= 2 logits, got {}", last.units)));
+                return Err((
+                    format!("head.layers[{i}].units"),
+                    format!("softmax needs >= 2 logits, got {}", last.units),
+                ));
             }
             _ => {}
         }
@@ -385,7 +423,11 @@ pub fn wide_n_deep() -> ModelSpec {
         combiner: Combiner::Mean,
         out_of_range: OutOfRange::Error,
     };
-    let layer = |units, activation| LayerSpec { units, activation, bias: true };
+    let layer = |units, activation| LayerSpec {
+        units,
+        activation,
+        bias: true,
+    };
     ModelSpec {
         name: "wide_n_deep".into(),
         seed: 0,
@@ -396,11 +438,38 @@ pub fn wide_n_deep() -> ModelSpec {
             dense: vec![],
             layers: vec![layer(256, Activation::Relu), layer(64, Activation::Identity)],
         },
-        follower: TowerSpec { sparse: vec![slots()], dense: vec![], layers: vec![layer(64, Activation::Relu)] },
+        follower: TowerSpec {
+            sparse: vec![slots()],
+            dense: vec![],
+            layers: vec![layer(64, Activation::Relu)],
+        },
         head: HeadSpec {
-            layers: vec![LayerSpec { units: 2, activation: Activation::Identity, bias: false }],
+            layers: vec![LayerSpec {
+                units: 2,
+                activation: Activation::Identity,
+                bias: false,
+            }],
             loss: LossKind::SoftmaxCrossEntropy,
             input_dim: Some(128),
         },
+    }
+}
+
+/// The wide_n_deep architecture trained with Adam (learning rate 0.001).
+///
+/// The original's SGD(0.1) from a uniform(-0.01, 0.01) start sits on a
+/// saddle for many epochs (measured: loss 0.6930 after two epochs of 8,000
+/// planted examples); Adam leaves it within the first epoch, so the demo
+/// and the end-to-end tests use this preset to show learning in seconds.
+pub fn wide_n_deep_adam() -> ModelSpec {
+    ModelSpec {
+        name: "wide_n_deep_adam".into(),
+        optimizer: OptimizerSpec::Adam {
+            learning_rate: 0.001,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        },
+        ..wide_n_deep()
     }
 }

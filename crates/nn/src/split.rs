@@ -59,9 +59,17 @@ fn layer_tensors<'a>(layers: &'a mut [Dense], out: &mut Vec<TensorMut<'a>>) {
         let (i, u, name) = (l.inputs(), l.units(), l.name().to_string());
         let has_bias = l.has_bias();
         let (w, b, sw, sb) = l.parts_mut();
-        out.push(TensorMut { name: format!("{name}/w"), shape: vec![i, u], data: w });
+        out.push(TensorMut {
+            name: format!("{name}/w"),
+            shape: vec![i, u],
+            data: w,
+        });
         if has_bias {
-            out.push(TensorMut { name: format!("{name}/b"), shape: vec![u], data: b });
+            out.push(TensorMut {
+                name: format!("{name}/b"),
+                shape: vec![u],
+                data: b,
+            });
         }
         state_tensors(&format!("{name}/w"), &[i, u], sw, out);
         if has_bias {
@@ -72,10 +80,18 @@ fn layer_tensors<'a>(layers: &'a mut [Dense], out: &mut Vec<TensorMut<'a>>) {
 
 fn state_tensors<'a>(name: &str, shape: &[usize], st: &'a mut ParamState, out: &mut Vec<TensorMut<'a>>) {
     if !st.a.is_empty() {
-        out.push(TensorMut { name: format!("{name}#opt_a"), shape: shape.to_vec(), data: &mut st.a });
+        out.push(TensorMut {
+            name: format!("{name}#opt_a"),
+            shape: shape.to_vec(),
+            data: &mut st.a,
+        });
     }
     if !st.b.is_empty() {
-        out.push(TensorMut { name: format!("{name}#opt_b"), shape: shape.to_vec(), data: &mut st.b });
+        out.push(TensorMut {
+            name: format!("{name}#opt_b"),
+            shape: shape.to_vec(),
+            data: &mut st.b,
+        });
     }
 }
 
@@ -96,8 +112,8 @@ impl Tower {
     pub fn new(spec: &ModelSpec, role: Role, opt: &Optimizer) -> Self {
         let t = spec.tower(role);
         let slots = t.slots();
-        let emb = (!slots.is_empty())
-            .then(|| EmbeddingBags::new(&format!("{role}/emb"), &slots, &spec.init, spec.seed, opt));
+        let emb =
+            (!slots.is_empty()).then(|| EmbeddingBags::new(&format!("{role}/emb"), &slots, &spec.init, spec.seed, opt));
         let layers = build_layers(role.as_str(), t.input_dim(), &t.layers, spec, opt);
         Tower {
             role,
@@ -147,7 +163,10 @@ impl Tower {
         match (&mut self.emb, &inp.sparse) {
             (Some(emb), Some(sp)) => {
                 if sp.rows != rows {
-                    return Err(NnError::Input(format!("sparse batch has {} rows, expected {rows}", sp.rows)));
+                    return Err(NnError::Input(format!(
+                        "sparse batch has {} rows, expected {rows}",
+                        sp.rows
+                    )));
                 }
                 emb.forward(cx, sp, &mut self.input, 0)?;
             }
@@ -179,7 +198,13 @@ impl Tower {
 
     /// Backward pass for the last forward pass on `inp`, given the gradient
     /// w.r.t. the tower's output.
-    pub fn backward(&mut self, cx: &Compute, inp: &TowerInput<'_>, grad_out: &Matrix, update: Update<'_>) -> Result<(), NnError> {
+    pub fn backward(
+        &mut self,
+        cx: &Compute,
+        inp: &TowerInput<'_>,
+        grad_out: &Matrix,
+        update: Update<'_>,
+    ) -> Result<(), NnError> {
         let want = (self.output().rows(), self.output_dim());
         if grad_out.shape() != want {
             return Err(NnError::Shape {
@@ -217,12 +242,24 @@ impl Tower {
             let name = emb.name().to_string();
             let len = emb.tables().len();
             let (tables, a, b) = emb.parts_mut();
-            out.push(TensorMut { name: format!("{name}/tables"), shape: vec![len], data: tables });
+            out.push(TensorMut {
+                name: format!("{name}/tables"),
+                shape: vec![len],
+                data: tables,
+            });
             if !a.is_empty() {
-                out.push(TensorMut { name: format!("{name}/tables#opt_a"), shape: vec![len], data: a });
+                out.push(TensorMut {
+                    name: format!("{name}/tables#opt_a"),
+                    shape: vec![len],
+                    data: a,
+                });
             }
             if !b.is_empty() {
-                out.push(TensorMut { name: format!("{name}/tables#opt_b"), shape: vec![len], data: b });
+                out.push(TensorMut {
+                    name: format!("{name}/tables#opt_b"),
+                    shape: vec![len],
+                    data: b,
+                });
             }
         }
         layer_tensors(&mut self.layers, &mut out);
@@ -305,12 +342,26 @@ impl Head {
         if own.cols() != self.own_cols || peer.cols() != self.peer_cols || peer.rows() != own.rows() {
             return Err(NnError::Shape {
                 what: "head input".into(),
-                expected: format!("leader {}x{} and follower {}x{}", own.rows(), self.own_cols, own.rows(), self.peer_cols),
-                got: format!("leader {}x{} and follower {}x{}", own.rows(), own.cols(), peer.rows(), peer.cols()),
+                expected: format!(
+                    "leader {}x{} and follower {}x{}",
+                    own.rows(),
+                    self.own_cols,
+                    own.rows(),
+                    self.peer_cols
+                ),
+                got: format!(
+                    "leader {}x{} and follower {}x{}",
+                    own.rows(),
+                    own.cols(),
+                    peer.rows(),
+                    peer.cols()
+                ),
             });
         }
         if let Some((r, c, v)) = peer.first_non_finite() {
-            return Err(NnError::Input(format!("follower activation at row {r}, column {c} is {v}")));
+            return Err(NnError::Input(format!(
+                "follower activation at row {r}, column {c} is {v}"
+            )));
         }
         Matrix::concat_cols_into(own, peer, &mut self.concat)?;
         for i in 0..self.layers.len() {
@@ -357,7 +408,11 @@ pub struct LeaderModel {
 impl LeaderModel {
     pub fn new(spec: &ModelSpec) -> Self {
         let opt = Optimizer::new(spec.optimizer.clone());
-        LeaderModel { tower: Tower::new(spec, Role::Leader, &opt), head: Head::new(spec, &opt), opt }
+        LeaderModel {
+            tower: Tower::new(spec, Role::Leader, &opt),
+            head: Head::new(spec, &opt),
+            opt,
+        }
     }
 
     /// One training step on the leader's side: forward its tower, run the
@@ -374,9 +429,16 @@ impl LeaderModel {
     ) -> Result<LossValue, NnError> {
         self.opt.begin_step();
         self.tower.forward(cx, inp)?;
-        let value =
-            self.head.step(cx, self.tower.output(), follower_act, labels, weights, Some(Update::Apply(&self.opt)))?;
-        self.tower.backward(cx, inp, self.head.grad_own(), Update::Apply(&self.opt))?;
+        let value = self.head.step(
+            cx,
+            self.tower.output(),
+            follower_act,
+            labels,
+            weights,
+            Some(Update::Apply(&self.opt)),
+        )?;
+        self.tower
+            .backward(cx, inp, self.head.grad_own(), Update::Apply(&self.opt))?;
         Ok(value)
     }
 
@@ -390,7 +452,8 @@ impl LeaderModel {
         weights: Option<&[f32]>,
     ) -> Result<LossValue, NnError> {
         self.tower.forward(cx, inp)?;
-        self.head.step(cx, self.tower.output(), follower_act, labels, weights, None)
+        self.head
+            .step(cx, self.tower.output(), follower_act, labels, weights, None)
     }
 
     pub fn grad_for_follower(&self) -> &Matrix {
@@ -414,7 +477,10 @@ pub struct FollowerModel {
 impl FollowerModel {
     pub fn new(spec: &ModelSpec) -> Self {
         let opt = Optimizer::new(spec.optimizer.clone());
-        FollowerModel { tower: Tower::new(spec, Role::Follower, &opt), opt }
+        FollowerModel {
+            tower: Tower::new(spec, Role::Follower, &opt),
+            opt,
+        }
     }
 
     /// Forward pass: the activations to send to the leader.
@@ -426,7 +492,9 @@ impl FollowerModel {
     /// forward pass.
     pub fn backward(&mut self, cx: &Compute, inp: &TowerInput<'_>, grad: &Matrix) -> Result<(), NnError> {
         if let Some((r, c, v)) = grad.first_non_finite() {
-            return Err(NnError::Input(format!("gradient from the leader at row {r}, column {c} is {v}")));
+            return Err(NnError::Input(format!(
+                "gradient from the leader at row {r}, column {c} is {v}"
+            )));
         }
         self.opt.begin_step();
         self.tower.backward(cx, inp, grad, Update::Apply(&self.opt))

@@ -16,7 +16,11 @@ pub struct Matrix {
 impl Matrix {
     /// A `rows x cols` matrix of zeros.
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Matrix { rows, cols, data: vec![0.0; rows * cols] }
+        Matrix {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
 
     /// Wraps a buffer, checking that its length is `rows * cols`.
@@ -138,7 +142,11 @@ impl Matrix {
     /// and compares NaN payloads), as used by determinism tests.
     pub fn bitwise_eq(&self, other: &Matrix) -> bool {
         self.shape() == other.shape()
-            && self.data.iter().zip(&other.data).all(|(a, b)| a.to_bits() == b.to_bits())
+            && self
+                .data
+                .iter()
+                .zip(&other.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
     }
 }
 

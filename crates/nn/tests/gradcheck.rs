@@ -2,6 +2,8 @@
 //! bags (all combiners, several ids per slot, empty slots), the losses and
 //! the whole split model.
 
+#![allow(clippy::needless_range_loop)] // index loops read best in finite differences
+
 use vfl_nn::activation::Activation;
 use vfl_nn::compute::Compute;
 use vfl_nn::dense::{Dense, Update};
@@ -59,7 +61,11 @@ fn dense_layer_gradients() {
                 l2.weights_mut()[i] -= 2.0 * H;
                 let down = loss(&mut l2, &x);
                 let num = (up - down) / (2.0 * H);
-                assert!(close(layer.weight_grad()[i], num), "{act:?} w[{i}]: {} vs {num}", layer.weight_grad()[i]);
+                assert!(
+                    close(layer.weight_grad()[i], num),
+                    "{act:?} w[{i}]: {} vs {num}",
+                    layer.weight_grad()[i]
+                );
             }
             // Bias.
             for i in 0..layer.bias().len() {
@@ -79,7 +85,11 @@ fn dense_layer_gradients() {
                 xp.as_mut_slice()[i] -= 2.0 * H;
                 let down = loss(&mut layer.clone(), &xp);
                 let num = (up - down) / (2.0 * H);
-                assert!(close(dx.as_slice()[i], num), "{act:?} x[{i}]: {} vs {num}", dx.as_slice()[i]);
+                assert!(
+                    close(dx.as_slice()[i], num),
+                    "{act:?} x[{i}]: {} vs {num}",
+                    dx.as_slice()[i]
+                );
             }
         }
     }
@@ -122,10 +132,17 @@ fn slots(combiner: Combiner) -> Vec<SlotConfig> {
 fn embedding_gradients_for_every_combiner() {
     // 3 examples x 3 slots; varied id counts including empty slots and a
     // repeated id within one bag and across examples.
-    let ids: Vec<i64> = vec![1, 2, 2, /**/ 0, /**/ 6, 5, /**/ 1, /**/ 3, 3, 4, /**/ 2];
+    let ids: Vec<i64> = vec![
+        1, 2, 2, /**/ 0, /**/ 6, 5, /**/ 1, /**/ 3, 3, 4, /**/ 2,
+    ];
     //               ex0: s0=[1,2,2] s1=[0] s2=[6,5]; ex1: s0=[1] s1=[] s2=[3,3,4]; ex2: s0=[] s1=[2] s2=[]
     let offsets: Vec<u32> = vec![0, 3, 4, 6, 7, 7, 10, 10, 11, 11];
-    let batch = SparseBatch { rows: 3, slots: 3, ids: &ids, offsets: &offsets };
+    let batch = SparseBatch {
+        rows: 3,
+        slots: 3,
+        ids: &ids,
+        offsets: &offsets,
+    };
     for combiner in [Combiner::Mean, Combiner::Sum, Combiner::Sqrtn] {
         for threads in [1, 2] {
             let cx = Compute::new(threads).unwrap();
@@ -162,14 +179,30 @@ fn embedding_rejects_out_of_range_ids_naming_slot_example_and_id() {
     let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
     let ids = vec![1, 2, 3, 4, 5, 99];
     let offsets = vec![0, 1, 2, 3, 4, 5, 6];
-    let batch = SparseBatch { rows: 2, slots: 3, ids: &ids, offsets: &offsets };
+    let batch = SparseBatch {
+        rows: 2,
+        slots: 3,
+        ids: &ids,
+        offsets: &offsets,
+    };
     let mut out = Matrix::zeros(2, emb.out_cols());
     let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
-    assert!(err.contains("slot s2") && err.contains("example 1") && err.contains("id 99"), "{err}");
+    assert!(
+        err.contains("slot s2") && err.contains("example 1") && err.contains("id 99"),
+        "{err}"
+    );
     let neg = vec![-1, 2, 3, 4, 5, 6];
-    let batch = SparseBatch { rows: 2, slots: 3, ids: &neg, offsets: &offsets };
+    let batch = SparseBatch {
+        rows: 2,
+        slots: 3,
+        ids: &neg,
+        offsets: &offsets,
+    };
     let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
-    assert!(err.contains("slot s0") && err.contains("example 0") && err.contains("id -1"), "{err}");
+    assert!(
+        err.contains("slot s0") && err.contains("example 0") && err.contains("id -1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -180,7 +213,12 @@ fn hashed_slots_accept_any_id_deterministically() {
     let mut emb = EmbeddingBags::new("e", &cfg, &InitSpec::Uniform { limit: 1.0 }, 0, &sgd());
     let ids = vec![1_000_000_007, -5, 3];
     let offsets = vec![0, 1, 2, 3];
-    let batch = SparseBatch { rows: 1, slots: 3, ids: &ids, offsets: &offsets };
+    let batch = SparseBatch {
+        rows: 1,
+        slots: 3,
+        ids: &ids,
+        offsets: &offsets,
+    };
     let mut a = Matrix::zeros(1, emb.out_cols());
     let mut b = Matrix::zeros(1, emb.out_cols());
     emb.forward(&cx, &batch, &mut a, 0).unwrap();
@@ -196,15 +234,29 @@ fn sparse_updates_touch_only_rows_in_the_batch() {
     let cx = Compute::new(2).unwrap();
     for spec in [
         OptimizerSpec::Sgd { learning_rate: 0.5 },
-        OptimizerSpec::Adagrad { learning_rate: 0.5, initial_accumulator: 0.1, epsilon: 1e-7 },
-        OptimizerSpec::Adam { learning_rate: 0.5, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 },
+        OptimizerSpec::Adagrad {
+            learning_rate: 0.5,
+            initial_accumulator: 0.1,
+            epsilon: 1e-7,
+        },
+        OptimizerSpec::Adam {
+            learning_rate: 0.5,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        },
     ] {
         let mut opt = Optimizer::new(spec.clone());
         let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::Uniform { limit: 1.0 }, 0, &opt);
         let before = emb.tables().to_vec();
         let ids = vec![1, 4, 6];
         let offsets = vec![0, 1, 2, 3];
-        let batch = SparseBatch { rows: 1, slots: 3, ids: &ids, offsets: &offsets };
+        let batch = SparseBatch {
+            rows: 1,
+            slots: 3,
+            ids: &ids,
+            offsets: &offsets,
+        };
         let mut out = Matrix::zeros(1, emb.out_cols());
         emb.forward(&cx, &batch, &mut out, 0).unwrap();
         let grad = Matrix::from_vec(1, emb.out_cols(), vec![1.0; emb.out_cols()]).unwrap();
@@ -214,7 +266,9 @@ fn sparse_updates_touch_only_rows_in_the_batch() {
         // Slot tables: s0 rows of 3 from 0, s1 rows of 4 from 21, s2 rows of 5 from 49.
         let touched = [(0, 1, 3), (21, 4, 4), (49, 6, 5)];
         for i in 0..after.len() {
-            let hit = touched.iter().any(|&(off, row, dim)| i >= off + row * dim && i < off + (row + 1) * dim);
+            let hit = touched
+                .iter()
+                .any(|&(off, row, dim)| i >= off + row * dim && i < off + (row + 1) * dim);
             assert_eq!(after[i] != before[i], hit, "{spec:?} elem {i}");
         }
     }
@@ -257,14 +311,24 @@ impl Data {
     fn leader(&self) -> TowerInput<'_> {
         TowerInput {
             rows: 4,
-            sparse: Some(SparseBatch { rows: 4, slots: 2, ids: &self.l_ids, offsets: &self.l_off }),
+            sparse: Some(SparseBatch {
+                rows: 4,
+                slots: 2,
+                ids: &self.l_ids,
+                offsets: &self.l_off,
+            }),
             dense: Some(&self.l_dense),
         }
     }
     fn follower(&self) -> TowerInput<'_> {
         TowerInput {
             rows: 4,
-            sparse: Some(SparseBatch { rows: 4, slots: 1, ids: &self.f_ids, offsets: &self.f_off }),
+            sparse: Some(SparseBatch {
+                rows: 4,
+                slots: 1,
+                ids: &self.f_ids,
+                offsets: &self.f_off,
+            }),
             dense: Some(&self.f_dense),
         }
     }
@@ -286,7 +350,9 @@ fn data() -> Data {
 
 fn full_loss(cx: &Compute, l: &mut LeaderModel, f: &mut FollowerModel, d: &Data) -> f32 {
     let act = f.forward(cx, &d.follower()).unwrap().clone();
-    l.eval_step(cx, &d.leader(), &act, &d.labels, Some(&d.weights)).unwrap().loss
+    l.eval_step(cx, &d.leader(), &act, &d.labels, Some(&d.weights))
+        .unwrap()
+        .loss
 }
 
 /// Gradients of the Collect pass, in the order of `tensors_mut`.
@@ -323,11 +389,20 @@ fn whole_split_model_gradients() {
     let act = follower.forward(&cx, &d.follower()).unwrap().clone();
     leader.tower.forward(&cx, &d.leader()).unwrap();
     let own = leader.tower.output().clone();
-    leader.head.step(&cx, &own, &act, &d.labels, Some(&d.weights), Some(Update::Collect)).unwrap();
+    leader
+        .head
+        .step(&cx, &own, &act, &d.labels, Some(&d.weights), Some(Update::Collect))
+        .unwrap();
     let g_own = leader.head.grad_own().clone();
     let g_peer = leader.head.grad_peer().clone();
-    leader.tower.backward(&cx, &d.leader(), &g_own, Update::Collect).unwrap();
-    follower.tower.backward(&cx, &d.follower(), &g_peer, Update::Collect).unwrap();
+    leader
+        .tower
+        .backward(&cx, &d.leader(), &g_own, Update::Collect)
+        .unwrap();
+    follower
+        .tower
+        .backward(&cx, &d.follower(), &g_peer, Update::Collect)
+        .unwrap();
     let lg = leader_grads(&leader);
     let fg = follower_grads(&follower);
 
@@ -341,13 +416,21 @@ fn whole_split_model_gradients() {
                     let mut l2 = LeaderModel::new(&spec);
                     let mut f2 = FollowerModel::new(&spec);
                     {
-                        let mut ts = if party == "leader" { l2.tensors_mut() } else { f2.tensors_mut() };
+                        let mut ts = if party == "leader" {
+                            l2.tensors_mut()
+                        } else {
+                            f2.tensors_mut()
+                        };
                         ts[t].data[i] += delta;
                     }
                     full_loss(&cx, &mut l2, &mut f2, &d)
                 };
                 let num = (eval(H) - eval(-H)) / (2.0 * H);
-                assert!(close(grads[t][i], num), "{party} tensor {t} elem {i}: {} vs {num}", grads[t][i]);
+                assert!(
+                    close(grads[t][i], num),
+                    "{party} tensor {t} elem {i}: {} vs {num}",
+                    grads[t][i]
+                );
                 checked += 1;
             }
         }

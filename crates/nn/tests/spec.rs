@@ -64,7 +64,10 @@ fn wide_n_deep_preset_has_the_original_shapes() {
         assert_eq!(t.input_dim(), 8192);
     }
     assert_eq!(w.follower.output_dim(), 64);
-    assert_eq!(w.leader.layers.iter().map(|l| l.units).collect::<Vec<_>>(), vec![256, 64]);
+    assert_eq!(
+        w.leader.layers.iter().map(|l| l.units).collect::<Vec<_>>(),
+        vec![256, 64]
+    );
     assert_eq!(w.head.layers.len(), 1);
     assert!(!w.head.layers[0].bias);
     assert_eq!(w.optimizer.learning_rate(), 0.1);
@@ -103,7 +106,10 @@ fn zero_vocab_is_named() {
 #[test]
 fn mismatched_concat_size_is_named() {
     let e = err_of(&GOOD.replace("loss = ", "input_dim = 11\nloss = "));
-    assert!(e.contains("head.input_dim") && e.contains("8") && e.contains("4"), "{e}");
+    assert!(
+        e.contains("head.input_dim") && e.contains("8") && e.contains("4"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -132,7 +138,10 @@ fn wrong_logit_count_for_loss_is_named() {
 
 #[test]
 fn duplicate_feature_is_named() {
-    let e = err_of(&GOOD.replace("[{ prefix = \"x\", count = 4 }]", "[{ prefix = \"x\", count = 4 }, { name = \"x2\" }]"));
+    let e = err_of(&GOOD.replace(
+        "[{ prefix = \"x\", count = 4 }]",
+        "[{ prefix = \"x\", count = 4 }, { name = \"x2\" }]",
+    ));
     assert!(e.contains("leader.dense[1]") && e.contains("x2"), "{e}");
 }
 
@@ -144,7 +153,10 @@ fn name_and_prefix_together_is_an_error() {
 
 #[test]
 fn follower_without_inputs_is_an_error() {
-    let e = err_of(&GOOD.replace("sparse = [{ name = \"city\", vocab = 10, dim = 4 }]\nlayers = [{ units = 4, activation = \"relu\" }]", ""));
+    let e = err_of(&GOOD.replace(
+        "sparse = [{ name = \"city\", vocab = 10, dim = 4 }]\nlayers = [{ units = 4, activation = \"relu\" }]",
+        "",
+    ));
     assert!(e.contains("`follower`"), "{e}");
 }
 

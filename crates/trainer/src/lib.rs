@@ -1,1 +1,33 @@
-//! placeholder
+//! Training of enclave-vfl: the leader's and the follower's sessions, the
+//! messages they exchange, and the in-process loop used by tests,
+//! benchmarks and the demo.
+
+pub mod bench;
+pub mod local;
+pub mod party;
+pub mod wire;
+
+pub use local::{LocalTrainer, PassReport};
+pub use party::{FollowerParty, LeaderParty, StepReport};
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Nn(#[from] vfl_nn::NnError),
+    #[error(transparent)]
+    Data(#[from] vfl_data::DataError),
+    #[error("bad {what}: {reason}")]
+    BadTensor { what: String, reason: String },
+    #[error(
+        "misaligned data at iteration {iteration} ({rows}): the follower's example ids (digest {theirs}) differ from the leader's (digest {ours}); refusing to train on misaligned rows"
+    )]
+    Misaligned {
+        iteration: u64,
+        ours: String,
+        theirs: String,
+        rows: String,
+    },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}

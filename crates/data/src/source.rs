@@ -1,0 +1,71 @@
+//! Sources of batches: anything that can fill a [`Batch`] in order.
+
+use crate::DataError;
+use crate::batch::{Batch, RowSource};
+use crate::synth::{Synth, SynthRow};
+
+/// Something that fills batches in order.
+pub trait BatchSource {
+    /// Refills `batch` with up to `max_rows` rows; returns the number of
+    /// rows, 0 at the end of the data.
+    fn fill(&mut self, batch: &mut Batch, max_rows: usize) -> Result<usize, DataError>;
+}
+
+/// Batches of synthetic rows `[start, end)` for one party, in row order.
+#[derive(Clone, Debug)]
+pub struct SynthSource<'a> {
+    generator: &'a Synth,
+    leader: bool,
+    next: u64,
+    end: u64,
+    row: SynthRow,
+}
+
+impl<'a> SynthSource<'a> {
+    /// Leader rows carry `y` as label and `1 - loss_mask` as weight.
+    pub fn new(generator: &'a Synth, leader: bool, start: u64, end: u64) -> Self {
+        SynthSource {
+            generator,
+            leader,
+            next: start,
+            end,
+            row: SynthRow::default(),
+        }
+    }
+}
+
+impl BatchSource for SynthSource<'_> {
+    fn fill(&mut self, batch: &mut Batch, max_rows: usize) -> Result<usize, DataError> {
+        batch.clear();
+        let slots = self.generator.config().slots;
+        if batch.slots != slots || batch.dense_cols != 0 {
+            return Err(DataError::Schema(format!(
+                "synthetic data has {slots} slots and no dense columns; batch expects {} slots and {} dense columns",
+                batch.slots, batch.dense_cols
+            )));
+        }
+        while batch.rows < max_rows && self.next < self.end {
+            self.generator.row(self.next, &mut self.row);
+            batch.push_example_id(self.next.to_string().as_bytes());
+            let ids = if self.leader {
+                &self.row.leader
+            } else {
+                &self.row.follower
+            };
+            for &id in ids {
+                batch.ids.push(id);
+                batch.close_slot();
+            }
+            if self.leader {
+                batch.labels.push(self.row.y as f32);
+                batch.weights.push(1.0 - self.row.loss_mask as f32);
+            }
+            batch.finish_row(RowSource {
+                block: 0,
+                record: self.next,
+            });
+            self.next += 1;
+        }
+        Ok(batch.rows)
+    }
+}

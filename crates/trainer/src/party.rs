@@ -1,0 +1,239 @@
+//! The two parties' training sessions: each owns its model part and its
+//! compute threads and talks to the other only through [`crate::wire`]
+//! messages.
+
+use vfl_data::Batch;
+use vfl_nn::{BinaryMetrics, Compute, FollowerModel, LeaderModel, Matrix, ModelSpec, SparseBatch, TowerInput};
+
+use crate::TrainError;
+use crate::wire::{Activations, Gradient, WireTensor};
+
+/// Views a batch as a tower input.
+pub fn tower_input(batch: &Batch) -> TowerInput<'_> {
+    TowerInput {
+        rows: batch.rows,
+        sparse: (batch.slots > 0).then_some(SparseBatch {
+            rows: batch.rows,
+            slots: batch.slots,
+            ids: &batch.ids,
+            offsets: &batch.offsets,
+        }),
+        dense: (batch.dense_cols > 0).then_some(&batch.dense[..]),
+    }
+}
+
+/// What one leader step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub iteration: u64,
+    pub loss: f32,
+    pub rows: usize,
+}
+
+/// The follower's side.
+#[derive(Debug)]
+pub struct FollowerParty {
+    model: FollowerModel,
+    cx: Compute,
+    next_iteration: u64,
+    /// Iteration whose activations were sent and await a gradient.
+    pending: Option<u64>,
+    grad: Matrix,
+}
+
+impl FollowerParty {
+    pub fn new(spec: &ModelSpec, threads: usize) -> Result<Self, TrainError> {
+        Ok(FollowerParty {
+            model: FollowerModel::new(spec),
+            cx: Compute::new(threads)?,
+            next_iteration: 0,
+            pending: None,
+            grad: Matrix::default(),
+        })
+    }
+
+    pub fn model(&self) -> &FollowerModel {
+        &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut FollowerModel {
+        &mut self.model
+    }
+
+    pub fn next_iteration(&self) -> u64 {
+        self.next_iteration
+    }
+
+    /// Runs the tower on `batch` and returns the message for the leader. In
+    /// training, the next call must be [`FollowerParty::apply_gradient`].
+    pub fn forward(&mut self, batch: &Batch, train: bool) -> Result<Activations, TrainError> {
+        if let Some(it) = self.pending {
+            return Err(TrainError::Protocol(format!(
+                "iteration {it} still awaits its gradient"
+            )));
+        }
+        let iteration = self.next_iteration;
+        let act = self.model.forward(&self.cx, &tower_input(batch))?;
+        let msg = Activations {
+            iteration,
+            digest: batch.digest(),
+            train,
+            tensor: WireTensor::encode(act),
+        };
+        self.next_iteration += 1;
+        if train {
+            self.pending = Some(iteration);
+        }
+        Ok(msg)
+    }
+
+    /// Applies the leader's gradient to the tower (same `batch` as the
+    /// forward pass).
+    pub fn apply_gradient(&mut self, batch: &Batch, g: &Gradient) -> Result<(), TrainError> {
+        match self.pending {
+            Some(it) if it == g.iteration => {}
+            other => {
+                return Err(TrainError::Protocol(format!(
+                    "gradient for iteration {} but {} is pending",
+                    g.iteration,
+                    other.map_or("none".to_string(), |i| i.to_string())
+                )));
+            }
+        }
+        let shape = (batch.rows, self.model.tower.output_dim());
+        g.tensor
+            .decode_into("gradient from the leader", shape, &mut self.grad)?;
+        self.model.backward(&self.cx, &tower_input(batch), &self.grad)?;
+        self.pending = None;
+        Ok(())
+    }
+}
+
+/// The leader's side.
+#[derive(Debug)]
+pub struct LeaderParty {
+    model: LeaderModel,
+    cx: Compute,
+    peer_cols: usize,
+    next_iteration: u64,
+    act: Matrix,
+    metrics: BinaryMetrics,
+}
+
+impl LeaderParty {
+    pub fn new(spec: &ModelSpec, threads: usize) -> Result<Self, TrainError> {
+        Ok(LeaderParty {
+            model: LeaderModel::new(spec),
+            cx: Compute::new(threads)?,
+            peer_cols: spec.follower.output_dim(),
+            next_iteration: 0,
+            act: Matrix::default(),
+            metrics: BinaryMetrics::new(),
+        })
+    }
+
+    pub fn model(&self) -> &LeaderModel {
+        &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut LeaderModel {
+        &mut self.model
+    }
+
+    /// Metrics accumulated since the last [`LeaderParty::take_metrics`].
+    pub fn metrics(&self) -> &BinaryMetrics {
+        &self.metrics
+    }
+
+    pub fn take_metrics(&mut self) -> BinaryMetrics {
+        std::mem::take(&mut self.metrics)
+    }
+
+    /// Checks the message against the leader's own batch: iteration order
+    /// and batch digest (misaligned rows must never train silently).
+    fn accept(&mut self, batch: &Batch, act: &Activations) -> Result<(), TrainError> {
+        if act.iteration != self.next_iteration {
+            return Err(TrainError::Protocol(format!(
+                "activations for iteration {}, expected {}",
+                act.iteration, self.next_iteration
+            )));
+        }
+        let own = batch.digest();
+        if own != act.digest {
+            let first = batch.sources.first().copied();
+            let last = batch.sources.last().copied();
+            return Err(TrainError::Misaligned {
+                iteration: act.iteration,
+                ours: own.to_string(),
+                theirs: act.digest.to_string(),
+                rows: match (first, last) {
+                    (Some(a), Some(b)) => format!(
+                        "block #{} record {} .. block #{} record {}",
+                        a.block, a.record, b.block, b.record
+                    ),
+                    _ => "an empty batch".into(),
+                },
+            });
+        }
+        if batch.labels.len() != batch.rows {
+            return Err(TrainError::Protocol(format!(
+                "leader batch has {} labels for {} rows",
+                batch.labels.len(),
+                batch.rows
+            )));
+        }
+        act.tensor
+            .decode_into("follower activations", (batch.rows, self.peer_cols), &mut self.act)?;
+        Ok(())
+    }
+
+    /// One training step: returns the report and the gradient to send back.
+    pub fn train_step(&mut self, batch: &Batch, act: &Activations) -> Result<(StepReport, Gradient), TrainError> {
+        if !act.train {
+            return Err(TrainError::Protocol(format!(
+                "iteration {} is not a training iteration",
+                act.iteration
+            )));
+        }
+        self.accept(batch, act)?;
+        let weights = (!batch.weights.is_empty()).then_some(&batch.weights[..]);
+        let v = self
+            .model
+            .train_step(&self.cx, &tower_input(batch), &self.act, &batch.labels, weights)?;
+        self.metrics.update(self.model.head.scores(), &batch.labels, weights);
+        let g = Gradient {
+            iteration: act.iteration,
+            tensor: WireTensor::encode(self.model.grad_for_follower()),
+        };
+        self.next_iteration += 1;
+        Ok((
+            StepReport {
+                iteration: act.iteration,
+                loss: v.loss,
+                rows: batch.rows,
+            },
+            g,
+        ))
+    }
+
+    /// One evaluation step (forward only, no gradient).
+    pub fn eval_step(&mut self, batch: &Batch, act: &Activations) -> Result<StepReport, TrainError> {
+        self.accept(batch, act)?;
+        let weights = (!batch.weights.is_empty()).then_some(&batch.weights[..]);
+        let v = self
+            .model
+            .eval_step(&self.cx, &tower_input(batch), &self.act, &batch.labels, weights)?;
+        self.metrics.update(self.model.head.scores(), &batch.labels, weights);
+        self.next_iteration += 1;
+        Ok(StepReport {
+            iteration: act.iteration,
+            loss: v.loss,
+            rows: batch.rows,
+        })
+    }
+
+    /// Scores of the last step, one per row.
+    pub fn scores(&self) -> &[f32] {
+        self.model.head.scores()
+    }
+}
