@@ -1,11 +1,20 @@
 //! Data layer of enclave-vfl: batch buffers and digests, the synthetic
 //! data generator, TFRecord/tf.Example and CSV readers, and data blocks.
 
+pub mod atomic;
 pub mod batch;
+pub mod blocks;
+pub mod csv;
+pub mod example;
+pub mod generate;
+pub mod schema;
 pub mod source;
 pub mod synth;
+pub mod tfrecord;
 
 pub use batch::{Batch, BatchDigest, RowSource};
+pub use blocks::{BlockFile, BlockReader, DataDir, Position, ReadOptions};
+pub use schema::Schema;
 pub use source::{BatchSource, SynthSource};
 
 /// Errors of the data layer. Each names the file, the record (or line)

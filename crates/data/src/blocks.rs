@@ -1,0 +1,513 @@
+//! Data blocks: the files of a data directory, and a reader that streams
+//! batches across blocks in an order the caller gives, from any (block,
+//! record) position.
+//!
+//! A block is one file; its id is its path relative to the data directory
+//! without the extension (`00.tfrecord` -> `00`, `day1/x.csv` -> `day1/x`).
+//! Files are selected by a wildcard matched against that relative path
+//! (fnmatch rules: `*`, `?`, `[abc]`, `[!abc]`; `*` also matches `/`), by
+//! default all `*.tfrecord`, `*.tfrecord.gz` and `*.csv` files. Zero
+//! matching files is an error: the original's default wildcard matched
+//! none of its own example files and trained on nothing, silently.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+use crate::batch::{Batch, RowSource};
+use crate::csv::{CsvLayout, read_header};
+use crate::example::ExampleDecoder;
+use crate::schema::Schema;
+use crate::source::BatchSource;
+use crate::tfrecord::{Compression, FrameError, RecordReader};
+
+/// Extensions recognised by the default selection, longest first.
+const EXTENSIONS: &[&str] = &[".tfrecord.gz", ".tfrecord", ".csv"];
+
+/// File format of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    TfRecord,
+    Csv,
+}
+
+/// One block file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockFile {
+    pub id: String,
+    pub path: PathBuf,
+    pub kind: FileKind,
+}
+
+/// fnmatch-style matching of `name` against `pattern`.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
+            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
+            Some('[') => {
+                let Some(close) = p.iter().skip(2).position(|&c| c == ']').map(|i| i + 2) else {
+                    return n.first() == Some(&'[') && go(&p[1..], &n[1..]);
+                };
+                let Some(&c) = n.first() else { return false };
+                let (neg, set) = match p[1] {
+                    '!' => (true, &p[2..close]),
+                    _ => (false, &p[1..close]),
+                };
+                let mut hit = false;
+                let mut i = 0;
+                while i < set.len() {
+                    if i + 2 < set.len() && set[i + 1] == '-' {
+                        hit |= set[i] <= c && c <= set[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= set[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != neg && go(&p[close + 1..], &n[1..])
+            }
+            Some(&c) => n.first() == Some(&c) && go(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// The blocks of a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    blocks: Vec<BlockFile>,
+}
+
+fn walk(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    let io = |e: std::io::Error| DataError::Io {
+        file: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        if path.is_dir() {
+            walk(&path, root, out)?;
+        } else {
+            out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+impl DataDir {
+    /// Lists the blocks under `root` selected by `wildcard` (or the
+    /// default extensions). Block ids must be unique.
+    pub fn scan(root: &Path, wildcard: Option<&str>) -> Result<Self, DataError> {
+        if !root.is_dir() {
+            return Err(DataError::Io {
+                file: root.display().to_string(),
+                message: "not a directory".into(),
+            });
+        }
+        let mut files = Vec::new();
+        walk(root, root, &mut files)?;
+        let mut blocks: Vec<BlockFile> = Vec::new();
+        let mut ids: HashMap<String, PathBuf> = HashMap::new();
+        for rel in files {
+            let rel_s = rel.to_string_lossy().replace('\\', "/");
+            let ext = EXTENSIONS.iter().find(|e| rel_s.ends_with(*e));
+            let selected = match wildcard {
+                Some(w) => wildcard_match(w, &rel_s),
+                None => ext.is_some(),
+            };
+            if !selected {
+                continue;
+            }
+            let id = ext.map_or(rel_s.clone(), |e| rel_s[..rel_s.len() - e.len()].to_string());
+            let kind = if rel_s.ends_with(".csv") {
+                FileKind::Csv
+            } else {
+                FileKind::TfRecord
+            };
+            let path = root.join(&rel);
+            if let Some(prev) = ids.insert(id.clone(), path.clone()) {
+                return Err(DataError::Other(format!(
+                    "{}: block id `{id}` is given by two files: {} and {}",
+                    root.display(),
+                    prev.display(),
+                    path.display()
+                )));
+            }
+            blocks.push(BlockFile { id, path, kind });
+        }
+        if blocks.is_empty() {
+            return Err(DataError::Other(format!(
+                "{}: no data files match {} (refusing to train on zero examples)",
+                root.display(),
+                wildcard.map_or(
+                    "the default `*.tfrecord`, `*.tfrecord.gz`, `*.csv`".to_string(),
+                    |w| format!("`{w}`")
+                )
+            )));
+        }
+        Ok(DataDir {
+            root: root.to_path_buf(),
+            blocks,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Blocks sorted by id.
+    pub fn blocks(&self) -> &[BlockFile] {
+        &self.blocks
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.blocks.iter().map(|b| b.id.clone()).collect()
+    }
+
+    /// The blocks with these ids, in this order; a missing id is an error.
+    pub fn select(&self, order: &[String]) -> Result<Vec<BlockFile>, DataError> {
+        order
+            .iter()
+            .map(|id| {
+                self.blocks.iter().find(|b| &b.id == id).cloned().ok_or_else(|| {
+                    DataError::Other(format!(
+                        "{}: no block `{id}` in this data directory",
+                        self.root.display()
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reader settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub compression: Compression,
+    /// Count and skip records that fail to decode (bad data checksum,
+    /// wrong or missing feature, bad CSV row, duplicate id) instead of
+    /// stopping. Records whose framing is lost (bad length checksum,
+    /// truncation) still stop the read.
+    pub skip_bad_records: bool,
+}
+
+/// A position in the ordered block list: the next record to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    pub block: usize,
+    pub record: u64,
+}
+
+enum Open {
+    Tf(RecordReader<Box<dyn Read + Send>>),
+    Csv {
+        reader: BufReader<File>,
+        layout: CsvLayout,
+        line_no: u64,
+    },
+}
+
+/// Streams batches over blocks in a given order.
+pub struct BlockReader {
+    blocks: Vec<BlockFile>,
+    opts: ReadOptions,
+    decoder: ExampleDecoder,
+    open: Option<Open>,
+    pos: Position,
+    skipped: u64,
+    skip_log: Vec<String>,
+    /// Example-id hash -> record, for the current block.
+    seen: HashMap<u64, u64>,
+    line: String,
+    scratch: String,
+    spans: Vec<(usize, usize)>,
+}
+
+fn id_hash(id: &[u8]) -> u64 {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for b in id {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
+}
+
+impl BlockReader {
+    pub fn new(blocks: Vec<BlockFile>, schema: Schema, opts: ReadOptions) -> Self {
+        BlockReader {
+            blocks,
+            opts,
+            decoder: ExampleDecoder::new(schema),
+            open: None,
+            pos: Position::default(),
+            skipped: 0,
+            skip_log: Vec::new(),
+            seen: HashMap::new(),
+            line: String::new(),
+            scratch: String::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    pub fn schema(&self) -> &Schema {
+        self.decoder.schema()
+    }
+
+    /// Next record to be read.
+    pub fn position(&self) -> Position {
+        self.pos
+    }
+
+    /// Records skipped so far (with `skip_bad_records`).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Why the first (up to 10) records were skipped.
+    pub fn skip_reasons(&self) -> &[String] {
+        &self.skip_log
+    }
+
+    pub fn blocks(&self) -> &[BlockFile] {
+        &self.blocks
+    }
+
+    /// Moves to `pos`. The records of the block before `pos.record` are
+    /// read and checked again (ids included), then dropped.
+    pub fn seek(&mut self, pos: Position) -> Result<(), DataError> {
+        self.open = None;
+        self.seen.clear();
+        self.pos = Position {
+            block: pos.block,
+            record: 0,
+        };
+        let mut scratch = Batch::new(self.decoder.schema().slots.len(), self.decoder.schema().dense.len());
+        while self.pos.block == pos.block && self.pos.record < pos.record {
+            scratch.clear();
+            let want = (pos.record - self.pos.record).min(1024) as usize;
+            if self.fill(&mut scratch, want)? == 0 {
+                return Err(DataError::Other(format!(
+                    "cannot resume at block #{} record {}: the block ends before",
+                    pos.block, pos.record
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&self) -> String {
+        self.blocks
+            .get(self.pos.block)
+            .map_or_else(String::new, |b| b.path.display().to_string())
+    }
+
+    fn open_block(&mut self) -> Result<(), DataError> {
+        let b = &self.blocks[self.pos.block];
+        let file = b.path.display().to_string();
+        let io = |e: std::io::Error| DataError::Io {
+            file: file.clone(),
+            message: e.to_string(),
+        };
+        self.seen.clear();
+        self.open = Some(match b.kind {
+            FileKind::TfRecord => Open::Tf(RecordReader::open(&b.path, self.opts.compression).map_err(io)?),
+            FileKind::Csv => {
+                let mut reader = BufReader::with_capacity(1 << 20, File::open(&b.path).map_err(io)?);
+                let mut line_no = 0;
+                if read_header(&mut reader, &mut self.line, &mut line_no)
+                    .map_err(io)?
+                    .is_none()
+                {
+                    return Err(DataError::Io {
+                        file,
+                        message: "empty CSV file (no header)".into(),
+                    });
+                }
+                let layout =
+                    CsvLayout::from_header(&self.line, self.decoder.schema()).map_err(|e| DataError::Line {
+                        file: file.clone(),
+                        line: line_no,
+                        message: match e.column {
+                            Some(c) => format!("column `{c}`: {}", e.message),
+                            None => e.message,
+                        },
+                    })?;
+                Open::Csv {
+                    reader,
+                    layout,
+                    line_no,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Reads one record into `batch`. `Ok(false)` at the end of the block.
+    fn read_one(&mut self, batch: &mut Batch) -> Result<bool, DataError> {
+        let file = self.file();
+        let record = self.pos.record;
+        let source = RowSource {
+            block: self.pos.block as u32,
+            record,
+        };
+        let before = batch.rows;
+        let outcome: Result<bool, DataError> = match self.open.as_mut() {
+            None => Ok(false),
+            Some(Open::Tf(r)) => match r.next_record() {
+                Ok(None) => Ok(false),
+                Ok(Some(data)) => self
+                    .decoder
+                    .decode_into(data, batch, source)
+                    .map(|()| true)
+                    .map_err(|e| match e.feature.is_empty() {
+                        true => DataError::Record {
+                            file: file.clone(),
+                            record,
+                            message: e.message,
+                        },
+                        false => DataError::Feature {
+                            file: file.clone(),
+                            record,
+                            feature: e.feature,
+                            message: e.message,
+                        },
+                    }),
+                Err(e @ FrameError::DataCrc { .. }) => Err(DataError::Record {
+                    file: file.clone(),
+                    record,
+                    message: strip(&e),
+                }),
+                Err(e) => {
+                    return Err(DataError::Record {
+                        file,
+                        record,
+                        message: strip(&e),
+                    });
+                }
+            },
+            Some(Open::Csv {
+                reader,
+                layout,
+                line_no,
+            }) => loop {
+                self.line.clear();
+                match reader.read_line(&mut self.line) {
+                    Err(e) => {
+                        return Err(DataError::Io {
+                            file,
+                            message: e.to_string(),
+                        });
+                    }
+                    Ok(0) => break Ok(false),
+                    Ok(_) => {}
+                }
+                *line_no += 1;
+                if self.line.trim().is_empty() {
+                    continue;
+                }
+                let line = *line_no;
+                break layout
+                    .parse_into(&self.line, &mut self.scratch, &mut self.spans, batch, source)
+                    .map(|()| true)
+                    .map_err(|e| DataError::Line {
+                        file: file.clone(),
+                        line,
+                        message: match e.column {
+                            Some(c) => format!("column `{c}`: {}", e.message),
+                            None => e.message,
+                        },
+                    });
+            },
+        };
+        let outcome = outcome.and_then(|more| {
+            if more {
+                let h = id_hash(batch.example_id(before));
+                if let Some(first) = self.seen.insert(h, record) {
+                    let id = String::from_utf8_lossy(batch.example_id(before)).into_owned();
+                    batch.truncate_rows(before);
+                    return Err(DataError::Record {
+                        file: file.clone(),
+                        record,
+                        message: format!("duplicate example_id `{id}` (first seen at record {first} of this block)"),
+                    });
+                }
+            }
+            Ok(more)
+        });
+        match outcome {
+            Ok(more) => {
+                if more {
+                    self.pos.record += 1;
+                }
+                Ok(more)
+            }
+            Err(e) if self.opts.skip_bad_records => {
+                self.skipped += 1;
+                self.pos.record += 1;
+                if self.skip_log.len() < 10 {
+                    self.skip_log.push(e.to_string());
+                }
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A frame error's text without its own "record N:" prefix.
+fn strip(e: &FrameError) -> String {
+    let s = e.to_string();
+    s.split_once(": ").map_or(s.clone(), |(_, rest)| rest.to_string())
+}
+
+impl BatchSource for BlockReader {
+    fn fill(&mut self, batch: &mut Batch, max_rows: usize) -> Result<usize, DataError> {
+        batch.clear();
+        while batch.rows < max_rows && self.pos.block < self.blocks.len() {
+            if self.open.is_none() {
+                self.open_block()?;
+            }
+            if !self.read_one(batch)? {
+                self.open = None;
+                self.pos = Position {
+                    block: self.pos.block + 1,
+                    record: 0,
+                };
+            }
+        }
+        Ok(batch.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_semantics() {
+        assert!(wildcard_match("*.tfrecord", "00.tfrecord"));
+        assert!(wildcard_match("*", "a/b/c"));
+        assert!(wildcard_match("part-*", "part-00001"));
+        assert!(!wildcard_match("part-*", "data/leader/00.tfrecord"));
+        assert!(wildcard_match("0?.csv", "01.csv"));
+        assert!(wildcard_match("[0-1][!a]*", "05x"));
+        assert!(!wildcard_match("[!0]*", "05x"));
+        assert!(!wildcard_match("a", "ab"));
+    }
+}
