@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Generate planted data and train, evaluate and report, all in one go.
     Demo(cmd::demo::Args),
+    /// Generate data sets, measure decoding.
+    #[command(subcommand)]
+    Data(cmd::data::Command),
     /// Measure training throughput of the in-process step.
     Bench(cmd::bench::Args),
     /// Inspect model specs.
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Data(c) => cmd::data::run(c),
         Command::Model(c) => cmd::model::run(c),
         Command::Selfcheck(a) => cmd::selfcheck::run(a),
     };

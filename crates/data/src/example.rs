@@ -22,13 +22,20 @@ pub struct DecodeError {
     pub message: String,
 }
 
-impl DecodeError {
-    fn structural(message: impl Into<String>) -> Self {
+/// Low-level wire errors: a static message keeps results small on the
+/// hot path.
+type Wire = &'static str;
+
+impl From<Wire> for DecodeError {
+    fn from(message: Wire) -> Self {
         DecodeError {
             feature: String::new(),
             message: message.into(),
         }
     }
+}
+
+impl DecodeError {
     fn at(feature: &[u8], message: impl Into<String>) -> Self {
         DecodeError {
             feature: String::from_utf8_lossy(feature).into_owned(),
@@ -86,6 +93,10 @@ impl Hasher for Fnv {
 pub struct ExampleDecoder {
     schema: Schema,
     index: HashMap<Vec<u8>, Target, BuildHasherDefault<Fnv>>,
+    /// The keys met at each map position of the previous record: writers
+    /// emit features in a fixed order, so a byte comparison usually
+    /// replaces the hash lookup.
+    predicted: Vec<(Box<[u8]>, Option<Target>)>,
     // Per-record scratch, reused.
     slot_ids: Vec<i64>,
     slot_range: Vec<(u32, u32)>,
@@ -96,11 +107,24 @@ pub struct ExampleDecoder {
 const MISSING: (u32, u32) = (u32::MAX, u32::MAX);
 
 /// Reads a varint at `*pos`.
-fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
+#[inline(always)]
+fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, Wire> {
+    // Fast path: one-byte varints (tags, short lengths, small ids).
+    if let Some(&b) = buf.get(*pos)
+        && b < 0x80
+    {
+        *pos += 1;
+        return Ok(u64::from(b));
+    }
+    varint_slow(buf, pos)
+}
+
+#[inline(never)]
+fn varint_slow(buf: &[u8], pos: &mut usize) -> Result<u64, Wire> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let Some(&b) = buf.get(*pos) else {
-            return Err(DecodeError::structural("truncated varint"));
+            return Err("truncated varint");
         };
         *pos += 1;
         v |= u64::from(b & 0x7f) << shift;
@@ -108,17 +132,16 @@ fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
             return Ok(v);
         }
     }
-    Err(DecodeError::structural("varint longer than 10 bytes"))
+    Err("varint longer than 10 bytes")
 }
 
 /// A length-delimited field's bytes at `*pos`.
-fn delimited<'a>(buf: &'a [u8], pos: &mut usize) -> Result<&'a [u8], DecodeError> {
+#[inline(always)]
+fn delimited<'a>(buf: &'a [u8], pos: &mut usize) -> Result<&'a [u8], Wire> {
     let len = varint(buf, pos)? as usize;
     let end = pos.checked_add(len).filter(|&e| e <= buf.len());
     let Some(end) = end else {
-        return Err(DecodeError::structural(format!(
-            "field length {len} runs past the end of its message"
-        )));
+        return Err("field length runs past the end of its message");
     };
     let s = &buf[*pos..end];
     *pos = end;
@@ -126,26 +149,27 @@ fn delimited<'a>(buf: &'a [u8], pos: &mut usize) -> Result<&'a [u8], DecodeError
 }
 
 /// Skips a field of `wire` type.
-fn skip(buf: &[u8], pos: &mut usize, wire: u64) -> Result<(), DecodeError> {
+fn skip(buf: &[u8], pos: &mut usize, wire: u64) -> Result<(), Wire> {
     match wire {
         0 => varint(buf, pos).map(|_| ()),
         1 => advance(buf, pos, 8),
         2 => delimited(buf, pos).map(|_| ()),
         5 => advance(buf, pos, 4),
-        w => Err(DecodeError::structural(format!("unsupported wire type {w}"))),
+        _ => Err("unsupported protobuf wire type"),
     }
 }
 
-fn advance(buf: &[u8], pos: &mut usize, n: usize) -> Result<(), DecodeError> {
+fn advance(buf: &[u8], pos: &mut usize, n: usize) -> Result<(), Wire> {
     if *pos + n > buf.len() {
-        return Err(DecodeError::structural("truncated fixed-width field"));
+        return Err("truncated fixed-width field");
     }
     *pos += n;
     Ok(())
 }
 
 /// Splits a Feature message into its list kind and the list's bytes.
-fn feature_list(buf: &[u8]) -> Result<Option<(Kind, &[u8])>, DecodeError> {
+#[inline(always)]
+fn feature_list(buf: &[u8]) -> Result<Option<(Kind, &[u8])>, Wire> {
     let (mut pos, mut found) = (0, None);
     while pos < buf.len() {
         let tag = varint(buf, &mut pos)?;
@@ -165,7 +189,8 @@ fn feature_list(buf: &[u8]) -> Result<Option<(Kind, &[u8])>, DecodeError> {
 }
 
 /// Calls `f` for every value of an Int64List.
-fn each_int64(list: &[u8], mut f: impl FnMut(i64)) -> Result<(), DecodeError> {
+#[inline(always)]
+fn each_int64(list: &[u8], mut f: impl FnMut(i64)) -> Result<(), Wire> {
     let mut pos = 0;
     while pos < list.len() {
         let tag = varint(list, &mut pos)?;
@@ -185,7 +210,7 @@ fn each_int64(list: &[u8], mut f: impl FnMut(i64)) -> Result<(), DecodeError> {
 }
 
 /// Calls `f` for every value of a FloatList.
-fn each_float(list: &[u8], mut f: impl FnMut(f32)) -> Result<(), DecodeError> {
+fn each_float(list: &[u8], mut f: impl FnMut(f32)) -> Result<(), Wire> {
     let mut pos = 0;
     while pos < list.len() {
         let tag = varint(list, &mut pos)?;
@@ -193,9 +218,7 @@ fn each_float(list: &[u8], mut f: impl FnMut(f32)) -> Result<(), DecodeError> {
             (1, 2) => {
                 let packed = delimited(list, &mut pos)?;
                 if packed.len() % 4 != 0 {
-                    return Err(DecodeError::structural(
-                        "packed float list length is not a multiple of 4",
-                    ));
+                    return Err("packed float list length is not a multiple of 4");
                 }
                 for c in packed.chunks_exact(4) {
                     f(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
@@ -262,6 +285,7 @@ impl ExampleDecoder {
             dense: vec![0.0; schema.dense.len()],
             dense_seen: vec![false; schema.dense.len()],
             slot_ids: Vec::new(),
+            predicted: Vec::new(),
             index,
             schema,
         }
@@ -296,6 +320,7 @@ impl ExampleDecoder {
             }
             let features = delimited(record, &mut pos)?;
             let mut fp = 0;
+            let mut k = 0;
             while fp < features.len() {
                 let tag = varint(features, &mut fp)?;
                 if tag != (1 << 3 | 2) {
@@ -313,7 +338,20 @@ impl ExampleDecoder {
                         t => skip(entry, &mut ep, t & 7)?,
                     }
                 }
-                let Some(&target) = self.index.get(key) else { continue };
+                let target = match self.predicted.get(k) {
+                    Some((pk, t)) if **pk == *key => *t,
+                    _ => {
+                        let t = self.index.get(key).copied();
+                        if k < self.predicted.len() {
+                            self.predicted[k] = (key.into(), t);
+                        } else {
+                            self.predicted.push((key.into(), t));
+                        }
+                        t
+                    }
+                };
+                k += 1;
+                let Some(target) = target else { continue };
                 let Some((kind, list)) = feature_list(value)? else {
                     return Err(DecodeError::at(key, "feature has no value list"));
                 };

@@ -52,17 +52,24 @@ pub enum FrameError {
     Io { record: u64, source: io::Error },
 }
 
-/// Reads records one at a time into a reused buffer.
+/// Reads records one at a time. Records are read from the source straight
+/// into one large buffer and handed out as slices of it: one copy from the
+/// kernel, none after.
 pub struct RecordReader<R: Read> {
     inner: R,
     buf: Vec<u8>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
     record: u64,
 }
+
+const CHUNK: usize = 1 << 20;
 
 impl RecordReader<Box<dyn Read + Send>> {
     /// Opens a file, detecting or applying the compression.
     pub fn open(path: &Path, compression: Compression) -> io::Result<Self> {
-        let mut file = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+        let mut file = BufReader::with_capacity(64 << 10, std::fs::File::open(path)?);
         let gzip = match compression {
             Compression::None => false,
             Compression::Gzip => true,
@@ -82,25 +89,13 @@ impl RecordReader<Box<dyn Read + Send>> {
     }
 }
 
-/// Reads as many bytes as possible into `buf`; returns how many were read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 impl<R: Read> RecordReader<R> {
     pub fn new(inner: R) -> Self {
         RecordReader {
             inner,
-            buf: Vec::new(),
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
             record: 0,
         }
     }
@@ -110,12 +105,36 @@ impl<R: Read> RecordReader<R> {
         self.record
     }
 
+    /// Makes at least `n` unconsumed bytes available if the source has
+    /// them; returns how many are available (fewer only at end of file).
+    fn fill(&mut self, n: usize) -> io::Result<usize> {
+        if self.end - self.start >= n {
+            return Ok(self.end - self.start);
+        }
+        if self.start + n > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if n > self.buf.len() {
+                self.buf.resize(n.next_multiple_of(CHUNK), 0);
+            }
+        }
+        while self.end - self.start < n {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => break,
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.end - self.start)
+    }
+
     /// The next record's data, or `None` at a clean end of file.
     pub fn next_record(&mut self) -> Result<Option<&[u8]>, FrameError> {
         let record = self.record;
         let io = |source| FrameError::Io { record, source };
-        let mut head = [0u8; 12];
-        let got = read_full(&mut self.inner, &mut head).map_err(io)?;
+        let got = self.fill(12).map_err(io)?;
         if got == 0 {
             return Ok(None);
         }
@@ -127,6 +146,7 @@ impl<R: Read> RecordReader<R> {
                 want: 12,
             });
         }
+        let head = &self.buf[self.start..self.start + 12];
         let len = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
         let stored = u32::from_le_bytes(head[8..].try_into().unwrap_or_default());
         let computed = masked_crc32c(&head[..8]);
@@ -141,8 +161,7 @@ impl<R: Read> RecordReader<R> {
             return Err(FrameError::TooLong { record, len });
         }
         let want = len as usize + 4;
-        self.buf.resize(want, 0);
-        let got = read_full(&mut self.inner, &mut self.buf).map_err(io)?;
+        let got = self.fill(12 + want).map_err(io)? - 12;
         if got < want {
             return Err(FrameError::Truncated {
                 record,
@@ -151,9 +170,10 @@ impl<R: Read> RecordReader<R> {
                 want,
             });
         }
-        let data_len = len as usize;
-        let stored = u32::from_le_bytes(self.buf[data_len..].try_into().unwrap_or_default());
-        let computed = masked_crc32c(&self.buf[..data_len]);
+        let data = self.start + 12;
+        let data_end = data + len as usize;
+        let stored = u32::from_le_bytes(self.buf[data_end..data_end + 4].try_into().unwrap_or_default());
+        let computed = masked_crc32c(&self.buf[data..data_end]);
         if stored != computed {
             return Err(FrameError::DataCrc {
                 record,
@@ -161,8 +181,9 @@ impl<R: Read> RecordReader<R> {
                 computed,
             });
         }
+        self.start = data_end + 4;
         self.record += 1;
-        Ok(Some(&self.buf[..data_len]))
+        Ok(Some(&self.buf[data..data_end]))
     }
 
     /// Skips `n` records (checksums are still verified).
