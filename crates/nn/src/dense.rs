@@ -208,11 +208,26 @@ impl Dense {
                 self.gw.resize(self.w.len(), 0.0);
                 gemm(cx, &mut self.gw, xt, dz, Accumulate::Overwrite, 1.0)?;
                 if let Update::Apply(opt) = update {
-                    opt.apply_param(&mut self.w, &self.gw, &mut self.sw);
+                    apply_parallel(cx, opt, &mut self.w, &self.gw, &mut self.sw);
                     opt.apply_param(&mut self.b, &self.gb, &mut self.sb);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// [`Optimizer::apply_param`] split into one contiguous chunk per thread
+/// (element-wise updates: the result does not depend on the split).
+fn apply_parallel(cx: &Compute, opt: &Optimizer, w: &mut [f32], g: &[f32], st: &mut ParamState) {
+    let n = w.len();
+    let chunk = n.div_ceil(cx.threads()).max(4096);
+    let mut a_chunks = st.a.chunks_mut(chunk);
+    let mut b_chunks = st.b.chunks_mut(chunk);
+    let parts: Vec<_> = w
+        .chunks_mut(chunk)
+        .zip(g.chunks(chunk))
+        .map(|(w, g)| (w, g, a_chunks.next().unwrap_or_default(), b_chunks.next().unwrap_or_default()))
+        .collect();
+    cx.for_each_part(parts, |(w, g, a, b)| opt.apply(w, g, a, b));
 }

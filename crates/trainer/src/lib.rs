@@ -31,3 +31,21 @@ pub enum TrainError {
     #[error("protocol error: {0}")]
     Protocol(String),
 }
+
+/// The data schema of one party for a model spec: the spec's slots and
+/// dense columns, the label and loss mask on the leader, and read-time id
+/// range checks for slots that refuse out-of-range ids.
+pub fn schema_for(spec: &vfl_nn::ModelSpec, role: vfl_nn::Role) -> vfl_data::Schema {
+    let tower = spec.tower(role);
+    let slots = tower.slots();
+    let mut schema = vfl_data::Schema::new(
+        slots.iter().map(|s| s.name.clone()).collect(),
+        tower.dense_columns(),
+        role == vfl_nn::Role::Leader,
+    );
+    schema.vocab = slots
+        .iter()
+        .map(|s| (s.out_of_range == vfl_nn::embedding::OutOfRange::Error).then_some(s.vocab as u64))
+        .collect();
+    schema
+}
