@@ -227,7 +227,14 @@ fn apply_parallel(cx: &Compute, opt: &Optimizer, w: &mut [f32], g: &[f32], st: &
     let parts: Vec<_> = w
         .chunks_mut(chunk)
         .zip(g.chunks(chunk))
-        .map(|(w, g)| (w, g, a_chunks.next().unwrap_or_default(), b_chunks.next().unwrap_or_default()))
+        .map(|(w, g)| {
+            (
+                w,
+                g,
+                a_chunks.next().unwrap_or_default(),
+                b_chunks.next().unwrap_or_default(),
+            )
+        })
         .collect();
     cx.for_each_part(parts, |(w, g, a, b)| opt.apply(w, g, a, b));
 }

@@ -62,10 +62,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "the demo's planted data has the same sparse slots x_0.. on both sides and no dense columns; model {} does not fit",
         spec.name
     );
-    anyhow::ensure!(a.batch_size > 0 && a.files > 0 && a.rows_per_file > 0, "sizes must be > 0");
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)));
-    let work = a.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("vfl-demo"));
-    let synth = SynthConfig { slots, seed: a.seed, ..Default::default() };
+    anyhow::ensure!(
+        a.batch_size > 0 && a.files > 0 && a.rows_per_file > 0,
+        "sizes must be > 0"
+    );
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)));
+    let work = a
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("vfl-demo"));
+    let synth = SynthConfig {
+        slots,
+        seed: a.seed,
+        ..Default::default()
+    };
 
     let t0 = Instant::now();
     let train_dir = work.join("train");
@@ -146,8 +158,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let m = eval.metrics;
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
-    println!("training: {examples} examples in {secs:.1} s = {:.0} examples/s", examples as f64 / secs);
-    println!("held-out evaluation ({} rows): AUC {}, log loss {:.4}, KS {}", m.count, fmt(m.auc), m.log_loss, fmt(m.ks));
-    println!("best possible leader-only AUC (the hidden model's leader part): {}", fmt(oracle.values().auc));
+    println!(
+        "training: {examples} examples in {secs:.1} s = {:.0} examples/s",
+        examples as f64 / secs
+    );
+    println!(
+        "held-out evaluation ({} rows): AUC {}, log loss {:.4}, KS {}",
+        m.count,
+        fmt(m.auc),
+        m.log_loss,
+        fmt(m.ks)
+    );
+    println!(
+        "best possible leader-only AUC (the hidden model's leader part): {}",
+        fmt(oracle.values().auc)
+    );
     Ok(())
 }
