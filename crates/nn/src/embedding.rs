@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::NnError;
+use crate::aligned::AlignedVec;
 use crate::compute::Compute;
 use crate::dense::Update;
 use crate::init::InitSpec;
@@ -99,15 +100,15 @@ struct Slot {
 pub struct EmbeddingBags {
     name: String,
     slots: Vec<Slot>,
-    tables: Vec<f32>,
-    state_a: Vec<f32>,
-    state_b: Vec<f32>,
+    tables: AlignedVec,
+    state_a: AlignedVec,
+    state_b: AlignedVec,
     out_cols: usize,
     total_rows: usize,
     /// Table rows resolved during the last forward pass (parallel to ids).
     resolved: Vec<u32>,
     /// Gradient accumulators (allocated on first non-SGD or collect pass).
-    acc: Vec<f32>,
+    acc: AlignedVec,
     stamp: Vec<u32>,
     generation: u32,
     /// Per slot: rows touched by the last backward pass (local row index).
@@ -129,9 +130,9 @@ impl EmbeddingBags {
             row += cfg.vocab;
             col += cfg.dim;
         }
-        let mut tables = vec![0.0; elem];
+        let mut tables = AlignedVec::zeros(elem);
         for s in &out {
-            let t = &mut tables[s.elem_off..s.elem_off + s.cfg.vocab * s.cfg.dim];
+            let t = &mut tables.as_mut_slice()[s.elem_off..s.elem_off + s.cfg.vocab * s.cfg.dim];
             init.fill(seed, &format!("{name}/{}", s.cfg.name), s.cfg.vocab, s.cfg.dim, t);
         }
         let st = opt.new_state(elem);
@@ -140,12 +141,12 @@ impl EmbeddingBags {
             touched: vec![Vec::new(); out.len()],
             slots: out,
             tables,
-            state_a: st.a,
-            state_b: st.b,
+            state_a: AlignedVec::from_slice(&st.a),
+            state_b: AlignedVec::from_slice(&st.b),
             out_cols: col,
             total_rows: row,
             resolved: Vec::new(),
-            acc: Vec::new(),
+            acc: AlignedVec::default(),
             stamp: Vec::new(),
             generation: 0,
         }
@@ -167,22 +168,26 @@ impl EmbeddingBags {
     /// The table of slot `s`, `[vocab, dim]` row-major.
     pub fn table(&self, s: usize) -> &[f32] {
         let sl = &self.slots[s];
-        &self.tables[sl.elem_off..sl.elem_off + sl.cfg.vocab * sl.cfg.dim]
+        &self.tables.as_slice()[sl.elem_off..sl.elem_off + sl.cfg.vocab * sl.cfg.dim]
     }
     /// All tables, concatenated in slot order.
     pub fn tables(&self) -> &[f32] {
-        &self.tables
+        self.tables.as_slice()
     }
     pub fn tables_mut(&mut self) -> &mut [f32] {
-        &mut self.tables
+        self.tables.as_mut_slice()
     }
     /// Tables and optimizer state (concatenated like the tables; empty for
     /// SGD), mutably (checkpoints).
-    pub fn parts_mut(&mut self) -> (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>) {
-        (&mut self.tables, &mut self.state_a, &mut self.state_b)
+    pub fn parts_mut(&mut self) -> (&mut [f32], &mut [f32], &mut [f32]) {
+        (
+            self.tables.as_mut_slice(),
+            self.state_a.as_mut_slice(),
+            self.state_b.as_mut_slice(),
+        )
     }
     pub fn state(&self) -> (&[f32], &[f32]) {
-        (&self.state_a, &self.state_b)
+        (self.state_a.as_slice(), self.state_b.as_slice())
     }
 
     /// The gradient of the last `Update::Collect` backward pass as a dense
@@ -194,7 +199,7 @@ impl EmbeddingBags {
             let dim = s.cfg.dim;
             for &r in rows {
                 let e = s.elem_off + r as usize * dim;
-                g[e..e + dim].copy_from_slice(&self.acc[e..e + dim]);
+                g[e..e + dim].copy_from_slice(&self.acc.as_slice()[e..e + dim]);
             }
         }
         g
@@ -235,7 +240,7 @@ impl EmbeddingBags {
             .chunks_mut(rows_per * cols.max(1))
             .enumerate()
             .collect();
-        let (slots, tables, resolved) = (&self.slots, &self.tables, &self.resolved);
+        let (slots, tables, resolved) = (&self.slots, self.tables.as_slice(), &self.resolved);
         cx.for_each_part(parts, |(chunk, dst)| {
             let b0 = chunk * rows_per;
             let nrows = dst.len() / cols.max(1);
@@ -341,7 +346,7 @@ impl EmbeddingBags {
             Update::Collect => None,
         };
         if sgd.is_none() && self.acc.len() != self.tables.len() {
-            self.acc = vec![0.0; self.tables.len()];
+            self.acc = AlignedVec::zeros(self.tables.len());
             self.stamp = vec![0; self.total_rows];
         }
         self.generation = self.generation.wrapping_add(1);
@@ -355,12 +360,12 @@ impl EmbeddingBags {
         let bounds: Vec<usize> = (0..ns).step_by(per).chain([ns]).collect();
         let elem_b: Vec<usize> = bounds.iter().map(|&s| self.elem_at(s)).collect();
         let row_b: Vec<usize> = bounds.iter().map(|&s| self.row_at(s)).collect();
-        let tables = split_by(&mut self.tables, &elem_b);
-        let acc = split_by(&mut self.acc, if sgd.is_none() { &elem_b } else { &[0, 0] });
+        let tables = split_by(self.tables.as_mut_slice(), &elem_b);
+        let acc = split_by(self.acc.as_mut_slice(), if sgd.is_none() { &elem_b } else { &[0, 0] });
         let stamp = split_by(&mut self.stamp, if sgd.is_none() { &row_b } else { &[0, 0] });
         let (a_empty, b_empty) = (self.state_a.is_empty(), self.state_b.is_empty());
-        let sa = split_by(&mut self.state_a, if a_empty { &[0, 0] } else { &elem_b });
-        let sb = split_by(&mut self.state_b, if b_empty { &[0, 0] } else { &elem_b });
+        let sa = split_by(self.state_a.as_mut_slice(), if a_empty { &[0, 0] } else { &elem_b });
+        let sb = split_by(self.state_b.as_mut_slice(), if b_empty { &[0, 0] } else { &elem_b });
         let touched = split_by(&mut self.touched, &bounds);
         let mut parts = Vec::new();
         let mut its = (

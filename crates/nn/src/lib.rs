@@ -7,6 +7,7 @@
 //! networks; the data and trainer crates feed it.
 
 pub mod activation;
+pub mod aligned;
 pub mod compute;
 pub mod dense;
 pub mod embedding;

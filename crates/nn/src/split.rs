@@ -32,7 +32,7 @@ pub struct TowerInput<'a> {
 pub struct TensorMut<'a> {
     pub name: String,
     pub shape: Vec<usize>,
-    pub data: &'a mut Vec<f32>,
+    pub data: &'a mut [f32],
 }
 
 fn build_layers(prefix: &str, inputs: usize, specs: &[LayerSpec], spec: &ModelSpec, opt: &Optimizer) -> Vec<Dense> {

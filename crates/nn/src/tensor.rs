@@ -1,6 +1,7 @@
 //! Row-major `f32` matrices: the only tensor type the numeric core needs.
 
 use crate::NnError;
+use crate::aligned::AlignedVec;
 
 /// A dense row-major matrix of `f32` values.
 ///
@@ -10,7 +11,7 @@ use crate::NnError;
 pub struct Matrix {
     rows: usize,
     cols: usize,
-    data: Vec<f32>,
+    data: AlignedVec,
 }
 
 impl Matrix {
@@ -19,7 +20,7 @@ impl Matrix {
         Matrix {
             rows,
             cols,
-            data: vec![0.0; rows * cols],
+            data: AlignedVec::zeros(rows * cols),
         }
     }
 
@@ -37,7 +38,11 @@ impl Matrix {
                 got: format!("{} values", data.len()),
             });
         }
-        Ok(Matrix { rows, cols, data })
+        Ok(Matrix {
+            rows,
+            cols,
+            data: AlignedVec::from_vec(data),
+        })
     }
 
     pub fn rows(&self) -> usize {
@@ -53,28 +58,28 @@ impl Matrix {
     }
 
     pub fn as_slice(&self) -> &[f32] {
-        &self.data
+        self.data.as_slice()
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.data
+        self.data.as_mut_slice()
     }
 
     pub fn into_vec(self) -> Vec<f32> {
-        self.data
+        self.data.into_vec()
     }
 
     /// Row `r` as a slice.
     pub fn row(&self, r: usize) -> &[f32] {
-        &self.data[r * self.cols..(r + 1) * self.cols]
+        &self.data.as_slice()[r * self.cols..(r + 1) * self.cols]
     }
 
     pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
-        &mut self.data[r * self.cols..(r + 1) * self.cols]
+        &mut self.data.as_mut_slice()[r * self.cols..(r + 1) * self.cols]
     }
 
     pub fn get(&self, r: usize, c: usize) -> f32 {
-        self.data[r * self.cols + c]
+        self.data.as_slice()[r * self.cols + c]
     }
 
     /// Reshapes in place to `rows x cols`, reusing the allocation. Contents
@@ -83,21 +88,21 @@ impl Matrix {
     pub fn resize(&mut self, rows: usize, cols: usize) {
         self.rows = rows;
         self.cols = cols;
-        self.data.resize(rows * cols, 0.0);
+        self.data.resize(rows * cols);
     }
 
     /// Sets every element to zero.
     pub fn fill_zero(&mut self) {
-        self.data.fill(0.0);
+        self.data.as_mut_slice().fill(0.0);
     }
 
     /// The first non-finite value, as `(row, col, value)`.
     pub fn first_non_finite(&self) -> Option<(usize, usize, f32)> {
         let cols = self.cols.max(1);
-        self.data
-            .iter()
+        let d = self.data.as_slice();
+        d.iter()
             .position(|v| !v.is_finite())
-            .map(|i| (i / cols, i % cols, self.data[i]))
+            .map(|i| (i / cols, i % cols, d[i]))
     }
 
     /// Horizontal concatenation `[a | b]` written into `out`.
@@ -143,9 +148,9 @@ impl Matrix {
     pub fn bitwise_eq(&self, other: &Matrix) -> bool {
         self.shape() == other.shape()
             && self
-                .data
+                .as_slice()
                 .iter()
-                .zip(&other.data)
+                .zip(other.as_slice())
                 .all(|(a, b)| a.to_bits() == b.to_bits())
     }
 }

@@ -126,7 +126,7 @@ impl Central {
         let mut out = Vec::new();
         let emb = |e: &mut EmbeddingBags, out: &mut Vec<Vec<f32>>| {
             let (t, a, b) = e.parts_mut();
-            out.extend([t.clone(), a.clone(), b.clone()]);
+            out.extend([t.to_vec(), a.to_vec(), b.to_vec()]);
         };
         let dense = |d: &mut Dense, out: &mut Vec<Vec<f32>>| {
             let has_bias = d.has_bias();
@@ -171,7 +171,7 @@ fn batches(n_batches: usize, batch: usize) -> Vec<(Batch, Batch)> {
 }
 
 fn split_weights(t: &mut LocalTrainer) -> Vec<Vec<f32>> {
-    let order = |v: Vec<vfl_nn::split::TensorMut<'_>>| v.into_iter().map(|t| t.data.clone()).collect::<Vec<_>>();
+    let order = |v: Vec<vfl_nn::split::TensorMut<'_>>| v.into_iter().map(|t| t.data.to_vec()).collect::<Vec<_>>();
     let mut out = order(t.leader.model_mut().tensors_mut());
     out.extend(order(t.follower.model_mut().tensors_mut()));
     out
