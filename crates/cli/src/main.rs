@@ -25,6 +25,10 @@ struct Cli {
 enum Command {
     /// Generate planted data and train, evaluate and report, all in one go.
     Demo(cmd::demo::Args),
+    /// Run the leader (holds the labels): listens for the follower.
+    Leader(cmd::party::LeaderArgs),
+    /// Run the follower: connects to the leader.
+    Follower(cmd::party::FollowerArgs),
     /// Generate data sets, measure decoding.
     #[command(subcommand)]
     Data(cmd::data::Command),
@@ -45,6 +49,8 @@ fn main() -> std::process::ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Data(c) => cmd::data::run(c),
+        Command::Leader(a) => cmd::party::leader(a),
+        Command::Follower(a) => cmd::party::follower(a),
         Command::Model(c) => cmd::model::run(c),
         Command::Selfcheck(a) => cmd::selfcheck::run(a),
     };

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod local;
 pub mod party;
+pub mod remote;
 pub mod wire;
 
 pub use local::{LocalTrainer, PassReport};
@@ -17,6 +18,8 @@ pub enum TrainError {
     Nn(#[from] vfl_nn::NnError),
     #[error(transparent)]
     Data(#[from] vfl_data::DataError),
+    #[error(transparent)]
+    Bridge(#[from] vfl_bridge::BridgeError),
     #[error("bad {what}: {reason}")]
     BadTensor { what: String, reason: String },
     #[error(

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod model;
+pub mod party;
 pub mod selfcheck;
 
 /// Logs go to stderr; `--loglevel` sets the default filter, `RUST_LOG`

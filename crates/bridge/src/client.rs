@@ -1,0 +1,81 @@
+//! The follower's side: connect with retry and backoff, handshake, and
+//! open the session stream.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::BridgeError;
+use crate::handshake::Settings;
+use crate::pb::bridge_client::BridgeClient;
+use crate::pb::{FollowerMessage, HelloReply, LeaderMessage};
+
+/// An open session seen from the follower.
+pub struct Session {
+    pub reply: HelloReply,
+    pub outbound: mpsc::Sender<FollowerMessage>,
+    pub inbound: Streaming<LeaderMessage>,
+}
+
+/// Connects to the leader at `addr` (host:port), retrying with exponential
+/// backoff (50 ms doubling to 1 s) until `wait` has passed; then says hello
+/// and opens the session stream.
+pub async fn connect(
+    addr: &str,
+    settings: &Settings,
+    wait: Duration,
+    max_message: usize,
+) -> Result<Session, BridgeError> {
+    let url = format!("http://{addr}");
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| BridgeError::Protocol(format!("bad peer address `{addr}`: {e}")))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    let channel: Channel = loop {
+        match endpoint.connect().await {
+            Ok(c) => break c,
+            Err(e) => {
+                if start.elapsed() >= wait {
+                    return Err(BridgeError::Unreachable {
+                        addr: addr.to_string(),
+                        secs: wait.as_secs(),
+                        last: format!(
+                            "{e}: {}",
+                            std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+                        ),
+                    });
+                }
+                tracing::debug!(%addr, error = %e, "leader not reachable yet, retrying");
+                tokio::time::sleep(backoff.min(wait.saturating_sub(start.elapsed()))).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    };
+    let mut client = BridgeClient::new(channel)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let reply = client
+        .hello(settings.hello())
+        .await
+        .map_err(|s| BridgeError::Lost(s.message().to_string()))?
+        .into_inner();
+    if !reply.accepted {
+        return Err(BridgeError::Refused(reply.reason));
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| BridgeError::Lost(s.message().to_string()))?
+        .into_inner();
+    Ok(Session {
+        reply,
+        outbound: tx,
+        inbound,
+    })
+}

@@ -1,0 +1,48 @@
+//! Leader <-> follower transport of enclave-vfl: the gRPC protocol (see
+//! docs/protocol.md), the handshake checks, and connection management.
+//!
+//! The leader serves; the follower connects, retrying with backoff until a
+//! deadline, so either may start first. The handshake compares application
+//! id, protocol version, model fingerprint, batch size and mode, and a
+//! refusal names the field with both values.
+
+pub mod client;
+pub mod handshake;
+pub mod server;
+
+/// Generated protocol types and service stubs.
+pub mod pb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("vfl.bridge.v1");
+}
+
+pub use handshake::{PROTOCOL_VERSION, Settings};
+pub use tonic::Streaming;
+
+/// Transport errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("peer at {addr} not reachable within {secs} s: {last}")]
+    Unreachable { addr: String, secs: u64, last: String },
+    #[error("no follower connected within {secs} s (listening on {addr})")]
+    NoPeer { addr: String, secs: u64 },
+    #[error("handshake refused by the leader: {0}")]
+    Refused(String),
+    #[error("peer silent for more than {secs} s (timeout)")]
+    Timeout { secs: u64 },
+    #[error("connection to the peer lost: {0}")]
+    Lost(String),
+    #[error("peer reported a failure: {0}")]
+    PeerFailed(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Largest message the transport accepts, from the largest tensor it must
+/// carry (`rows x cols` f32 values) plus room for the envelope; at least
+/// 4 MiB (gRPC's default).
+pub fn message_limit(rows: usize, cols: usize) -> usize {
+    (rows.saturating_mul(cols).saturating_mul(4) + (64 << 10)).max(4 << 20)
+}

@@ -1,0 +1,160 @@
+//! The leader's side: a gRPC server that admits one follower session whose
+//! handshake matches, and hands its streams to the training driver.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::BridgeError;
+use crate::handshake::Settings;
+use crate::pb::bridge_server::{Bridge, BridgeServer};
+use crate::pb::{FollowerMessage, HelloReply, HelloRequest, LeaderMessage};
+
+/// An admitted follower session.
+pub struct Session {
+    pub session_id: String,
+    pub peer_process_id: String,
+    pub inbound: Streaming<FollowerMessage>,
+    pub outbound: mpsc::Sender<Result<LeaderMessage, Status>>,
+}
+
+struct State {
+    settings: Settings,
+    /// (session id, follower process id) of the accepted hello.
+    accepted: Option<(String, String)>,
+    sessions: Option<mpsc::Sender<Session>>,
+    counter: u64,
+}
+
+#[derive(Clone)]
+struct Service {
+    state: Arc<Mutex<State>>,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<LeaderMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Bridge for Service {
+    async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let h = req.into_inner();
+        let mut st = self.state.lock().map_err(|_| Status::internal("state poisoned"))?;
+        let reply = match st.settings.check(&h) {
+            Err(reason) => {
+                tracing::error!(%reason, follower = %h.process_id, "refusing follower");
+                HelloReply {
+                    accepted: false,
+                    reason,
+                    process_id: st.settings.process_id.clone(),
+                    session_id: String::new(),
+                }
+            }
+            Ok(()) => {
+                st.counter += 1;
+                let session_id = format!(
+                    "{}-{}",
+                    &st.settings.process_id[..8.min(st.settings.process_id.len())],
+                    st.counter
+                );
+                tracing::info!(follower = %h.process_id, %session_id, "follower accepted");
+                st.accepted = Some((session_id.clone(), h.process_id.clone()));
+                HelloReply {
+                    accepted: true,
+                    reason: String::new(),
+                    process_id: st.settings.process_id.clone(),
+                    session_id,
+                }
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    type SessionStream = OutStream;
+
+    async fn session(&self, req: Request<Streaming<FollowerMessage>>) -> Result<Response<OutStream>, Status> {
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let (accepted, sessions) = {
+            let st = self.state.lock().map_err(|_| Status::internal("state poisoned"))?;
+            (st.accepted.clone(), st.sessions.clone())
+        };
+        let Some((session_id, peer_process_id)) = accepted else {
+            return Err(Status::failed_precondition("no accepted hello: call Hello first"));
+        };
+        let Some(sessions) = sessions else {
+            return Err(Status::unavailable("the leader is not accepting sessions"));
+        };
+        sessions
+            .send(Session {
+                session_id,
+                peer_process_id,
+                inbound,
+                outbound: tx,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the leader is shutting down"))?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A running leader endpoint.
+pub struct Listener {
+    pub local_addr: SocketAddr,
+    pub sessions: mpsc::Receiver<Session>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Listener {
+    /// Stops the server and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves the bridge.
+pub async fn listen(addr: &str, settings: Settings, max_message: usize) -> Result<Listener, BridgeError> {
+    let listen_err = |reason: String| BridgeError::Listen {
+        addr: addr.to_string(),
+        reason,
+    };
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| listen_err(e.to_string()))?;
+    let local_addr = tcp.local_addr().map_err(|e| listen_err(e.to_string()))?;
+    let (stx, srx) = mpsc::channel(1);
+    let state = State {
+        settings,
+        accepted: None,
+        sessions: Some(stx),
+        counter: 0,
+    };
+    let svc = BridgeServer::new(Service {
+        state: Arc::new(Mutex::new(state)),
+    })
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = rx.await;
+            }),
+    );
+    Ok(Listener {
+        local_addr,
+        sessions: srx,
+        shutdown: Some(tx),
+        task,
+    })
+}

@@ -1,0 +1,145 @@
+//! `vfl leader` and `vfl follower`: the two parties, each in its own
+//! process, talking gRPC.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use vfl_nn::ModelSpec;
+use vfl_trainer::remote::{RunConfig, RunSummary, run_follower, run_leader};
+
+/// Flags shared by both parties (names follow the original Fedlearner
+/// trainer where they apply).
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// Directory of this party's data blocks.
+    #[arg(long)]
+    data_path: PathBuf,
+    /// Wildcard selecting data files, matched against paths relative to
+    /// --data-path (default: *.tfrecord, *.tfrecord.gz and *.csv).
+    #[arg(long)]
+    data_path_wildcard: Option<String>,
+    /// Model preset name or spec file; both parties must use the same.
+    #[arg(long, default_value = "wide_n_deep")]
+    model: String,
+    /// Batch size; both parties must use the same.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Job id; both parties must use the same.
+    #[arg(long, default_value = "vfl")]
+    application_id: String,
+    /// Compute threads (default: the machine's cores, at most 2).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds to wait for the peer to appear and for each message.
+    #[arg(long, default_value_t = 120)]
+    peer_timeout: u64,
+    /// Count and skip records that fail to decode instead of stopping.
+    #[arg(long)]
+    skip_bad_records: bool,
+    /// Talk to the peer over plaintext gRPC. Required for now: RA-TLS is
+    /// not implemented yet. Anyone on the network path can read and alter
+    /// the traffic.
+    #[arg(long)]
+    insecure_no_tls: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LeaderArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on for the follower (host:port; port 0 picks one).
+    #[arg(long, default_value = "0.0.0.0:50051")]
+    local_addr: String,
+    /// Epochs over the data (the leader decides).
+    #[arg(long, default_value_t = 1)]
+    epoch_num: u32,
+    /// Shuffle the block order at every epoch, from --seed.
+    #[arg(long)]
+    shuffle: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FollowerArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The leader's address (host:port).
+    #[arg(long)]
+    peer_addr: String,
+}
+
+fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
+    anyhow::ensure!(
+        c.insecure_no_tls,
+        "RA-TLS is not implemented yet, so the only transport is plaintext: pass --insecure-no-tls to accept that"
+    );
+    eprintln!("WARNING: --insecure-no-tls: the peer connection is neither encrypted nor attested");
+    anyhow::ensure!(c.batch_size > 0, "--batch-size must be > 0");
+    Ok(RunConfig {
+        spec: ModelSpec::resolve(&c.model)?,
+        application_id: c.application_id.clone(),
+        data_path: c.data_path.clone(),
+        data_path_wildcard: c.data_path_wildcard.clone(),
+        batch_size: c.batch_size,
+        epochs: 1,
+        shuffle_seed: None,
+        threads: c
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2))),
+        addr,
+        peer_timeout: Duration::from_secs(c.peer_timeout),
+        skip_bad_records: c.skip_bad_records,
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn report(role: &str, s: &RunSummary) {
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    println!(
+        "{role}: session {} done: {} epochs, {} steps, {} examples in {:.1} s ({:.0} examples/s)",
+        s.session_id,
+        s.epochs,
+        s.steps,
+        s.examples,
+        s.seconds,
+        s.examples as f64 / s.seconds.max(1e-9)
+    );
+    if let Some(m) = &s.last_epoch {
+        println!(
+            "{role}: mean loss {:.4}; last epoch: AUC {}, log loss {:.4}, KS {}",
+            s.mean_loss,
+            fmt(m.auc),
+            m.log_loss,
+            fmt(m.ks)
+        );
+    }
+    if s.skipped_records > 0 {
+        println!("{role}: skipped {} bad records", s.skipped_records);
+    }
+}
+
+pub fn leader(a: LeaderArgs) -> anyhow::Result<()> {
+    let mut cfg = config(&a.common, a.local_addr.clone())?;
+    cfg.epochs = a.epoch_num.max(1);
+    cfg.shuffle_seed = a.shuffle.then_some(a.seed);
+    let s = runtime()?.block_on(run_leader(cfg, |addr| println!("leader: listening on {addr}")))?;
+    report("leader", &s);
+    Ok(())
+}
+
+pub fn follower(a: FollowerArgs) -> anyhow::Result<()> {
+    let cfg = config(&a.common, a.peer_addr.clone())?;
+    let s = runtime()?.block_on(run_follower(cfg))?;
+    report("follower", &s);
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! The leader and the follower as two OS processes on loopback.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use vfl_data::tfrecord::{RecordReader, RecordWriter};
+
+const MODEL: &str = r#"
+name = "two-party-test"
+seed = 3
+init = { kind = "uniform", limit = 0.05 }
+optimizer = { kind = "adam", learning_rate = 0.01 }
+[leader]
+sparse = [{ prefix = "x_", count = 16, vocab = 101, dim = 8 }]
+layers = [{ units = 32, activation = "relu" }, { units = 8 }]
+[follower]
+sparse = [{ prefix = "x_", count = 16, vocab = 101, dim = 8 }]
+layers = [{ units = 8, activation = "relu" }]
+[head]
+layers = [{ units = 2, bias = false }]
+loss = "softmax_cross_entropy"
+"#;
+
+struct Fixture {
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vfl-2p-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.toml"), MODEL).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+            .args([
+                "data",
+                "generate",
+                "--files",
+                "4",
+                "--rows-per-file",
+                "300",
+                "--slots",
+                "16",
+                "--out",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Fixture { dir }
+    }
+
+    fn model(&self) -> PathBuf {
+        self.dir.join("model.toml")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(args: &[&str], extra: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(args)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn leader(f: &Fixture, port: u16, extra: &[&str]) -> Child {
+    let mut a: Vec<String> = vec![
+        "--data-path".into(),
+        f.dir.join("leader").display().to_string(),
+        "--model".into(),
+        f.model().display().to_string(),
+        "--local-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    spawn(&["leader", "--insecure-no-tls", "--peer-timeout", "20"], &a)
+}
+
+fn follower(f: &Fixture, port: u16, extra: &[&str]) -> Child {
+    let model = extra
+        .iter()
+        .position(|a| *a == "--model")
+        .map(|i| extra[i + 1].to_string());
+    let extra: Vec<&str> = match extra.iter().position(|a| *a == "--model") {
+        Some(i) => extra[..i].iter().chain(&extra[i + 2..]).copied().collect(),
+        None => extra.to_vec(),
+    };
+    let mut a: Vec<String> = vec![
+        "--data-path".into(),
+        f.dir.join("follower").display().to_string(),
+        "--model".into(),
+        model.unwrap_or_else(|| f.model().display().to_string()),
+        "--peer-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    spawn(&["follower", "--insecure-no-tls", "--peer-timeout", "20"], &a)
+}
+
+fn finish(c: Child) -> (bool, String) {
+    let Output { status, stdout, stderr } = c.wait_with_output().unwrap();
+    (
+        status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    )
+}
+
+fn auc_of(out: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.contains("last epoch: AUC"))
+        .unwrap_or_else(|| panic!("no AUC in {out}"));
+    line.split("AUC ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn follower_first_then_leader_trains() {
+    let f = Fixture::new("ff");
+    let port = free_port();
+    let fo = follower(&f, port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let le = leader(&f, port, &["--epoch-num", "3", "--shuffle"]);
+    let (lok, lout) = finish(le);
+    let (fok, fout) = finish(fo);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(lout.contains("3 epochs") && lout.contains("3600 examples"), "{lout}");
+    assert!(fout.contains("3600 examples"), "{fout}");
+    // Planted labels: the third epoch's training AUC is well above chance.
+    assert!(auc_of(&lout) > 0.7, "{lout}");
+}
+
+#[test]
+fn leader_first_then_follower_after_a_5s_gap_trains() {
+    let f = Fixture::new("lf");
+    let port = free_port();
+    let le = leader(&f, port, &[]);
+    std::thread::sleep(Duration::from_secs(5));
+    let fo = follower(&f, port, &[]);
+    let (lok, lout) = finish(le);
+    let (fok, fout) = finish(fo);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(lout.contains("1200 examples"), "{lout}");
+}
+
+fn refused(extra_follower: &[&str], field: &str) {
+    let f = Fixture::new(field);
+    let port = free_port();
+    let le = spawn(
+        &["leader", "--insecure-no-tls", "--peer-timeout", "3"],
+        &[
+            "--data-path".into(),
+            f.dir.join("leader").display().to_string(),
+            "--model".into(),
+            f.model().display().to_string(),
+            "--local-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+    );
+    let fo = follower(&f, port, extra_follower);
+    let (fok, fout) = finish(fo);
+    let (lok, lout) = finish(le);
+    assert!(!fok && !lok, "follower:\n{fout}\nleader:\n{lout}");
+    assert!(fout.contains("refused") && fout.contains(field), "{fout}");
+    assert!(lout.contains("refusing follower") && lout.contains(field), "{lout}");
+}
+
+#[test]
+fn mismatched_batch_size_is_refused_at_connect() {
+    refused(&["--batch-size", "64"], "batch_size");
+}
+
+#[test]
+fn mismatched_application_id_is_refused_at_connect() {
+    refused(&["--application-id", "other-job"], "application_id");
+}
+
+#[test]
+fn mismatched_model_spec_is_refused_at_connect() {
+    // The follower uses a preset; the leader the fixture's spec file.
+    refused(&["--model", "wide_n_deep"], "model_fingerprint");
+}
+
+#[test]
+fn follower_gives_up_on_a_leader_that_never_comes() {
+    let f = Fixture::new("noleader");
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let fo = spawn(
+        &["follower", "--insecure-no-tls", "--peer-timeout", "2"],
+        &[
+            "--data-path".into(),
+            f.dir.join("follower").display().to_string(),
+            "--model".into(),
+            f.model().display().to_string(),
+            "--peer-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+    );
+    let (ok, out) = finish(fo);
+    assert!(!ok && out.contains("not reachable within 2 s"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn leader_gives_up_on_a_follower_that_never_comes() {
+    let f = Fixture::new("nofollower");
+    let le = spawn(
+        &["leader", "--insecure-no-tls", "--peer-timeout", "2"],
+        &[
+            "--data-path".into(),
+            f.dir.join("leader").display().to_string(),
+            "--model".into(),
+            f.model().display().to_string(),
+            "--local-addr".into(),
+            "127.0.0.1:0".into(),
+        ],
+    );
+    let (ok, out) = finish(le);
+    assert!(!ok && out.contains("no follower connected within 2 s"), "{out}");
+}
+
+/// Swaps records `a` and `b` of a TFRecord file.
+fn swap_records(path: &Path, a: usize, b: usize) {
+    let mut r = RecordReader::open(path, vfl_data::tfrecord::Compression::Auto).unwrap();
+    let mut recs = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        recs.push(rec.to_vec());
+    }
+    recs.swap(a, b);
+    let mut w = RecordWriter::new(Vec::new());
+    for rec in &recs {
+        w.write_record(rec).unwrap();
+    }
+    std::fs::write(path, w.into_inner()).unwrap();
+}
+
+#[test]
+fn misaligned_rows_stop_training_with_a_clear_error() {
+    let f = Fixture::new("misaligned");
+    swap_records(&f.dir.join("follower/01.tfrecord"), 10, 11);
+    let port = free_port();
+    let le = leader(&f, port, &[]);
+    let fo = follower(&f, port, &[]);
+    let (lok, lout) = finish(le);
+    let (fok, fout) = finish(fo);
+    assert!(!lok && !fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(lout.contains("misaligned data") && lout.contains("block #1"), "{lout}");
+    assert!(fout.contains("misaligned data"), "{fout}");
+}
+
+#[test]
+fn a_block_the_follower_lacks_is_an_error() {
+    let f = Fixture::new("lacks");
+    std::fs::remove_file(f.dir.join("follower/02.tfrecord")).unwrap();
+    let port = free_port();
+    let le = leader(&f, port, &[]);
+    let fo = follower(&f, port, &[]);
+    let (lok, lout) = finish(le);
+    let (fok, fout) = finish(fo);
+    assert!(!lok && !fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(fout.contains("no block `02`"), "{fout}");
+    assert!(lout.contains("no block `02`"), "{lout}");
+}
+
+#[test]
+fn plaintext_needs_an_explicit_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(["leader", "--data-path", "/nonexistent", "--local-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-tls"));
+}

@@ -1,0 +1,386 @@
+//! Two-party training over the network: the leader's and the follower's
+//! drivers. Each runs in its own process; they talk through vfl-bridge.
+//!
+//! The leader decides the block order of every epoch (optionally shuffled
+//! with a seed) and sends it; the follower refuses a plan naming a block it
+//! lacks. Per iteration the follower sends its activations with the batch
+//! digest, the leader checks the digest against its own batch, steps, and
+//! returns the gradient. Both sides must run out of data on the same
+//! iteration.
+//!
+//! Not yet here (see the open issue): heartbeats, reconnect with resend,
+//! checkpoints and resume, export, eval mode.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use vfl_bridge::pb::{self, follower_message::Msg as FMsg, leader_message::Msg as LMsg};
+use vfl_bridge::{BridgeError, Settings, client, message_limit, server};
+use vfl_data::blocks::{DataDir, ReadOptions};
+use vfl_data::{Batch, BatchDigest, BatchSource, BlockReader};
+use vfl_nn::rng::Rng;
+use vfl_nn::{MetricValues, ModelSpec, Role};
+
+use crate::party::{FollowerParty, LeaderParty};
+use crate::wire::{Activations, Gradient, WireTensor};
+use crate::{TrainError, schema_for};
+
+/// Settings of one party's run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub spec: ModelSpec,
+    pub application_id: String,
+    pub data_path: PathBuf,
+    pub data_path_wildcard: Option<String>,
+    pub batch_size: usize,
+    /// Leader only: epochs and shuffling.
+    pub epochs: u32,
+    pub shuffle_seed: Option<u64>,
+    pub threads: usize,
+    /// Leader: address to listen on. Follower: the leader's address.
+    pub addr: String,
+    /// How long to wait for the peer to appear, and for any message.
+    pub peer_timeout: Duration,
+    pub skip_bad_records: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    pub session_id: String,
+    pub epochs: u32,
+    pub steps: u64,
+    pub examples: u64,
+    pub seconds: f64,
+    pub mean_loss: f64,
+    /// Leader only: metrics of the last epoch's training batches.
+    pub last_epoch: Option<MetricValues>,
+    pub skipped_records: u64,
+}
+
+fn settings(cfg: &RunConfig, process_id: &str) -> Settings {
+    Settings {
+        application_id: cfg.application_id.clone(),
+        model_fingerprint: cfg.spec.fingerprint(),
+        batch_size: cfg.batch_size as u32,
+        mode: "train".into(),
+        process_id: process_id.to_string(),
+    }
+}
+
+fn limit(cfg: &RunConfig) -> usize {
+    message_limit(
+        cfg.batch_size,
+        cfg.spec.follower.output_dim().max(cfg.spec.leader.output_dim()),
+    )
+}
+
+fn tensor_pb(t: WireTensor) -> pb::Tensor {
+    pb::Tensor {
+        shape: t.shape,
+        data: t.data.into(),
+    }
+}
+
+fn tensor_wire(t: Option<pb::Tensor>, what: &str) -> Result<WireTensor, TrainError> {
+    let t = t.ok_or_else(|| TrainError::Protocol(format!("{what} without a tensor")))?;
+    Ok(WireTensor {
+        shape: t.shape,
+        data: t.data.to_vec(),
+    })
+}
+
+async fn recv<T>(stream: &mut vfl_bridge::Streaming<T>, timeout: Duration) -> Result<T, TrainError> {
+    match tokio::time::timeout(timeout, stream.message()).await {
+        Err(_) => Err(BridgeError::Timeout {
+            secs: timeout.as_secs(),
+        }
+        .into()),
+        Ok(Err(status)) => Err(BridgeError::Lost(status.message().to_string()).into()),
+        Ok(Ok(None)) => Err(BridgeError::Lost("the peer closed the session".into()).into()),
+        Ok(Ok(Some(m))) => Ok(m),
+    }
+}
+
+/// Runs the leader: listens, admits one follower, trains, finishes.
+pub async fn run_leader(
+    cfg: RunConfig,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> Result<RunSummary, TrainError> {
+    let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
+    let process_id = vfl_bridge::handshake::new_process_id();
+    let mut listener = server::listen(&cfg.addr, settings(&cfg, &process_id), limit(&cfg)).await?;
+    on_listen(listener.local_addr);
+    tracing::info!(addr = %listener.local_addr, blocks = data.blocks().len(), "leader listening");
+    let session = match tokio::time::timeout(cfg.peer_timeout, listener.sessions.recv()).await {
+        Ok(Some(s)) => s,
+        _ => {
+            let addr = listener.local_addr.to_string();
+            listener.shutdown().await;
+            return Err(BridgeError::NoPeer {
+                addr,
+                secs: cfg.peer_timeout.as_secs(),
+            }
+            .into());
+        }
+    };
+    let outbound = session.outbound.clone();
+    let result = lead(&cfg, &data, session).await;
+    if let Err(e) = &result {
+        let _ = outbound
+            .send(Ok(pb::LeaderMessage {
+                msg: Some(LMsg::Failure(pb::Failure { reason: e.to_string() })),
+            }))
+            .await;
+    }
+    // Let the last message reach the follower before the server stops.
+    drop(outbound);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    listener.shutdown().await;
+    result
+}
+
+async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Result<RunSummary, TrainError> {
+    let server::Session {
+        session_id,
+        mut inbound,
+        outbound,
+        ..
+    } = session;
+    let send = |m: LMsg| {
+        let outbound = outbound.clone();
+        async move {
+            outbound
+                .send(Ok(pb::LeaderMessage { msg: Some(m) }))
+                .await
+                .map_err(|_| TrainError::from(BridgeError::Lost("the follower's stream closed".into())))
+        }
+    };
+    let schema = schema_for(&cfg.spec, Role::Leader);
+    let opts = ReadOptions {
+        skip_bad_records: cfg.skip_bad_records,
+        ..Default::default()
+    };
+    let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
+    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
+    let (mut steps, mut examples, mut loss_sum, mut skipped) = (0u64, 0u64, 0f64, 0u64);
+    let mut last_epoch = None;
+    let start = Instant::now();
+    for epoch in 0..cfg.epochs {
+        let mut order = data.ids();
+        if let Some(seed) = cfg.shuffle_seed {
+            Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
+        }
+        let last = epoch + 1 == cfg.epochs;
+        send(LMsg::Plan(pb::EpochPlan {
+            epoch,
+            block_ids: order.clone(),
+            last,
+        }))
+        .await?;
+        match recv(&mut inbound, cfg.peer_timeout).await?.msg {
+            Some(FMsg::PlanAck(a)) if a.epoch == epoch => {}
+            Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            other => {
+                return Err(TrainError::Protocol(format!(
+                    "expected the plan's acknowledgement, got {other:?}"
+                )));
+            }
+        }
+        let mut reader = BlockReader::new(data.select(&order)?, schema.clone(), opts);
+        party.take_metrics();
+        let mut iterations = 0u64;
+        loop {
+            let msg = recv(&mut inbound, cfg.peer_timeout).await?;
+            match msg.msg {
+                Some(FMsg::Activations(a)) => {
+                    let n = reader.fill(&mut batch, cfg.batch_size)?;
+                    if n == 0 {
+                        return Err(TrainError::Protocol(format!(
+                            "epoch {epoch}: the follower has more rows than the leader (leader data ended after {iterations} iterations)"
+                        )));
+                    }
+                    let digest: [u8; 16] = a.batch_digest.as_slice().try_into().map_err(|_| {
+                        TrainError::Protocol(format!("batch digest of {} bytes, expected 16", a.batch_digest.len()))
+                    })?;
+                    let act = Activations {
+                        iteration: a.iteration,
+                        digest: BatchDigest(digest),
+                        train: a.train,
+                        tensor: tensor_wire(a.tensor, "activations")?,
+                    };
+                    let (report, grad) = tokio::task::block_in_place(|| party.train_step(&batch, &act))?;
+                    send(LMsg::Gradient(pb::Gradient {
+                        iteration: grad.iteration,
+                        tensor: Some(tensor_pb(grad.tensor)),
+                    }))
+                    .await?;
+                    steps += 1;
+                    iterations += 1;
+                    examples += report.rows as u64;
+                    loss_sum += f64::from(report.loss) * report.rows as f64;
+                    if steps % 100 == 0 {
+                        tracing::info!(epoch, step = steps, loss = report.loss, "training");
+                    }
+                }
+                Some(FMsg::EndOfData(e)) => {
+                    let n = reader.fill(&mut batch, cfg.batch_size)?;
+                    if n > 0 || e.iterations != iterations {
+                        return Err(TrainError::Protocol(format!(
+                            "epoch {epoch}: the follower's data ended after {} iterations but the leader has more rows (after {iterations} iterations)",
+                            e.iterations
+                        )));
+                    }
+                    break;
+                }
+                Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                other => {
+                    return Err(TrainError::Protocol(format!(
+                        "unexpected message from the follower: {other:?}"
+                    )));
+                }
+            }
+        }
+        if iterations == 0 {
+            return Err(TrainError::Protocol(format!(
+                "epoch {epoch}: no data (refusing to train on zero examples)"
+            )));
+        }
+        skipped += reader.skipped();
+        let m = party.take_metrics().values();
+        tracing::info!(epoch, iterations, auc = ?m.auc, "epoch done");
+        last_epoch = Some(m);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    send(LMsg::Finish(pb::Finish {
+        summary: format!("{steps} steps, {examples} examples"),
+    }))
+    .await?;
+    Ok(RunSummary {
+        session_id,
+        epochs: cfg.epochs,
+        steps,
+        examples,
+        seconds,
+        mean_loss: if examples == 0 { 0.0 } else { loss_sum / examples as f64 },
+        last_epoch,
+        skipped_records: skipped,
+    })
+}
+
+/// Runs the follower: connects (retrying until the peer timeout), follows
+/// the leader's plans, trains, and returns when the leader finishes.
+pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
+    let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
+    let process_id = vfl_bridge::handshake::new_process_id();
+    let session = client::connect(&cfg.addr, &settings(&cfg, &process_id), cfg.peer_timeout, limit(&cfg)).await?;
+    let client::Session {
+        reply,
+        outbound,
+        mut inbound,
+    } = session;
+    tracing::info!(session = %reply.session_id, leader = %reply.process_id, "connected to the leader");
+    let result = follow(&cfg, &data, &reply.session_id, &outbound, &mut inbound).await;
+    if let Err(e) = &result
+        && !matches!(e, TrainError::Bridge(BridgeError::PeerFailed(_)))
+    {
+        let _ = outbound
+            .send(pb::FollowerMessage {
+                session_id: reply.session_id.clone(),
+                msg: Some(FMsg::Failure(pb::Failure { reason: e.to_string() })),
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    result
+}
+
+async fn follow(
+    cfg: &RunConfig,
+    data: &DataDir,
+    session_id: &str,
+    outbound: &mpsc::Sender<pb::FollowerMessage>,
+    inbound: &mut vfl_bridge::Streaming<pb::LeaderMessage>,
+) -> Result<RunSummary, TrainError> {
+    let send = |m: FMsg| async move {
+        outbound
+            .send(pb::FollowerMessage {
+                session_id: session_id.to_string(),
+                msg: Some(m),
+            })
+            .await
+            .map_err(|_| TrainError::from(BridgeError::Lost("the leader's stream closed".into())))
+    };
+    let schema = schema_for(&cfg.spec, Role::Follower);
+    let opts = ReadOptions {
+        skip_bad_records: cfg.skip_bad_records,
+        ..Default::default()
+    };
+    let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
+    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
+    let (mut steps, mut examples, mut epochs, mut skipped) = (0u64, 0u64, 0u32, 0u64);
+    let start = Instant::now();
+    loop {
+        match recv(inbound, cfg.peer_timeout).await?.msg {
+            Some(LMsg::Plan(plan)) => {
+                let blocks = data.select(&plan.block_ids)?;
+                send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
+                let mut reader = BlockReader::new(blocks, schema.clone(), opts);
+                let mut iterations = 0u64;
+                loop {
+                    let n = reader.fill(&mut batch, cfg.batch_size)?;
+                    if n == 0 {
+                        send(FMsg::EndOfData(pb::EndOfData {
+                            epoch: plan.epoch,
+                            iterations,
+                        }))
+                        .await?;
+                        break;
+                    }
+                    let act = tokio::task::block_in_place(|| party.forward(&batch, true))?;
+                    send(FMsg::Activations(pb::Activations {
+                        iteration: act.iteration,
+                        batch_digest: act.digest.0.to_vec(),
+                        train: true,
+                        tensor: Some(tensor_pb(act.tensor)),
+                    }))
+                    .await?;
+                    match recv(inbound, cfg.peer_timeout).await?.msg {
+                        Some(LMsg::Gradient(g)) => {
+                            let grad = Gradient {
+                                iteration: g.iteration,
+                                tensor: tensor_wire(g.tensor, "gradient")?,
+                            };
+                            tokio::task::block_in_place(|| party.apply_gradient(&batch, &grad))?;
+                        }
+                        Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                        other => return Err(TrainError::Protocol(format!("expected a gradient, got {other:?}"))),
+                    }
+                    iterations += 1;
+                    steps += 1;
+                    examples += n as u64;
+                }
+                skipped += reader.skipped();
+                epochs += 1;
+            }
+            Some(LMsg::Finish(_)) => break,
+            Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            other => {
+                return Err(TrainError::Protocol(format!(
+                    "unexpected message from the leader: {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(RunSummary {
+        session_id: session_id.to_string(),
+        epochs,
+        steps,
+        examples,
+        seconds: start.elapsed().as_secs_f64(),
+        mean_loss: 0.0,
+        last_epoch: None,
+        skipped_records: skipped,
+    })
+}
