@@ -13,6 +13,8 @@ pub struct Settings {
     pub batch_size: u32,
     pub mode: String,
     pub process_id: String,
+    /// Steps of the checkpoints this party holds.
+    pub checkpoint_steps: Vec<u64>,
 }
 
 impl Settings {
@@ -26,7 +28,17 @@ impl Settings {
             batch_size: self.batch_size,
             mode: self.mode.clone(),
             process_id: self.process_id.clone(),
+            checkpoint_steps: self.checkpoint_steps.clone(),
         }
+    }
+
+    /// The newest checkpoint step both parties hold.
+    pub fn common_checkpoint(&self, h: &HelloRequest) -> Option<u64> {
+        self.checkpoint_steps
+            .iter()
+            .copied()
+            .filter(|s| h.checkpoint_steps.contains(s))
+            .max()
     }
 
     /// Checks a follower's hello against the leader's settings; the error
@@ -98,7 +110,20 @@ mod tests {
             batch_size: 32,
             mode: "train".into(),
             process_id: "p1".into(),
+            checkpoint_steps: vec![10, 20, 30],
         }
+    }
+
+    #[test]
+    fn resume_point_is_the_newest_common_checkpoint() {
+        let s = settings();
+        let mut h = s.hello();
+        h.checkpoint_steps = vec![20, 30, 40];
+        assert_eq!(s.common_checkpoint(&h), Some(30));
+        h.checkpoint_steps = vec![10, 20, 25];
+        assert_eq!(s.common_checkpoint(&h), Some(20));
+        h.checkpoint_steps = vec![];
+        assert_eq!(s.common_checkpoint(&h), None);
     }
 
     #[test]

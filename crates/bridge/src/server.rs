@@ -19,14 +19,16 @@ use crate::pb::{FollowerMessage, HelloReply, HelloRequest, LeaderMessage};
 pub struct Session {
     pub session_id: String,
     pub peer_process_id: String,
+    /// The checkpoint step both parties resume from, if any.
+    pub resume_step: Option<u64>,
     pub inbound: Streaming<FollowerMessage>,
     pub outbound: mpsc::Sender<Result<LeaderMessage, Status>>,
 }
 
 struct State {
     settings: Settings,
-    /// (session id, follower process id) of the accepted hello.
-    accepted: Option<(String, String)>,
+    /// (session id, follower process id, resume step) of the accepted hello.
+    accepted: Option<(String, String, Option<u64>)>,
     sessions: Option<mpsc::Sender<Session>>,
     counter: u64,
 }
@@ -51,6 +53,8 @@ impl Bridge for Service {
                     reason,
                     process_id: st.settings.process_id.clone(),
                     session_id: String::new(),
+                    resume: false,
+                    resume_step: 0,
                 }
             }
             Ok(()) => {
@@ -61,12 +65,15 @@ impl Bridge for Service {
                     st.counter
                 );
                 tracing::info!(follower = %h.process_id, %session_id, "follower accepted");
-                st.accepted = Some((session_id.clone(), h.process_id.clone()));
+                let resume = st.settings.common_checkpoint(&h);
+                st.accepted = Some((session_id.clone(), h.process_id.clone(), resume));
                 HelloReply {
                     accepted: true,
                     reason: String::new(),
                     process_id: st.settings.process_id.clone(),
                     session_id,
+                    resume: resume.is_some(),
+                    resume_step: resume.unwrap_or(0),
                 }
             }
         };
@@ -82,7 +89,7 @@ impl Bridge for Service {
             let st = self.state.lock().map_err(|_| Status::internal("state poisoned"))?;
             (st.accepted.clone(), st.sessions.clone())
         };
-        let Some((session_id, peer_process_id)) = accepted else {
+        let Some((session_id, peer_process_id, resume_step)) = accepted else {
             return Err(Status::failed_precondition("no accepted hello: call Hello first"));
         };
         let Some(sessions) = sessions else {
@@ -92,6 +99,7 @@ impl Bridge for Service {
             .send(Session {
                 session_id,
                 peer_process_id,
+                resume_step,
                 inbound,
                 outbound: tx,
             })

@@ -3,9 +3,11 @@
 //! benchmarks and the demo.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod local;
 pub mod party;
 pub mod remote;
+pub mod store;
 pub mod wire;
 
 pub use local::{LocalTrainer, PassReport};
@@ -33,6 +35,8 @@ pub enum TrainError {
     },
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("model file: {0}")]
+    Store(String),
 }
 
 /// The data schema of one party for a model spec: the spec's slots and

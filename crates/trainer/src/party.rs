@@ -64,6 +64,18 @@ impl FollowerParty {
         self.next_iteration
     }
 
+    /// (next iteration, optimizer steps), for checkpoints.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.next_iteration, self.model.opt.step())
+    }
+
+    /// Restores [`FollowerParty::counters`] from a checkpoint.
+    pub fn restore_counters(&mut self, next_iteration: u64, opt_step: u64) {
+        self.next_iteration = next_iteration;
+        self.pending = None;
+        self.model.opt.set_step(opt_step);
+    }
+
     /// Runs the tower on `batch` and returns the message for the leader. In
     /// training, the next call must be [`FollowerParty::apply_gradient`].
     pub fn forward(&mut self, batch: &Batch, train: bool) -> Result<Activations, TrainError> {
@@ -138,6 +150,17 @@ impl LeaderParty {
 
     pub fn model_mut(&mut self) -> &mut LeaderModel {
         &mut self.model
+    }
+
+    /// (next iteration, optimizer steps), for checkpoints.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.next_iteration, self.model.opt.step())
+    }
+
+    /// Restores [`LeaderParty::counters`] from a checkpoint.
+    pub fn restore_counters(&mut self, next_iteration: u64, opt_step: u64) {
+        self.next_iteration = next_iteration;
+        self.model.opt.set_step(opt_step);
     }
 
     /// Metrics accumulated since the last [`LeaderParty::take_metrics`].

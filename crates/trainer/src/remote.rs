@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vfl_bridge::pb::{self, follower_message::Msg as FMsg, leader_message::Msg as LMsg};
 use vfl_bridge::{BridgeError, Settings, client, message_limit, server};
-use vfl_data::blocks::{DataDir, ReadOptions};
+use vfl_data::blocks::{DataDir, Position, ReadOptions};
 use vfl_data::{Batch, BatchDigest, BatchSource, BlockReader};
 use vfl_nn::rng::Rng;
 use vfl_nn::{MetricValues, ModelSpec, Role};
 
+use crate::checkpoint::{self, RunState};
 use crate::party::{FollowerParty, LeaderParty};
 use crate::wire::{Activations, Gradient, WireTensor};
 use crate::{TrainError, schema_for};
@@ -43,6 +44,15 @@ pub struct RunConfig {
     /// How long to wait for the peer to appear, and for any message.
     pub peer_timeout: Duration,
     pub skip_bad_records: bool,
+    /// Where checkpoints are saved and resumed from.
+    pub checkpoint_path: Option<PathBuf>,
+    /// Leader only: checkpoint every N steps and/or every N seconds.
+    pub save_checkpoint_steps: Option<u64>,
+    pub save_checkpoint_secs: Option<u64>,
+    /// Checkpoints kept (the newest ones).
+    pub keep_checkpoints: usize,
+    /// Where the final model is exported (`<path>/<id>/<role>/`).
+    pub export_path: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -57,6 +67,9 @@ pub struct RunSummary {
     /// Leader only: metrics of the last epoch's training batches.
     pub last_epoch: Option<MetricValues>,
     pub skipped_records: u64,
+    /// The checkpoint step the run resumed from.
+    pub resumed_from: Option<u64>,
+    pub export_dir: Option<PathBuf>,
 }
 
 fn settings(cfg: &RunConfig, process_id: &str) -> Settings {
@@ -66,7 +79,20 @@ fn settings(cfg: &RunConfig, process_id: &str) -> Settings {
         batch_size: cfg.batch_size as u32,
         mode: "train".into(),
         process_id: process_id.to_string(),
+        checkpoint_steps: cfg.checkpoint_path.as_deref().map(checkpoint::list).unwrap_or_default(),
     }
+}
+
+/// SHA-256 over the data directory's block ids and file sizes.
+fn data_fingerprint(data: &DataDir) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for b in data.blocks() {
+        h.update(b.id.as_bytes());
+        h.update([0]);
+        h.update(std::fs::metadata(&b.path).map_or(0, |m| m.len()).to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn limit(cfg: &RunConfig) -> usize {
@@ -146,6 +172,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         session_id,
         mut inbound,
         outbound,
+        resume_step,
         ..
     } = session;
     let send = |m: LMsg| {
@@ -157,26 +184,55 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                 .map_err(|_| TrainError::from(BridgeError::Lost("the follower's stream closed".into())))
         }
     };
+    let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Leader);
     let opts = ReadOptions {
         skip_bad_records: cfg.skip_bad_records,
         ..Default::default()
     };
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
+    let mut state = RunState::default();
+    if let (Some(step), Some(dir)) = (resume_step, &cfg.checkpoint_path) {
+        state = checkpoint::load(dir, step, Role::Leader, &fingerprint, party.model_mut().tensors_mut())?;
+        party.restore_counters(state.next_iteration, state.opt_step);
+        tracing::info!(
+            step,
+            epoch = state.epoch,
+            block = state.block,
+            record = state.record,
+            "resumed from checkpoint"
+        );
+    }
     let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
-    let (mut steps, mut examples, mut loss_sum, mut skipped) = (0u64, 0u64, 0f64, 0u64);
+    let (mut loss_sum, mut skipped, mut trained) = (0f64, 0u64, 0u64);
     let mut last_epoch = None;
     let start = Instant::now();
-    for epoch in 0..cfg.epochs {
-        let mut order = data.ids();
-        if let Some(seed) = cfg.shuffle_seed {
-            Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
-        }
+    let mut last_save = Instant::now();
+    let mut resuming = resume_step.is_some();
+    for epoch in state.epoch..cfg.epochs {
+        let (order, start_pos) = if resuming {
+            (
+                state.plan.clone(),
+                Position {
+                    block: state.block as usize,
+                    record: state.record,
+                },
+            )
+        } else {
+            let mut order = data.ids();
+            if let Some(seed) = cfg.shuffle_seed {
+                Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
+            }
+            (order, Position::default())
+        };
+        resuming = false;
         let last = epoch + 1 == cfg.epochs;
         send(LMsg::Plan(pb::EpochPlan {
             epoch,
             block_ids: order.clone(),
             last,
+            start_block: start_pos.block as u64,
+            start_record: start_pos.record,
         }))
         .await?;
         match recv(&mut inbound, cfg.peer_timeout).await?.msg {
@@ -189,6 +245,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
             }
         }
         let mut reader = BlockReader::new(data.select(&order)?, schema.clone(), opts);
+        reader.seek(start_pos)?;
         party.take_metrics();
         let mut iterations = 0u64;
         loop {
@@ -211,17 +268,59 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                         tensor: tensor_wire(a.tensor, "activations")?,
                     };
                     let (report, grad) = tokio::task::block_in_place(|| party.train_step(&batch, &act))?;
+                    state.steps += 1;
+                    state.examples += report.rows as u64;
+                    iterations += 1;
+                    trained += report.rows as u64;
+                    loss_sum += f64::from(report.loss) * report.rows as f64;
+                    let due = cfg.checkpoint_path.is_some()
+                        && (cfg.save_checkpoint_steps.is_some_and(|k| k > 0 && state.steps % k == 0)
+                            || cfg
+                                .save_checkpoint_secs
+                                .is_some_and(|s| last_save.elapsed() >= Duration::from_secs(s)));
+                    let checkpoint_step = if due { state.steps } else { 0 };
                     send(LMsg::Gradient(pb::Gradient {
                         iteration: grad.iteration,
                         tensor: Some(tensor_pb(grad.tensor)),
+                        checkpoint_step,
                     }))
                     .await?;
-                    steps += 1;
-                    iterations += 1;
-                    examples += report.rows as u64;
-                    loss_sum += f64::from(report.loss) * report.rows as f64;
-                    if steps % 100 == 0 {
-                        tracing::info!(epoch, step = steps, loss = report.loss, "training");
+                    if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
+                        let pos = reader.position();
+                        let (next_iteration, opt_step) = party.counters();
+                        let st = RunState {
+                            epoch,
+                            plan: order.clone(),
+                            block: pos.block as u64,
+                            record: pos.record,
+                            next_iteration,
+                            opt_step,
+                            ..state.clone()
+                        };
+                        let tensors = party.model_mut().tensors_mut();
+                        tokio::task::block_in_place(|| {
+                            checkpoint::save(
+                                dir,
+                                state.steps,
+                                Role::Leader,
+                                &fingerprint,
+                                tensors,
+                                &st,
+                                cfg.keep_checkpoints,
+                            )
+                        })?;
+                        match recv(&mut inbound, cfg.peer_timeout).await?.msg {
+                            Some(FMsg::CheckpointDone(d)) if d.step == state.steps => {}
+                            Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                            other => {
+                                return Err(TrainError::Protocol(format!("expected CheckpointDone, got {other:?}")));
+                            }
+                        }
+                        last_save = Instant::now();
+                        tracing::info!(step = state.steps, "checkpoint saved by both parties");
+                    }
+                    if state.steps % 100 == 0 {
+                        tracing::info!(epoch, step = state.steps, loss = report.loss, "training");
                     }
                 }
                 Some(FMsg::EndOfData(e)) => {
@@ -242,7 +341,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                 }
             }
         }
-        if iterations == 0 {
+        if iterations == 0 && start_pos == Position::default() {
             return Err(TrainError::Protocol(format!(
                 "epoch {epoch}: no data (refusing to train on zero examples)"
             )));
@@ -253,19 +352,53 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         last_epoch = Some(m);
     }
     let seconds = start.elapsed().as_secs_f64();
+    let export_id = format!(
+        "{}-{session_id}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    );
     send(LMsg::Finish(pb::Finish {
-        summary: format!("{steps} steps, {examples} examples"),
+        summary: format!("{} steps, {} examples", state.steps, state.examples),
+        export_id: export_id.clone(),
     }))
     .await?;
+    let export_dir = match &cfg.export_path {
+        None => None,
+        Some(p) => {
+            let manifest = serde_json::json!({
+                "role": "leader",
+                "step": state.steps,
+                "examples": state.examples,
+                "epochs": cfg.epochs,
+                "session": session_id,
+                "model": cfg.spec.name,
+                "model_fingerprint": fingerprint,
+                "data_fingerprint": data_fingerprint(data),
+                "resumed_from": resume_step,
+                "last_epoch_metrics": last_epoch,
+            });
+            Some(checkpoint::export(
+                p,
+                &export_id,
+                Role::Leader,
+                &cfg.spec,
+                party.model_mut().tensors_mut(),
+                manifest,
+            )?)
+        }
+    };
     Ok(RunSummary {
         session_id,
         epochs: cfg.epochs,
-        steps,
-        examples,
+        steps: state.steps,
+        examples: state.examples,
         seconds,
-        mean_loss: if examples == 0 { 0.0 } else { loss_sum / examples as f64 },
+        mean_loss: if trained == 0 { 0.0 } else { loss_sum / trained as f64 },
         last_epoch,
         skipped_records: skipped,
+        resumed_from: resume_step,
+        export_dir,
     })
 }
 
@@ -281,7 +414,7 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
         mut inbound,
     } = session;
     tracing::info!(session = %reply.session_id, leader = %reply.process_id, "connected to the leader");
-    let result = follow(&cfg, &data, &reply.session_id, &outbound, &mut inbound).await;
+    let result = follow(&cfg, &data, &reply, &outbound, &mut inbound).await;
     if let Err(e) = &result
         && !matches!(e, TrainError::Bridge(BridgeError::PeerFailed(_)))
     {
@@ -299,10 +432,11 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
 async fn follow(
     cfg: &RunConfig,
     data: &DataDir,
-    session_id: &str,
+    reply: &pb::HelloReply,
     outbound: &mpsc::Sender<pb::FollowerMessage>,
     inbound: &mut vfl_bridge::Streaming<pb::LeaderMessage>,
 ) -> Result<RunSummary, TrainError> {
+    let session_id = reply.session_id.as_str();
     let send = |m: FMsg| async move {
         outbound
             .send(pb::FollowerMessage {
@@ -312,21 +446,49 @@ async fn follow(
             .await
             .map_err(|_| TrainError::from(BridgeError::Lost("the leader's stream closed".into())))
     };
+    let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Follower);
     let opts = ReadOptions {
         skip_bad_records: cfg.skip_bad_records,
         ..Default::default()
     };
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
+    let mut state = RunState::default();
+    let resumed_from = reply.resume.then_some(reply.resume_step);
+    let mut expect_resume = None;
+    if let Some(step) = resumed_from {
+        let dir = cfg.checkpoint_path.as_ref().ok_or_else(|| {
+            TrainError::Protocol("the leader asks to resume but this follower has no --checkpoint-path".into())
+        })?;
+        state = checkpoint::load(dir, step, Role::Follower, &fingerprint, party.model_mut().tensors_mut())?;
+        party.restore_counters(state.next_iteration, state.opt_step);
+        tracing::info!(step, "resumed from checkpoint");
+        expect_resume = Some(state.clone());
+    }
     let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
-    let (mut steps, mut examples, mut epochs, mut skipped) = (0u64, 0u64, 0u32, 0u64);
+    let (mut epochs, mut skipped) = (0u32, 0u64);
     let start = Instant::now();
     loop {
         match recv(inbound, cfg.peer_timeout).await?.msg {
             Some(LMsg::Plan(plan)) => {
+                let start_pos = Position {
+                    block: plan.start_block as usize,
+                    record: plan.start_record,
+                };
+                if let Some(r) = expect_resume.take()
+                    && (r.plan != plan.block_ids
+                        || r.epoch != plan.epoch
+                        || (r.block, r.record) != (plan.start_block, plan.start_record))
+                {
+                    return Err(TrainError::Protocol(format!(
+                        "the leader resumes at epoch {} block #{} record {}, but this follower's checkpoint is at epoch {} block #{} record {} (or the block order differs)",
+                        plan.epoch, plan.start_block, plan.start_record, r.epoch, r.block, r.record
+                    )));
+                }
                 let blocks = data.select(&plan.block_ids)?;
-                send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
                 let mut reader = BlockReader::new(blocks, schema.clone(), opts);
+                reader.seek(start_pos)?;
+                send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
                 let mut iterations = 0u64;
                 loop {
                     let n = reader.fill(&mut batch, cfg.batch_size)?;
@@ -346,25 +508,97 @@ async fn follow(
                         tensor: Some(tensor_pb(act.tensor)),
                     }))
                     .await?;
-                    match recv(inbound, cfg.peer_timeout).await?.msg {
-                        Some(LMsg::Gradient(g)) => {
-                            let grad = Gradient {
-                                iteration: g.iteration,
-                                tensor: tensor_wire(g.tensor, "gradient")?,
-                            };
-                            tokio::task::block_in_place(|| party.apply_gradient(&batch, &grad))?;
-                        }
+                    let g = match recv(inbound, cfg.peer_timeout).await?.msg {
+                        Some(LMsg::Gradient(g)) => g,
                         Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
                         other => return Err(TrainError::Protocol(format!("expected a gradient, got {other:?}"))),
-                    }
+                    };
+                    let grad = Gradient {
+                        iteration: g.iteration,
+                        tensor: tensor_wire(g.tensor, "gradient")?,
+                    };
+                    tokio::task::block_in_place(|| party.apply_gradient(&batch, &grad))?;
                     iterations += 1;
-                    steps += 1;
-                    examples += n as u64;
+                    state.steps += 1;
+                    state.examples += n as u64;
+                    if g.checkpoint_step > 0 {
+                        if g.checkpoint_step != state.steps {
+                            return Err(TrainError::Protocol(format!(
+                                "the leader checkpoints step {} but this follower is at step {}",
+                                g.checkpoint_step, state.steps
+                            )));
+                        }
+                        let dir = cfg.checkpoint_path.as_ref().ok_or_else(|| {
+                            TrainError::Protocol(
+                                "the leader saves a checkpoint but this follower has no --checkpoint-path".into(),
+                            )
+                        })?;
+                        let pos = reader.position();
+                        let (next_iteration, opt_step) = party.counters();
+                        let st = RunState {
+                            epoch: plan.epoch,
+                            plan: plan.block_ids.clone(),
+                            block: pos.block as u64,
+                            record: pos.record,
+                            next_iteration,
+                            opt_step,
+                            ..state.clone()
+                        };
+                        let tensors = party.model_mut().tensors_mut();
+                        tokio::task::block_in_place(|| {
+                            checkpoint::save(
+                                dir,
+                                st.steps,
+                                Role::Follower,
+                                &fingerprint,
+                                tensors,
+                                &st,
+                                cfg.keep_checkpoints,
+                            )
+                        })?;
+                        send(FMsg::CheckpointDone(pb::CheckpointDone { step: st.steps })).await?;
+                    }
                 }
                 skipped += reader.skipped();
                 epochs += 1;
             }
-            Some(LMsg::Finish(_)) => break,
+            Some(LMsg::Finish(fin)) => {
+                let export_dir = match &cfg.export_path {
+                    None => None,
+                    Some(p) => {
+                        let manifest = serde_json::json!({
+                            "role": "follower",
+                            "step": state.steps,
+                            "examples": state.examples,
+                            "session": session_id,
+                            "model": cfg.spec.name,
+                            "model_fingerprint": fingerprint,
+                            "data_fingerprint": data_fingerprint(data),
+                            "resumed_from": resumed_from,
+                        });
+                        Some(checkpoint::export(
+                            p,
+                            &fin.export_id,
+                            Role::Follower,
+                            &cfg.spec,
+                            party.model_mut().tensors_mut(),
+                            manifest,
+                        )?)
+                    }
+                };
+                return Ok(RunSummary {
+                    session_id: session_id.to_string(),
+                    epochs,
+                    steps: state.steps,
+                    examples: state.examples,
+                    seconds: start.elapsed().as_secs_f64(),
+                    mean_loss: 0.0,
+                    last_epoch: None,
+                    skipped_records: skipped,
+                    resumed_from,
+                    export_dir,
+                });
+            }
             Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
             other => {
                 return Err(TrainError::Protocol(format!(
@@ -373,14 +607,4 @@ async fn follow(
             }
         }
     }
-    Ok(RunSummary {
-        session_id: session_id.to_string(),
-        epochs,
-        steps,
-        examples,
-        seconds: start.elapsed().as_secs_f64(),
-        mean_loss: 0.0,
-        last_epoch: None,
-        skipped_records: skipped,
-    })
 }

@@ -37,6 +37,18 @@ pub struct Common {
     /// Count and skip records that fail to decode instead of stopping.
     #[arg(long)]
     skip_bad_records: bool,
+    /// Directory for checkpoints. On start, the parties resume from the
+    /// newest checkpoint step both hold there.
+    #[arg(long)]
+    checkpoint_path: Option<PathBuf>,
+    /// Number of checkpoints kept (the newest).
+    #[arg(long, default_value_t = 5)]
+    keep_checkpoints: usize,
+    /// Where the final model is exported: <path>/<id>/<role>/ with
+    /// model.safetensors, model.toml and manifest.json; both parties use
+    /// the same <id>.
+    #[arg(long)]
+    export_path: Option<PathBuf>,
     /// Talk to the peer over plaintext gRPC. Required for now: RA-TLS is
     /// not implemented yet. Anyone on the network path can read and alter
     /// the traffic.
@@ -59,6 +71,12 @@ pub struct LeaderArgs {
     shuffle: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Save a checkpoint (both parties, same step) every N steps.
+    #[arg(long)]
+    save_checkpoint_steps: Option<u64>,
+    /// Save a checkpoint every N seconds (at the next step).
+    #[arg(long)]
+    save_checkpoint_secs: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -91,6 +109,11 @@ fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
         addr,
         peer_timeout: Duration::from_secs(c.peer_timeout),
         skip_bad_records: c.skip_bad_records,
+        checkpoint_path: c.checkpoint_path.clone(),
+        save_checkpoint_steps: None,
+        save_checkpoint_secs: None,
+        keep_checkpoints: c.keep_checkpoints,
+        export_path: c.export_path.clone(),
     })
 }
 
@@ -123,6 +146,12 @@ fn report(role: &str, s: &RunSummary) {
             fmt(m.ks)
         );
     }
+    if let Some(step) = s.resumed_from {
+        println!("{role}: resumed from the checkpoint of step {step}");
+    }
+    if let Some(d) = &s.export_dir {
+        println!("{role}: model exported to {}", d.display());
+    }
     if s.skipped_records > 0 {
         println!("{role}: skipped {} bad records", s.skipped_records);
     }
@@ -132,6 +161,12 @@ pub fn leader(a: LeaderArgs) -> anyhow::Result<()> {
     let mut cfg = config(&a.common, a.local_addr.clone())?;
     cfg.epochs = a.epoch_num.max(1);
     cfg.shuffle_seed = a.shuffle.then_some(a.seed);
+    anyhow::ensure!(
+        cfg.checkpoint_path.is_some() || (a.save_checkpoint_steps.is_none() && a.save_checkpoint_secs.is_none()),
+        "--save-checkpoint-steps/--save-checkpoint-secs need --checkpoint-path"
+    );
+    cfg.save_checkpoint_steps = a.save_checkpoint_steps;
+    cfg.save_checkpoint_secs = a.save_checkpoint_secs;
     let s = runtime()?.block_on(run_leader(cfg, |addr| println!("leader: listening on {addr}")))?;
     report("leader", &s);
     Ok(())

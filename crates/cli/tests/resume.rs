@@ -1,0 +1,175 @@
+//! Kill -9 of the follower, of the leader, and of both during training,
+//! then restart: the parties agree on the newest checkpoint both hold,
+//! resume from it (in-flight blocks are not skipped), and the exported
+//! final weights equal those of an uninterrupted run, bitwise.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn vfl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vfl"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn setup(name: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!("vfl-resume-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let out = vfl()
+        .args(["data", "generate", "--files", "4", "--rows-per-file", "300", "--out"])
+        .arg(d.join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    Dir(d)
+}
+
+/// Starts one party of run `run` (its own checkpoint and export dirs).
+fn party(d: &Path, run: &str, role: &str, port: u16) -> Child {
+    let mut c = vfl();
+    c.arg(role)
+        .args([
+            "--insecure-no-tls",
+            "--model",
+            "wide_n_deep_adam",
+            "--threads",
+            "1",
+            "--peer-timeout",
+            "30",
+        ])
+        .arg("--data-path")
+        .arg(d.join("data").join(role))
+        .arg("--checkpoint-path")
+        .arg(d.join(run).join("ckpt").join(role))
+        .arg("--export-path")
+        .arg(d.join(run).join("export"));
+    if role == "leader" {
+        c.args([
+            "--local-addr",
+            &format!("127.0.0.1:{port}"),
+            "--epoch-num",
+            "2",
+            "--shuffle",
+            "--save-checkpoint-steps",
+            "4",
+        ]);
+    } else {
+        c.args(["--peer-addr", &format!("127.0.0.1:{port}")]);
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn run_both(d: &Path, run: &str) -> (String, String) {
+    let port = free_port();
+    let l = party(d, run, "leader", port);
+    let f = party(d, run, "follower", port);
+    let lo = l.wait_with_output().unwrap();
+    let fo = f.wait_with_output().unwrap();
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(
+        lo.status.success() && fo.status.success(),
+        "leader:\n{}\nfollower:\n{}",
+        text(&lo),
+        text(&fo)
+    );
+    (text(&lo), text(&fo))
+}
+
+/// The exported model file of `role` in run `run`.
+fn exported(d: &Path, run: &str, role: &str) -> Vec<u8> {
+    let root = d.join(run).join("export");
+    let id = std::fs::read_dir(&root).unwrap().next().unwrap().unwrap().path();
+    std::fs::read(id.join(role).join("model.safetensors")).unwrap()
+}
+
+/// Waits until `role`'s checkpoint directory holds a checkpoint of at least
+/// `step`.
+fn wait_for_checkpoint(d: &Path, run: &str, role: &str, step: u64) {
+    let dir = d.join(run).join("ckpt").join(role);
+    let start = Instant::now();
+    loop {
+        let best = std::fs::read_dir(&dir)
+            .map(|it| {
+                it.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .strip_prefix("ckpt-")?
+                            .strip_suffix(".safetensors")?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        if best >= step {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint {step} in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn interrupted(name: &str, kill: &[&str], at_step: u64) {
+    let d = setup(name);
+    let (lout, _) = run_both(&d.0, "straight");
+    assert!(lout.contains("2 epochs"), "{lout}");
+    let port = free_port();
+    let mut l = party(&d.0, "broken", "leader", port);
+    let mut f = party(&d.0, "broken", "follower", port);
+    wait_for_checkpoint(&d.0, "broken", "follower", at_step);
+    for who in kill {
+        let c = if *who == "leader" { &mut l } else { &mut f };
+        c.kill().unwrap(); // SIGKILL
+    }
+    let ls = l.wait().unwrap();
+    let fs = f.wait().unwrap();
+    assert!(!ls.success() || !fs.success(), "the run should have been interrupted");
+    let (lout, fout) = run_both(&d.0, "broken");
+    assert!(lout.contains("resumed from the checkpoint of step"), "{lout}");
+    assert!(fout.contains("resumed from the checkpoint of step"), "{fout}");
+    for role in ["leader", "follower"] {
+        assert!(
+            exported(&d.0, "straight", role) == exported(&d.0, "broken", role),
+            "{role}: weights differ after resume"
+        );
+    }
+}
+
+#[test]
+fn kill_follower_and_resume_gives_identical_weights() {
+    interrupted("kf", &["follower"], 12);
+}
+
+#[test]
+fn kill_leader_and_resume_gives_identical_weights() {
+    interrupted("kl", &["leader"], 28);
+}
+
+#[test]
+fn kill_both_and_resume_gives_identical_weights() {
+    interrupted("kb", &["leader", "follower"], 44);
+}
