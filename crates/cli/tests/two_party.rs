@@ -297,3 +297,122 @@ fn plaintext_needs_an_explicit_flag() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-tls"));
 }
+
+/// Runs leader and follower with the given extra flags each; returns
+/// their outputs (asserting success).
+fn pair(leader_args: &[String], follower_args: &[String]) -> (String, String) {
+    let port = free_port();
+    let mut la = leader_args.to_vec();
+    la.extend(["--local-addr".to_string(), format!("127.0.0.1:{port}")]);
+    let mut fa = follower_args.to_vec();
+    fa.extend(["--peer-addr".to_string(), format!("127.0.0.1:{port}")]);
+    let l = spawn(&["leader", "--insecure-no-tls", "--peer-timeout", "20"], &la);
+    let f = spawn(&["follower", "--insecure-no-tls", "--peer-timeout", "20"], &fa);
+    let (lok, lout) = finish(l);
+    let (fok, fout) = finish(f);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    (lout, fout)
+}
+
+#[test]
+fn trains_exports_and_evaluates_beyond_the_best_leader_only_model() {
+    use vfl_data::synth::{Synth, SynthConfig, SynthRow};
+    let d = std::env::temp_dir().join(format!("vfl-2p-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let gen_data = |out: &str, files: &str, rows: &str, first: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_vfl"))
+            .args([
+                "data",
+                "generate",
+                "--slots",
+                "16",
+                "--files",
+                files,
+                "--rows-per-file",
+                rows,
+                "--first-row",
+                first,
+            ])
+            .arg("--out")
+            .arg(d.join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    };
+    gen_data("train", "4", "2500", "0");
+    gen_data("eval", "1", "2000", "1000000");
+    std::fs::write(
+        d.join("model.toml"),
+        MODEL.replace("learning_rate = 0.01", "learning_rate = 0.003"),
+    )
+    .unwrap();
+    let p = |x: &str| d.join(x).display().to_string();
+    let common = |role: &str, data: &str| -> Vec<String> {
+        vec![
+            "--model".into(),
+            p("model.toml"),
+            "--data-path".into(),
+            p(&format!("{data}/{role}")),
+        ]
+    };
+    let mut la = common("leader", "train");
+    la.extend(["--epoch-num", "2", "--shuffle", "--export-path"].map(String::from));
+    la.push(p("export"));
+    let mut fa = common("follower", "train");
+    fa.extend(["--export-path".to_string(), p("export")]);
+    let (lout, _) = pair(&la, &fa);
+    assert!(lout.contains("model exported to"), "{lout}");
+    let id = std::fs::read_dir(d.join("export"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for role in ["leader", "follower"] {
+        for f in ["model.safetensors", "model.toml", "manifest.json"] {
+            assert!(id.join(role).join(f).exists(), "missing {role}/{f}");
+        }
+    }
+    let mut le = common("leader", "eval");
+    le.extend([
+        "--mode".into(),
+        "eval".into(),
+        "--load-model".into(),
+        id.display().to_string(),
+    ]);
+    le.extend(["--predictions-path".into(), p("pred.csv")]);
+    let mut fe = common("follower", "eval");
+    fe.extend([
+        "--mode".into(),
+        "eval".into(),
+        "--load-model".into(),
+        id.display().to_string(),
+    ]);
+    let (lout, fout) = pair(&le, &fe);
+    assert!(
+        lout.contains("2000 examples") && fout.contains("2000 examples"),
+        "{lout}\n{fout}"
+    );
+    let auc = auc_of(&lout);
+    let preds = std::fs::read_to_string(d.join("pred.csv")).unwrap();
+    assert_eq!(preds.lines().count(), 2001);
+    assert!(preds.starts_with("example_id,score\n1000000,"));
+    // The best any leader-only model could do: the hidden model's leader part.
+    let g = Synth::new(SynthConfig {
+        slots: 16,
+        ..Default::default()
+    });
+    let mut oracle = vfl_nn::BinaryMetrics::new();
+    let mut row = SynthRow::default();
+    for i in 1_000_000..1_002_000 {
+        g.row(i, &mut row);
+        let p = 1.0 / (1.0 + (-g.party_logit(&row, true)).exp());
+        oracle.update(&[p], &[row.y as f32], None);
+    }
+    let leader_only = oracle.values().auc.unwrap();
+    assert!(
+        auc > 0.5 && auc > leader_only + 0.03,
+        "eval AUC {auc} vs leader-only {leader_only}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

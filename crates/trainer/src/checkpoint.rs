@@ -170,3 +170,43 @@ pub fn export(
     vfl_data::atomic::write_atomic(&dir.join("manifest.json"), |w| w.write_all(text.as_bytes())).map_err(io)?;
     Ok(dir)
 }
+
+/// Loads an exported model (`model.safetensors` of `<export>/<id>/<role>/`
+/// or of the given directory) into the weights of `tensors` (optimizer
+/// state is not exported and is left alone). All or nothing.
+pub fn load_export(dir: &Path, role: Role, fingerprint: &str, tensors: Vec<TensorMut<'_>>) -> Result<(), TrainError> {
+    let p = if dir.join(role.as_str()).join("model.safetensors").exists() {
+        dir.join(role.as_str()).join("model.safetensors")
+    } else {
+        dir.join("model.safetensors")
+    };
+    let s = store::read(&p)?;
+    let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
+    let meta = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
+    if meta("role") != role.as_str() {
+        return Err(bad(format!("exported by the {}, not the {role}", meta("role"))));
+    }
+    if meta("model_fingerprint") != fingerprint {
+        return Err(bad("exported for a different model spec".into()));
+    }
+    let weights: Vec<TensorMut<'_>> = tensors.into_iter().filter(|t| !t.name.contains('#')).collect();
+    if s.tensors.len() != weights.len() {
+        return Err(bad(format!(
+            "holds {} tensors, the model has {}",
+            s.tensors.len(),
+            weights.len()
+        )));
+    }
+    for t in &weights {
+        match s.tensors.get(&t.name) {
+            Some(f) if f.shape == t.shape && f.data.len() == t.data.len() => {}
+            _ => return Err(bad(format!("tensor `{}` is missing or has the wrong shape", t.name))),
+        }
+    }
+    for t in weights {
+        if let Some(f) = s.tensors.get(&t.name) {
+            t.data.copy_from_slice(&f.data);
+        }
+    }
+    Ok(())
+}

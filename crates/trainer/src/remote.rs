@@ -53,6 +53,12 @@ pub struct RunConfig {
     pub keep_checkpoints: usize,
     /// Where the final model is exported (`<path>/<id>/<role>/`).
     pub export_path: Option<PathBuf>,
+    /// Train, or evaluate (forward only).
+    pub eval: bool,
+    /// Eval: the exported model to load (else the newest common checkpoint).
+    pub load_model: Option<PathBuf>,
+    /// Eval, leader: write `example_id,score` per example here.
+    pub predictions_path: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -77,7 +83,7 @@ fn settings(cfg: &RunConfig, process_id: &str) -> Settings {
         application_id: cfg.application_id.clone(),
         model_fingerprint: cfg.spec.fingerprint(),
         batch_size: cfg.batch_size as u32,
-        mode: "train".into(),
+        mode: if cfg.eval { "eval" } else { "train" }.into(),
         process_id: process_id.to_string(),
         checkpoint_steps: cfg.checkpoint_path.as_deref().map(checkpoint::list).unwrap_or_default(),
     }
@@ -152,7 +158,11 @@ pub async fn run_leader(
         }
     };
     let outbound = session.outbound.clone();
-    let result = lead(&cfg, &data, session).await;
+    let result = if cfg.eval {
+        evaluate_lead(&cfg, &data, session).await
+    } else {
+        lead(&cfg, &data, session).await
+    };
     if let Err(e) = &result {
         let _ = outbound
             .send(Ok(pb::LeaderMessage {
@@ -414,7 +424,11 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
         mut inbound,
     } = session;
     tracing::info!(session = %reply.session_id, leader = %reply.process_id, "connected to the leader");
-    let result = follow(&cfg, &data, &reply, &outbound, &mut inbound).await;
+    let result = if cfg.eval {
+        evaluate_follow(&cfg, &data, &reply, &outbound, &mut inbound).await
+    } else {
+        follow(&cfg, &data, &reply, &outbound, &mut inbound).await
+    };
     if let Err(e) = &result
         && !matches!(e, TrainError::Bridge(BridgeError::PeerFailed(_)))
     {
@@ -597,6 +611,228 @@ async fn follow(
                     skipped_records: skipped,
                     resumed_from,
                     export_dir,
+                });
+            }
+            Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            other => {
+                return Err(TrainError::Protocol(format!(
+                    "unexpected message from the leader: {other:?}"
+                )));
+            }
+        }
+    }
+}
+
+/// Loads the model for evaluation: an export if given, else the
+/// checkpoint both parties agreed on.
+fn load_for_eval(
+    cfg: &RunConfig,
+    role: Role,
+    resume_step: Option<u64>,
+    tensors: Vec<vfl_nn::split::TensorMut<'_>>,
+) -> Result<String, TrainError> {
+    let fingerprint = cfg.spec.fingerprint();
+    if let Some(p) = &cfg.load_model {
+        checkpoint::load_export(p, role, &fingerprint, tensors)?;
+        return Ok(format!("export {}", p.display()));
+    }
+    match (resume_step, &cfg.checkpoint_path) {
+        (Some(step), Some(dir)) => {
+            checkpoint::load(dir, step, role, &fingerprint, tensors)?;
+            Ok(format!("checkpoint of step {step}"))
+        }
+        _ => Err(TrainError::Protocol(
+            "eval needs a model: --load-model (an export) or a --checkpoint-path holding a checkpoint both parties have".into(),
+        )),
+    }
+}
+
+async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Result<RunSummary, TrainError> {
+    let server::Session {
+        session_id,
+        mut inbound,
+        outbound,
+        resume_step,
+        ..
+    } = session;
+    let send = |m: LMsg| {
+        let outbound = outbound.clone();
+        async move {
+            outbound
+                .send(Ok(pb::LeaderMessage { msg: Some(m) }))
+                .await
+                .map_err(|_| TrainError::from(BridgeError::Lost("the follower's stream closed".into())))
+        }
+    };
+    let schema = schema_for(&cfg.spec, Role::Leader);
+    let opts = ReadOptions {
+        skip_bad_records: cfg.skip_bad_records,
+        ..Default::default()
+    };
+    let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
+    let source = load_for_eval(cfg, Role::Leader, resume_step, party.model_mut().tensors_mut())?;
+    tracing::info!(%source, "evaluating");
+    let order = data.ids();
+    send(LMsg::Plan(pb::EpochPlan {
+        epoch: 0,
+        block_ids: order.clone(),
+        last: true,
+        start_block: 0,
+        start_record: 0,
+    }))
+    .await?;
+    match recv(&mut inbound, cfg.peer_timeout).await?.msg {
+        Some(FMsg::PlanAck(_)) => {}
+        Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+        other => {
+            return Err(TrainError::Protocol(format!(
+                "expected the plan's acknowledgement, got {other:?}"
+            )));
+        }
+    }
+    let mut reader = BlockReader::new(data.select(&order)?, schema.clone(), opts);
+    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
+    let mut predictions = String::from("example_id,score\n");
+    let (mut steps, mut examples, mut loss_sum) = (0u64, 0u64, 0f64);
+    let start = Instant::now();
+    loop {
+        match recv(&mut inbound, cfg.peer_timeout).await?.msg {
+            Some(FMsg::Activations(a)) => {
+                if reader.fill(&mut batch, cfg.batch_size)? == 0 {
+                    return Err(TrainError::Protocol(
+                        "the follower has more rows than the leader".into(),
+                    ));
+                }
+                let digest: [u8; 16] = a.batch_digest.as_slice().try_into().map_err(|_| {
+                    TrainError::Protocol(format!("batch digest of {} bytes, expected 16", a.batch_digest.len()))
+                })?;
+                let act = Activations {
+                    iteration: a.iteration,
+                    digest: BatchDigest(digest),
+                    train: false,
+                    tensor: tensor_wire(a.tensor, "activations")?,
+                };
+                let report = tokio::task::block_in_place(|| party.eval_step(&batch, &act))?;
+                if cfg.predictions_path.is_some() {
+                    for (r, score) in party.scores().iter().enumerate() {
+                        let id = String::from_utf8_lossy(batch.example_id(r));
+                        predictions.push_str(&format!("{id},{score}\n"));
+                    }
+                }
+                steps += 1;
+                examples += report.rows as u64;
+                loss_sum += f64::from(report.loss) * report.rows as f64;
+            }
+            Some(FMsg::EndOfData(e)) => {
+                if reader.fill(&mut batch, cfg.batch_size)? > 0 || e.iterations != steps {
+                    return Err(TrainError::Protocol(
+                        "the leader has more rows than the follower".into(),
+                    ));
+                }
+                break;
+            }
+            Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            other => {
+                return Err(TrainError::Protocol(format!(
+                    "unexpected message from the follower: {other:?}"
+                )));
+            }
+        }
+    }
+    if examples == 0 {
+        return Err(TrainError::Protocol("no data to evaluate".into()));
+    }
+    if let Some(p) = &cfg.predictions_path {
+        vfl_data::atomic::write_atomic(p, |w| w.write_all(predictions.as_bytes()))
+            .map_err(|e| TrainError::Store(format!("{}: {e}", p.display())))?;
+    }
+    send(LMsg::Finish(pb::Finish {
+        summary: format!("evaluated {examples} examples"),
+        export_id: String::new(),
+    }))
+    .await?;
+    Ok(RunSummary {
+        session_id,
+        epochs: 1,
+        steps,
+        examples,
+        seconds: start.elapsed().as_secs_f64(),
+        mean_loss: loss_sum / examples as f64,
+        last_epoch: Some(party.take_metrics().values()),
+        skipped_records: reader.skipped(),
+        resumed_from: None,
+        export_dir: None,
+    })
+}
+
+async fn evaluate_follow(
+    cfg: &RunConfig,
+    data: &DataDir,
+    reply: &pb::HelloReply,
+    outbound: &mpsc::Sender<pb::FollowerMessage>,
+    inbound: &mut vfl_bridge::Streaming<pb::LeaderMessage>,
+) -> Result<RunSummary, TrainError> {
+    let session_id = reply.session_id.as_str();
+    let send = |m: FMsg| async move {
+        outbound
+            .send(pb::FollowerMessage {
+                session_id: session_id.to_string(),
+                msg: Some(m),
+            })
+            .await
+            .map_err(|_| TrainError::from(BridgeError::Lost("the leader's stream closed".into())))
+    };
+    let schema = schema_for(&cfg.spec, Role::Follower);
+    let opts = ReadOptions {
+        skip_bad_records: cfg.skip_bad_records,
+        ..Default::default()
+    };
+    let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
+    let resume = reply.resume.then_some(reply.resume_step);
+    let source = load_for_eval(cfg, Role::Follower, resume, party.model_mut().tensors_mut())?;
+    tracing::info!(%source, "evaluating");
+    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
+    let (mut steps, mut examples) = (0u64, 0u64);
+    let start = Instant::now();
+    loop {
+        match recv(inbound, cfg.peer_timeout).await?.msg {
+            Some(LMsg::Plan(plan)) => {
+                let mut reader = BlockReader::new(data.select(&plan.block_ids)?, schema.clone(), opts);
+                send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
+                loop {
+                    let n = reader.fill(&mut batch, cfg.batch_size)?;
+                    if n == 0 {
+                        send(FMsg::EndOfData(pb::EndOfData {
+                            epoch: plan.epoch,
+                            iterations: steps,
+                        }))
+                        .await?;
+                        break;
+                    }
+                    let act = tokio::task::block_in_place(|| party.forward(&batch, false))?;
+                    send(FMsg::Activations(pb::Activations {
+                        iteration: act.iteration,
+                        batch_digest: act.digest.0.to_vec(),
+                        train: false,
+                        tensor: Some(tensor_pb(act.tensor)),
+                    }))
+                    .await?;
+                    steps += 1;
+                    examples += n as u64;
+                }
+            }
+            Some(LMsg::Finish(_)) => {
+                return Ok(RunSummary {
+                    session_id: session_id.to_string(),
+                    epochs: 1,
+                    steps,
+                    examples,
+                    seconds: start.elapsed().as_secs_f64(),
+                    mean_loss: 0.0,
+                    last_epoch: None,
+                    skipped_records: 0,
+                    resumed_from: None,
+                    export_dir: None,
                 });
             }
             Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),

@@ -49,6 +49,13 @@ pub struct Common {
     /// the same <id>.
     #[arg(long)]
     export_path: Option<PathBuf>,
+    /// train, or eval (forward only; needs --load-model or a checkpoint).
+    #[arg(long, value_parser = ["train", "eval"], default_value = "train")]
+    mode: String,
+    /// Eval: an exported model directory (<export>/<id>, or its <role>
+    /// subdirectory).
+    #[arg(long)]
+    load_model: Option<PathBuf>,
     /// Talk to the peer over plaintext gRPC. Required for now: RA-TLS is
     /// not implemented yet. Anyone on the network path can read and alter
     /// the traffic.
@@ -77,6 +84,9 @@ pub struct LeaderArgs {
     /// Save a checkpoint every N seconds (at the next step).
     #[arg(long)]
     save_checkpoint_secs: Option<u64>,
+    /// Eval: write `example_id,score` for every example to this CSV file.
+    #[arg(long)]
+    predictions_path: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -114,6 +124,9 @@ fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
         save_checkpoint_secs: None,
         keep_checkpoints: c.keep_checkpoints,
         export_path: c.export_path.clone(),
+        eval: c.mode == "eval",
+        load_model: c.load_model.clone(),
+        predictions_path: None,
     })
 }
 
@@ -167,6 +180,7 @@ pub fn leader(a: LeaderArgs) -> anyhow::Result<()> {
     );
     cfg.save_checkpoint_steps = a.save_checkpoint_steps;
     cfg.save_checkpoint_secs = a.save_checkpoint_secs;
+    cfg.predictions_path = a.predictions_path.clone();
     let s = runtime()?.block_on(run_leader(cfg, |addr| println!("leader: listening on {addr}")))?;
     report("leader", &s);
     Ok(())
