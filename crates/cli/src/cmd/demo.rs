@@ -2,8 +2,9 @@
 //! training read from those files, evaluation on held-out files, and a
 //! short summary.
 //!
-//! This runs both parties in one process through the same message
-//! interface the network transport uses.
+//! By default the leader and the follower run as two processes talking gRPC
+//! on loopback; `--in-process` runs both in this process through the same
+//! message interface.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,6 +46,10 @@ pub struct Args {
     /// Seed of the planted data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Run both parties inside this process (no network) instead of as two
+    /// processes talking gRPC on loopback.
+    #[arg(long)]
+    in_process: bool,
 }
 
 const EVAL_FIRST_ROW: u64 = 1_000_000_000;
@@ -121,6 +126,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         super::cpu_kernel()
     );
 
+    if !a.in_process {
+        let eval_rows = (eval_files * a.eval_rows.div_ceil(eval_files)) as u64;
+        return two_processes(&a, &work, threads, &synth, eval_rows);
+    }
     let (ls, fs) = (schema_for(&spec, Role::Leader), schema_for(&spec, Role::Follower));
     let mut t = LocalTrainer::new(&spec, threads)?;
     let start = Instant::now();
@@ -147,15 +156,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut f = reader(&eval_dir.join("follower"), fs)?;
     let eval = t.run_pass(&mut l, &mut f, 256, false, |_| {})?;
 
-    // The best any leader-only model could do: the hidden model's leader part.
-    let generator = Synth::new(synth);
-    let mut oracle = BinaryMetrics::new();
-    let mut row = SynthRow::default();
-    for i in EVAL_FIRST_ROW..EVAL_FIRST_ROW + eval.examples {
-        generator.row(i, &mut row);
-        let p = 1.0 / (1.0 + (-generator.party_logit(&row, true)).exp());
-        oracle.update(&[p], &[row.y as f32], None);
-    }
+    let oracle = leader_only_auc(&synth, eval.examples);
     let m = eval.metrics;
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     println!(
@@ -171,7 +172,85 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     println!(
         "best possible leader-only AUC (the hidden model's leader part): {}",
-        fmt(oracle.values().auc)
+        fmt(oracle)
     );
+    Ok(())
+}
+
+/// AUC of the best possible leader-only model on the evaluation rows: the
+/// hidden model's leader part.
+fn leader_only_auc(synth: &SynthConfig, rows: u64) -> Option<f64> {
+    let generator = Synth::new(synth.clone());
+    let mut oracle = BinaryMetrics::new();
+    let mut row = SynthRow::default();
+    for i in EVAL_FIRST_ROW..EVAL_FIRST_ROW + rows {
+        generator.row(i, &mut row);
+        let p = 1.0 / (1.0 + (-generator.party_logit(&row, true)).exp());
+        oracle.update(&[p], &[row.y as f32], None);
+    }
+    oracle.values().auc
+}
+
+/// Runs `vfl leader` and `vfl follower` as two processes on loopback and
+/// returns their standard outputs.
+fn run_pair(leader: &[String], follower: &[String]) -> anyhow::Result<(String, String)> {
+    let exe = std::env::current_exe().context("locating the vfl executable")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let spawn = |role: &str, args: &[String], addr_flag: &str| {
+        std::process::Command::new(&exe)
+            .args(["--loglevel", "warn", role, "--insecure-no-tls", addr_flag, &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting the {role}"))
+    };
+    let l = spawn("leader", leader, "--local-addr")?;
+    let f = spawn("follower", follower, "--peer-addr")?;
+    let lo = l.wait_with_output()?;
+    let fo = f.wait_with_output()?;
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    if !lo.status.success() || !fo.status.success() {
+        anyhow::bail!("a party failed\nleader:\n{}{}\nfollower:\n{}{}", out(&lo), err(&lo), out(&fo), err(&fo));
+    }
+    Ok((out(&lo), out(&fo)))
+}
+
+fn two_processes(a: &Args, work: &std::path::Path, threads: usize, synth: &SynthConfig, eval_rows: u64) -> anyhow::Result<()> {
+    println!("training: leader and follower as two processes, gRPC on loopback (plaintext: RA-TLS is not implemented yet)");
+    let export = work.join("export");
+    let _ = std::fs::remove_dir_all(&export);
+    let p = |x: PathBuf| x.display().to_string();
+    let common = |role: &str, data: &str| -> Vec<String> {
+        vec![
+            "--model".into(),
+            a.model.clone(),
+            "--batch-size".into(),
+            a.batch_size.to_string(),
+            "--threads".into(),
+            threads.to_string(),
+            "--data-path".into(),
+            p(work.join(data).join(role)),
+        ]
+    };
+    let mut la = common("leader", "train");
+    la.extend(["--epoch-num".into(), a.epoch_num.to_string(), "--shuffle".into(), "--export-path".into(), p(export.clone())]);
+    let mut fa = common("follower", "train");
+    fa.extend(["--export-path".into(), p(export.clone())]);
+    let (lout, _) = run_pair(&la, &fa)?;
+    lout.lines().for_each(|l| println!("  {l}"));
+    let id = std::fs::read_dir(&export)?.filter_map(|e| e.ok()).map(|e| e.path()).next().context("no export was written")?;
+    let mut le = common("leader", "eval");
+    le.extend(["--mode".into(), "eval".into(), "--load-model".into(), p(id.clone())]);
+    le.extend(["--predictions-path".into(), p(work.join("predictions.csv"))]);
+    let mut fe = common("follower", "eval");
+    fe.extend(["--mode".into(), "eval".into(), "--load-model".into(), p(id.clone())]);
+    let (eout, _) = run_pair(&le, &fe)?;
+    println!("held-out evaluation:");
+    eout.lines().for_each(|l| println!("  {l}"));
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    println!("best possible leader-only AUC (the hidden model's leader part): {}", fmt(leader_only_auc(synth, eval_rows)));
+    println!("outputs: model in {}, predictions in {}", id.display(), work.join("predictions.csv").display());
     Ok(())
 }
