@@ -33,6 +33,8 @@ pub async fn connect(
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| BridgeError::Protocol(format!("bad peer address `{addr}`: {e}")))?
         .tcp_nodelay(true)
+        .initial_stream_window_size(crate::server::WINDOW)
+        .initial_connection_window_size(crate::server::WINDOW)
         .connect_timeout(Duration::from_secs(5));
     let start = Instant::now();
     let mut backoff = Duration::from_millis(50);

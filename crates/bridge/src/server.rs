@@ -127,6 +127,9 @@ impl Listener {
     }
 }
 
+/// HTTP/2 flow-control window for streams and connections.
+pub const WINDOW: u32 = 16 << 20;
+
 /// Binds `addr` (port 0 picks a free port) and serves the bridge.
 pub async fn listen(addr: &str, settings: Settings, max_message: usize) -> Result<Listener, BridgeError> {
     let listen_err = |reason: String| BridgeError::Listen {
@@ -154,6 +157,10 @@ pub async fn listen(addr: &str, settings: Settings, max_message: usize) -> Resul
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // Tensors of 64 KiB and more would stall on HTTP/2's default
+            // 64 KiB flow-control window (one round trip per message).
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW)
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;

@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub load_model: Option<PathBuf>,
     /// Eval, leader: write `example_id,score` per example here.
     pub predictions_path: Option<PathBuf>,
+    /// When the process started (for the time-to-first-step log line).
+    pub started: Instant,
 }
 
 /// What a run did.
@@ -328,6 +330,12 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                         }
                         last_save = Instant::now();
                         tracing::info!(step = state.steps, "checkpoint saved by both parties");
+                    }
+                    if trained == report.rows as u64 {
+                        tracing::info!(
+                            ms_since_start = cfg.started.elapsed().as_millis() as u64,
+                            "first training step done"
+                        );
                     }
                     if state.steps % 100 == 0 {
                         tracing::info!(epoch, step = state.steps, loss = report.loss, "training");

@@ -198,7 +198,14 @@ fn run_pair(leader: &[String], follower: &[String]) -> anyhow::Result<(String, S
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let spawn = |role: &str, args: &[String], addr_flag: &str| {
         std::process::Command::new(&exe)
-            .args(["--loglevel", "warn", role, "--insecure-no-tls", addr_flag, &format!("127.0.0.1:{port}")])
+            .args([
+                "--loglevel",
+                "warn",
+                role,
+                "--insecure-no-tls",
+                addr_flag,
+                &format!("127.0.0.1:{port}"),
+            ])
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -212,13 +219,27 @@ fn run_pair(leader: &[String], follower: &[String]) -> anyhow::Result<(String, S
     let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
     let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
     if !lo.status.success() || !fo.status.success() {
-        anyhow::bail!("a party failed\nleader:\n{}{}\nfollower:\n{}{}", out(&lo), err(&lo), out(&fo), err(&fo));
+        anyhow::bail!(
+            "a party failed\nleader:\n{}{}\nfollower:\n{}{}",
+            out(&lo),
+            err(&lo),
+            out(&fo),
+            err(&fo)
+        );
     }
     Ok((out(&lo), out(&fo)))
 }
 
-fn two_processes(a: &Args, work: &std::path::Path, threads: usize, synth: &SynthConfig, eval_rows: u64) -> anyhow::Result<()> {
-    println!("training: leader and follower as two processes, gRPC on loopback (plaintext: RA-TLS is not implemented yet)");
+fn two_processes(
+    a: &Args,
+    work: &std::path::Path,
+    threads: usize,
+    synth: &SynthConfig,
+    eval_rows: u64,
+) -> anyhow::Result<()> {
+    println!(
+        "training: leader and follower as two processes, gRPC on loopback (plaintext: RA-TLS is not implemented yet)"
+    );
     let export = work.join("export");
     let _ = std::fs::remove_dir_all(&export);
     let p = |x: PathBuf| x.display().to_string();
@@ -235,12 +256,22 @@ fn two_processes(a: &Args, work: &std::path::Path, threads: usize, synth: &Synth
         ]
     };
     let mut la = common("leader", "train");
-    la.extend(["--epoch-num".into(), a.epoch_num.to_string(), "--shuffle".into(), "--export-path".into(), p(export.clone())]);
+    la.extend([
+        "--epoch-num".into(),
+        a.epoch_num.to_string(),
+        "--shuffle".into(),
+        "--export-path".into(),
+        p(export.clone()),
+    ]);
     let mut fa = common("follower", "train");
     fa.extend(["--export-path".into(), p(export.clone())]);
     let (lout, _) = run_pair(&la, &fa)?;
     lout.lines().for_each(|l| println!("  {l}"));
-    let id = std::fs::read_dir(&export)?.filter_map(|e| e.ok()).map(|e| e.path()).next().context("no export was written")?;
+    let id = std::fs::read_dir(&export)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .next()
+        .context("no export was written")?;
     let mut le = common("leader", "eval");
     le.extend(["--mode".into(), "eval".into(), "--load-model".into(), p(id.clone())]);
     le.extend(["--predictions-path".into(), p(work.join("predictions.csv"))]);
@@ -250,7 +281,14 @@ fn two_processes(a: &Args, work: &std::path::Path, threads: usize, synth: &Synth
     println!("held-out evaluation:");
     eout.lines().for_each(|l| println!("  {l}"));
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
-    println!("best possible leader-only AUC (the hidden model's leader part): {}", fmt(leader_only_auc(synth, eval_rows)));
-    println!("outputs: model in {}, predictions in {}", id.display(), work.join("predictions.csv").display());
+    println!(
+        "best possible leader-only AUC (the hidden model's leader part): {}",
+        fmt(leader_only_auc(synth, eval_rows))
+    );
+    println!(
+        "outputs: model in {}, predictions in {}",
+        id.display(),
+        work.join("predictions.csv").display()
+    );
     Ok(())
 }

@@ -127,6 +127,7 @@ fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
         eval: c.mode == "eval",
         load_model: c.load_model.clone(),
         predictions_path: None,
+        started: std::time::Instant::now(),
     })
 }
 
