@@ -153,7 +153,12 @@ pub async fn listen(addr: &str, settings: Settings, max_message: usize) -> Resul
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+    // Disable Nagle on every accepted connection: a tensor message waits
+    // otherwise for the peer's delayed ACK (tens of ms per step). The
+    // builder's own tcp_nodelay applies only to listeners it binds itself.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(tcp), |s| {
+        s.and_then(|s| s.set_nodelay(true).map(|()| s))
+    });
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)

@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod csv;
 pub mod example;
 pub mod generate;
+pub mod prefetch;
 pub mod schema;
 pub mod source;
 pub mod synth;

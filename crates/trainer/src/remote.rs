@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use vfl_bridge::pb::{self, follower_message::Msg as FMsg, leader_message::Msg as LMsg};
 use vfl_bridge::{BridgeError, Settings, client, message_limit, server};
 use vfl_data::blocks::{DataDir, Position, ReadOptions};
+use vfl_data::prefetch::{Prefetcher, position_after};
 use vfl_data::{Batch, BatchDigest, BatchSource, BlockReader};
 use vfl_nn::rng::Rng;
 use vfl_nn::{MetricValues, ModelSpec, Role};
@@ -215,7 +216,6 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
             "resumed from checkpoint"
         );
     }
-    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
     let (mut loss_sum, mut skipped, mut trained) = (0f64, 0u64, 0u64);
     let mut last_epoch = None;
     let start = Instant::now();
@@ -258,18 +258,19 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         }
         let mut reader = BlockReader::new(data.select(&order)?, schema.clone(), opts);
         reader.seek(start_pos)?;
+        // Decode the next batches on a reader thread while this one trains.
+        let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
         party.take_metrics();
         let mut iterations = 0u64;
         loop {
             let msg = recv(&mut inbound, cfg.peer_timeout).await?;
             match msg.msg {
                 Some(FMsg::Activations(a)) => {
-                    let n = reader.fill(&mut batch, cfg.batch_size)?;
-                    if n == 0 {
+                    let Some(batch) = reader.next_batch()? else {
                         return Err(TrainError::Protocol(format!(
                             "epoch {epoch}: the follower has more rows than the leader (leader data ended after {iterations} iterations)"
                         )));
-                    }
+                    };
                     let digest: [u8; 16] = a.batch_digest.as_slice().try_into().map_err(|_| {
                         TrainError::Protocol(format!("batch digest of {} bytes, expected 16", a.batch_digest.len()))
                     })?;
@@ -298,7 +299,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                     }))
                     .await?;
                     if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
-                        let pos = reader.position();
+                        let pos = position_after(&batch).unwrap_or(start_pos);
                         let (next_iteration, opt_step) = party.counters();
                         let st = RunState {
                             epoch,
@@ -340,10 +341,10 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                     if state.steps % 100 == 0 {
                         tracing::info!(epoch, step = state.steps, loss = report.loss, "training");
                     }
+                    reader.recycle(batch);
                 }
                 Some(FMsg::EndOfData(e)) => {
-                    let n = reader.fill(&mut batch, cfg.batch_size)?;
-                    if n > 0 || e.iterations != iterations {
+                    if reader.next_batch()?.is_some() || e.iterations != iterations {
                         return Err(TrainError::Protocol(format!(
                             "epoch {epoch}: the follower's data ended after {} iterations but the leader has more rows (after {iterations} iterations)",
                             e.iterations
@@ -364,7 +365,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                 "epoch {epoch}: no data (refusing to train on zero examples)"
             )));
         }
-        skipped += reader.skipped();
+        skipped += reader.finish().map_or(0, |r| r.skipped());
         let m = party.take_metrics().values();
         tracing::info!(epoch, iterations, auc = ?m.auc, "epoch done");
         last_epoch = Some(m);
@@ -487,7 +488,6 @@ async fn follow(
         tracing::info!(step, "resumed from checkpoint");
         expect_resume = Some(state.clone());
     }
-    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
     let (mut epochs, mut skipped) = (0u32, 0u64);
     let start = Instant::now();
     loop {
@@ -510,18 +510,19 @@ async fn follow(
                 let blocks = data.select(&plan.block_ids)?;
                 let mut reader = BlockReader::new(blocks, schema.clone(), opts);
                 reader.seek(start_pos)?;
+                let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
                 send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
                 let mut iterations = 0u64;
                 loop {
-                    let n = reader.fill(&mut batch, cfg.batch_size)?;
-                    if n == 0 {
+                    let Some(batch) = reader.next_batch()? else {
                         send(FMsg::EndOfData(pb::EndOfData {
                             epoch: plan.epoch,
                             iterations,
                         }))
                         .await?;
                         break;
-                    }
+                    };
+                    let n = batch.rows;
                     let act = tokio::task::block_in_place(|| party.forward(&batch, true))?;
                     send(FMsg::Activations(pb::Activations {
                         iteration: act.iteration,
@@ -555,7 +556,7 @@ async fn follow(
                                 "the leader saves a checkpoint but this follower has no --checkpoint-path".into(),
                             )
                         })?;
-                        let pos = reader.position();
+                        let pos = position_after(&batch).unwrap_or(start_pos);
                         let (next_iteration, opt_step) = party.counters();
                         let st = RunState {
                             epoch: plan.epoch,
@@ -580,8 +581,9 @@ async fn follow(
                         })?;
                         send(FMsg::CheckpointDone(pb::CheckpointDone { step: st.steps })).await?;
                     }
+                    reader.recycle(batch);
                 }
-                skipped += reader.skipped();
+                skipped += reader.finish().map_or(0, |r| r.skipped());
                 epochs += 1;
             }
             Some(LMsg::Finish(fin)) => {
