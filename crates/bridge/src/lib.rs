@@ -17,7 +17,7 @@ pub mod pb {
 }
 
 pub use handshake::{PROTOCOL_VERSION, Settings};
-pub use tonic::Streaming;
+pub use tonic::{Status, Streaming};
 
 /// Transport errors.
 #[derive(Debug, thiserror::Error)]

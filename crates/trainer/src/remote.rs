@@ -126,6 +126,50 @@ fn tensor_wire(t: Option<pb::Tensor>, what: &str) -> Result<WireTensor, TrainErr
     })
 }
 
+/// The leader's sending half of a session.
+struct ToFollower(mpsc::Sender<Result<pb::LeaderMessage, vfl_bridge::Status>>);
+
+impl ToFollower {
+    async fn send(&self, m: LMsg) -> Result<(), TrainError> {
+        self.0
+            .send(Ok(pb::LeaderMessage { msg: Some(m) }))
+            .await
+            .map_err(|_| TrainError::from(BridgeError::Lost("the follower's stream closed".into())))
+    }
+}
+
+/// The follower's sending half of a session.
+struct ToLeader<'a> {
+    tx: &'a mpsc::Sender<pb::FollowerMessage>,
+    session_id: &'a str,
+}
+
+impl ToLeader<'_> {
+    async fn send(&self, m: FMsg) -> Result<(), TrainError> {
+        self.tx
+            .send(pb::FollowerMessage {
+                session_id: self.session_id.to_string(),
+                msg: Some(m),
+            })
+            .await
+            .map_err(|_| TrainError::from(BridgeError::Lost("the leader's stream closed".into())))
+    }
+}
+
+/// Checks and converts an activations message.
+fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
+    let digest: [u8; 16] =
+        a.batch_digest.as_slice().try_into().map_err(|_| {
+            TrainError::Protocol(format!("batch digest of {} bytes, expected 16", a.batch_digest.len()))
+        })?;
+    Ok(Activations {
+        iteration: a.iteration,
+        digest: BatchDigest(digest),
+        train: a.train,
+        tensor: tensor_wire(a.tensor, "activations")?,
+    })
+}
+
 async fn recv<T>(stream: &mut vfl_bridge::Streaming<T>, timeout: Duration) -> Result<T, TrainError> {
     match tokio::time::timeout(timeout, stream.message()).await {
         Err(_) => Err(BridgeError::Timeout {
@@ -188,15 +232,8 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         resume_step,
         ..
     } = session;
-    let send = |m: LMsg| {
-        let outbound = outbound.clone();
-        async move {
-            outbound
-                .send(Ok(pb::LeaderMessage { msg: Some(m) }))
-                .await
-                .map_err(|_| TrainError::from(BridgeError::Lost("the follower's stream closed".into())))
-        }
-    };
+    let link = ToFollower(outbound.clone());
+    let send = |m: LMsg| link.send(m);
     let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Leader);
     let opts = ReadOptions {
@@ -271,15 +308,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                             "epoch {epoch}: the follower has more rows than the leader (leader data ended after {iterations} iterations)"
                         )));
                     };
-                    let digest: [u8; 16] = a.batch_digest.as_slice().try_into().map_err(|_| {
-                        TrainError::Protocol(format!("batch digest of {} bytes, expected 16", a.batch_digest.len()))
-                    })?;
-                    let act = Activations {
-                        iteration: a.iteration,
-                        digest: BatchDigest(digest),
-                        train: a.train,
-                        tensor: tensor_wire(a.tensor, "activations")?,
-                    };
+                    let act = activations(a)?;
                     let (report, grad) = tokio::task::block_in_place(|| party.train_step(&batch, &act))?;
                     state.steps += 1;
                     state.examples += report.rows as u64;
@@ -460,15 +489,11 @@ async fn follow(
     inbound: &mut vfl_bridge::Streaming<pb::LeaderMessage>,
 ) -> Result<RunSummary, TrainError> {
     let session_id = reply.session_id.as_str();
-    let send = |m: FMsg| async move {
-        outbound
-            .send(pb::FollowerMessage {
-                session_id: session_id.to_string(),
-                msg: Some(m),
-            })
-            .await
-            .map_err(|_| TrainError::from(BridgeError::Lost("the leader's stream closed".into())))
+    let link = ToLeader {
+        tx: outbound,
+        session_id,
     };
+    let send = |m: FMsg| link.send(m);
     let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Follower);
     let opts = ReadOptions {
@@ -665,15 +690,8 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
         resume_step,
         ..
     } = session;
-    let send = |m: LMsg| {
-        let outbound = outbound.clone();
-        async move {
-            outbound
-                .send(Ok(pb::LeaderMessage { msg: Some(m) }))
-                .await
-                .map_err(|_| TrainError::from(BridgeError::Lost("the follower's stream closed".into())))
-        }
-    };
+    let link = ToFollower(outbound.clone());
+    let send = |m: LMsg| link.send(m);
     let schema = schema_for(&cfg.spec, Role::Leader);
     let opts = ReadOptions {
         skip_bad_records: cfg.skip_bad_records,
@@ -713,14 +731,9 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
                         "the follower has more rows than the leader".into(),
                     ));
                 }
-                let digest: [u8; 16] = a.batch_digest.as_slice().try_into().map_err(|_| {
-                    TrainError::Protocol(format!("batch digest of {} bytes, expected 16", a.batch_digest.len()))
-                })?;
                 let act = Activations {
-                    iteration: a.iteration,
-                    digest: BatchDigest(digest),
                     train: false,
-                    tensor: tensor_wire(a.tensor, "activations")?,
+                    ..activations(a)?
                 };
                 let report = tokio::task::block_in_place(|| party.eval_step(&batch, &act))?;
                 if cfg.predictions_path.is_some() {
@@ -783,15 +796,11 @@ async fn evaluate_follow(
     inbound: &mut vfl_bridge::Streaming<pb::LeaderMessage>,
 ) -> Result<RunSummary, TrainError> {
     let session_id = reply.session_id.as_str();
-    let send = |m: FMsg| async move {
-        outbound
-            .send(pb::FollowerMessage {
-                session_id: session_id.to_string(),
-                msg: Some(m),
-            })
-            .await
-            .map_err(|_| TrainError::from(BridgeError::Lost("the leader's stream closed".into())))
+    let link = ToLeader {
+        tx: outbound,
+        session_id,
     };
+    let send = |m: FMsg| link.send(m);
     let schema = schema_for(&cfg.spec, Role::Follower);
     let opts = ReadOptions {
         skip_bad_records: cfg.skip_bad_records,
