@@ -106,6 +106,12 @@ pub struct ExampleDecoder {
 
 const MISSING: (u32, u32) = (u32::MAX, u32::MAX);
 
+/// Byte equality for short keys without a call to `memcmp`.
+#[inline(always)]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// Reads a varint at `*pos`.
 #[inline(always)]
 fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, Wire> {
@@ -339,7 +345,7 @@ impl ExampleDecoder {
                     }
                 }
                 let target = match self.predicted.get(k) {
-                    Some((pk, t)) if **pk == *key => *t,
+                    Some((pk, t)) if same_key(pk, key) => *t,
                     _ => {
                         let t = self.index.get(key).copied();
                         if k < self.predicted.len() {
