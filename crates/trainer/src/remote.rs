@@ -81,6 +81,16 @@ pub struct RunSummary {
     pub export_dir: Option<PathBuf>,
 }
 
+impl RunConfig {
+    /// How this party reads its data blocks.
+    fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            skip_bad_records: self.skip_bad_records,
+            ..Default::default()
+        }
+    }
+}
+
 fn settings(cfg: &RunConfig, process_id: &str) -> Settings {
     Settings {
         application_id: cfg.application_id.clone(),
@@ -236,10 +246,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
     let send = |m: LMsg| link.send(m);
     let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Leader);
-    let opts = ReadOptions {
-        skip_bad_records: cfg.skip_bad_records,
-        ..Default::default()
-    };
+    let opts = cfg.read_options();
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
     let mut state = RunState::default();
     if let (Some(step), Some(dir)) = (resume_step, &cfg.checkpoint_path) {
@@ -496,10 +503,7 @@ async fn follow(
     let send = |m: FMsg| link.send(m);
     let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Follower);
-    let opts = ReadOptions {
-        skip_bad_records: cfg.skip_bad_records,
-        ..Default::default()
-    };
+    let opts = cfg.read_options();
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
     let mut state = RunState::default();
     let resumed_from = reply.resume.then_some(reply.resume_step);
@@ -693,10 +697,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
     let link = ToFollower(outbound.clone());
     let send = |m: LMsg| link.send(m);
     let schema = schema_for(&cfg.spec, Role::Leader);
-    let opts = ReadOptions {
-        skip_bad_records: cfg.skip_bad_records,
-        ..Default::default()
-    };
+    let opts = cfg.read_options();
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
     let source = load_for_eval(cfg, Role::Leader, resume_step, party.model_mut().tensors_mut())?;
     tracing::info!(%source, "evaluating");
@@ -802,10 +803,7 @@ async fn evaluate_follow(
     };
     let send = |m: FMsg| link.send(m);
     let schema = schema_for(&cfg.spec, Role::Follower);
-    let opts = ReadOptions {
-        skip_bad_records: cfg.skip_bad_records,
-        ..Default::default()
-    };
+    let opts = cfg.read_options();
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
     let resume = reply.resume.then_some(reply.resume_step);
     let source = load_for_eval(cfg, Role::Follower, resume, party.model_mut().tensors_mut())?;
