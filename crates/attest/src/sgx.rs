@@ -139,3 +139,74 @@ impl ReportBody {
 
 /// Attributes of a production enclave: INIT | MODE64BIT, XFRM x87|SSE|AVX.
 pub const PRODUCTION_ATTRIBUTES: [u8; 16] = [0x05, 0, 0, 0, 0, 0, 0, 0, 0x07, 0, 0, 0, 0, 0, 0, 0];
+
+/// Check that a quote v3 with certification data type 5 is exactly what the
+/// quoting library writes: the declared lengths add up to the quote's size,
+/// and the PCK chain is canonical PEM (BEGIN/END lines, base64 lines of 64
+/// characters, `\n` line ends, an optional trailing NUL). dcap-qvl ignores
+/// slack such as trailing bytes or damaged armour around an unused
+/// certificate; refusing it means any changed byte of a quote is refused.
+pub fn check_quote_structure(quote: &[u8]) -> Result<(), String> {
+    let u16_at = |at: usize| quote.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |at: usize| quote.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let short = || format!("quote ends early ({} bytes)", quote.len());
+    let sig_len = u32_at(SIGNED_LEN).ok_or_else(short)?;
+    let auth_start = SIGNED_LEN + 4;
+    if auth_start + sig_len != quote.len() {
+        return Err(format!(
+            "signature data is declared as {sig_len} bytes but {} follow the report",
+            quote.len().saturating_sub(auth_start)
+        ));
+    }
+    // ISV signature, attestation key, QE report, QE report signature.
+    let mut at = auth_start + 64 + 64 + REPORT_BODY_LEN + 64;
+    let qe_auth_len = u16_at(at).ok_or_else(short)?;
+    at += 2 + qe_auth_len;
+    let cert_type = u16_at(at).ok_or_else(short)?;
+    let cert_len = u32_at(at + 2).ok_or_else(short)?;
+    at += 6;
+    if at + cert_len != quote.len() {
+        return Err(format!(
+            "certification data is declared as {cert_len} bytes but {} remain",
+            quote.len().saturating_sub(at)
+        ));
+    }
+    if cert_type != 5 {
+        return Err(format!("certification data type {cert_type} is not supported (expected 5: PCK chain)"));
+    }
+    check_pem_chain(&quote[at..])
+}
+
+fn check_pem_chain(data: &[u8]) -> Result<(), String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let data = data.strip_suffix(b"\0").unwrap_or(data);
+    let text = std::str::from_utf8(data).map_err(|_| "PCK chain is not text".to_string())?;
+    let Some(body) = text.strip_suffix('\n') else { return Err("PCK chain does not end with a newline".into()) };
+    let (mut blocks, mut in_block, mut last_len) = (0, false, 64);
+    for (i, line) in body.split('\n').enumerate() {
+        let bad = |why: &str| Err(format!("PCK chain line {}: {why}", i + 1));
+        if !in_block {
+            if line != BEGIN {
+                return bad("expected the BEGIN CERTIFICATE line");
+            }
+            in_block = true;
+            last_len = 64;
+        } else if line == END {
+            in_block = false;
+            blocks += 1;
+        } else {
+            if last_len != 64 {
+                return bad("a base64 line shorter than 64 characters is not the last of its block");
+            }
+            if line.is_empty() || line.len() > 64 || !line.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)) {
+                return bad("not a line of base64");
+            }
+            last_len = line.len();
+        }
+    }
+    if in_block || blocks == 0 {
+        return Err("PCK chain has an unterminated or no certificate".into());
+    }
+    Ok(())
+}

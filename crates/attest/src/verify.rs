@@ -94,6 +94,7 @@ pub fn verify_quote(
     root: &Root,
     now: u64,
 ) -> Result<QuoteReport, Rejection> {
+    crate::sgx::check_quote_structure(quote).map_err(|e| Rejection::Quote(format!("malformed quote: {e}")))?;
     let verifier = match root {
         Root::Intel => dcap_qvl::verify::QuoteVerifier::new_prod(),
         Root::Dev(der) => dcap_qvl::verify::QuoteVerifier::new(der.clone()),
