@@ -67,7 +67,10 @@ impl SgxAttester {
 
     /// Open the attestation device at `root`; fails clearly outside an SGX enclave.
     pub fn open(root: &Path) -> Result<Self, AttestError> {
-        let not_sgx = |why: String| AttestError::NotInEnclave { root: root.display().to_string(), why };
+        let not_sgx = |why: String| AttestError::NotInEnclave {
+            root: root.display().to_string(),
+            why,
+        };
         if !root.is_dir() {
             return Err(not_sgx(
                 "it does not exist: this process is not running inside a Gramine SGX enclave".into(),
@@ -88,7 +91,9 @@ impl SgxAttester {
                 "attestation_type is {ty:?}, not \"dcap\": set sgx.remote_attestation = \"dcap\" in the manifest"
             )));
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 }
 
@@ -98,13 +103,17 @@ impl Attester for SgxAttester {
     }
 
     fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
-        let io = |path: PathBuf| move |source| AttestError::Io { path: path.display().to_string(), source };
+        let io = |path: PathBuf| {
+            move |source| AttestError::Io {
+                path: path.display().to_string(),
+                source,
+            }
+        };
         let urd = self.root.join("user_report_data");
         std::fs::write(&urd, report_data).map_err(io(urd))?;
         let qp = self.root.join("quote");
         let quote = std::fs::read(&qp).map_err(io(qp.clone()))?;
-        let view = QuoteView::parse(&quote)
-            .map_err(|e| AttestError::Evidence(format!("{}: {e}", qp.display())))?;
+        let view = QuoteView::parse(&quote).map_err(|e| AttestError::Evidence(format!("{}: {e}", qp.display())))?;
         if view.report_data() != *report_data {
             return Err(AttestError::Evidence(format!(
                 "{}: the quote does not carry the report data written to user_report_data",
@@ -133,10 +142,18 @@ pub struct SimIdentity {
 impl SimIdentity {
     /// mr_enclave = SHA-256 of the running executable; isv_prod_id = isv_svn = 1.
     pub fn of_running_binary() -> Result<Self, AttestError> {
-        let exe = std::env::current_exe()
-            .map_err(|source| AttestError::Io { path: "current executable".into(), source })?;
+        let exe = std::env::current_exe().map_err(|source| AttestError::Io {
+            path: "current executable".into(),
+            source,
+        })?;
         let mr_enclave = crate::sha256_file(&exe)?;
-        Ok(Self { mr_enclave, mr_signer: None, isv_prod_id: 1, isv_svn: 1, debug: false })
+        Ok(Self {
+            mr_enclave,
+            mr_signer: None,
+            isv_prod_id: 1,
+            isv_svn: 1,
+            debug: false,
+        })
     }
 }
 
@@ -159,7 +176,10 @@ impl SimAttester {
             isv_svn: id.isv_svn,
             attributes,
         };
-        Ok(Self { platform: SimPlatform::new(root, opts)?, identity })
+        Ok(Self {
+            platform: SimPlatform::new(root, opts)?,
+            identity,
+        })
     }
 
     pub fn identity(&self) -> &EnclaveIdentity {

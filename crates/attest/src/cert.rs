@@ -64,7 +64,10 @@ pub fn legacy_report_data(spki: &[u8]) -> [u8; 64] {
 
 /// The TCG claims map `{"pubkey-hash": bstr(CBOR [1, bstr SHA-256(SPKI)])}`.
 pub fn tcg_claims(spki: &[u8]) -> Vec<u8> {
-    let inner = Value::Array(vec![Value::Integer(HASH_SHA256.into()), Value::Bytes(Sha256::digest(spki).to_vec())]);
+    let inner = Value::Array(vec![
+        Value::Integer(HASH_SHA256.into()),
+        Value::Bytes(Sha256::digest(spki).to_vec()),
+    ]);
     let map = Value::Map(vec![(Value::Text("pubkey-hash".into()), Value::Bytes(cbor(&inner)))]);
     cbor(&map)
 }
@@ -88,14 +91,21 @@ pub fn issue(attester: &dyn Attester) -> Result<RaTlsCert, AttestError> {
     let legacy_quote = attester.quote(&legacy_report_data(&spki))?;
     let claims = tcg_claims(&spki);
     let tcg_quote = attester.quote(&tcg_report_data(&claims))?;
-    let identity = QuoteView::parse(&legacy_quote).map_err(AttestError::Evidence)?.identity();
+    let identity = QuoteView::parse(&legacy_quote)
+        .map_err(AttestError::Evidence)?
+        .identity();
     let evidence = CertEvidence {
         legacy_quote: Some(legacy_quote),
         tcg: Some((tcg_quote, claims)),
         sim: attester.sim_evidence(),
     };
     let cert_der = build_cert(&key, &evidence)?;
-    Ok(RaTlsCert { cert_der, key_der: key.serialize_der(), identity, mode: attester.mode() })
+    Ok(RaTlsCert {
+        cert_der,
+        key_der: key.serialize_der(),
+        identity,
+        mode: attester.mode(),
+    })
 }
 
 /// A fresh ECDSA P-384 key (what Gramine >= 1.4 uses).
@@ -114,17 +124,28 @@ pub fn build_cert(key: &KeyPair, evidence: &CertEvidence) -> Result<Vec<u8>, Att
     p.not_before = rcgen::date_time_ymd(2001, 1, 1);
     p.not_after = rcgen::date_time_ymd(2049, 12, 31);
     if let Some(q) = &evidence.legacy_quote {
-        p.custom_extensions.push(CustomExtension::from_oid_content(LEGACY_OID_AS_WRITTEN, q.clone()));
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(LEGACY_OID_AS_WRITTEN, q.clone()));
     }
     if let Some((q, claims)) = &evidence.tcg {
-        let tagged = Value::Tag(TCG_CBOR_TAG, Box::new(Value::Array(vec![Value::Bytes(q.clone()), Value::Bytes(claims.clone())])));
-        p.custom_extensions.push(CustomExtension::from_oid_content(TCG_OID, cbor(&tagged)));
+        let tagged = Value::Tag(
+            TCG_CBOR_TAG,
+            Box::new(Value::Array(vec![
+                Value::Bytes(q.clone()),
+                Value::Bytes(claims.clone()),
+            ])),
+        );
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(TCG_OID, cbor(&tagged)));
     }
     if let Some(sim) = &evidence.sim {
         let json = serde_json::to_vec(sim).map_err(|e| AttestError::Pki(format!("simulated evidence: {e}")))?;
-        p.custom_extensions.push(CustomExtension::from_oid_content(SIM_OID, json));
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(SIM_OID, json));
     }
-    let cert = p.self_signed(key).map_err(|e| AttestError::Pki(format!("RA-TLS certificate: {e}")))?;
+    let cert = p
+        .self_signed(key)
+        .map_err(|e| AttestError::Pki(format!("RA-TLS certificate: {e}")))?;
     Ok(cert.der().to_vec())
 }
 
@@ -196,7 +217,9 @@ fn check_claims(claims: &[u8], spki: &[u8]) -> Result<(), Rejection> {
         Value::Integer(i) => i64::try_from(*i).map_err(|_| bad("hash algorithm id out of range"))?,
         _ => return Err(bad("hash algorithm id is not an integer")),
     };
-    let Value::Bytes(hash) = &arr[1] else { return Err(bad("hash is not a byte string")) };
+    let Value::Bytes(hash) = &arr[1] else {
+        return Err(bad("hash is not a byte string"));
+    };
     let want: Vec<u8> = match alg {
         HASH_SHA256 => Sha256::digest(spki).to_vec(),
         HASH_SHA384 => Sha384::digest(spki).to_vec(),
@@ -219,7 +242,10 @@ pub fn extract(cert_der: &[u8]) -> Result<Evidence, Rejection> {
     let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| Rejection::Certificate(format!("not a valid X.509 certificate: {e}")))?;
     if !rest.is_empty() {
-        return Err(Rejection::Certificate(format!("{} trailing bytes after the certificate", rest.len())));
+        return Err(Rejection::Certificate(format!(
+            "{} trailing bytes after the certificate",
+            rest.len()
+        )));
     }
     let spki = cert.tbs_certificate.subject_pki.raw.to_vec();
     let (mut legacy, mut tcg, mut sim) = (None, None, None);
@@ -245,10 +271,20 @@ pub fn extract(cert_der: &[u8]) -> Result<Evidence, Rejection> {
     };
     if let Some(tagged) = tcg {
         let (quote, claims) = parse_tcg(&tagged)?;
-        return Ok(Evidence { spki, quote, binding: Binding::Tcg { claims }, sim });
+        return Ok(Evidence {
+            spki,
+            quote,
+            binding: Binding::Tcg { claims },
+            sim,
+        });
     }
     if let Some(quote) = legacy {
-        return Ok(Evidence { spki, quote, binding: Binding::Legacy, sim });
+        return Ok(Evidence {
+            spki,
+            quote,
+            binding: Binding::Legacy,
+            sim,
+        });
     }
     Err(Rejection::NoEvidence)
 }

@@ -22,9 +22,15 @@ pub struct FileCollateral {
 
 impl FileCollateral {
     pub fn load(path: &Path) -> Result<Self, AttestError> {
-        let bytes = std::fs::read(path).map_err(|source| AttestError::Io { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| AttestError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         let collateral = parse(&bytes).map_err(|e| AttestError::Collateral(format!("{}: {e}", path.display())))?;
-        Ok(Self { path: path.to_path_buf(), collateral })
+        Ok(Self {
+            path: path.to_path_buf(),
+            collateral,
+        })
     }
 
     pub fn collateral(&self) -> &dcap_qvl::QuoteCollateralV3 {

@@ -25,8 +25,9 @@ use crate::AttestError;
 use crate::sgx::{self, EnclaveIdentity, ReportBody};
 
 /// Intel's QE vendor id: dcap-qvl accepts only quotes that name it.
-const INTEL_QE_VENDOR_ID: [u8; 16] =
-    [0x93, 0x9A, 0x72, 0x33, 0xF7, 0x9C, 0x4C, 0xA9, 0x94, 0x0A, 0x0D, 0xB3, 0x95, 0x7F, 0x06, 0x07];
+const INTEL_QE_VENDOR_ID: [u8; 16] = [
+    0x93, 0x9A, 0x72, 0x33, 0xF7, 0x9C, 0x4C, 0xA9, 0x94, 0x0A, 0x0D, 0xB3, 0x95, 0x7F, 0x06, 0x07,
+];
 /// The simulated platform's FMSPC, CPU SVN components and PCE SVN.
 const FMSPC: [u8; 6] = [0x00, 0x90, 0x6E, 0xD5, 0x00, 0x00];
 const CPU_SVN: [u8; 16] = [7, 7, 2, 2, 255, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -55,7 +56,9 @@ impl DevRoot {
     pub fn from_pem(pem: &str) -> Result<Self, AttestError> {
         let key = KeyPair::from_pem(pem).map_err(|e| AttestError::Pki(format!("development root key: {e}")))?;
         if !key.is_compatible(&PKCS_ECDSA_P256_SHA256) {
-            return Err(AttestError::Pki("development root key is not an ECDSA P-256 key".into()));
+            return Err(AttestError::Pki(
+                "development root key is not an ECDSA P-256 key".into(),
+            ));
         }
         Ok(Self { key })
     }
@@ -73,7 +76,10 @@ impl DevRoot {
                 crate::write_private(path, root.key.serialize_pem().as_bytes())?;
                 Ok((root, true))
             }
-            Err(e) => Err(AttestError::Io { path: path.display().to_string(), source: e }),
+            Err(e) => Err(AttestError::Io {
+                path: path.display().to_string(),
+                source: e,
+            }),
         }
     }
 
@@ -104,7 +110,11 @@ pub struct SimPlatformOptions {
 impl SimPlatformOptions {
     /// Up-to-date collateral valid from one hour ago for 30 days.
     pub fn fresh(now: u64) -> Self {
-        Self { tcb_status: "UpToDate".into(), issued_at: now.saturating_sub(3600), next_update: now + 30 * 86_400 }
+        Self {
+            tcb_status: "UpToDate".into(),
+            issued_at: now.saturating_sub(3600),
+            next_update: now + 30 * 86_400,
+        }
     }
 }
 
@@ -124,23 +134,33 @@ impl SimPlatform {
     pub fn new(root: &DevRoot, opts: &SimPlatformOptions) -> Result<Self, AttestError> {
         let rng = SystemRandom::new();
         let root_params = DevRoot::params();
-        let root_cert = root_params.self_signed(&root.key).map_err(rcgen_err("root certificate"))?;
+        let root_cert = root_params
+            .self_signed(&root.key)
+            .map_err(rcgen_err("root certificate"))?;
         let root_issuer = Issuer::from_params(&root_params, &root.key);
 
         // PCK CA, PCK certificate, TCB signing certificate.
         let pck_ca_key = p256_key()?;
         let pck_ca_params = ca_params("enclave-vfl development PCK Processor CA");
-        let pck_ca = pck_ca_params.signed_by(&pck_ca_key, &root_issuer).map_err(rcgen_err("PCK CA certificate"))?;
+        let pck_ca = pck_ca_params
+            .signed_by(&pck_ca_key, &root_issuer)
+            .map_err(rcgen_err("PCK CA certificate"))?;
         let pck_ca_issuer = Issuer::from_params(&pck_ca_params, &pck_ca_key);
 
         let pck_key = p256_key()?;
         let mut pck_params = leaf_params("enclave-vfl development PCK Certificate");
-        pck_params.custom_extensions.push(CustomExtension::from_oid_content(SGX_EXT, sgx_extension()));
-        let pck = pck_params.signed_by(&pck_key, &pck_ca_issuer).map_err(rcgen_err("PCK certificate"))?;
+        pck_params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(SGX_EXT, sgx_extension()));
+        let pck = pck_params
+            .signed_by(&pck_key, &pck_ca_issuer)
+            .map_err(rcgen_err("PCK certificate"))?;
 
         let tcb_key = p256_key()?;
         let tcb_params = leaf_params("enclave-vfl development TCB Signing");
-        let tcb_cert = tcb_params.signed_by(&tcb_key, &root_issuer).map_err(rcgen_err("TCB signing certificate"))?;
+        let tcb_cert = tcb_params
+            .signed_by(&tcb_key, &root_issuer)
+            .map_err(rcgen_err("TCB signing certificate"))?;
 
         // CRLs (empty) for both CAs, valid over the collateral window.
         let (this_update, next_update) = (datetime(opts.issued_at)?, datetime(opts.next_update)?);
@@ -183,8 +203,11 @@ impl SimPlatform {
         // Collateral: TCB info and QE identity signed by the TCB signing key.
         let tcb_signer = ring_p256(&tcb_key)?;
         let (issue, next) = (rfc3339(opts.issued_at)?, rfc3339(opts.next_update)?);
-        let advisories: Vec<String> =
-            if opts.tcb_status == "UpToDate" { Vec::new() } else { vec!["VFL-SIM-0001".into()] };
+        let advisories: Vec<String> = if opts.tcb_status == "UpToDate" {
+            Vec::new()
+        } else {
+            vec!["VFL-SIM-0001".into()]
+        };
         let tcb_info = serde_json::json!({
             "id": "SGX", "version": 3, "issueDate": issue, "nextUpdate": next,
             "fmspc": hex::encode_upper(FMSPC), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": 17,
@@ -279,13 +302,19 @@ fn p256_key() -> Result<KeyPair, AttestError> {
 }
 
 fn ring_p256(key: &KeyPair) -> Result<EcdsaKeyPair, AttestError> {
-    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key.serialized_der(), &SystemRandom::new())
-        .map_err(|e| AttestError::Pki(format!("load P-256 key: {e}")))
+    EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        key.serialized_der(),
+        &SystemRandom::new(),
+    )
+    .map_err(|e| AttestError::Pki(format!("load P-256 key: {e}")))
 }
 
 /// ECDSA P-256 / SHA-256 signature as raw `r || s` (the DCAP encoding).
 fn sign(key: &EcdsaKeyPair, rng: &SystemRandom, msg: &[u8]) -> Result<Vec<u8>, AttestError> {
-    key.sign(rng, msg).map(|s| s.as_ref().to_vec()).map_err(|_| AttestError::Pki("ECDSA signing failed".into()))
+    key.sign(rng, msg)
+        .map(|s| s.as_ref().to_vec())
+        .map_err(|_| AttestError::Pki("ECDSA signing failed".into()))
 }
 
 fn dn(cn: &str) -> rcgen::DistinguishedName {

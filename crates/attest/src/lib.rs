@@ -50,15 +50,24 @@ pub enum AttestError {
 /// SHA-256 of a file's contents.
 pub fn sha256_file(path: &Path) -> Result<[u8; 32], AttestError> {
     use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path).map_err(|source| AttestError::Io { path: path.display().to_string(), source })?;
+    let mut f = std::fs::File::open(path).map_err(|source| AttestError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|source| AttestError::Io { path: path.display().to_string(), source })?;
+    std::io::copy(&mut f, &mut h).map_err(|source| AttestError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(h.finalize().into())
 }
 
 /// Write a secret file atomically with mode 0600 (temp file, fsync, rename).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AttestError> {
-    let io = |source| AttestError::Io { path: path.display().to_string(), source };
+    let io = |source| AttestError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }

@@ -108,7 +108,9 @@ impl Policy {
             reason,
         };
         let v: Value = serde_json::from_slice(bytes).map_err(|e| err("(json)", e.to_string()))?;
-        let Value::Object(top) = v else { return Err(err("(top level)", "must be a JSON object".into())) };
+        let Value::Object(top) = v else {
+            return Err(err("(top level)", "must be a JSON object".into()));
+        };
         for k in top.keys() {
             if !TOP_KEYS.contains(&k.as_str()) {
                 return Err(err(k, format!("unknown key (known: {})", TOP_KEYS.join(", "))));
@@ -152,11 +154,15 @@ impl Policy {
             return Err(err("sgx_mrs", "missing or not a list".into()));
         };
         for (i, e) in mrs.iter().enumerate() {
-            let Value::Object(e) = e else { return Err(err(&format!("sgx_mrs[{i}]"), "must be an object".into())) };
+            let Value::Object(e) = e else {
+                return Err(err(&format!("sgx_mrs[{i}]"), "must be an object".into()));
+            };
             p.entries.push(p.parse_entry(e, &format!("sgx_mrs[{i}]"), &err)?);
         }
         if let Some(v) = top.get("allowed_tcb_statuses") {
-            let Value::Array(list) = v else { return Err(err("allowed_tcb_statuses", "must be a list".into())) };
+            let Value::Array(list) = v else {
+                return Err(err("allowed_tcb_statuses", "must be a list".into()));
+            };
             p.allowed_tcb_statuses.clear();
             for s in list {
                 match s.as_str() {
@@ -171,9 +177,12 @@ impl Policy {
             }
         }
         if let Some(v) = top.get("simulated_roots") {
-            let Value::Array(list) = v else { return Err(err("simulated_roots", "must be a list".into())) };
+            let Value::Array(list) = v else {
+                return Err(err("simulated_roots", "must be a list".into()));
+            };
             for (i, s) in list.iter().enumerate() {
-                p.simulated_roots.push(hex32(s, &format!("simulated_roots[{i}]"), &err)?);
+                p.simulated_roots
+                    .push(hex32(s, &format!("simulated_roots[{i}]"), &err)?);
             }
         }
         if p.allow_simulated && p.simulated_roots.is_empty() {
@@ -193,7 +202,10 @@ impl Policy {
     ) -> Result<Entry, PolicyError> {
         for k in e.keys() {
             if !ENTRY_KEYS.contains(&k.as_str()) {
-                return Err(err(&format!("{at}.{k}"), format!("unknown key (known: {})", ENTRY_KEYS.join(", "))));
+                return Err(err(
+                    &format!("{at}.{k}"),
+                    format!("unknown key (known: {})", ENTRY_KEYS.join(", ")),
+                ));
             }
         }
         let field = |k: &str| format!("{at}.{k}");
@@ -215,7 +227,12 @@ impl Policy {
             entry.isv_prod_id = Some(dec16(v, &field("isv_prod_id"), err)?);
         }
         entry.isv_svn = match (e.get("isv_svn"), e.get("min_isv_svn")) {
-            (Some(_), Some(_)) => return Err(err(&field("min_isv_svn"), "give isv_svn or min_isv_svn, not both".into())),
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    &field("min_isv_svn"),
+                    "give isv_svn or min_isv_svn, not both".into(),
+                ));
+            }
             (Some(v), None) => Some(SvnRule::Equal(dec16(v, &field("isv_svn"), err)?)),
             (None, Some(v)) => Some(SvnRule::AtLeast(dec16(v, &field("min_isv_svn"), err)?)),
             (None, None) if self.verify_isv_svn => {
@@ -262,7 +279,11 @@ impl Policy {
             ));
         }
         if self.verify_isv_prod_id && e.isv_prod_id != Some(id.isv_prod_id) {
-            return Some(format!("isv_prod_id expected {:?} got {}", e.isv_prod_id.unwrap_or(0), id.isv_prod_id));
+            return Some(format!(
+                "isv_prod_id expected {:?} got {}",
+                e.isv_prod_id.unwrap_or(0),
+                id.isv_prod_id
+            ));
         }
         if self.verify_isv_svn {
             match e.isv_svn {
@@ -281,16 +302,27 @@ impl Policy {
 }
 
 fn hex32(v: &Value, field: &str, err: &dyn Fn(&str, String) -> PolicyError) -> Result<[u8; 32], PolicyError> {
-    let s = v.as_str().ok_or_else(|| err(field, format!("must be a string of 64 hex digits, got {v}")))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| err(field, format!("must be a string of 64 hex digits, got {v}")))?;
     let bytes = hex::decode(s).map_err(|e| err(field, format!("not hex ({e})")))?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| err(field, format!("must be 64 hex digits (32 bytes), got {} digits", s.len())))
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        err(
+            field,
+            format!("must be 64 hex digits (32 bytes), got {} digits", s.len()),
+        )
+    })
 }
 
 fn dec16(v: &Value, field: &str, err: &dyn Fn(&str, String) -> PolicyError) -> Result<u16, PolicyError> {
     let n = match v {
-        Value::String(s) => s.trim().parse::<u64>().map_err(|_| err(field, format!("{s:?} is not a decimal number")))?,
-        Value::Number(n) => n.as_u64().ok_or_else(|| err(field, format!("{n} is not a whole number")))?,
+        Value::String(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| err(field, format!("{s:?} is not a decimal number")))?,
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| err(field, format!("{n} is not a whole number")))?,
         other => return Err(err(field, format!("must be a decimal string or number, got {other}"))),
     };
     u16::try_from(n).map_err(|_| err(field, format!("{n} does not fit in 16 bits")))

@@ -104,7 +104,11 @@ impl QuoteView {
         if version != 3 {
             return Err(format!("SGX quote version {version} is not supported (expected 3)"));
         }
-        Ok(Self { version, tee_type, body: array(quote, HEADER_LEN) })
+        Ok(Self {
+            version,
+            tee_type,
+            body: array(quote, HEADER_LEN),
+        })
     }
 
     /// The 64 bytes of report data the enclave put into its report.
@@ -148,7 +152,11 @@ pub const PRODUCTION_ATTRIBUTES: [u8; 16] = [0x05, 0, 0, 0, 0, 0, 0, 0, 0x07, 0,
 /// certificate; refusing it means any changed byte of a quote is refused.
 pub fn check_quote_structure(quote: &[u8]) -> Result<(), String> {
     let u16_at = |at: usize| quote.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |at: usize| quote.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let u32_at = |at: usize| {
+        quote
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
     let short = || format!("quote ends early ({} bytes)", quote.len());
     let sig_len = u32_at(SIGNED_LEN).ok_or_else(short)?;
     let auth_start = SIGNED_LEN + 4;
@@ -172,7 +180,9 @@ pub fn check_quote_structure(quote: &[u8]) -> Result<(), String> {
         ));
     }
     if cert_type != 5 {
-        return Err(format!("certification data type {cert_type} is not supported (expected 5: PCK chain)"));
+        return Err(format!(
+            "certification data type {cert_type} is not supported (expected 5: PCK chain)"
+        ));
     }
     check_pem_chain(&quote[at..])
 }
@@ -182,7 +192,9 @@ fn check_pem_chain(data: &[u8]) -> Result<(), String> {
     const END: &str = "-----END CERTIFICATE-----";
     let data = data.strip_suffix(b"\0").unwrap_or(data);
     let text = std::str::from_utf8(data).map_err(|_| "PCK chain is not text".to_string())?;
-    let Some(body) = text.strip_suffix('\n') else { return Err("PCK chain does not end with a newline".into()) };
+    let Some(body) = text.strip_suffix('\n') else {
+        return Err("PCK chain does not end with a newline".into());
+    };
     let (mut blocks, mut in_block, mut last_len) = (0, false, 64);
     for (i, line) in body.split('\n').enumerate() {
         let bad = |why: &str| Err(format!("PCK chain line {}: {why}", i + 1));
@@ -199,7 +211,10 @@ fn check_pem_chain(data: &[u8]) -> Result<(), String> {
             if last_len != 64 {
                 return bad("a base64 line shorter than 64 characters is not the last of its block");
             }
-            if line.is_empty() || line.len() > 64 || !line.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)) {
+            if line.is_empty()
+                || line.len() > 64
+                || !line.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+            {
                 return bad("not a line of base64");
             }
             last_len = line.len();

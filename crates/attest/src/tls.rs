@@ -25,10 +25,12 @@ pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
             return describe_rustls(r);
         }
         // io::Error hides its payload from source(); look inside explicitly.
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(r) = inner.downcast_ref::<rustls::Error>() {
-                return describe_rustls(r);
-            }
+        if let Some(r) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return describe_rustls(r);
         }
         cur = e.source();
     }
@@ -95,7 +97,11 @@ impl RaTlsVerifier {
         seen.iter().find(|(k, _)| *k == h).map(|(_, r)| r.clone())
     }
 
-    fn check(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), rustls::Error> {
         let result = if intermediates.is_empty() {
             self.verifier.verify_cert(end_entity.as_ref())
         } else {
@@ -113,8 +119,10 @@ impl RaTlsVerifier {
                 Ok(())
             }
             Err(rejection) => {
-                tracing::error!(reason = %rejection, "RA-TLS peer rejected");
-                Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(rejection)))))
+                tracing::debug!(reason = %rejection, "RA-TLS peer rejected");
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                    Arc::new(rejection),
+                ))))
             }
         }
     }
@@ -129,7 +137,8 @@ impl ServerCertVerifier for RaTlsVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity, intermediates).map(|()| ServerCertVerified::assertion())
+        self.check(end_entity, intermediates)
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -170,7 +179,8 @@ impl ClientCertVerifier for RaTlsVerifier {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, intermediates).map(|()| ClientCertVerified::assertion())
+        self.check(end_entity, intermediates)
+            .map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -200,14 +210,21 @@ impl ClientCertVerifier for RaTlsVerifier {
 /// (tests build mismatched ones; [`identity`] checks).
 pub fn certified_key(chain: Vec<Vec<u8>>, key_pkcs8: &[u8]) -> Result<Arc<CertifiedKey>, AttestError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
-    let signer = provider().key_provider.load_private_key(key).map_err(|e| AttestError::Tls(e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(chain.into_iter().map(CertificateDer::from).collect(), signer)))
+    let signer = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| AttestError::Tls(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(
+        chain.into_iter().map(CertificateDer::from).collect(),
+        signer,
+    )))
 }
 
 /// Our certificate and key, checked to belong together.
 pub fn identity(cert: &RaTlsCert) -> Result<Arc<CertifiedKey>, AttestError> {
     let ck = certified_key(vec![cert.cert_der.clone()], &cert.key_der)?;
-    ck.keys_match().map_err(|e| AttestError::Tls(format!("certificate and key do not match: {e}")))?;
+    ck.keys_match()
+        .map_err(|e| AttestError::Tls(format!("certificate and key do not match: {e}")))?;
     Ok(ck)
 }
 

@@ -26,8 +26,14 @@ pub enum Rejection {
     NoEvidence,
     #[error("attestation evidence: {0}")]
     Evidence(String),
-    #[error("quote is not bound to the certificate key ({carrier} binding): expected report data {expected}, got {got}")]
-    KeyBinding { carrier: &'static str, expected: String, got: String },
+    #[error(
+        "quote is not bound to the certificate key ({carrier} binding): expected report data {expected}, got {got}"
+    )]
+    KeyBinding {
+        carrier: &'static str,
+        expected: String,
+        got: String,
+    },
     #[error("simulated evidence (development root {root}) is not accepted: the policy does not set allow_simulated")]
     SimulatedNotAllowed { root: String },
     #[error("simulated evidence from development root {root}, which is not in the policy's simulated_roots")]
@@ -39,7 +45,11 @@ pub enum Rejection {
     #[error("cannot verify an SGX quote: {0}")]
     NoCollateral(String),
     #[error("TCB status {status} is not allowed (allowed_tcb_statuses: {allowed}); advisories: [{advisories}]")]
-    TcbStatus { status: String, allowed: String, advisories: String },
+    TcbStatus {
+        status: String,
+        allowed: String,
+        advisories: String,
+    },
     #[error("peer is a DEBUG enclave (attributes {attributes}); the policy does not set allow_debug")]
     Debug { attributes: String },
     #[error("peer enclave attributes {attributes}: {why}")]
@@ -59,9 +69,10 @@ pub enum Clock {
 impl Clock {
     pub fn now(&self) -> u64 {
         match self {
-            Clock::System => {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-            }
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             Clock::Fixed(t) => *t,
         }
     }
@@ -166,7 +177,11 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(policy: Policy, collateral: Option<Arc<dyn CollateralProvider>>, clock: Clock) -> Self {
-        Self { policy, collateral, clock }
+        Self {
+            policy,
+            collateral,
+            clock,
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -188,7 +203,12 @@ impl Verifier {
         evidence.check_binding(&view.report_data())?;
         let (mode, quote) = self.verify_evidence(&evidence)?;
         let matched_entry = self.appraise(&quote)?;
-        Ok(PeerReport { mode, carrier: evidence.carrier(), quote, matched_entry })
+        Ok(PeerReport {
+            mode,
+            carrier: evidence.carrier(),
+            quote,
+            matched_entry,
+        })
     }
 
     fn verify_evidence(&self, ev: &Evidence) -> Result<(Mode, QuoteReport), Rejection> {
@@ -217,7 +237,7 @@ impl Verifier {
     /// Returns the index of the matching `sgx_mrs` entry.
     pub fn appraise(&self, q: &QuoteReport) -> Result<usize, Rejection> {
         let p = &self.policy;
-        if !p.allowed_tcb_statuses.iter().any(|s| *s == q.tcb_status) {
+        if !p.allowed_tcb_statuses.contains(&q.tcb_status) {
             return Err(Rejection::TcbStatus {
                 status: q.tcb_status.clone(),
                 allowed: p.allowed_tcb_statuses.join(", "),

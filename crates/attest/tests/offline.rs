@@ -25,8 +25,14 @@ fn intel_sample_quote_verifies_at_a_pinned_time() {
     let r = verify_quote(&quote, &coll, &Root::Intel, SAMPLE_TIME).unwrap();
     let mr_enclave = hex::encode(r.identity.mr_enclave);
     let mr_signer = hex::encode(r.identity.mr_signer);
-    assert!(mr_enclave.starts_with("33d8736d") && mr_enclave.ends_with("452fbb"), "{mr_enclave}");
-    assert!(mr_signer.starts_with("815f42f1") && mr_signer.ends_with("a3e0e6"), "{mr_signer}");
+    assert!(
+        mr_enclave.starts_with("33d8736d") && mr_enclave.ends_with("452fbb"),
+        "{mr_enclave}"
+    );
+    assert!(
+        mr_signer.starts_with("815f42f1") && mr_signer.ends_with("a3e0e6"),
+        "{mr_signer}"
+    );
     assert_eq!(r.tcb_status, "ConfigurationAndSWHardeningNeeded");
     assert_eq!(r.advisory_ids, ["INTEL-SA-00289", "INTEL-SA-00615"]);
     assert!(!r.debug);
@@ -35,7 +41,9 @@ fn intel_sample_quote_verifies_at_a_pinned_time() {
 #[test]
 fn intel_sample_quote_is_refused_after_its_collateral_expired() {
     let (quote, coll) = sample();
-    let err = verify_quote(&quote, &coll, &Root::Intel, SAMPLE_TIME + 400 * 86_400).unwrap_err().to_string();
+    let err = verify_quote(&quote, &coll, &Root::Intel, SAMPLE_TIME + 400 * 86_400)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("collateral is not valid"), "{err}");
 }
 
@@ -43,7 +51,18 @@ fn intel_sample_quote_is_refused_after_its_collateral_expired() {
 fn intel_sample_quote_is_refused_under_a_development_root() {
     let (quote, coll) = sample();
     let root = DevRoot::generate().unwrap();
-    let a = SimAttester::new(&root, &SimIdentity { mr_enclave: [1; 32], mr_signer: None, isv_prod_id: 1, isv_svn: 1, debug: false }, &SimPlatformOptions::fresh(SAMPLE_TIME)).unwrap();
+    let a = SimAttester::new(
+        &root,
+        &SimIdentity {
+            mr_enclave: [1; 32],
+            mr_signer: None,
+            isv_prod_id: 1,
+            isv_svn: 1,
+            debug: false,
+        },
+        &SimPlatformOptions::fresh(SAMPLE_TIME),
+    )
+    .unwrap();
     let dev_root = a.sim_evidence().unwrap().root_der;
     assert!(verify_quote(&quote, &coll, &Root::Dev(dev_root), SAMPLE_TIME).is_err());
 }
@@ -59,7 +78,10 @@ fn one_flipped_byte_anywhere_in_the_sample_quote_is_refused() {
             accepted.push(i);
         }
     }
-    assert!(accepted.is_empty(), "quotes with these bytes flipped were accepted: {accepted:?}");
+    assert!(
+        accepted.is_empty(),
+        "quotes with these bytes flipped were accepted: {accepted:?}"
+    );
 }
 
 #[test]
@@ -81,7 +103,10 @@ fn sample_quote_policy_appraisal_names_the_status() {
     };
     let strict = Verifier::new(policy(""), None, Clock::Fixed(SAMPLE_TIME));
     let err = strict.appraise(&r).unwrap_err().to_string();
-    assert!(err.contains("TCB status ConfigurationAndSWHardeningNeeded is not allowed"), "{err}");
+    assert!(
+        err.contains("TCB status ConfigurationAndSWHardeningNeeded is not allowed"),
+        "{err}"
+    );
     assert!(err.contains("INTEL-SA-00615"), "{err}");
     let lenient = Verifier::new(
         policy(r#","allowed_tcb_statuses":["UpToDate","ConfigurationAndSWHardeningNeeded"]"#),
@@ -95,12 +120,18 @@ fn sample_quote_policy_appraisal_names_the_status() {
 fn sample_quote_in_a_certificate_is_not_bound_to_its_key() {
     let (quote, coll) = sample();
     let key = vfl_attest::cert::new_key().unwrap();
-    let ev = vfl_attest::cert::CertEvidence { legacy_quote: Some(quote), tcg: None, sim: None };
+    let ev = vfl_attest::cert::CertEvidence {
+        legacy_quote: Some(quote),
+        tcg: None,
+        sim: None,
+    };
     let der = vfl_attest::cert::build_cert(&key, &ev).unwrap();
     let p = Policy::parse(br#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off","sgx_mrs":[]}"#, "p").unwrap();
     let v = Verifier::new(
         p,
-        Some(std::sync::Arc::new(FileCollateral::load(Path::new(&format!("{FIX}/dcap-qvl/sgx_quote_collateral.json"))).unwrap())),
+        Some(std::sync::Arc::new(
+            FileCollateral::load(Path::new(&format!("{FIX}/dcap-qvl/sgx_quote_collateral.json"))).unwrap(),
+        )),
         Clock::Fixed(SAMPLE_TIME),
     );
     let _ = coll;
@@ -114,7 +145,9 @@ const GOOD: &str = r#"{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_
   "sgx_mrs":[{"mr_enclave":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","mr_signer":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","isv_prod_id":"0","isv_svn":"0"}]}"#;
 
 fn policy_err(json: &str) -> String {
-    Policy::parse(json.as_bytes(), "dynamic_config.json").unwrap_err().to_string()
+    Policy::parse(json.as_bytes(), "dynamic_config.json")
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -136,13 +169,22 @@ fn policy_digest_changes_with_the_file() {
 
 #[test]
 fn policy_rejects_short_hex() {
-    let e = policy_err(&GOOD.replace("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "AAAA"));
-    assert!(e.contains("sgx_mrs[0].mr_enclave") && e.contains("64 hex digits"), "{e}");
+    let e = policy_err(&GOOD.replace(
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "AAAA",
+    ));
+    assert!(
+        e.contains("sgx_mrs[0].mr_enclave") && e.contains("64 hex digits"),
+        "{e}"
+    );
 }
 
 #[test]
 fn policy_rejects_non_hex() {
-    let e = policy_err(&GOOD.replace("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", &"zz".repeat(32)));
+    let e = policy_err(&GOOD.replace(
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        &"zz".repeat(32),
+    ));
     assert!(e.contains("sgx_mrs[0].mr_signer") && e.contains("not hex"), "{e}");
 }
 
@@ -185,7 +227,10 @@ fn policy_rejects_missing_field_whose_check_is_on() {
 #[test]
 fn policy_rejects_non_decimal_id() {
     let e = policy_err(&GOOD.replace(r#""isv_prod_id":"0""#, r#""isv_prod_id":"0x1""#));
-    assert!(e.contains("sgx_mrs[0].isv_prod_id") && e.contains("not a decimal number"), "{e}");
+    assert!(
+        e.contains("sgx_mrs[0].isv_prod_id") && e.contains("not a decimal number"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -226,9 +271,19 @@ fn policy_rejects_invalid_json() {
 
 #[test]
 fn empty_sgx_mrs_rejects_every_enclave() {
-    let p = Policy::parse(GOOD.replace(&GOOD[GOOD.find("[{").unwrap()..GOOD.rfind('}').unwrap()], "[]").as_bytes(), "p")
-        .unwrap();
-    let id = EnclaveIdentity { mr_enclave: [0xaa; 32], mr_signer: [0xbb; 32], isv_prod_id: 0, isv_svn: 0, attributes: [5; 16] };
+    let p = Policy::parse(
+        GOOD.replace(&GOOD[GOOD.find("[{").unwrap()..GOOD.rfind('}').unwrap()], "[]")
+            .as_bytes(),
+        "p",
+    )
+    .unwrap();
+    let id = EnclaveIdentity {
+        mr_enclave: [0xaa; 32],
+        mr_signer: [0xbb; 32],
+        isv_prod_id: 0,
+        isv_svn: 0,
+        attributes: [5; 16],
+    };
     assert!(p.check_identity(&id).unwrap_err().contains("accepts no enclave"));
 }
 
@@ -238,11 +293,20 @@ fn any_entry_may_match_and_flags_off_ignore_fields() {
       "sgx_mrs":[{"mr_enclave":"0101010101010101010101010101010101010101010101010101010101010101"},
                  {"mr_enclave":"0202020202020202020202020202020202020202020202020202020202020202","mr_signer":"ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"}]}"#;
     let p = Policy::parse(json.as_bytes(), "p").unwrap();
-    let id = |m: u8| EnclaveIdentity { mr_enclave: [m; 32], mr_signer: [9; 32], isv_prod_id: 4, isv_svn: 4, attributes: [5; 16] };
+    let id = |m: u8| EnclaveIdentity {
+        mr_enclave: [m; 32],
+        mr_signer: [9; 32],
+        isv_prod_id: 4,
+        isv_svn: 4,
+        attributes: [5; 16],
+    };
     assert_eq!(p.check_identity(&id(2)), Ok(1));
     assert_eq!(p.check_identity(&id(1)), Ok(0));
     let e = p.check_identity(&id(3)).unwrap_err();
-    assert!(e.contains("sgx_mrs[0]: mr_enclave expected") && e.contains("sgx_mrs[1]: mr_enclave expected"), "{e}");
+    assert!(
+        e.contains("sgx_mrs[0]: mr_enclave expected") && e.contains("sgx_mrs[1]: mr_enclave expected"),
+        "{e}"
+    );
 }
 
 // ---- MRSIGNER ----
@@ -275,7 +339,8 @@ fn mrsigner_refuses_a_key_sgx_cannot_use() {
 fn mrsigner_refuses_non_rsa_pem() {
     let root = DevRoot::generate().unwrap();
     let _ = root;
-    let e = vfl_attest::mrsigner::from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap_err();
+    let e =
+        vfl_attest::mrsigner::from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap_err();
     assert!(e.to_string().contains("not an RSA key"), "{e}");
 }
 
@@ -290,7 +355,10 @@ fn device_dir(tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn sgx_attester_refuses_a_missing_device() {
-    let e = SgxAttester::open(Path::new("/nonexistent/attestation")).err().unwrap().to_string();
+    let e = SgxAttester::open(Path::new("/nonexistent/attestation"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("not running inside a Gramine SGX enclave"), "{e}");
 }
 
@@ -316,13 +384,27 @@ fn sgx_attester_writes_report_data_and_reads_the_quote() {
     std::fs::write(d.join("attestation_type"), "dcap").unwrap();
     // Stand in for the quoting enclave: a quote over report data R.
     let root = DevRoot::generate().unwrap();
-    let sim = SimAttester::new(&root, &SimIdentity { mr_enclave: [4; 32], mr_signer: None, isv_prod_id: 1, isv_svn: 1, debug: false }, &SimPlatformOptions::fresh(Clock::System.now())).unwrap();
+    let sim = SimAttester::new(
+        &root,
+        &SimIdentity {
+            mr_enclave: [4; 32],
+            mr_signer: None,
+            isv_prod_id: 1,
+            isv_svn: 1,
+            debug: false,
+        },
+        &SimPlatformOptions::fresh(Clock::System.now()),
+    )
+    .unwrap();
     let r = [0x5c; 64];
     std::fs::write(d.join("quote"), sim.quote(&r).unwrap()).unwrap();
     let a = SgxAttester::open(&d).unwrap();
     let q = a.quote(&r).unwrap();
     assert_eq!(std::fs::read(d.join("user_report_data")).unwrap(), r);
-    assert_eq!(vfl_attest::sgx::QuoteView::parse(&q).unwrap().identity().mr_enclave, [4; 32]);
+    assert_eq!(
+        vfl_attest::sgx::QuoteView::parse(&q).unwrap().identity().mr_enclave,
+        [4; 32]
+    );
     // A device whose quote does not carry what we wrote is refused.
     let e = a.quote(&[0x11; 64]).unwrap_err().to_string();
     assert!(e.contains("does not carry the report data"), "{e}");

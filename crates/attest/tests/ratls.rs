@@ -20,7 +20,13 @@ fn now() -> u64 {
 }
 
 fn identity(mr_enclave: [u8; 32]) -> SimIdentity {
-    SimIdentity { mr_enclave, mr_signer: None, isv_prod_id: 1, isv_svn: 2, debug: false }
+    SimIdentity {
+        mr_enclave,
+        mr_signer: None,
+        isv_prod_id: 1,
+        isv_svn: 2,
+        debug: false,
+    }
 }
 
 fn attester(root: &DevRoot, id: &SimIdentity, opts: &SimPlatformOptions) -> SimAttester {
@@ -51,7 +57,10 @@ struct Party {
 }
 
 fn party(cert: &RaTlsCert, verifier: Arc<RaTlsVerifier>) -> Party {
-    Party { key: tls::identity(cert).unwrap(), verifier }
+    Party {
+        key: tls::identity(cert).unwrap(),
+        verifier,
+    }
 }
 
 /// Handshake `server` with `client` over loopback and exchange one byte each
@@ -63,7 +72,10 @@ async fn handshake(server: &Party, client: &Party) -> (Result<(), String>, Resul
     let addr = listener.local_addr().unwrap();
     let srv = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| tls::describe_error(&e))?;
-        let mut tls = TlsAcceptor::from(Arc::new(scfg)).accept(tcp).await.map_err(|e| tls::describe_error(&e))?;
+        let mut tls = TlsAcceptor::from(Arc::new(scfg))
+            .accept(tcp)
+            .await
+            .map_err(|e| tls::describe_error(&e))?;
         let mut b = [0u8; 1];
         tls.read_exact(&mut b).await.map_err(|e| tls::describe_error(&e))?;
         tls.write_all(&b).await.map_err(|e| tls::describe_error(&e))?;
@@ -73,7 +85,10 @@ async fn handshake(server: &Party, client: &Party) -> (Result<(), String>, Resul
     let cli = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| tls::describe_error(&e))?;
         let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).unwrap();
-        let mut tls = TlsConnector::from(Arc::new(ccfg)).connect(name, tcp).await.map_err(|e| tls::describe_error(&e))?;
+        let mut tls = TlsConnector::from(Arc::new(ccfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls::describe_error(&e))?;
         tls.write_all(&[7]).await.map_err(|e| tls::describe_error(&e))?;
         tls.flush().await.map_err(|e| tls::describe_error(&e))?;
         let mut b = [0u8; 1];
@@ -131,8 +146,16 @@ async fn matching_pair_handshakes_and_both_sides_know_the_peer() {
 async fn rejects_mr_enclave_not_listed() {
     let root = DevRoot::generate().unwrap();
     let bad = bad_party(&root, identity([0x22; 32]), SimPlatformOptions::fresh(now()));
-    client_refuses(&root, bad, &format!("mr_enclave expected {} got {}", hex::encode(GOOD_MRENCLAVE), hex::encode([0x22; 32])))
-        .await;
+    client_refuses(
+        &root,
+        bad,
+        &format!(
+            "mr_enclave expected {} got {}",
+            hex::encode(GOOD_MRENCLAVE),
+            hex::encode([0x22; 32])
+        ),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -145,31 +168,60 @@ async fn rejects_mr_enclave_not_listed_on_the_server_side_too() {
 #[tokio::test]
 async fn rejects_mr_signer_not_listed() {
     let root = DevRoot::generate().unwrap();
-    let id = SimIdentity { mr_signer: Some([0x33; 32]), ..identity(GOOD_MRENCLAVE) };
+    let id = SimIdentity {
+        mr_signer: Some([0x33; 32]),
+        ..identity(GOOD_MRENCLAVE)
+    };
     let bad = bad_party(&root, id, SimPlatformOptions::fresh(now()));
-    client_refuses(&root, bad, &format!("mr_signer expected {} got {}", hex::encode(root.fingerprint()), hex::encode([0x33; 32])))
-        .await;
+    client_refuses(
+        &root,
+        bad,
+        &format!(
+            "mr_signer expected {} got {}",
+            hex::encode(root.fingerprint()),
+            hex::encode([0x33; 32])
+        ),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rejects_other_isv_prod_id() {
     let root = DevRoot::generate().unwrap();
-    let id = SimIdentity { isv_prod_id: 9, ..identity(GOOD_MRENCLAVE) };
-    client_refuses(&root, bad_party(&root, id, SimPlatformOptions::fresh(now())), "isv_prod_id expected 1 got 9").await;
+    let id = SimIdentity {
+        isv_prod_id: 9,
+        ..identity(GOOD_MRENCLAVE)
+    };
+    client_refuses(
+        &root,
+        bad_party(&root, id, SimPlatformOptions::fresh(now())),
+        "isv_prod_id expected 1 got 9",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rejects_isv_svn_below_minimum() {
     let root = DevRoot::generate().unwrap();
-    let id = SimIdentity { isv_svn: 1, ..identity(GOOD_MRENCLAVE) };
-    client_refuses(&root, bad_party(&root, id, SimPlatformOptions::fresh(now())), "isv_svn 1 is below the minimum 2")
-        .await;
+    let id = SimIdentity {
+        isv_svn: 1,
+        ..identity(GOOD_MRENCLAVE)
+    };
+    client_refuses(
+        &root,
+        bad_party(&root, id, SimPlatformOptions::fresh(now())),
+        "isv_svn 1 is below the minimum 2",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn accepts_isv_svn_above_minimum() {
     let root = DevRoot::generate().unwrap();
-    let id = SimIdentity { isv_svn: 7, ..identity(GOOD_MRENCLAVE) };
+    let id = SimIdentity {
+        isv_svn: 7,
+        ..identity(GOOD_MRENCLAVE)
+    };
     let newer = bad_party(&root, id, SimPlatformOptions::fresh(now()));
     let (s, c) = handshake(&newer, &good(&root)).await;
     assert_eq!((s, c), (Ok(()), Ok(())));
@@ -178,8 +230,16 @@ async fn accepts_isv_svn_above_minimum() {
 #[tokio::test]
 async fn rejects_debug_enclave() {
     let root = DevRoot::generate().unwrap();
-    let id = SimIdentity { debug: true, ..identity(GOOD_MRENCLAVE) };
-    client_refuses(&root, bad_party(&root, id, SimPlatformOptions::fresh(now())), "DEBUG enclave").await;
+    let id = SimIdentity {
+        debug: true,
+        ..identity(GOOD_MRENCLAVE)
+    };
+    client_refuses(
+        &root,
+        bad_party(&root, id, SimPlatformOptions::fresh(now())),
+        "DEBUG enclave",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -188,17 +248,27 @@ async fn rejects_quote_not_bound_to_the_certificate_key() {
     let a = attester(&root, &identity(GOOD_MRENCLAVE), &SimPlatformOptions::fresh(now()));
     // A genuine quote, but bound to another key than the certificate's.
     let other = cert::new_key().unwrap();
-    let quote = a.quote(&cert::legacy_report_data(&other.subject_public_key_info())).unwrap();
+    let quote = a
+        .quote(&cert::legacy_report_data(&other.subject_public_key_info()))
+        .unwrap();
     let key = cert::new_key().unwrap();
-    let ev = CertEvidence { legacy_quote: Some(quote), tcg: None, sim: a.sim_evidence() };
+    let ev = CertEvidence {
+        legacy_quote: Some(quote),
+        tcg: None,
+        sim: a.sim_evidence(),
+    };
     let c = RaTlsCert {
         cert_der: cert::build_cert(&key, &ev).unwrap(),
         key_der: key.serialize_der(),
         identity: a.identity().clone(),
         mode: a.mode(),
     };
-    client_refuses(&root, party(&c, verifier(&policy_json(&root, ""))), "quote is not bound to the certificate key")
-        .await;
+    client_refuses(
+        &root,
+        party(&c, verifier(&policy_json(&root, ""))),
+        "quote is not bound to the certificate key",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -206,49 +276,97 @@ async fn rejects_bad_quote_signature() {
     let root = DevRoot::generate().unwrap();
     let a = attester(&root, &identity(GOOD_MRENCLAVE), &SimPlatformOptions::fresh(now()));
     let key = cert::new_key().unwrap();
-    let mut quote = a.quote(&cert::legacy_report_data(&key.subject_public_key_info())).unwrap();
+    let mut quote = a
+        .quote(&cert::legacy_report_data(&key.subject_public_key_info()))
+        .unwrap();
     quote[436 + 5] ^= 0x01; // inside the ISV report signature (after the 4-byte length at 432)
-    let ev = CertEvidence { legacy_quote: Some(quote), tcg: None, sim: a.sim_evidence() };
+    let ev = CertEvidence {
+        legacy_quote: Some(quote),
+        tcg: None,
+        sim: a.sim_evidence(),
+    };
     let c = RaTlsCert {
         cert_der: cert::build_cert(&key, &ev).unwrap(),
         key_der: key.serialize_der(),
         identity: a.identity().clone(),
         mode: a.mode(),
     };
-    client_refuses(&root, party(&c, verifier(&policy_json(&root, ""))), "ISV enclave report signature is invalid").await;
+    client_refuses(
+        &root,
+        party(&c, verifier(&policy_json(&root, ""))),
+        "ISV enclave report signature is invalid",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rejects_expired_collateral() {
     let root = DevRoot::generate().unwrap();
     let t = now();
-    let opts = SimPlatformOptions { tcb_status: "UpToDate".into(), issued_at: t - 60 * 86_400, next_update: t - 30 * 86_400 };
-    client_refuses(&root, bad_party(&root, identity(GOOD_MRENCLAVE), opts), "collateral is not valid at").await;
+    let opts = SimPlatformOptions {
+        tcb_status: "UpToDate".into(),
+        issued_at: t - 60 * 86_400,
+        next_update: t - 30 * 86_400,
+    };
+    client_refuses(
+        &root,
+        bad_party(&root, identity(GOOD_MRENCLAVE), opts),
+        "collateral is not valid at",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rejects_untrusted_root() {
     let root = DevRoot::generate().unwrap();
     let rogue = DevRoot::generate().unwrap();
-    let bad = bad_party(&rogue, SimIdentity { mr_signer: Some(root.fingerprint()), ..identity(GOOD_MRENCLAVE) }, SimPlatformOptions::fresh(now()));
-    client_refuses(&root, bad, &format!("development root {}, which is not in the policy's simulated_roots", hex::encode(rogue.fingerprint())))
-        .await;
+    let bad = bad_party(
+        &rogue,
+        SimIdentity {
+            mr_signer: Some(root.fingerprint()),
+            ..identity(GOOD_MRENCLAVE)
+        },
+        SimPlatformOptions::fresh(now()),
+    );
+    client_refuses(
+        &root,
+        bad,
+        &format!(
+            "development root {}, which is not in the policy's simulated_roots",
+            hex::encode(rogue.fingerprint())
+        ),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rejects_tcb_status_not_allowed() {
     let root = DevRoot::generate().unwrap();
-    let opts = SimPlatformOptions { tcb_status: "OutOfDate".into(), ..SimPlatformOptions::fresh(now()) };
-    client_refuses(&root, bad_party(&root, identity(GOOD_MRENCLAVE), opts), "TCB status OutOfDate is not allowed").await;
+    let opts = SimPlatformOptions {
+        tcb_status: "OutOfDate".into(),
+        ..SimPlatformOptions::fresh(now())
+    };
+    client_refuses(
+        &root,
+        bad_party(&root, identity(GOOD_MRENCLAVE), opts),
+        "TCB status OutOfDate is not allowed",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn accepts_tcb_status_the_policy_allows() {
     let root = DevRoot::generate().unwrap();
-    let opts = SimPlatformOptions { tcb_status: "SWHardeningNeeded".into(), ..SimPlatformOptions::fresh(now()) };
+    let opts = SimPlatformOptions {
+        tcb_status: "SWHardeningNeeded".into(),
+        ..SimPlatformOptions::fresh(now())
+    };
     let server = bad_party(&root, identity(GOOD_MRENCLAVE), opts);
     let a = attester(&root, &identity(GOOD_MRENCLAVE), &SimPlatformOptions::fresh(now()));
-    let lenient = verifier(&policy_json(&root, r#","allowed_tcb_statuses":["UpToDate","SWHardeningNeeded"]"#));
+    let lenient = verifier(&policy_json(
+        &root,
+        r#","allowed_tcb_statuses":["UpToDate","SWHardeningNeeded"]"#,
+    ));
     let client = party(&cert::issue(&a).unwrap(), lenient);
     assert_eq!(handshake(&server, &client).await, (Ok(()), Ok(())));
 }
@@ -277,7 +395,10 @@ async fn rejects_chain_of_two_certificates() {
     let c = cert::issue(&a).unwrap();
     let extra = cert::issue(&a).unwrap();
     let key = tls::certified_key(vec![c.cert_der.clone(), extra.cert_der.clone()], &c.key_der).unwrap();
-    let bad = Party { key, verifier: verifier(&policy_json(&root, "")) };
+    let bad = Party {
+        key,
+        verifier: verifier(&policy_json(&root, "")),
+    };
     client_refuses(&root, bad, "presented 2 certificates").await;
 }
 
@@ -290,7 +411,10 @@ async fn rejects_handshake_signed_by_another_key() {
     let thief = cert::new_key().unwrap();
     let key = tls::certified_key(vec![genuine.cert_der.clone()], &thief.serialize_der()).unwrap();
     assert!(key.keys_match().is_err());
-    let bad = Party { key, verifier: verifier(&policy_json(&root, "")) };
+    let bad = Party {
+        key,
+        verifier: verifier(&policy_json(&root, "")),
+    };
     client_refuses(&root, bad, "handshake signature does not verify").await;
 }
 
@@ -311,14 +435,23 @@ async fn rejects_certificate_without_evidence() {
         },
         mode: vfl_attest::Mode::Simulated,
     };
-    client_refuses(&root, party(&c, verifier(&policy_json(&root, ""))), "carries no attestation evidence").await;
+    client_refuses(
+        &root,
+        party(&c, verifier(&policy_json(&root, ""))),
+        "carries no attestation evidence",
+    )
+    .await;
 }
 
 #[test]
 fn legacy_only_and_tcg_only_certificates_both_verify() {
     let root = DevRoot::generate().unwrap();
     let a = attester(&root, &identity(GOOD_MRENCLAVE), &SimPlatformOptions::fresh(now()));
-    let v = Verifier::new(Policy::parse(policy_json(&root, "").as_bytes(), "p").unwrap(), None, Clock::System);
+    let v = Verifier::new(
+        Policy::parse(policy_json(&root, "").as_bytes(), "p").unwrap(),
+        None,
+        Clock::System,
+    );
     let key = cert::new_key().unwrap();
     let spki = key.subject_public_key_info();
     let legacy = CertEvidence {
@@ -343,7 +476,11 @@ fn legacy_only_and_tcg_only_certificates_both_verify() {
 fn tcg_evidence_wins_and_a_bad_tcg_extension_is_not_rescued_by_the_legacy_one() {
     let root = DevRoot::generate().unwrap();
     let a = attester(&root, &identity(GOOD_MRENCLAVE), &SimPlatformOptions::fresh(now()));
-    let v = Verifier::new(Policy::parse(policy_json(&root, "").as_bytes(), "p").unwrap(), None, Clock::System);
+    let v = Verifier::new(
+        Policy::parse(policy_json(&root, "").as_bytes(), "p").unwrap(),
+        None,
+        Clock::System,
+    );
     let key = cert::new_key().unwrap();
     let spki = key.subject_public_key_info();
     let other_claims = cert::tcg_claims(b"some other key");
@@ -352,7 +489,10 @@ fn tcg_evidence_wins_and_a_bad_tcg_extension_is_not_rescued_by_the_legacy_one() 
         tcg: Some((a.quote(&cert::tcg_report_data(&other_claims)).unwrap(), other_claims)),
         sim: a.sim_evidence(),
     };
-    let err = v.verify_cert(&cert::build_cert(&key, &ev).unwrap()).unwrap_err().to_string();
+    let err = v
+        .verify_cert(&cert::build_cert(&key, &ev).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tcg-dice"), "{err}");
 }
 
@@ -363,6 +503,10 @@ fn gramine_legacy_extension_bytes_are_what_gramine_searches_for() {
     let c = cert::issue(&a).unwrap();
     // Gramine's verifier memmem()s for these 11 bytes, then expects an OCTET STRING with a 2-byte length.
     let needle = [0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF8, 0x4D, 0x8A, 0x39, 0x06];
-    let at = c.cert_der.windows(needle.len()).position(|w| w == needle).expect("legacy OID bytes present");
+    let at = c
+        .cert_der
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("legacy OID bytes present");
     assert_eq!(&c.cert_der[at + 11..at + 13], &[0x04, 0x82]);
 }

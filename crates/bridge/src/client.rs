@@ -12,6 +12,7 @@ use crate::BridgeError;
 use crate::handshake::Settings;
 use crate::pb::bridge_client::BridgeClient;
 use crate::pb::{FollowerMessage, HelloReply, LeaderMessage};
+use crate::secure::{self, OnReject, Security};
 
 /// An open session seen from the follower.
 pub struct Session {
@@ -28,6 +29,7 @@ pub async fn connect(
     settings: &Settings,
     wait: Duration,
     max_message: usize,
+    security: &Security,
 ) -> Result<Session, BridgeError> {
     let url = format!("http://{addr}");
     let endpoint = Endpoint::from_shared(url.clone())
@@ -38,10 +40,28 @@ pub async fn connect(
         .connect_timeout(Duration::from_secs(5));
     let start = Instant::now();
     let mut backoff = Duration::from_millis(50);
+    let last_failure = secure::LastFailure::default();
     let channel: Channel = loop {
-        match endpoint.connect().await {
+        let attempt = match security {
+            Security::Insecure => endpoint.connect().await,
+            Security::RaTls(tls) => {
+                let (addr, tls, lf) = (addr.to_string(), tls.clone(), last_failure.clone());
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_uri| {
+                        secure::dial(addr.clone(), tls.clone(), lf.clone())
+                    }))
+                    .await
+            }
+        };
+        match attempt {
             Ok(c) => break c,
             Err(e) => {
+                let refused = last_failure.lock().ok().and_then(|mut s| s.take());
+                if let (Some(reason), Security::RaTls(tls)) = (refused, security)
+                    && (tls.on_reject == OnReject::Exit || start.elapsed() >= wait)
+                {
+                    return Err(BridgeError::Rejected(reason));
+                }
                 if start.elapsed() >= wait {
                     return Err(BridgeError::Unreachable {
                         addr: addr.to_string(),
@@ -64,7 +84,19 @@ pub async fn connect(
     let reply = client
         .hello(settings.hello())
         .await
-        .map_err(|s| BridgeError::Lost(s.message().to_string()))?
+        .map_err(|s| match security {
+            // In TLS 1.3 the server judges our certificate after our side of
+            // the handshake is done: its refusal shows up on the first call.
+            Security::RaTls(tls) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
+                BridgeError::Rejected(format!(
+                    "the leader closed the connection after the RA-TLS handshake ({}): it did not accept our evidence \
+                     ({}); its log names the reason",
+                    s.message(),
+                    tls.ours
+                ))
+            }
+            _ => BridgeError::Lost(s.message().to_string()),
+        })?
         .into_inner();
     if !reply.accepted {
         return Err(BridgeError::Refused(reply.reason));

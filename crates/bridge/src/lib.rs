@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod handshake;
+pub mod secure;
 pub mod server;
 
 /// Generated protocol types and service stubs.
@@ -17,6 +18,7 @@ pub mod pb {
 }
 
 pub use handshake::{PROTOCOL_VERSION, Settings};
+pub use secure::{OnReject, RaTls, Security};
 pub use tonic::{Status, Streaming};
 
 /// Transport errors.
@@ -28,6 +30,8 @@ pub enum BridgeError {
     Unreachable { addr: String, secs: u64, last: String },
     #[error("no follower connected within {secs} s (listening on {addr})")]
     NoPeer { addr: String, secs: u64 },
+    #[error("RA-TLS: {0}")]
+    Rejected(String),
     #[error("handshake refused by the leader: {0}")]
     Refused(String),
     #[error("peer silent for more than {secs} s (timeout)")]

@@ -14,6 +14,7 @@ use crate::BridgeError;
 use crate::handshake::Settings;
 use crate::pb::bridge_server::{Bridge, BridgeServer};
 use crate::pb::{FollowerMessage, HelloReply, HelloRequest, LeaderMessage};
+use crate::secure::{self, Security};
 
 /// An admitted follower session.
 pub struct Session {
@@ -113,6 +114,8 @@ impl Bridge for Service {
 pub struct Listener {
     pub local_addr: SocketAddr,
     pub sessions: mpsc::Receiver<Session>,
+    /// Reasons of refused RA-TLS handshakes (ours of the peer, or the peer's of us).
+    pub rejections: mpsc::Receiver<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -131,7 +134,12 @@ impl Listener {
 pub const WINDOW: u32 = 16 << 20;
 
 /// Binds `addr` (port 0 picks a free port) and serves the bridge.
-pub async fn listen(addr: &str, settings: Settings, max_message: usize) -> Result<Listener, BridgeError> {
+pub async fn listen(
+    addr: &str,
+    settings: Settings,
+    max_message: usize,
+    security: Security,
+) -> Result<Listener, BridgeError> {
     let listen_err = |reason: String| BridgeError::Listen {
         addr: addr.to_string(),
         reason,
@@ -153,27 +161,37 @@ pub async fn listen(addr: &str, settings: Settings, max_message: usize) -> Resul
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    // Disable Nagle on every accepted connection: a tensor message waits
-    // otherwise for the peer's delayed ACK (tens of ms per step). The
-    // builder's own tcp_nodelay applies only to listeners it binds itself.
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(tcp), |s| {
-        s.and_then(|s| s.set_nodelay(true).map(|()| s))
-    });
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            // Tensors of 64 KiB and more would stall on HTTP/2's default
-            // 64 KiB flow-control window (one round trip per message).
-            .initial_stream_window_size(WINDOW)
-            .initial_connection_window_size(WINDOW)
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
-            }),
-    );
+    let (rej_tx, rej_rx) = mpsc::channel(8);
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Tensors of 64 KiB and more would stall on HTTP/2's default
+        // 64 KiB flow-control window (one round trip per message).
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .add_service(svc);
+    let stop = async {
+        let _ = rx.await;
+    };
+    let task = match security {
+        Security::Insecure => {
+            // Disable Nagle on every accepted connection: a tensor message waits
+            // otherwise for the peer's delayed ACK (tens of ms per step). The
+            // builder's own tcp_nodelay applies only to listeners it binds itself.
+            let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(tcp), |s| {
+                s.and_then(|s| s.set_nodelay(true).map(|()| s))
+            });
+            drop(rej_tx);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+        Security::RaTls(tls) => {
+            let incoming = ReceiverStream::new(secure::accept_loop(tcp, tls, rej_tx));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+    };
     Ok(Listener {
         local_addr,
         sessions: srx,
+        rejections: rej_rx,
         shutdown: Some(tx),
         task,
     })

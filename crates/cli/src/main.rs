@@ -34,6 +34,9 @@ enum Command {
     Data(cmd::data::Command),
     /// Measure training throughput of the in-process step.
     Bench(cmd::bench::Args),
+    /// Remote attestation tools: verify a quote, show our identity, compute mr_signer.
+    #[command(subcommand)]
+    Attest(cmd::attest::Command),
     /// Inspect model specs.
     #[command(subcommand)]
     Model(cmd::model::Command),
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Leader(a) => cmd::party::leader(a),
         Command::Follower(a) => cmd::party::follower(a),
         Command::Model(c) => cmd::model::run(c),
+        Command::Attest(c) => cmd::attest::run(c),
         Command::Selfcheck(a) => cmd::selfcheck::run(a),
     };
     match result {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 struct Dir(PathBuf);
 impl Drop for Dir {
     fn drop(&mut self) {
@@ -40,15 +42,8 @@ fn setup(name: &str) -> Dir {
 fn party(d: &Path, run: &str, role: &str, port: u16) -> Child {
     let mut c = vfl();
     c.arg(role)
-        .args([
-            "--insecure-no-tls",
-            "--model",
-            "wide_n_deep_adam",
-            "--threads",
-            "1",
-            "--peer-timeout",
-            "30",
-        ])
+        .args(common::sim_flags(&d.join("attestation")))
+        .args(["--model", "wide_n_deep_adam", "--threads", "1", "--peer-timeout", "30"])
         .arg("--data-path")
         .arg(d.join("data").join(role))
         .arg("--checkpoint-path")

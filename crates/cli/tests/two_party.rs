@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use vfl_data::tfrecord::{RecordReader, RecordWriter};
 
+mod common;
+
 const MODEL: &str = r#"
 name = "two-party-test"
 seed = 3
@@ -52,6 +54,11 @@ impl Fixture {
         Fixture { dir }
     }
 
+    /// Simulated RA-TLS flags for both parties (one development root).
+    fn security(&self) -> Vec<String> {
+        common::sim_flags(&self.dir.join("attestation"))
+    }
+
     fn model(&self) -> PathBuf {
         self.dir.join("model.toml")
     }
@@ -86,8 +93,9 @@ fn leader(f: &Fixture, port: u16, extra: &[&str]) -> Child {
         "--local-addr".into(),
         format!("127.0.0.1:{port}"),
     ];
+    a.extend(f.security());
     a.extend(extra.iter().map(|s| s.to_string()));
-    spawn(&["leader", "--insecure-no-tls", "--peer-timeout", "20"], &a)
+    spawn(&["leader", "--peer-timeout", "20"], &a)
 }
 
 fn follower(f: &Fixture, port: u16, extra: &[&str]) -> Child {
@@ -107,8 +115,9 @@ fn follower(f: &Fixture, port: u16, extra: &[&str]) -> Child {
         "--peer-addr".into(),
         format!("127.0.0.1:{port}"),
     ];
+    a.extend(f.security());
     a.extend(extra.iter().map(|s| s.to_string()));
-    spawn(&["follower", "--insecure-no-tls", "--peer-timeout", "20"], &a)
+    spawn(&["follower", "--peer-timeout", "20"], &a)
 }
 
 fn finish(c: Child) -> (bool, String) {
@@ -171,17 +180,16 @@ fn leader_first_then_follower_after_a_5s_gap_trains() {
 fn refused(extra_follower: &[&str], field: &str) {
     let f = Fixture::new(field);
     let port = free_port();
-    let le = spawn(
-        &["leader", "--insecure-no-tls", "--peer-timeout", "3"],
-        &[
-            "--data-path".into(),
-            f.dir.join("leader").display().to_string(),
-            "--model".into(),
-            f.model().display().to_string(),
-            "--local-addr".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-    );
+    let mut la: Vec<String> = vec![
+        "--data-path".into(),
+        f.dir.join("leader").display().to_string(),
+        "--model".into(),
+        f.model().display().to_string(),
+        "--local-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    la.extend(f.security());
+    let le = spawn(&["leader", "--peer-timeout", "3"], &la);
     let fo = follower(&f, port, extra_follower);
     let (fok, fout) = finish(fo);
     let (lok, lout) = finish(le);
@@ -211,17 +219,16 @@ fn follower_gives_up_on_a_leader_that_never_comes() {
     let f = Fixture::new("noleader");
     let port = free_port();
     let started = std::time::Instant::now();
-    let fo = spawn(
-        &["follower", "--insecure-no-tls", "--peer-timeout", "2"],
-        &[
-            "--data-path".into(),
-            f.dir.join("follower").display().to_string(),
-            "--model".into(),
-            f.model().display().to_string(),
-            "--peer-addr".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-    );
+    let mut fa: Vec<String> = vec![
+        "--data-path".into(),
+        f.dir.join("follower").display().to_string(),
+        "--model".into(),
+        f.model().display().to_string(),
+        "--peer-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    fa.extend(f.security());
+    let fo = spawn(&["follower", "--peer-timeout", "2"], &fa);
     let (ok, out) = finish(fo);
     assert!(!ok && out.contains("not reachable within 2 s"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(15));
@@ -230,17 +237,16 @@ fn follower_gives_up_on_a_leader_that_never_comes() {
 #[test]
 fn leader_gives_up_on_a_follower_that_never_comes() {
     let f = Fixture::new("nofollower");
-    let le = spawn(
-        &["leader", "--insecure-no-tls", "--peer-timeout", "2"],
-        &[
-            "--data-path".into(),
-            f.dir.join("leader").display().to_string(),
-            "--model".into(),
-            f.model().display().to_string(),
-            "--local-addr".into(),
-            "127.0.0.1:0".into(),
-        ],
-    );
+    let mut la: Vec<String> = vec![
+        "--data-path".into(),
+        f.dir.join("leader").display().to_string(),
+        "--model".into(),
+        f.model().display().to_string(),
+        "--local-addr".into(),
+        "127.0.0.1:0".into(),
+    ];
+    la.extend(f.security());
+    let le = spawn(&["leader", "--peer-timeout", "2"], &la);
     let (ok, out) = finish(le);
     assert!(!ok && out.contains("no follower connected within 2 s"), "{out}");
 }
@@ -289,13 +295,124 @@ fn a_block_the_follower_lacks_is_an_error() {
 }
 
 #[test]
-fn plaintext_needs_an_explicit_flag() {
+fn the_default_is_sgx_attestation_and_outside_an_enclave_the_error_says_what_to_do() {
+    let f = Fixture::new("default-sgx");
+    let policy = f.dir.join("attestation");
+    let flags = common::sim_flags(&policy);
     let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
-        .args(["leader", "--data-path", "/nonexistent", "--local-addr", "127.0.0.1:0"])
+        .args(["leader", "--local-addr", "127.0.0.1:0", "--data-path"])
+        .arg(f.dir.join("leader"))
+        .args(["--policy", &flags[5], "--attestation-device"])
+        .arg(f.dir.join("no-such-device"))
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-tls"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not running inside a Gramine SGX enclave") && err.contains("--attestation simulated"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_a_policy_the_error_names_the_flag() {
+    let f = Fixture::new("no-policy");
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .current_dir(&f.dir)
+        .args(["follower", "--peer-addr", "127.0.0.1:1", "--data-path"])
+        .arg(f.dir.join("follower"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no policy: give --policy FILE"), "{err}");
+}
+
+#[test]
+fn plaintext_when_asked_explicitly_trains_with_a_warning() {
+    let f = Fixture::new("plaintext");
+    let port = free_port();
+    let base = |role: &str| -> Vec<String> {
+        vec![
+            "--insecure-no-tls".into(),
+            "--data-path".into(),
+            f.dir.join(role).display().to_string(),
+            "--model".into(),
+            f.model().display().to_string(),
+        ]
+    };
+    let mut la = base("leader");
+    la.extend(["--local-addr".into(), format!("127.0.0.1:{port}")]);
+    let mut fa = base("follower");
+    fa.extend(["--peer-addr".into(), format!("127.0.0.1:{port}")]);
+    let l = spawn(&["leader", "--peer-timeout", "20"], &la);
+    let fo = spawn(&["follower", "--peer-timeout", "20"], &fa);
+    let (lok, lout) = finish(l);
+    let (fok, fout) = finish(fo);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(lout.contains("WARNING: --insecure-no-tls") && fout.contains("WARNING: --insecure-no-tls"));
+}
+
+/// One party claims an mr_enclave the other's policy does not list: both
+/// exit with an error, the refusing side's log names the field with the
+/// expected and presented values, the refused side's log says it was refused.
+fn unlisted_mr_enclave(bad_role: &str) {
+    let f = Fixture::new(&format!("unlisted-{bad_role}"));
+    let port = free_port();
+    let rogue = "22".repeat(32);
+    let args = |role: &str| -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--data-path".into(),
+            f.dir.join(role).display().to_string(),
+            "--model".into(),
+            f.model().display().to_string(),
+        ];
+        a.extend(f.security());
+        if role == bad_role {
+            a.extend(["--sim-mr-enclave".into(), rogue.clone()]);
+        }
+        a
+    };
+    let mut la = args("leader");
+    la.extend(["--local-addr".into(), format!("127.0.0.1:{port}")]);
+    let mut fa = args("follower");
+    fa.extend(["--peer-addr".into(), format!("127.0.0.1:{port}")]);
+    let l = spawn(&["leader", "--peer-timeout", "10"], &la);
+    let fo = spawn(&["follower", "--peer-timeout", "10"], &fa);
+    let (lok, lout) = finish(l);
+    let (fok, fout) = finish(fo);
+    assert!(!lok && !fok, "leader:\n{lout}\nfollower:\n{fout}");
+    let (judge, judged) = if bad_role == "follower" {
+        (&lout, &fout)
+    } else {
+        (&fout, &lout)
+    };
+    let expected = common::attest_self(&f.dir.join("attestation"), &[])["mr_enclave"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        judge.contains(&format!("mr_enclave expected {expected} got {rogue}")),
+        "refusing side:\n{judge}"
+    );
+    assert!(
+        judged.contains("did not accept our evidence") || judged.contains("the peer refused the connection"),
+        "refused side:\n{judged}"
+    );
+    assert!(
+        !lout.contains("examples in"),
+        "the leader trained with a refused peer:\n{lout}"
+    );
+}
+
+#[test]
+fn a_follower_with_an_unlisted_mr_enclave_is_refused_and_both_logs_say_why() {
+    unlisted_mr_enclave("follower");
+}
+
+#[test]
+fn a_leader_with_an_unlisted_mr_enclave_is_refused_and_both_logs_say_why() {
+    unlisted_mr_enclave("leader");
 }
 
 /// Runs leader and follower with the given extra flags each; returns
@@ -306,8 +423,11 @@ fn pair(leader_args: &[String], follower_args: &[String]) -> (String, String) {
     la.extend(["--local-addr".to_string(), format!("127.0.0.1:{port}")]);
     let mut fa = follower_args.to_vec();
     fa.extend(["--peer-addr".to_string(), format!("127.0.0.1:{port}")]);
-    let l = spawn(&["leader", "--insecure-no-tls", "--peer-timeout", "20"], &la);
-    let f = spawn(&["follower", "--insecure-no-tls", "--peer-timeout", "20"], &fa);
+    let sec = common::sim_flags(&std::env::temp_dir().join(format!("vfl-2p-pair-attestation-{}", std::process::id())));
+    la.extend(sec.iter().cloned());
+    fa.extend(sec);
+    let l = spawn(&["leader", "--peer-timeout", "20"], &la);
+    let f = spawn(&["follower", "--peer-timeout", "20"], &fa);
     let (lok, lout) = finish(l);
     let (fok, fout) = finish(f);
     assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");

@@ -62,6 +62,8 @@ pub struct RunConfig {
     pub predictions_path: Option<PathBuf>,
     /// When the process started (for the time-to-first-step log line).
     pub started: Instant,
+    /// RA-TLS (default) or plaintext.
+    pub security: vfl_bridge::Security,
 }
 
 /// What a run did.
@@ -199,12 +201,37 @@ pub async fn run_leader(
 ) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
     let process_id = vfl_bridge::handshake::new_process_id();
-    let mut listener = server::listen(&cfg.addr, settings(&cfg, &process_id), limit(&cfg)).await?;
+    let mut listener = server::listen(
+        &cfg.addr,
+        settings(&cfg, &process_id),
+        limit(&cfg),
+        cfg.security.clone(),
+    )
+    .await?;
     on_listen(listener.local_addr);
     tracing::info!(addr = %listener.local_addr, blocks = data.blocks().len(), "leader listening");
-    let session = match tokio::time::timeout(cfg.peer_timeout, listener.sessions.recv()).await {
+    let exit_on_reject =
+        matches!(&cfg.security, vfl_bridge::Security::RaTls(t) if t.on_reject == vfl_bridge::OnReject::Exit);
+    let deadline = tokio::time::Instant::now() + cfg.peer_timeout;
+    let waited = loop {
+        tokio::select! {
+            s = listener.sessions.recv() => break Ok(s),
+            Some(reason) = listener.rejections.recv() => {
+                if exit_on_reject {
+                    break Err(reason);
+                }
+                tracing::warn!(%reason, "still waiting for an acceptable follower");
+            }
+            _ = tokio::time::sleep_until(deadline) => break Ok(None),
+        }
+    };
+    let session = match waited {
         Ok(Some(s)) => s,
-        _ => {
+        Err(reason) => {
+            listener.shutdown().await;
+            return Err(BridgeError::Rejected(reason).into());
+        }
+        Ok(None) => {
             let addr = listener.local_addr.to_string();
             listener.shutdown().await;
             return Err(BridgeError::NoPeer {
@@ -462,7 +489,14 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
 pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
     let process_id = vfl_bridge::handshake::new_process_id();
-    let session = client::connect(&cfg.addr, &settings(&cfg, &process_id), cfg.peer_timeout, limit(&cfg)).await?;
+    let session = client::connect(
+        &cfg.addr,
+        &settings(&cfg, &process_id),
+        cfg.peer_timeout,
+        limit(&cfg),
+        &cfg.security,
+    )
+    .await?;
     let client::Session {
         reply,
         outbound,

@@ -191,21 +191,43 @@ fn leader_only_auc(synth: &SynthConfig, rows: u64) -> Option<f64> {
     oracle.values().auc
 }
 
+/// A development root and a policy accepting this binary in simulated mode
+/// (both demo parties run the same binary, so each accepts the other);
+/// returns the attestation flags for both parties.
+fn simulated_security(work: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let dir = work.join("attestation");
+    let key = dir.join("dev-root.pem");
+    let (root, _) = vfl_attest::devpki::DevRoot::load_or_create(&key)?;
+    let me = vfl_attest::SimIdentity::of_running_binary()?;
+    let fp = hex::encode(root.fingerprint());
+    let policy = serde_json::json!({
+        "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+        "sgx_mrs": [{"mr_enclave": hex::encode(me.mr_enclave), "mr_signer": fp, "isv_prod_id": "1", "isv_svn": "1"}],
+        "allow_simulated": true, "simulated_roots": [fp],
+    });
+    let policy_path = dir.join("dynamic_config.json");
+    let text = serde_json::to_string_pretty(&policy)?;
+    vfl_data::atomic::write_atomic(&policy_path, |w| w.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", policy_path.display()))?;
+    Ok(vec![
+        "--attestation".into(),
+        "simulated".into(),
+        "--sim-root-key".into(),
+        key.display().to_string(),
+        "--policy".into(),
+        policy_path.display().to_string(),
+    ])
+}
+
 /// Runs `vfl leader` and `vfl follower` as two processes on loopback and
 /// returns their standard outputs.
-fn run_pair(leader: &[String], follower: &[String]) -> anyhow::Result<(String, String)> {
+fn run_pair(leader: &[String], follower: &[String], security: &[String]) -> anyhow::Result<(String, String)> {
     let exe = std::env::current_exe().context("locating the vfl executable")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let spawn = |role: &str, args: &[String], addr_flag: &str| {
         std::process::Command::new(&exe)
-            .args([
-                "--loglevel",
-                "warn",
-                role,
-                "--insecure-no-tls",
-                addr_flag,
-                &format!("127.0.0.1:{port}"),
-            ])
+            .args(["--loglevel", "warn", role, addr_flag, &format!("127.0.0.1:{port}")])
+            .args(security)
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -238,8 +260,10 @@ fn two_processes(
     eval_rows: u64,
 ) -> anyhow::Result<()> {
     println!(
-        "training: leader and follower as two processes, gRPC on loopback (plaintext: RA-TLS is not implemented yet)"
+        "training: leader and follower as two processes, gRPC over mutual RA-TLS on loopback \
+         (simulated attestation: a development PKI stands in for SGX)"
     );
+    let security = simulated_security(work)?;
     let export = work.join("export");
     let _ = std::fs::remove_dir_all(&export);
     let p = |x: PathBuf| x.display().to_string();
@@ -265,7 +289,7 @@ fn two_processes(
     ]);
     let mut fa = common("follower", "train");
     fa.extend(["--export-path".into(), p(export.clone())]);
-    let (lout, _) = run_pair(&la, &fa)?;
+    let (lout, _) = run_pair(&la, &fa, &security)?;
     lout.lines().for_each(|l| println!("  {l}"));
     let id = std::fs::read_dir(&export)?
         .filter_map(|e| e.ok())
@@ -277,7 +301,7 @@ fn two_processes(
     le.extend(["--predictions-path".into(), p(work.join("predictions.csv"))]);
     let mut fe = common("follower", "eval");
     fe.extend(["--mode".into(), "eval".into(), "--load-model".into(), p(id.clone())]);
-    let (eout, _) = run_pair(&le, &fe)?;
+    let (eout, _) = run_pair(&le, &fe, &security)?;
     println!("held-out evaluation:");
     eout.lines().for_each(|l| println!("  {l}"));
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));

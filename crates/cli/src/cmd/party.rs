@@ -56,11 +56,8 @@ pub struct Common {
     /// subdirectory).
     #[arg(long)]
     load_model: Option<PathBuf>,
-    /// Talk to the peer over plaintext gRPC. Required for now: RA-TLS is
-    /// not implemented yet. Anyone on the network path can read and alter
-    /// the traffic.
-    #[arg(long)]
-    insecure_no_tls: bool,
+    #[command(flatten)]
+    attest: super::attest::Flags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -99,11 +96,6 @@ pub struct FollowerArgs {
 }
 
 fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
-    anyhow::ensure!(
-        c.insecure_no_tls,
-        "RA-TLS is not implemented yet, so the only transport is plaintext: pass --insecure-no-tls to accept that"
-    );
-    eprintln!("WARNING: --insecure-no-tls: the peer connection is neither encrypted nor attested");
     anyhow::ensure!(c.batch_size > 0, "--batch-size must be > 0");
     Ok(RunConfig {
         spec: ModelSpec::resolve(&c.model)?,
@@ -128,6 +120,7 @@ fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
         load_model: c.load_model.clone(),
         predictions_path: None,
         started: std::time::Instant::now(),
+        security: super::attest::security(&c.attest)?,
     })
 }
 

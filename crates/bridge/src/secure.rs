@@ -1,0 +1,189 @@
+//! The transport's security: mutual RA-TLS (the default), or plaintext only
+//! when the user asked for it explicitly. The server handshakes each
+//! connection in its own task with a deadline; the client uses a custom
+//! connector so tonic never adds its own TLS. No application byte flows
+//! before the peer's evidence has been verified.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use vfl_attest::tls::{self as ratls, RaTlsVerifier};
+
+/// How long one TLS handshake (including verification of the peer) may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What to do when the peer's evidence is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnReject {
+    /// Stop with an error naming the reason (default).
+    Exit,
+    /// Keep waiting for an acceptable peer until the peer timeout.
+    Retry,
+}
+
+/// Mutual RA-TLS settings of one process.
+pub struct RaTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+    pub verifier: Arc<RaTlsVerifier>,
+    /// One line describing our own evidence, logged when the peer refuses us.
+    pub ours: String,
+    pub on_reject: OnReject,
+}
+
+/// The security of the bridge connection.
+#[derive(Clone)]
+pub enum Security {
+    RaTls(Arc<RaTls>),
+    /// Plaintext, unauthenticated (`--insecure-no-tls`).
+    Insecure,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Security::RaTls(t) => write!(f, "RaTls({})", t.ours),
+            Security::Insecure => f.write_str("Insecure"),
+        }
+    }
+}
+
+impl Security {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Security::RaTls(_))
+    }
+}
+
+/// A server-side TLS stream handed to tonic.
+pub struct ServerIo(pub tokio_rustls::server::TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for ServerIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+/// Accept TCP connections, handshake each in its own task, and yield the
+/// verified ones. Refusals are logged and sent to `rejections`.
+pub fn accept_loop(
+    tcp: tokio::net::TcpListener,
+    tls: Arc<RaTls>,
+    rejections: mpsc::Sender<String>,
+) -> mpsc::Receiver<Result<ServerIo, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let (sock, peer) = match tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let (tx, tls, rejections) = (tx.clone(), tls.clone(), rejections.clone());
+            tokio::spawn(async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                    Ok(Ok(stream)) => {
+                        if let Some(report) = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| tls.verifier.report_for(c))
+                        {
+                            tracing::info!(%peer, peer_identity = %report, "RA-TLS: peer attested");
+                        }
+                        let _ = tx.send(Ok(ServerIo(stream))).await;
+                    }
+                    Ok(Err(e)) => {
+                        let reason = ratls::describe_error(&e);
+                        tracing::error!(%peer, %reason, ours = %tls.ours, "RA-TLS handshake failed");
+                        let _ = rejections.try_send(reason);
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "RA-TLS handshake timed out after {:?}", HANDSHAKE_TIMEOUT);
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// The last handshake failure a client connector saw.
+pub type LastFailure = Arc<Mutex<Option<String>>>;
+
+/// Dial `addr` and handshake as a client; verified streams only.
+pub async fn dial(
+    addr: String,
+    tls: Arc<RaTls>,
+    last_failure: LastFailure,
+) -> Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
+    let sock = TcpStream::connect(&addr).await?;
+    sock.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, sock)).await {
+        Ok(Ok(stream)) => {
+            if let Some(report) = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| tls.verifier.report_for(c))
+            {
+                tracing::info!(peer = %addr, peer_identity = %report, "RA-TLS: peer attested");
+            }
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+        Ok(Err(e)) => {
+            let reason = ratls::describe_error(&e);
+            tracing::error!(peer = %addr, %reason, ours = %tls.ours, "RA-TLS handshake failed");
+            if let Ok(mut slot) = last_failure.lock() {
+                *slot = Some(reason.clone());
+            }
+            Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason))
+        }
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "RA-TLS handshake timed out",
+        )),
+    }
+}

@@ -1,0 +1,282 @@
+//! Attestation flags of `vfl leader`/`vfl follower` (building the RA-TLS
+//! transport) and the `vfl attest` tools.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use vfl_attest::collateral::{CollateralProvider, FileCollateral};
+use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
+use vfl_attest::tls::RaTlsVerifier;
+use vfl_attest::verify::{Root, verify_quote};
+use vfl_attest::{Attester, Clock, Policy, SgxAttester, SimAttester, SimIdentity, Verifier};
+use vfl_bridge::{OnReject, RaTls, Security};
+
+/// How this process proves itself and judges its peer.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Flags {
+    /// Evidence source: `sgx` (Gramine's /dev/attestation, DCAP quotes) or
+    /// `simulated` (quotes from a development PKI: no hardware protection,
+    /// accepted only by policies with allow_simulated and this root listed).
+    #[arg(long, value_parser = ["sgx", "simulated"], default_value = "sgx")]
+    pub attestation: String,
+    /// Policy deciding which peer enclaves are accepted (the original's
+    /// dynamic_config.json format). Default: ./dynamic_config.json.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Collateral for verifying hardware quotes (QuoteCollateralV3 JSON,
+    /// e.g. fetched from your PCCS).
+    #[arg(long)]
+    pub collateral: Option<PathBuf>,
+    /// Where Gramine's attestation pseudo-files are.
+    #[arg(long, default_value = SgxAttester::DEVICE_ROOT)]
+    pub attestation_device: PathBuf,
+    /// Simulated mode: the development root key (PKCS#8 PEM; created,
+    /// mode 0600, if missing). Its fingerprint goes into the peer's
+    /// simulated_roots.
+    #[arg(long, default_value = "vfl-dev-root.pem")]
+    pub sim_root_key: PathBuf,
+    /// Simulated mode: mr_enclave to claim (hex; default SHA-256 of this binary).
+    #[arg(long)]
+    pub sim_mr_enclave: Option<String>,
+    /// Simulated mode: mr_signer to claim (hex; default SHA-256 of the
+    /// development root's public key).
+    #[arg(long)]
+    pub sim_mr_signer: Option<String>,
+    /// Simulated mode: isv_prod_id to claim.
+    #[arg(long, default_value_t = 1)]
+    pub sim_isv_prod_id: u16,
+    /// Simulated mode: isv_svn to claim.
+    #[arg(long, default_value_t = 1)]
+    pub sim_isv_svn: u16,
+    /// What to do when the peer's evidence is refused (or ours is): `exit`
+    /// with the reason, or `retry` until --peer-timeout.
+    #[arg(long, value_parser = ["exit", "retry"], default_value = "exit")]
+    pub on_reject: String,
+    /// Talk to the peer over plaintext gRPC, without TLS or attestation.
+    /// Anyone on the network path can read and alter the traffic.
+    #[arg(long)]
+    pub insecure_no_tls: bool,
+}
+
+fn hex32(s: &str, flag: &str) -> anyhow::Result<[u8; 32]> {
+    let b = hex::decode(s).with_context(|| format!("{flag}: not hex"))?;
+    <[u8; 32]>::try_from(b.as_slice()).map_err(|_| anyhow::anyhow!("{flag}: need 64 hex digits, got {}", s.len()))
+}
+
+/// The attester the flags describe.
+pub fn attester(f: &Flags) -> anyhow::Result<Box<dyn Attester>> {
+    match f.attestation.as_str() {
+        "sgx" => Ok(Box::new(SgxAttester::open(&f.attestation_device).context(
+            "--attestation sgx (the default) needs a Gramine SGX enclave; for development without SGX use \
+             --attestation simulated",
+        )?)),
+        _ => {
+            let (root, created) = DevRoot::load_or_create(&f.sim_root_key)?;
+            if created {
+                eprintln!(
+                    "created development root key {} (keep it private)",
+                    f.sim_root_key.display()
+                );
+            }
+            let mut id = SimIdentity::of_running_binary()?;
+            if let Some(h) = &f.sim_mr_enclave {
+                id.mr_enclave = hex32(h, "--sim-mr-enclave")?;
+            }
+            if let Some(h) = &f.sim_mr_signer {
+                id.mr_signer = Some(hex32(h, "--sim-mr-signer")?);
+            }
+            id.isv_prod_id = f.sim_isv_prod_id;
+            id.isv_svn = f.sim_isv_svn;
+            Ok(Box::new(SimAttester::new(
+                &root,
+                &id,
+                &SimPlatformOptions::fresh(Clock::System.now()),
+            )?))
+        }
+    }
+}
+
+fn policy_path(f: &Flags) -> anyhow::Result<PathBuf> {
+    match &f.policy {
+        Some(p) => Ok(p.clone()),
+        None if Path::new("dynamic_config.json").exists() => Ok(PathBuf::from("dynamic_config.json")),
+        None => bail!(
+            "no policy: give --policy FILE (no dynamic_config.json in the working directory); \
+             `vfl attest self` prints the entry a peer needs"
+        ),
+    }
+}
+
+fn warn_simulated() {
+    eprintln!(
+        "WARNING: SIMULATED ATTESTATION. This process runs outside any enclave; its quotes are signed by a \
+         development key, not by Intel. Nothing protects its data from the host. Only policies that set \
+         allow_simulated and list this development root accept it."
+    );
+}
+
+/// The transport security the flags ask for.
+pub fn security(f: &Flags) -> anyhow::Result<Security> {
+    if f.insecure_no_tls {
+        eprintln!(
+            "WARNING: --insecure-no-tls: the peer connection is neither encrypted nor attested; anyone on the \
+             network path can read and alter the training traffic"
+        );
+        return Ok(Security::Insecure);
+    }
+    let path = policy_path(f)?;
+    let policy = Policy::load(&path)?;
+    tracing::info!(policy = %path.display(), digest = %policy.digest_hex(), entries = policy.entries.len(), "attestation policy loaded");
+    if policy.entries.is_empty() {
+        tracing::warn!("the policy's sgx_mrs is empty: every peer will be refused");
+    }
+    if policy.allow_simulated {
+        tracing::warn!("the policy accepts SIMULATED peers (allow_simulated): no hardware protection on their side");
+    }
+    let attester = attester(f)?;
+    if attester.mode() == vfl_attest::Mode::Simulated {
+        warn_simulated();
+    }
+    let collateral: Option<Arc<dyn CollateralProvider>> = match &f.collateral {
+        Some(p) => Some(Arc::new(FileCollateral::load(p)?)),
+        None => None,
+    };
+    let cert = vfl_attest::cert::issue(attester.as_ref())?;
+    let id = &cert.identity;
+    let ours = format!(
+        "our {} evidence: mr_enclave={} mr_signer={} isv_prod_id={} isv_svn={}",
+        cert.mode,
+        hex::encode(id.mr_enclave),
+        hex::encode(id.mr_signer),
+        id.isv_prod_id,
+        id.isv_svn
+    );
+    tracing::info!("{ours}");
+    let verifier = RaTlsVerifier::new(Arc::new(Verifier::new(policy, collateral, Clock::System)));
+    let key = vfl_attest::tls::identity(&cert)?;
+    Ok(Security::RaTls(Arc::new(RaTls {
+        server: Arc::new(vfl_attest::tls::server_config(key.clone(), verifier.clone())?),
+        client: Arc::new(vfl_attest::tls::client_config(key, verifier.clone())?),
+        verifier,
+        ours,
+        on_reject: if f.on_reject == "retry" {
+            OnReject::Retry
+        } else {
+            OnReject::Exit
+        },
+    })))
+}
+
+// ---------------------------------------------------------------- vfl attest
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Verify a quote with its collateral and print the report as JSON;
+    /// with --policy also apply the policy. Exits non-zero on failure.
+    Verify(VerifyArgs),
+    /// Print this process's own evidence identity and mode as JSON, plus
+    /// the sgx_mrs entry (and development root) a peer's policy needs.
+    #[command(name = "self")]
+    Self_(SelfArgs),
+    /// Compute mr_signer from an enclave signing key (RSA-3072 PEM, private
+    /// or public): SHA-256 of the modulus, little-endian.
+    Mrsigner(MrsignerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The quote (raw bytes).
+    #[arg(long)]
+    quote: PathBuf,
+    /// Its collateral (QuoteCollateralV3 JSON).
+    #[arg(long)]
+    collateral: PathBuf,
+    /// Verify as of this time (RFC 3339, e.g. 2025-06-20T00:00:00Z) instead of now.
+    #[arg(long)]
+    at: Option<String>,
+    /// Also apply this policy (TCB status, attributes, identity).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SelfArgs {
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MrsignerArgs {
+    /// The signing key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+}
+
+pub fn run(c: Command) -> anyhow::Result<()> {
+    match c {
+        Command::Verify(a) => verify(a),
+        Command::Self_(a) => self_(a),
+        Command::Mrsigner(a) => {
+            let pem = std::fs::read(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
+            let m = vfl_attest::mrsigner::from_pem(&pem).with_context(|| a.key.display().to_string())?;
+            println!("{}", hex::encode(m));
+            Ok(())
+        }
+    }
+}
+
+fn parse_time(s: &str) -> anyhow::Result<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("--at {s:?}: not an RFC 3339 time"))?;
+    u64::try_from(t.unix_timestamp()).map_err(|_| anyhow::anyhow!("--at {s:?}: before 1970"))
+}
+
+fn verify(a: VerifyArgs) -> anyhow::Result<()> {
+    let quote = std::fs::read(&a.quote).with_context(|| format!("reading {}", a.quote.display()))?;
+    let coll = FileCollateral::load(&a.collateral)?;
+    let now = match &a.at {
+        Some(s) => parse_time(s)?,
+        None => Clock::System.now(),
+    };
+    let report = verify_quote(&quote, coll.collateral(), &Root::Intel, now)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.quote.display()))?;
+    let mut out = serde_json::to_value(&report)?;
+    if let Some(p) = &a.policy {
+        let v = Verifier::new(Policy::load(p)?, None, Clock::Fixed(now));
+        let entry = v
+            .appraise(&report)
+            .map_err(|e| anyhow::anyhow!("{}: refused by {}: {e}", a.quote.display(), p.display()))?;
+        out["policy"] = serde_json::json!({"file": p.display().to_string(), "matched_entry": entry});
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn self_(a: SelfArgs) -> anyhow::Result<()> {
+    let attester = attester(&a.flags)?;
+    if attester.mode() == vfl_attest::Mode::Simulated {
+        warn_simulated();
+    }
+    let cert = vfl_attest::cert::issue(attester.as_ref())?;
+    let id = &cert.identity;
+    let mut out = serde_json::json!({
+        "mode": cert.mode,
+        "mr_enclave": hex::encode(id.mr_enclave),
+        "mr_signer": hex::encode(id.mr_signer),
+        "isv_prod_id": id.isv_prod_id,
+        "isv_svn": id.isv_svn,
+        "debug": id.is_debug(),
+        "sgx_mrs_entry": {
+            "mr_enclave": hex::encode(id.mr_enclave),
+            "mr_signer": hex::encode(id.mr_signer),
+            "isv_prod_id": id.isv_prod_id.to_string(),
+            "isv_svn": id.isv_svn.to_string(),
+        },
+    });
+    if let Some(sim) = attester.sim_evidence() {
+        out["simulated_root"] = hex::encode(vfl_attest::verify::dev_root_fingerprint(&sim.root_der)?).into();
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
