@@ -236,6 +236,11 @@ pub fn server_config(ours: Arc<CertifiedKey>, verifier: Arc<RaTlsVerifier>) -> R
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(ours)));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: every connection presents and verifies evidence
+    // afresh (a resumed session would skip the peer's quote, its collateral
+    // dates and the current policy).
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 
@@ -248,5 +253,6 @@ pub fn client_config(ours: Arc<CertifiedKey>, verifier: Arc<RaTlsVerifier>) -> R
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ours)));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }

@@ -187,3 +187,35 @@ pub async fn dial(
         )),
     }
 }
+
+/// One mutual RA-TLS handshake over loopback between a server and a client
+/// both configured by `tls` (each verifies the other), including one byte
+/// each way so the server's verdict on the client is known. For benchmarks.
+pub async fn loopback_handshake(tls: &RaTls) -> Result<Duration, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    let start = std::time::Instant::now();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut s = acceptor.accept(tcp).await.map_err(|e| ratls::describe_error(&e))?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.map_err(|e| ratls::describe_error(&e))?;
+        s.write_all(&b).await.map_err(|e| e.to_string())?;
+        s.flush().await.map_err(|e| e.to_string())
+    });
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME).map_err(|e| e.to_string())?;
+    let mut c = connector.connect(name, tcp).await.map_err(|e| ratls::describe_error(&e))?;
+    c.write_all(&[1]).await.map_err(|e| e.to_string())?;
+    c.flush().await.map_err(|e| e.to_string())?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).await.map_err(|e| ratls::describe_error(&e))?;
+    let elapsed = start.elapsed();
+    server.await.map_err(|e| e.to_string())??;
+    Ok(elapsed)
+}
