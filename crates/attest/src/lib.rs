@@ -15,6 +15,7 @@ pub mod cert;
 pub mod collateral;
 pub mod devpki;
 pub mod mrsigner;
+pub mod pccs;
 pub mod policy;
 pub mod sgx;
 pub mod tls;

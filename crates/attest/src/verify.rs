@@ -226,7 +226,7 @@ impl Verifier {
         }
         let Some(provider) = &self.collateral else {
             return Err(Rejection::NoCollateral(
-                "no collateral source is configured (give --collateral FILE or --pccs-url URL)".into(),
+                "no collateral source is configured (give --pccs-url URL or --collateral FILE)".into(),
             ));
         };
         let collateral = provider.collateral_for(&ev.quote).map_err(Rejection::NoCollateral)?;

@@ -193,7 +193,9 @@ pub async fn dial(
 /// each way so the server's verdict on the client is known. For benchmarks.
 pub async fn loopback_handshake(tls: &RaTls) -> Result<Duration, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
@@ -210,7 +212,10 @@ pub async fn loopback_handshake(tls: &RaTls) -> Result<Duration, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME).map_err(|e| e.to_string())?;
-    let mut c = connector.connect(name, tcp).await.map_err(|e| ratls::describe_error(&e))?;
+    let mut c = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ratls::describe_error(&e))?;
     c.write_all(&[1]).await.map_err(|e| e.to_string())?;
     c.flush().await.map_err(|e| e.to_string())?;
     let mut b = [0u8; 1];

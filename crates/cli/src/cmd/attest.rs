@@ -26,8 +26,23 @@ pub struct Flags {
     pub policy: Option<PathBuf>,
     /// Collateral for verifying hardware quotes (QuoteCollateralV3 JSON,
     /// e.g. fetched from your PCCS).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pccs_url")]
     pub collateral: Option<PathBuf>,
+    /// PCCS (or Intel PCS) base URL to fetch collateral for hardware quotes
+    /// from (API v4), e.g. https://pccs.example:8081. Fetched on first need,
+    /// cached on disk, refreshed in the background.
+    #[arg(long)]
+    pub pccs_url: Option<String>,
+    /// CA certificate (PEM) of a PCCS with a private certificate; default:
+    /// the public web roots.
+    #[arg(long, requires = "pccs_url")]
+    pub pccs_ca: Option<PathBuf>,
+    /// Directory of the collateral cache.
+    #[arg(long, default_value = "vfl-collateral-cache")]
+    pub collateral_cache: PathBuf,
+    /// Seconds between background refreshes of cached collateral.
+    #[arg(long, default_value_t = 3600)]
+    pub pccs_refresh_secs: u64,
     /// Where Gramine's attestation pseudo-files are.
     #[arg(long, default_value = SgxAttester::DEVICE_ROOT)]
     pub attestation_device: PathBuf,
@@ -138,10 +153,24 @@ pub fn security(f: &Flags) -> anyhow::Result<Security> {
     if attester.mode() == vfl_attest::Mode::Simulated {
         warn_simulated();
     }
-    let collateral: Option<Arc<dyn CollateralProvider>> = match &f.collateral {
-        Some(p) => Some(Arc::new(FileCollateral::load(p)?)),
-        None => None,
+    let collateral: Option<Arc<dyn CollateralProvider>> = match (&f.collateral, &f.pccs_url) {
+        (Some(p), _) => Some(Arc::new(FileCollateral::load(p)?)),
+        (None, Some(url)) => {
+            let ca = match &f.pccs_ca {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                None => None,
+            };
+            let get = vfl_attest::pccs::http_client(ca.as_deref())?;
+            let refresh = std::time::Duration::from_secs(f.pccs_refresh_secs.max(60));
+            let p = vfl_attest::pccs::PccsCollateral::new(url, &f.collateral_cache, get, refresh)?;
+            p.spawn_refresher();
+            Some(p)
+        }
+        (None, None) => None,
     };
+    if let Some(c) = &collateral {
+        tracing::info!(source = %c.describe(), "collateral for hardware quotes");
+    }
     let cert = vfl_attest::cert::issue(attester.as_ref())?;
     let id = &cert.identity;
     let ours = format!(
@@ -316,6 +345,10 @@ fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
         attestation: "simulated".into(),
         policy: Some(policy_path),
         collateral: None,
+        pccs_url: None,
+        pccs_ca: None,
+        collateral_cache: dir.join("cache"),
+        pccs_refresh_secs: 3600,
         attestation_device: PathBuf::from(SgxAttester::DEVICE_ROOT),
         sim_root_key: key,
         sim_mr_enclave: None,
@@ -326,23 +359,37 @@ fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
         insecure_no_tls: false,
     };
     let t = std::time::Instant::now();
-    let Security::RaTls(tls) = security(&flags)? else { bail!("expected RA-TLS") };
+    let Security::RaTls(tls) = security(&flags)? else {
+        bail!("expected RA-TLS")
+    };
     let setup = t.elapsed();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let mut times = rt.block_on(async {
         for _ in 0..3 {
-            vfl_bridge::secure::loopback_handshake(&tls).await.map_err(anyhow::Error::msg)?;
+            vfl_bridge::secure::loopback_handshake(&tls)
+                .await
+                .map_err(anyhow::Error::msg)?;
         }
         let mut v = Vec::with_capacity(iterations);
         for _ in 0..iterations {
-            v.push(vfl_bridge::secure::loopback_handshake(&tls).await.map_err(anyhow::Error::msg)?);
+            v.push(
+                vfl_bridge::secure::loopback_handshake(&tls)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            );
         }
         Ok::<_, anyhow::Error>(v)
     })?;
     times.sort();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let pick = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
-    println!("setup (policy, attester, key + certificate with two quotes): {:.1} ms", ms(setup));
+    println!(
+        "setup (policy, attester, key + certificate with two quotes): {:.1} ms",
+        ms(setup)
+    );
     println!(
         "mutual RA-TLS handshake incl. verification of both peers, {} runs: median {:.2} ms, p90 {:.2} ms, min {:.2} ms",
         times.len(),

@@ -1,0 +1,318 @@
+//! Collateral from a PCCS (or Intel's PCS), API v4, cached in memory and on
+//! disk, refreshed in the background.
+//!
+//! Collateral is self-authenticating: the CRLs, TCB info and QE identity are
+//! signed by certificates that chain to Intel's root, and dcap-qvl checks
+//! those signatures and their dates. The HTTPS connection to the PCCS is
+//! therefore about availability, not trust; it is still verified (public
+//! roots, or the PCCS's own CA given with `--pccs-ca`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::AttestError;
+use crate::collateral::CollateralProvider;
+
+/// How long one collateral fetch (four requests) may take.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which collateral set a quote needs: its platform's FMSPC and PCK CA.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CollateralKey {
+    /// 12 upper-case hex digits.
+    pub fmspc: String,
+    /// `processor` or `platform`.
+    pub ca: &'static str,
+}
+
+impl CollateralKey {
+    /// Read FMSPC and CA type from the PCK certificate inside a quote.
+    pub fn of_quote(quote: &[u8]) -> Result<Self, String> {
+        let q = dcap_qvl::quote::Quote::parse(quote).map_err(|e| format!("quote: {e:#}"))?;
+        let chain = dcap_qvl::intel::extract_cert_chain(&q).map_err(|e| format!("PCK chain: {e:#}"))?;
+        let leaf = chain.first().ok_or("the quote carries no PCK certificate")?;
+        let ext = dcap_qvl::intel::parse_pck_extension(leaf).map_err(|e| format!("PCK certificate: {e:#}"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| format!("PCK certificate: {e}"))?;
+        let issuer = cert.issuer().to_string();
+        let ca = if issuer.contains("Platform") {
+            "platform"
+        } else {
+            "processor"
+        };
+        Ok(Self {
+            fmspc: hex::encode_upper(ext.fmspc),
+            ca,
+        })
+    }
+
+    fn file_name(&self) -> String {
+        format!("sgx-{}-{}.json", self.fmspc, self.ca)
+    }
+}
+
+/// A fetched response: body and headers (lower-case names).
+pub struct HttpResponse {
+    pub body: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// GET over HTTP(S); pluggable for tests.
+pub type HttpGet = Arc<dyn Fn(&str) -> Result<HttpResponse, String> + Send + Sync>;
+
+/// An HTTPS client with a global timeout; `ca_pem` adds a private CA (a PCCS's
+/// self-signed certificate) instead of the public roots.
+pub fn http_client(ca_pem: Option<&[u8]>) -> Result<HttpGet, AttestError> {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(pem) = ca_pem {
+        let cert =
+            ureq::tls::Certificate::from_pem(pem).map_err(|e| AttestError::Collateral(format!("PCCS CA: {e}")))?;
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(FETCH_TIMEOUT))
+        .tls_config(tls.build())
+        .build()
+        .into();
+    Ok(Arc::new(move |url: &str| {
+        let mut resp = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(8 << 20)
+            .read_to_vec()
+            .map_err(|e| format!("GET {url}: body: {e}"))?;
+        Ok(HttpResponse { body, headers })
+    }))
+}
+
+#[derive(Deserialize)]
+struct Signed<'a> {
+    #[serde(rename = "tcbInfo", alias = "enclaveIdentity", borrow)]
+    body: &'a RawValue,
+    signature: String,
+}
+
+fn header(r: &HttpResponse, names: &[&str], url: &str) -> Result<String, String> {
+    let v = names
+        .iter()
+        .find_map(|n| r.headers.get(&n.to_ascii_lowercase()))
+        .ok_or_else(|| format!("{url}: response lacks the {} header", names[0]))?;
+    percent_decode(v).ok_or_else(|| format!("{url}: {} header is not valid percent-encoding", names[0]))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Fetch the collateral for `key` from the PCCS at `base` (e.g.
+/// `https://pccs.example:8081`, with or without `/sgx/certification/v4`).
+pub fn fetch(get: &HttpGet, base: &str, key: &CollateralKey) -> Result<dcap_qvl::QuoteCollateralV3, String> {
+    let base = base.trim_end_matches('/').trim_end_matches("/sgx/certification/v4");
+    let api = format!("{base}/sgx/certification/v4");
+    let url = format!("{api}/pckcrl?ca={}&encoding=der", key.ca);
+    let r = get(&url)?;
+    let pck_crl_issuer_chain = header(&r, &["SGX-PCK-CRL-Issuer-Chain"], &url)?;
+    let pck_crl = r.body;
+
+    let url = format!("{api}/tcb?fmspc={}", key.fmspc);
+    let r = get(&url)?;
+    let tcb_info_issuer_chain = header(&r, &["TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"], &url)?;
+    let text = String::from_utf8(r.body).map_err(|_| format!("{url}: body is not UTF-8"))?;
+    let tcb: Signed<'_> = serde_json::from_str(&text).map_err(|e| format!("{url}: not a signed TCB info: {e}"))?;
+
+    let url = format!("{api}/qe/identity");
+    let r = get(&url)?;
+    let qe_identity_issuer_chain = header(&r, &["SGX-Enclave-Identity-Issuer-Chain"], &url)?;
+    let text_qe = String::from_utf8(r.body).map_err(|_| format!("{url}: body is not UTF-8"))?;
+    let qe: Signed<'_> =
+        serde_json::from_str(&text_qe).map_err(|e| format!("{url}: not a signed enclave identity: {e}"))?;
+
+    // A PCCS serves the root CA CRL hex-encoded.
+    let url = format!("{api}/rootcacrl");
+    let r = get(&url)?;
+    let root_ca_crl = match std::str::from_utf8(&r.body)
+        .ok()
+        .and_then(|s| hex::decode(s.trim()).ok())
+    {
+        Some(der) => der,
+        None => r.body,
+    };
+    let sig = |s: &str, what: &str| hex::decode(s).map_err(|_| format!("{what} signature is not hex"));
+    Ok(dcap_qvl::QuoteCollateralV3 {
+        pck_crl_issuer_chain,
+        root_ca_crl,
+        pck_crl,
+        tcb_info_issuer_chain,
+        // The signature covers these exact bytes, so keep them raw.
+        tcb_info: tcb.body.get().to_string(),
+        tcb_info_signature: sig(&tcb.signature, "TCB info")?,
+        qe_identity_issuer_chain,
+        qe_identity: qe.body.get().to_string(),
+        qe_identity_signature: sig(&qe.signature, "QE identity")?,
+        pck_certificate_chain: None,
+    })
+}
+
+struct Entry {
+    collateral: dcap_qvl::QuoteCollateralV3,
+    fetched: Instant,
+}
+
+/// Collateral from a PCCS: memory cache, then the disk cache, then a fetch
+/// (bounded by [`FETCH_TIMEOUT`]); a background thread refetches every known
+/// entry each `refresh` interval.
+pub struct PccsCollateral {
+    base: String,
+    cache_dir: PathBuf,
+    get: HttpGet,
+    entries: Mutex<HashMap<CollateralKey, Entry>>,
+    refresh: Duration,
+}
+
+impl PccsCollateral {
+    /// Set up, loading whatever the disk cache holds.
+    pub fn new(base: &str, cache_dir: &Path, get: HttpGet, refresh: Duration) -> Result<Arc<Self>, AttestError> {
+        std::fs::create_dir_all(cache_dir).map_err(|source| AttestError::Io {
+            path: cache_dir.display().to_string(),
+            source,
+        })?;
+        let p = Arc::new(Self {
+            base: base.to_string(),
+            cache_dir: cache_dir.to_path_buf(),
+            get,
+            entries: Mutex::new(HashMap::new()),
+            refresh,
+        });
+        p.load_disk_cache();
+        Ok(p)
+    }
+
+    fn load_disk_cache(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.cache_dir) else {
+            return;
+        };
+        for f in dir.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_prefix("sgx-").and_then(|s| s.strip_suffix(".json")) else {
+                continue;
+            };
+            let Some((fmspc, ca)) = stem.split_once('-') else {
+                continue;
+            };
+            let ca = match ca {
+                "processor" => "processor",
+                "platform" => "platform",
+                _ => continue,
+            };
+            match std::fs::read(f.path())
+                .map_err(|e| e.to_string())
+                .and_then(|b| crate::collateral::parse(&b))
+            {
+                Ok(c) => {
+                    let key = CollateralKey {
+                        fmspc: fmspc.to_string(),
+                        ca,
+                    };
+                    self.lock().insert(
+                        key,
+                        Entry {
+                            collateral: c,
+                            fetched: Instant::now() - self.refresh,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(file = %f.path().display(), error = %e, "ignoring unreadable collateral cache file")
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CollateralKey, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fetch `key` now and store it in memory and (atomically) on disk.
+    pub fn refresh_key(&self, key: &CollateralKey) -> Result<dcap_qvl::QuoteCollateralV3, String> {
+        let c = fetch(&self.get, &self.base, key)?;
+        let path = self.cache_dir.join(key.file_name());
+        let json = serde_json::to_vec_pretty(&c).map_err(|e| e.to_string())?;
+        if let Err(e) = crate::write_private(&path, &json) {
+            tracing::warn!(%e, "cannot write the collateral cache");
+        }
+        self.lock().insert(
+            key.clone(),
+            Entry {
+                collateral: c.clone(),
+                fetched: Instant::now(),
+            },
+        );
+        tracing::info!(fmspc = %key.fmspc, ca = key.ca, pccs = %self.base, "collateral fetched");
+        Ok(c)
+    }
+
+    /// Keys held now.
+    pub fn keys(&self) -> Vec<CollateralKey> {
+        let mut k: Vec<_> = self.lock().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    /// Start the background refresher (a plain thread; ends with the process).
+    pub fn spawn_refresher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = self.refresh;
+        let _ = std::thread::Builder::new().name("pccs-refresh".into()).spawn(move || {
+            loop {
+                let Some(p) = weak.upgrade() else { return };
+                let due: Vec<CollateralKey> =
+                    p.lock().iter().filter(|(_, e)| e.fetched.elapsed() >= period).map(|(k, _)| k.clone()).collect();
+                for key in due {
+                    if let Err(e) = p.refresh_key(&key) {
+                        tracing::warn!(fmspc = %key.fmspc, error = %e, "collateral refresh failed; keeping the cached copy");
+                    }
+                }
+                drop(p);
+                std::thread::sleep(period.min(Duration::from_secs(60)));
+            }
+        });
+    }
+}
+
+impl CollateralProvider for PccsCollateral {
+    fn collateral_for(&self, quote: &[u8]) -> Result<dcap_qvl::QuoteCollateralV3, String> {
+        let key = CollateralKey::of_quote(quote)?;
+        if let Some(e) = self.lock().get(&key) {
+            return Ok(e.collateral.clone());
+        }
+        self.refresh_key(&key)
+            .map_err(|e| format!("no cached collateral for FMSPC {} and fetching failed: {e}", key.fmspc))
+    }
+
+    fn describe(&self) -> String {
+        format!("PCCS {} (cache {})", self.base, self.cache_dir.display())
+    }
+}

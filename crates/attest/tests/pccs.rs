@@ -1,0 +1,207 @@
+//! Collateral from a PCCS (API v4): a local stand-in server serves the
+//! pieces of Intel's sample collateral the way a PCCS does.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vfl_attest::collateral::{CollateralProvider, FileCollateral};
+use vfl_attest::pccs::{self, CollateralKey, PccsCollateral};
+use vfl_attest::verify::{Root, verify_quote};
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const SAMPLE_TIME: u64 = 1_750_377_600;
+
+fn sample() -> (Vec<u8>, dcap_qvl::QuoteCollateralV3) {
+    let quote = std::fs::read(format!("{FIX}/dcap-qvl/sgx_quote")).unwrap();
+    let c = FileCollateral::load(Path::new(&format!("{FIX}/dcap-qvl/sgx_quote_collateral.json"))).unwrap();
+    (quote, c.collateral().clone())
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Serves `c` as a PCCS on 127.0.0.1; returns the base URL and the request log.
+fn fake_pccs(c: dcap_qvl::QuoteCollateralV3) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut line = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            seen.lock().unwrap().push(path.clone());
+            let (status, header, body): (&str, Option<(&str, String)>, Vec<u8>) =
+                if path.starts_with("/sgx/certification/v4/pckcrl?ca=processor") {
+                    (
+                        "200 OK",
+                        Some(("SGX-PCK-CRL-Issuer-Chain", pct(&c.pck_crl_issuer_chain))),
+                        c.pck_crl.clone(),
+                    )
+                } else if path.starts_with("/sgx/certification/v4/tcb?fmspc=") {
+                    let body = format!(
+                        r#"{{"tcbInfo":{},"signature":"{}"}}"#,
+                        c.tcb_info,
+                        hex::encode(&c.tcb_info_signature)
+                    );
+                    (
+                        "200 OK",
+                        Some(("TCB-Info-Issuer-Chain", pct(&c.tcb_info_issuer_chain))),
+                        body.into_bytes(),
+                    )
+                } else if path == "/sgx/certification/v4/qe/identity" {
+                    let body = format!(
+                        r#"{{"enclaveIdentity":{},"signature":"{}"}}"#,
+                        c.qe_identity,
+                        hex::encode(&c.qe_identity_signature)
+                    );
+                    (
+                        "200 OK",
+                        Some(("SGX-Enclave-Identity-Issuer-Chain", pct(&c.qe_identity_issuer_chain))),
+                        body.into_bytes(),
+                    )
+                } else if path == "/sgx/certification/v4/rootcacrl" {
+                    ("200 OK", None, hex::encode(&c.root_ca_crl).into_bytes())
+                } else {
+                    ("404 Not Found", None, b"no such resource".to_vec())
+                };
+            let mut head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            if let Some((k, v)) = header {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    (base, log)
+}
+
+fn temp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vfl-pccs-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn quote_names_its_fmspc_and_ca() {
+    let (quote, c) = sample();
+    let key = CollateralKey::of_quote(&quote).unwrap();
+    let tcb: serde_json::Value = serde_json::from_str(&c.tcb_info).unwrap();
+    assert_eq!(key.fmspc, tcb["fmspc"].as_str().unwrap());
+    assert_eq!(key.ca, "processor");
+}
+
+#[test]
+fn fetched_collateral_equals_the_published_pieces_and_verifies_the_quote() {
+    let (quote, c) = sample();
+    let (base, log) = fake_pccs(c.clone());
+    let get = pccs::http_client(None).unwrap();
+    let key = CollateralKey::of_quote(&quote).unwrap();
+    let fetched = pccs::fetch(&get, &base, &key).unwrap();
+    assert_eq!(fetched, c);
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|p| p == &format!("/sgx/certification/v4/tcb?fmspc={}", key.fmspc))
+    );
+    let r = verify_quote(&quote, &fetched, &Root::Intel, SAMPLE_TIME).unwrap();
+    assert_eq!(r.tcb_status, "ConfigurationAndSWHardeningNeeded");
+}
+
+#[test]
+fn provider_fetches_on_a_miss_caches_on_disk_and_serves_from_the_cache_later() {
+    let (quote, c) = sample();
+    let (base, log) = fake_pccs(c.clone());
+    let dir = temp("cache");
+    let p = PccsCollateral::new(&base, &dir, pccs::http_client(None).unwrap(), Duration::from_secs(3600)).unwrap();
+    assert_eq!(p.collateral_for(&quote).unwrap(), c);
+    let requests = log.lock().unwrap().len();
+    assert_eq!(requests, 4);
+    assert_eq!(p.collateral_for(&quote).unwrap(), c);
+    assert_eq!(log.lock().unwrap().len(), requests, "a cached entry was fetched again");
+    // A new process with the PCCS unreachable still has the disk cache.
+    let offline = PccsCollateral::new(
+        "http://127.0.0.1:9",
+        &dir,
+        pccs::http_client(None).unwrap(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    assert_eq!(offline.collateral_for(&quote).unwrap(), c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unreachable_pccs_without_cache_is_a_clear_error() {
+    let (quote, _) = sample();
+    let dir = temp("unreachable");
+    let p = PccsCollateral::new(
+        "http://127.0.0.1:9",
+        &dir,
+        pccs::http_client(None).unwrap(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let e = p.collateral_for(&quote).unwrap_err();
+    assert!(
+        e.contains("no cached collateral for FMSPC") && e.contains("127.0.0.1:9/sgx/certification/v4/pckcrl"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_pccs_without_the_issuer_chain_header_is_a_clear_error() {
+    let (quote, mut c) = sample();
+    c.pck_crl_issuer_chain.clear();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                    break;
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    let e = pccs::fetch(
+        &pccs::http_client(None).unwrap(),
+        &base,
+        &CollateralKey::of_quote(&quote).unwrap(),
+    )
+    .unwrap_err();
+    assert!(e.contains("lacks the SGX-PCK-CRL-Issuer-Chain header"), "{e}");
+}
