@@ -31,7 +31,9 @@ json.dump({"verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod
            "sgx_mrs": [me["sgx_mrs_entry"]], "allow_simulated": True, "simulated_roots": [me["simulated_root"]]},
           open(f"{w}/policy.json", "w"))
 PY
+# shellcheck disable=SC2034  # both arrays are used through the nameref in run()
 ratls=(--attestation simulated --sim-root-key "$work/root.pem" --policy "$work/policy.json")
+# shellcheck disable=SC2034
 plain=(--insecure-no-tls)
 
 # run MODE BATCH -> "ex/s first-step-ms leader-KiB follower-KiB"

@@ -11,7 +11,11 @@
 //! ```
 //!
 //! Any entry of `sgx_mrs` may match; within an entry every field switched on
-//! by a `verify_*` flag must match. An entry may say `"min_isv_svn"` instead
+//! by a `verify_*` flag must match. `"mr_enclave": "self"` (or `mr_signer`)
+//! means this process's own value, read from its own quote at start: two
+//! parties running the same enclave (same source, same manifest, same
+//! policy) accept each other without either policy naming the other's
+//! measurement, which would be circular, since the policy is measured. An entry may say `"min_isv_svn"` instead
 //! of `"isv_svn"` to accept that version or newer. Deliberate departures from
 //! the original's parser: a flag must be `"on"`/`"off"` (or a JSON boolean) and
 //! must be present, hex must be exactly 64 digits, unknown keys are errors (a
@@ -53,6 +57,9 @@ pub enum SvnRule {
 pub struct Entry {
     pub mr_enclave: Option<[u8; 32]>,
     pub mr_signer: Option<[u8; 32]>,
+    /// `"self"`: filled in by [`Policy::bind_self`].
+    pub mr_enclave_self: bool,
+    pub mr_signer_self: bool,
     pub isv_prod_id: Option<u16>,
     pub isv_svn: Option<SvnRule>,
 }
@@ -218,10 +225,18 @@ impl Policy {
         };
         let mut entry = Entry::default();
         if let Some(v) = need("mr_enclave", self.verify_mr_enclave)? {
-            entry.mr_enclave = Some(hex32(v, &field("mr_enclave"), err)?);
+            if v.as_str() == Some("self") {
+                entry.mr_enclave_self = true;
+            } else {
+                entry.mr_enclave = Some(hex32(v, &field("mr_enclave"), err)?);
+            }
         }
         if let Some(v) = need("mr_signer", self.verify_mr_signer)? {
-            entry.mr_signer = Some(hex32(v, &field("mr_signer"), err)?);
+            if v.as_str() == Some("self") {
+                entry.mr_signer_self = true;
+            } else {
+                entry.mr_signer = Some(hex32(v, &field("mr_signer"), err)?);
+            }
         }
         if let Some(v) = need("isv_prod_id", self.verify_isv_prod_id)? {
             entry.isv_prod_id = Some(dec16(v, &field("isv_prod_id"), err)?);
@@ -241,6 +256,23 @@ impl Policy {
             (None, None) => None,
         };
         Ok(entry)
+    }
+
+    /// Whether some entry says `"self"`.
+    pub fn uses_self(&self) -> bool {
+        self.entries.iter().any(|e| e.mr_enclave_self || e.mr_signer_self)
+    }
+
+    /// Fill in `"self"` entries with this process's own identity.
+    pub fn bind_self(&mut self, own: &EnclaveIdentity) {
+        for e in &mut self.entries {
+            if e.mr_enclave_self {
+                e.mr_enclave = Some(own.mr_enclave);
+            }
+            if e.mr_signer_self {
+                e.mr_signer = Some(own.mr_signer);
+            }
+        }
     }
 
     /// The policy's digest in hex (logged at start).

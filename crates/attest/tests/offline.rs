@@ -409,3 +409,44 @@ fn sgx_attester_writes_report_data_and_reads_the_quote() {
     let e = a.quote(&[0x11; 64]).unwrap_err().to_string();
     assert!(e.contains("does not carry the report data"), "{e}");
 }
+
+#[test]
+fn self_entries_resolve_to_our_own_identity() {
+    let json = r#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"on","verify_isv_svn":"on",
+      "sgx_mrs":[{"mr_enclave":"self","isv_prod_id":"1","min_isv_svn":"1"}]}"#;
+    let mut p = Policy::parse(json.as_bytes(), "p").unwrap();
+    assert!(p.uses_self());
+    let me = EnclaveIdentity {
+        mr_enclave: [7; 32],
+        mr_signer: [1; 32],
+        isv_prod_id: 1,
+        isv_svn: 3,
+        attributes: [5; 16],
+    };
+    // Unbound, "self" matches nothing.
+    assert!(p.check_identity(&me).is_err());
+    p.bind_self(&me);
+    assert_eq!(p.check_identity(&me), Ok(0));
+    let other = EnclaveIdentity {
+        mr_enclave: [8; 32],
+        ..me.clone()
+    };
+    let e = p.check_identity(&other).unwrap_err();
+    assert!(
+        e.contains(&format!(
+            "mr_enclave expected {} got {}",
+            hex::encode([7u8; 32]),
+            hex::encode([8u8; 32])
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_shipped_deployment_policy_parses_and_pins_our_own_enclave() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dynamic_config.json");
+    let p = Policy::load(Path::new(path)).unwrap();
+    assert!(p.verify_mr_enclave && p.uses_self());
+    assert!(!p.allow_simulated && !p.allow_debug);
+    assert_eq!(p.allowed_tcb_statuses, ["UpToDate"]);
+}

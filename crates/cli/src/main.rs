@@ -29,6 +29,9 @@ enum Command {
     Leader(cmd::party::LeaderArgs),
     /// Run the follower: connects to the leader.
     Follower(cmd::party::FollowerArgs),
+    /// Run either party, the role from --role or VFL_ROLE (one command line
+    /// for both, as an SGX manifest fixes it).
+    Party(cmd::party::PartyArgs),
     /// Generate data sets, measure decoding.
     #[command(subcommand)]
     Data(cmd::data::Command),
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Data(c) => cmd::data::run(c),
         Command::Leader(a) => cmd::party::leader(a),
         Command::Follower(a) => cmd::party::follower(a),
+        Command::Party(a) => cmd::party::party(a),
         Command::Model(c) => cmd::model::run(c),
         Command::Attest(c) => cmd::attest::run(c),
         Command::Selfcheck(a) => cmd::selfcheck::run(a),

@@ -536,3 +536,106 @@ fn trains_exports_and_evaluates_beyond_the_best_leader_only_model() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `vfl party` with the role from VFL_ROLE and addresses from the
+/// environment (as the SGX manifest runs it), a policy that pins our own
+/// identity ("self"), and checkpoints and exports encrypted with a key file;
+/// then `vfl model inspect` and `vfl model decrypt` on the export.
+#[test]
+fn party_command_with_self_policy_and_encrypted_outputs() {
+    let f = Fixture::new("party-self");
+    let att = f.dir.join("attestation-self");
+    std::fs::create_dir_all(&att).unwrap();
+    let policy = att.join("dynamic_config.json");
+    let me = common::attest_self(&att, &[]);
+    std::fs::write(
+        &policy,
+        serde_json::json!({
+            "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+            "sgx_mrs": [{"mr_enclave": "self", "mr_signer": "self", "isv_prod_id": "1", "min_isv_svn": "1"}],
+            "allow_simulated": true, "simulated_roots": [me["simulated_root"].clone()],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let key = f.dir.join("model.key");
+    std::fs::write(&key, "5a".repeat(32)).unwrap();
+    let port = free_port();
+    let run = |role: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vfl"))
+            .args([
+                "party",
+                "--peer-timeout",
+                "20",
+                "--attestation",
+                "simulated",
+                "--sim-root-key",
+            ])
+            .arg(att.join("dev-root.pem"))
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--data-path")
+            .arg(f.dir.join(role))
+            .arg("--model")
+            .arg(f.model())
+            .arg("--checkpoint-path")
+            .arg(f.dir.join("ckpt").join(role))
+            .arg("--export-path")
+            .arg(f.dir.join("export"))
+            .arg("--model-key")
+            .arg(format!("file:{}", key.display()))
+            .args(["--save-checkpoint-steps", "10"])
+            .env("VFL_ROLE", role)
+            .env("VFL_LOCAL_ADDR", format!("127.0.0.1:{port}"))
+            .env("VFL_PEER_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let l = run("leader");
+    let fo = run("follower");
+    let (lok, lout) = finish(l);
+    let (fok, fout) = finish(fo);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(lout.contains("1200 examples"), "{lout}");
+    let export = std::fs::read_dir(f.dir.join("export"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let model = export.join("leader").join("model.safetensors");
+    assert!(std::fs::read(&model).unwrap().starts_with(b"VFLSEAL1"));
+    let ckpt = std::fs::read_dir(f.dir.join("ckpt").join("follower"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(std::fs::read(&ckpt).unwrap().starts_with(b"VFLSEAL1"));
+    let vfl = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_vfl")).args(args).output().unwrap();
+    let keyarg = format!("file:{}", key.display());
+    let m = model.display().to_string();
+    let o = vfl(&["model", "inspect", &m]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("give --model-key"));
+    let o = vfl(&["model", "inspect", &m, "--model-key", &keyarg]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("encrypted: enclave-vfl model; leader") && out.contains("tensor "),
+        "{out}"
+    );
+    let plain = f.dir.join("plain.safetensors");
+    let o = vfl(&[
+        "model",
+        "decrypt",
+        &m,
+        "--out",
+        &plain.display().to_string(),
+        "--model-key",
+        &keyarg,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = vfl(&["model", "inspect", &plain.display().to_string()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("not encrypted"));
+}

@@ -15,7 +15,8 @@ use vfl_nn::Role;
 use vfl_nn::split::TensorMut;
 
 use crate::TrainError;
-use crate::store;
+use crate::seal::Sealer;
+use crate::store::{self, Sealing};
 
 /// The run state stored with a checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +30,16 @@ pub struct RunState {
     pub examples: u64,
     pub next_iteration: u64,
     pub opt_step: u64,
+}
+
+/// What an encrypted checkpoint file must be (authenticated with it).
+pub fn checkpoint_context(role: Role, step: u64) -> String {
+    format!("enclave-vfl checkpoint; {role}; step {step}")
+}
+
+/// What an encrypted exported model must be.
+pub fn model_context(role: Role, fingerprint: &str) -> String {
+    format!("enclave-vfl model; {role}; spec {fingerprint}")
 }
 
 pub fn path(dir: &Path, step: u64) -> PathBuf {
@@ -53,6 +64,9 @@ pub fn list(dir: &Path) -> Vec<u64> {
 }
 
 /// Saves checkpoint `step` and removes all but the newest `keep`.
+// Each argument is a separate input of one coordinated save; bundling them
+// would only move the list elsewhere.
+#[allow(clippy::too_many_arguments)]
 pub fn save(
     dir: &Path,
     step: u64,
@@ -61,6 +75,7 @@ pub fn save(
     tensors: Vec<TensorMut<'_>>,
     state: &RunState,
     keep: usize,
+    sealer: Option<&Sealer>,
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::Store(format!("{}: {e}", dir.display())))?;
     let list: Vec<(String, Vec<usize>, &[f32])> = tensors
@@ -77,7 +92,13 @@ pub fn save(
             serde_json::to_string(state).map_err(|e| TrainError::Store(e.to_string()))?,
         ),
     ]);
-    store::write(&path(dir, step), &list, &meta)?;
+    let ctx = checkpoint_context(role, step);
+    store::write(
+        &path(dir, step),
+        &list,
+        &meta,
+        sealer.map(|sealer| Sealing { sealer, context: &ctx }),
+    )?;
     let steps = list_steps_to_prune(dir, keep);
     for s in steps {
         let _ = std::fs::remove_file(path(dir, s));
@@ -98,9 +119,11 @@ pub fn load(
     role: Role,
     fingerprint: &str,
     tensors: Vec<TensorMut<'_>>,
+    sealer: Option<&Sealer>,
 ) -> Result<RunState, TrainError> {
     let p = path(dir, step);
-    let s = store::read(&p)?;
+    let ctx = checkpoint_context(role, step);
+    let s = store::read(&p, sealer.map(|sealer| Sealing { sealer, context: &ctx }))?;
     let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
     let meta = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
     if meta("role") != role.as_str() {
@@ -150,6 +173,7 @@ pub fn export(
     spec: &vfl_nn::ModelSpec,
     tensors: Vec<TensorMut<'_>>,
     manifest: serde_json::Value,
+    sealer: Option<&Sealer>,
 ) -> Result<PathBuf, TrainError> {
     let dir = export_path.join(id).join(role.as_str());
     let io = |e: std::io::Error| TrainError::Store(format!("{}: {e}", dir.display()));
@@ -164,7 +188,13 @@ pub fn export(
         ("role".to_string(), role.to_string()),
         ("model_fingerprint".to_string(), spec.fingerprint()),
     ]);
-    store::write(&dir.join("model.safetensors"), &list, &meta)?;
+    let ctx = model_context(role, &spec.fingerprint());
+    store::write(
+        &dir.join("model.safetensors"),
+        &list,
+        &meta,
+        sealer.map(|sealer| Sealing { sealer, context: &ctx }),
+    )?;
     vfl_data::atomic::write_atomic(&dir.join("model.toml"), |w| w.write_all(spec.to_toml().as_bytes())).map_err(io)?;
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| TrainError::Store(e.to_string()))?;
     vfl_data::atomic::write_atomic(&dir.join("manifest.json"), |w| w.write_all(text.as_bytes())).map_err(io)?;
@@ -174,13 +204,20 @@ pub fn export(
 /// Loads an exported model (`model.safetensors` of `<export>/<id>/<role>/`
 /// or of the given directory) into the weights of `tensors` (optimizer
 /// state is not exported and is left alone). All or nothing.
-pub fn load_export(dir: &Path, role: Role, fingerprint: &str, tensors: Vec<TensorMut<'_>>) -> Result<(), TrainError> {
+pub fn load_export(
+    dir: &Path,
+    role: Role,
+    fingerprint: &str,
+    tensors: Vec<TensorMut<'_>>,
+    sealer: Option<&Sealer>,
+) -> Result<(), TrainError> {
     let p = if dir.join(role.as_str()).join("model.safetensors").exists() {
         dir.join(role.as_str()).join("model.safetensors")
     } else {
         dir.join("model.safetensors")
     };
-    let s = store::read(&p)?;
+    let ctx = model_context(role, fingerprint);
+    let s = store::read(&p, sealer.map(|sealer| Sealing { sealer, context: &ctx }))?;
     let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
     let meta = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
     if meta("role") != role.as_str() {

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod local;
 pub mod party;
 pub mod remote;
+pub mod seal;
 pub mod store;
 pub mod wire;
 

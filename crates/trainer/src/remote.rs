@@ -64,6 +64,8 @@ pub struct RunConfig {
     pub started: Instant,
     /// RA-TLS (default) or plaintext.
     pub security: vfl_bridge::Security,
+    /// Encryption at rest of checkpoints and exported weights.
+    pub seal: Option<std::sync::Arc<crate::seal::Sealer>>,
 }
 
 /// What a run did.
@@ -277,7 +279,14 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
     let mut state = RunState::default();
     if let (Some(step), Some(dir)) = (resume_step, &cfg.checkpoint_path) {
-        state = checkpoint::load(dir, step, Role::Leader, &fingerprint, party.model_mut().tensors_mut())?;
+        state = checkpoint::load(
+            dir,
+            step,
+            Role::Leader,
+            &fingerprint,
+            party.model_mut().tensors_mut(),
+            cfg.seal.as_deref(),
+        )?;
         party.restore_counters(state.next_iteration, state.opt_step);
         tracing::info!(
             step,
@@ -383,6 +392,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                                 tensors,
                                 &st,
                                 cfg.keep_checkpoints,
+                                cfg.seal.as_deref(),
                             )
                         })?;
                         match recv(&mut inbound, cfg.peer_timeout).await?.msg {
@@ -467,6 +477,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                 &cfg.spec,
                 party.model_mut().tensors_mut(),
                 manifest,
+                cfg.seal.as_deref(),
             )?)
         }
     };
@@ -546,7 +557,14 @@ async fn follow(
         let dir = cfg.checkpoint_path.as_ref().ok_or_else(|| {
             TrainError::Protocol("the leader asks to resume but this follower has no --checkpoint-path".into())
         })?;
-        state = checkpoint::load(dir, step, Role::Follower, &fingerprint, party.model_mut().tensors_mut())?;
+        state = checkpoint::load(
+            dir,
+            step,
+            Role::Follower,
+            &fingerprint,
+            party.model_mut().tensors_mut(),
+            cfg.seal.as_deref(),
+        )?;
         party.restore_counters(state.next_iteration, state.opt_step);
         tracing::info!(step, "resumed from checkpoint");
         expect_resume = Some(state.clone());
@@ -640,6 +658,7 @@ async fn follow(
                                 tensors,
                                 &st,
                                 cfg.keep_checkpoints,
+                                cfg.seal.as_deref(),
                             )
                         })?;
                         send(FMsg::CheckpointDone(pb::CheckpointDone { step: st.steps })).await?;
@@ -670,6 +689,7 @@ async fn follow(
                             &cfg.spec,
                             party.model_mut().tensors_mut(),
                             manifest,
+                            cfg.seal.as_deref(),
                         )?)
                     }
                 };
@@ -706,12 +726,12 @@ fn load_for_eval(
 ) -> Result<String, TrainError> {
     let fingerprint = cfg.spec.fingerprint();
     if let Some(p) = &cfg.load_model {
-        checkpoint::load_export(p, role, &fingerprint, tensors)?;
+        checkpoint::load_export(p, role, &fingerprint, tensors, cfg.seal.as_deref())?;
         return Ok(format!("export {}", p.display()));
     }
     match (resume_step, &cfg.checkpoint_path) {
         (Some(step), Some(dir)) => {
-            checkpoint::load(dir, step, role, &fingerprint, tensors)?;
+            checkpoint::load(dir, step, role, &fingerprint, tensors, cfg.seal.as_deref())?;
             Ok(format!("checkpoint of step {step}"))
         }
         _ => Err(TrainError::Protocol(

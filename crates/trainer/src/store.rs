@@ -11,6 +11,15 @@ use sha2::{Digest, Sha256};
 use vfl_data::atomic::write_atomic;
 
 use crate::TrainError;
+use crate::seal::{self, Sealer};
+
+/// Encryption of one file: the key and what the file is (its context,
+/// authenticated with the contents).
+#[derive(Clone, Copy)]
+pub struct Sealing<'a> {
+    pub sealer: &'a Sealer,
+    pub context: &'a str,
+}
 
 /// A named f32 tensor read from a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +44,7 @@ pub fn write(
     path: &Path,
     tensors: &[(String, Vec<usize>, &[f32])],
     meta: &BTreeMap<String, String>,
+    sealing: Option<Sealing<'_>>,
 ) -> Result<(), TrainError> {
     let mut header = Map::new();
     let mut data = Vec::with_capacity(tensors.iter().map(|t| t.2.len() * 4).sum());
@@ -58,18 +68,51 @@ pub fn write(
     while h.len() % 8 != 0 {
         h.push(b' ');
     }
-    write_atomic(path, |w| {
-        w.write_all(&(h.len() as u64).to_le_bytes())?;
-        w.write_all(&h)?;
-        w.write_all(&data)
-    })
-    .map_err(|e| TrainError::Store(format!("{}: {e}", path.display())))
+    let io = |e: std::io::Error| TrainError::Store(format!("{}: {e}", path.display()));
+    match sealing {
+        None => write_atomic(path, |w| {
+            w.write_all(&(h.len() as u64).to_le_bytes())?;
+            w.write_all(&h)?;
+            w.write_all(&data)
+        })
+        .map_err(io),
+        Some(s) => {
+            let mut plain = Vec::with_capacity(8 + h.len() + data.len());
+            plain.extend_from_slice(&(h.len() as u64).to_le_bytes());
+            plain.extend_from_slice(&h);
+            plain.extend_from_slice(&data);
+            let sealed = s.sealer.seal(s.context, &plain)?;
+            write_atomic(path, |w| w.write_all(&sealed)).map_err(io)
+        }
+    }
 }
 
-/// Reads and fully verifies a file (header, offsets, checksum).
-pub fn read(path: &Path) -> Result<Stored, TrainError> {
+/// Reads and fully verifies a file (decryption when sealed, header,
+/// offsets, checksum). With `sealing`, only a file sealed with that key and
+/// context is accepted; without, an encrypted file is refused.
+pub fn read(path: &Path, sealing: Option<Sealing<'_>>) -> Result<Stored, TrainError> {
     let bad = |why: String| TrainError::Store(format!("{}: {why}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let raw = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let bytes = match (sealing, seal::is_sealed(&raw)) {
+        (Some(s), true) => s.sealer.open_file(&raw, Some(s.context), path)?.1,
+        (Some(_), false) => {
+            return Err(bad(
+                "not encrypted, but encryption at rest is on (--model-key): refusing a plaintext file".into(),
+            ));
+        }
+        (None, true) => {
+            return Err(bad(
+                "encrypted: give the key with --model-key (see `vfl model inspect`)".into(),
+            ));
+        }
+        (None, false) => raw,
+    };
+    parse(&bytes, path)
+}
+
+/// Parses and verifies safetensors bytes (`path` names them in errors).
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Stored, TrainError> {
+    let bad = |why: String| TrainError::Store(format!("{}: {why}", path.display()));
     if bytes.len() < 8 {
         return Err(bad("too short for a safetensors file".into()));
     }
@@ -136,9 +179,10 @@ mod tests {
             &p,
             &[("a".into(), vec![2, 2], &w[..]), ("b".into(), vec![1], &[7.0][..])],
             &meta,
+            None,
         )
         .unwrap();
-        let s = read(&p).unwrap();
+        let s = read(&p, None).unwrap();
         assert_eq!(s.tensors["a"].data, w);
         assert_eq!(s.tensors["a"].shape, vec![2, 2]);
         assert_eq!(s.meta["role"], "leader");
@@ -146,10 +190,10 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&p, &bytes).unwrap();
-        let e = read(&p).unwrap_err().to_string();
+        let e = read(&p, None).unwrap_err().to_string();
         assert!(e.contains("checksum"), "{e}");
         std::fs::write(&p, &bytes[..5]).unwrap();
-        assert!(read(&p).is_err());
+        assert!(read(&p, None).is_err());
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
     }
 }

@@ -31,7 +31,7 @@ pub struct Flags {
     /// PCCS (or Intel PCS) base URL to fetch collateral for hardware quotes
     /// from (API v4), e.g. https://pccs.example:8081. Fetched on first need,
     /// cached on disk, refreshed in the background.
-    #[arg(long)]
+    #[arg(long, env = "VFL_PCCS_URL")]
     pub pccs_url: Option<String>,
     /// CA certificate (PEM) of a PCCS with a private certificate; default:
     /// the public web roots.
@@ -141,7 +141,7 @@ pub fn security(f: &Flags) -> anyhow::Result<Security> {
         return Ok(Security::Insecure);
     }
     let path = policy_path(f)?;
-    let policy = Policy::load(&path)?;
+    let mut policy = Policy::load(&path)?;
     tracing::info!(policy = %path.display(), digest = %policy.digest_hex(), entries = policy.entries.len(), "attestation policy loaded");
     if policy.entries.is_empty() {
         tracing::warn!("the policy's sgx_mrs is empty: every peer will be refused");
@@ -182,6 +182,10 @@ pub fn security(f: &Flags) -> anyhow::Result<Security> {
         id.isv_svn
     );
     tracing::info!("{ours}");
+    if policy.uses_self() {
+        policy.bind_self(&cert.identity);
+        tracing::info!("policy entries saying \"self\" accept peers with our own identity");
+    }
     let verifier = RaTlsVerifier::new(Arc::new(Verifier::new(policy, collateral, Clock::System)));
     let key = vfl_attest::tls::identity(&cert)?;
     Ok(Security::RaTls(Arc::new(RaTls {

@@ -56,17 +56,20 @@ pub struct Common {
     /// subdirectory).
     #[arg(long)]
     load_model: Option<PathBuf>,
+    /// Encrypt checkpoints and exported weights at rest with this key:
+    /// sgx-mrsigner (default under --attestation sgx: Gramine's sealing key
+    /// of the signer), sgx-mrenclave, file:PATH (32 bytes or 64 hex digits)
+    /// or env:VAR (64 hex digits). `none` stores them in plaintext (the
+    /// default outside SGX).
+    #[arg(long)]
+    model_key: Option<String>,
     #[command(flatten)]
     attest: super::attest::Flags,
 }
 
+/// Flags only the leader uses (it decides epochs, order and checkpoints).
 #[derive(clap::Args, Debug)]
-pub struct LeaderArgs {
-    #[command(flatten)]
-    common: Common,
-    /// Address to listen on for the follower (host:port; port 0 picks one).
-    #[arg(long, default_value = "0.0.0.0:50051")]
-    local_addr: String,
+pub struct LeaderOnly {
     /// Epochs over the data (the leader decides).
     #[arg(long, default_value_t = 1)]
     epoch_num: u32,
@@ -87,12 +90,44 @@ pub struct LeaderArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct LeaderArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on for the follower (host:port; port 0 picks one).
+    #[arg(long, env = "VFL_LOCAL_ADDR", default_value = "0.0.0.0:50051")]
+    local_addr: String,
+    #[command(flatten)]
+    lead: LeaderOnly,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct FollowerArgs {
     #[command(flatten)]
     common: Common,
     /// The leader's address (host:port).
-    #[arg(long)]
+    #[arg(long, env = "VFL_PEER_ADDR")]
     peer_addr: String,
+}
+
+/// One command line for both roles, the role from --role or VFL_ROLE: an
+/// SGX deployment fixes everything else in the (measured) manifest, so the
+/// leader's and the follower's enclaves are the same enclave.
+#[derive(clap::Args, Debug)]
+pub struct PartyArgs {
+    /// leader or follower.
+    #[arg(long, env = "VFL_ROLE", value_parser = ["leader", "follower"])]
+    role: String,
+    #[command(flatten)]
+    common: Common,
+    /// Leader: address to listen on.
+    #[arg(long, env = "VFL_LOCAL_ADDR", default_value = "0.0.0.0:50051")]
+    local_addr: String,
+    /// Follower: the leader's address.
+    #[arg(long, env = "VFL_PEER_ADDR")]
+    peer_addr: Option<String>,
+    /// Used by the leader; the follower ignores them (the leader decides).
+    #[command(flatten)]
+    lead: LeaderOnly,
 }
 
 fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
@@ -121,7 +156,34 @@ fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
         predictions_path: None,
         started: std::time::Instant::now(),
         security: super::attest::security(&c.attest)?,
+        seal: sealer(c)?,
     })
+}
+
+fn sealer(c: &Common) -> anyhow::Result<Option<std::sync::Arc<vfl_trainer::seal::Sealer>>> {
+    let in_sgx = c.attest.attestation == "sgx" && !c.attest.insecure_no_tls;
+    let source = match c.model_key.as_deref() {
+        Some("none") => None,
+        Some(s) => Some(
+            s.parse::<vfl_trainer::seal::KeySource>()
+                .map_err(|e| anyhow::anyhow!("--model-key {e}"))?,
+        ),
+        None if in_sgx => Some(vfl_trainer::seal::KeySource::SgxMrSigner),
+        None => None,
+    };
+    match source {
+        Some(src) => {
+            let s = vfl_trainer::seal::Sealer::open(&src, &c.attest.attestation_device)?;
+            tracing::info!(key = %src, key_id = %s.key_id(), "checkpoints and exported weights are encrypted at rest");
+            Ok(Some(std::sync::Arc::new(s)))
+        }
+        None => {
+            if c.checkpoint_path.is_some() || c.export_path.is_some() {
+                tracing::warn!("checkpoints and exported weights are stored in plaintext (no --model-key)");
+            }
+            Ok(None)
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -165,24 +227,44 @@ fn report(role: &str, s: &RunSummary) {
 }
 
 pub fn leader(a: LeaderArgs) -> anyhow::Result<()> {
-    let mut cfg = config(&a.common, a.local_addr.clone())?;
-    cfg.epochs = a.epoch_num.max(1);
-    cfg.shuffle_seed = a.shuffle.then_some(a.seed);
+    run_as_leader(&a.common, a.local_addr, &a.lead)
+}
+
+fn run_as_leader(common: &Common, local_addr: String, lead: &LeaderOnly) -> anyhow::Result<()> {
+    let mut cfg = config(common, local_addr)?;
+    cfg.epochs = lead.epoch_num.max(1);
+    cfg.shuffle_seed = lead.shuffle.then_some(lead.seed);
     anyhow::ensure!(
-        cfg.checkpoint_path.is_some() || (a.save_checkpoint_steps.is_none() && a.save_checkpoint_secs.is_none()),
+        cfg.checkpoint_path.is_some() || (lead.save_checkpoint_steps.is_none() && lead.save_checkpoint_secs.is_none()),
         "--save-checkpoint-steps/--save-checkpoint-secs need --checkpoint-path"
     );
-    cfg.save_checkpoint_steps = a.save_checkpoint_steps;
-    cfg.save_checkpoint_secs = a.save_checkpoint_secs;
-    cfg.predictions_path = a.predictions_path.clone();
+    cfg.save_checkpoint_steps = lead.save_checkpoint_steps;
+    cfg.save_checkpoint_secs = lead.save_checkpoint_secs;
+    cfg.predictions_path = lead.predictions_path.clone();
     let s = runtime()?.block_on(run_leader(cfg, |addr| println!("leader: listening on {addr}")))?;
     report("leader", &s);
     Ok(())
 }
 
 pub fn follower(a: FollowerArgs) -> anyhow::Result<()> {
-    let cfg = config(&a.common, a.peer_addr.clone())?;
+    run_as_follower(&a.common, a.peer_addr)
+}
+
+fn run_as_follower(common: &Common, peer_addr: String) -> anyhow::Result<()> {
+    let cfg = config(common, peer_addr)?;
     let s = runtime()?.block_on(run_follower(cfg))?;
     report("follower", &s);
     Ok(())
+}
+
+pub fn party(a: PartyArgs) -> anyhow::Result<()> {
+    match a.role.as_str() {
+        "leader" => run_as_leader(&a.common, a.local_addr, &a.lead),
+        _ => {
+            let Some(peer) = a.peer_addr else {
+                anyhow::bail!("the follower needs the leader's address: --peer-addr or VFL_PEER_ADDR");
+            };
+            run_as_follower(&a.common, peer)
+        }
+    }
 }
