@@ -8,6 +8,9 @@
 #   vfl-sgx.sh make                       render + sign the manifest, print the identity,
 #                                         write vfl-identity.json (send it to the peer)
 #   vfl-sgx.sh check-peer FILE            compare the peer's identity file with ours
+#   vfl-sgx.sh trust FILE                 add the peer's identity file to dynamic_config.json
+#                                         (only for policies that name peers explicitly;
+#                                         the shipped "self" policy needs nothing)
 #   vfl-sgx.sh leader                     run the leader enclave (VFL_LOCAL_ADDR, default 0.0.0.0:50051)
 #   vfl-sgx.sh follower ADDR              run the follower enclave against the leader at ADDR
 #
@@ -107,6 +110,13 @@ print(f"same enclave {ours['mr_enclave']}; peer signer {theirs['mr_signer']}")
 PY
 }
 
+cmd_trust() {
+  [ $# -eq 1 ] || die "usage: vfl-sgx.sh trust PEER-IDENTITY.json"
+  # The manifest measures /app/dynamic_config.json: edit that copy, then re-sign.
+  "$app/vfl" attest trust --identity "$1" --policy "$app/dynamic_config.json" --min-svn
+  echo "the policy is measured: run 'vfl-sgx.sh make' again (MRENCLAVE changes)"
+}
+
 run_enclave() {
   need gramine-sgx "install Gramine >= 1.8"
   [ -f "$build/vfl.manifest.sgx" ] || die "run 'vfl-sgx.sh make' first"
@@ -133,7 +143,8 @@ case "${1:-}" in
   data) shift; cmd_data "$@" ;;
   make) shift; cmd_make "$@" ;;
   check-peer) shift; cmd_check_peer "$@" ;;
+  trust) shift; cmd_trust "$@" ;;
   leader) shift; cmd_leader "$@" ;;
   follower) shift; cmd_follower "$@" ;;
-  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

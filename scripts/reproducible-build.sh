@@ -8,9 +8,11 @@
 #   CARGO_INCREMENTAL=0 SOURCE_DATE_EPOCH=1 \
 #   RUSTFLAGS="--remap-path-prefix=$SRC=/enclave-vfl --remap-path-prefix=$CARGO_HOME=/cargo \
 #              -C link-arg=-Wl,--build-id=none" \
-#   cargo build --release --locked -p vfl-cli
+#   cargo build --profile enclave --locked -p vfl-cli      (-> target/enclave/vfl)
 # with the same Rust toolchain (the one checked below), dependencies pinned
-# by Cargo.lock, and codegen fixed by [profile.release] in Cargo.toml.
+# by Cargo.lock, and codegen fixed by [profile.enclave] in Cargo.toml (release
+# without cross-crate ThinLTO, which makes the output depend on the build
+# directory).
 #
 # Usage: scripts/reproducible-build.sh [work-dir]   (takes two cold release builds)
 set -euo pipefail
@@ -35,9 +37,9 @@ build() {
     CARGO_INCREMENTAL=0 SOURCE_DATE_EPOCH=1 \
       RUSTFLAGS="--remap-path-prefix=$dir=/enclave-vfl --remap-path-prefix=$cargo_home=/cargo -C link-arg=-Wl,--build-id=none" \
       CARGO_TARGET_DIR="$dir/target" \
-      cargo build --release --locked -q -p vfl-cli
+      cargo build --profile enclave --locked -q -p vfl-cli
   )
-  sha256sum "$dir/target/release/vfl" | cut -d' ' -f1
+  sha256sum "$dir/target/enclave/vfl" | cut -d' ' -f1
 }
 
 a=$(build "$work/build-a")
@@ -48,6 +50,6 @@ if [ "$a" = "$b" ]; then
   echo "reproducible: identical binaries"
 else
   echo "NOT reproducible: the binaries differ" >&2
-  cmp "$work/build-a/target/release/vfl" "$work/other-place/build-b/target/release/vfl" | head -n 5 >&2 || true
+  cmp "$work/build-a/target/enclave/vfl" "$work/other-place/build-b/target/enclave/vfl" | head -n 5 >&2 || true
   exit 1
 fi

@@ -100,3 +100,35 @@ fn self_outside_an_enclave_in_sgx_mode_says_so() {
     let (ok, _, err) = vfl(&["attest", "self", "--attestation-device", "/nonexistent/attestation"]);
     assert!(!ok && err.contains("not running inside a Gramine SGX enclave"), "{err}");
 }
+
+#[test]
+fn trust_adds_a_peer_identity_to_a_policy_once() {
+    let dir = std::env::temp_dir().join(format!("vfl-attest-trust-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ident = dir.join("peer.json");
+    std::fs::write(
+        &ident,
+        serde_json::json!({"mr_enclave": "cd".repeat(32), "mr_signer": "ef".repeat(32), "isv_prod_id": 1, "isv_svn": 3, "debug": false})
+            .to_string(),
+    )
+    .unwrap();
+    let policy = dir.join("dynamic_config.json");
+    let args = ["attest", "trust", "--min-svn", "--identity", ident.to_str().unwrap(), "--policy", policy.to_str().unwrap()];
+    let (ok, out, err) = vfl(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("added sgx_mrs entry"), "{out}");
+    let (ok, out, _) = vfl(&args);
+    assert!(ok && out.contains("already accepts"), "{out}");
+    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&policy).unwrap()).unwrap();
+    assert_eq!(p["sgx_mrs"].as_array().unwrap().len(), 1);
+    assert_eq!(p["sgx_mrs"][0]["mr_enclave"], "cd".repeat(32));
+    assert_eq!(p["sgx_mrs"][0]["min_isv_svn"], "3");
+    // A broken identity file is refused and the policy is left as it was.
+    std::fs::write(&ident, r#"{"mr_enclave": "zz"}"#).unwrap();
+    let before = std::fs::read(&policy).unwrap();
+    let (ok, _, err) = vfl(&args);
+    assert!(!ok && err.contains("no mr_signer"), "{err}");
+    assert_eq!(std::fs::read(&policy).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -218,6 +218,24 @@ pub enum Command {
     /// Measure mutual RA-TLS handshakes (simulated evidence, full dcap-qvl
     /// verification on both sides) over loopback.
     Bench(BenchArgs),
+    /// Add a peer's identity file (from `vfl-sgx.sh make` or `vfl attest
+    /// self`) to a policy file as an sgx_mrs entry: no hex copied by hand.
+    /// The policy is rewritten atomically and must still parse.
+    Trust(TrustArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrustArgs {
+    /// The peer's identity file (JSON with mr_enclave, mr_signer,
+    /// isv_prod_id, isv_svn).
+    #[arg(long)]
+    identity: PathBuf,
+    /// The policy to update (created with all four checks on if missing).
+    #[arg(long, default_value = "dynamic_config.json")]
+    policy: PathBuf,
+    /// Accept the peer's isv_svn or newer (min_isv_svn) instead of exactly it.
+    #[arg(long)]
+    min_svn: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -261,6 +279,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         Command::Verify(a) => verify(a),
         Command::Self_(a) => self_(a),
         Command::Bench(a) => bench(a),
+        Command::Trust(a) => trust(a),
         Command::Mrsigner(a) => {
             let pem = std::fs::read(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
             let m = vfl_attest::mrsigner::from_pem(&pem).with_context(|| a.key.display().to_string())?;
@@ -400,6 +419,53 @@ fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
         ms(pick(0.5)),
         ms(pick(0.9)),
         ms(times[0])
+    );
+    Ok(())
+}
+
+fn trust(a: TrustArgs) -> anyhow::Result<()> {
+    let text = std::fs::read(&a.identity).with_context(|| format!("reading {}", a.identity.display()))?;
+    let id: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", a.identity.display()))?;
+    let id = id.get("sgx_mrs_entry").unwrap_or(&id).clone();
+    let field = |k: &str| -> anyhow::Result<String> {
+        match id.get(k) {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+            _ => bail!("{}: no {k}", a.identity.display()),
+        }
+    };
+    let mut entry = serde_json::Map::new();
+    entry.insert("mr_enclave".into(), field("mr_enclave")?.into());
+    entry.insert("mr_signer".into(), field("mr_signer")?.into());
+    entry.insert("isv_prod_id".into(), field("isv_prod_id")?.into());
+    entry.insert(if a.min_svn { "min_isv_svn" } else { "isv_svn" }.into(), field("isv_svn")?.into());
+    let mut policy: serde_json::Value = match std::fs::read(&a.policy) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", a.policy.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({
+            "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+            "sgx_mrs": [],
+        }),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", a.policy.display())),
+    };
+    let Some(list) = policy.get_mut("sgx_mrs").and_then(|v| v.as_array_mut()) else {
+        bail!("{}: sgx_mrs missing or not a list", a.policy.display());
+    };
+    let entry = serde_json::Value::Object(entry);
+    if list.contains(&entry) {
+        println!("{} already accepts this identity", a.policy.display());
+        return Ok(());
+    }
+    list.push(entry);
+    let out = serde_json::to_string_pretty(&policy)?;
+    // Refuse to write a policy that would not load.
+    Policy::parse(out.as_bytes(), &a.policy.display().to_string())?;
+    vfl_data::atomic::write_atomic(&a.policy, |w| w.write_all(out.as_bytes()))
+        .with_context(|| format!("writing {}", a.policy.display()))?;
+    println!(
+        "{}: added sgx_mrs entry for mr_enclave {} (the policy is measured: re-run `make`)",
+        a.policy.display(),
+        field("mr_enclave")?
     );
     Ok(())
 }
