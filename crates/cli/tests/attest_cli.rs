@@ -114,7 +114,15 @@ fn trust_adds_a_peer_identity_to_a_policy_once() {
     )
     .unwrap();
     let policy = dir.join("dynamic_config.json");
-    let args = ["attest", "trust", "--min-svn", "--identity", ident.to_str().unwrap(), "--policy", policy.to_str().unwrap()];
+    let args = [
+        "attest",
+        "trust",
+        "--min-svn",
+        "--identity",
+        ident.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ];
     let (ok, out, err) = vfl(&args);
     assert!(ok, "{err}");
     assert!(out.contains("added sgx_mrs entry"), "{out}");

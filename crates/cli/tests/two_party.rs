@@ -639,3 +639,27 @@ fn party_command_with_self_policy_and_encrypted_outputs() {
     let o = vfl(&["model", "inspect", &plain.display().to_string()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("not encrypted"));
 }
+
+#[test]
+fn the_leader_serves_prometheus_metrics_while_it_waits() {
+    use std::io::{Read, Write};
+    let f = Fixture::new("metrics");
+    let port = free_port();
+    let metrics = free_port();
+    let mut l = leader(&f, port, &["--metrics-addr", &format!("127.0.0.1:{metrics}")]);
+    let started = std::time::Instant::now();
+    let body = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", metrics)) {
+            write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            break out;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no metrics endpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = l.kill();
+    let _ = l.wait();
+    assert!(body.contains("vfl_steps_total{role=\"leader\"} 0"), "{body}");
+    assert!(body.contains("vfl_reconnects_total"), "{body}");
+}

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod local;
 pub mod party;
+pub mod progress;
 pub mod remote;
 pub mod seal;
 pub mod store;

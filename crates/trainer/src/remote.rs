@@ -66,6 +66,10 @@ pub struct RunConfig {
     pub security: vfl_bridge::Security,
     /// Encryption at rest of checkpoints and exported weights.
     pub seal: Option<std::sync::Arc<crate::seal::Sealer>>,
+    /// Counters for the progress line, the logs and `--metrics-addr`.
+    pub progress: std::sync::Arc<crate::progress::Progress>,
+    /// Serve Prometheus metrics here (host:port).
+    pub metrics_addr: Option<String>,
 }
 
 /// What a run did.
@@ -141,12 +145,17 @@ fn tensor_wire(t: Option<pb::Tensor>, what: &str) -> Result<WireTensor, TrainErr
 }
 
 /// The leader's sending half of a session.
-struct ToFollower(mpsc::Sender<Result<pb::LeaderMessage, vfl_bridge::Status>>);
+struct ToFollower<'a>(
+    mpsc::Sender<Result<pb::LeaderMessage, vfl_bridge::Status>>,
+    &'a crate::progress::Progress,
+);
 
-impl ToFollower {
+impl ToFollower<'_> {
     async fn send(&self, m: LMsg) -> Result<(), TrainError> {
+        let msg = pb::LeaderMessage { msg: Some(m) };
+        self.1.sent(prost::Message::encoded_len(&msg));
         self.0
-            .send(Ok(pb::LeaderMessage { msg: Some(m) }))
+            .send(Ok(msg))
             .await
             .map_err(|_| TrainError::from(BridgeError::Lost("the follower's stream closed".into())))
     }
@@ -156,15 +165,18 @@ impl ToFollower {
 struct ToLeader<'a> {
     tx: &'a mpsc::Sender<pb::FollowerMessage>,
     session_id: &'a str,
+    progress: &'a crate::progress::Progress,
 }
 
 impl ToLeader<'_> {
     async fn send(&self, m: FMsg) -> Result<(), TrainError> {
+        let msg = pb::FollowerMessage {
+            session_id: self.session_id.to_string(),
+            msg: Some(m),
+        };
+        self.progress.sent(prost::Message::encoded_len(&msg));
         self.tx
-            .send(pb::FollowerMessage {
-                session_id: self.session_id.to_string(),
-                msg: Some(m),
-            })
+            .send(msg)
             .await
             .map_err(|_| TrainError::from(BridgeError::Lost("the leader's stream closed".into())))
     }
@@ -184,7 +196,8 @@ fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
     })
 }
 
-async fn recv<T>(stream: &mut vfl_bridge::Streaming<T>, timeout: Duration) -> Result<T, TrainError> {
+async fn recv<T: prost::Message>(stream: &mut vfl_bridge::Streaming<T>, cfg: &RunConfig) -> Result<T, TrainError> {
+    let timeout = cfg.peer_timeout;
     match tokio::time::timeout(timeout, stream.message()).await {
         Err(_) => Err(BridgeError::Timeout {
             secs: timeout.as_secs(),
@@ -192,8 +205,19 @@ async fn recv<T>(stream: &mut vfl_bridge::Streaming<T>, timeout: Duration) -> Re
         .into()),
         Ok(Err(status)) => Err(BridgeError::Lost(status.message().to_string()).into()),
         Ok(Ok(None)) => Err(BridgeError::Lost("the peer closed the session".into()).into()),
-        Ok(Ok(Some(m))) => Ok(m),
+        Ok(Ok(Some(m))) => {
+            cfg.progress.received(m.encoded_len());
+            Ok(m)
+        }
     }
+}
+
+async fn start_metrics(cfg: &RunConfig) -> Result<(), TrainError> {
+    if let Some(addr) = &cfg.metrics_addr {
+        let bound = crate::progress::serve_metrics(addr, cfg.progress.clone()).await?;
+        tracing::info!(addr = %bound, "serving Prometheus metrics at /metrics");
+    }
+    Ok(())
 }
 
 /// Runs the leader: listens, admits one follower, trains, finishes.
@@ -202,6 +226,7 @@ pub async fn run_leader(
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
+    start_metrics(&cfg).await?;
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut listener = server::listen(
         &cfg.addr,
@@ -271,7 +296,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         resume_step,
         ..
     } = session;
-    let link = ToFollower(outbound.clone());
+    let link = ToFollower(outbound.clone(), &cfg.progress);
     let send = |m: LMsg| link.send(m);
     let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Leader);
@@ -302,6 +327,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
     let mut last_save = Instant::now();
     let mut resuming = resume_step.is_some();
     for epoch in state.epoch..cfg.epochs {
+        cfg.progress.set_epoch(u64::from(epoch));
         let (order, start_pos) = if resuming {
             (
                 state.plan.clone(),
@@ -327,7 +353,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
             start_record: start_pos.record,
         }))
         .await?;
-        match recv(&mut inbound, cfg.peer_timeout).await?.msg {
+        match recv(&mut inbound, cfg).await?.msg {
             Some(FMsg::PlanAck(a)) if a.epoch == epoch => {}
             Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
             other => {
@@ -343,7 +369,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         party.take_metrics();
         let mut iterations = 0u64;
         loop {
-            let msg = recv(&mut inbound, cfg.peer_timeout).await?;
+            let msg = recv(&mut inbound, cfg).await?;
             match msg.msg {
                 Some(FMsg::Activations(a)) => {
                     let Some(batch) = reader.next_batch()? else {
@@ -355,6 +381,12 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                     let (report, grad) = tokio::task::block_in_place(|| party.train_step(&batch, &act))?;
                     state.steps += 1;
                     state.examples += report.rows as u64;
+                    cfg.progress.step(report.rows as u64, report.loss);
+                    if let Some(pos) = position_after(&batch) {
+                        let within = pos.block as f64 / order.len().max(1) as f64;
+                        cfg.progress
+                            .set_fraction((f64::from(epoch) + within) / f64::from(cfg.epochs.max(1)));
+                    }
                     iterations += 1;
                     trained += report.rows as u64;
                     loss_sum += f64::from(report.loss) * report.rows as f64;
@@ -395,7 +427,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                                 cfg.seal.as_deref(),
                             )
                         })?;
-                        match recv(&mut inbound, cfg.peer_timeout).await?.msg {
+                        match recv(&mut inbound, cfg).await?.msg {
                             Some(FMsg::CheckpointDone(d)) if d.step == state.steps => {}
                             Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
                             other => {
@@ -441,6 +473,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         skipped += reader.finish().map_or(0, |r| r.skipped());
         let m = party.take_metrics().values();
         tracing::info!(epoch, iterations, auc = ?m.auc, "epoch done");
+        cfg.progress.set_auc(m.auc);
         last_epoch = Some(m);
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -499,6 +532,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
 /// the leader's plans, trains, and returns when the leader finishes.
 pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
+    start_metrics(&cfg).await?;
     let process_id = vfl_bridge::handshake::new_process_id();
     let session = client::connect(
         &cfg.addr,
@@ -544,6 +578,7 @@ async fn follow(
     let link = ToLeader {
         tx: outbound,
         session_id,
+        progress: &cfg.progress,
     };
     let send = |m: FMsg| link.send(m);
     let fingerprint = cfg.spec.fingerprint();
@@ -572,7 +607,7 @@ async fn follow(
     let (mut epochs, mut skipped) = (0u32, 0u64);
     let start = Instant::now();
     loop {
-        match recv(inbound, cfg.peer_timeout).await?.msg {
+        match recv(inbound, cfg).await?.msg {
             Some(LMsg::Plan(plan)) => {
                 let start_pos = Position {
                     block: plan.start_block as usize,
@@ -593,6 +628,7 @@ async fn follow(
                 reader.seek(start_pos)?;
                 let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
                 send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
+                cfg.progress.set_epoch(u64::from(plan.epoch));
                 let mut iterations = 0u64;
                 loop {
                     let Some(batch) = reader.next_batch()? else {
@@ -612,7 +648,7 @@ async fn follow(
                         tensor: Some(tensor_pb(act.tensor)),
                     }))
                     .await?;
-                    let g = match recv(inbound, cfg.peer_timeout).await?.msg {
+                    let g = match recv(inbound, cfg).await?.msg {
                         Some(LMsg::Gradient(g)) => g,
                         Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
                         other => return Err(TrainError::Protocol(format!("expected a gradient, got {other:?}"))),
@@ -625,6 +661,7 @@ async fn follow(
                     iterations += 1;
                     state.steps += 1;
                     state.examples += n as u64;
+                    cfg.progress.step(n as u64, f32::NAN);
                     if g.checkpoint_step > 0 {
                         if g.checkpoint_step != state.steps {
                             return Err(TrainError::Protocol(format!(
@@ -748,7 +785,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
         resume_step,
         ..
     } = session;
-    let link = ToFollower(outbound.clone());
+    let link = ToFollower(outbound.clone(), &cfg.progress);
     let send = |m: LMsg| link.send(m);
     let schema = schema_for(&cfg.spec, Role::Leader);
     let opts = cfg.read_options();
@@ -764,7 +801,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
         start_record: 0,
     }))
     .await?;
-    match recv(&mut inbound, cfg.peer_timeout).await?.msg {
+    match recv(&mut inbound, cfg).await?.msg {
         Some(FMsg::PlanAck(_)) => {}
         Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
         other => {
@@ -779,7 +816,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
     let (mut steps, mut examples, mut loss_sum) = (0u64, 0u64, 0f64);
     let start = Instant::now();
     loop {
-        match recv(&mut inbound, cfg.peer_timeout).await?.msg {
+        match recv(&mut inbound, cfg).await?.msg {
             Some(FMsg::Activations(a)) => {
                 if reader.fill(&mut batch, cfg.batch_size)? == 0 {
                     return Err(TrainError::Protocol(
@@ -854,6 +891,7 @@ async fn evaluate_follow(
     let link = ToLeader {
         tx: outbound,
         session_id,
+        progress: &cfg.progress,
     };
     let send = |m: FMsg| link.send(m);
     let schema = schema_for(&cfg.spec, Role::Follower);
@@ -866,7 +904,7 @@ async fn evaluate_follow(
     let (mut steps, mut examples) = (0u64, 0u64);
     let start = Instant::now();
     loop {
-        match recv(inbound, cfg.peer_timeout).await?.msg {
+        match recv(inbound, cfg).await?.msg {
             Some(LMsg::Plan(plan)) => {
                 let mut reader = BlockReader::new(data.select(&plan.block_ids)?, schema.clone(), opts);
                 send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;

@@ -439,7 +439,10 @@ fn trust(a: TrustArgs) -> anyhow::Result<()> {
     entry.insert("mr_enclave".into(), field("mr_enclave")?.into());
     entry.insert("mr_signer".into(), field("mr_signer")?.into());
     entry.insert("isv_prod_id".into(), field("isv_prod_id")?.into());
-    entry.insert(if a.min_svn { "min_isv_svn" } else { "isv_svn" }.into(), field("isv_svn")?.into());
+    entry.insert(
+        if a.min_svn { "min_isv_svn" } else { "isv_svn" }.into(),
+        field("isv_svn")?.into(),
+    );
     let mut policy: serde_json::Value = match std::fs::read(&a.policy) {
         Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", a.policy.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({

@@ -56,6 +56,10 @@ pub struct Common {
     /// subdirectory).
     #[arg(long)]
     load_model: Option<PathBuf>,
+    /// Serve Prometheus metrics (steps, examples/s, loss, AUC, bytes,
+    /// reconnects) at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Encrypt checkpoints and exported weights at rest with this key:
     /// sgx-mrsigner (default under --attestation sgx: Gramine's sealing key
     /// of the signer), sgx-mrenclave, file:PATH (32 bytes or 64 hex digits)
@@ -130,7 +134,7 @@ pub struct PartyArgs {
     lead: LeaderOnly,
 }
 
-fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
+fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunConfig> {
     anyhow::ensure!(c.batch_size > 0, "--batch-size must be > 0");
     Ok(RunConfig {
         spec: ModelSpec::resolve(&c.model)?,
@@ -157,6 +161,8 @@ fn config(c: &Common, addr: String) -> anyhow::Result<RunConfig> {
         started: std::time::Instant::now(),
         security: super::attest::security(&c.attest)?,
         seal: sealer(c)?,
+        progress: vfl_trainer::progress::Progress::new(role),
+        metrics_addr: c.metrics_addr.clone(),
     })
 }
 
@@ -182,6 +188,54 @@ fn sealer(c: &Common) -> anyhow::Result<Option<std::sync::Arc<vfl_trainer::seal:
                 tracing::warn!("checkpoints and exported weights are stored in plaintext (no --model-key)");
             }
             Ok(None)
+        }
+    }
+}
+
+/// The progress display: on a terminal, a status line on stderr redrawn
+/// every second; otherwise a plain log line every 30 seconds.
+struct Ticker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    terminal: bool,
+}
+
+impl Ticker {
+    fn start(p: std::sync::Arc<vfl_trainer::progress::Progress>) -> Self {
+        use std::io::IsTerminal;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let terminal = std::io::stderr().is_terminal();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || {
+                let period = if terminal { 10 } else { 300 }; // in 100 ms ticks
+                let mut ticks = 0u32;
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    ticks += 1;
+                    if !ticks.is_multiple_of(period) || p.steps() == 0 {
+                        continue;
+                    }
+                    if terminal {
+                        eprint!("\r{}\x1b[K", p.line());
+                    } else {
+                        tracing::info!("{}", p.line());
+                    }
+                }
+            })
+            .ok();
+        Self { stop, thread, terminal }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if self.terminal {
+            eprint!("\r\x1b[K");
         }
     }
 }
@@ -231,7 +285,7 @@ pub fn leader(a: LeaderArgs) -> anyhow::Result<()> {
 }
 
 fn run_as_leader(common: &Common, local_addr: String, lead: &LeaderOnly) -> anyhow::Result<()> {
-    let mut cfg = config(common, local_addr)?;
+    let mut cfg = config(common, local_addr, "leader")?;
     cfg.epochs = lead.epoch_num.max(1);
     cfg.shuffle_seed = lead.shuffle.then_some(lead.seed);
     anyhow::ensure!(
@@ -241,7 +295,10 @@ fn run_as_leader(common: &Common, local_addr: String, lead: &LeaderOnly) -> anyh
     cfg.save_checkpoint_steps = lead.save_checkpoint_steps;
     cfg.save_checkpoint_secs = lead.save_checkpoint_secs;
     cfg.predictions_path = lead.predictions_path.clone();
-    let s = runtime()?.block_on(run_leader(cfg, |addr| println!("leader: listening on {addr}")))?;
+    let ticker = Ticker::start(cfg.progress.clone());
+    let result = runtime()?.block_on(run_leader(cfg, |addr| println!("leader: listening on {addr}")));
+    ticker.stop();
+    let s = result?;
     report("leader", &s);
     Ok(())
 }
@@ -251,8 +308,11 @@ pub fn follower(a: FollowerArgs) -> anyhow::Result<()> {
 }
 
 fn run_as_follower(common: &Common, peer_addr: String) -> anyhow::Result<()> {
-    let cfg = config(common, peer_addr)?;
-    let s = runtime()?.block_on(run_follower(cfg))?;
+    let cfg = config(common, peer_addr, "follower")?;
+    let ticker = Ticker::start(cfg.progress.clone());
+    let result = runtime()?.block_on(run_follower(cfg));
+    ticker.stop();
+    let s = result?;
     report("follower", &s);
     Ok(())
 }
