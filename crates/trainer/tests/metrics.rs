@@ -57,11 +57,11 @@ async fn a_taken_metrics_address_is_a_clear_error() {
 fn progress_line_shows_examples_rate_loss_and_eta() {
     let p = Progress::new("leader");
     assert!(p.line().contains("loss n/a"));
-    p.step(100, 0.6931);
+    p.step(100, 0.4321);
     p.set_fraction(0.5);
     let l = p.line();
     assert!(
-        l.contains("step 1") && l.contains("100 examples") && l.contains("loss 0.6931") && l.contains("ETA"),
+        l.contains("step 1") && l.contains("100 examples") && l.contains("loss 0.4321") && l.contains("ETA"),
         "{l}"
     );
 }
