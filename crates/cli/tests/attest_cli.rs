@@ -140,3 +140,34 @@ fn trust_adds_a_peer_identity_to_a_policy_once() {
     assert_eq!(std::fs::read(&policy).unwrap(), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn verify_with_a_policy_that_lists_the_enclave_reports_the_matching_entry() {
+    let a = sample_args(Some("2025-06-20T00:00:00Z"));
+    let (ok, out, err) = vfl(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dir = std::env::temp_dir().join(format!("vfl-attest-cli-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("p.json");
+    std::fs::write(
+        &policy,
+        serde_json::json!({
+            "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+            "allowed_tcb_statuses": ["ConfigurationAndSWHardeningNeeded"],
+            "sgx_mrs": [
+                {"mr_enclave": "00".repeat(32), "mr_signer": v["mr_signer"], "isv_prod_id": "0", "isv_svn": "0"},
+                {"mr_enclave": v["mr_enclave"], "mr_signer": v["mr_signer"], "isv_prod_id": "0", "min_isv_svn": "0"},
+            ],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut a = a;
+    a.extend(["--policy".into(), policy.display().to_string()]);
+    let (ok, out, err) = vfl(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["policy"]["matched_entry"], 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -663,3 +663,25 @@ fn the_leader_serves_prometheus_metrics_while_it_waits() {
     assert!(body.contains("vfl_steps_total{role=\"leader\"} 0"), "{body}");
     assert!(body.contains("vfl_reconnects_total"), "{body}");
 }
+
+/// With `--on-reject retry` the leader refuses a follower it must not train
+/// with, keeps listening, and trains with the acceptable one that comes next.
+#[test]
+fn with_on_reject_retry_the_leader_waits_for_an_acceptable_follower() {
+    let f = Fixture::new("retry");
+    let port = free_port();
+    let l = leader(&f, port, &["--on-reject", "retry"]);
+    let rogue = follower(&f, port, &["--sim-mr-enclave", &"44".repeat(32)]);
+    let (rok, rout) = finish(rogue);
+    assert!(
+        !rok && rout.contains("did not accept our evidence"),
+        "rogue follower:\n{rout}"
+    );
+    let good = follower(&f, port, &[]);
+    let (gok, gout) = finish(good);
+    let (lok, lout) = finish(l);
+    assert!(gok && lok, "leader:\n{lout}\nfollower:\n{gout}");
+    assert!(lout.contains(&format!("got {}", "44".repeat(32))), "{lout}");
+    assert!(lout.contains("still waiting for an acceptable follower"), "{lout}");
+    assert!(lout.contains("1200 examples"), "{lout}");
+}
