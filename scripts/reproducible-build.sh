@@ -10,9 +10,9 @@
 #              -C link-arg=-Wl,--build-id=none" \
 #   cargo build --profile enclave --locked -p vfl-cli      (-> target/enclave/vfl)
 # with the same Rust toolchain (the one checked below), dependencies pinned
-# by Cargo.lock, and codegen fixed by [profile.enclave] in Cargo.toml (release
-# without cross-crate ThinLTO, which makes the output depend on the build
-# directory).
+# by Cargo.lock, and codegen fixed by [profile.enclave] in Cargo.toml (fat
+# LTO in one codegen unit: cross-crate ThinLTO makes the output depend on the
+# build directory).
 #
 # Usage: scripts/reproducible-build.sh [work-dir]   (takes two cold release builds)
 set -euo pipefail
