@@ -95,6 +95,13 @@ impl AsyncWrite for ServerIo {
     }
 }
 
+/// The verifier's report on the peer of a finished handshake.
+fn peer_report<D>(tls: &RaTls, conn: &rustls::ConnectionCommon<D>) -> Option<vfl_attest::PeerReport> {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| tls.verifier.report_for(c))
+}
+
 /// Accept TCP connections, handshake each in its own task, and yield the
 /// verified ones. Refusals are logged and sent to `rejections`.
 pub fn accept_loop(
@@ -120,13 +127,7 @@ pub fn accept_loop(
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                     Ok(Ok(stream)) => {
-                        if let Some(report) = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| tls.verifier.report_for(c))
-                        {
+                        if let Some(report) = peer_report(&tls, stream.get_ref().1) {
                             tracing::info!(%peer, peer_identity = %report, "RA-TLS: peer attested");
                         }
                         let _ = tx.send(Ok(ServerIo(stream))).await;
@@ -162,13 +163,7 @@ pub async fn dial(
     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, sock)).await {
         Ok(Ok(stream)) => {
-            if let Some(report) = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| tls.verifier.report_for(c))
-            {
+            if let Some(report) = peer_report(&tls, stream.get_ref().1) {
                 tracing::info!(peer = %addr, peer_identity = %report, "RA-TLS: peer attested");
             }
             Ok(hyper_util::rt::TokioIo::new(stream))

@@ -352,7 +352,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     result
 }
 
-fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
+/// A development root (`<dir>/dev-root.pem`) and a policy
+/// (`<dir>/dynamic_config.json`) accepting this binary in simulated mode, for
+/// runs where both parties are this binary on one machine (demo, bench).
+/// Returns (root key path, policy path).
+pub fn self_accepting_sim_policy(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let key = dir.join("dev-root.pem");
     let (root, _) = DevRoot::load_or_create(&key)?;
     let me = SimIdentity::of_running_binary()?;
@@ -363,7 +367,14 @@ fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
         "allow_simulated": true, "simulated_roots": [fp],
     });
     let policy_path = dir.join("dynamic_config.json");
-    std::fs::write(&policy_path, serde_json::to_vec(&policy)?)?;
+    let text = serde_json::to_string_pretty(&policy)?;
+    vfl_data::atomic::write_atomic(&policy_path, |w| w.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", policy_path.display()))?;
+    Ok((key, policy_path))
+}
+
+fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
+    let (key, policy_path) = self_accepting_sim_policy(dir)?;
     let flags = Flags {
         attestation: "simulated".into(),
         policy: Some(policy_path),

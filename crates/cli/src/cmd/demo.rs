@@ -195,20 +195,7 @@ fn leader_only_auc(synth: &SynthConfig, rows: u64) -> Option<f64> {
 /// (both demo parties run the same binary, so each accepts the other);
 /// returns the attestation flags for both parties.
 fn simulated_security(work: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let dir = work.join("attestation");
-    let key = dir.join("dev-root.pem");
-    let (root, _) = vfl_attest::devpki::DevRoot::load_or_create(&key)?;
-    let me = vfl_attest::SimIdentity::of_running_binary()?;
-    let fp = hex::encode(root.fingerprint());
-    let policy = serde_json::json!({
-        "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-        "sgx_mrs": [{"mr_enclave": hex::encode(me.mr_enclave), "mr_signer": fp, "isv_prod_id": "1", "isv_svn": "1"}],
-        "allow_simulated": true, "simulated_roots": [fp],
-    });
-    let policy_path = dir.join("dynamic_config.json");
-    let text = serde_json::to_string_pretty(&policy)?;
-    vfl_data::atomic::write_atomic(&policy_path, |w| w.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", policy_path.display()))?;
+    let (key, policy_path) = super::attest::self_accepting_sim_policy(&work.join("attestation"))?;
     Ok(vec![
         "--attestation".into(),
         "simulated".into(),
