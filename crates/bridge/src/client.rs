@@ -87,7 +87,14 @@ pub async fn connect(
         .map_err(|s| match security {
             // In TLS 1.3 the server judges our certificate after our side of
             // the handshake is done: its refusal shows up on the first call.
-            Security::RaTls(tls) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
+            // Depending on timing the closed connection surfaces as
+            // Unavailable, Unknown or Cancelled.
+            Security::RaTls(tls)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) =>
+            {
                 BridgeError::Rejected(format!(
                     "the leader closed the connection after the RA-TLS handshake ({}): it did not accept our evidence \
                      ({}); its log names the reason",
