@@ -1,9 +1,47 @@
 //! The session handshake: what both parties must agree on.
 
+use std::sync::Arc;
+
 use crate::pb::HelloRequest;
 
-/// Version of the protocol in `proto/vfl/bridge/v1`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the protocol in `proto/vfl/bridge/v1`. Version 2 added
+/// sequence numbers, acknowledgements, heartbeats and reconnects.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The steps of the checkpoints a party holds, read afresh at every
+/// handshake (a peer that restarts mid-run must find the newest ones).
+#[derive(Clone)]
+pub struct Checkpoints(Arc<dyn Fn() -> Vec<u64> + Send + Sync>);
+
+impl Checkpoints {
+    /// A fixed list.
+    pub fn fixed(steps: Vec<u64>) -> Self {
+        Self(Arc::new(move || steps.clone()))
+    }
+
+    /// A list computed on demand (e.g. by scanning a directory).
+    pub fn from_fn(f: impl Fn() -> Vec<u64> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn list(&self) -> Vec<u64> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Checkpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.list()).finish()
+    }
+}
+
+impl PartialEq for Checkpoints {
+    fn eq(&self, other: &Self) -> bool {
+        self.list() == other.list()
+    }
+}
+
+impl Eq for Checkpoints {}
 
 /// One party's session settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,7 +52,9 @@ pub struct Settings {
     pub mode: String,
     pub process_id: String,
     /// Steps of the checkpoints this party holds.
-    pub checkpoint_steps: Vec<u64>,
+    pub checkpoint_steps: Checkpoints,
+    /// Follower, reconnecting: the session to continue (empty: a new one).
+    pub resume_session: String,
 }
 
 impl Settings {
@@ -28,15 +68,16 @@ impl Settings {
             batch_size: self.batch_size,
             mode: self.mode.clone(),
             process_id: self.process_id.clone(),
-            checkpoint_steps: self.checkpoint_steps.clone(),
+            checkpoint_steps: self.checkpoint_steps.list(),
+            resume_session: self.resume_session.clone(),
         }
     }
 
     /// The newest checkpoint step both parties hold.
     pub fn common_checkpoint(&self, h: &HelloRequest) -> Option<u64> {
         self.checkpoint_steps
-            .iter()
-            .copied()
+            .list()
+            .into_iter()
             .filter(|s| h.checkpoint_steps.contains(s))
             .max()
     }
@@ -110,7 +151,8 @@ mod tests {
             batch_size: 32,
             mode: "train".into(),
             process_id: "p1".into(),
-            checkpoint_steps: vec![10, 20, 30],
+            checkpoint_steps: Checkpoints::fixed(vec![10, 20, 30]),
+            resume_session: String::new(),
         }
     }
 

@@ -4,10 +4,13 @@
 //! The leader serves; the follower connects, retrying with backoff until a
 //! deadline, so either may start first. The handshake compares application
 //! id, protocol version, model fingerprint, batch size and mode, and a
-//! refusal names the field with both values.
+//! refusal names the field with both values. [`link`] makes the session
+//! survive cut connections (sequence numbers, acknowledgements, resend,
+//! heartbeats) and detects a restarted peer.
 
 pub mod client;
 pub mod handshake;
+pub mod link;
 pub mod secure;
 pub mod server;
 
@@ -17,7 +20,8 @@ pub mod pb {
     tonic::include_proto!("vfl.bridge.v1");
 }
 
-pub use handshake::{PROTOCOL_VERSION, Settings};
+pub use handshake::{Checkpoints, PROTOCOL_VERSION, Settings};
+pub use link::{FollowerLink, LeaderLink, LinkOptions, Meter};
 pub use secure::{OnReject, RaTls, Security};
 pub use tonic::{Status, Streaming};
 
@@ -34,10 +38,18 @@ pub enum BridgeError {
     Rejected(String),
     #[error("handshake refused by the leader: {0}")]
     Refused(String),
-    #[error("peer silent for more than {secs} s (timeout)")]
-    Timeout { secs: u64 },
     #[error("connection to the peer lost: {0}")]
     Lost(String),
+    #[error("lost the {peer} ({why}) and it did not come back within {secs} s")]
+    Gone { peer: &'static str, why: String, secs: u64 },
+    #[error(
+        "the {peer} restarted (process {was} is now {now}): the session starts over from the newest checkpoint both parties hold"
+    )]
+    PeerRestarted {
+        peer: &'static str,
+        was: String,
+        now: String,
+    },
     #[error("peer reported a failure: {0}")]
     PeerFailed(String),
     #[error("protocol error: {0}")]

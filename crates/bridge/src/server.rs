@@ -41,6 +41,15 @@ struct Service {
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<LeaderMessage, Status>> + Send>>;
 
+/// A hello that continues the accepted session: same session id and the
+/// same follower process (a restarted follower starts a new session).
+fn is_reattach(accepted: &Option<(String, String, Option<u64>)>, h: &HelloRequest) -> bool {
+    !h.resume_session.is_empty()
+        && accepted
+            .as_ref()
+            .is_some_and(|(session, process, _)| *session == h.resume_session && *process == h.process_id)
+}
+
 #[tonic::async_trait]
 impl Bridge for Service {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
@@ -56,6 +65,19 @@ impl Bridge for Service {
                     session_id: String::new(),
                     resume: false,
                     resume_step: 0,
+                    reattached: false,
+                }
+            }
+            Ok(()) if is_reattach(&st.accepted, &h) => {
+                tracing::info!(follower = %h.process_id, session = %h.resume_session, "follower reconnected");
+                HelloReply {
+                    accepted: true,
+                    reason: String::new(),
+                    process_id: st.settings.process_id.clone(),
+                    session_id: h.resume_session.clone(),
+                    resume: false,
+                    resume_step: 0,
+                    reattached: true,
                 }
             }
             Ok(()) => {
@@ -75,6 +97,7 @@ impl Bridge for Service {
                     session_id,
                     resume: resume.is_some(),
                     resume_step: resume.unwrap_or(0),
+                    reattached: false,
                 }
             }
         };

@@ -24,6 +24,21 @@ pub struct Progress {
     fraction: AtomicU64,
 }
 
+/// The transport reports its traffic and reconnects here.
+impl vfl_bridge::Meter for Progress {
+    fn sent(&self, bytes: usize) {
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn received(&self, bytes: usize) {
+        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Progress {
     pub fn new(role: &'static str) -> Arc<Self> {
         Arc::new(Self {
@@ -57,18 +72,6 @@ impl Progress {
 
     pub fn set_fraction(&self, f: f64) {
         self.fraction.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
-    }
-
-    pub fn sent(&self, bytes: usize) {
-        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    pub fn received(&self, bytes: usize) {
-        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    pub fn reconnected(&self) {
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
     fn f(a: &AtomicU64) -> f64 {

@@ -8,15 +8,17 @@
 //! returns the gradient. Both sides must run out of data on the same
 //! iteration.
 //!
-//! Not yet here (see the open issue): heartbeats, reconnect with resend,
-//! checkpoints and resume, export, eval mode.
+//! The session runs over a [`vfl_bridge::link`]: a cut connection is
+//! re-established and the session continues exactly where it was; a peer
+//! that restarted (a new process) makes both parties start the session over
+//! from the newest checkpoint they both hold, without restarting this
+//! process.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use vfl_bridge::pb::{self, follower_message::Msg as FMsg, leader_message::Msg as LMsg};
-use vfl_bridge::{BridgeError, Settings, client, message_limit, server};
+use vfl_bridge::{BridgeError, FollowerLink, LeaderLink, LinkOptions, Settings, message_limit, server};
 use vfl_data::blocks::{DataDir, Position, ReadOptions};
 use vfl_data::prefetch::{Prefetcher, position_after};
 use vfl_data::{Batch, BatchDigest, BatchSource, BlockReader};
@@ -106,7 +108,11 @@ fn settings(cfg: &RunConfig, process_id: &str) -> Settings {
         batch_size: cfg.batch_size as u32,
         mode: if cfg.eval { "eval" } else { "train" }.into(),
         process_id: process_id.to_string(),
-        checkpoint_steps: cfg.checkpoint_path.as_deref().map(checkpoint::list).unwrap_or_default(),
+        checkpoint_steps: match cfg.checkpoint_path.clone() {
+            Some(dir) => vfl_bridge::Checkpoints::from_fn(move || checkpoint::list(&dir)),
+            None => vfl_bridge::Checkpoints::fixed(Vec::new()),
+        },
+        resume_session: String::new(),
     }
 }
 
@@ -144,44 +150,6 @@ fn tensor_wire(t: Option<pb::Tensor>, what: &str) -> Result<WireTensor, TrainErr
     })
 }
 
-/// The leader's sending half of a session.
-struct ToFollower<'a>(
-    mpsc::Sender<Result<pb::LeaderMessage, vfl_bridge::Status>>,
-    &'a crate::progress::Progress,
-);
-
-impl ToFollower<'_> {
-    async fn send(&self, m: LMsg) -> Result<(), TrainError> {
-        let msg = pb::LeaderMessage { msg: Some(m) };
-        self.1.sent(prost::Message::encoded_len(&msg));
-        self.0
-            .send(Ok(msg))
-            .await
-            .map_err(|_| TrainError::from(BridgeError::Lost("the follower's stream closed".into())))
-    }
-}
-
-/// The follower's sending half of a session.
-struct ToLeader<'a> {
-    tx: &'a mpsc::Sender<pb::FollowerMessage>,
-    session_id: &'a str,
-    progress: &'a crate::progress::Progress,
-}
-
-impl ToLeader<'_> {
-    async fn send(&self, m: FMsg) -> Result<(), TrainError> {
-        let msg = pb::FollowerMessage {
-            session_id: self.session_id.to_string(),
-            msg: Some(m),
-        };
-        self.progress.sent(prost::Message::encoded_len(&msg));
-        self.tx
-            .send(msg)
-            .await
-            .map_err(|_| TrainError::from(BridgeError::Lost("the leader's stream closed".into())))
-    }
-}
-
 /// Checks and converts an activations message.
 fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
     let digest: [u8; 16] =
@@ -194,22 +162,6 @@ fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
         train: a.train,
         tensor: tensor_wire(a.tensor, "activations")?,
     })
-}
-
-async fn recv<T: prost::Message>(stream: &mut vfl_bridge::Streaming<T>, cfg: &RunConfig) -> Result<T, TrainError> {
-    let timeout = cfg.peer_timeout;
-    match tokio::time::timeout(timeout, stream.message()).await {
-        Err(_) => Err(BridgeError::Timeout {
-            secs: timeout.as_secs(),
-        }
-        .into()),
-        Ok(Err(status)) => Err(BridgeError::Lost(status.message().to_string()).into()),
-        Ok(Ok(None)) => Err(BridgeError::Lost("the peer closed the session".into()).into()),
-        Ok(Ok(Some(m))) => {
-            cfg.progress.received(m.encoded_len());
-            Ok(m)
-        }
-    }
 }
 
 async fn start_metrics(cfg: &RunConfig) -> Result<(), TrainError> {
@@ -268,36 +220,49 @@ pub async fn run_leader(
             .into());
         }
     };
-    let outbound = session.outbound.clone();
-    let result = if cfg.eval {
-        evaluate_lead(&cfg, &data, session).await
-    } else {
-        lead(&cfg, &data, session).await
+    let mut link = LeaderLink::new(session, &mut listener.sessions, link_options(&cfg));
+    let result = loop {
+        let r = if cfg.eval {
+            evaluate_lead(&cfg, &data, &mut link).await
+        } else {
+            lead(&cfg, &data, &mut link).await
+        };
+        match r {
+            Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) if link.restart() => {
+                tracing::warn!(error = %e, resume_step = ?link.resume_step(), "starting the session over");
+            }
+            r => break r,
+        }
     };
-    if let Err(e) = &result {
-        let _ = outbound
-            .send(Ok(pb::LeaderMessage {
-                msg: Some(LMsg::Failure(pb::Failure { reason: e.to_string() })),
-            }))
-            .await;
-    }
-    // Let the last message reach the follower before the server stops.
-    drop(outbound);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    finish(&mut link, &result, cfg.peer_timeout).await;
+    drop(link);
     listener.shutdown().await;
     result
 }
 
-async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Result<RunSummary, TrainError> {
-    let server::Session {
-        session_id,
-        mut inbound,
-        outbound,
-        resume_step,
-        ..
-    } = session;
-    let link = ToFollower(outbound.clone(), &cfg.progress);
-    let send = |m: LMsg| link.send(m);
+/// After the run: tells the follower about a failure, or waits until it has
+/// the last messages (Finish), before the endpoint stops.
+async fn finish(link: &mut LeaderLink<'_>, result: &Result<RunSummary, TrainError>, wait: Duration) {
+    match result {
+        Err(e) => {
+            link.send(LMsg::Failure(pb::Failure { reason: e.to_string() })).await;
+            link.flush(Duration::from_secs(1)).await;
+        }
+        Ok(_) => {
+            if !link.flush(wait).await {
+                tracing::warn!("the follower did not acknowledge the end of the run (it may still have it)");
+            }
+        }
+    }
+}
+
+fn link_options(cfg: &RunConfig) -> LinkOptions {
+    LinkOptions::new(cfg.peer_timeout, cfg.progress.clone())
+}
+
+async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Result<RunSummary, TrainError> {
+    let session_id = link.session_id().to_string();
+    let resume_step = link.resume_step();
     let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Leader);
     let opts = cfg.read_options();
@@ -345,17 +310,17 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         };
         resuming = false;
         let last = epoch + 1 == cfg.epochs;
-        send(LMsg::Plan(pb::EpochPlan {
+        link.send(LMsg::Plan(pb::EpochPlan {
             epoch,
             block_ids: order.clone(),
             last,
             start_block: start_pos.block as u64,
             start_record: start_pos.record,
         }))
-        .await?;
-        match recv(&mut inbound, cfg).await?.msg {
-            Some(FMsg::PlanAck(a)) if a.epoch == epoch => {}
-            Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+        .await;
+        match link.recv().await? {
+            FMsg::PlanAck(a) if a.epoch == epoch => {}
+            FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
             other => {
                 return Err(TrainError::Protocol(format!(
                     "expected the plan's acknowledgement, got {other:?}"
@@ -369,9 +334,8 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
         party.take_metrics();
         let mut iterations = 0u64;
         loop {
-            let msg = recv(&mut inbound, cfg).await?;
-            match msg.msg {
-                Some(FMsg::Activations(a)) => {
+            match link.recv().await? {
+                FMsg::Activations(a) => {
                     let Some(batch) = reader.next_batch()? else {
                         return Err(TrainError::Protocol(format!(
                             "epoch {epoch}: the follower has more rows than the leader (leader data ended after {iterations} iterations)"
@@ -396,12 +360,12 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                                 .save_checkpoint_secs
                                 .is_some_and(|s| last_save.elapsed() >= Duration::from_secs(s)));
                     let checkpoint_step = if due { state.steps } else { 0 };
-                    send(LMsg::Gradient(pb::Gradient {
+                    link.send(LMsg::Gradient(pb::Gradient {
                         iteration: grad.iteration,
                         tensor: Some(tensor_pb(grad.tensor)),
                         checkpoint_step,
                     }))
-                    .await?;
+                    .await;
                     if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
                         let pos = position_after(&batch).unwrap_or(start_pos);
                         let (next_iteration, opt_step) = party.counters();
@@ -427,9 +391,9 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                                 cfg.seal.as_deref(),
                             )
                         })?;
-                        match recv(&mut inbound, cfg).await?.msg {
-                            Some(FMsg::CheckpointDone(d)) if d.step == state.steps => {}
-                            Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                        match link.recv().await? {
+                            FMsg::CheckpointDone(d) if d.step == state.steps => {}
+                            FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
                             other => {
                                 return Err(TrainError::Protocol(format!("expected CheckpointDone, got {other:?}")));
                             }
@@ -448,7 +412,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                     }
                     reader.recycle(batch);
                 }
-                Some(FMsg::EndOfData(e)) => {
+                FMsg::EndOfData(e) => {
                     if reader.next_batch()?.is_some() || e.iterations != iterations {
                         return Err(TrainError::Protocol(format!(
                             "epoch {epoch}: the follower's data ended after {} iterations but the leader has more rows (after {iterations} iterations)",
@@ -457,7 +421,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
                     }
                     break;
                 }
-                Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
                 other => {
                     return Err(TrainError::Protocol(format!(
                         "unexpected message from the follower: {other:?}"
@@ -483,11 +447,11 @@ async fn lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Resu
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     );
-    send(LMsg::Finish(pb::Finish {
+    link.send(LMsg::Finish(pb::Finish {
         summary: format!("{} steps, {} examples", state.steps, state.examples),
         export_id: export_id.clone(),
     }))
-    .await?;
+    .await;
     let export_dir = match &cfg.export_path {
         None => None,
         Some(p) => {
@@ -534,53 +498,41 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
     start_metrics(&cfg).await?;
     let process_id = vfl_bridge::handshake::new_process_id();
-    let session = client::connect(
+    let mut link = FollowerLink::connect(
         &cfg.addr,
-        &settings(&cfg, &process_id),
-        cfg.peer_timeout,
+        settings(&cfg, &process_id),
         limit(&cfg),
-        &cfg.security,
+        cfg.security.clone(),
+        link_options(&cfg),
     )
     .await?;
-    let client::Session {
-        reply,
-        outbound,
-        mut inbound,
-    } = session;
-    tracing::info!(session = %reply.session_id, leader = %reply.process_id, "connected to the leader");
-    let result = if cfg.eval {
-        evaluate_follow(&cfg, &data, &reply, &outbound, &mut inbound).await
-    } else {
-        follow(&cfg, &data, &reply, &outbound, &mut inbound).await
+    let result = loop {
+        let reply = link.reply();
+        tracing::info!(session = %reply.session_id, leader = %reply.process_id, "connected to the leader");
+        let r = if cfg.eval {
+            evaluate_follow(&cfg, &data, &mut link).await
+        } else {
+            follow(&cfg, &data, &mut link).await
+        };
+        match r {
+            Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) if link.restart() => {
+                tracing::warn!(error = %e, "starting the session over");
+            }
+            r => break r,
+        }
     };
     if let Err(e) = &result
         && !matches!(e, TrainError::Bridge(BridgeError::PeerFailed(_)))
     {
-        let _ = outbound
-            .send(pb::FollowerMessage {
-                session_id: reply.session_id.clone(),
-                msg: Some(FMsg::Failure(pb::Failure { reason: e.to_string() })),
-            })
-            .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        link.send(FMsg::Failure(pb::Failure { reason: e.to_string() })).await;
+        link.flush(Duration::from_secs(1)).await;
     }
     result
 }
 
-async fn follow(
-    cfg: &RunConfig,
-    data: &DataDir,
-    reply: &pb::HelloReply,
-    outbound: &mpsc::Sender<pb::FollowerMessage>,
-    inbound: &mut vfl_bridge::Streaming<pb::LeaderMessage>,
-) -> Result<RunSummary, TrainError> {
+async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Result<RunSummary, TrainError> {
+    let reply = link.reply().clone();
     let session_id = reply.session_id.as_str();
-    let link = ToLeader {
-        tx: outbound,
-        session_id,
-        progress: &cfg.progress,
-    };
-    let send = |m: FMsg| link.send(m);
     let fingerprint = cfg.spec.fingerprint();
     let schema = schema_for(&cfg.spec, Role::Follower);
     let opts = cfg.read_options();
@@ -607,8 +559,8 @@ async fn follow(
     let (mut epochs, mut skipped) = (0u32, 0u64);
     let start = Instant::now();
     loop {
-        match recv(inbound, cfg).await?.msg {
-            Some(LMsg::Plan(plan)) => {
+        match link.recv().await? {
+            LMsg::Plan(plan) => {
                 let start_pos = Position {
                     block: plan.start_block as usize,
                     record: plan.start_record,
@@ -627,30 +579,30 @@ async fn follow(
                 let mut reader = BlockReader::new(blocks, schema.clone(), opts);
                 reader.seek(start_pos)?;
                 let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
-                send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
+                link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await;
                 cfg.progress.set_epoch(u64::from(plan.epoch));
                 let mut iterations = 0u64;
                 loop {
                     let Some(batch) = reader.next_batch()? else {
-                        send(FMsg::EndOfData(pb::EndOfData {
+                        link.send(FMsg::EndOfData(pb::EndOfData {
                             epoch: plan.epoch,
                             iterations,
                         }))
-                        .await?;
+                        .await;
                         break;
                     };
                     let n = batch.rows;
                     let act = tokio::task::block_in_place(|| party.forward(&batch, true))?;
-                    send(FMsg::Activations(pb::Activations {
+                    link.send(FMsg::Activations(pb::Activations {
                         iteration: act.iteration,
                         batch_digest: act.digest.0.to_vec(),
                         train: true,
                         tensor: Some(tensor_pb(act.tensor)),
                     }))
-                    .await?;
-                    let g = match recv(inbound, cfg).await?.msg {
-                        Some(LMsg::Gradient(g)) => g,
-                        Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                    .await;
+                    let g = match link.recv().await? {
+                        LMsg::Gradient(g) => g,
+                        LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
                         other => return Err(TrainError::Protocol(format!("expected a gradient, got {other:?}"))),
                     };
                     let grad = Gradient {
@@ -698,14 +650,16 @@ async fn follow(
                                 cfg.seal.as_deref(),
                             )
                         })?;
-                        send(FMsg::CheckpointDone(pb::CheckpointDone { step: st.steps })).await?;
+                        link.send(FMsg::CheckpointDone(pb::CheckpointDone { step: st.steps }))
+                            .await;
                     }
                     reader.recycle(batch);
                 }
                 skipped += reader.finish().map_or(0, |r| r.skipped());
                 epochs += 1;
             }
-            Some(LMsg::Finish(fin)) => {
+            LMsg::Finish(fin) => {
+                link.ack_now().await;
                 let export_dir = match &cfg.export_path {
                     None => None,
                     Some(p) => {
@@ -743,7 +697,7 @@ async fn follow(
                     export_dir,
                 });
             }
-            Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
             other => {
                 return Err(TrainError::Protocol(format!(
                     "unexpected message from the leader: {other:?}"
@@ -777,33 +731,26 @@ fn load_for_eval(
     }
 }
 
-async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session) -> Result<RunSummary, TrainError> {
-    let server::Session {
-        session_id,
-        mut inbound,
-        outbound,
-        resume_step,
-        ..
-    } = session;
-    let link = ToFollower(outbound.clone(), &cfg.progress);
-    let send = |m: LMsg| link.send(m);
+async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Result<RunSummary, TrainError> {
+    let session_id = link.session_id().to_string();
+    let resume_step = link.resume_step();
     let schema = schema_for(&cfg.spec, Role::Leader);
     let opts = cfg.read_options();
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
     let source = load_for_eval(cfg, Role::Leader, resume_step, party.model_mut().tensors_mut())?;
     tracing::info!(%source, "evaluating");
     let order = data.ids();
-    send(LMsg::Plan(pb::EpochPlan {
+    link.send(LMsg::Plan(pb::EpochPlan {
         epoch: 0,
         block_ids: order.clone(),
         last: true,
         start_block: 0,
         start_record: 0,
     }))
-    .await?;
-    match recv(&mut inbound, cfg).await?.msg {
-        Some(FMsg::PlanAck(_)) => {}
-        Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+    .await;
+    match link.recv().await? {
+        FMsg::PlanAck(_) => {}
+        FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
         other => {
             return Err(TrainError::Protocol(format!(
                 "expected the plan's acknowledgement, got {other:?}"
@@ -816,8 +763,8 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
     let (mut steps, mut examples, mut loss_sum) = (0u64, 0u64, 0f64);
     let start = Instant::now();
     loop {
-        match recv(&mut inbound, cfg).await?.msg {
-            Some(FMsg::Activations(a)) => {
+        match link.recv().await? {
+            FMsg::Activations(a) => {
                 if reader.fill(&mut batch, cfg.batch_size)? == 0 {
                     return Err(TrainError::Protocol(
                         "the follower has more rows than the leader".into(),
@@ -838,7 +785,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
                 examples += report.rows as u64;
                 loss_sum += f64::from(report.loss) * report.rows as f64;
             }
-            Some(FMsg::EndOfData(e)) => {
+            FMsg::EndOfData(e) => {
                 if reader.fill(&mut batch, cfg.batch_size)? > 0 || e.iterations != steps {
                     return Err(TrainError::Protocol(
                         "the leader has more rows than the follower".into(),
@@ -846,7 +793,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
                 }
                 break;
             }
-            Some(FMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
             other => {
                 return Err(TrainError::Protocol(format!(
                     "unexpected message from the follower: {other:?}"
@@ -861,11 +808,11 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
         vfl_data::atomic::write_atomic(p, |w| w.write_all(predictions.as_bytes()))
             .map_err(|e| TrainError::Store(format!("{}: {e}", p.display())))?;
     }
-    send(LMsg::Finish(pb::Finish {
+    link.send(LMsg::Finish(pb::Finish {
         summary: format!("evaluated {examples} examples"),
         export_id: String::new(),
     }))
-    .await?;
+    .await;
     Ok(RunSummary {
         session_id,
         epochs: 1,
@@ -880,20 +827,9 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, session: server::Session
     })
 }
 
-async fn evaluate_follow(
-    cfg: &RunConfig,
-    data: &DataDir,
-    reply: &pb::HelloReply,
-    outbound: &mpsc::Sender<pb::FollowerMessage>,
-    inbound: &mut vfl_bridge::Streaming<pb::LeaderMessage>,
-) -> Result<RunSummary, TrainError> {
+async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Result<RunSummary, TrainError> {
+    let reply = link.reply().clone();
     let session_id = reply.session_id.as_str();
-    let link = ToLeader {
-        tx: outbound,
-        session_id,
-        progress: &cfg.progress,
-    };
-    let send = |m: FMsg| link.send(m);
     let schema = schema_for(&cfg.spec, Role::Follower);
     let opts = cfg.read_options();
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
@@ -904,33 +840,34 @@ async fn evaluate_follow(
     let (mut steps, mut examples) = (0u64, 0u64);
     let start = Instant::now();
     loop {
-        match recv(inbound, cfg).await?.msg {
-            Some(LMsg::Plan(plan)) => {
+        match link.recv().await? {
+            LMsg::Plan(plan) => {
                 let mut reader = BlockReader::new(data.select(&plan.block_ids)?, schema.clone(), opts);
-                send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
+                link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await;
                 loop {
                     let n = reader.fill(&mut batch, cfg.batch_size)?;
                     if n == 0 {
-                        send(FMsg::EndOfData(pb::EndOfData {
+                        link.send(FMsg::EndOfData(pb::EndOfData {
                             epoch: plan.epoch,
                             iterations: steps,
                         }))
-                        .await?;
+                        .await;
                         break;
                     }
                     let act = tokio::task::block_in_place(|| party.forward(&batch, false))?;
-                    send(FMsg::Activations(pb::Activations {
+                    link.send(FMsg::Activations(pb::Activations {
                         iteration: act.iteration,
                         batch_digest: act.digest.0.to_vec(),
                         train: false,
                         tensor: Some(tensor_pb(act.tensor)),
                     }))
-                    .await?;
+                    .await;
                     steps += 1;
                     examples += n as u64;
                 }
             }
-            Some(LMsg::Finish(_)) => {
+            LMsg::Finish(_) => {
+                link.ack_now().await;
                 return Ok(RunSummary {
                     session_id: session_id.to_string(),
                     epochs: 1,
@@ -944,7 +881,7 @@ async fn evaluate_follow(
                     export_dir: None,
                 });
             }
-            Some(LMsg::Failure(f)) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
             other => {
                 return Err(TrainError::Protocol(format!(
                     "unexpected message from the leader: {other:?}"

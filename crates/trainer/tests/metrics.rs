@@ -17,6 +17,7 @@ async fn metrics_endpoint_serves_the_counters() {
     let p = Progress::new("leader");
     p.step(32, 0.5);
     p.step(32, 0.25);
+    use vfl_bridge::Meter;
     p.sent(1000);
     p.received(10);
     p.set_auc(Some(0.75));

@@ -1,0 +1,585 @@
+//! A reliable session over a connection the network may cut.
+//!
+//! Every message carries a sequence number (per direction) and the highest
+//! sequence number its sender has received. A sender keeps each message
+//! until the peer acknowledges it; after a reconnect it resends all that are
+//! unacknowledged, and the receiver drops those it already has. So each
+//! message reaches the training driver exactly once, in order, however often
+//! the connection drops. Both sides send heartbeats from a task of their own
+//! (also while the driver computes); a peer silent for longer than the peer
+//! timeout is taken as gone.
+//!
+//! On a lost connection the follower reconnects (with its session id and
+//! the same process id) and the leader waits for it, each for up to the peer
+//! timeout. A peer that comes back with a different process id restarted:
+//! its unsaved state is gone, so the link reports
+//! [`BridgeError::PeerRestarted`] and keeps the peer's new session for
+//! [`LeaderLink::restart`] / [`FollowerLink::restart`]: the driver then starts
+//! over from the newest checkpoint both parties hold.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::pb::{
+    self, FollowerMessage, HelloReply, LeaderMessage, follower_message::Msg as FMsg, leader_message::Msg as LMsg,
+};
+use crate::{BridgeError, Security, Settings, client, server};
+
+/// Counts traffic and reconnects (for progress lines and metrics).
+pub trait Meter: Send + Sync {
+    fn sent(&self, _bytes: usize) {}
+    fn received(&self, _bytes: usize) {}
+    fn reconnected(&self) {}
+}
+
+/// A meter that counts nothing.
+pub struct NoMeter;
+
+impl Meter for NoMeter {}
+
+/// Timing of a link.
+#[derive(Clone)]
+pub struct LinkOptions {
+    /// A peer silent for this long is taken as gone; a lost peer gets as long
+    /// again to come back.
+    pub peer_timeout: Duration,
+    /// How often each side sends a heartbeat.
+    pub heartbeat: Duration,
+    pub meter: Arc<dyn Meter>,
+}
+
+impl LinkOptions {
+    /// Heartbeats every quarter of the peer timeout (50 ms to 5 s).
+    pub fn new(peer_timeout: Duration, meter: Arc<dyn Meter>) -> Self {
+        Self {
+            peer_timeout,
+            heartbeat: (peer_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+            meter,
+        }
+    }
+}
+
+/// One direction's message type.
+trait Envelope: prost::Message + Clone + Send + 'static {
+    /// What the stream's sender takes.
+    type Wire: Send + 'static;
+    fn seq(&self) -> u64;
+    fn ack(&self) -> u64;
+    fn stamp(&mut self, seq: u64, ack: u64);
+    fn is_heartbeat(&self) -> bool;
+    fn heartbeat(session_id: &str, ack: u64) -> Self;
+    fn wire(self) -> Self::Wire;
+}
+
+impl Envelope for LeaderMessage {
+    type Wire = Result<LeaderMessage, Status>;
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn ack(&self) -> u64 {
+        self.ack
+    }
+    fn stamp(&mut self, seq: u64, ack: u64) {
+        (self.seq, self.ack) = (seq, ack);
+    }
+    fn is_heartbeat(&self) -> bool {
+        matches!(self.msg, Some(LMsg::Heartbeat(_)))
+    }
+    fn heartbeat(_: &str, ack: u64) -> Self {
+        LeaderMessage {
+            seq: 0,
+            ack,
+            msg: Some(LMsg::Heartbeat(pb::Heartbeat {})),
+        }
+    }
+    fn wire(self) -> Self::Wire {
+        Ok(self)
+    }
+}
+
+impl Envelope for FollowerMessage {
+    type Wire = FollowerMessage;
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn ack(&self) -> u64 {
+        self.ack
+    }
+    fn stamp(&mut self, seq: u64, ack: u64) {
+        (self.seq, self.ack) = (seq, ack);
+    }
+    fn is_heartbeat(&self) -> bool {
+        matches!(self.msg, Some(FMsg::Heartbeat(_)))
+    }
+    fn heartbeat(session_id: &str, ack: u64) -> Self {
+        FollowerMessage {
+            session_id: session_id.to_string(),
+            seq: 0,
+            ack,
+            msg: Some(FMsg::Heartbeat(pb::Heartbeat {})),
+        }
+    }
+    fn wire(self) -> Self::Wire {
+        self
+    }
+}
+
+/// What a receive on the current connection gave.
+enum Got<In> {
+    Msg(In),
+    /// The connection is down (why).
+    Down(String),
+}
+
+type Outbox<W> = Arc<Mutex<Option<mpsc::Sender<W>>>>;
+
+/// Sequencing, acknowledgement, resend and heartbeats of one session.
+struct Core<Out: Envelope, In: Envelope> {
+    session_id: String,
+    /// The current connection's sender (None while down); shared with the
+    /// heartbeat task.
+    out: Outbox<Out::Wire>,
+    inbound: Option<Streaming<In>>,
+    next_seq: u64,
+    /// Highest sequence number received (our acknowledgement).
+    received: Arc<AtomicU64>,
+    unacked: VecDeque<Out>,
+    opts: LinkOptions,
+    beat: tokio::task::JoinHandle<()>,
+}
+
+impl<Out: Envelope, In: Envelope> Drop for Core<Out, In> {
+    fn drop(&mut self) {
+        self.beat.abort();
+    }
+}
+
+async fn heartbeats<Out: Envelope>(
+    out: Outbox<Out::Wire>,
+    received: Arc<AtomicU64>,
+    session_id: String,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let tx = out.lock().ok().and_then(|g| g.clone());
+        if let Some(tx) = tx {
+            // A full queue carries data, which acknowledges and proves
+            // liveness as well as a heartbeat would.
+            let _ = tx.try_send(Out::heartbeat(&session_id, received.load(Ordering::Acquire)).wire());
+        }
+    }
+}
+
+impl<Out: Envelope, In: Envelope> Core<Out, In> {
+    fn new(session_id: String, tx: mpsc::Sender<Out::Wire>, inbound: Streaming<In>, opts: LinkOptions) -> Self {
+        let out = Arc::new(Mutex::new(Some(tx)));
+        let received = Arc::new(AtomicU64::new(0));
+        let beat = tokio::spawn(heartbeats::<Out>(
+            out.clone(),
+            received.clone(),
+            session_id.clone(),
+            opts.heartbeat,
+        ));
+        Self {
+            session_id,
+            out,
+            inbound: Some(inbound),
+            next_seq: 1,
+            received,
+            unacked: VecDeque::new(),
+            opts,
+            beat,
+        }
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Out::Wire>> {
+        self.out.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set_sender(&self, tx: Option<mpsc::Sender<Out::Wire>>) {
+        if let Ok(mut g) = self.out.lock() {
+            *g = tx;
+        }
+    }
+
+    /// Numbers, keeps and writes a message. Never fails: on a broken
+    /// connection the message waits for the resend after the reconnect.
+    async fn send(&mut self, mut m: Out) {
+        m.stamp(self.next_seq, self.received.load(Ordering::Acquire));
+        self.next_seq += 1;
+        self.unacked.push_back(m.clone());
+        self.write(m).await;
+    }
+
+    async fn write(&mut self, m: Out) {
+        let Some(tx) = self.sender() else { return };
+        let bytes = m.encoded_len();
+        match tokio::time::timeout(self.opts.peer_timeout, tx.send(m.wire())).await {
+            Ok(Ok(())) => self.opts.meter.sent(bytes),
+            _ => self.set_sender(None),
+        }
+    }
+
+    /// Drops the messages the peer acknowledges.
+    fn acknowledged(&mut self, ack: u64) -> Result<(), BridgeError> {
+        if ack >= self.next_seq {
+            return Err(BridgeError::Protocol(format!(
+                "the peer acknowledges message {ack} of session {}, but only {} were sent",
+                self.session_id,
+                self.next_seq - 1
+            )));
+        }
+        while self.unacked.front().is_some_and(|m| m.seq() <= ack) {
+            self.unacked.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The next new message; heartbeats and duplicates are consumed here.
+    async fn recv(&mut self) -> Result<Got<In>, BridgeError> {
+        loop {
+            if self.sender().is_none() {
+                return Ok(Got::Down("sending to the peer failed".into()));
+            }
+            let Some(inbound) = self.inbound.as_mut() else {
+                return Ok(Got::Down("not connected".into()));
+            };
+            let m = match tokio::time::timeout(self.opts.peer_timeout, inbound.message()).await {
+                Err(_) => {
+                    return Ok(Got::Down(format!(
+                        "no message or heartbeat for {} s",
+                        self.opts.peer_timeout.as_secs_f64()
+                    )));
+                }
+                Ok(Err(status)) => return Ok(Got::Down(status.message().to_string())),
+                Ok(Ok(None)) => return Ok(Got::Down("the peer closed the stream".into())),
+                Ok(Ok(Some(m))) => m,
+            };
+            self.acknowledged(m.ack())?;
+            if m.is_heartbeat() {
+                continue;
+            }
+            let (seq, last) = (m.seq(), self.received.load(Ordering::Acquire));
+            if seq <= last {
+                tracing::debug!(seq, "dropping a message received before the reconnect");
+                continue;
+            }
+            if seq != last + 1 {
+                return Err(BridgeError::Protocol(format!(
+                    "message {seq} of session {} arrived after message {last}: messages are missing",
+                    self.session_id
+                )));
+            }
+            self.received.store(seq, Ordering::Release);
+            self.opts.meter.received(m.encoded_len());
+            return Ok(Got::Msg(m));
+        }
+    }
+
+    fn detach(&mut self) {
+        self.inbound = None;
+        self.set_sender(None);
+    }
+
+    /// Continues on a new connection: resends what the peer has not
+    /// acknowledged (it drops what it already has). Returns how many.
+    async fn attach(&mut self, tx: mpsc::Sender<Out::Wire>, inbound: Streaming<In>) -> usize {
+        self.inbound = Some(inbound);
+        self.set_sender(Some(tx));
+        let ack = self.received.load(Ordering::Acquire);
+        let pending: Vec<Out> = self.unacked.iter().cloned().collect();
+        let n = pending.len();
+        for mut m in pending {
+            let seq = m.seq();
+            m.stamp(seq, ack);
+            self.write(m).await;
+        }
+        self.opts.meter.reconnected();
+        n
+    }
+
+    /// Sends our acknowledgement now (not at the next heartbeat).
+    async fn ack_now(&mut self) {
+        if let Some(tx) = self.sender() {
+            let hb = Out::heartbeat(&self.session_id, self.received.load(Ordering::Acquire));
+            let _ = tokio::time::timeout(self.opts.peer_timeout, tx.send(hb.wire())).await;
+        }
+    }
+
+    /// Waits up to `wait` until the peer has acknowledged everything sent.
+    /// False if it did not (the connection ended or time ran out).
+    async fn flush(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.unacked.is_empty() {
+            let Some(inbound) = self.inbound.as_mut() else {
+                return false;
+            };
+            match tokio::time::timeout_at(deadline, inbound.message()).await {
+                Ok(Ok(Some(m))) => {
+                    if self.acknowledged(m.ack()).is_err() {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+enum Event<In> {
+    Got(Got<In>),
+    Session(Option<Box<server::Session>>),
+}
+
+/// The leader's end of a session with the follower.
+pub struct LeaderLink<'a> {
+    core: Core<LeaderMessage, FollowerMessage>,
+    peer_process_id: String,
+    resume_step: Option<u64>,
+    sessions: &'a mut mpsc::Receiver<server::Session>,
+    /// A restarted follower's new session, kept for [`LeaderLink::restart`].
+    fresh: Option<server::Session>,
+}
+
+impl<'a> LeaderLink<'a> {
+    /// Starts on an admitted session; later sessions (reconnects, restarts)
+    /// arrive on `sessions`.
+    pub fn new(s: server::Session, sessions: &'a mut mpsc::Receiver<server::Session>, opts: LinkOptions) -> Self {
+        Self {
+            core: Core::new(s.session_id, s.outbound, s.inbound, opts),
+            peer_process_id: s.peer_process_id,
+            resume_step: s.resume_step,
+            sessions,
+            fresh: None,
+        }
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.core.session_id
+    }
+
+    pub fn peer_process_id(&self) -> &str {
+        &self.peer_process_id
+    }
+
+    /// The checkpoint step both parties resume from, if any.
+    pub fn resume_step(&self) -> Option<u64> {
+        self.resume_step
+    }
+
+    pub async fn send(&mut self, m: LMsg) {
+        self.core
+            .send(LeaderMessage {
+                seq: 0,
+                ack: 0,
+                msg: Some(m),
+            })
+            .await;
+    }
+
+    /// The follower's next message, reconnecting as needed.
+    pub async fn recv(&mut self) -> Result<FMsg, BridgeError> {
+        loop {
+            let got = tokio::select! {
+                biased;
+                r = self.core.recv() => Event::Got(r?),
+                s = self.sessions.recv() => Event::Session(s.map(Box::new)),
+            };
+            match got {
+                Event::Got(Got::Msg(m)) => {
+                    return m.msg.ok_or_else(|| BridgeError::Protocol("an empty message".into()));
+                }
+                Event::Got(Got::Down(why)) => self.reattach(why).await?,
+                // The follower reconnected before this side noticed the loss.
+                Event::Session(Some(s)) => self.adopt(*s).await?,
+                Event::Session(None) => return Err(BridgeError::Lost("the leader's endpoint stopped".into())),
+            }
+        }
+    }
+
+    async fn reattach(&mut self, why: String) -> Result<(), BridgeError> {
+        self.core.detach();
+        let wait = self.core.opts.peer_timeout;
+        tracing::warn!(reason = %why, wait_secs = wait.as_secs_f64(), "lost the follower; waiting for it to reconnect");
+        match tokio::time::timeout(wait, self.sessions.recv()).await {
+            Ok(Some(s)) => self.adopt(s).await,
+            Ok(None) => Err(BridgeError::Lost("the leader's endpoint stopped".into())),
+            Err(_) => Err(BridgeError::Gone {
+                peer: "follower",
+                why,
+                secs: wait.as_secs(),
+            }),
+        }
+    }
+
+    async fn adopt(&mut self, s: server::Session) -> Result<(), BridgeError> {
+        if s.session_id != self.core.session_id || s.peer_process_id != self.peer_process_id {
+            let err = BridgeError::PeerRestarted {
+                peer: "follower",
+                was: self.peer_process_id.clone(),
+                now: s.peer_process_id.clone(),
+            };
+            self.fresh = Some(s);
+            return Err(err);
+        }
+        let resent = self.core.attach(s.outbound, s.inbound).await;
+        tracing::info!(session = %self.core.session_id, resent, "the follower reconnected; session continues");
+        Ok(())
+    }
+
+    /// After [`BridgeError::PeerRestarted`]: continues with the restarted
+    /// follower's new session, all sequence state starting over. False if
+    /// there is none.
+    pub fn restart(&mut self) -> bool {
+        let Some(s) = self.fresh.take() else { return false };
+        self.core = Core::new(s.session_id, s.outbound, s.inbound, self.core.opts.clone());
+        self.peer_process_id = s.peer_process_id;
+        self.resume_step = s.resume_step;
+        true
+    }
+
+    /// Waits up to `wait` until the follower has acknowledged everything.
+    pub async fn flush(&mut self, wait: Duration) -> bool {
+        self.core.flush(wait).await
+    }
+}
+
+/// How the follower reaches the leader again.
+struct Dial {
+    addr: String,
+    settings: Settings,
+    max_message: usize,
+    security: Security,
+}
+
+/// The follower's end of a session with the leader.
+pub struct FollowerLink {
+    core: Core<FollowerMessage, LeaderMessage>,
+    reply: HelloReply,
+    dial: Dial,
+    fresh: Option<client::Session>,
+}
+
+impl FollowerLink {
+    /// Connects to the leader (retrying until the peer timeout) and opens a
+    /// session.
+    pub async fn connect(
+        addr: &str,
+        settings: Settings,
+        max_message: usize,
+        security: Security,
+        opts: LinkOptions,
+    ) -> Result<Self, BridgeError> {
+        let s = client::connect(addr, &settings, opts.peer_timeout, max_message, &security).await?;
+        Ok(Self {
+            core: Core::new(s.reply.session_id.clone(), s.outbound, s.inbound, opts),
+            reply: s.reply,
+            dial: Dial {
+                addr: addr.to_string(),
+                settings,
+                max_message,
+                security,
+            },
+            fresh: None,
+        })
+    }
+
+    /// The leader's answer to the current session's hello.
+    pub fn reply(&self) -> &HelloReply {
+        &self.reply
+    }
+
+    pub async fn send(&mut self, m: FMsg) {
+        let session_id = self.core.session_id.clone();
+        self.core
+            .send(FollowerMessage {
+                session_id,
+                seq: 0,
+                ack: 0,
+                msg: Some(m),
+            })
+            .await;
+    }
+
+    /// The leader's next message, reconnecting as needed.
+    pub async fn recv(&mut self) -> Result<LMsg, BridgeError> {
+        loop {
+            match self.core.recv().await? {
+                Got::Msg(m) => return m.msg.ok_or_else(|| BridgeError::Protocol("an empty message".into())),
+                Got::Down(why) => self.reattach(why).await?,
+            }
+        }
+    }
+
+    async fn reattach(&mut self, why: String) -> Result<(), BridgeError> {
+        self.core.detach();
+        let wait = self.core.opts.peer_timeout;
+        tracing::warn!(reason = %why, wait_secs = wait.as_secs_f64(), "lost the leader; reconnecting");
+        let settings = Settings {
+            resume_session: self.core.session_id.clone(),
+            ..self.dial.settings.clone()
+        };
+        let s = client::connect(
+            &self.dial.addr,
+            &settings,
+            wait,
+            self.dial.max_message,
+            &self.dial.security,
+        )
+        .await
+        .map_err(|e| match e {
+            BridgeError::Unreachable { secs, .. } => BridgeError::Gone {
+                peer: "leader",
+                why,
+                secs,
+            },
+            e => e,
+        })?;
+        if !s.reply.reattached || s.reply.process_id != self.reply.process_id {
+            let err = BridgeError::PeerRestarted {
+                peer: "leader",
+                was: self.reply.process_id.clone(),
+                now: s.reply.process_id.clone(),
+            };
+            self.fresh = Some(s);
+            return Err(err);
+        }
+        let resent = self.core.attach(s.outbound, s.inbound).await;
+        tracing::info!(session = %self.core.session_id, resent, "reconnected to the leader; session continues");
+        Ok(())
+    }
+
+    /// After [`BridgeError::PeerRestarted`]: continues with the new session
+    /// the restarted leader opened. False if there is none.
+    pub fn restart(&mut self) -> bool {
+        let Some(s) = self.fresh.take() else { return false };
+        self.core = Core::new(
+            s.reply.session_id.clone(),
+            s.outbound,
+            s.inbound,
+            self.core.opts.clone(),
+        );
+        self.reply = s.reply;
+        true
+    }
+
+    /// Acknowledges what was received right away (e.g. the leader's Finish,
+    /// before a slow export).
+    pub async fn ack_now(&mut self) {
+        self.core.ack_now().await;
+    }
+
+    /// Waits up to `wait` until the leader has acknowledged everything.
+    pub async fn flush(&mut self, wait: Duration) -> bool {
+        self.core.flush(wait).await
+    }
+}
