@@ -41,7 +41,7 @@ pub enum BridgeError {
     #[error("connection to the peer lost: {0}")]
     Lost(String),
     #[error("lost the {peer} ({why}) and it did not come back within {secs} s")]
-    Gone { peer: &'static str, why: String, secs: u64 },
+    Gone { peer: &'static str, why: String, secs: f64 },
     #[error(
         "the {peer} restarted (process {was} is now {now}): the session starts over from the newest checkpoint both parties hold"
     )]

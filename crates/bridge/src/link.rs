@@ -35,6 +35,8 @@ pub trait Meter: Send + Sync {
     fn sent(&self, _bytes: usize) {}
     fn received(&self, _bytes: usize) {}
     fn reconnected(&self) {}
+    /// A message that arrived twice (resent after a reconnect) was dropped.
+    fn duplicate(&self) {}
 }
 
 /// A meter that counts nothing.
@@ -270,6 +272,7 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             let (seq, last) = (m.seq(), self.received.load(Ordering::Acquire));
             if seq <= last {
                 tracing::debug!(seq, "dropping a message received before the reconnect");
+                self.opts.meter.duplicate();
                 continue;
             }
             if seq != last + 1 {
@@ -416,7 +419,7 @@ impl<'a> LeaderLink<'a> {
             Err(_) => Err(BridgeError::Gone {
                 peer: "follower",
                 why,
-                secs: wait.as_secs(),
+                secs: wait.as_secs_f64(),
             }),
         }
     }
@@ -537,10 +540,10 @@ impl FollowerLink {
         )
         .await
         .map_err(|e| match e {
-            BridgeError::Unreachable { secs, .. } => BridgeError::Gone {
+            BridgeError::Unreachable { .. } => BridgeError::Gone {
                 peer: "leader",
                 why,
-                secs,
+                secs: wait.as_secs_f64(),
             },
             e => e,
         })?;

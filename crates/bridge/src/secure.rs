@@ -168,6 +168,12 @@ pub async fn dial(
             }
             Ok(hyper_util::rt::TokioIo::new(stream))
         }
+        // The connection ended before TLS said anything (e.g. a proxy or load
+        // balancer whose backend is not up yet): not a verdict, retry.
+        Ok(Err(e)) if !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+            tracing::debug!(peer = %addr, error = %e, "TLS handshake interrupted; retrying");
+            Err(e)
+        }
         Ok(Err(e)) => {
             let reason = ratls::describe_error(&e);
             tracing::error!(peer = %addr, %reason, ours = %tls.ours, "RA-TLS handshake failed");

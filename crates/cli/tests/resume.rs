@@ -1,7 +1,8 @@
 //! Kill -9 of the follower, of the leader, and of both during training,
-//! then restart: the parties agree on the newest checkpoint both hold,
-//! resume from it (in-flight blocks are not skipped), and the exported
-//! final weights equal those of an uninterrupted run, bitwise.
+//! then restart what was killed: the parties agree on the newest checkpoint
+//! both hold, resume from it (in-flight blocks are not skipped), and the
+//! exported final weights equal those of an uninterrupted run, bitwise. And
+//! connections cut by a proxy mid-run: no iteration lost or applied twice.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "../../bridge/tests/common/proxy.rs"]
+mod proxy;
+use proxy::Proxy;
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -70,15 +74,33 @@ fn run_both(d: &Path, run: &str) -> (String, String) {
     let port = free_port();
     let l = party(d, run, "leader", port);
     let f = party(d, run, "follower", port);
+    outputs(l, f)
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Fails the test with both parties' logs.
+fn stuck(mut l: Child, mut f: Child, step: u64) -> ! {
+    let _ = l.kill();
+    let _ = f.kill();
+    let (lo, fo) = (l.wait_with_output().unwrap(), f.wait_with_output().unwrap());
+    panic!(
+        "no checkpoint {step} within a minute\nleader:\n{}\nfollower:\n{}",
+        text(&lo),
+        text(&fo)
+    );
+}
+
+/// Waits for both parties; both must succeed. Their logs.
+fn outputs(l: Child, f: Child) -> (String, String) {
     let lo = l.wait_with_output().unwrap();
     let fo = f.wait_with_output().unwrap();
-    let text = |o: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
     assert!(
         lo.status.success() && fo.status.success(),
         "leader:\n{}\nfollower:\n{}",
@@ -96,8 +118,8 @@ fn exported(d: &Path, run: &str, role: &str) -> Vec<u8> {
 }
 
 /// Waits until `role`'s checkpoint directory holds a checkpoint of at least
-/// `step`.
-fn wait_for_checkpoint(d: &Path, run: &str, role: &str, step: u64) {
+/// `step`; false after a minute.
+fn wait_for_checkpoint(d: &Path, run: &str, role: &str, step: u64) -> bool {
     let dir = d.join(run).join("ckpt").join(role);
     let start = Instant::now();
     loop {
@@ -117,17 +139,19 @@ fn wait_for_checkpoint(d: &Path, run: &str, role: &str, step: u64) {
             })
             .unwrap_or(0);
         if best >= step {
-            return;
+            return true;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no checkpoint {step} in {}",
-            dir.display()
-        );
+        if start.elapsed() > Duration::from_secs(60) {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
 }
 
+/// Kills the parties in `kill` once the follower has checkpoint `at_step`
+/// and starts only those again: a surviving party notices the restart and
+/// starts the session over from the newest checkpoint both hold, without
+/// being restarted itself.
 fn interrupted(name: &str, kill: &[&str], at_step: u64) {
     let d = setup(name);
     let (lout, _) = run_both(&d.0, "straight");
@@ -135,17 +159,30 @@ fn interrupted(name: &str, kill: &[&str], at_step: u64) {
     let port = free_port();
     let mut l = party(&d.0, "broken", "leader", port);
     let mut f = party(&d.0, "broken", "follower", port);
-    wait_for_checkpoint(&d.0, "broken", "follower", at_step);
+    if !wait_for_checkpoint(&d.0, "broken", "follower", at_step) {
+        stuck(l, f, at_step);
+    }
     for who in kill {
         let c = if *who == "leader" { &mut l } else { &mut f };
         c.kill().unwrap(); // SIGKILL
+        assert!(!c.wait().unwrap().success());
     }
-    let ls = l.wait().unwrap();
-    let fs = f.wait().unwrap();
-    assert!(!ls.success() || !fs.success(), "the run should have been interrupted");
-    let (lout, fout) = run_both(&d.0, "broken");
-    assert!(lout.contains("resumed from the checkpoint of step"), "{lout}");
-    assert!(fout.contains("resumed from the checkpoint of step"), "{fout}");
+    if kill.contains(&"leader") {
+        l = party(&d.0, "broken", "leader", port);
+    }
+    if kill.contains(&"follower") {
+        f = party(&d.0, "broken", "follower", port);
+    }
+    let (lout, fout) = outputs(l, f);
+    for (role, out) in [("leader", &lout), ("follower", &fout)] {
+        assert!(out.contains("resumed from the checkpoint of step"), "{role}:\n{out}");
+        if !kill.contains(&role) {
+            assert!(
+                out.contains("restarted (process"),
+                "{role} did not notice the restart:\n{out}"
+            );
+        }
+    }
     for role in ["leader", "follower"] {
         assert!(
             exported(&d.0, "straight", role) == exported(&d.0, "broken", role),
@@ -155,16 +192,52 @@ fn interrupted(name: &str, kill: &[&str], at_step: u64) {
 }
 
 #[test]
-fn kill_follower_and_resume_gives_identical_weights() {
+fn kill_follower_restart_it_alone_and_the_weights_are_identical() {
     interrupted("kf", &["follower"], 12);
 }
 
 #[test]
-fn kill_leader_and_resume_gives_identical_weights() {
+fn kill_leader_restart_it_alone_and_the_weights_are_identical() {
     interrupted("kl", &["leader"], 28);
 }
 
 #[test]
 fn kill_both_and_resume_gives_identical_weights() {
     interrupted("kb", &["leader", "follower"], 44);
+}
+
+/// A proxy between the parties cuts every connection several times during
+/// training (wherever the iteration happens to be): the follower reconnects,
+/// both resend what was not acknowledged, and the final weights equal an
+/// uninterrupted run's, so no iteration was lost or applied twice.
+#[test]
+fn connection_cuts_during_training_lose_and_repeat_no_iteration() {
+    let d = setup("cut");
+    run_both(&d.0, "straight");
+    let port = free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap());
+    let l = party(&d.0, "cut", "leader", port);
+    let f = party(&d.0, "cut", "follower", proxy.addr.port());
+    let mut cuts = 0;
+    for (step, delay_ms) in [(8, 0), (16, 3), (28, 0), (40, 7), (52, 1)] {
+        if !wait_for_checkpoint(&d.0, "cut", "follower", step) {
+            stuck(l, f, step);
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        cuts += proxy.cut();
+    }
+    let (lout, fout) = outputs(l, f);
+    assert!(cuts >= 5, "only {cuts} connections cut");
+    assert!(lout.contains("the follower reconnected"), "{lout}");
+    assert!(fout.contains("reconnected to the leader"), "{fout}");
+    assert!(
+        !lout.contains("restarted (process"),
+        "a reconnect was taken for a restart:\n{lout}"
+    );
+    for role in ["leader", "follower"] {
+        assert!(
+            exported(&d.0, "straight", role) == exported(&d.0, "cut", role),
+            "{role}: weights differ after the connection cuts"
+        );
+    }
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 use vfl_data::tfrecord::{RecordReader, RecordWriter};
 
 mod common;
+#[path = "../../bridge/tests/common/proxy.rs"]
+mod proxy;
+use proxy::Proxy;
 
 const MODEL: &str = r#"
 name = "two-party-test"
@@ -162,6 +165,24 @@ fn follower_first_then_leader_trains() {
     assert!(fout.contains("3600 examples"), "{fout}");
     // Planted labels: the third epoch's training AUC is well above chance.
     assert!(auc_of(&lout) > 0.7, "{lout}");
+}
+
+/// Through a TCP proxy (as behind a load balancer) the follower's first
+/// attempts reach a proxy whose backend is not up: those connections close
+/// before TLS says anything. That is not a refusal; the follower retries.
+#[test]
+fn follower_first_through_a_proxy_whose_backend_is_not_up_yet_trains() {
+    let f = Fixture::new("fp");
+    let port = free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap());
+    let fo = follower(&f, proxy.addr.port(), &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let le = leader(&f, port, &[]);
+    let (lok, lout) = finish(le);
+    let (fok, fout) = finish(fo);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(proxy.accepted() >= 1, "the follower never got through");
+    assert!(fout.contains("1200 examples"), "{fout}");
 }
 
 #[test]
