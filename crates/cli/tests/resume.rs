@@ -85,6 +85,39 @@ fn text(o: &std::process::Output) -> String {
     )
 }
 
+/// When to kill.
+#[derive(Clone, Copy)]
+enum When {
+    /// Once the follower holds the checkpoint of this step.
+    After(u64),
+    /// While `role` writes a checkpoint, after it holds this step's.
+    DuringWrite(&'static str, u64),
+}
+
+/// The temporary files of unfinished checkpoint writes of `role`.
+fn temp_files(d: &Path, run: &str, role: &str) -> Vec<String> {
+    std::fs::read_dir(d.join(run).join("ckpt").join(role))
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".ckpt-") && n.contains(".tmp-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Spins until a checkpoint write of `role` is in progress; false after a
+/// minute.
+fn wait_for_temp_file(d: &Path, run: &str, role: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if !temp_files(d, run, role).is_empty() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Fails the test with both parties' logs.
 fn stuck(mut l: Child, mut f: Child, step: u64) -> ! {
     let _ = l.kill();
@@ -152,20 +185,36 @@ fn wait_for_checkpoint(d: &Path, run: &str, role: &str, step: u64) -> bool {
 /// and starts only those again: a surviving party notices the restart and
 /// starts the session over from the newest checkpoint both hold, without
 /// being restarted itself.
-fn interrupted(name: &str, kill: &[&str], at_step: u64) {
+fn interrupted(name: &str, kill: &[&str], when: When) {
     let d = setup(name);
     let (lout, _) = run_both(&d.0, "straight");
     assert!(lout.contains("2 epochs"), "{lout}");
     let port = free_port();
     let mut l = party(&d.0, "broken", "leader", port);
     let mut f = party(&d.0, "broken", "follower", port);
-    if !wait_for_checkpoint(&d.0, "broken", "follower", at_step) {
-        stuck(l, f, at_step);
+    let (watch, step) = match when {
+        When::After(step) => ("follower", step),
+        When::DuringWrite(role, step) => (role, step),
+    };
+    if !wait_for_checkpoint(&d.0, "broken", watch, step) {
+        stuck(l, f, step);
+    }
+    if let When::DuringWrite(..) = when
+        && !wait_for_temp_file(&d.0, "broken", watch)
+    {
+        stuck(l, f, step);
     }
     for who in kill {
         let c = if *who == "leader" { &mut l } else { &mut f };
         c.kill().unwrap(); // SIGKILL
         assert!(!c.wait().unwrap().success());
+    }
+    if let When::DuringWrite(role, _) = when {
+        let left = temp_files(&d.0, "broken", role);
+        assert!(
+            !left.is_empty(),
+            "the kill came after the {role}'s checkpoint write had finished"
+        );
     }
     if kill.contains(&"leader") {
         l = party(&d.0, "broken", "leader", port);
@@ -174,6 +223,10 @@ fn interrupted(name: &str, kill: &[&str], at_step: u64) {
         f = party(&d.0, "broken", "follower", port);
     }
     let (lout, fout) = outputs(l, f);
+    for role in ["leader", "follower"] {
+        let left = temp_files(&d.0, "broken", role);
+        assert!(left.is_empty(), "{role}: temporary files left behind: {left:?}");
+    }
     for (role, out) in [("leader", &lout), ("follower", &fout)] {
         assert!(out.contains("resumed from the checkpoint of step"), "{role}:\n{out}");
         if !kill.contains(&role) {
@@ -193,17 +246,27 @@ fn interrupted(name: &str, kill: &[&str], at_step: u64) {
 
 #[test]
 fn kill_follower_restart_it_alone_and_the_weights_are_identical() {
-    interrupted("kf", &["follower"], 12);
+    interrupted("kf", &["follower"], When::After(12));
 }
 
 #[test]
 fn kill_leader_restart_it_alone_and_the_weights_are_identical() {
-    interrupted("kl", &["leader"], 28);
+    interrupted("kl", &["leader"], When::After(28));
 }
 
 #[test]
 fn kill_both_and_resume_gives_identical_weights() {
-    interrupted("kb", &["leader", "follower"], 44);
+    interrupted("kb", &["leader", "follower"], When::After(44));
+}
+
+#[test]
+fn kill_follower_during_its_checkpoint_write_and_the_weights_are_identical() {
+    interrupted("kfw", &["follower"], When::DuringWrite("follower", 16));
+}
+
+#[test]
+fn kill_leader_during_its_checkpoint_write_and_the_weights_are_identical() {
+    interrupted("klw", &["leader"], When::DuringWrite("leader", 36));
 }
 
 /// A proxy between the parties cuts every connection several times during
