@@ -150,7 +150,15 @@ struct Core<Out: Envelope, In: Envelope> {
     next_seq: u64,
     /// Highest sequence number received (our acknowledgement).
     received: Arc<AtomicU64>,
+    /// The highest acknowledgement sent so far.
+    ack_sent: Arc<AtomicU64>,
     unacked: VecDeque<Out>,
+    /// New messages taken in while sending, for the next receive.
+    ready: VecDeque<In>,
+    /// Why the connection broke, noticed while sending.
+    broken: Option<String>,
+    /// A protocol error noticed while sending.
+    fatal: Option<BridgeError>,
     opts: LinkOptions,
     beat: tokio::task::JoinHandle<()>,
 }
@@ -161,9 +169,15 @@ impl<Out: Envelope, In: Envelope> Drop for Core<Out, In> {
     }
 }
 
+/// Acknowledge at the latest after this many messages received without
+/// sending any (a one-way stream, as in eval, must not make the sender keep
+/// everything until the next heartbeat).
+const ACK_EVERY: u64 = 16;
+
 async fn heartbeats<Out: Envelope>(
     out: Outbox<Out::Wire>,
     received: Arc<AtomicU64>,
+    ack_sent: Arc<AtomicU64>,
     session_id: String,
     every: Duration,
 ) {
@@ -175,7 +189,10 @@ async fn heartbeats<Out: Envelope>(
         if let Some(tx) = tx {
             // A full queue carries data, which acknowledges and proves
             // liveness as well as a heartbeat would.
-            let _ = tx.try_send(Out::heartbeat(&session_id, received.load(Ordering::Acquire)).wire());
+            let ack = received.load(Ordering::Acquire);
+            if tx.try_send(Out::heartbeat(&session_id, ack).wire()).is_ok() {
+                ack_sent.fetch_max(ack, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -184,9 +201,11 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     fn new(session_id: String, tx: mpsc::Sender<Out::Wire>, inbound: Streaming<In>, opts: LinkOptions) -> Self {
         let out = Arc::new(Mutex::new(Some(tx)));
         let received = Arc::new(AtomicU64::new(0));
+        let ack_sent = Arc::new(AtomicU64::new(0));
         let beat = tokio::spawn(heartbeats::<Out>(
             out.clone(),
             received.clone(),
+            ack_sent.clone(),
             session_id.clone(),
             opts.heartbeat,
         ));
@@ -196,7 +215,11 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             inbound: Some(inbound),
             next_seq: 1,
             received,
+            ack_sent,
             unacked: VecDeque::new(),
+            ready: VecDeque::new(),
+            broken: None,
+            fatal: None,
             opts,
             beat,
         }
@@ -215,10 +238,13 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     /// Numbers, keeps and writes a message. Never fails: on a broken
     /// connection the message waits for the resend after the reconnect.
     async fn send(&mut self, mut m: Out) {
-        m.stamp(self.next_seq, self.received.load(Ordering::Acquire));
+        let ack = self.received.load(Ordering::Acquire);
+        m.stamp(self.next_seq, ack);
+        self.ack_sent.fetch_max(ack, Ordering::AcqRel);
         self.next_seq += 1;
         self.unacked.push_back(m.clone());
         self.write(m).await;
+        self.drain().await;
     }
 
     async fn write(&mut self, m: Out) {
@@ -248,6 +274,15 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     /// The next new message; heartbeats and duplicates are consumed here.
     async fn recv(&mut self) -> Result<Got<In>, BridgeError> {
         loop {
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
+            }
+            if let Some(m) = self.ready.pop_front() {
+                return Ok(Got::Msg(m));
+            }
+            if let Some(why) = self.broken.take() {
+                return Ok(Got::Down(why));
+            }
             if self.sender().is_none() {
                 return Ok(Got::Down("sending to the peer failed".into()));
             }
@@ -265,30 +300,77 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
                 Ok(Ok(None)) => return Ok(Got::Down("the peer closed the stream".into())),
                 Ok(Ok(Some(m))) => m,
             };
-            self.acknowledged(m.ack())?;
-            if m.is_heartbeat() {
-                continue;
+            if let Some(m) = self.accept(m)? {
+                return Ok(Got::Msg(m));
             }
-            let (seq, last) = (m.seq(), self.received.load(Ordering::Acquire));
-            if seq <= last {
-                tracing::debug!(seq, "dropping a message received before the reconnect");
-                self.opts.meter.duplicate();
-                continue;
-            }
-            if seq != last + 1 {
-                return Err(BridgeError::Protocol(format!(
-                    "message {seq} of session {} arrived after message {last}: messages are missing",
-                    self.session_id
-                )));
-            }
-            self.received.store(seq, Ordering::Release);
-            self.opts.meter.received(m.encoded_len());
-            return Ok(Got::Msg(m));
         }
+    }
+
+    /// Takes what already arrived, without waiting: acknowledgements (so a
+    /// side that only sends, as the follower in eval, does not keep every
+    /// message until the end) and messages for the next [`Core::recv`].
+    async fn drain(&mut self) {
+        while self.fatal.is_none() && self.broken.is_none() {
+            let Some(inbound) = self.inbound.as_mut() else { return };
+            // A zero timeout polls the stream once: whatever is ready.
+            let m = match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
+                Err(_) => return,
+                Ok(Ok(Some(m))) => m,
+                Ok(Err(status)) => {
+                    self.broken = Some(status.message().to_string());
+                    return;
+                }
+                Ok(Ok(None)) => {
+                    self.broken = Some("the peer closed the stream".into());
+                    return;
+                }
+            };
+            match self.accept(m) {
+                Ok(Some(m)) => self.ready.push_back(m),
+                Ok(None) => {}
+                Err(e) => self.fatal = Some(e),
+            }
+        }
+    }
+
+    /// Handles one arrived message: its acknowledgement, then heartbeat,
+    /// duplicate, gap, or a new message to deliver.
+    fn accept(&mut self, m: In) -> Result<Option<In>, BridgeError> {
+        self.acknowledged(m.ack())?;
+        if m.is_heartbeat() {
+            return Ok(None);
+        }
+        let (seq, last) = (m.seq(), self.received.load(Ordering::Acquire));
+        if seq <= last {
+            tracing::debug!(seq, "dropping a message received before the reconnect");
+            self.opts.meter.duplicate();
+            return Ok(None);
+        }
+        if seq != last + 1 {
+            return Err(BridgeError::Protocol(format!(
+                "message {seq} of session {} arrived after message {last}: messages are missing",
+                self.session_id
+            )));
+        }
+        self.received.store(seq, Ordering::Release);
+        self.opts.meter.received(m.encoded_len());
+        if seq >= self.ack_sent.load(Ordering::Acquire) + ACK_EVERY
+            && let Some(tx) = self.sender()
+            && tx.try_send(Out::heartbeat(&self.session_id, seq).wire()).is_ok()
+        {
+            self.ack_sent.fetch_max(seq, Ordering::AcqRel);
+        }
+        Ok(Some(m))
+    }
+
+    /// Messages sent and not yet acknowledged.
+    fn unacknowledged(&self) -> usize {
+        self.unacked.len()
     }
 
     fn detach(&mut self) {
         self.inbound = None;
+        self.broken = None;
         self.set_sender(None);
     }
 
@@ -312,8 +394,11 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     /// Sends our acknowledgement now (not at the next heartbeat).
     async fn ack_now(&mut self) {
         if let Some(tx) = self.sender() {
-            let hb = Out::heartbeat(&self.session_id, self.received.load(Ordering::Acquire));
-            let _ = tokio::time::timeout(self.opts.peer_timeout, tx.send(hb.wire())).await;
+            let ack = self.received.load(Ordering::Acquire);
+            let hb = Out::heartbeat(&self.session_id, ack);
+            if let Ok(Ok(())) = tokio::time::timeout(self.opts.peer_timeout, tx.send(hb.wire())).await {
+                self.ack_sent.fetch_max(ack, Ordering::AcqRel);
+            }
         }
     }
 
@@ -450,6 +535,11 @@ impl<'a> LeaderLink<'a> {
         true
     }
 
+    /// Messages sent and not yet acknowledged by the follower.
+    pub fn unacknowledged(&self) -> usize {
+        self.core.unacknowledged()
+    }
+
     /// Waits up to `wait` until the follower has acknowledged everything.
     pub async fn flush(&mut self, wait: Duration) -> bool {
         self.core.flush(wait).await
@@ -579,6 +669,11 @@ impl FollowerLink {
     /// before a slow export).
     pub async fn ack_now(&mut self) {
         self.core.ack_now().await;
+    }
+
+    /// Messages sent and not yet acknowledged by the leader.
+    pub fn unacknowledged(&self) -> usize {
+        self.core.unacknowledged()
     }
 
     /// Waits up to `wait` until the leader has acknowledged everything.

@@ -306,3 +306,42 @@ async fn a_restarted_leader_is_told_apart_from_a_reconnect() {
     l.send(pong(1)).await;
     expect_pong(&mut f, 1).await;
 }
+
+/// A side that only sends (the follower in eval) does not keep every
+/// message until the end: the receiver acknowledges every few messages and
+/// the sender takes those acknowledgements in while it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_stream_keeps_few_messages_unacknowledged() {
+    let mut listener = leader().await;
+    let addr = listener.local_addr;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let f = tokio::spawn(async move {
+        // Heartbeats off: only the receiver's own acknowledgements count.
+        let mut f = follower(
+            addr,
+            "follower-1",
+            options(5_000, 3_600_000, Arc::new(Counts::default())),
+        )
+        .await;
+        for i in 1..=200 {
+            f.send(ping(i)).await;
+        }
+        done_rx.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        f.send(ping(201)).await;
+        (f.unacknowledged(), f)
+    });
+    let first = listener.sessions.recv().await.unwrap();
+    let mut l = LeaderLink::new(
+        first,
+        &mut listener.sessions,
+        options(5_000, 3_600_000, Arc::new(Counts::default())),
+    );
+    for i in 1..=200 {
+        expect_ping(&mut l, i).await;
+    }
+    done_tx.send(()).unwrap();
+    expect_ping(&mut l, 201).await;
+    let (unacked, _f) = f.await.unwrap();
+    assert!(unacked <= 20, "{unacked} of 201 one-way messages still unacknowledged");
+}

@@ -31,7 +31,9 @@ pub struct Common {
     /// Compute threads (default: the machine's cores, at most 2).
     #[arg(long)]
     threads: Option<usize>,
-    /// Seconds to wait for the peer to appear and for each message.
+    /// Seconds to wait for the peer to appear, for any message or heartbeat
+    /// from it (heartbeats go every quarter of this, at most every 5 s), and
+    /// for a lost peer to come back.
     #[arg(long, default_value_t = 120)]
     peer_timeout: u64,
     /// Count and skip records that fail to decode instead of stopping.
