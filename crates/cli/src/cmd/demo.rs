@@ -81,6 +81,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let synth = SynthConfig {
         slots,
         seed: a.seed,
+        // Sharper labels than the generator's default (3.0): less label
+        // noise for the 1.6 M embedding weights to memorise in 20,000 rows,
+        // so the held-out AUC shows the follower's contribution (measured:
+        // held-out AUC 0.79 -> 0.87, leader-only ceiling 0.79 -> 0.82; README).
+        sharpness: 6.0,
         ..Default::default()
     };
 
@@ -156,7 +161,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut f = reader(&eval_dir.join("follower"), fs)?;
     let eval = t.run_pass(&mut l, &mut f, 256, false, |_| {})?;
 
-    let oracle = leader_only_auc(&synth, eval.examples);
     let m = eval.metrics;
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     println!(
@@ -170,25 +174,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         m.log_loss,
         fmt(m.ks)
     );
-    println!(
-        "best possible leader-only AUC (the hidden model's leader part): {}",
-        fmt(oracle)
-    );
+    println!("{}", best_possible(&synth, eval.examples));
     Ok(())
 }
 
-/// AUC of the best possible leader-only model on the evaluation rows: the
-/// hidden model's leader part.
-fn leader_only_auc(synth: &SynthConfig, rows: u64) -> Option<f64> {
+/// The best possible AUCs on the evaluation rows, as a printable line: of a
+/// leader-only model (the hidden model's leader part) and of a model of
+/// both parties' features (the hidden model itself).
+fn best_possible(synth: &SynthConfig, rows: u64) -> String {
     let generator = Synth::new(synth.clone());
-    let mut oracle = BinaryMetrics::new();
+    let (mut leader, mut both) = (BinaryMetrics::new(), BinaryMetrics::new());
     let mut row = SynthRow::default();
+    let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
     for i in EVAL_FIRST_ROW..EVAL_FIRST_ROW + rows {
         generator.row(i, &mut row);
-        let p = 1.0 / (1.0 + (-generator.party_logit(&row, true)).exp());
-        oracle.update(&[p], &[row.y as f32], None);
+        let y = [row.y as f32];
+        leader.update(&[sigmoid(generator.party_logit(&row, true))], &y, None);
+        both.update(&[sigmoid(row.hidden_logit)], &y, None);
     }
-    oracle.values().auc
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    format!(
+        "best possible AUC (the hidden model): with the leader's features alone {}, with both parties' {}",
+        fmt(leader.values().auc),
+        fmt(both.values().auc)
+    )
 }
 
 /// A development root and a policy accepting this binary in simulated mode
@@ -291,11 +300,7 @@ fn two_processes(
     let (eout, _) = run_pair(&le, &fe, &security)?;
     println!("held-out evaluation:");
     eout.lines().for_each(|l| println!("  {l}"));
-    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
-    println!(
-        "best possible leader-only AUC (the hidden model's leader part): {}",
-        fmt(leader_only_auc(synth, eval_rows))
-    );
+    println!("{}", best_possible(synth, eval_rows));
     println!(
         "outputs: model in {}, predictions in {}",
         id.display(),

@@ -1,0 +1,42 @@
+//! `vfl demo`, the first command of the README: two processes over
+//! simulated RA-TLS train, export and evaluate, and the held-out AUC beats
+//! the best any model of the leader's features alone could reach.
+
+use std::process::Command;
+
+/// The number after `key` in `text`.
+fn number_after(text: &str, key: &str) -> f64 {
+    let at = text.find(key).unwrap_or_else(|| panic!("no `{key}` in:\n{text}")) + key.len();
+    text[at..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{key}` in:\n{text}"))
+}
+
+#[test]
+fn demo_trains_two_processes_and_beats_the_leader_only_ceiling() {
+    let work = std::env::temp_dir().join(format!("vfl-demo-test-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .arg("demo")
+        .arg("--work-dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("two processes, gRPC over mutual RA-TLS"), "{text}");
+    let held_out = number_after(&text[text.find("held-out evaluation").unwrap()..], "AUC ");
+    let leader_only = number_after(&text, "with the leader's features alone ");
+    let both = number_after(&text, "with both parties' ");
+    assert!(
+        held_out > leader_only + 0.02,
+        "held-out AUC {held_out} does not beat the leader-only ceiling {leader_only}:\n{text}"
+    );
+    assert!(
+        held_out < both,
+        "held-out AUC {held_out} above the hidden model's {both}?\n{text}"
+    );
+    assert!(work.join("predictions.csv").is_file(), "no predictions written");
+    let _ = std::fs::remove_dir_all(&work);
+}
