@@ -1,0 +1,283 @@
+//! The follower's driver: connects, follows the leader's plans, sends
+//! activations, applies gradients, checkpoints when told and exports.
+
+use super::*;
+
+/// Runs the follower: connects (retrying until the peer timeout), follows
+/// the leader's plans, trains, and returns when the leader finishes.
+pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
+    let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
+    start_metrics(&cfg).await?;
+    let process_id = vfl_bridge::handshake::new_process_id();
+    let mut link = FollowerLink::connect(
+        &cfg.addr,
+        settings(&cfg, &process_id),
+        limit(&cfg),
+        cfg.security.clone(),
+        link_options(&cfg),
+    )
+    .await?;
+    let result = loop {
+        let reply = link.reply();
+        tracing::info!(session = %reply.session_id, leader = %reply.process_id, "connected to the leader");
+        let r = if cfg.eval {
+            evaluate_follow(&cfg, &data, &mut link).await
+        } else {
+            follow(&cfg, &data, &mut link).await
+        };
+        match r {
+            Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) if link.restart() => {
+                tracing::warn!(error = %e, "starting the session over");
+            }
+            r => break r,
+        }
+    };
+    if let Err(e) = &result
+        && !matches!(e, TrainError::Bridge(BridgeError::PeerFailed(_)))
+    {
+        link.send(FMsg::Failure(pb::Failure { reason: e.to_string() })).await;
+        link.flush(Duration::from_secs(1)).await;
+    }
+    result
+}
+
+async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Result<RunSummary, TrainError> {
+    let reply = link.reply().clone();
+    let session_id = reply.session_id.as_str();
+    let fingerprint = cfg.spec.fingerprint();
+    let schema = schema_for(&cfg.spec, Role::Follower);
+    let opts = cfg.read_options();
+    let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
+    let mut state = RunState::default();
+    let resumed_from = reply.resume.then_some(reply.resume_step);
+    let mut expect_resume = None;
+    if let Some(step) = resumed_from {
+        let dir = cfg.checkpoint_path.as_ref().ok_or_else(|| {
+            TrainError::Protocol("the leader asks to resume but this follower has no --checkpoint-path".into())
+        })?;
+        state = checkpoint::load(
+            dir,
+            step,
+            Role::Follower,
+            &fingerprint,
+            party.model_mut().tensors_mut(),
+            cfg.seal.as_deref(),
+        )?;
+        party.restore_counters(state.next_iteration, state.opt_step);
+        tracing::info!(step, "resumed from checkpoint");
+        expect_resume = Some(state.clone());
+    }
+    let (mut epochs, mut skipped) = (0u32, 0u64);
+    let start = Instant::now();
+    loop {
+        match link.recv().await? {
+            LMsg::Plan(plan) => {
+                let start_pos = Position {
+                    block: plan.start_block as usize,
+                    record: plan.start_record,
+                };
+                if let Some(r) = expect_resume.take()
+                    && (r.plan != plan.block_ids
+                        || r.epoch != plan.epoch
+                        || (r.block, r.record) != (plan.start_block, plan.start_record))
+                {
+                    return Err(TrainError::Protocol(format!(
+                        "the leader resumes at epoch {} block #{} record {}, but this follower's checkpoint is at epoch {} block #{} record {} (or the block order differs)",
+                        plan.epoch, plan.start_block, plan.start_record, r.epoch, r.block, r.record
+                    )));
+                }
+                let blocks = data.select(&plan.block_ids)?;
+                let mut reader = BlockReader::new(blocks, schema.clone(), opts);
+                reader.seek(start_pos)?;
+                let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
+                link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await;
+                cfg.progress.set_epoch(u64::from(plan.epoch));
+                let mut iterations = 0u64;
+                loop {
+                    let Some(batch) = reader.next_batch()? else {
+                        link.send(FMsg::EndOfData(pb::EndOfData {
+                            epoch: plan.epoch,
+                            iterations,
+                        }))
+                        .await;
+                        break;
+                    };
+                    let n = batch.rows;
+                    let act = tokio::task::block_in_place(|| party.forward(&batch, true))?;
+                    link.send(FMsg::Activations(pb::Activations {
+                        iteration: act.iteration,
+                        batch_digest: act.digest.0.to_vec(),
+                        train: true,
+                        tensor: Some(tensor_pb(act.tensor)),
+                    }))
+                    .await;
+                    let g = match link.recv().await? {
+                        LMsg::Gradient(g) => g,
+                        LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                        other => return Err(TrainError::Protocol(format!("expected a gradient, got {other:?}"))),
+                    };
+                    let grad = Gradient {
+                        iteration: g.iteration,
+                        tensor: tensor_wire(g.tensor, "gradient")?,
+                    };
+                    tokio::task::block_in_place(|| party.apply_gradient(&batch, &grad))?;
+                    iterations += 1;
+                    state.steps += 1;
+                    state.examples += n as u64;
+                    cfg.progress.step(n as u64, f32::NAN);
+                    if g.checkpoint_step > 0 {
+                        if g.checkpoint_step != state.steps {
+                            return Err(TrainError::Protocol(format!(
+                                "the leader checkpoints step {} but this follower is at step {}",
+                                g.checkpoint_step, state.steps
+                            )));
+                        }
+                        let dir = cfg.checkpoint_path.as_ref().ok_or_else(|| {
+                            TrainError::Protocol(
+                                "the leader saves a checkpoint but this follower has no --checkpoint-path".into(),
+                            )
+                        })?;
+                        let pos = position_after(&batch).unwrap_or(start_pos);
+                        let (next_iteration, opt_step) = party.counters();
+                        let st = RunState {
+                            epoch: plan.epoch,
+                            plan: plan.block_ids.clone(),
+                            block: pos.block as u64,
+                            record: pos.record,
+                            next_iteration,
+                            opt_step,
+                            ..state.clone()
+                        };
+                        let tensors = party.model_mut().tensors_mut();
+                        tokio::task::block_in_place(|| {
+                            checkpoint::save(
+                                dir,
+                                st.steps,
+                                Role::Follower,
+                                &fingerprint,
+                                tensors,
+                                &st,
+                                cfg.keep_checkpoints,
+                                cfg.seal.as_deref(),
+                            )
+                        })?;
+                        link.send(FMsg::CheckpointDone(pb::CheckpointDone { step: st.steps }))
+                            .await;
+                    }
+                    reader.recycle(batch);
+                }
+                skipped += reader.finish().map_or(0, |r| r.skipped());
+                epochs += 1;
+            }
+            LMsg::Finish(fin) => {
+                link.ack_now().await;
+                let export_dir = match &cfg.export_path {
+                    None => None,
+                    Some(p) => {
+                        let manifest = serde_json::json!({
+                            "role": "follower",
+                            "step": state.steps,
+                            "examples": state.examples,
+                            "session": session_id,
+                            "model": cfg.spec.name,
+                            "model_fingerprint": fingerprint,
+                            "data_fingerprint": data_fingerprint(data),
+                            "resumed_from": resumed_from,
+                        });
+                        Some(checkpoint::export(
+                            p,
+                            &fin.export_id,
+                            Role::Follower,
+                            &cfg.spec,
+                            party.model_mut().tensors_mut(),
+                            manifest,
+                            cfg.seal.as_deref(),
+                        )?)
+                    }
+                };
+                return Ok(RunSummary {
+                    session_id: session_id.to_string(),
+                    epochs,
+                    steps: state.steps,
+                    examples: state.examples,
+                    seconds: start.elapsed().as_secs_f64(),
+                    mean_loss: 0.0,
+                    last_epoch: None,
+                    skipped_records: skipped,
+                    resumed_from,
+                    export_dir,
+                });
+            }
+            LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            other => {
+                return Err(TrainError::Protocol(format!(
+                    "unexpected message from the leader: {other:?}"
+                )));
+            }
+        }
+    }
+}
+
+async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Result<RunSummary, TrainError> {
+    let reply = link.reply().clone();
+    let session_id = reply.session_id.as_str();
+    let schema = schema_for(&cfg.spec, Role::Follower);
+    let opts = cfg.read_options();
+    let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
+    let resume = reply.resume.then_some(reply.resume_step);
+    let source = load_for_eval(cfg, Role::Follower, resume, party.model_mut().tensors_mut())?;
+    tracing::info!(%source, "evaluating");
+    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
+    let (mut steps, mut examples) = (0u64, 0u64);
+    let start = Instant::now();
+    loop {
+        match link.recv().await? {
+            LMsg::Plan(plan) => {
+                let mut reader = BlockReader::new(data.select(&plan.block_ids)?, schema.clone(), opts);
+                link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await;
+                loop {
+                    let n = reader.fill(&mut batch, cfg.batch_size)?;
+                    if n == 0 {
+                        link.send(FMsg::EndOfData(pb::EndOfData {
+                            epoch: plan.epoch,
+                            iterations: steps,
+                        }))
+                        .await;
+                        break;
+                    }
+                    let act = tokio::task::block_in_place(|| party.forward(&batch, false))?;
+                    link.send(FMsg::Activations(pb::Activations {
+                        iteration: act.iteration,
+                        batch_digest: act.digest.0.to_vec(),
+                        train: false,
+                        tensor: Some(tensor_pb(act.tensor)),
+                    }))
+                    .await;
+                    steps += 1;
+                    examples += n as u64;
+                }
+            }
+            LMsg::Finish(_) => {
+                link.ack_now().await;
+                return Ok(RunSummary {
+                    session_id: session_id.to_string(),
+                    epochs: 1,
+                    steps,
+                    examples,
+                    seconds: start.elapsed().as_secs_f64(),
+                    mean_loss: 0.0,
+                    last_epoch: None,
+                    skipped_records: 0,
+                    resumed_from: None,
+                    export_dir: None,
+                });
+            }
+            LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            other => {
+                return Err(TrainError::Protocol(format!(
+                    "unexpected message from the leader: {other:?}"
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Two-party training over the network: the leader's and the follower's
+//! drivers. Each runs in its own process; they talk through vfl-bridge.
+//!
+//! The leader decides the block order of every epoch (optionally shuffled
+//! with a seed) and sends it; the follower refuses a plan naming a block it
+//! lacks. Per iteration the follower sends its activations with the batch
+//! digest, the leader checks the digest against its own batch, steps, and
+//! returns the gradient. Both sides must run out of data on the same
+//! iteration.
+//!
+//! The session runs over a [`vfl_bridge::link`]: a cut connection is
+//! re-established and the session continues exactly where it was; a peer
+//! that restarted (a new process) makes both parties start the session over
+//! from the newest checkpoint they both hold, without restarting this
+//! process.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vfl_bridge::pb::{self, follower_message::Msg as FMsg, leader_message::Msg as LMsg};
+use vfl_bridge::{BridgeError, FollowerLink, LeaderLink, LinkOptions, Settings, message_limit, server};
+use vfl_data::blocks::{DataDir, Position, ReadOptions};
+use vfl_data::prefetch::{Prefetcher, position_after};
+use vfl_data::{Batch, BatchDigest, BatchSource, BlockReader};
+use vfl_nn::rng::Rng;
+use vfl_nn::{MetricValues, ModelSpec, Role};
+
+use crate::checkpoint::{self, RunState};
+use crate::party::{FollowerParty, LeaderParty};
+use crate::wire::{Activations, Gradient, WireTensor};
+use crate::{TrainError, schema_for};
+
+mod follower;
+mod leader;
+
+pub use follower::run_follower;
+pub use leader::run_leader;
+
+/// Settings of one party's run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub spec: ModelSpec,
+    pub application_id: String,
+    pub data_path: PathBuf,
+    pub data_path_wildcard: Option<String>,
+    pub batch_size: usize,
+    /// Leader only: epochs and shuffling.
+    pub epochs: u32,
+    pub shuffle_seed: Option<u64>,
+    pub threads: usize,
+    /// Leader: address to listen on. Follower: the leader's address.
+    pub addr: String,
+    /// How long to wait for the peer to appear, and for any message.
+    pub peer_timeout: Duration,
+    pub skip_bad_records: bool,
+    /// Where checkpoints are saved and resumed from.
+    pub checkpoint_path: Option<PathBuf>,
+    /// Leader only: checkpoint every N steps and/or every N seconds.
+    pub save_checkpoint_steps: Option<u64>,
+    pub save_checkpoint_secs: Option<u64>,
+    /// Checkpoints kept (the newest ones).
+    pub keep_checkpoints: usize,
+    /// Where the final model is exported (`<path>/<id>/<role>/`).
+    pub export_path: Option<PathBuf>,
+    /// Train, or evaluate (forward only).
+    pub eval: bool,
+    /// Eval: the exported model to load (else the newest common checkpoint).
+    pub load_model: Option<PathBuf>,
+    /// Eval, leader: write `example_id,score` per example here.
+    pub predictions_path: Option<PathBuf>,
+    /// When the process started (for the time-to-first-step log line).
+    pub started: Instant,
+    /// RA-TLS (default) or plaintext.
+    pub security: vfl_bridge::Security,
+    /// Encryption at rest of checkpoints and exported weights.
+    pub seal: Option<std::sync::Arc<crate::seal::Sealer>>,
+    /// Counters for the progress line, the logs and `--metrics-addr`.
+    pub progress: std::sync::Arc<crate::progress::Progress>,
+    /// Serve Prometheus metrics here (host:port).
+    pub metrics_addr: Option<String>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    pub session_id: String,
+    pub epochs: u32,
+    pub steps: u64,
+    pub examples: u64,
+    pub seconds: f64,
+    pub mean_loss: f64,
+    /// Leader only: metrics of the last epoch's training batches.
+    pub last_epoch: Option<MetricValues>,
+    pub skipped_records: u64,
+    /// The checkpoint step the run resumed from.
+    pub resumed_from: Option<u64>,
+    pub export_dir: Option<PathBuf>,
+}
+
+impl RunConfig {
+    /// How this party reads its data blocks.
+    fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            skip_bad_records: self.skip_bad_records,
+            ..Default::default()
+        }
+    }
+}
+
+fn settings(cfg: &RunConfig, process_id: &str) -> Settings {
+    Settings {
+        application_id: cfg.application_id.clone(),
+        model_fingerprint: cfg.spec.fingerprint(),
+        batch_size: cfg.batch_size as u32,
+        mode: if cfg.eval { "eval" } else { "train" }.into(),
+        process_id: process_id.to_string(),
+        checkpoint_steps: match cfg.checkpoint_path.clone() {
+            Some(dir) => vfl_bridge::Checkpoints::from_fn(move || checkpoint::list(&dir)),
+            None => vfl_bridge::Checkpoints::fixed(Vec::new()),
+        },
+        resume_session: String::new(),
+    }
+}
+
+/// SHA-256 over the data directory's block ids and file sizes.
+fn data_fingerprint(data: &DataDir) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for b in data.blocks() {
+        h.update(b.id.as_bytes());
+        h.update([0]);
+        h.update(std::fs::metadata(&b.path).map_or(0, |m| m.len()).to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn limit(cfg: &RunConfig) -> usize {
+    message_limit(
+        cfg.batch_size,
+        cfg.spec.follower.output_dim().max(cfg.spec.leader.output_dim()),
+    )
+}
+
+fn tensor_pb(t: WireTensor) -> pb::Tensor {
+    pb::Tensor {
+        shape: t.shape,
+        data: t.data.into(),
+    }
+}
+
+fn tensor_wire(t: Option<pb::Tensor>, what: &str) -> Result<WireTensor, TrainError> {
+    let t = t.ok_or_else(|| TrainError::Protocol(format!("{what} without a tensor")))?;
+    Ok(WireTensor {
+        shape: t.shape,
+        data: t.data.to_vec(),
+    })
+}
+
+/// Checks and converts an activations message.
+fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
+    let digest: [u8; 16] =
+        a.batch_digest.as_slice().try_into().map_err(|_| {
+            TrainError::Protocol(format!("batch digest of {} bytes, expected 16", a.batch_digest.len()))
+        })?;
+    Ok(Activations {
+        iteration: a.iteration,
+        digest: BatchDigest(digest),
+        train: a.train,
+        tensor: tensor_wire(a.tensor, "activations")?,
+    })
+}
+
+async fn start_metrics(cfg: &RunConfig) -> Result<(), TrainError> {
+    if let Some(addr) = &cfg.metrics_addr {
+        let bound = crate::progress::serve_metrics(addr, cfg.progress.clone()).await?;
+        tracing::info!(addr = %bound, "serving Prometheus metrics at /metrics");
+    }
+    Ok(())
+}
+
+fn link_options(cfg: &RunConfig) -> LinkOptions {
+    LinkOptions::new(cfg.peer_timeout, cfg.progress.clone())
+}
+
+/// Loads the model for evaluation: an export if given, else the
+/// checkpoint both parties agreed on.
+fn load_for_eval(
+    cfg: &RunConfig,
+    role: Role,
+    resume_step: Option<u64>,
+    tensors: Vec<vfl_nn::split::TensorMut<'_>>,
+) -> Result<String, TrainError> {
+    let fingerprint = cfg.spec.fingerprint();
+    if let Some(p) = &cfg.load_model {
+        checkpoint::load_export(p, role, &fingerprint, tensors, cfg.seal.as_deref())?;
+        return Ok(format!("export {}", p.display()));
+    }
+    match (resume_step, &cfg.checkpoint_path) {
+        (Some(step), Some(dir)) => {
+            checkpoint::load(dir, step, role, &fingerprint, tensors, cfg.seal.as_deref())?;
+            Ok(format!("checkpoint of step {step}"))
+        }
+        _ => Err(TrainError::Protocol(
+            "eval needs a model: --load-model (an export) or a --checkpoint-path holding a checkpoint both parties have".into(),
+        )),
+    }
+}
