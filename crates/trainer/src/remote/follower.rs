@@ -137,31 +137,15 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                                 "the leader saves a checkpoint but this follower has no --checkpoint-path".into(),
                             )
                         })?;
-                        let pos = position_after(&batch).unwrap_or(start_pos);
-                        let (next_iteration, opt_step) = party.counters();
-                        let st = RunState {
+                        let counters = party.counters();
+                        let at = At {
                             epoch: plan.epoch,
-                            plan: plan.block_ids.clone(),
-                            block: pos.block as u64,
-                            record: pos.record,
-                            next_iteration,
-                            opt_step,
-                            ..state.clone()
+                            plan: &plan.block_ids,
+                            pos: position_after(&batch).unwrap_or(start_pos),
                         };
                         let tensors = party.model_mut().tensors_mut();
-                        tokio::task::block_in_place(|| {
-                            checkpoint::save(
-                                dir,
-                                st.steps,
-                                Role::Follower,
-                                &fingerprint,
-                                tensors,
-                                &st,
-                                cfg.keep_checkpoints,
-                                cfg.seal.as_deref(),
-                            )
-                        })?;
-                        link.send(FMsg::CheckpointDone(pb::CheckpointDone { step: st.steps }))
+                        save_checkpoint(cfg, dir, Role::Follower, &fingerprint, tensors, &state, at, counters)?;
+                        link.send(FMsg::CheckpointDone(pb::CheckpointDone { step: state.steps }))
                             .await;
                     }
                     reader.recycle(batch);

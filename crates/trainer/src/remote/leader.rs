@@ -194,30 +194,14 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
                     }))
                     .await;
                     if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
-                        let pos = position_after(&batch).unwrap_or(start_pos);
-                        let (next_iteration, opt_step) = party.counters();
-                        let st = RunState {
+                        let counters = party.counters();
+                        let at = At {
                             epoch,
-                            plan: order.clone(),
-                            block: pos.block as u64,
-                            record: pos.record,
-                            next_iteration,
-                            opt_step,
-                            ..state.clone()
+                            plan: &order,
+                            pos: position_after(&batch).unwrap_or(start_pos),
                         };
                         let tensors = party.model_mut().tensors_mut();
-                        tokio::task::block_in_place(|| {
-                            checkpoint::save(
-                                dir,
-                                state.steps,
-                                Role::Leader,
-                                &fingerprint,
-                                tensors,
-                                &st,
-                                cfg.keep_checkpoints,
-                                cfg.seal.as_deref(),
-                            )
-                        })?;
+                        save_checkpoint(cfg, dir, Role::Leader, &fingerprint, tensors, &state, at, counters)?;
                         match link.recv().await? {
                             FMsg::CheckpointDone(d) if d.step == state.steps => {}
                             FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),

@@ -182,6 +182,52 @@ fn link_options(cfg: &RunConfig) -> LinkOptions {
     LinkOptions::new(cfg.peer_timeout, cfg.progress.clone())
 }
 
+/// Where in the data a checkpoint is taken: the epoch, its block order and
+/// the position after the batch just trained.
+struct At<'a> {
+    epoch: u32,
+    plan: &'a [String],
+    pos: Position,
+}
+
+/// Saves this party's checkpoint of step `state.steps` (both parties call
+/// it for the same step), with the data position and the iteration and
+/// optimizer counters.
+// One coordinated save's inputs; bundling them would only move the list.
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(
+    cfg: &RunConfig,
+    dir: &std::path::Path,
+    role: Role,
+    fingerprint: &str,
+    tensors: Vec<vfl_nn::split::TensorMut<'_>>,
+    state: &RunState,
+    at: At<'_>,
+    (next_iteration, opt_step): (u64, u64),
+) -> Result<(), TrainError> {
+    let st = RunState {
+        epoch: at.epoch,
+        plan: at.plan.to_vec(),
+        block: at.pos.block as u64,
+        record: at.pos.record,
+        next_iteration,
+        opt_step,
+        ..state.clone()
+    };
+    tokio::task::block_in_place(|| {
+        checkpoint::save(
+            dir,
+            st.steps,
+            role,
+            fingerprint,
+            tensors,
+            &st,
+            cfg.keep_checkpoints,
+            cfg.seal.as_deref(),
+        )
+    })
+}
+
 /// Loads the model for evaluation: an export if given, else the
 /// checkpoint both parties agreed on.
 fn load_for_eval(
