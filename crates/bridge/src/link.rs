@@ -131,6 +131,15 @@ impl Envelope for FollowerMessage {
     }
 }
 
+/// What arrived on the current connection.
+enum Arrival<In> {
+    Msg(In),
+    /// Nothing within the wait.
+    Quiet,
+    /// The connection is down (why).
+    Down(String),
+}
+
 /// What a receive on the current connection gave.
 enum Got<In> {
     Msg(In),
@@ -174,6 +183,14 @@ impl<Out: Envelope, In: Envelope> Drop for Core<Out, In> {
 /// everything until the next heartbeat).
 const ACK_EVERY: u64 = 16;
 
+/// Sends a heartbeat carrying `ack` if the queue has room (never waits);
+/// records the acknowledgement as sent.
+fn try_ack<Out: Envelope>(tx: &mpsc::Sender<Out::Wire>, session_id: &str, ack: u64, ack_sent: &AtomicU64) {
+    if tx.try_send(Out::heartbeat(session_id, ack).wire()).is_ok() {
+        ack_sent.fetch_max(ack, Ordering::AcqRel);
+    }
+}
+
 async fn heartbeats<Out: Envelope>(
     out: Outbox<Out::Wire>,
     received: Arc<AtomicU64>,
@@ -189,10 +206,7 @@ async fn heartbeats<Out: Envelope>(
         if let Some(tx) = tx {
             // A full queue carries data, which acknowledges and proves
             // liveness as well as a heartbeat would.
-            let ack = received.load(Ordering::Acquire);
-            if tx.try_send(Out::heartbeat(&session_id, ack).wire()).is_ok() {
-                ack_sent.fetch_max(ack, Ordering::AcqRel);
-            }
+            try_ack::<Out>(&tx, &session_id, received.load(Ordering::Acquire), &ack_sent);
         }
     }
 }
@@ -271,6 +285,19 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         Ok(())
     }
 
+    /// Reads what arrives on the current connection within `wait`.
+    async fn arrival(&mut self, wait: Duration) -> Arrival<In> {
+        let Some(inbound) = self.inbound.as_mut() else {
+            return Arrival::Down("not connected".into());
+        };
+        match tokio::time::timeout(wait, inbound.message()).await {
+            Err(_) => Arrival::Quiet,
+            Ok(Ok(Some(m))) => Arrival::Msg(m),
+            Ok(Err(status)) => Arrival::Down(status.message().to_string()),
+            Ok(Ok(None)) => Arrival::Down("the peer closed the stream".into()),
+        }
+    }
+
     /// The next new message; heartbeats and duplicates are consumed here.
     async fn recv(&mut self) -> Result<Got<In>, BridgeError> {
         loop {
@@ -286,22 +313,19 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             if self.sender().is_none() {
                 return Ok(Got::Down("sending to the peer failed".into()));
             }
-            let Some(inbound) = self.inbound.as_mut() else {
-                return Ok(Got::Down("not connected".into()));
-            };
-            let m = match tokio::time::timeout(self.opts.peer_timeout, inbound.message()).await {
-                Err(_) => {
+            match self.arrival(self.opts.peer_timeout).await {
+                Arrival::Msg(m) => {
+                    if let Some(m) = self.accept(m)? {
+                        return Ok(Got::Msg(m));
+                    }
+                }
+                Arrival::Quiet => {
                     return Ok(Got::Down(format!(
                         "no message or heartbeat for {} s",
                         self.opts.peer_timeout.as_secs_f64()
                     )));
                 }
-                Ok(Err(status)) => return Ok(Got::Down(status.message().to_string())),
-                Ok(Ok(None)) => return Ok(Got::Down("the peer closed the stream".into())),
-                Ok(Ok(Some(m))) => m,
-            };
-            if let Some(m) = self.accept(m)? {
-                return Ok(Got::Msg(m));
+                Arrival::Down(why) => return Ok(Got::Down(why)),
             }
         }
     }
@@ -311,24 +335,15 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     /// message until the end) and messages for the next [`Core::recv`].
     async fn drain(&mut self) {
         while self.fatal.is_none() && self.broken.is_none() {
-            let Some(inbound) = self.inbound.as_mut() else { return };
-            // A zero timeout polls the stream once: whatever is ready.
-            let m = match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
-                Err(_) => return,
-                Ok(Ok(Some(m))) => m,
-                Ok(Err(status)) => {
-                    self.broken = Some(status.message().to_string());
-                    return;
-                }
-                Ok(Ok(None)) => {
-                    self.broken = Some("the peer closed the stream".into());
-                    return;
-                }
-            };
-            match self.accept(m) {
-                Ok(Some(m)) => self.ready.push_back(m),
-                Ok(None) => {}
-                Err(e) => self.fatal = Some(e),
+            // A zero wait polls the stream once: whatever is ready.
+            match self.arrival(Duration::ZERO).await {
+                Arrival::Msg(m) => match self.accept(m) {
+                    Ok(Some(m)) => self.ready.push_back(m),
+                    Ok(None) => {}
+                    Err(e) => self.fatal = Some(e),
+                },
+                Arrival::Quiet => return,
+                Arrival::Down(why) => self.broken = Some(why),
             }
         }
     }
@@ -356,9 +371,8 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         self.opts.meter.received(m.encoded_len());
         if seq >= self.ack_sent.load(Ordering::Acquire) + ACK_EVERY
             && let Some(tx) = self.sender()
-            && tx.try_send(Out::heartbeat(&self.session_id, seq).wire()).is_ok()
         {
-            self.ack_sent.fetch_max(seq, Ordering::AcqRel);
+            try_ack::<Out>(&tx, &self.session_id, seq, &self.ack_sent);
         }
         Ok(Some(m))
     }
@@ -407,16 +421,14 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     async fn flush(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         while !self.unacked.is_empty() {
-            let Some(inbound) = self.inbound.as_mut() else {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Arrival::Msg(m) = self.arrival(left).await else {
                 return false;
             };
-            match tokio::time::timeout_at(deadline, inbound.message()).await {
-                Ok(Ok(Some(m))) => {
-                    if self.acknowledged(m.ack()).is_err() {
-                        return false;
-                    }
-                }
-                _ => return false,
+            match self.accept(m) {
+                Ok(Some(m)) => self.ready.push_back(m),
+                Ok(None) => {}
+                Err(_) => return false,
             }
         }
         true

@@ -64,6 +64,12 @@ async fn leader() -> server::Listener {
         .unwrap()
 }
 
+/// The leader's link on the first session that arrives.
+async fn admit(listener: &mut server::Listener, opts: LinkOptions) -> LeaderLink<'_> {
+    let first = listener.sessions.recv().await.unwrap();
+    LeaderLink::new(first, &mut listener.sessions, opts)
+}
+
 async fn follower(addr: std::net::SocketAddr, process_id: &str, opts: LinkOptions) -> FollowerLink {
     FollowerLink::connect(
         &addr.to_string(),
@@ -127,8 +133,7 @@ async fn cuts_between_receive_and_reply_lose_and_repeat_nothing() {
         }
         f
     });
-    let first = listener.sessions.recv().await.unwrap();
-    let mut l = LeaderLink::new(first, &mut listener.sessions, options(5_000, 3_600_000, lm.clone()));
+    let mut l = admit(&mut listener, options(5_000, 3_600_000, lm.clone())).await;
     let cut_at = [3, 4, 10, 29];
     for i in 1..=30 {
         expect_ping(&mut l, i).await;
@@ -160,8 +165,7 @@ async fn a_silent_connection_is_replaced_after_the_peer_timeout() {
         }
         f
     });
-    let first = listener.sessions.recv().await.unwrap();
-    let mut l = LeaderLink::new(first, &mut listener.sessions, options(800, 100, lm.clone()));
+    let mut l = admit(&mut listener, options(800, 100, lm.clone())).await;
     for i in 1..=6 {
         expect_ping(&mut l, i).await;
         if i == 3 {
@@ -191,8 +195,7 @@ async fn heartbeats_keep_a_busy_peer_alive() {
         expect_pong(&mut f, 1).await;
         f
     });
-    let first = listener.sessions.recv().await.unwrap();
-    let mut l = LeaderLink::new(first, &mut listener.sessions, options(500, 100, lm.clone()));
+    let mut l = admit(&mut listener, options(500, 100, lm.clone())).await;
     expect_ping(&mut l, 1).await;
     l.send(pong(1)).await;
     let _f = f.await.unwrap();
@@ -207,12 +210,7 @@ async fn a_follower_that_does_not_come_back_is_reported_gone() {
     let addr = listener.local_addr;
     let fm = Arc::new(Counts::default());
     let f = tokio::spawn(async move { follower(addr, "follower-1", options(500, 100, fm)).await });
-    let first = listener.sessions.recv().await.unwrap();
-    let mut l = LeaderLink::new(
-        first,
-        &mut listener.sessions,
-        options(500, 100, Arc::new(Counts::default())),
-    );
+    let mut l = admit(&mut listener, options(500, 100, Arc::new(Counts::default()))).await;
     drop(f.await.unwrap());
     match l.recv().await {
         Err(BridgeError::Gone {
@@ -234,8 +232,7 @@ async fn a_restarted_follower_is_told_apart_from_a_reconnect() {
         let o = opts();
         tokio::spawn(async move { follower(addr, "follower-a", o).await })
     };
-    let first = listener.sessions.recv().await.unwrap();
-    let mut l = LeaderLink::new(first, &mut listener.sessions, opts());
+    let mut l = admit(&mut listener, opts()).await;
     let first_session = l.session_id().to_string();
     let fa = (&mut a).await.unwrap();
     let mut fa = fa;
@@ -299,8 +296,7 @@ async fn a_restarted_leader_is_told_apart_from_a_reconnect() {
     }
     assert!(f.restart());
     assert_ne!(f.reply().session_id, old_session);
-    let s = new.sessions.recv().await.unwrap();
-    let mut l = LeaderLink::new(s, &mut new.sessions, options(5_000, 100, Arc::new(Counts::default())));
+    let mut l = admit(&mut new, options(5_000, 100, Arc::new(Counts::default()))).await;
     f.send(ping(1)).await;
     expect_ping(&mut l, 1).await;
     l.send(pong(1)).await;
@@ -331,12 +327,7 @@ async fn a_one_way_stream_keeps_few_messages_unacknowledged() {
         f.send(ping(201)).await;
         (f.unacknowledged(), f)
     });
-    let first = listener.sessions.recv().await.unwrap();
-    let mut l = LeaderLink::new(
-        first,
-        &mut listener.sessions,
-        options(5_000, 3_600_000, Arc::new(Counts::default())),
-    );
+    let mut l = admit(&mut listener, options(5_000, 3_600_000, Arc::new(Counts::default()))).await;
     for i in 1..=200 {
         expect_ping(&mut l, i).await;
     }

@@ -16,7 +16,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Resul
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(temp_name(&name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         write(&mut w)?;
@@ -31,6 +31,31 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Resul
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The temporary file of a write of `name` by process `pid`.
+fn temp_name(name: &str, pid: u32) -> String {
+    format!(".{name}.tmp-{pid}")
+}
+
+/// Removes the temporary files that writes of files named `prefix*` in
+/// `dir` left behind when their process was killed (those of other
+/// processes: use only on a directory that one process writes). Returns how
+/// many were removed.
+pub fn remove_stale_temps(dir: &Path, prefix: &str) -> usize {
+    let ours = std::process::id().to_string();
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            // `.<name>.tmp-<pid>`, as `temp_name` makes them.
+            n.strip_prefix('.')
+                .and_then(|rest| rest.rsplit_once(".tmp-"))
+                .is_some_and(|(name, pid)| name.starts_with(prefix) && pid != ours)
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 #[cfg(test)]
@@ -52,6 +77,23 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"first");
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temps_of_other_processes_are_removed_ours_and_others_kept() {
+        let dir = std::env::temp_dir().join(format!("vfl-atomic-stale-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let dead = dir.join(temp_name("ckpt-1.bin", u32::MAX));
+        let ours = dir.join(temp_name("ckpt-2.bin", std::process::id()));
+        let other_kind = dir.join(temp_name("model.bin", u32::MAX));
+        let target = dir.join("ckpt-1.bin");
+        for p in [&dead, &ours, &other_kind, &target] {
+            fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(&dir, "ckpt-"), 1);
+        assert!(!dead.exists());
+        assert!(ours.exists() && other_kind.exists() && target.exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -103,28 +103,10 @@ pub fn save(
     for s in steps {
         let _ = std::fs::remove_file(path(dir, s));
     }
-    for t in stale_temp_files(dir) {
-        let _ = std::fs::remove_file(t);
-    }
+    // A checkpoint directory belongs to one party: temporary files of other
+    // processes were left by a write that was killed.
+    vfl_data::atomic::remove_stale_temps(dir, "ckpt-");
     Ok(())
-}
-
-/// Temporary files of checkpoint writes that a killed earlier process left
-/// (`.ckpt-<step>.safetensors.tmp-<pid>` of another pid; a directory
-/// belongs to one party, so no other live process writes there).
-fn stale_temp_files(dir: &Path) -> Vec<PathBuf> {
-    let ours = format!(".tmp-{}", std::process::id());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(".ckpt-") && n.contains(".safetensors.tmp-") && !n.ends_with(&ours)
-        })
-        .map(|e| e.path())
-        .collect()
 }
 
 fn list_steps_to_prune(dir: &Path, keep: usize) -> Vec<u64> {

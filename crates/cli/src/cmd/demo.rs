@@ -153,7 +153,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             epoch + 1,
             r.steps,
             r.mean_loss,
-            r.metrics.auc.map_or("n/a".into(), |v| format!("{v:.4}"))
+            super::four(r.metrics.auc)
         );
     }
     let secs = start.elapsed().as_secs_f64();
@@ -162,7 +162,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let eval = t.run_pass(&mut l, &mut f, 256, false, |_| {})?;
 
     let m = eval.metrics;
-    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     println!(
         "training: {examples} examples in {secs:.1} s = {:.0} examples/s",
         examples as f64 / secs
@@ -170,9 +169,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!(
         "held-out evaluation ({} rows): AUC {}, log loss {:.4}, KS {}",
         m.count,
-        fmt(m.auc),
+        super::four(m.auc),
         m.log_loss,
-        fmt(m.ks)
+        super::four(m.ks)
     );
     println!("{}", best_possible(&synth, eval.examples));
     Ok(())
@@ -192,11 +191,10 @@ fn best_possible(synth: &SynthConfig, rows: u64) -> String {
         leader.update(&[sigmoid(generator.party_logit(&row, true))], &y, None);
         both.update(&[sigmoid(row.hidden_logit)], &y, None);
     }
-    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     format!(
         "best possible AUC (the hidden model): with the leader's features alone {}, with both parties' {}",
-        fmt(leader.values().auc),
-        fmt(both.values().auc)
+        super::four(leader.values().auc),
+        super::four(both.values().auc)
     )
 }
 

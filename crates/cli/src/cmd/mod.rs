@@ -8,6 +8,11 @@ pub mod model;
 pub mod party;
 pub mod selfcheck;
 
+/// A metric with four decimals, or `n/a`.
+pub(crate) fn four(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.4}"))
+}
+
 /// Logs go to stderr; `--loglevel` sets the default filter, `RUST_LOG`
 /// overrides it.
 pub fn init_logging(level: &str) {

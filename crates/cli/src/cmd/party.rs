@@ -252,7 +252,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn report(role: &str, s: &RunSummary) {
-    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     println!(
         "{role}: session {} done: {} epochs, {} steps, {} examples in {:.1} s ({:.0} examples/s)",
         s.session_id,
@@ -266,9 +265,9 @@ fn report(role: &str, s: &RunSummary) {
         println!(
             "{role}: mean loss {:.4}; last epoch: AUC {}, log loss {:.4}, KS {}",
             s.mean_loss,
-            fmt(m.auc),
+            super::four(m.auc),
             m.log_loss,
-            fmt(m.ks)
+            super::four(m.ks)
         );
     }
     if let Some(step) = s.resumed_from {

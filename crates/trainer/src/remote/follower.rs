@@ -104,13 +104,7 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                     };
                     let n = batch.rows;
                     let act = tokio::task::block_in_place(|| party.forward(&batch, true))?;
-                    link.send(FMsg::Activations(pb::Activations {
-                        iteration: act.iteration,
-                        batch_digest: act.digest.0.to_vec(),
-                        train: true,
-                        tensor: Some(tensor_pb(act.tensor)),
-                    }))
-                    .await;
+                    link.send(activations_pb(act)).await;
                     let g = match link.recv().await? {
                         LMsg::Gradient(g) => g,
                         LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
@@ -230,13 +224,7 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
                         break;
                     }
                     let act = tokio::task::block_in_place(|| party.forward(&batch, false))?;
-                    link.send(FMsg::Activations(pb::Activations {
-                        iteration: act.iteration,
-                        batch_digest: act.digest.0.to_vec(),
-                        train: false,
-                        tensor: Some(tensor_pb(act.tensor)),
-                    }))
-                    .await;
+                    link.send(activations_pb(act)).await;
                     steps += 1;
                     examples += n as u64;
                 }

@@ -156,6 +156,16 @@ fn tensor_wire(t: Option<pb::Tensor>, what: &str) -> Result<WireTensor, TrainErr
     })
 }
 
+/// The activations message of `a`.
+fn activations_pb(a: Activations) -> FMsg {
+    FMsg::Activations(pb::Activations {
+        iteration: a.iteration,
+        batch_digest: a.digest.0.to_vec(),
+        train: a.train,
+        tensor: Some(tensor_pb(a.tensor)),
+    })
+}
+
 /// Checks and converts an activations message.
 fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
     let digest: [u8; 16] =
