@@ -336,3 +336,70 @@ async fn a_one_way_stream_keeps_few_messages_unacknowledged() {
     let (unacked, _f) = f.await.unwrap();
     assert!(unacked <= 20, "{unacked} of 201 one-way messages still unacknowledged");
 }
+
+/// A follower speaking the protocol by hand (raw gRPC), to send what the
+/// link never would: the sender of its messages and its connection.
+async fn raw_follower(
+    addr: std::net::SocketAddr,
+) -> (
+    tokio::sync::mpsc::Sender<pb::FollowerMessage>,
+    tonic::Streaming<pb::LeaderMessage>,
+) {
+    let mut client = pb::bridge_client::BridgeClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let reply = client
+        .hello(settings("raw-follower").hello())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.accepted, "{}", reply.reason);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, inbound)
+}
+
+fn raw(seq: u64, ack: u64, m: FMsg) -> pb::FollowerMessage {
+    pb::FollowerMessage {
+        session_id: String::new(),
+        seq,
+        ack,
+        msg: Some(m),
+    }
+}
+
+/// A message missing from the sequence (2 never came) stops the session
+/// with an error: a lost message must never go unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_sequence_is_a_protocol_error() {
+    let mut listener = leader().await;
+    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
+    let mut l = admit(&mut listener, options(5_000, 100, Arc::new(Counts::default()))).await;
+    let (tx, _inbound) = raw_peer.await.unwrap();
+    tx.send(raw(1, 0, ping(1))).await.unwrap();
+    tx.send(raw(3, 0, ping(3))).await.unwrap();
+    expect_ping(&mut l, 1).await;
+    match l.recv().await {
+        Err(BridgeError::Protocol(m)) => assert!(m.contains("message 3") && m.contains("missing"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+/// An acknowledgement of a message that was never sent stops the session
+/// with an error (it would make the sender drop messages the peer lacks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_of_an_unsent_message_is_a_protocol_error() {
+    let mut listener = leader().await;
+    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
+    let mut l = admit(&mut listener, options(5_000, 100, Arc::new(Counts::default()))).await;
+    let (tx, _inbound) = raw_peer.await.unwrap();
+    tx.send(raw(1, 5, ping(1))).await.unwrap();
+    match l.recv().await {
+        Err(BridgeError::Protocol(m)) => assert!(m.contains("acknowledges message 5"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
