@@ -231,96 +231,43 @@ impl EmbeddingBags {
                 got: format!("{}x{}", out.rows(), out.cols()),
             });
         }
-        self.resolve(batch)?;
-        let ns = self.slots.len();
         let cols = out.cols();
         let rows_per = batch.rows.div_ceil(cx.threads()).max(1);
-        let parts: Vec<(usize, &mut [f32])> = out
+        let ns = self.slots.len();
+        // Ids are resolved to table rows inside the gather, each part
+        // resolving the ids of its own examples.
+        self.resolved.clear();
+        self.resolved.resize(batch.ids.len(), 0);
+        let id_bounds: Vec<usize> = (0..batch.rows)
+            .step_by(rows_per)
+            .chain([batch.rows])
+            .map(|b| batch.offsets[b * ns] as usize)
+            .collect();
+        let mut errors: Vec<Option<NnError>> = (1..id_bounds.len()).map(|_| None).collect();
+        let parts: Vec<_> = out
             .as_mut_slice()
             .chunks_mut(rows_per * cols.max(1))
+            .zip(split_by(&mut self.resolved, &id_bounds))
+            .zip(errors.iter_mut())
             .enumerate()
+            .map(|(i, ((dst, res), err))| (i * rows_per, dst, res, err))
             .collect();
-        let (slots, tables, resolved) = (&self.slots, self.tables.as_slice(), &self.resolved);
-        cx.for_each_part(parts, |(chunk, dst)| {
-            let b0 = chunk * rows_per;
-            let nrows = dst.len() / cols.max(1);
-            // Blocks of examples, slot-major within a block: a slot's
-            // table stays in L1 while it serves the block, and the block's
-            // output rows are written as a few sequential streams.
-            for blk in (0..nrows).step_by(EX_BLOCK) {
-                let end = (blk + EX_BLOCK).min(nrows);
-                for (s, slot) in slots.iter().enumerate() {
-                    let dim = slot.cfg.dim;
-                    let table = &tables[slot.elem_off..slot.elem_off + slot.cfg.vocab * dim];
-                    if let Some(next) = slots.get(s + 1) {
-                        for b in b0 + blk..b0 + end {
-                            let (lo, hi) = (
-                                batch.offsets[b * ns + s + 1] as usize,
-                                batch.offsets[b * ns + s + 2] as usize,
-                            );
-                            for &r in &resolved[lo..hi] {
-                                prefetch(&tables[next.elem_off + r as usize * next.cfg.dim..]);
-                            }
-                        }
-                    }
-                    for i in blk..end {
-                        let b = b0 + i;
-                        let (lo, hi) = (
-                            batch.offsets[b * ns + s] as usize,
-                            batch.offsets[b * ns + s + 1] as usize,
-                        );
-                        let c = i * cols + col_off + slot.col_off;
-                        let o = &mut dst[c..c + dim];
-                        match &resolved[lo..hi] {
-                            [] => o.fill(0.0),
-                            // One id: every combiner gives the row itself.
-                            [r] => copy(o, &table[*r as usize * dim..(*r as usize + 1) * dim]),
-                            rows => {
-                                let scale = combine_scale(slot.cfg.combiner, rows.len());
-                                o.fill(0.0);
-                                for &r in rows {
-                                    axpy(o, &table[r as usize * dim..(r as usize + 1) * dim], 1.0);
-                                }
-                                o.iter_mut().for_each(|v| *v *= scale);
-                            }
-                        }
-                    }
-                }
+        let (slots, tables) = (&self.slots, self.tables.as_slice());
+        cx.for_each_part(parts, |(b0, dst, res, err)| {
+            let view = OutView {
+                data: dst,
+                cols,
+                col_off,
+            };
+            if let Err(e) = gather(slots, tables, batch, b0, view, res) {
+                *err = Some(e);
             }
         });
-        Ok(())
-    }
-
-    /// Maps each id to its table row, checking ranges.
-    fn resolve(&mut self, batch: &SparseBatch<'_>) -> Result<(), NnError> {
-        let ns = self.slots.len();
-        self.resolved.clear();
-        self.resolved.reserve(batch.ids.len());
-        for b in 0..batch.rows {
-            for (s, slot) in self.slots.iter().enumerate() {
-                let (lo, hi) = (
-                    batch.offsets[b * ns + s] as usize,
-                    batch.offsets[b * ns + s + 1] as usize,
-                );
-                for &id in &batch.ids[lo..hi] {
-                    let vocab = slot.cfg.vocab as u64;
-                    let row = if (0..slot.cfg.vocab as i64).contains(&id) {
-                        id as u64
-                    } else if slot.cfg.out_of_range == OutOfRange::Hash {
-                        hash_id(id) % vocab
-                    } else {
-                        return Err(NnError::IdOutOfRange {
-                            slot: slot.cfg.name.clone(),
-                            example: b,
-                            id,
-                            vocab: slot.cfg.vocab,
-                        });
-                    };
-                    self.resolved.push(row as u32);
-                }
-            }
+        // Parts cover examples in order: the first error is the earliest.
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Backward pass for the last forward pass on `batch`: `grad` holds the
@@ -509,6 +456,94 @@ impl Part<'_> {
         }
     }
 }
+
+/// Rows `b0 ..` of the forward output: `data` holds whole rows of `cols`
+/// values, the tables' columns start at `col_off`.
+struct OutView<'a> {
+    data: &'a mut [f32],
+    cols: usize,
+    col_off: usize,
+}
+
+/// Resolves and combines the ids of the examples `b0 ..` whose output rows
+/// `out` holds, example by example, writing each id's table row into `res`
+/// (the part of the resolved rows that starts with example `b0`'s first id).
+///
+/// Example-major order writes each output row as one sequential stream;
+/// the table rows it reads are independent loads the CPU overlaps.
+fn gather(
+    slots: &[Slot],
+    tables: &[f32],
+    batch: &SparseBatch<'_>,
+    b0: usize,
+    out: OutView<'_>,
+    res: &mut [u32],
+) -> Result<(), NnError> {
+    let ns = slots.len();
+    let id0 = batch.offsets[b0 * ns] as usize;
+    for (i, row) in out.data.chunks_exact_mut(out.cols.max(1)).enumerate() {
+        let b = b0 + i;
+        let offs = &batch.offsets[b * ns..=(b + 1) * ns];
+        let row = &mut row[out.col_off..];
+        for (s, slot) in slots.iter().enumerate() {
+            let (lo, hi) = (offs[s] as usize, offs[s + 1] as usize);
+            // Ask for the table row a few slots ahead (its first id only).
+            let ahead = s + PREFETCH_SLOTS;
+            if let Some(next) = slots.get(ahead)
+                && offs[ahead] < offs[ahead + 1]
+                && let Some(&id) = batch.ids.get(offs[ahead] as usize)
+                && (id as u64) < next.cfg.vocab as u64
+            {
+                prefetch(&tables[next.elem_off + id as usize * next.cfg.dim..]);
+            }
+            let dim = slot.cfg.dim;
+            let table = &tables[slot.elem_off..slot.elem_off + slot.cfg.vocab * dim];
+            let o = &mut row[slot.col_off..slot.col_off + dim];
+            let rows = &mut res[lo - id0..hi - id0];
+            for (r, &id) in rows.iter_mut().zip(&batch.ids[lo..hi]) {
+                *r = slot.row_of(id, b)?;
+            }
+            match &*rows {
+                [] => o.fill(0.0),
+                // One id: every combiner gives the row itself.
+                [r] => copy(o, &table[*r as usize * dim..(*r as usize + 1) * dim]),
+                rows => {
+                    let scale = combine_scale(slot.cfg.combiner, rows.len());
+                    o.fill(0.0);
+                    for &r in rows {
+                        axpy(o, &table[r as usize * dim..(r as usize + 1) * dim], 1.0);
+                    }
+                    o.iter_mut().for_each(|v| *v *= scale);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Slot {
+    /// The table row of `id` (seen in example `example`), or the error
+    /// naming slot, example and id.
+    #[inline(always)]
+    fn row_of(&self, id: i64, example: usize) -> Result<u32, NnError> {
+        let vocab = self.cfg.vocab as u64;
+        if (id as u64) < vocab {
+            Ok(id as u32)
+        } else if self.cfg.out_of_range == OutOfRange::Hash {
+            Ok((hash_id(id) % vocab) as u32)
+        } else {
+            Err(NnError::IdOutOfRange {
+                slot: self.cfg.name.clone(),
+                example,
+                id,
+                vocab: self.cfg.vocab,
+            })
+        }
+    }
+}
+
+/// How many slots ahead the gather asks for table rows.
+const PREFETCH_SLOTS: usize = 16;
 
 /// Examples per block in the gather and scatter loops.
 const EX_BLOCK: usize = 16;

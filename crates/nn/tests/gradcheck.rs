@@ -206,6 +206,30 @@ fn embedding_rejects_out_of_range_ids_naming_slot_example_and_id() {
 }
 
 #[test]
+fn with_two_threads_the_earliest_out_of_range_id_is_reported() {
+    // Two threads split the examples; both halves hold a bad id, and the
+    // error must name the first one in example order, as with one thread.
+    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
+    let ids = vec![1, 2, 70, 4, 5, 6, 1, 80, 3, 1, 2, 3];
+    let offsets: Vec<u32> = (0..=12).collect();
+    let batch = SparseBatch {
+        rows: 4,
+        slots: 3,
+        ids: &ids,
+        offsets: &offsets,
+    };
+    for threads in [1, 2, 4] {
+        let cx = Compute::new(threads).unwrap();
+        let mut out = Matrix::zeros(4, emb.out_cols());
+        let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("slot s2") && err.contains("example 0") && err.contains("id 70"),
+            "threads={threads}: {err}"
+        );
+    }
+}
+
+#[test]
 fn hashed_slots_accept_any_id_deterministically() {
     let cx = Compute::single();
     let mut cfg = slots(Combiner::Sum);
