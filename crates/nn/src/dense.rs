@@ -34,6 +34,8 @@ pub struct Dense {
     sb: ParamState,
     out: Matrix,
     dz: Matrix,
+    /// One panel of the input gradient ([`Dense::backward_dx_panels`]).
+    panel_dx: Matrix,
 }
 
 impl Dense {
@@ -67,6 +69,7 @@ impl Dense {
             w,
             out: Matrix::default(),
             dz: Matrix::default(),
+            panel_dx: Matrix::default(),
         }
     }
 
@@ -146,13 +149,18 @@ impl Dense {
             Accumulate::Overwrite,
             1.0,
         )?;
+        self.finish_forward();
+        Ok(&self.out)
+    }
+
+    /// Bias and activation on the product in `out`.
+    fn finish_forward(&mut self) {
         if self.has_bias {
-            for r in 0..rows {
+            for r in 0..self.out.rows() {
                 self.out.row_mut(r).iter_mut().zip(&self.b).for_each(|(o, b)| *o += b);
             }
         }
         self.act.apply(self.out.as_mut_slice());
-        Ok(&self.out)
     }
 
     /// Backward pass for the forward pass on `x`, given `dy`, the gradient
@@ -167,8 +175,78 @@ impl Dense {
         dx: Option<&mut Matrix>,
         update: Update<'_>,
     ) -> Result<(), NnError> {
-        if dy.shape() != self.out.shape() || x.rows() != dy.rows() || x.cols() != self.inputs {
+        self.check_backward(x, dy)?;
+        self.prepare_dz(dy);
+        let dz = Operand::of(&self.dz);
+        let w = Operand::new(&self.w, self.inputs, self.units);
+        // dx = dz W^T, computed with the weights of the forward pass.
+        if let Some(dx) = dx {
+            dx.resize(x.rows(), self.inputs);
+            gemm(cx, dx.as_mut_slice(), dz, w.t(), Accumulate::Overwrite, 1.0)?;
+        }
+        self.weight_step(cx, Operand::of(x).t(), 0..self.inputs, update)?;
+        self.finish_step(cx, update);
+        Ok(())
+    }
+
+    /// [`Dense::backward`] handing the input gradient over in column panels
+    /// instead of as one matrix: for each panel of consecutive input
+    /// columns, `take(i, dx)` receives `dx[:, panels[i]]` (computed with the
+    /// weights of the forward pass) while it is still in cache. The panels
+    /// must cover the inputs in order.
+    pub fn backward_dx_panels(
+        &mut self,
+        cx: &Compute,
+        x: &Matrix,
+        dy: &Matrix,
+        panels: &[std::ops::Range<usize>],
+        mut take: impl FnMut(usize, &Matrix) -> Result<(), NnError>,
+        update: Update<'_>,
+    ) -> Result<(), NnError> {
+        self.check_backward(x, dy)?;
+        let mut next = 0;
+        for p in panels {
+            if p.start != next || p.end < p.start {
+                break;
+            }
+            next = p.end;
+        }
+        if next != self.inputs || panels.iter().any(|p| p.end < p.start) {
             return Err(NnError::Shape {
+                what: format!("input panels of layer {}", self.name),
+                expected: format!("consecutive column ranges covering 0..{}", self.inputs),
+                got: format!("{panels:?}"),
+            });
+        }
+        self.prepare_dz(dy);
+        let mut dx = std::mem::take(&mut self.panel_dx);
+        let result = (|| {
+            for (i, p) in panels.iter().enumerate() {
+                let w = &self.w[p.start * self.units..p.end * self.units];
+                let wt = Operand::new(w, p.len(), self.units).t();
+                dx.resize(x.rows(), p.len());
+                gemm(
+                    cx,
+                    dx.as_mut_slice(),
+                    Operand::of(&self.dz),
+                    wt,
+                    Accumulate::Overwrite,
+                    1.0,
+                )?;
+                take(i, &dx)?;
+            }
+            Ok(())
+        })();
+        self.panel_dx = dx;
+        result?;
+        self.weight_step(cx, Operand::of(x).t(), 0..self.inputs, update)?;
+        self.finish_step(cx, update);
+        Ok(())
+    }
+
+    fn check_backward(&self, x: &Matrix, dy: &Matrix) -> Result<(), NnError> {
+        if dy.shape() != self.out.shape() || x.rows() != dy.rows() || x.cols() != self.inputs {
+            Err(NnError::Shape {
                 what: format!("gradient of layer {}", self.name),
                 expected: format!(
                     "{}x{} (input {}x{})",
@@ -178,42 +256,57 @@ impl Dense {
                     self.inputs
                 ),
                 got: format!("{}x{} (input {}x{})", dy.rows(), dy.cols(), x.rows(), x.cols()),
-            });
+            })
+        } else {
+            Ok(())
         }
+    }
+
+    /// `dz`: the gradient `dy` through the activation; the bias gradient.
+    fn prepare_dz(&mut self, dy: &Matrix) {
         self.dz.resize(dy.rows(), dy.cols());
         self.dz.as_mut_slice().copy_from_slice(dy.as_slice());
         self.act.backprop(self.out.as_slice(), self.dz.as_mut_slice());
-        let dz = Operand::of(&self.dz);
-        let w = Operand::new(&self.w, self.inputs, self.units);
-        // dx = dz W^T, computed with the weights of the forward pass.
-        if let Some(dx) = dx {
-            dx.resize(x.rows(), self.inputs);
-            gemm(cx, dx.as_mut_slice(), dz, w.t(), Accumulate::Overwrite, 1.0)?;
-        }
         if self.has_bias {
             self.gb.fill(0.0);
             for r in 0..self.dz.rows() {
                 self.gb.iter_mut().zip(self.dz.row(r)).for_each(|(g, d)| *g += d);
             }
         }
-        let xt = Operand::of(x).t();
+    }
+
+    /// The weight rows `cols` given their input `xt` (transposed,
+    /// `cols.len() x rows`): fused SGD, or the gradient into `gw`.
+    fn weight_step(
+        &mut self,
+        cx: &Compute,
+        xt: Operand<'_>,
+        cols: std::ops::Range<usize>,
+        update: Update<'_>,
+    ) -> Result<(), NnError> {
+        let (lo, hi) = (cols.start * self.units, cols.end * self.units);
+        let dz = Operand::of(&self.dz);
         match update {
             Update::Apply(opt) if opt.sgd_rate().is_some() => {
                 let lr = opt.sgd_rate().unwrap_or_default();
                 // Fused SGD: W += (-lr) * x^T dz, no gradient buffer.
-                gemm(cx, &mut self.w, xt, dz, Accumulate::Add, -lr)?;
-                opt.apply_param(&mut self.b, &self.gb, &mut self.sb);
+                gemm(cx, &mut self.w[lo..hi], xt, dz, Accumulate::Add, -lr)
             }
             _ => {
                 self.gw.resize(self.w.len(), 0.0);
-                gemm(cx, &mut self.gw, xt, dz, Accumulate::Overwrite, 1.0)?;
-                if let Update::Apply(opt) = update {
-                    apply_parallel(cx, opt, &mut self.w, &self.gw, &mut self.sw);
-                    opt.apply_param(&mut self.b, &self.gb, &mut self.sb);
-                }
+                gemm(cx, &mut self.gw[lo..hi], xt, dz, Accumulate::Overwrite, 1.0)
             }
         }
-        Ok(())
+    }
+
+    /// After every weight row was handled: the optimizer step for the
+    /// collected weight gradient (non-SGD) and for the bias.
+    fn finish_step(&mut self, cx: &Compute, update: Update<'_>) {
+        let Update::Apply(opt) = update else { return };
+        if opt.sgd_rate().is_none() {
+            apply_parallel(cx, opt, &mut self.w, &self.gw, &mut self.sw);
+        }
+        opt.apply_param(&mut self.b, &self.gb, &mut self.sb);
     }
 }
 

@@ -7,6 +7,8 @@
 //! its updates in example order whatever the thread count, so results do not
 //! depend on the number of threads.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 
 use crate::NnError;
@@ -82,6 +84,13 @@ impl SparseBatch<'_> {
         }
         Ok(())
     }
+}
+
+/// A [`SparseBatch`] whose offsets were checked (by
+/// [`EmbeddingBags::check_batch`]): every slot's ids lie inside `ids`.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckedBatch<'a> {
+    batch: SparseBatch<'a>,
 }
 
 #[derive(Clone, Debug)]
@@ -205,6 +214,22 @@ impl EmbeddingBags {
         g
     }
 
+    /// Checks a batch's offsets and slot count once, for the
+    /// [`EmbeddingBags::forward_slots`] / [`EmbeddingBags::backward_slots`]
+    /// calls that work on it slot range by slot range.
+    pub fn check_batch<'a>(&self, batch: &SparseBatch<'a>) -> Result<CheckedBatch<'a>, NnError> {
+        batch.check()?;
+        if batch.slots != self.slots.len() {
+            return Err(NnError::Input(format!(
+                "{}: batch has {} slots, model expects {}",
+                self.name,
+                batch.slots,
+                self.slots.len()
+            )));
+        }
+        Ok(CheckedBatch { batch: *batch })
+    }
+
     /// Looks up and combines the batch's ids, writing each example's
     /// `out_cols` values into `out` (`rows x out.cols()`) from column
     /// `col_off` on.
@@ -215,29 +240,37 @@ impl EmbeddingBags {
         out: &mut Matrix,
         col_off: usize,
     ) -> Result<(), NnError> {
-        batch.check()?;
-        if batch.slots != self.slots.len() {
-            return Err(NnError::Input(format!(
-                "{}: batch has {} slots, model expects {}",
-                self.name,
-                batch.slots,
-                self.slots.len()
-            )));
-        }
-        if out.rows() != batch.rows || out.cols() < col_off + self.out_cols {
+        let batch = self.check_batch(batch)?;
+        self.forward_slots(cx, &batch, 0..self.slots.len(), out, col_off)
+    }
+
+    /// [`EmbeddingBags::forward`] for the slots `range` only: their
+    /// combined embeddings go to `out` from column `col_off` on.
+    pub fn forward_slots(
+        &mut self,
+        cx: &Compute,
+        batch: &CheckedBatch<'_>,
+        range: Range<usize>,
+        out: &mut Matrix,
+        col_off: usize,
+    ) -> Result<(), NnError> {
+        let batch = &batch.batch;
+        let width = self.range_cols(batch, &range)?;
+        if out.rows() != batch.rows || out.cols() < col_off + width {
             return Err(NnError::Shape {
                 what: format!("{} output", self.name),
-                expected: format!("{} rows, >= {} columns", batch.rows, col_off + self.out_cols),
+                expected: format!("{} rows, >= {} columns", batch.rows, col_off + width),
                 got: format!("{}x{}", out.rows(), out.cols()),
             });
+        }
+        if self.resolved.len() != batch.ids.len() {
+            self.resolved.resize(batch.ids.len(), 0);
         }
         let cols = out.cols();
         let rows_per = batch.rows.div_ceil(cx.threads()).max(1);
         let ns = self.slots.len();
         // Ids are resolved to table rows inside the gather, each part
-        // resolving the ids of its own examples.
-        self.resolved.clear();
-        self.resolved.resize(batch.ids.len(), 0);
+        // resolving the ids of its own examples (in these slots).
         let id_bounds: Vec<usize> = (0..batch.rows)
             .step_by(rows_per)
             .chain([batch.rows])
@@ -259,7 +292,7 @@ impl EmbeddingBags {
                 cols,
                 col_off,
             };
-            if let Err(e) = gather(slots, tables, batch, b0, view, res) {
+            if let Err(e) = gather(slots, range.clone(), tables, batch, b0, view, res) {
                 *err = Some(e);
             }
         });
@@ -280,9 +313,24 @@ impl EmbeddingBags {
         col_off: usize,
         update: Update<'_>,
     ) -> Result<(), NnError> {
-        batch.check()?;
-        if self.resolved.len() != batch.ids.len() || grad.rows() != batch.rows || grad.cols() < col_off + self.out_cols
-        {
+        let batch = self.check_batch(batch)?;
+        self.backward_slots(cx, &batch, 0..self.slots.len(), grad, col_off, update)
+    }
+
+    /// [`EmbeddingBags::backward`] for the slots `range` only: `grad` holds
+    /// the gradient w.r.t. their output from column `col_off` on.
+    pub fn backward_slots(
+        &mut self,
+        cx: &Compute,
+        batch: &CheckedBatch<'_>,
+        range: Range<usize>,
+        grad: &Matrix,
+        col_off: usize,
+        update: Update<'_>,
+    ) -> Result<(), NnError> {
+        let batch = &batch.batch;
+        let width = self.range_cols(batch, &range)?;
+        if self.resolved.len() != batch.ids.len() || grad.rows() != batch.rows || grad.cols() < col_off + width {
             return Err(NnError::Input(format!(
                 "{}: backward pass does not match the last forward pass",
                 self.name
@@ -301,10 +349,11 @@ impl EmbeddingBags {
             self.stamp.fill(0);
             self.generation = 1;
         }
-        // Split slots into contiguous groups, one per thread.
-        let ns = self.slots.len();
-        let per = ns.div_ceil(cx.threads()).max(1);
-        let bounds: Vec<usize> = (0..ns).step_by(per).chain([ns]).collect();
+        // Output column of slot `s` is `col_off + slot.col_off - c0`.
+        let cols = (col_off, self.col_at(range.start));
+        // Split the slots into contiguous groups, one per thread.
+        let per = range.len().div_ceil(cx.threads()).max(1);
+        let bounds: Vec<usize> = range.clone().step_by(per).chain([range.end]).collect();
         let elem_b: Vec<usize> = bounds.iter().map(|&s| self.elem_at(s)).collect();
         let row_b: Vec<usize> = bounds.iter().map(|&s| self.row_at(s)).collect();
         let tables = split_by(self.tables.as_mut_slice(), &elem_b);
@@ -336,11 +385,27 @@ impl EmbeddingBags {
         let generation = self.generation;
         let (slots, resolved) = (&self.slots, &self.resolved);
         cx.for_each_part(parts, |part| {
-            part.run(slots, resolved, batch, grad, col_off, update, sgd, generation);
+            part.run(slots, resolved, batch, grad, cols, update, sgd, generation);
         });
         Ok(())
     }
 
+    /// Output columns of the slots `range`, checking the range and that the
+    /// batch has these tables' slot count.
+    fn range_cols(&self, batch: &SparseBatch<'_>, range: &Range<usize>) -> Result<usize, NnError> {
+        if batch.slots != self.slots.len() || range.start > range.end || range.end > self.slots.len() {
+            return Err(NnError::Input(format!(
+                "{}: slots {range:?} of a {}-slot batch do not fit {} slots",
+                self.name,
+                batch.slots,
+                self.slots.len()
+            )));
+        }
+        Ok(self.col_at(range.end) - self.col_at(range.start))
+    }
+    fn col_at(&self, s: usize) -> usize {
+        self.slots.get(s).map_or(self.out_cols, |sl| sl.col_off)
+    }
     fn elem_at(&self, s: usize) -> usize {
         self.slots.get(s).map_or(self.tables.len(), |sl| sl.elem_off)
     }
@@ -368,7 +433,7 @@ impl Part<'_> {
         resolved: &[u32],
         batch: &SparseBatch<'_>,
         grad: &Matrix,
-        col_off: usize,
+        (col_off, c0): (usize, usize),
         update: Update<'_>,
         sgd: Option<f32>,
         generation: u32,
@@ -413,7 +478,7 @@ impl Part<'_> {
                         continue;
                     }
                     let scale = combine_scale(slot.cfg.combiner, hi - lo);
-                    let c = b * gcols + col_off + slot.col_off;
+                    let c = b * gcols + col_off + (slot.col_off - c0);
                     let g = &g_all[c..c + dim];
                     for &r in &resolved[lo..hi] {
                         let e = se + r as usize * dim;
@@ -473,6 +538,7 @@ struct OutView<'a> {
 /// the table rows it reads are independent loads the CPU overlaps.
 fn gather(
     slots: &[Slot],
+    range: Range<usize>,
     tables: &[f32],
     batch: &SparseBatch<'_>,
     b0: usize,
@@ -481,15 +547,16 @@ fn gather(
 ) -> Result<(), NnError> {
     let ns = slots.len();
     let id0 = batch.offsets[b0 * ns] as usize;
+    let c0 = slots.get(range.start).map_or(0, |s| s.col_off);
     for (i, row) in out.data.chunks_exact_mut(out.cols.max(1)).enumerate() {
         let b = b0 + i;
         let offs = &batch.offsets[b * ns..=(b + 1) * ns];
         let row = &mut row[out.col_off..];
-        for (s, slot) in slots.iter().enumerate() {
+        for (s, slot) in slots.iter().enumerate().take(range.end).skip(range.start) {
             let (lo, hi) = (offs[s] as usize, offs[s + 1] as usize);
             // Ask for the table row a few slots ahead (its first id only).
             let ahead = s + PREFETCH_SLOTS;
-            if let Some(next) = slots.get(ahead)
+            if let Some(next) = slots[..range.end].get(ahead)
                 && offs[ahead] < offs[ahead + 1]
                 && let Some(&id) = batch.ids.get(offs[ahead] as usize)
                 && (id as u64) < next.cfg.vocab as u64
@@ -498,7 +565,7 @@ fn gather(
             }
             let dim = slot.cfg.dim;
             let table = &tables[slot.elem_off..slot.elem_off + slot.cfg.vocab * dim];
-            let o = &mut row[slot.col_off..slot.col_off + dim];
+            let o = &mut row[slot.col_off - c0..slot.col_off - c0 + dim];
             let rows = &mut res[lo - id0..hi - id0];
             for (r, &id) in rows.iter_mut().zip(&batch.ids[lo..hi]) {
                 *r = slot.row_of(id, b)?;
@@ -608,12 +675,16 @@ pub fn hash_id(id: i64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Splits `s` at the (non-decreasing, starting at 0, ending at len) bounds.
+/// Splits `s[bounds[0] .. bounds[last]]` at the (non-decreasing) bounds.
 /// A bounds list `[0, 0]` on an empty slice yields empty parts on demand.
-fn split_by<'a, T>(mut s: &'a mut [T], bounds: &[usize]) -> Vec<&'a mut [T]> {
+fn split_by<'a, T>(s: &'a mut [T], bounds: &[usize]) -> Vec<&'a mut [T]> {
     let mut out = Vec::with_capacity(bounds.len().saturating_sub(1));
-    let mut prev = bounds.first().copied().unwrap_or(0);
-    for &b in &bounds[1.min(bounds.len())..] {
+    let (Some(&first), Some(&last)) = (bounds.first(), bounds.last()) else {
+        return out;
+    };
+    let mut s = &mut s[first..last];
+    let mut prev = first;
+    for &b in &bounds[1..] {
         let (head, tail) = std::mem::take(&mut s).split_at_mut(b - prev);
         out.push(head);
         s = tail;

@@ -95,6 +95,12 @@ fn state_tensors<'a>(name: &str, shape: &[usize], st: &'a mut ParamState, out: &
     }
 }
 
+/// Widest panel, in columns, in which the first layer hands its input
+/// gradient to the embeddings: `rows x 256` floats (256 KiB at batch 256)
+/// stay in L2 between the product that makes them and the table updates
+/// that read them.
+const PANEL_COLS: usize = 256;
+
 /// One party's tower: embeddings and dense columns, concatenated, then
 /// dense layers.
 #[derive(Debug)]
@@ -102,6 +108,11 @@ pub struct Tower {
     role: Role,
     emb: Option<EmbeddingBags>,
     dense_cols: usize,
+    /// Column panels of the first layer's input (slot groups, then the
+    /// dense columns) and the slots of each, for the backward pass.
+    panels: Vec<std::ops::Range<usize>>,
+    panel_slots: Vec<std::ops::Range<usize>>,
+    panelled: bool,
     input: Matrix,
     layers: Vec<Dense>,
     grad_a: Matrix,
@@ -115,10 +126,18 @@ impl Tower {
         let emb =
             (!slots.is_empty()).then(|| EmbeddingBags::new(&format!("{role}/emb"), &slots, &spec.init, spec.seed, opt));
         let layers = build_layers(role.as_str(), t.input_dim(), &t.layers, spec, opt);
+        let dense_cols = t.dense_columns().len();
+        let (panels, panel_slots) = emb
+            .as_ref()
+            .map(|e| plan_panels(e, dense_cols, PANEL_COLS))
+            .unwrap_or_default();
         Tower {
             role,
             emb,
-            dense_cols: t.dense_columns().len(),
+            dense_cols,
+            panels,
+            panel_slots,
+            panelled: true,
             input: Matrix::default(),
             layers,
             grad_a: Matrix::default(),
@@ -128,6 +147,18 @@ impl Tower {
 
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// Width of the panels in which the backward pass hands the first
+    /// layer's input gradient to the embeddings ([`PANEL_COLS`] by default),
+    /// or 0 for one matrix. The result is the same either way (bitwise for
+    /// widths that are multiples of 16; otherwise the matrix kernel may sum
+    /// in another order); the setting exists to measure the difference.
+    pub fn set_backward_panel_cols(&mut self, cols: usize) {
+        self.panelled = cols > 0;
+        if let Some(emb) = &self.emb {
+            (self.panels, self.panel_slots) = plan_panels(emb, self.dense_cols, cols.max(1));
+        }
     }
 
     fn emb_cols(&self) -> usize {
@@ -217,13 +248,25 @@ impl Tower {
         let mut down = std::mem::take(&mut self.grad_b);
         let n = self.layers.len();
         let has_emb = self.emb.is_some();
+        let panelled = self.panelled && has_emb && n > 0;
         for i in (0..n).rev() {
             let (before, rest) = self.layers.split_at_mut(i);
             let x = before.last().map_or(&self.input, |l| l.output());
             let dy = if i + 1 == n { grad_out } else { &upstream };
+            if i == 0 && panelled {
+                break;
+            }
             let need_dx = i > 0 || has_emb;
             rest[0].backward(cx, x, dy, need_dx.then_some(&mut down), update)?;
             std::mem::swap(&mut upstream, &mut down);
+        }
+        if panelled {
+            // The first layer hands its input gradient over panel by panel,
+            // each applied to its slots' tables while it is in cache.
+            let result = self.backward_first_panelled(cx, inp, if n == 1 { grad_out } else { &upstream }, update);
+            self.grad_a = upstream;
+            self.grad_b = down;
+            return result;
         }
         let result = match (&mut self.emb, &inp.sparse) {
             (Some(emb), Some(sp)) => emb.backward(cx, sp, if n == 0 { grad_out } else { &upstream }, 0, update),
@@ -233,6 +276,26 @@ impl Tower {
         self.grad_a = upstream;
         self.grad_b = down;
         result
+    }
+
+    fn backward_first_panelled(
+        &mut self,
+        cx: &Compute,
+        inp: &TowerInput<'_>,
+        dy: &Matrix,
+        update: Update<'_>,
+    ) -> Result<(), NnError> {
+        let (Some(emb), Some(sp), Some(first)) = (self.emb.as_mut(), inp.sparse.as_ref(), self.layers.first_mut())
+        else {
+            return Err(NnError::Input(format!("{} tower needs sparse features", self.role)));
+        };
+        let batch = emb.check_batch(sp)?;
+        let slots = &self.panel_slots;
+        let take = |i: usize, dx: &Matrix| match slots.get(i) {
+            Some(r) if !r.is_empty() => emb.backward_slots(cx, &batch, r.clone(), dx, 0, update),
+            _ => Ok(()),
+        };
+        first.backward_dx_panels(cx, &self.input, dy, &self.panels, take, update)
     }
 
     /// Every tensor of weights and optimizer state, by stable name.
@@ -265,6 +328,36 @@ impl Tower {
         layer_tensors(&mut self.layers, &mut out);
         out
     }
+}
+
+/// Groups the slots into column panels of at most `width` columns (a wider
+/// slot gets a panel of its own), then one panel for the dense columns;
+/// returns the panels' columns and slots (empty for the dense panel).
+fn plan_panels(
+    emb: &EmbeddingBags,
+    dense_cols: usize,
+    width: usize,
+) -> (Vec<std::ops::Range<usize>>, Vec<std::ops::Range<usize>>) {
+    let (mut cols, mut slots) = (Vec::new(), Vec::new());
+    let (mut s0, mut c0, mut c) = (0, 0, 0);
+    for s in 0..emb.num_slots() {
+        let dim = emb.slot_config(s).dim;
+        if c > c0 && c + dim - c0 > width {
+            cols.push(c0..c);
+            slots.push(s0..s);
+            (s0, c0) = (s, c);
+        }
+        c += dim;
+    }
+    if c > c0 {
+        cols.push(c0..c);
+        slots.push(s0..emb.num_slots());
+    }
+    if dense_cols > 0 {
+        cols.push(c..c + dense_cols);
+        slots.push(0..0);
+    }
+    (cols, slots)
 }
 
 /// The leader's head: layers over the concatenated tower outputs, and the
