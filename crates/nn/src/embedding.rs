@@ -426,9 +426,46 @@ struct Part<'a> {
 }
 
 impl Part<'_> {
+    /// Applies one example's gradient `g` for slot `s` (whose ids resolved
+    /// to `rows`) to the rows' tables (fused SGD) or accumulators.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn update_one(
+        &mut self,
+        slot: &Slot,
+        s: usize,
+        rows: &[u32],
+        g: &[f32],
+        (e0, r0): (usize, usize),
+        sgd: Option<f32>,
+        generation: u32,
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let dim = slot.cfg.dim;
+        let (se, sr) = (slot.elem_off - e0, slot.row_off - r0);
+        let scale = combine_scale(slot.cfg.combiner, rows.len());
+        for &r in rows {
+            let e = se + r as usize * dim;
+            if let Some(lr) = sgd {
+                axpy(&mut self.tables[e..e + dim], g, -lr * scale);
+                continue;
+            }
+            let row = sr + r as usize;
+            let a = &mut self.acc[e..e + dim];
+            if self.stamp[row] != generation {
+                self.stamp[row] = generation;
+                self.touched[s - self.s0].push(r);
+                a.fill(0.0);
+            }
+            axpy(a, g, scale);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn run(
-        self,
+        mut self,
         slots: &[Slot],
         resolved: &[u32],
         batch: &SparseBatch<'_>,
@@ -446,56 +483,25 @@ impl Part<'_> {
         }
         let gcols = grad.cols();
         let g_all = grad.as_slice();
-        // Blocks of examples, slot-major within a block: the slot's table
-        // (and accumulator) stays in cache while the block's gradient rows
-        // stream by; each table row still receives its updates in example
-        // order, whatever the number of threads.
-        for blk in (0..batch.rows).step_by(EX_BLOCK) {
-            let end = (blk + EX_BLOCK).min(batch.rows);
+        // Example by example, the part's slots in order: the gradient and
+        // the ids are read sequentially, each table row receives its
+        // updates in example order whatever the number of threads, and the
+        // table row a few slots ahead is asked for early.
+        for b in 0..batch.rows {
+            let offs = &batch.offsets[b * ns..=(b + 1) * ns];
             for s in self.s0..s1 {
-                let slot = &slots[s];
-                let dim = slot.cfg.dim;
-                let (se, sr) = (slot.elem_off - e0, slot.row_off - r0);
-                if s + 1 < s1 {
-                    let next = &slots[s + 1];
+                let ahead = s + PREFETCH_SLOTS;
+                if ahead < s1 && offs[ahead] < offs[ahead + 1] {
+                    let next = &slots[ahead];
+                    let r = resolved[offs[ahead] as usize] as usize;
                     let buf: &[f32] = if sgd.is_some() { self.tables } else { self.acc };
-                    for b in blk..end {
-                        let (lo, hi) = (
-                            batch.offsets[b * ns + s + 1] as usize,
-                            batch.offsets[b * ns + s + 2] as usize,
-                        );
-                        for &r in &resolved[lo..hi] {
-                            prefetch(&buf[next.elem_off - e0 + r as usize * next.cfg.dim..]);
-                        }
-                    }
+                    prefetch(&buf[next.elem_off - e0 + r * next.cfg.dim..]);
                 }
-                for b in blk..end {
-                    let (lo, hi) = (
-                        batch.offsets[b * ns + s] as usize,
-                        batch.offsets[b * ns + s + 1] as usize,
-                    );
-                    if lo == hi {
-                        continue;
-                    }
-                    let scale = combine_scale(slot.cfg.combiner, hi - lo);
-                    let c = b * gcols + col_off + (slot.col_off - c0);
-                    let g = &g_all[c..c + dim];
-                    for &r in &resolved[lo..hi] {
-                        let e = se + r as usize * dim;
-                        if let Some(lr) = sgd {
-                            axpy(&mut self.tables[e..e + dim], g, -lr * scale);
-                            continue;
-                        }
-                        let row = sr + r as usize;
-                        let a = &mut self.acc[e..e + dim];
-                        if self.stamp[row] != generation {
-                            self.stamp[row] = generation;
-                            self.touched[s - self.s0].push(r);
-                            a.fill(0.0);
-                        }
-                        axpy(a, g, scale);
-                    }
-                }
+                let (lo, hi) = (offs[s] as usize, offs[s + 1] as usize);
+                let slot = &slots[s];
+                let c = b * gcols + col_off + (slot.col_off - c0);
+                let g = &g_all[c..c + slot.cfg.dim];
+                self.update_one(slot, s, &resolved[lo..hi], g, (e0, r0), sgd, generation);
             }
         }
         let Update::Apply(opt) = update else { return };
@@ -609,11 +615,8 @@ impl Slot {
     }
 }
 
-/// How many slots ahead the gather asks for table rows.
+/// How many slots ahead the gather and scatter loops ask for table rows.
 const PREFETCH_SLOTS: usize = 16;
-
-/// Examples per block in the gather and scatter loops.
-const EX_BLOCK: usize = 16;
 
 /// `o += a * t`, in fixed chunks of 16 so that the compiler emits straight
 /// vector code for the common embedding widths.
