@@ -70,10 +70,18 @@ impl SparseBatch<'_> {
                 self.offsets.len()
             )));
         }
-        if self.offsets[0] != 0 || self.offsets.windows(2).any(|w| w[0] > w[1]) {
-            return Err(NnError::Input(
-                "sparse batch offsets are not non-decreasing from 0".into(),
-            ));
+        // Branch-free over the whole array (it vectorizes); the position
+        // is looked for only when something is wrong.
+        let (head, tail) = (&self.offsets[..want - 1], &self.offsets[1..]);
+        let decreasing = head.iter().zip(tail).fold(false, |d, (a, b)| d | (a > b));
+        if self.offsets[0] != 0 || decreasing {
+            let at = head.iter().zip(tail).position(|(a, b)| a > b).unwrap_or(0);
+            let slots = self.slots.max(1);
+            return Err(NnError::Input(format!(
+                "sparse batch offsets are not non-decreasing from 0 (at example {}, slot {})",
+                at / slots,
+                at % slots
+            )));
         }
         if self.offsets[want - 1] as usize != self.ids.len() {
             return Err(NnError::Input(format!(

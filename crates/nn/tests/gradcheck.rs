@@ -230,6 +230,49 @@ fn with_two_threads_the_earliest_out_of_range_id_is_reported() {
 }
 
 #[test]
+fn decreasing_offsets_are_refused_naming_example_and_slot() {
+    let cx = Compute::single();
+    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
+    let ids = vec![1, 2, 3, 4, 5, 6];
+    // Example 1, slot 1 ends (4) before it starts (5).
+    let offsets = vec![0, 1, 2, 3, 5, 4, 6];
+    let batch = SparseBatch {
+        rows: 2,
+        slots: 3,
+        ids: &ids,
+        offsets: &offsets,
+    };
+    let mut out = Matrix::zeros(2, emb.out_cols());
+    let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("non-decreasing") && err.contains("example 1, slot 1"),
+        "{err}"
+    );
+    let err = emb
+        .backward(&cx, &batch, &out, 0, Update::Collect)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-decreasing"), "{err}");
+}
+
+#[test]
+fn offsets_not_starting_at_zero_are_refused() {
+    let cx = Compute::single();
+    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
+    let ids = vec![1, 2, 3];
+    let offsets = vec![1, 1, 2, 3];
+    let batch = SparseBatch {
+        rows: 1,
+        slots: 3,
+        ids: &ids,
+        offsets: &offsets,
+    };
+    let mut out = Matrix::zeros(1, emb.out_cols());
+    let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
+    assert!(err.contains("from 0"), "{err}");
+}
+
+#[test]
 fn hashed_slots_accept_any_id_deterministically() {
     let cx = Compute::single();
     let mut cfg = slots(Combiner::Sum);
