@@ -101,6 +101,11 @@ fn state_tensors<'a>(name: &str, shape: &[usize], st: &'a mut ParamState, out: &
 /// that read them.
 const PANEL_COLS: usize = 256;
 
+/// Smallest input gradient worth handing over in panels: below it (2 MiB,
+/// the L2 of our machines) the whole gradient stays in cache anyway and
+/// the extra products cost more than they save.
+const PANEL_MIN_DX_BYTES: usize = 2 << 20;
+
 /// One party's tower: embeddings and dense columns, concatenated, then
 /// dense layers.
 #[derive(Debug)]
@@ -112,7 +117,9 @@ pub struct Tower {
     /// dense columns) and the slots of each, for the backward pass.
     panels: Vec<std::ops::Range<usize>>,
     panel_slots: Vec<std::ops::Range<usize>>,
-    panelled: bool,
+    /// Panel width chosen by [`Tower::set_backward_panel_cols`] (`None`:
+    /// decided per pass, see [`Tower::backward`]).
+    forced_panels: Option<usize>,
     input: Matrix,
     layers: Vec<Dense>,
     grad_a: Matrix,
@@ -137,7 +144,7 @@ impl Tower {
             dense_cols,
             panels,
             panel_slots,
-            panelled: true,
+            forced_panels: None,
             input: Matrix::default(),
             layers,
             grad_a: Matrix::default(),
@@ -149,14 +156,14 @@ impl Tower {
         self.role
     }
 
-    /// Width of the panels in which the backward pass hands the first
-    /// layer's input gradient to the embeddings ([`PANEL_COLS`] by default),
-    /// or 0 for one matrix. Panels are used with a one-thread compute
-    /// context only. The result is the same either way (bitwise for
-    /// widths that are multiples of 16; otherwise the matrix kernel may sum
-    /// in another order); the setting exists to measure the difference.
+    /// Makes every backward pass hand the first layer's input gradient to
+    /// the embeddings in panels of `cols` columns, or as one matrix for 0,
+    /// instead of deciding per pass. The result is the same either way
+    /// (bitwise for widths that are multiples of 16; otherwise the matrix
+    /// kernel may sum in another order); the setting exists to measure the
+    /// difference and to test both paths.
     pub fn set_backward_panel_cols(&mut self, cols: usize) {
-        self.panelled = cols > 0;
+        self.forced_panels = Some(cols);
         if let Some(emb) = &self.emb {
             (self.panels, self.panel_slots) = plan_panels(emb, self.dense_cols, cols.max(1));
         }
@@ -249,10 +256,17 @@ impl Tower {
         let mut down = std::mem::take(&mut self.grad_b);
         let n = self.layers.len();
         let has_emb = self.emb.is_some();
-        // Panels pay on one thread. With more, the whole-matrix path splits
-        // each product and the table updates across the threads better
-        // (panels measured 0.89x at two threads).
-        let panelled = self.panelled && has_emb && n > 0 && cx.threads() == 1;
+        // Panels pay on one thread when the input gradient would not stay
+        // in L2 anyway. With more threads, the whole-matrix path splits each
+        // product and the table updates across them better (see
+        // BENCHMARKS.md for the measurements).
+        let dx_bytes = grad_out.rows() * self.input_dim() * std::mem::size_of::<f32>();
+        let panelled = has_emb
+            && n > 0
+            && match self.forced_panels {
+                Some(cols) => cols > 0,
+                None => cx.threads() == 1 && dx_bytes > PANEL_MIN_DX_BYTES,
+            };
         for i in (0..n).rev() {
             let (before, rest) = self.layers.split_at_mut(i);
             let x = before.last().map_or(&self.input, |l| l.output());

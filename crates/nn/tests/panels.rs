@@ -1,9 +1,8 @@
 //! The tower's panelled backward pass (the first layer hands its input
 //! gradient to the embeddings a block of columns at a time) must give
-//! the same model as handing it over as one matrix, for any panel width and
-//! optimizer: each gradient element is the same sum, only computed in
-//! pieces (bitwise when the pieces are whole kernel registers). Panels are
-//! used with one compute thread only.
+//! the same model as handing it over as one matrix, for any panel width,
+//! optimizer and thread count: each gradient element is the same sum, only
+//! computed in pieces (bitwise when the pieces are whole kernel registers).
 
 use vfl_nn::compute::Compute;
 use vfl_nn::rng::Rng;
@@ -97,8 +96,7 @@ fn panelled_backward_equals_one_matrix_bitwise() {
         r#"{ kind = "adam", learning_rate = 0.01 }"#,
         r#"{ kind = "adagrad", learning_rate = 0.1 }"#,
     ] {
-        {
-            let threads = 1;
+        for threads in [1, 2] {
             let whole = train(optimizer, threads, 0, 4);
             // The model did learn something: it is not its initial state.
             assert!(!bitwise(&whole, &train(optimizer, threads, 0, 0)), "{optimizer}");
