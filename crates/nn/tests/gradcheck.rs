@@ -173,32 +173,30 @@ fn embedding_gradients_for_every_combiner() {
     }
 }
 
+/// The error of a forward pass of the three test slots over `rows`
+/// examples, with `threads` threads.
+fn forward_error(threads: usize, rows: usize, ids: &[i64], offsets: &[u32]) -> String {
+    let cx = Compute::new(threads).unwrap();
+    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
+    let batch = SparseBatch {
+        rows,
+        slots: 3,
+        ids,
+        offsets,
+    };
+    let mut out = Matrix::zeros(rows, emb.out_cols());
+    emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string()
+}
+
 #[test]
 fn embedding_rejects_out_of_range_ids_naming_slot_example_and_id() {
-    let cx = Compute::single();
-    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
-    let ids = vec![1, 2, 3, 4, 5, 99];
-    let offsets = vec![0, 1, 2, 3, 4, 5, 6];
-    let batch = SparseBatch {
-        rows: 2,
-        slots: 3,
-        ids: &ids,
-        offsets: &offsets,
-    };
-    let mut out = Matrix::zeros(2, emb.out_cols());
-    let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
+    let offsets = [0, 1, 2, 3, 4, 5, 6];
+    let err = forward_error(1, 2, &[1, 2, 3, 4, 5, 99], &offsets);
     assert!(
         err.contains("slot s2") && err.contains("example 1") && err.contains("id 99"),
         "{err}"
     );
-    let neg = vec![-1, 2, 3, 4, 5, 6];
-    let batch = SparseBatch {
-        rows: 2,
-        slots: 3,
-        ids: &neg,
-        offsets: &offsets,
-    };
-    let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
+    let err = forward_error(1, 2, &[-1, 2, 3, 4, 5, 6], &offsets);
     assert!(
         err.contains("slot s0") && err.contains("example 0") && err.contains("id -1"),
         "{err}"
@@ -209,19 +207,10 @@ fn embedding_rejects_out_of_range_ids_naming_slot_example_and_id() {
 fn with_two_threads_the_earliest_out_of_range_id_is_reported() {
     // Two threads split the examples; both halves hold a bad id, and the
     // error must name the first one in example order, as with one thread.
-    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
-    let ids = vec![1, 2, 70, 4, 5, 6, 1, 80, 3, 1, 2, 3];
+    let ids = [1, 2, 70, 4, 5, 6, 1, 80, 3, 1, 2, 3];
     let offsets: Vec<u32> = (0..=12).collect();
-    let batch = SparseBatch {
-        rows: 4,
-        slots: 3,
-        ids: &ids,
-        offsets: &offsets,
-    };
     for threads in [1, 2, 4] {
-        let cx = Compute::new(threads).unwrap();
-        let mut out = Matrix::zeros(4, emb.out_cols());
-        let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
+        let err = forward_error(threads, 4, &ids, &offsets);
         assert!(
             err.contains("slot s2") && err.contains("example 0") && err.contains("id 70"),
             "threads={threads}: {err}"
@@ -231,25 +220,23 @@ fn with_two_threads_the_earliest_out_of_range_id_is_reported() {
 
 #[test]
 fn decreasing_offsets_are_refused_naming_example_and_slot() {
-    let cx = Compute::single();
-    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
-    let ids = vec![1, 2, 3, 4, 5, 6];
     // Example 1, slot 1 ends (4) before it starts (5).
-    let offsets = vec![0, 1, 2, 3, 5, 4, 6];
+    let (ids, offsets) = ([1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 5, 4, 6]);
+    let err = forward_error(1, 2, &ids, &offsets);
+    assert!(
+        err.contains("non-decreasing") && err.contains("example 1, slot 1"),
+        "{err}"
+    );
+    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
     let batch = SparseBatch {
         rows: 2,
         slots: 3,
         ids: &ids,
         offsets: &offsets,
     };
-    let mut out = Matrix::zeros(2, emb.out_cols());
-    let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
-    assert!(
-        err.contains("non-decreasing") && err.contains("example 1, slot 1"),
-        "{err}"
-    );
+    let grad = Matrix::zeros(2, emb.out_cols());
     let err = emb
-        .backward(&cx, &batch, &out, 0, Update::Collect)
+        .backward(&Compute::single(), &batch, &grad, 0, Update::Collect)
         .unwrap_err()
         .to_string();
     assert!(err.contains("non-decreasing"), "{err}");
@@ -257,18 +244,7 @@ fn decreasing_offsets_are_refused_naming_example_and_slot() {
 
 #[test]
 fn offsets_not_starting_at_zero_are_refused() {
-    let cx = Compute::single();
-    let mut emb = EmbeddingBags::new("e", &slots(Combiner::Mean), &InitSpec::default(), 0, &sgd());
-    let ids = vec![1, 2, 3];
-    let offsets = vec![1, 1, 2, 3];
-    let batch = SparseBatch {
-        rows: 1,
-        slots: 3,
-        ids: &ids,
-        offsets: &offsets,
-    };
-    let mut out = Matrix::zeros(1, emb.out_cols());
-    let err = emb.forward(&cx, &batch, &mut out, 0).unwrap_err().to_string();
+    let err = forward_error(1, 1, &[1, 2, 3], &[1, 1, 2, 3]);
     assert!(err.contains("from 0"), "{err}");
 }
 
