@@ -126,3 +126,54 @@ fn panelled_backward_equals_one_matrix_bitwise() {
         }
     }
 }
+
+#[test]
+fn forward_of_a_slot_range_equals_those_columns_of_the_whole_forward() {
+    use vfl_nn::embedding::{Combiner, EmbeddingBags, OutOfRange, SlotConfig};
+    use vfl_nn::init::InitSpec;
+    use vfl_nn::optim::{Optimizer, OptimizerSpec};
+    let slots: Vec<SlotConfig> = (0..40)
+        .map(|i| SlotConfig {
+            name: format!("x{i}"),
+            vocab: 13,
+            dim: 1 + i % 5,
+            combiner: Combiner::Mean,
+            out_of_range: OutOfRange::Error,
+        })
+        .collect();
+    let opt = Optimizer::new(OptimizerSpec::Sgd { learning_rate: 0.1 });
+    let mut emb = EmbeddingBags::new("e", &slots, &InitSpec::Uniform { limit: 1.0 }, 3, &opt);
+    let b = batch(&mut Rng::new(6), 9);
+    let sparse = SparseBatch {
+        rows: 9,
+        slots: 40,
+        ids: &b.ids,
+        offsets: &b.offsets,
+    };
+    for threads in [1, 2] {
+        let cx = Compute::new(threads).unwrap();
+        let mut whole = Matrix::zeros(9, emb.out_cols());
+        emb.forward(&cx, &sparse, &mut whole, 0).unwrap();
+        let checked = emb.check_batch(&sparse).unwrap();
+        // Columns of slots 7..19 in the whole output (dims cycle 1..=5).
+        let (c0, c1) = (
+            (0..7).map(|i| 1 + i % 5).sum::<usize>(),
+            (0..19).map(|i| 1 + i % 5).sum::<usize>(),
+        );
+        // Into a wider matrix, from column 2: the rest stays untouched.
+        let mut part = Matrix::from_vec(9, c1 - c0 + 3, vec![7.0; 9 * (c1 - c0 + 3)]).unwrap();
+        emb.forward_slots(&cx, &checked, 7..19, &mut part, 2).unwrap();
+        for r in 0..9 {
+            assert_eq!(
+                &part.row(r)[2..2 + c1 - c0],
+                &whole.row(r)[c0..c1],
+                "threads={threads} row {r}"
+            );
+            assert_eq!(part.row(r)[..2], [7.0, 7.0]);
+            assert_eq!(part.row(r)[2 + c1 - c0], 7.0);
+        }
+        // A range outside the slots is an error, not a panic.
+        let err = emb.forward_slots(&cx, &checked, 30..41, &mut part, 0).unwrap_err();
+        assert!(err.to_string().contains("30..41"), "{err}");
+    }
+}
