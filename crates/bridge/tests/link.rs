@@ -339,6 +339,21 @@ async fn a_one_way_stream_keeps_few_messages_unacknowledged() {
 
 /// A follower speaking the protocol by hand (raw gRPC), to send what the
 /// link never would: the sender of its messages and its connection.
+/// The leader's link to a [`raw_follower`] that has just said hello, and
+/// that follower's message sender and inbound stream.
+async fn admit_raw(
+    listener: &mut server::Listener,
+) -> (
+    LeaderLink<'_>,
+    tokio::sync::mpsc::Sender<pb::FollowerMessage>,
+    tonic::Streaming<pb::LeaderMessage>,
+) {
+    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
+    let l = admit(listener, options(5_000, 100, Arc::new(Counts::default()))).await;
+    let (tx, inbound) = raw_peer.await.unwrap();
+    (l, tx, inbound)
+}
+
 async fn raw_follower(
     addr: std::net::SocketAddr,
 ) -> (
@@ -377,9 +392,7 @@ fn raw(seq: u64, ack: u64, m: FMsg) -> pb::FollowerMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_sequence_is_a_protocol_error() {
     let mut listener = leader().await;
-    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
-    let mut l = admit(&mut listener, options(5_000, 100, Arc::new(Counts::default()))).await;
-    let (tx, _inbound) = raw_peer.await.unwrap();
+    let (mut l, tx, _inbound) = admit_raw(&mut listener).await;
     tx.send(raw(1, 0, ping(1))).await.unwrap();
     tx.send(raw(3, 0, ping(3))).await.unwrap();
     expect_ping(&mut l, 1).await;
@@ -394,9 +407,7 @@ async fn a_gap_in_the_sequence_is_a_protocol_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_of_an_unsent_message_is_a_protocol_error() {
     let mut listener = leader().await;
-    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
-    let mut l = admit(&mut listener, options(5_000, 100, Arc::new(Counts::default()))).await;
-    let (tx, _inbound) = raw_peer.await.unwrap();
+    let (mut l, tx, _inbound) = admit_raw(&mut listener).await;
     tx.send(raw(1, 5, ping(1))).await.unwrap();
     match l.recv().await {
         Err(BridgeError::Protocol(m)) => assert!(m.contains("acknowledges message 5"), "{m}"),

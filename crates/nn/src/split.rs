@@ -267,29 +267,28 @@ impl Tower {
                 Some(cols) => cols > 0,
                 None => cx.threads() == 1 && dx_bytes > PANEL_MIN_DX_BYTES,
             };
-        for i in (0..n).rev() {
+        // With panels, the first layer's backward pass goes with the
+        // embeddings' (below); otherwise every layer's runs here.
+        let first = usize::from(panelled);
+        for i in (first..n).rev() {
             let (before, rest) = self.layers.split_at_mut(i);
             let x = before.last().map_or(&self.input, |l| l.output());
             let dy = if i + 1 == n { grad_out } else { &upstream };
-            if i == 0 && panelled {
-                break;
-            }
             let need_dx = i > 0 || has_emb;
             rest[0].backward(cx, x, dy, need_dx.then_some(&mut down), update)?;
             std::mem::swap(&mut upstream, &mut down);
         }
-        if panelled {
+        let dy = if first == n { grad_out } else { &upstream };
+        let result = if panelled {
             // The first layer hands its input gradient over panel by panel,
             // each applied to its slots' tables while it is in cache.
-            let result = self.backward_first_panelled(cx, inp, if n == 1 { grad_out } else { &upstream }, update);
-            self.grad_a = upstream;
-            self.grad_b = down;
-            return result;
-        }
-        let result = match (&mut self.emb, &inp.sparse) {
-            (Some(emb), Some(sp)) => emb.backward(cx, sp, if n == 0 { grad_out } else { &upstream }, 0, update),
-            (Some(_), None) => Err(NnError::Input(format!("{} tower needs sparse features", self.role))),
-            (None, _) => Ok(()),
+            self.backward_first_panelled(cx, inp, dy, update)
+        } else {
+            match (&mut self.emb, &inp.sparse) {
+                (Some(emb), Some(sp)) => emb.backward(cx, sp, dy, 0, update),
+                (Some(_), None) => Err(NnError::Input(format!("{} tower needs sparse features", self.role))),
+                (None, _) => Ok(()),
+            }
         };
         self.grad_a = upstream;
         self.grad_b = down;
