@@ -5,28 +5,33 @@
 # provider installed. See docs/sgx.md.
 #
 #   vfl-sgx.sh data ROLE [flags]          generate this party's demo data into /srv/vfl/data
+#   vfl-sgx.sh keygen ROLE                create this party's enclave signing key (once) and
+#                                         write party-identity.json (send it to the peer)
+#   vfl-sgx.sh trust PEER.json            add our own and the peer's identity to the policy
+#                                         (both parties end up with the same file)
 #   vfl-sgx.sh make                       render + sign the manifest, print the identity,
 #                                         write vfl-identity.json (send it to the peer)
-#   vfl-sgx.sh check-peer FILE            compare the peer's identity file with ours
-#   vfl-sgx.sh trust FILE                 add the peer's identity file to dynamic_config.json
-#                                         (only for policies that name peers explicitly;
-#                                         the shipped "self" policy needs nothing)
+#   vfl-sgx.sh check-peer FILE            compare the peer's vfl-identity.json with ours
 #   vfl-sgx.sh leader                     run the leader enclave (VFL_LOCAL_ADDR, default 0.0.0.0:50051)
 #   vfl-sgx.sh follower ADDR              run the follower enclave against the leader at ADDR
+#   vfl-sgx.sh eval-leader EXPORT-DIR     evaluate a (sealed) export, leader side
+#   vfl-sgx.sh eval-follower ADDR EXPORT-DIR   the same, follower side
 #
 # Settings (environment; both parties must use the same values, since they
 # are measured into the enclave): VFL_MODEL (wide_n_deep), VFL_BATCH_SIZE (32),
 # VFL_APPLICATION_ID (vfl), VFL_THREADS (2), VFL_EPOCH_NUM (1),
 # VFL_SAVE_CHECKPOINT_STEPS (1000), VFL_ISV_PROD_ID (1), VFL_ISV_SVN (1),
 # VFL_ENCLAVE_SIZE (512M), VFL_MAX_THREADS (16), VFL_LOG_LEVEL (error).
-# VFL_SIGNING_KEY: the enclave signing key (created with
-# gramine-sgx-gen-private-key when missing; keep it private).
+# VFL_SIGNING_KEY: this party's enclave signing key (created by keygen; keep
+# it private: it is the party's identity towards the peer, though it opens
+# no sealed state, which is bound to the exact enclave, not to the signer).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 app=${VFL_APP_DIR:-/app}
 build=${VFL_BUILD_DIR:-/srv/vfl/build}
 key=${VFL_SIGNING_KEY:-$build/enclave-key.pem}
+policy=${VFL_POLICY:-$build/dynamic_config.json}
 
 die() { echo "vfl-sgx: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
@@ -50,17 +55,48 @@ cmd_data() {
   echo "the $role's demo data is in /srv/vfl/data"
 }
 
-cmd_make() {
-  need gramine-manifest "install Gramine >= 1.8 (or use the enclave-vfl SGX image)"
-  need gramine-sgx-sign "install Gramine >= 1.8"
-  need gramine-sgx-sigstruct-view "install Gramine >= 1.8"
+cmd_keygen() {
+  [ $# -eq 1 ] || die "usage: vfl-sgx.sh keygen leader|follower"
+  case "$1" in leader | follower) ;; *) die "role must be leader or follower" ;; esac
   mkdir -p "$build"
   if [ ! -f "$key" ]; then
     need gramine-sgx-gen-private-key "install Gramine >= 1.8"
     gramine-sgx-gen-private-key "$key"
     chmod 600 "$key"
-    echo "created enclave signing key $key (keep it private; its MRSIGNER: $("$app/vfl" attest mrsigner --key "$key"))"
+    echo "created enclave signing key $key (keep it private)"
   fi
+  "$app/vfl" attest party --role "$1" --key "$key" \
+    --isv-prod-id "${VFL_ISV_PROD_ID:-1}" --isv-svn "${VFL_ISV_SVN:-1}" \
+    --out "$build/party-identity.json"
+  echo "send $build/party-identity.json to the peer, then run: vfl-sgx.sh trust PEER-IDENTITY.json"
+}
+
+cmd_trust() {
+  [ $# -eq 1 ] || die "usage: vfl-sgx.sh trust PEER-IDENTITY.json"
+  [ -f "$build/party-identity.json" ] || die "run 'vfl-sgx.sh keygen ROLE' first"
+  # Start from the shipped policy (it admits nobody); both parties add both
+  # identities, so both end up with byte-identical policies (hence the same
+  # MRENCLAVE), each signer admitted in its own role only.
+  [ -f "$policy" ] || cp "$app/dynamic_config.json" "$policy"
+  "$app/vfl" attest trust --min-svn --identity "$build/party-identity.json" --policy "$policy"
+  "$app/vfl" attest trust --min-svn --identity "$1" --policy "$policy"
+  echo "policy $policy (sha256 $(sha256sum "$policy" | cut -d' ' -f1)): the peer must show the same digest; now run 'vfl-sgx.sh make'"
+}
+
+cmd_make() {
+  need gramine-manifest "install Gramine >= 1.8 (or use the enclave-vfl SGX image)"
+  need gramine-sgx-sign "install Gramine >= 1.8"
+  need gramine-sgx-sigstruct-view "install Gramine >= 1.8"
+  [ -f "$key" ] || die "no signing key $key: run 'vfl-sgx.sh keygen ROLE' first"
+  [ -f "$policy" ] || die "no policy $policy: run 'vfl-sgx.sh trust PEER-IDENTITY.json' first"
+  python3 - "$policy" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+roles = {e.get("role") for e in p.get("sgx_mrs", [])}
+missing = [r for r in ("leader", "follower") if r not in roles]
+if missing:
+    sys.exit(f"vfl-sgx: the policy {sys.argv[1]} admits no {' and no '.join(missing)}: run 'vfl-sgx.sh trust PEER-IDENTITY.json' first")
+PY
   gramine-manifest \
     -Dlog_level="${VFL_LOG_LEVEL:-error}" \
     -Darch_libdir="$(arch_libdir)" \
@@ -74,17 +110,19 @@ cmd_make() {
     -Dthreads="${VFL_THREADS:-2}" \
     -Depoch_num="${VFL_EPOCH_NUM:-1}" \
     -Dsave_checkpoint_steps="${VFL_SAVE_CHECKPOINT_STEPS:-1000}" \
+    -Dpolicy_file="$policy" \
     "$here/vfl.manifest.template" "$build/vfl.manifest"
   # --date fixes the SIGSTRUCT date so that two signings are byte-identical
   # (the date is not part of MRENCLAVE either way).
   gramine-sgx-sign --manifest "$build/vfl.manifest" --output "$build/vfl.manifest.sgx" \
     --key "$key" --date 0000-00-00
   gramine-sgx-sigstruct-view --output-format json "$build/vfl.sig" >"$build/sigstruct.json"
-  python3 - "$build/sigstruct.json" "$build/vfl-identity.json" <<'PY'
-import json, sys
+  python3 - "$build/sigstruct.json" "$build/vfl-identity.json" "$policy" <<'PY'
+import hashlib, json, sys
 s = json.load(open(sys.argv[1]))
 ident = {k: s[k] for k in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn")}
 ident["debug"] = bool(s.get("debug_enclave", False))
+ident["policy_sha256"] = hashlib.sha256(open(sys.argv[3], "rb").read()).hexdigest()
 json.dump(ident, open(sys.argv[2], "w"), indent=2)
 for k, v in ident.items():
     print(f"{k}: {v}")
@@ -98,23 +136,18 @@ cmd_check_peer() {
   python3 - "$build/vfl-identity.json" "$1" <<'PY'
 import json, sys
 ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
-bad = [k for k in ("mr_enclave", "isv_prod_id") if ours[k] != theirs[k]]
+bad = [k for k in ("mr_enclave", "isv_prod_id", "policy_sha256") if ours.get(k) != theirs.get(k)]
+if ours.get("mr_signer") == theirs.get("mr_signer"):
+    bad.append("mr_signer (the parties must sign with their own keys)")
 if theirs.get("debug"):
     bad.append("debug")
 if bad:
     for k in bad:
         print(f"differs: {k}: ours {ours.get(k)}, peer {theirs.get(k)}")
-    print("the peer built a different enclave: compare source revision, image and VFL_* settings")
+    print("the peer built a different enclave: compare source revision, image, VFL_* settings and policy")
     sys.exit(1)
 print(f"same enclave {ours['mr_enclave']}; peer signer {theirs['mr_signer']}")
 PY
-}
-
-cmd_trust() {
-  [ $# -eq 1 ] || die "usage: vfl-sgx.sh trust PEER-IDENTITY.json"
-  # The manifest measures /app/dynamic_config.json: edit that copy, then re-sign.
-  "$app/vfl" attest trust --identity "$1" --policy "$app/dynamic_config.json" --min-svn
-  echo "the policy is measured: run 'vfl-sgx.sh make' again (MRENCLAVE changes)"
 }
 
 run_enclave() {
@@ -139,12 +172,29 @@ cmd_follower() {
   run_enclave
 }
 
+# Evaluation of a sealed export by the same enclave build (the only one that
+# can open it); the leader's predictions go to /srv/vfl/state/predictions.csv.
+cmd_eval_leader() {
+  [ $# -eq 1 ] || die "usage: vfl-sgx.sh eval-leader EXPORT-DIR (under /state/export)"
+  export VFL_MODE=eval VFL_LOAD_MODEL=$1
+  cmd_leader
+}
+
+cmd_eval_follower() {
+  [ $# -eq 2 ] || die "usage: vfl-sgx.sh eval-follower LEADER-HOST:PORT EXPORT-DIR (under /state/export)"
+  export VFL_MODE=eval VFL_LOAD_MODEL=$2
+  cmd_follower "$1"
+}
+
 case "${1:-}" in
   data) shift; cmd_data "$@" ;;
+  keygen) shift; cmd_keygen "$@" ;;
   make) shift; cmd_make "$@" ;;
   check-peer) shift; cmd_check_peer "$@" ;;
   trust) shift; cmd_trust "$@" ;;
   leader) shift; cmd_leader "$@" ;;
   follower) shift; cmd_follower "$@" ;;
-  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  eval-leader) shift; cmd_eval_leader "$@" ;;
+  eval-follower) shift; cmd_eval_follower "$@" ;;
+  *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -8,7 +8,7 @@
 #   CARGO_INCREMENTAL=0 SOURCE_DATE_EPOCH=1 \
 #   RUSTFLAGS="--remap-path-prefix=$SRC=/enclave-vfl --remap-path-prefix=$CARGO_HOME=/cargo \
 #              -C link-arg=-Wl,--build-id=none" \
-#   cargo build --profile enclave --locked -p vfl-cli      (-> target/enclave/vfl)
+#   cargo build --profile enclave --locked -p vfl-cli --no-default-features   (-> target/enclave/vfl)
 # with the same Rust toolchain (the one checked below), dependencies pinned
 # by Cargo.lock, and codegen fixed by [profile.enclave] in Cargo.toml (fat
 # LTO in one codegen unit: cross-crate ThinLTO makes the output depend on the
@@ -37,7 +37,7 @@ build() {
     CARGO_INCREMENTAL=0 SOURCE_DATE_EPOCH=1 \
       RUSTFLAGS="--remap-path-prefix=$dir=/enclave-vfl --remap-path-prefix=$cargo_home=/cargo -C link-arg=-Wl,--build-id=none" \
       CARGO_TARGET_DIR="$dir/target" \
-      cargo build --profile enclave --locked -q -p vfl-cli
+      cargo build --profile enclave --locked -q -p vfl-cli --no-default-features
   )
   sha256sum "$dir/target/enclave/vfl" | cut -d' ' -f1
 }

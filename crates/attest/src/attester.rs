@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::AttestError;
+#[cfg(feature = "dev")]
 use crate::devpki::{DevRoot, SimPlatform, SimPlatformOptions};
-use crate::sgx::{EnclaveIdentity, PRODUCTION_ATTRIBUTES, QuoteView};
+use crate::sgx::QuoteView;
+#[cfg(feature = "dev")]
+use crate::sgx::{EnclaveIdentity, PRODUCTION_ATTRIBUTES};
 
 /// Where the evidence of this process comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -129,6 +132,7 @@ impl Attester for SgxAttester {
 }
 
 /// Identity fields a simulated enclave claims.
+#[cfg(feature = "dev")]
 #[derive(Clone, Debug)]
 pub struct SimIdentity {
     pub mr_enclave: [u8; 32],
@@ -139,6 +143,7 @@ pub struct SimIdentity {
     pub debug: bool,
 }
 
+#[cfg(feature = "dev")]
 impl SimIdentity {
     /// mr_enclave = SHA-256 of the running executable; isv_prod_id = isv_svn = 1.
     pub fn of_running_binary() -> Result<Self, AttestError> {
@@ -157,12 +162,14 @@ impl SimIdentity {
     }
 }
 
-/// Quotes from a development PKI (see [`crate::devpki`]).
+/// Quotes from a development PKI (see `crate::devpki`).
+#[cfg(feature = "dev")]
 pub struct SimAttester {
     platform: SimPlatform,
     identity: EnclaveIdentity,
 }
 
+#[cfg(feature = "dev")]
 impl SimAttester {
     pub fn new(root: &DevRoot, id: &SimIdentity, opts: &SimPlatformOptions) -> Result<Self, AttestError> {
         let mut attributes = PRODUCTION_ATTRIBUTES;
@@ -191,6 +198,7 @@ impl SimAttester {
     }
 }
 
+#[cfg(feature = "dev")]
 impl Attester for SimAttester {
     fn mode(&self) -> Mode {
         Mode::Simulated

@@ -105,6 +105,10 @@ pub struct SimPlatformOptions {
     pub issued_at: u64,
     /// Unix time after which the collateral has expired.
     pub next_update: u64,
+    /// `tcbEvaluationDataNumber` of the TCB info and QE identity.
+    pub tcb_eval_data_number: u32,
+    /// Number of both CRLs.
+    pub crl_number: u32,
 }
 
 impl SimPlatformOptions {
@@ -114,6 +118,8 @@ impl SimPlatformOptions {
             tcb_status: "UpToDate".into(),
             issued_at: now.saturating_sub(3600),
             next_update: now + 30 * 86_400,
+            tcb_eval_data_number: 17,
+            crl_number: 1,
         }
     }
 }
@@ -164,11 +170,15 @@ impl SimPlatform {
 
         // CRLs (empty) for both CAs, valid over the collateral window.
         let (this_update, next_update) = (datetime(opts.issued_at)?, datetime(opts.next_update)?);
+        // Minimal big-endian bytes of the CRL number (DER integers have no
+        // leading zero bytes).
+        let crl_number = opts.crl_number.to_be_bytes();
+        let crl_number = &crl_number[crl_number.iter().position(|&b| b != 0).unwrap_or(3)..];
         let crl = |issuer: &Issuer<'_, &KeyPair>| {
             CertificateRevocationListParams {
                 this_update,
                 next_update,
-                crl_number: SerialNumber::from_slice(&[1]),
+                crl_number: SerialNumber::from_slice(crl_number),
                 issuing_distribution_point: None,
                 revoked_certs: Vec::new(),
                 key_identifier_method: KeyIdMethod::Sha256,
@@ -210,7 +220,7 @@ impl SimPlatform {
         };
         let tcb_info = serde_json::json!({
             "id": "SGX", "version": 3, "issueDate": issue, "nextUpdate": next,
-            "fmspc": hex::encode_upper(FMSPC), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": 17,
+            "fmspc": hex::encode_upper(FMSPC), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
             "tcbLevels": [{
                 "tcb": {
                     "sgxtcbcomponents": CPU_SVN.iter().map(|svn| serde_json::json!({"svn": svn})).collect::<Vec<_>>(),
@@ -221,7 +231,7 @@ impl SimPlatform {
         })
         .to_string();
         let qe_identity_json = serde_json::json!({
-            "id": "QE", "version": 2, "issueDate": issue, "nextUpdate": next, "tcbEvaluationDataNumber": 17,
+            "id": "QE", "version": 2, "issueDate": issue, "nextUpdate": next, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
             "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
             "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
             "mrsigner": hex::encode_upper(qe_mr_signer()), "isvprodid": 1,

@@ -8,25 +8,40 @@
 //!   and identity policy ([`policy`], the original's `dynamic_config.json`);
 //! * [`tls`]: rustls client and server configurations whose verifiers run all
 //!   of the above during the handshake (mutual authentication mandatory);
+//! * [`freshness`]: collateral high-water marks (no appraisal against
+//!   older collateral than already seen);
+//! * [`seal`]: encryption at rest with the enclave's sealing key, each file
+//!   bound to its job, role, step, model, policy and run;
 //! * [`mrsigner`]: MRSIGNER from an enclave signing key.
+//!
+//! The `dev` feature (on by default) adds what only development builds may
+//! have: simulated evidence and its development PKI ([`devpki`]), and
+//! sealing keys from files or the environment. Enclave builds
+//! (`--no-default-features`) can neither produce nor accept simulated
+//! evidence, whatever they are given.
 
 pub mod attester;
 pub mod cert;
 pub mod collateral;
+#[cfg(feature = "dev")]
 pub mod devpki;
+pub mod freshness;
 pub mod mrsigner;
 pub mod pccs;
 pub mod policy;
+pub mod seal;
 pub mod sgx;
+pub mod strict_json;
 pub mod tls;
 pub mod verify;
 
-use std::io::Write;
 use std::path::Path;
 
-pub use attester::{Attester, Mode, SgxAttester, SimAttester, SimIdentity};
+pub use attester::{Attester, Mode, SgxAttester};
+#[cfg(feature = "dev")]
+pub use attester::{SimAttester, SimIdentity};
 pub use cert::RaTlsCert;
-pub use policy::{Policy, PolicyError};
+pub use policy::{PartyRole, Policy, PolicyError};
 pub use verify::{Clock, PeerReport, Rejection, Verifier};
 
 /// Errors of setting up attestation (our own side).
@@ -63,26 +78,29 @@ pub fn sha256_file(path: &Path) -> Result<[u8; 32], AttestError> {
     Ok(h.finalize().into())
 }
 
-/// Write a secret file atomically with mode 0600 (temp file, fsync, rename).
+/// Write a secret file atomically with mode 0600 (a fresh temporary file
+/// created exclusively, fsync, rename: a planted symlink is never followed).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AttestError> {
-    let io = |source| AttestError::Io {
+    seal::write_atomic(path, bytes, true).map_err(|source| AttestError::Io {
         path: path.display().to_string(),
         source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    })
+}
+
+/// `n` random bytes from the operating system's generator, in hex (run and
+/// process ids). Inside an SGX enclave Gramine serves these from the CPU,
+/// not from the host.
+pub fn random_hex(n: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; n];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // The system generator never fails on Linux; a clock-derived value
+        // keeps ids unique if it ever did.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let h = <sha2::Sha256 as sha2::Digest>::digest(format!("{t}-{}", std::process::id()));
+        b.iter_mut().zip(h.iter().cycle()).for_each(|(o, x)| *o = *x);
     }
-    let tmp = path.with_extension("tmp-write");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    hex::encode(b)
 }

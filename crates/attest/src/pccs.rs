@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::AttestError;
 use crate::collateral::CollateralProvider;
+use crate::freshness::marks_of_collateral;
 
 /// How long one collateral fetch (four requests) may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,7 +179,9 @@ pub fn fetch(get: &HttpGet, base: &str, key: &CollateralKey) -> Result<dcap_qvl:
 
 struct Entry {
     collateral: dcap_qvl::QuoteCollateralV3,
-    fetched: Instant,
+    /// When it was fetched; `None` for entries read from the disk cache
+    /// (due for a refresh at once).
+    fetched: Option<Instant>,
 }
 
 /// Collateral from a PCCS: memory cache, then the disk cache, then a fetch
@@ -240,7 +243,7 @@ impl PccsCollateral {
                         key,
                         Entry {
                             collateral: c,
-                            fetched: Instant::now() - self.refresh,
+                            fetched: None,
                         },
                     );
                 }
@@ -255,9 +258,27 @@ impl PccsCollateral {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Fetch `key` now and store it in memory and (atomically) on disk.
+    /// Marks an entry as just refreshed (the fetch kept the cached copy).
+    fn touch(&self, key: &CollateralKey) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.fetched = Some(Instant::now());
+        }
+    }
+
+    /// Fetch `key` now and store it in memory and (atomically) on disk,
+    /// unless what is cached is newer (a PCCS must not roll collateral back).
     pub fn refresh_key(&self, key: &CollateralKey) -> Result<dcap_qvl::QuoteCollateralV3, String> {
         let c = fetch(&self.get, &self.base, key)?;
+        let cached = self.lock().get(key).map(|e| e.collateral.clone());
+        if let Some(cached) = cached
+            && let (Ok(old), Ok(new)) = (marks_of_collateral(&cached), marks_of_collateral(&c))
+            && let Some((what, got, seen)) = new.first_older_than(&old)
+        {
+            tracing::warn!(fmspc = %key.fmspc, what, fetched = got, cached = seen, pccs = %self.base,
+                "the PCCS served older collateral than the cached copy; keeping the cached copy");
+            self.touch(key);
+            return Ok(cached);
+        }
         let path = self.cache_dir.join(key.file_name());
         let json = serde_json::to_vec_pretty(&c).map_err(|e| e.to_string())?;
         if let Err(e) = crate::write_private(&path, &json) {
@@ -267,7 +288,7 @@ impl PccsCollateral {
             key.clone(),
             Entry {
                 collateral: c.clone(),
-                fetched: Instant::now(),
+                fetched: Some(Instant::now()),
             },
         );
         tracing::info!(fmspc = %key.fmspc, ca = key.ca, pccs = %self.base, "collateral fetched");
@@ -288,8 +309,12 @@ impl PccsCollateral {
         let _ = std::thread::Builder::new().name("pccs-refresh".into()).spawn(move || {
             loop {
                 let Some(p) = weak.upgrade() else { return };
-                let due: Vec<CollateralKey> =
-                    p.lock().iter().filter(|(_, e)| e.fetched.elapsed() >= period).map(|(k, _)| k.clone()).collect();
+                let due: Vec<CollateralKey> = p
+                    .lock()
+                    .iter()
+                    .filter(|(_, e)| e.fetched.is_none_or(|t| t.elapsed() >= period))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 for key in due {
                     if let Err(e) = p.refresh_key(&key) {
                         tracing::warn!(fmspc = %key.fmspc, error = %e, "collateral refresh failed; keeping the cached copy");

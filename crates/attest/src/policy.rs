@@ -1,13 +1,17 @@
 //! The enclave identity policy: the original's `dynamic_config.json`, read
-//! unchanged, plus explicit extensions in the same file.
+//! unchanged where it is safe, plus explicit extensions in the same file.
 //!
 //! ```json
 //! { "verify_mr_enclave": "on", "verify_mr_signer": "on",
 //!   "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-//!   "sgx_mrs": [ { "mr_enclave": "<64 hex>", "mr_signer": "<64 hex>",
-//!                  "isv_prod_id": "1", "isv_svn": "1" } ],
+//!   "sgx_mrs": [
+//!     { "mr_enclave": "self", "mr_signer": "<leader's signer>", "role": "leader",
+//!       "isv_prod_id": "1", "min_isv_svn": "1" },
+//!     { "mr_enclave": "self", "mr_signer": "<follower's signer>", "role": "follower",
+//!       "isv_prod_id": "1", "min_isv_svn": "1" } ],
 //!   "allowed_tcb_statuses": ["UpToDate"], "allow_debug": false,
-//!   "allow_simulated": false, "simulated_roots": ["<64 hex>"] }
+//!   "min_tcb_eval_data_number": 17,
+//!   "release_exports": [] }
 //! ```
 //!
 //! Any entry of `sgx_mrs` may match; within an entry every field switched on
@@ -15,17 +19,26 @@
 //! means this process's own value, read from its own quote at start: two
 //! parties running the same enclave (same source, same manifest, same
 //! policy) accept each other without either policy naming the other's
-//! measurement, which would be circular, since the policy is measured. An entry may say `"min_isv_svn"` instead
-//! of `"isv_svn"` to accept that version or newer. Deliberate departures from
-//! the original's parser: a flag must be `"on"`/`"off"` (or a JSON boolean) and
-//! must be present, hex must be exactly 64 digits, unknown keys are errors (a
-//! typo must not switch a check off), and a policy with every flag off is
-//! refused instead of accepting any enclave.
+//! measurement, which would be circular, since the policy is measured.
+//! Signers are not measured, so a policy can name both parties' signers.
+//!
+//! Entries may say which party they admit (`"role"`): the peer's role in
+//! the handshake must be one its matching entries allow. `"mode":
+//! "simulated"` marks an entry for simulated evidence; simulated evidence
+//! matches only such entries and hardware evidence never does.
+//!
+//! Deliberate departures from the original's parser: a flag must be
+//! `"on"`/`"off"` (or a JSON boolean) and must be present, hex must be
+//! exactly 64 digits, unknown and duplicate keys are errors (a typo must not
+//! switch a check off), and a policy that pins neither the enclave nor its
+//! signer is refused instead of accepting enclaves anyone can build.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::attester::Mode;
 use crate::sgx::EnclaveIdentity;
+use crate::strict_json::{self, StrictError};
 
 /// TCB statuses a policy may allow (Revoked is never acceptable).
 pub const TCB_STATUSES: &[&str] = &[
@@ -37,13 +50,87 @@ pub const TCB_STATUSES: &[&str] = &[
     "OutOfDateConfigurationNeeded",
 ];
 
-/// A malformed policy.
-#[derive(Debug, thiserror::Error)]
-#[error("policy {source_name}: {field}: {reason}")]
+/// The two parties of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartyRole {
+    Leader,
+    Follower,
+}
+
+impl PartyRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartyRole::Leader => "leader",
+            PartyRole::Follower => "follower",
+        }
+    }
+
+    /// The other party.
+    pub fn peer(self) -> Self {
+        match self {
+            PartyRole::Leader => PartyRole::Follower,
+            PartyRole::Follower => PartyRole::Leader,
+        }
+    }
+}
+
+impl std::fmt::Display for PartyRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PartyRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "leader" => Ok(PartyRole::Leader),
+            "follower" => Ok(PartyRole::Follower),
+            other => Err(format!("{other:?} is not a role (leader or follower)")),
+        }
+    }
+}
+
+/// What is wrong with a policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyErrorKind {
+    /// A malformed or missing value.
+    #[error("{0}")]
+    Invalid(String),
+    /// Not JSON.
+    #[error("not JSON: {0}")]
+    Json(String),
+    /// An object repeats a key.
+    #[error("the key appears twice (line {line}): a policy must say each thing once")]
+    DuplicateKey { line: usize },
+    /// Neither the enclave nor its signer is pinned.
+    #[error(
+        "neither verify_mr_enclave nor verify_mr_signer is on: the policy would admit any enclave with a matching \
+         product id and version, whoever built it; pin the peer's enclave (mr_enclave) and its signer (mr_signer)"
+    )]
+    PinsNothing,
+    /// A production party (`--attestation sgx`) refuses policies that admit simulated evidence.
+    #[error(
+        "admits simulated peers, but this party runs with --attestation sgx: a production party never accepts \
+         simulated evidence (remove allow_simulated and every entry with \"mode\": \"simulated\")"
+    )]
+    SimulatedUnderSgx,
+    /// This build has no simulated attestation at all.
+    #[error(
+        "admits simulated peers, but this build of vfl has no simulated attestation (built without the \
+         `simulation` feature, as enclave builds are) and never accepts simulated evidence"
+    )]
+    SimulationNotBuilt,
+}
+
+/// A malformed or unusable policy: which file, which field, what is wrong.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("policy {source_name}: {field}: {kind}")]
 pub struct PolicyError {
     pub source_name: String,
     pub field: String,
-    pub reason: String,
+    pub kind: PolicyErrorKind,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +140,7 @@ pub enum SvnRule {
 }
 
 /// One allowed enclave.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub mr_enclave: Option<[u8; 32]>,
     pub mr_signer: Option<[u8; 32]>,
@@ -62,6 +149,25 @@ pub struct Entry {
     pub mr_signer_self: bool,
     pub isv_prod_id: Option<u16>,
     pub isv_svn: Option<SvnRule>,
+    /// The party this entry admits (`None`: either).
+    pub role: Option<PartyRole>,
+    /// The evidence this entry is for.
+    pub mode: Mode,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Self {
+            mr_enclave: None,
+            mr_signer: None,
+            mr_enclave_self: false,
+            mr_signer_self: false,
+            isv_prod_id: None,
+            isv_svn: None,
+            role: None,
+            mode: Mode::Sgx,
+        }
+    }
 }
 
 /// A parsed policy.
@@ -76,6 +182,12 @@ pub struct Policy {
     pub allow_debug: bool,
     pub allow_simulated: bool,
     pub simulated_roots: Vec<[u8; 32]>,
+    /// Collateral older than this TCB evaluation (Intel's
+    /// `tcbEvaluationDataNumber`) is refused.
+    pub min_tcb_eval_data_number: Option<u32>,
+    /// Parties whose exported model may be written in plaintext (both
+    /// parties' policies must list the same roles), sorted.
+    pub release_exports: Vec<PartyRole>,
     /// SHA-256 of the policy file's bytes.
     pub digest: [u8; 32],
 }
@@ -92,8 +204,30 @@ const TOP_KEYS: &[&str] = &[
     "allow_debug",
     "allow_simulated",
     "simulated_roots",
+    "min_tcb_eval_data_number",
+    "release_exports",
 ];
-const ENTRY_KEYS: &[&str] = &["mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "min_isv_svn"];
+const ENTRY_KEYS: &[&str] = &[
+    "mr_enclave",
+    "mr_signer",
+    "isv_prod_id",
+    "isv_svn",
+    "min_isv_svn",
+    "role",
+    "mode",
+];
+
+type ErrFn<'a> = dyn Fn(&str, String) -> PolicyError + 'a;
+
+/// Why no entry admits an identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoMatch(pub String);
+
+impl std::fmt::Display for NoMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl Policy {
     /// Read and parse a policy file.
@@ -102,19 +236,23 @@ impl Policy {
         let bytes = std::fs::read(path).map_err(|e| PolicyError {
             source_name: name.clone(),
             field: "(file)".into(),
-            reason: e.to_string(),
+            kind: PolicyErrorKind::Invalid(e.to_string()),
         })?;
         Self::parse(&bytes, &name)
     }
 
     /// Parse policy JSON; `source_name` names it in errors.
     pub fn parse(bytes: &[u8], source_name: &str) -> Result<Self, PolicyError> {
-        let err = |field: &str, reason: String| PolicyError {
+        let fail = |field: &str, kind: PolicyErrorKind| PolicyError {
             source_name: source_name.to_string(),
             field: field.to_string(),
-            reason,
+            kind,
         };
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| err("(json)", e.to_string()))?;
+        let err = |field: &str, reason: String| fail(field, PolicyErrorKind::Invalid(reason));
+        let v = strict_json::parse(bytes).map_err(|e| match e {
+            StrictError::DuplicateKey { key, line } => fail(&key, PolicyErrorKind::DuplicateKey { line }),
+            StrictError::Syntax(m) => fail("(json)", PolicyErrorKind::Json(m)),
+        })?;
         let Value::Object(top) = v else {
             return Err(err("(top level)", "must be a JSON object".into()));
         };
@@ -149,6 +287,8 @@ impl Policy {
             allow_debug: opt_bool("allow_debug")?,
             allow_simulated: opt_bool("allow_simulated")?,
             simulated_roots: Vec::new(),
+            min_tcb_eval_data_number: None,
+            release_exports: Vec::new(),
             digest: Sha256::digest(bytes).into(),
         };
         if !(p.verify_mr_enclave || p.verify_mr_signer || p.verify_isv_prod_id || p.verify_isv_svn) {
@@ -156,6 +296,9 @@ impl Policy {
                 "verify_*",
                 "every verify flag is off, which would accept any enclave; switch on at least one".into(),
             ));
+        }
+        if !(p.verify_mr_enclave || p.verify_mr_signer) {
+            return Err(fail("verify_mr_enclave/verify_mr_signer", PolicyErrorKind::PinsNothing));
         }
         let Some(Value::Array(mrs)) = top.get("sgx_mrs") else {
             return Err(err("sgx_mrs", "missing or not a list".into()));
@@ -192,21 +335,53 @@ impl Policy {
                     .push(hex32(s, &format!("simulated_roots[{i}]"), &err)?);
             }
         }
+        if let Some(v) = top.get("min_tcb_eval_data_number") {
+            let n = decimal(v, "min_tcb_eval_data_number", &err)?;
+            let n = u32::try_from(n)
+                .map_err(|_| err("min_tcb_eval_data_number", format!("{n} does not fit in 32 bits")))?;
+            p.min_tcb_eval_data_number = Some(n);
+        }
+        if let Some(v) = top.get("release_exports") {
+            let Value::Array(list) = v else {
+                return Err(err(
+                    "release_exports",
+                    "must be a list of roles (\"leader\", \"follower\")".into(),
+                ));
+            };
+            for (i, r) in list.iter().enumerate() {
+                let at = format!("release_exports[{i}]");
+                let role = r
+                    .as_str()
+                    .ok_or_else(|| err(&at, format!("must be \"leader\" or \"follower\", got {r}")))?
+                    .parse::<PartyRole>()
+                    .map_err(|e| err(&at, e))?;
+                if p.release_exports.contains(&role) {
+                    return Err(err(&at, format!("{role} is listed twice")));
+                }
+                p.release_exports.push(role);
+            }
+            p.release_exports.sort();
+        }
+        let sim_entries = p.entries.iter().any(|e| e.mode == Mode::Simulated);
+        if sim_entries && !p.allow_simulated {
+            return Err(err(
+                "allow_simulated",
+                "entries with \"mode\": \"simulated\" need allow_simulated: true".into(),
+            ));
+        }
         if p.allow_simulated && p.simulated_roots.is_empty() {
             return Err(err(
                 "simulated_roots",
                 "allow_simulated is true but no development root is listed (see `vfl attest self`)".into(),
             ));
         }
+        if p.allows_simulated() && !cfg!(feature = "dev") {
+            return Err(fail("allow_simulated", PolicyErrorKind::SimulationNotBuilt));
+        }
         Ok(p)
     }
 
-    fn parse_entry(
-        &self,
-        e: &Map<String, Value>,
-        at: &str,
-        err: &dyn Fn(&str, String) -> PolicyError,
-    ) -> Result<Entry, PolicyError> {
+    fn parse_entry(&self, e: &Map<String, Value>, at: &str, err: &ErrFn<'_>) -> Result<Entry, PolicyError> {
         for k in e.keys() {
             if !ENTRY_KEYS.contains(&k.as_str()) {
                 return Err(err(
@@ -255,7 +430,44 @@ impl Policy {
             }
             (None, None) => None,
         };
+        if let Some(v) = e.get("role") {
+            let s = v
+                .as_str()
+                .ok_or_else(|| err(&field("role"), format!("must be \"leader\" or \"follower\", got {v}")))?;
+            entry.role = Some(s.parse().map_err(|e| err(&field("role"), e))?);
+        }
+        if let Some(v) = e.get("mode") {
+            entry.mode = match v.as_str() {
+                Some("sgx") => Mode::Sgx,
+                Some("simulated") => Mode::Simulated,
+                _ => {
+                    return Err(err(
+                        &field("mode"),
+                        format!("must be \"sgx\" or \"simulated\", got {v}"),
+                    ));
+                }
+            };
+        }
         Ok(entry)
+    }
+
+    /// Whether the policy admits simulated evidence at all.
+    pub fn allows_simulated(&self) -> bool {
+        self.allow_simulated || self.entries.iter().any(|e| e.mode == Mode::Simulated)
+    }
+
+    /// Checks that a party whose own evidence is `own` may use this policy:
+    /// a party with hardware evidence refuses policies that admit
+    /// simulated peers. `source_name` names the policy in the error.
+    pub fn check_usable_by(&self, own: Mode, source_name: &str) -> Result<(), PolicyError> {
+        if own == Mode::Sgx && self.allows_simulated() {
+            return Err(PolicyError {
+                source_name: source_name.to_string(),
+                field: "allow_simulated".into(),
+                kind: PolicyErrorKind::SimulatedUnderSgx,
+            });
+        }
+        Ok(())
     }
 
     /// Whether some entry says `"self"`.
@@ -275,38 +487,73 @@ impl Policy {
         }
     }
 
-    /// The policy's digest in hex (logged at start).
+    /// The policy's digest in hex (logged at start, bound into sealed files).
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest)
     }
 
-    /// Whether some entry accepts `id`; otherwise why not, per entry.
-    pub fn check_identity(&self, id: &EnclaveIdentity) -> Result<usize, String> {
+    /// The entries that accept `id` presented with `mode` evidence
+    /// (ascending); otherwise why none does, per entry.
+    pub fn check_identity(&self, id: &EnclaveIdentity, mode: Mode) -> Result<Vec<usize>, NoMatch> {
         if self.entries.is_empty() {
-            return Err("sgx_mrs is empty: the policy accepts no enclave".into());
+            return Err(NoMatch("sgx_mrs is empty: the policy accepts no enclave".into()));
         }
         let mut why = Vec::new();
+        let mut matched = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
-            match self.mismatch(e, id) {
-                None => return Ok(i),
+            let m = if e.mode != mode {
+                Some(format!(
+                    "for {} evidence only, the peer presented {mode} evidence",
+                    e.mode
+                ))
+            } else {
+                self.mismatch(e, id)
+            };
+            match m {
+                None => matched.push(i),
                 Some(m) => why.push(format!("sgx_mrs[{i}]: {m}")),
             }
         }
-        Err(why.join("; "))
+        if matched.is_empty() {
+            Err(NoMatch(why.join("; ")))
+        } else {
+            Ok(matched)
+        }
+    }
+
+    /// The roles the given matched entries admit.
+    pub fn roles_of(&self, matched: &[usize]) -> Vec<PartyRole> {
+        let mut roles: Vec<PartyRole> = Vec::new();
+        for &i in matched {
+            let admits: &[PartyRole] = match self.entries.get(i).and_then(|e| e.role) {
+                None => &[PartyRole::Leader, PartyRole::Follower],
+                Some(PartyRole::Leader) => &[PartyRole::Leader],
+                Some(PartyRole::Follower) => &[PartyRole::Follower],
+            };
+            for r in admits {
+                if !roles.contains(r) {
+                    roles.push(*r);
+                }
+            }
+        }
+        roles.sort();
+        roles
     }
 
     fn mismatch(&self, e: &Entry, id: &EnclaveIdentity) -> Option<String> {
         if self.verify_mr_enclave && e.mr_enclave != Some(id.mr_enclave) {
             return Some(format!(
                 "mr_enclave expected {} got {}",
-                e.mr_enclave.map(hex::encode).unwrap_or_default(),
+                e.mr_enclave
+                    .map(hex::encode)
+                    .unwrap_or_else(|| "(self, unbound)".into()),
                 hex::encode(id.mr_enclave)
             ));
         }
         if self.verify_mr_signer && e.mr_signer != Some(id.mr_signer) {
             return Some(format!(
                 "mr_signer expected {} got {}",
-                e.mr_signer.map(hex::encode).unwrap_or_default(),
+                e.mr_signer.map(hex::encode).unwrap_or_else(|| "(self, unbound)".into()),
                 hex::encode(id.mr_signer)
             ));
         }
@@ -333,7 +580,7 @@ impl Policy {
     }
 }
 
-fn hex32(v: &Value, field: &str, err: &dyn Fn(&str, String) -> PolicyError) -> Result<[u8; 32], PolicyError> {
+fn hex32(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<[u8; 32], PolicyError> {
     let s = v
         .as_str()
         .ok_or_else(|| err(field, format!("must be a string of 64 hex digits, got {v}")))?;
@@ -346,16 +593,20 @@ fn hex32(v: &Value, field: &str, err: &dyn Fn(&str, String) -> PolicyError) -> R
     })
 }
 
-fn dec16(v: &Value, field: &str, err: &dyn Fn(&str, String) -> PolicyError) -> Result<u16, PolicyError> {
-    let n = match v {
+fn decimal(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<u64, PolicyError> {
+    match v {
         Value::String(s) => s
             .trim()
             .parse::<u64>()
-            .map_err(|_| err(field, format!("{s:?} is not a decimal number")))?,
+            .map_err(|_| err(field, format!("{s:?} is not a decimal number"))),
         Value::Number(n) => n
             .as_u64()
-            .ok_or_else(|| err(field, format!("{n} is not a whole number")))?,
-        other => return Err(err(field, format!("must be a decimal string or number, got {other}"))),
-    };
+            .ok_or_else(|| err(field, format!("{n} is not a whole number"))),
+        other => Err(err(field, format!("must be a decimal string or number, got {other}"))),
+    }
+}
+
+fn dec16(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<u16, PolicyError> {
+    let n = decimal(v, field, err)?;
     u16::try_from(n).map_err(|_| err(field, format!("{n} does not fit in 16 bits")))
 }

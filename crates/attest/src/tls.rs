@@ -228,10 +228,13 @@ pub fn identity(cert: &RaTlsCert) -> Result<Arc<CertifiedKey>, AttestError> {
     Ok(ck)
 }
 
+/// TLS 1.3 only: both ends are enclave-vfl, so nothing older is needed.
+pub const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
 /// Server side: present `ours`, require and verify the client's certificate.
 pub fn server_config(ours: Arc<CertifiedKey>, verifier: Arc<RaTlsVerifier>) -> Result<ServerConfig, AttestError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|e| AttestError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(ours)));
@@ -247,7 +250,7 @@ pub fn server_config(ours: Arc<CertifiedKey>, verifier: Arc<RaTlsVerifier>) -> R
 /// Client side: present `ours`, verify the server's certificate.
 pub fn client_config(ours: Arc<CertifiedKey>, verifier: Arc<RaTlsVerifier>) -> Result<ClientConfig, AttestError> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|e| AttestError::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)

@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use crate::attester::Mode;
 use crate::cert::{self, Evidence};
 use crate::collateral::CollateralProvider;
-use crate::policy::Policy;
+use crate::freshness::{Freshness, Marks};
+use crate::policy::{PartyRole, Policy};
 use crate::sgx::{EnclaveIdentity, QuoteView, attr};
 
 /// Why a peer was refused. Each variant is one reason, with what was expected
@@ -56,6 +57,25 @@ pub enum Rejection {
     Attributes { attributes: String, why: &'static str },
     #[error("peer enclave identity is not allowed: {0}")]
     Identity(String),
+    #[error(
+        "collateral is from TCB evaluation {got}, below the policy's min_tcb_eval_data_number {min}: fetch current collateral (PCCS)"
+    )]
+    TcbEvalBelowFloor { got: u32, min: u32 },
+    #[error(
+        "stale collateral for platform {family}: its {what} is {got}, but this party has already seen {seen}; refusing to appraise against older collateral (refresh the PCCS cache)"
+    )]
+    StaleCollateral {
+        family: String,
+        what: &'static str,
+        got: u32,
+        seen: u32,
+    },
+    #[error("quote appraisal (dcap-qvl policy): {0}")]
+    Appraisal(String),
+    #[error(
+        "simulated evidence is not accepted: this build of vfl has no simulated attestation (enclave builds never accept it)"
+    )]
+    SimulationNotBuilt,
 }
 
 /// Where "now" comes from: the system clock, or a pinned time (tests,
@@ -96,6 +116,16 @@ pub struct QuoteReport {
     pub debug: bool,
     pub tcb_status: String,
     pub advisory_ids: Vec<String>,
+    /// The collateral's TCB evaluation data number (the lower of TCB info
+    /// and QE identity).
+    pub tcb_eval_data_number: u32,
+    /// The collateral's ever-increasing numbers, for the freshness check.
+    pub collateral_marks: Marks,
+    /// The platform family the collateral is for (FMSPC and PCK CA).
+    pub platform: String,
+    /// dcap-qvl's verified claims, for its policy appraisal.
+    #[serde(skip)]
+    pub claims: Box<dcap_qvl::QuoteClaims>,
 }
 
 /// Verify a quote's signatures and chains against `root` with `collateral` at `now`.
@@ -112,17 +142,24 @@ pub fn verify_quote(
     }
     // The DEBUG attribute is judged below against the policy, with a clear reason.
     .allow_debug(true);
-    let report = verifier.verify(quote, collateral, now).map_err(|e| {
-        let detail = format!("{e:#}");
-        if detail.contains("xpired") || detail.contains("in the future") {
-            Rejection::CollateralExpired { at: now, detail }
-        } else {
-            Rejection::Quote(detail)
-        }
-    })?;
-    let Some(r) = report.report.as_sgx() else {
+    // Cryptographic verification and the claims; the policy is applied by
+    // [`Verifier::appraise`].
+    let claims = verifier
+        .verify_with_policy(quote, collateral.clone(), now, &dcap_qvl::QuotePolicy::claims_only(now))
+        .map_err(|e| {
+            let detail = format!("{e:#}");
+            if detail.contains("xpired") || detail.contains("in the future") {
+                Rejection::CollateralExpired { at: now, detail }
+            } else {
+                Rejection::Quote(detail)
+            }
+        })?;
+    let Some(r) = claims.report.as_sgx() else {
         return Err(Rejection::Quote("the quote is not an SGX enclave quote".into()));
     };
+    let platform = crate::pccs::CollateralKey::of_quote(quote)
+        .map(|k| format!("{}-{}", k.fmspc, k.ca))
+        .map_err(Rejection::Quote)?;
     let identity = EnclaveIdentity {
         mr_enclave: r.mr_enclave,
         mr_signer: r.mr_signer,
@@ -134,8 +171,13 @@ pub fn verify_quote(
         tee_type: "sgx",
         debug: identity.is_debug(),
         identity,
-        tcb_status: report.status,
-        advisory_ids: report.advisory_ids,
+        tcb_status: claims.tcb.status.to_string(),
+        advisory_ids: claims.tcb.advisory_ids.clone(),
+        tcb_eval_data_number: claims.tcb.eval_data_number,
+        // The collateral is verified by now, so its numbers are Intel's.
+        collateral_marks: crate::freshness::marks_of_collateral(collateral).map_err(Rejection::Quote)?,
+        platform,
+        claims: Box::new(claims),
     })
 }
 
@@ -146,23 +188,49 @@ pub struct PeerReport {
     pub carrier: &'static str,
     #[serde(flatten)]
     pub quote: QuoteReport,
-    /// Index of the `sgx_mrs` entry that matched.
-    pub matched_entry: usize,
+    /// Indices of the `sgx_mrs` entries that matched (ascending).
+    pub matched_entries: Vec<usize>,
+    /// The roles those entries admit the peer as.
+    pub admitted_as: Vec<PartyRole>,
+}
+
+impl PeerReport {
+    /// Whether the policy admits this peer as `role`.
+    pub fn admits(&self, role: PartyRole) -> bool {
+        self.admitted_as.contains(&role)
+    }
+
+    /// Why the peer may not play `role`, if it may not.
+    pub fn check_role(&self, role: PartyRole) -> Result<(), String> {
+        if self.admits(role) {
+            return Ok(());
+        }
+        let entries: Vec<String> = self.matched_entries.iter().map(|i| format!("sgx_mrs[{i}]")).collect();
+        let admitted: Vec<&str> = self.admitted_as.iter().map(|r| r.as_str()).collect();
+        Err(format!(
+            "the peer plays the {role}, but the policy entries that admit its enclave ({}) allow it only as {}",
+            entries.join(", "),
+            admitted.join(" or ")
+        ))
+    }
 }
 
 impl std::fmt::Display for PeerReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let id = &self.quote.identity;
+        let entries: Vec<String> = self.matched_entries.iter().map(|i| format!("sgx_mrs[{i}]")).collect();
+        let roles: Vec<&str> = self.admitted_as.iter().map(|r| r.as_str()).collect();
         write!(
             f,
-            "{} peer mr_enclave={} mr_signer={} isv_prod_id={} isv_svn={} tcb={} (sgx_mrs[{}], {} evidence)",
+            "{} peer mr_enclave={} mr_signer={} isv_prod_id={} isv_svn={} tcb={} ({}, as {}; {} evidence)",
             self.mode,
             hex::encode(id.mr_enclave),
             hex::encode(id.mr_signer),
             id.isv_prod_id,
             id.isv_svn,
             self.quote.tcb_status,
-            self.matched_entry,
+            entries.join(", "),
+            roles.join("/"),
             self.carrier
         )
     }
@@ -173,19 +241,36 @@ pub struct Verifier {
     policy: Policy,
     collateral: Option<Arc<dyn CollateralProvider>>,
     clock: Clock,
+    freshness: Arc<Freshness>,
 }
 
 impl Verifier {
+    /// A verifier whose collateral high-water marks live in memory only.
     pub fn new(policy: Policy, collateral: Option<Arc<dyn CollateralProvider>>, clock: Clock) -> Self {
+        Self::with_freshness(policy, collateral, clock, Arc::new(Freshness::in_memory()))
+    }
+
+    /// A verifier sharing `freshness` (kept sealed on disk by the caller).
+    pub fn with_freshness(
+        policy: Policy,
+        collateral: Option<Arc<dyn CollateralProvider>>,
+        clock: Clock,
+        freshness: Arc<Freshness>,
+    ) -> Self {
         Self {
             policy,
             collateral,
             clock,
+            freshness,
         }
     }
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    pub fn freshness(&self) -> &Arc<Freshness> {
+        &self.freshness
     }
 
     /// Verify a peer's certificate chain (exactly one certificate).
@@ -202,27 +287,20 @@ impl Verifier {
         let view = QuoteView::parse(&evidence.quote).map_err(Rejection::Evidence)?;
         evidence.check_binding(&view.report_data())?;
         let (mode, quote) = self.verify_evidence(&evidence)?;
-        let matched_entry = self.appraise(&quote)?;
+        let matched_entries = self.appraise(&quote, mode)?;
         Ok(PeerReport {
             mode,
             carrier: evidence.carrier(),
+            admitted_as: self.policy.roles_of(&matched_entries),
             quote,
-            matched_entry,
+            matched_entries,
         })
     }
 
     fn verify_evidence(&self, ev: &Evidence) -> Result<(Mode, QuoteReport), Rejection> {
         let now = self.clock.now();
         if let Some(sim) = &ev.sim {
-            let root = hex::encode(dev_root_fingerprint(&sim.root_der)?);
-            if !self.policy.allow_simulated {
-                return Err(Rejection::SimulatedNotAllowed { root });
-            }
-            if !self.policy.simulated_roots.iter().any(|r| hex::encode(r) == root) {
-                return Err(Rejection::UntrustedSimRoot { root });
-            }
-            let report = verify_quote(&ev.quote, &sim.collateral, &Root::Dev(sim.root_der.clone()), now)?;
-            return Ok((Mode::Simulated, report));
+            return self.verify_simulated(ev, sim, now);
         }
         let Some(provider) = &self.collateral else {
             return Err(Rejection::NoCollateral(
@@ -233,9 +311,40 @@ impl Verifier {
         Ok((Mode::Sgx, verify_quote(&ev.quote, &collateral, &Root::Intel, now)?))
     }
 
-    /// Apply the policy to a verified quote: TCB status, attributes, identity.
-    /// Returns the index of the matching `sgx_mrs` entry.
-    pub fn appraise(&self, q: &QuoteReport) -> Result<usize, Rejection> {
+    #[cfg(feature = "dev")]
+    fn verify_simulated(
+        &self,
+        ev: &Evidence,
+        sim: &crate::attester::SimEvidence,
+        now: u64,
+    ) -> Result<(Mode, QuoteReport), Rejection> {
+        let root = hex::encode(dev_root_fingerprint(&sim.root_der)?);
+        if !self.policy.allow_simulated {
+            return Err(Rejection::SimulatedNotAllowed { root });
+        }
+        if !self.policy.simulated_roots.iter().any(|r| hex::encode(r) == root) {
+            return Err(Rejection::UntrustedSimRoot { root });
+        }
+        let report = verify_quote(&ev.quote, &sim.collateral, &Root::Dev(sim.root_der.clone()), now)?;
+        Ok((Mode::Simulated, report))
+    }
+
+    #[cfg(not(feature = "dev"))]
+    fn verify_simulated(
+        &self,
+        _ev: &Evidence,
+        _sim: &crate::attester::SimEvidence,
+        _now: u64,
+    ) -> Result<(Mode, QuoteReport), Rejection> {
+        Err(Rejection::SimulationNotBuilt)
+    }
+
+    /// Apply the policy to a verified quote presented with `mode` evidence:
+    /// TCB status, the TCB evaluation floor and collateral freshness,
+    /// dcap-qvl's policy checks, attributes, identity. Returns the indices
+    /// of the matching `sgx_mrs` entries, and raises the collateral
+    /// high-water marks.
+    pub fn appraise(&self, q: &QuoteReport, mode: Mode) -> Result<Vec<usize>, Rejection> {
         let p = &self.policy;
         if !p.allowed_tcb_statuses.contains(&q.tcb_status) {
             return Err(Rejection::TcbStatus {
@@ -244,6 +353,28 @@ impl Verifier {
                 advisories: q.advisory_ids.join(", "),
             });
         }
+        if let Some(min) = p.min_tcb_eval_data_number
+            && q.tcb_eval_data_number < min
+        {
+            return Err(Rejection::TcbEvalBelowFloor {
+                got: q.tcb_eval_data_number,
+                min,
+            });
+        }
+        if let Err((what, got, seen)) = self.freshness.check(&q.platform, &q.collateral_marks) {
+            return Err(Rejection::StaleCollateral {
+                family: q.platform.clone(),
+                what,
+                got,
+                seen,
+            });
+        }
+        // The same rules once more through dcap-qvl's own policy engine
+        // (status list, evaluation floor, expiry at our clock).
+        use dcap_qvl::Policy as _;
+        self.dcap_policy()
+            .validate(&q.claims)
+            .map_err(|e| Rejection::Appraisal(format!("{e:#}")))?;
         let a = q.identity.attributes;
         let attributes = hex::encode(a);
         if a[0] & attr::DEBUG != 0 && !p.allow_debug {
@@ -263,7 +394,34 @@ impl Verifier {
         if let Some(why) = why {
             return Err(Rejection::Attributes { attributes, why });
         }
-        p.check_identity(&q.identity).map_err(Rejection::Identity)
+        let matched = p
+            .check_identity(&q.identity, mode)
+            .map_err(|e| Rejection::Identity(e.0))?;
+        self.freshness.record(&q.platform, &q.collateral_marks);
+        Ok(matched)
+    }
+
+    /// dcap-qvl's policy for this policy: the allowed statuses (an allowed
+    /// out-of-date status is allowed without a grace period limit, as the
+    /// status list says), the evaluation floor; platform flags (SMT,
+    /// dynamic platform, cached keys) are not restricted.
+    fn dcap_policy(&self) -> dcap_qvl::QuotePolicy {
+        let p = &self.policy;
+        let mut d = dcap_qvl::QuotePolicy::strict(self.clock.now())
+            .allow_smt(true)
+            .allow_dynamic_platform(true)
+            .allow_cached_keys(true)
+            .platform_grace_period(std::time::Duration::from_secs(u64::MAX / 4))
+            .qe_grace_period(std::time::Duration::from_secs(u64::MAX / 4));
+        for s in &p.allowed_tcb_statuses {
+            if let Ok(status) = serde_json::from_value::<dcap_qvl::TcbStatus>(serde_json::Value::String(s.clone())) {
+                d = d.allow_status(status);
+            }
+        }
+        if let Some(min) = p.min_tcb_eval_data_number {
+            d = d.min_tcb_eval_data_number(min);
+        }
+        d
     }
 }
 

@@ -205,3 +205,49 @@ fn a_pccs_without_the_issuer_chain_header_is_a_clear_error() {
     .unwrap_err();
     assert!(e.contains("lacks the SGX-PCK-CRL-Issuer-Chain header"), "{e}");
 }
+
+#[test]
+fn a_pccs_serving_older_collateral_does_not_replace_the_cached_copy() {
+    let (quote, c) = sample();
+    let (base, _) = fake_pccs(c.clone());
+    let dir = temp("older");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = CollateralKey::of_quote(&quote).unwrap();
+    // The cache holds a copy from a later TCB evaluation than the PCCS serves.
+    let mut newer = c.clone();
+    let mut tcb: serde_json::Value = serde_json::from_str(&c.tcb_info).unwrap();
+    let n = tcb["tcbEvaluationDataNumber"].as_u64().unwrap();
+    tcb["tcbEvaluationDataNumber"] = (n + 1).into();
+    newer.tcb_info = tcb.to_string();
+    std::fs::write(
+        dir.join(format!("sgx-{}-{}.json", key.fmspc, key.ca)),
+        serde_json::to_vec(&newer).unwrap(),
+    )
+    .unwrap();
+    let p = PccsCollateral::new(&base, &dir, pccs::http_client(None).unwrap(), Duration::from_secs(3600)).unwrap();
+    assert_eq!(p.refresh_key(&key).unwrap(), newer);
+    assert_eq!(p.collateral_for(&quote).unwrap(), newer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refresh_interval_longer_than_the_uptime_does_not_panic() {
+    let (quote, c) = sample();
+    let dir = temp("uptime");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = CollateralKey::of_quote(&quote).unwrap();
+    std::fs::write(
+        dir.join(format!("sgx-{}-{}.json", key.fmspc, key.ca)),
+        serde_json::to_vec(&c).unwrap(),
+    )
+    .unwrap();
+    let p = PccsCollateral::new(
+        "http://127.0.0.1:9",
+        &dir,
+        pccs::http_client(None).unwrap(),
+        Duration::MAX / 2,
+    )
+    .unwrap();
+    assert_eq!(p.collateral_for(&quote).unwrap(), c);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,7 +38,7 @@ fn attester(root: &DevRoot, id: &SimIdentity, opts: &SimPlatformOptions) -> SimA
 fn policy_json(root: &DevRoot, extra: &str) -> String {
     format!(
         r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
-            "sgx_mrs":[{{"mr_enclave":"{}","mr_signer":"{}","isv_prod_id":"1","min_isv_svn":"2"}}],
+            "sgx_mrs":[{{"mr_enclave":"{}","mr_signer":"{}","isv_prod_id":"1","min_isv_svn":"2","mode":"simulated"}}],
             "allow_simulated":true,"simulated_roots":["{}"]{extra}}}"#,
         hex::encode(GOOD_MRENCLAVE),
         hex::encode(root.fingerprint()),
@@ -307,6 +307,7 @@ async fn rejects_expired_collateral() {
         tcb_status: "UpToDate".into(),
         issued_at: t - 60 * 86_400,
         next_update: t - 30 * 86_400,
+        ..SimPlatformOptions::fresh(t)
     };
     client_refuses(
         &root,
@@ -509,4 +510,37 @@ fn gramine_legacy_extension_bytes_are_what_gramine_searches_for() {
         .position(|w| w == needle)
         .expect("legacy OID bytes present");
     assert_eq!(&c.cert_der[at + 11..at + 13], &[0x04, 0x82]);
+}
+
+/// Both ends are enclave-vfl: a client offering only TLS 1.2 (otherwise a
+/// good party with a valid certificate) is refused by the server.
+#[tokio::test]
+async fn a_tls12_only_client_is_refused() {
+    let root = DevRoot::generate().unwrap();
+    let server = good(&root);
+    let client = good(&root);
+    let scfg = tls::server_config(server.key.clone(), server.verifier.clone()).unwrap();
+    let ccfg = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(client.verifier.clone())
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(client.key.clone())));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let srv = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        TlsAcceptor::from(Arc::new(scfg))
+            .accept(tcp)
+            .await
+            .map(|_| ())
+            .map_err(|e| tls::describe_error(&e))
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).unwrap();
+    let c = TlsConnector::from(Arc::new(ccfg)).connect(name, tcp).await;
+    assert!(c.is_err());
+    let s = srv.await.unwrap().unwrap_err();
+    let lower = s.to_lowercase();
+    assert!(lower.contains("incompatible") || lower.contains("version"), "{s}");
 }

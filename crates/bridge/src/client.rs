@@ -12,11 +12,13 @@ use crate::BridgeError;
 use crate::handshake::Settings;
 use crate::pb::bridge_client::BridgeClient;
 use crate::pb::{FollowerMessage, HelloReply, LeaderMessage};
-use crate::secure::{self, OnReject, Security};
+use crate::secure::{self, OnReject, PeerInfo, Security};
 
 /// An open session seen from the follower.
 pub struct Session {
     pub reply: HelloReply,
+    /// The leader's connection (for re-verification of its evidence).
+    pub peer: PeerInfo,
     pub outbound: mpsc::Sender<FollowerMessage>,
     pub inbound: Streaming<LeaderMessage>,
 }
@@ -41,14 +43,15 @@ pub async fn connect(
     let start = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let last_failure = secure::LastFailure::default();
+    let peer_slot = secure::PeerSlot::default();
     let channel: Channel = loop {
         let attempt = match security {
             Security::Insecure => endpoint.connect().await,
             Security::RaTls(tls) => {
-                let (addr, tls, lf) = (addr.to_string(), tls.clone(), last_failure.clone());
+                let (addr, tls, lf, ps) = (addr.to_string(), tls.clone(), last_failure.clone(), peer_slot.clone());
                 endpoint
                     .connect_with_connector(tower::service_fn(move |_uri| {
-                        secure::dial(addr.clone(), tls.clone(), lf.clone())
+                        secure::dial(addr.clone(), tls.clone(), lf.clone(), ps.clone())
                     }))
                     .await
             }
@@ -114,8 +117,10 @@ pub async fn connect(
         .await
         .map_err(|s| BridgeError::Lost(s.message().to_string()))?
         .into_inner();
+    let peer = peer_slot.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
     Ok(Session {
         reply,
+        peer,
         outbound: tx,
         inbound,
     })

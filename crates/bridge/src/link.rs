@@ -445,6 +445,8 @@ pub struct LeaderLink<'a> {
     core: Core<LeaderMessage, FollowerMessage>,
     peer_process_id: String,
     resume_step: Option<u64>,
+    run_id: String,
+    peer: crate::secure::PeerInfo,
     sessions: &'a mut mpsc::Receiver<server::Session>,
     /// A restarted follower's new session, kept for [`LeaderLink::restart`].
     fresh: Option<server::Session>,
@@ -458,6 +460,8 @@ impl<'a> LeaderLink<'a> {
             core: Core::new(s.session_id, s.outbound, s.inbound, opts),
             peer_process_id: s.peer_process_id,
             resume_step: s.resume_step,
+            run_id: s.run_id,
+            peer: s.peer,
             sessions,
             fresh: None,
         }
@@ -474,6 +478,16 @@ impl<'a> LeaderLink<'a> {
     /// The checkpoint step both parties resume from, if any.
     pub fn resume_step(&self) -> Option<u64> {
         self.resume_step
+    }
+
+    /// The run both parties train in.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The follower's current connection.
+    pub fn peer(&self) -> &crate::secure::PeerInfo {
+        &self.peer
     }
 
     pub async fn send(&mut self, m: LMsg) {
@@ -531,6 +545,7 @@ impl<'a> LeaderLink<'a> {
             self.fresh = Some(s);
             return Err(err);
         }
+        self.peer = s.peer;
         let resent = self.core.attach(s.outbound, s.inbound).await;
         tracing::info!(session = %self.core.session_id, resent, "the follower reconnected; session continues");
         Ok(())
@@ -544,6 +559,8 @@ impl<'a> LeaderLink<'a> {
         self.core = Core::new(s.session_id, s.outbound, s.inbound, self.core.opts.clone());
         self.peer_process_id = s.peer_process_id;
         self.resume_step = s.resume_step;
+        self.run_id = s.run_id;
+        self.peer = s.peer;
         true
     }
 
@@ -570,6 +587,7 @@ struct Dial {
 pub struct FollowerLink {
     core: Core<FollowerMessage, LeaderMessage>,
     reply: HelloReply,
+    peer: crate::secure::PeerInfo,
     dial: Dial,
     fresh: Option<client::Session>,
 }
@@ -588,6 +606,7 @@ impl FollowerLink {
         Ok(Self {
             core: Core::new(s.reply.session_id.clone(), s.outbound, s.inbound, opts),
             reply: s.reply,
+            peer: s.peer,
             dial: Dial {
                 addr: addr.to_string(),
                 settings,
@@ -601,6 +620,11 @@ impl FollowerLink {
     /// The leader's answer to the current session's hello.
     pub fn reply(&self) -> &HelloReply {
         &self.reply
+    }
+
+    /// The leader's current connection.
+    pub fn peer(&self) -> &crate::secure::PeerInfo {
+        &self.peer
     }
 
     pub async fn send(&mut self, m: FMsg) {
@@ -658,6 +682,7 @@ impl FollowerLink {
             self.fresh = Some(s);
             return Err(err);
         }
+        self.peer = s.peer;
         let resent = self.core.attach(s.outbound, s.inbound).await;
         tracing::info!(session = %self.core.session_id, resent, "reconnected to the leader; session continues");
         Ok(())
@@ -674,6 +699,7 @@ impl FollowerLink {
             self.core.opts.clone(),
         );
         self.reply = s.reply;
+        self.peer = s.peer;
         true
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use vfl_attest::PartyRole;
 use vfl_attest::tls::{self as ratls, RaTlsVerifier};
 
 /// How long one TLS handshake (including verification of the peer) may take.
@@ -57,14 +58,81 @@ impl Security {
     pub fn is_tls(&self) -> bool {
         matches!(self, Security::RaTls(_))
     }
+
+    /// The digest of the policy that admits peers (`none` without RA-TLS),
+    /// bound into every sealed file.
+    pub fn policy_digest(&self) -> String {
+        match self {
+            Security::RaTls(t) => t.verifier.verifier().policy().digest_hex(),
+            Security::Insecure => "none".into(),
+        }
+    }
+
+    /// The roles whose export the policy lets out in plaintext (sorted).
+    /// Without RA-TLS there is no policy and nothing is protected anyway.
+    pub fn release_exports(&self) -> Vec<String> {
+        match self {
+            Security::RaTls(t) => t
+                .verifier
+                .verifier()
+                .policy()
+                .release_exports
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+            Security::Insecure => vec!["follower".into(), "leader".into()],
+        }
+    }
 }
 
-/// A server-side TLS stream handed to tonic.
-pub struct ServerIo(pub tokio_rustls::server::TlsStream<TcpStream>);
+impl RaTls {
+    /// Verifies the peer's certificate again, now (current collateral,
+    /// current time, current high-water marks), and that the policy still
+    /// admits it as `role`: a platform revoked mid-run stops being trusted.
+    pub fn reverify(&self, peer: &PeerInfo, role: PartyRole) -> Result<vfl_attest::PeerReport, String> {
+        let Some(cert) = &peer.cert else {
+            return Err("no peer certificate recorded for this connection".into());
+        };
+        let report = self
+            .verifier
+            .verifier()
+            .verify_cert(cert)
+            .map_err(|r| format!("peer rejected on re-verification: {r}"))?;
+        report.check_role(role)?;
+        Ok(report)
+    }
+}
+
+/// What is known about the peer of one connection.
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfo {
+    /// Unique per accepted connection of this process (0: unknown).
+    pub conn: u64,
+    /// The peer's verified RA-TLS report (none without TLS).
+    pub report: Option<Arc<vfl_attest::PeerReport>>,
+    /// The peer's certificate (DER), for re-verification.
+    pub cert: Option<Arc<Vec<u8>>>,
+}
+
+impl PeerInfo {
+    /// Why the peer may not play `role`, if the policy does not admit it
+    /// as that role (no report: no RA-TLS, nothing to check).
+    pub fn check_role(&self, role: PartyRole) -> Result<(), String> {
+        match &self.report {
+            Some(r) => r.check_role(role),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A server-side TLS stream handed to tonic, with what is known of its peer.
+pub struct ServerIo(pub tokio_rustls::server::TlsStream<TcpStream>, pub PeerInfo);
 
 impl tonic::transport::server::Connected for ServerIo {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.1.clone()
+    }
 }
 
 impl AsyncRead for ServerIo {
@@ -95,11 +163,20 @@ impl AsyncWrite for ServerIo {
     }
 }
 
-/// The verifier's report on the peer of a finished handshake.
-fn peer_report<D>(tls: &RaTls, conn: &rustls::ConnectionCommon<D>) -> Option<vfl_attest::PeerReport> {
-    conn.peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| tls.verifier.report_for(c))
+/// What the verifier found about the peer of a finished handshake.
+fn peer_info<D>(tls: &RaTls, conn: &rustls::ConnectionCommon<D>, id: u64) -> PeerInfo {
+    let cert = conn.peer_certificates().and_then(|c| c.first());
+    PeerInfo {
+        conn: id,
+        report: cert.and_then(|c| tls.verifier.report_for(c)).map(Arc::new),
+        cert: cert.map(|c| Arc::new(c.as_ref().to_vec())),
+    }
+}
+
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_conn_id() -> u64 {
+    CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
 /// Accept TCP connections, handshake each in its own task, and yield the
@@ -127,10 +204,11 @@ pub fn accept_loop(
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                     Ok(Ok(stream)) => {
-                        if let Some(report) = peer_report(&tls, stream.get_ref().1) {
-                            tracing::info!(%peer, peer_identity = %report, "RA-TLS: peer attested");
+                        let info = peer_info(&tls, stream.get_ref().1, next_conn_id());
+                        if let Some(report) = &info.report {
+                            tracing::info!(%peer, conn = info.conn, peer_identity = %report, "RA-TLS: peer attested");
                         }
-                        let _ = tx.send(Ok(ServerIo(stream))).await;
+                        let _ = tx.send(Ok(ServerIo(stream, info))).await;
                     }
                     Ok(Err(e)) => {
                         let reason = ratls::describe_error(&e);
@@ -150,11 +228,16 @@ pub fn accept_loop(
 /// The last handshake failure a client connector saw.
 pub type LastFailure = Arc<Mutex<Option<String>>>;
 
-/// Dial `addr` and handshake as a client; verified streams only.
+/// The peer of the client connector's newest connection.
+pub type PeerSlot = Arc<Mutex<Option<PeerInfo>>>;
+
+/// Dial `addr` (the leader) and handshake as a client; verified streams of
+/// a peer the policy admits as the leader only.
 pub async fn dial(
     addr: String,
     tls: Arc<RaTls>,
     last_failure: LastFailure,
+    peer_slot: PeerSlot,
 ) -> Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
     let sock = TcpStream::connect(&addr).await?;
     sock.set_nodelay(true)?;
@@ -163,8 +246,20 @@ pub async fn dial(
     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, sock)).await {
         Ok(Ok(stream)) => {
-            if let Some(report) = peer_report(&tls, stream.get_ref().1) {
+            let info = peer_info(&tls, stream.get_ref().1, next_conn_id());
+            if let Some(report) = &info.report {
                 tracing::info!(peer = %addr, peer_identity = %report, "RA-TLS: peer attested");
+            }
+            if let Err(why) = info.check_role(PartyRole::Leader) {
+                let reason = format!("peer rejected: {why}");
+                tracing::error!(peer = %addr, %reason, "RA-TLS peer refused");
+                if let Ok(mut slot) = last_failure.lock() {
+                    *slot = Some(reason.clone());
+                }
+                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason));
+            }
+            if let Ok(mut slot) = peer_slot.lock() {
+                *slot = Some(info);
             }
             Ok(hyper_util::rt::TokioIo::new(stream))
         }

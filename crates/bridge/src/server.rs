@@ -14,7 +14,7 @@ use crate::BridgeError;
 use crate::handshake::Settings;
 use crate::pb::bridge_server::{Bridge, BridgeServer};
 use crate::pb::{FollowerMessage, HelloReply, HelloRequest, LeaderMessage};
-use crate::secure::{self, Security};
+use crate::secure::{self, PeerInfo, Security};
 
 /// An admitted follower session.
 pub struct Session {
@@ -22,14 +22,26 @@ pub struct Session {
     pub peer_process_id: String,
     /// The checkpoint step both parties resume from, if any.
     pub resume_step: Option<u64>,
+    /// The run both parties train in.
+    pub run_id: String,
+    /// The follower's connection (for re-verification of its evidence).
+    pub peer: PeerInfo,
     pub inbound: Streaming<FollowerMessage>,
     pub outbound: mpsc::Sender<Result<LeaderMessage, Status>>,
 }
 
+/// The accepted hello: what a Session call continues.
+#[derive(Clone)]
+struct Accepted {
+    session_id: String,
+    process_id: String,
+    resume: Option<u64>,
+    run_id: String,
+}
+
 struct State {
     settings: Settings,
-    /// (session id, follower process id, resume step) of the accepted hello.
-    accepted: Option<(String, String, Option<u64>)>,
+    accepted: Option<Accepted>,
     sessions: Option<mpsc::Sender<Session>>,
     counter: u64,
 }
@@ -43,63 +55,77 @@ type OutStream = Pin<Box<dyn Stream<Item = Result<LeaderMessage, Status>> + Send
 
 /// A hello that continues the accepted session: same session id and the
 /// same follower process (a restarted follower starts a new session).
-fn is_reattach(accepted: &Option<(String, String, Option<u64>)>, h: &HelloRequest) -> bool {
+fn is_reattach(accepted: &Option<Accepted>, h: &HelloRequest) -> bool {
     !h.resume_session.is_empty()
         && accepted
             .as_ref()
-            .is_some_and(|(session, process, _)| *session == h.resume_session && *process == h.process_id)
+            .is_some_and(|a| a.session_id == h.resume_session && a.process_id == h.process_id)
 }
 
 #[tonic::async_trait]
 impl Bridge for Service {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let peer = req.extensions().get::<PeerInfo>().cloned().unwrap_or_default();
         let h = req.into_inner();
         let mut st = self.state.lock().map_err(|_| Status::internal("state poisoned"))?;
-        let reply = match st.settings.check(&h) {
-            Err(reason) => {
-                tracing::error!(%reason, follower = %h.process_id, "refusing follower");
-                HelloReply {
-                    accepted: false,
-                    reason,
-                    process_id: st.settings.process_id.clone(),
-                    session_id: String::new(),
-                    resume: false,
-                    resume_step: 0,
-                    reattached: false,
-                }
+        let refuse = |st: &State, reason: String| {
+            tracing::error!(%reason, follower = %h.process_id, "refusing follower");
+            HelloReply {
+                accepted: false,
+                reason,
+                process_id: st.settings.process_id.clone(),
+                ..Default::default()
             }
+        };
+        // The peer's claimed role (follower, checked with the settings) must
+        // be one its policy entries admit.
+        let checked = peer
+            .check_role(vfl_attest::PartyRole::Follower)
+            .and_then(|()| st.settings.check(&h));
+        let reply = match checked {
+            Err(reason) => refuse(&st, reason),
             Ok(()) if is_reattach(&st.accepted, &h) => {
                 tracing::info!(follower = %h.process_id, session = %h.resume_session, "follower reconnected");
+                let run_id = st.accepted.as_ref().map(|a| a.run_id.clone()).unwrap_or_default();
                 HelloReply {
                     accepted: true,
-                    reason: String::new(),
                     process_id: st.settings.process_id.clone(),
                     session_id: h.resume_session.clone(),
-                    resume: false,
-                    resume_step: 0,
                     reattached: true,
+                    run_id,
+                    release_exports: st.settings.release_exports.clone(),
+                    ..Default::default()
                 }
             }
-            Ok(()) => {
-                st.counter += 1;
-                let session_id = format!(
-                    "{}-{}",
-                    &st.settings.process_id[..8.min(st.settings.process_id.len())],
-                    st.counter
-                );
-                tracing::info!(follower = %h.process_id, %session_id, "follower accepted");
-                let resume = st.settings.common_checkpoint(&h);
-                st.accepted = Some((session_id.clone(), h.process_id.clone(), resume));
-                HelloReply {
-                    accepted: true,
-                    reason: String::new(),
-                    process_id: st.settings.process_id.clone(),
-                    session_id,
-                    resume: resume.is_some(),
-                    resume_step: resume.unwrap_or(0),
-                    reattached: false,
+            Ok(()) => match st.settings.decide(&h, crate::handshake::new_run_id) {
+                Err(reason) => refuse(&st, reason),
+                Ok(decision) => {
+                    st.counter += 1;
+                    let session_id = format!(
+                        "{}-{}",
+                        &st.settings.process_id[..8.min(st.settings.process_id.len())],
+                        st.counter
+                    );
+                    tracing::info!(follower = %h.process_id, %session_id, run = %decision.run_id, "follower accepted");
+                    st.accepted = Some(Accepted {
+                        session_id: session_id.clone(),
+                        process_id: h.process_id.clone(),
+                        resume: decision.resume,
+                        run_id: decision.run_id.clone(),
+                    });
+                    HelloReply {
+                        accepted: true,
+                        process_id: st.settings.process_id.clone(),
+                        session_id,
+                        resume: decision.resume.is_some(),
+                        resume_step: decision.resume.unwrap_or(0),
+                        reattached: false,
+                        run_id: decision.run_id,
+                        release_exports: st.settings.release_exports.clone(),
+                        reason: String::new(),
+                    }
                 }
-            }
+            },
         };
         Ok(Response::new(reply))
     }
@@ -107,13 +133,20 @@ impl Bridge for Service {
     type SessionStream = OutStream;
 
     async fn session(&self, req: Request<Streaming<FollowerMessage>>) -> Result<Response<OutStream>, Status> {
+        let peer = req.extensions().get::<PeerInfo>().cloned().unwrap_or_default();
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (accepted, sessions) = {
             let st = self.state.lock().map_err(|_| Status::internal("state poisoned"))?;
             (st.accepted.clone(), st.sessions.clone())
         };
-        let Some((session_id, peer_process_id, resume_step)) = accepted else {
+        let Some(Accepted {
+            session_id,
+            process_id: peer_process_id,
+            resume: resume_step,
+            run_id,
+        }) = accepted
+        else {
             return Err(Status::failed_precondition("no accepted hello: call Hello first"));
         };
         let Some(sessions) = sessions else {
@@ -124,6 +157,8 @@ impl Bridge for Service {
                 session_id,
                 peer_process_id,
                 resume_step,
+                run_id,
+                peer,
                 inbound,
                 outbound: tx,
             })

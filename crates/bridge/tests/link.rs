@@ -47,6 +47,8 @@ fn settings(process_id: &str) -> Settings {
         process_id: process_id.into(),
         checkpoint_steps: Checkpoints::fixed(vec![]),
         resume_session: String::new(),
+        release_exports: Vec::new(),
+        allow_rollback: false,
     }
 }
 

@@ -24,6 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate planted data and train, evaluate and report, all in one go.
+    #[cfg(feature = "dev")]
     Demo(cmd::demo::Args),
     /// Run the leader (holds the labels): listens for the follower.
     Leader(cmd::party::LeaderArgs),
@@ -36,6 +37,7 @@ enum Command {
     #[command(subcommand)]
     Data(cmd::data::Command),
     /// Measure training throughput of the in-process step.
+    #[cfg(feature = "dev")]
     Bench(cmd::bench::Args),
     /// Remote attestation tools: verify a quote, show our identity, compute mr_signer.
     #[command(subcommand)]
@@ -52,7 +54,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cmd::init_logging(&cli.loglevel);
     let result = match cli.command {
+        #[cfg(feature = "dev")]
         Command::Demo(a) => cmd::demo::run(a),
+        #[cfg(feature = "dev")]
         Command::Bench(a) => cmd::bench::run(a),
         Command::Data(c) => cmd::data::run(c),
         Command::Leader(a) => cmd::party::leader(a),

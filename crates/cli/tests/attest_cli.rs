@@ -102,7 +102,7 @@ fn self_outside_an_enclave_in_sgx_mode_says_so() {
 }
 
 #[test]
-fn trust_adds_a_peer_identity_to_a_policy_once() {
+fn trust_adds_a_role_entry_to_a_policy_once() {
     let dir = std::env::temp_dir().join(format!("vfl-attest-trust-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -118,6 +118,8 @@ fn trust_adds_a_peer_identity_to_a_policy_once() {
         "attest",
         "trust",
         "--min-svn",
+        "--role",
+        "follower",
         "--identity",
         ident.to_str().unwrap(),
         "--policy",
@@ -125,19 +127,94 @@ fn trust_adds_a_peer_identity_to_a_policy_once() {
     ];
     let (ok, out, err) = vfl(&args);
     assert!(ok, "{err}");
-    assert!(out.contains("added sgx_mrs entry"), "{out}");
+    assert!(out.contains("now trusts the follower"), "{out}");
     let (ok, out, _) = vfl(&args);
-    assert!(ok && out.contains("already accepts"), "{out}");
+    assert!(ok && out.contains("already trusts"), "{out}");
     let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&policy).unwrap()).unwrap();
     assert_eq!(p["sgx_mrs"].as_array().unwrap().len(), 1);
     assert_eq!(p["sgx_mrs"][0]["mr_enclave"], "cd".repeat(32));
+    assert_eq!(p["sgx_mrs"][0]["role"], "follower");
     assert_eq!(p["sgx_mrs"][0]["min_isv_svn"], "3");
+    // An identity without a role and no --role is refused.
+    let args_no_role: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--role" && *a != "follower")
+        .collect();
+    let (ok, _, err) = vfl(&args_no_role);
+    assert!(!ok && err.contains("no role"), "{err}");
     // A broken identity file is refused and the policy is left as it was.
     std::fs::write(&ident, r#"{"mr_enclave": "zz"}"#).unwrap();
     let before = std::fs::read(&policy).unwrap();
     let (ok, _, err) = vfl(&args);
     assert!(!ok && err.contains("no mr_signer"), "{err}");
     assert_eq!(std::fs::read(&policy).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The deployment workflow without hand-editing: each party makes an
+/// identity file from its own signing key, both trust both files in
+/// either order, and they end up with byte-identical policies (hence the
+/// same MRENCLAVE) that admit each signer only in its own role.
+#[test]
+fn two_parties_trusting_each_other_get_the_same_policy_in_any_order() {
+    let dir = std::env::temp_dir().join(format!("vfl-attest-2trust-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../attest/tests/fixtures/signing-key/test-only-enclave-key.pkcs8.pem"
+    );
+    let leader = dir.join("leader.json");
+    let (ok, _, err) = vfl(&[
+        "attest",
+        "party",
+        "--role",
+        "leader",
+        "--key",
+        key,
+        "--out",
+        leader.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    // The follower's identity, as its own `vfl attest party` would write it.
+    let follower = dir.join("follower.json");
+    std::fs::write(
+        &follower,
+        serde_json::json!({"role": "follower", "mr_signer": "ab".repeat(32), "isv_prod_id": "1", "isv_svn": "1"})
+            .to_string(),
+    )
+    .unwrap();
+    let trust = |policy: &std::path::Path, ident: &std::path::Path| {
+        let (ok, _, err) = vfl(&[
+            "attest",
+            "trust",
+            "--min-svn",
+            "--identity",
+            ident.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+    };
+    let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+    trust(&a, &leader);
+    trust(&a, &follower);
+    trust(&b, &follower);
+    trust(&b, &leader);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let p = vfl_attest::Policy::load(&a).unwrap();
+    assert!(p.verify_mr_enclave && p.verify_mr_signer);
+    assert_eq!(p.entries.len(), 2);
+    let roles: Vec<_> = p.entries.iter().map(|e| e.role).collect();
+    assert_eq!(
+        roles,
+        [
+            Some(vfl_attest::PartyRole::Follower),
+            Some(vfl_attest::PartyRole::Leader)
+        ]
+    );
+    assert!(p.entries.iter().all(|e| e.mr_enclave_self));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -168,6 +245,72 @@ fn verify_with_a_policy_that_lists_the_enclave_reports_the_matching_entry() {
     let (ok, out, err) = vfl(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["policy"]["matched_entry"], 1);
+    assert_eq!(v["policy"]["matched_entries"], serde_json::json!([1]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A party with hardware evidence refuses a policy that admits simulated
+/// peers, before it takes a quote (a stand-in /dev/attestation that has a
+/// sealing key but would give no quote).
+#[test]
+fn an_sgx_party_refuses_a_policy_that_admits_simulated_peers() {
+    let dir = std::env::temp_dir().join(format!("vfl-attest-sgxsim-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dev = dir.join("attestation");
+    std::fs::create_dir_all(dev.join("keys")).unwrap();
+    std::fs::write(dev.join("attestation_type"), "dcap").unwrap();
+    std::fs::write(dev.join("keys/_sgx_mrenclave"), [3u8; 16]).unwrap();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let policy = dir.join("p.json");
+    std::fs::write(
+        &policy,
+        serde_json::json!({
+            "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+            "sgx_mrs": [{"mr_enclave": "self", "mr_signer": "ab".repeat(32), "isv_prod_id": "1", "isv_svn": "1", "mode": "simulated"}],
+            "allow_simulated": true, "simulated_roots": ["cd".repeat(32)],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, _, err) = vfl(&[
+        "leader",
+        "--attestation",
+        "sgx",
+        "--attestation-device",
+        dev.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--data-path",
+        dir.join("data").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("this party runs with --attestation sgx"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A policy file with a key given twice is refused, naming the key.
+#[test]
+fn a_policy_with_a_duplicate_key_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("vfl-attest-dup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("p.json");
+    std::fs::write(
+        &policy,
+        r#"{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[],"allow_debug":false,"allow_debug":true}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = vfl(&[
+        "leader",
+        "--attestation",
+        "simulated",
+        "--sim-root-key",
+        dir.join("root.pem").to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--data-path",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("allow_debug: the key appears twice"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

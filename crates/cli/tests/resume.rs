@@ -144,10 +144,14 @@ fn outputs(l: Child, f: Child) -> (String, String) {
 }
 
 /// The exported model file of `role` in run `run`.
-fn exported(d: &Path, run: &str, role: &str) -> Vec<u8> {
+/// The exported weights of `role` (the tensors: the metadata names the run,
+/// which differs between two runs).
+fn exported(d: &Path, run: &str, role: &str) -> std::collections::BTreeMap<String, vfl_trainer::store::Tensor> {
     let root = d.join(run).join("export");
     let id = std::fs::read_dir(&root).unwrap().next().unwrap().unwrap().path();
-    std::fs::read(id.join(role).join("model.safetensors")).unwrap()
+    vfl_trainer::store::read(&id.join(role).join("model.safetensors"), None)
+        .unwrap()
+        .tensors
 }
 
 /// Waits until `role`'s checkpoint directory holds a checkpoint of at least

@@ -558,27 +558,25 @@ fn trains_exports_and_evaluates_beyond_the_best_leader_only_model() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// `vfl party` with the role from VFL_ROLE and addresses from the
-/// environment (as the SGX manifest runs it), a policy that pins our own
-/// identity ("self"), and checkpoints and exports encrypted with a key file;
-/// then `vfl model inspect` and `vfl model decrypt` on the export.
-#[test]
-fn party_command_with_self_policy_and_encrypted_outputs() {
-    let f = Fixture::new("party-self");
+/// Runs `vfl party` for both roles with the role from VFL_ROLE and addresses
+/// from the environment (as the SGX manifest runs it), a policy that pins
+/// our own identity ("self") plus `policy_extra`, and checkpoints and
+/// exports sealed with a key file; returns the export directory and the key
+/// flag.
+fn party_pair(f: &Fixture, policy_extra: serde_json::Value) -> (PathBuf, String) {
     let att = f.dir.join("attestation-self");
     std::fs::create_dir_all(&att).unwrap();
     let policy = att.join("dynamic_config.json");
     let me = common::attest_self(&att, &[]);
-    std::fs::write(
-        &policy,
-        serde_json::json!({
-            "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-            "sgx_mrs": [{"mr_enclave": "self", "mr_signer": "self", "isv_prod_id": "1", "min_isv_svn": "1"}],
-            "allow_simulated": true, "simulated_roots": [me["simulated_root"].clone()],
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let mut p = serde_json::json!({
+        "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+        "sgx_mrs": [{"mr_enclave": "self", "mr_signer": "self", "isv_prod_id": "1", "min_isv_svn": "1", "mode": "simulated"}],
+        "allow_simulated": true, "simulated_roots": [me["simulated_root"].clone()],
+    });
+    for (k, v) in policy_extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    std::fs::write(&policy, p.to_string()).unwrap();
     let key = f.dir.join("model.key");
     std::fs::write(&key, "5a".repeat(32)).unwrap();
     let port = free_port();
@@ -626,39 +624,105 @@ fn party_command_with_self_policy_and_encrypted_outputs() {
         .unwrap()
         .unwrap()
         .path();
-    let model = export.join("leader").join("model.safetensors");
-    assert!(std::fs::read(&model).unwrap().starts_with(b"VFLSEAL1"));
-    let ckpt = std::fs::read_dir(f.dir.join("ckpt").join("follower"))
+    (export, format!("file:{}", key.display()))
+}
+
+fn vfl_cmd(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_vfl")).args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Without both parties' consent every output stays sealed: no plaintext
+/// export exists, and `vfl model decrypt` refuses exports, checkpoints and
+/// the run record alike.
+#[test]
+fn party_command_with_self_policy_keeps_every_output_sealed() {
+    let f = Fixture::new("party-self");
+    let (export, keyarg) = party_pair(&f, serde_json::json!({}));
+    for role in ["leader", "follower"] {
+        let model = export.join(role).join("model.safetensors");
+        assert!(std::fs::read(&model).unwrap().starts_with(b"VFLSEAL2"));
+        assert!(!export.join(role).join("model.plain.safetensors").exists());
+        let m = model.display().to_string();
+        let (ok, _, err) = vfl_cmd(&["model", "inspect", &m]);
+        assert!(!ok && err.contains("give --model-key"), "{err}");
+        let (ok, out, _) = vfl_cmd(&["model", "inspect", &m, "--model-key", &keyarg]);
+        assert!(
+            ok && out.contains("encrypted: model;") && out.contains(&format!("role={role}")) && out.contains("tensor "),
+            "{out}"
+        );
+        let plain = f.dir.join(format!("plain-{role}.safetensors"));
+        let (ok, _, err) = vfl_cmd(&[
+            "model",
+            "decrypt",
+            &m,
+            "--out",
+            plain.to_str().unwrap(),
+            "--model-key",
+            &keyarg,
+        ]);
+        assert!(!ok && err.contains("was not released"), "{err}");
+        assert!(!plain.exists());
+    }
+    let ckpt_dir = f.dir.join("ckpt").join("follower");
+    let ckpt = vfl_trainer_ckpt(&ckpt_dir);
+    assert!(std::fs::read(&ckpt).unwrap().starts_with(b"VFLSEAL2"));
+    for sealed in [ckpt, ckpt_dir.join("run.sealed")] {
+        let out = f.dir.join("never.safetensors");
+        let (ok, _, err) = vfl_cmd(&[
+            "model",
+            "decrypt",
+            sealed.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model-key",
+            &keyarg,
+        ]);
+        assert!(!ok && err.contains("is never decrypted"), "{err}");
+        assert!(!out.exists());
+    }
+}
+
+/// With both policies releasing both exports, each party writes a plaintext
+/// copy beside the sealed export, equal to what decrypting the sealed one
+/// gives.
+#[test]
+fn released_exports_are_plaintext_and_equal_the_sealed_ones() {
+    let f = Fixture::new("party-release");
+    let (export, keyarg) = party_pair(&f, serde_json::json!({"release_exports": ["leader", "follower"]}));
+    for role in ["leader", "follower"] {
+        let dir = export.join(role);
+        let released = std::fs::read(dir.join("model.plain.safetensors")).unwrap();
+        let out = f.dir.join(format!("decrypted-{role}.safetensors"));
+        let (ok, _, err) = vfl_cmd(&[
+            "model",
+            "decrypt",
+            dir.join("model.safetensors").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model-key",
+            &keyarg,
+        ]);
+        assert!(ok, "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), released);
+        let (_, out, _) = vfl_cmd(&["model", "inspect", out.to_str().unwrap()]);
+        assert!(out.contains("not encrypted"), "{out}");
+    }
+}
+
+/// The newest checkpoint file in `dir`.
+fn vfl_trainer_ckpt(dir: &Path) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    assert!(std::fs::read(&ckpt).unwrap().starts_with(b"VFLSEAL1"));
-    let vfl = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_vfl")).args(args).output().unwrap();
-    let keyarg = format!("file:{}", key.display());
-    let m = model.display().to_string();
-    let o = vfl(&["model", "inspect", &m]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("give --model-key"));
-    let o = vfl(&["model", "inspect", &m, "--model-key", &keyarg]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success() && out.contains("encrypted: enclave-vfl model; leader") && out.contains("tensor "),
-        "{out}"
-    );
-    let plain = f.dir.join("plain.safetensors");
-    let o = vfl(&[
-        "model",
-        "decrypt",
-        &m,
-        "--out",
-        &plain.display().to_string(),
-        "--model-key",
-        &keyarg,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = vfl(&["model", "inspect", &plain.display().to_string()]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("not encrypted"));
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("ckpt-"))
+        .collect();
+    v.sort();
+    v.pop().unwrap()
 }
 
 #[test]
@@ -705,4 +769,224 @@ fn with_on_reject_retry_the_leader_waits_for_an_acceptable_follower() {
     assert!(lout.contains(&format!("got {}", "44".repeat(32))), "{lout}");
     assert!(lout.contains("still waiting for an acceptable follower"), "{lout}");
     assert!(lout.contains("1200 examples"), "{lout}");
+}
+
+/// A policy whose only entry admits our (simulated) identity as the leader:
+/// the leader refuses it in the follower's role, naming the entry, and the
+/// follower reports the refusal.
+#[test]
+fn a_peer_admitted_only_in_the_other_role_is_refused() {
+    let f = Fixture::new("role");
+    let att = f.dir.join("attestation-role");
+    std::fs::create_dir_all(&att).unwrap();
+    let me = common::attest_self(&att, &["--role", "leader"]);
+    let policy = att.join("dynamic_config.json");
+    std::fs::write(
+        &policy,
+        serde_json::json!({
+            "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+            "sgx_mrs": [me["sgx_mrs_entry"].clone()],
+            "allow_simulated": true, "simulated_roots": [me["simulated_root"].clone()],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(me["sgx_mrs_entry"]["role"], "leader");
+    let sec: Vec<String> = vec![
+        "--attestation".into(),
+        "simulated".into(),
+        "--sim-root-key".into(),
+        att.join("dev-root.pem").display().to_string(),
+        "--policy".into(),
+        policy.display().to_string(),
+    ];
+    let port = free_port();
+    let data = |role: &str| f.dir.join(role).display().to_string();
+    let model = f.model().display().to_string();
+    let mut l = spawn(
+        &[
+            "leader",
+            "--peer-timeout",
+            "20",
+            "--data-path",
+            &data("leader"),
+            "--model",
+            &model,
+        ],
+        &[vec!["--local-addr".into(), format!("127.0.0.1:{port}")], sec.clone()].concat(),
+    );
+    let fo = spawn(
+        &[
+            "follower",
+            "--peer-timeout",
+            "20",
+            "--data-path",
+            &data("follower"),
+            "--model",
+            &model,
+        ],
+        &[vec!["--peer-addr".into(), format!("127.0.0.1:{port}")], sec].concat(),
+    );
+    let (fok, fout) = finish(fo);
+    let _ = l.kill();
+    let (_, lout) = finish(l);
+    assert!(!fok, "{fout}");
+    assert!(
+        fout.contains("handshake refused by the leader") && fout.contains("allow it only as leader"),
+        "follower:\n{fout}\nleader:\n{lout}"
+    );
+}
+
+/// After a run, one party's newest checkpoints vanish (its host deleted
+/// them): resuming from the older common checkpoint is refused as a
+/// rollback on both sides, unless both parties allow it.
+#[test]
+fn resuming_below_the_committed_step_is_refused_as_a_rollback() {
+    let f = Fixture::new("rollback");
+    let (ck_leader, ck_follower) = (
+        f.dir.join("ckpt").join("leader").display().to_string(),
+        f.dir.join("ckpt").join("follower").display().to_string(),
+    );
+    let pair = |extra: &[&str]| {
+        let port = free_port();
+        let mut le = vec!["--checkpoint-path", &ck_leader[..], "--save-checkpoint-steps", "5"];
+        le.extend_from_slice(extra);
+        let l = leader(&f, port, &le);
+        let mut fe = vec!["--checkpoint-path", &ck_follower[..]];
+        fe.extend_from_slice(extra);
+        let fo = follower(&f, port, &fe);
+        let (fok, fout) = finish(fo);
+        (fok, fout, l)
+    };
+    let (ok, out, l) = pair(&[]);
+    let (lok, lout) = finish(l);
+    assert!(ok && lok, "follower:\n{out}\nleader:\n{lout}");
+    // 1200 rows / batch 32 = 38 steps; checkpoints at 20..35, committed 35.
+    let newest = vfl_trainer_ckpt(&f.dir.join("ckpt").join("follower"));
+    assert!(newest.ends_with("ckpt-0000000035.safetensors"), "{}", newest.display());
+    std::fs::remove_file(&newest).unwrap();
+    let (ok, out, mut l) = pair(&[]);
+    let _ = l.kill();
+    let _ = l.wait();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("rollback refused: the leader committed step 35") && out.contains("step 30"),
+        "{out}"
+    );
+    let (ok, out, l) = pair(&["--allow-rollback"]);
+    let (lok, lout) = finish(l);
+    assert!(ok && lok, "follower:\n{out}\nleader:\n{lout}");
+    assert!(lout.contains("ROLLBACK ALLOWED"), "{lout}");
+}
+
+/// A follower speaking the protocol by hand answers the leader's plan with
+/// activations (the wrong message kind) full of recognisable bytes: the
+/// leader's error, its log and the failure reason it sends name the
+/// message's kind and shape, never its bytes.
+#[test]
+fn a_desynchronised_peer_gets_no_tensor_bytes_into_errors_or_logs() {
+    use vfl_bridge::pb;
+    let f = Fixture::new("desync");
+    let port = free_port();
+    let l = spawn(
+        &[
+            "leader",
+            "--peer-timeout",
+            "20",
+            "--insecure-no-tls",
+            "--loglevel",
+            "debug",
+        ],
+        &[
+            "--data-path".into(),
+            f.dir.join("leader").display().to_string(),
+            "--model".into(),
+            f.model().display().to_string(),
+            "--local-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+    );
+    let spec = vfl_nn::ModelSpec::from_toml_str(MODEL, "test").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reason = rt.block_on(async {
+        let mut client = loop {
+            match pb::bridge_client::BridgeClient::connect(format!("http://127.0.0.1:{port}")).await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let reply = client
+            .hello(pb::HelloRequest {
+                protocol_version: vfl_bridge::PROTOCOL_VERSION,
+                application_id: "vfl".into(),
+                role: "follower".into(),
+                model_fingerprint: spec.fingerprint(),
+                batch_size: 32,
+                mode: "train".into(),
+                process_id: "raw-follower".into(),
+                release_exports: vec!["follower".into(), "leader".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.accepted, "{}", reply.reason);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut inbound = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut sent = false;
+        loop {
+            let m = inbound
+                .message()
+                .await
+                .unwrap()
+                .expect("the leader closed without a failure");
+            match m.msg {
+                Some(pb::leader_message::Msg::Plan(_)) if !sent => {
+                    sent = true;
+                    let act = pb::Activations {
+                        iteration: 0,
+                        batch_digest: vec![0xAB; 16],
+                        train: true,
+                        tensor: Some(pb::Tensor {
+                            shape: vec![32, 8],
+                            data: vec![0xAB; 32 * 8 * 4].into(),
+                        }),
+                    };
+                    tx.send(pb::FollowerMessage {
+                        session_id: reply.session_id.clone(),
+                        seq: 1,
+                        ack: m.seq,
+                        msg: Some(pb::follower_message::Msg::Activations(act)),
+                    })
+                    .await
+                    .unwrap();
+                }
+                Some(pb::leader_message::Msg::Failure(f)) => break f.reason,
+                _ => {}
+            }
+        }
+    });
+    let (ok, out) = finish(l);
+    assert!(!ok, "{out}");
+    assert!(
+        reason.contains(
+            "expected the plan's acknowledgement, got Activations (iteration 0, tensor [32, 8] (1024 bytes))"
+        ),
+        "{reason}"
+    );
+    for text in [&reason, &out] {
+        // What a Debug dump would show: the tensor as `b"\xab\xab..."`, the
+        // digest as `[171, 171, ...]`.
+        for leak in ["\\xab", "\\xAB", "171, 171"] {
+            assert!(!text.contains(leak), "`{leak}` in:\n{text}");
+        }
+    }
+    assert!(out.contains("got Activations"), "{out}");
 }

@@ -86,7 +86,7 @@ pub fn split_line<'a>(
                     out.push((start, scratch.len()));
                     start = scratch.len();
                 }
-                Some(c) => return Err(err(None, format!("unexpected `{c}` after a quoted field"))),
+                Some(_) => return Err(err(None, "a character follows a closing quote")),
             }
         } else {
             let mut ended = true;
@@ -178,9 +178,9 @@ impl CsvLayout {
             let s = field(i);
             let v: f32 = s
                 .parse()
-                .map_err(|_| err(Some(&self.names[i]), format!("`{s}` is not a number")))?;
+                .map_err(|_| err(Some(&self.names[i]), format!("not a number ({} characters)", s.len())))?;
             if !v.is_finite() {
-                return Err(err(Some(&self.names[i]), format!("`{s}` is not a finite number")));
+                return Err(err(Some(&self.names[i]), "not a finite number"));
             }
             Ok(v)
         };
@@ -198,7 +198,7 @@ impl CsvLayout {
                     let v: i64 = part.trim().parse().map_err(|_| {
                         err(
                             Some(&self.names[c]),
-                            format!("`{part}` is not an integer id (ids are `|`-separated)"),
+                            format!("not an integer id ({} characters; ids are `|`-separated)", part.len()),
                         )
                     })?;
                     if let Some(vocab) = vocab
@@ -206,7 +206,7 @@ impl CsvLayout {
                     {
                         return Err(err(
                             Some(&self.names[c]),
-                            format!("id {v} is outside the table's range [0, {vocab})"),
+                            format!("an id is outside the table's range [0, {vocab})"),
                         ));
                     }
                     batch.ids.push(v);
@@ -287,7 +287,12 @@ mod tests {
         let mut b = Batch::new(0, 2);
         let e = parse(&l, "1,0,0.5,abc", &mut b).unwrap_err();
         assert_eq!(e.column.as_deref(), Some("x1"));
-        assert!(e.message.contains("abc"));
+        // Names the column, never echoes the value (feature values are secret).
+        assert!(
+            e.message.contains("not a number") && !e.message.contains("abc"),
+            "{}",
+            e.message
+        );
         assert_eq!(b.rows, 0);
         assert!(b.is_consistent());
         let e = parse(&l, "1,0,NaN,1", &mut b).unwrap_err();

@@ -265,7 +265,7 @@ fn single_number(name: &[u8], kind: Kind, list: &[u8]) -> Result<f32, DecodeErro
         return Err(DecodeError::at(name, format!("expected exactly one value, got {n}")));
     }
     if !v.is_finite() {
-        return Err(DecodeError::at(name, format!("value {v} is not finite")));
+        return Err(DecodeError::at(name, "a value is not finite"));
     }
     Ok(v)
 }
@@ -401,13 +401,13 @@ impl ExampleDecoder {
                         let ids = &mut self.slot_ids;
                         each_int64(list, |v| ids.push(v))?;
                         if let Some(Some(vocab)) = self.schema.vocab.get(s)
-                            && let Some(&bad) = self.slot_ids[start as usize..]
+                            && self.slot_ids[start as usize..]
                                 .iter()
-                                .find(|&&v| v < 0 || v as u64 >= *vocab)
+                                .any(|&v| v < 0 || v as u64 >= *vocab)
                         {
                             return Err(DecodeError::at(
                                 key,
-                                format!("id {bad} is outside the table's range [0, {vocab})"),
+                                format!("an id is outside the table's range [0, {vocab})"),
                             ));
                         }
                         self.slot_range[s] = (start, self.slot_ids.len() as u32);

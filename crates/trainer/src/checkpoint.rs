@@ -6,17 +6,140 @@
 //! decides the steps; both parties save at the same step, so after a crash
 //! they resume from the newest step both hold. Files are written atomically
 //! and verified (checksum, names, shapes) before anything is loaded.
+//!
+//! Every file is bound to its job, party, model, policy and run (and a
+//! checkpoint to its step): sealed, these are its authenticated context
+//! ([`Binding`]); a file of another job, run or party is refused. The run
+//! record (`run.sealed`) keeps the run's id and the newest step this party
+//! knows both parties committed; the handshake refuses to resume from an
+//! older checkpoint than that (rollback).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vfl_attest::seal::{Context, Sealer};
 use vfl_nn::Role;
 use vfl_nn::split::TensorMut;
 
 use crate::TrainError;
-use crate::seal::Sealer;
 use crate::store::{self, Sealing};
+
+/// What this party's files are bound to: the job (application id), the
+/// party, the model spec and the policy that admits the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub app: String,
+    pub role: Role,
+    /// The model spec's fingerprint.
+    pub model: String,
+    /// The policy's digest (`none` without RA-TLS).
+    pub policy: String,
+}
+
+impl Binding {
+    fn base(&self, kind: &str) -> Context {
+        Context::new(kind)
+            .with("app", &self.app)
+            .with("role", self.role)
+            .with("model", &self.model)
+            .with("policy", &self.policy)
+    }
+
+    /// What checkpoint `step` of run `run` is.
+    pub fn checkpoint(&self, run: &str, step: u64) -> Context {
+        self.base("checkpoint").with("run", run).with("step", step)
+    }
+
+    /// What an exported model of run `run` is; `release`: the roles whose
+    /// export both policies let out in plaintext.
+    pub fn export(&self, run: &str, release: &[String]) -> Context {
+        self.base("model").with("run", run).with("release", release.join(","))
+    }
+
+    /// What an export loaded for evaluation must be (of any run).
+    pub fn export_of_any_run(&self) -> Context {
+        self.base("model")
+    }
+
+    /// What the run record is.
+    pub fn run_record(&self) -> Context {
+        self.base("run record")
+    }
+
+    /// The metadata written into plaintext files (no sealing), checked on load.
+    fn meta(&self, ctx: &Context) -> Vec<(String, String)> {
+        ctx.fields
+            .iter()
+            .filter(|(k, _)| k.as_str() != "role" && k.as_str() != "model" && k.as_str() != "step")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// The run a party's checkpoints belong to, and the newest step it knows
+/// both parties committed (kept in `<checkpoint dir>/run.sealed`, or
+/// `run.json` without encryption at rest).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub committed_step: u64,
+}
+
+fn record_path(dir: &Path, sealed: bool) -> PathBuf {
+    dir.join(if sealed { "run.sealed" } else { "run.json" })
+}
+
+/// Reads the run record; `Ok(None)` when there is none (a fresh start).
+pub fn read_record(dir: &Path, bind: &Binding, sealer: Option<&Sealer>) -> Result<Option<RunRecord>, TrainError> {
+    let p = record_path(dir, sealer.is_some());
+    let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
+    let bytes = match sealer {
+        Some(s) => match s.open_from_file(&p, &bind.run_record())? {
+            None => return Ok(None),
+            Some((_, b)) => b,
+        },
+        None => match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(bad(e.to_string())),
+        },
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| bad(format!("not a run record ({e})")))
+}
+
+/// Writes the run record atomically.
+pub fn write_record(dir: &Path, bind: &Binding, sealer: Option<&Sealer>, rec: &RunRecord) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::Store(format!("{}: {e}", dir.display())))?;
+    let p = record_path(dir, sealer.is_some());
+    let json = serde_json::to_vec(rec).map_err(|e| TrainError::Store(e.to_string()))?;
+    match sealer {
+        Some(s) => s.seal_to_file(&p, &bind.run_record(), &json)?,
+        None => vfl_attest::seal::write_atomic(&p, &json, false)
+            .map_err(|e| TrainError::Store(format!("{}: {e}", p.display())))?,
+    }
+    Ok(())
+}
+
+/// Raises the committed step of run `run_id` to `step` (never lowers it).
+pub fn commit(dir: &Path, bind: &Binding, sealer: Option<&Sealer>, run_id: &str, step: u64) -> Result<(), TrainError> {
+    let old = read_record(dir, bind, sealer)?.filter(|r| r.run_id == run_id);
+    let committed = old.as_ref().map_or(0, |r| r.committed_step).max(step);
+    if old.is_some_and(|r| r.committed_step == committed) {
+        return Ok(());
+    }
+    write_record(
+        dir,
+        bind,
+        sealer,
+        &RunRecord {
+            run_id: run_id.to_string(),
+            committed_step: committed,
+        },
+    )
+}
 
 /// The run state stored with a checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,16 +153,6 @@ pub struct RunState {
     pub examples: u64,
     pub next_iteration: u64,
     pub opt_step: u64,
-}
-
-/// What an encrypted checkpoint file must be (authenticated with it).
-pub fn checkpoint_context(role: Role, step: u64) -> String {
-    format!("enclave-vfl checkpoint; {role}; step {step}")
-}
-
-/// What an encrypted exported model must be.
-pub fn model_context(role: Role, fingerprint: &str) -> String {
-    format!("enclave-vfl model; {role}; spec {fingerprint}")
 }
 
 pub fn path(dir: &Path, step: u64) -> PathBuf {
@@ -70,8 +183,8 @@ pub fn list(dir: &Path) -> Vec<u64> {
 pub fn save(
     dir: &Path,
     step: u64,
-    role: Role,
-    fingerprint: &str,
+    bind: &Binding,
+    run: &str,
     tensors: Vec<TensorMut<'_>>,
     state: &RunState,
     keep: usize,
@@ -82,17 +195,18 @@ pub fn save(
         .iter()
         .map(|t| (t.name.clone(), t.shape.clone(), &*t.data))
         .collect();
-    let meta = BTreeMap::from([
-        ("format".to_string(), "enclave-vfl checkpoint v1".to_string()),
-        ("role".to_string(), role.to_string()),
-        ("model_fingerprint".to_string(), fingerprint.to_string()),
+    let ctx = bind.checkpoint(run, step);
+    let mut meta = BTreeMap::from([
+        ("format".to_string(), "enclave-vfl checkpoint v2".to_string()),
+        ("role".to_string(), bind.role.to_string()),
+        ("model_fingerprint".to_string(), bind.model.clone()),
         ("step".to_string(), step.to_string()),
         (
             "state".to_string(),
             serde_json::to_string(state).map_err(|e| TrainError::Store(e.to_string()))?,
         ),
     ]);
-    let ctx = checkpoint_context(role, step);
+    meta.extend(bind.meta(&ctx));
     store::write(
         &path(dir, step),
         &list,
@@ -119,24 +233,30 @@ fn list_steps_to_prune(dir: &Path, keep: usize) -> Vec<u64> {
 pub fn load(
     dir: &Path,
     step: u64,
-    role: Role,
-    fingerprint: &str,
+    bind: &Binding,
+    run: &str,
     tensors: Vec<TensorMut<'_>>,
     sealer: Option<&Sealer>,
 ) -> Result<RunState, TrainError> {
     let p = path(dir, step);
-    let ctx = checkpoint_context(role, step);
+    let ctx = bind.checkpoint(run, step);
     let s = store::read(&p, sealer.map(|sealer| Sealing { sealer, context: &ctx }))?;
     let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
     let meta = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
+    let role = bind.role;
     if meta("role") != role.as_str() {
         return Err(bad(format!("written by the {}, not the {role}", meta("role"))));
     }
-    if meta("model_fingerprint") != fingerprint {
+    if meta("model_fingerprint") != bind.model {
         return Err(bad("written for a different model spec".into()));
     }
     if meta("step") != step.to_string() {
         return Err(bad(format!("holds step {}, its name says {step}", meta("step"))));
+    }
+    for (k, v) in bind.meta(&ctx) {
+        if meta(&k) != v {
+            return Err(bad(format!("its {k} is {:?}, expected {v:?}", meta(&k))));
+        }
     }
     let state: RunState = serde_json::from_str(&meta("state")).map_err(|e| bad(format!("bad run state: {e}")))?;
     // Check everything before changing anything.
@@ -167,18 +287,45 @@ pub fn load(
     Ok(state)
 }
 
+/// Where an export goes and what it is: `<export_path>/<id>/<role>/`, of
+/// run `run`; `release`: the roles whose export both parties' policies let
+/// out in plaintext.
+pub struct ExportPlan<'a> {
+    pub export_path: &'a Path,
+    pub id: &'a str,
+    pub run: &'a str,
+    pub release: &'a [String],
+}
+
+/// Whether `id` is one safe path component (letters, digits, `.`, `_`,
+/// `-`; not `.` or `..`): export ids come from the leader.
+pub fn is_safe_component(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// Writes the party's model (weights only, no optimizer state), its spec
-/// and a manifest under `<export_path>/<id>/<role>/`.
+/// and a manifest under `<export_path>/<id>/<role>/`. With encryption at
+/// rest the model is sealed (usable by `vfl` itself, e.g. for evaluation);
+/// only when both policies release this role's export is a plaintext copy
+/// `model.plain.safetensors` written beside it.
 pub fn export(
-    export_path: &Path,
-    id: &str,
-    role: Role,
+    plan: &ExportPlan<'_>,
+    bind: &Binding,
     spec: &vfl_nn::ModelSpec,
     tensors: Vec<TensorMut<'_>>,
     manifest: serde_json::Value,
     sealer: Option<&Sealer>,
 ) -> Result<PathBuf, TrainError> {
-    let dir = export_path.join(id).join(role.as_str());
+    if !is_safe_component(plan.id) {
+        return Err(TrainError::UnsafeExportId {
+            id: sanitize(plan.id, 64),
+        });
+    }
+    let dir = plan.export_path.join(plan.id).join(bind.role.as_str());
     let io = |e: std::io::Error| TrainError::Store(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(&dir).map_err(io)?;
     let list: Vec<(String, Vec<usize>, &[f32])> = tensors
@@ -186,22 +333,47 @@ pub fn export(
         .filter(|t| !t.name.contains('#'))
         .map(|t| (t.name.clone(), t.shape.clone(), &*t.data))
         .collect();
-    let meta = BTreeMap::from([
-        ("format".to_string(), "enclave-vfl model v1".to_string()),
-        ("role".to_string(), role.to_string()),
+    let ctx = bind.export(plan.run, plan.release);
+    let mut meta = BTreeMap::from([
+        ("format".to_string(), "enclave-vfl model v2".to_string()),
+        ("role".to_string(), bind.role.to_string()),
         ("model_fingerprint".to_string(), spec.fingerprint()),
     ]);
-    let ctx = model_context(role, &spec.fingerprint());
+    meta.extend(bind.meta(&ctx));
     store::write(
         &dir.join("model.safetensors"),
         &list,
         &meta,
         sealer.map(|sealer| Sealing { sealer, context: &ctx }),
     )?;
+    if sealer.is_some() && plan.release.iter().any(|r| r == bind.role.as_str()) {
+        store::write(&dir.join(PLAIN_EXPORT), &list, &meta, None)?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "both parties' policies release this party's export: model.plain.safetensors is NOT encrypted"
+        );
+    }
     vfl_data::atomic::write_atomic(&dir.join("model.toml"), |w| w.write_all(spec.to_toml().as_bytes())).map_err(io)?;
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| TrainError::Store(e.to_string()))?;
     vfl_data::atomic::write_atomic(&dir.join("manifest.json"), |w| w.write_all(text.as_bytes())).map_err(io)?;
     Ok(dir)
+}
+
+/// The plaintext copy of a released export.
+pub const PLAIN_EXPORT: &str = "model.plain.safetensors";
+
+/// At most `max` characters of `s`, control characters replaced: for text
+/// from a peer or a file that goes into a log line or an error.
+pub fn sanitize(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > max {
+        out.push_str("...");
+    }
+    out
 }
 
 /// Loads an exported model (`model.safetensors` of `<export>/<id>/<role>/`
@@ -209,17 +381,17 @@ pub fn export(
 /// state is not exported and is left alone). All or nothing.
 pub fn load_export(
     dir: &Path,
-    role: Role,
-    fingerprint: &str,
+    bind: &Binding,
     tensors: Vec<TensorMut<'_>>,
     sealer: Option<&Sealer>,
 ) -> Result<(), TrainError> {
+    let (role, fingerprint) = (bind.role, bind.model.as_str());
     let p = if dir.join(role.as_str()).join("model.safetensors").exists() {
         dir.join(role.as_str()).join("model.safetensors")
     } else {
         dir.join("model.safetensors")
     };
-    let ctx = model_context(role, fingerprint);
+    let ctx = bind.export_of_any_run();
     let s = store::read(&p, sealer.map(|sealer| Sealing { sealer, context: &ctx }))?;
     let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
     let meta = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
@@ -228,6 +400,12 @@ pub fn load_export(
     }
     if meta("model_fingerprint") != fingerprint {
         return Err(bad("exported for a different model spec".into()));
+    }
+    for k in ["app", "policy"] {
+        let want = ctx.get(k).unwrap_or_default();
+        if meta(k) != want {
+            return Err(bad(format!("its {k} is {:?}, expected {want:?}", meta(k))));
+        }
     }
     let weights: Vec<TensorMut<'_>> = tensors.into_iter().filter(|t| !t.name.contains('#')).collect();
     if s.tensors.len() != weights.len() {

@@ -2,13 +2,13 @@
 //! messages they exchange, and the in-process loop used by tests,
 //! benchmarks and the demo.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
 pub mod local;
 pub mod party;
 pub mod progress;
 pub mod remote;
-pub mod seal;
 pub mod store;
 pub mod wire;
 
@@ -39,6 +39,23 @@ pub enum TrainError {
     Protocol(String),
     #[error("model file: {0}")]
     Store(String),
+    #[error(transparent)]
+    Seal(#[from] vfl_attest::seal::SealError),
+    #[error("the leader's export id {id:?} is not one safe path component (letters, digits, '.', '_', '-')")]
+    UnsafeExportId { id: String },
+    #[error("the {peer} is no longer trusted: {why}")]
+    PeerNoLongerTrusted { peer: &'static str, why: String },
+    #[error("the leader's policy releases exports {leader:?} but this follower's releases {follower:?}")]
+    ReleaseMismatch { leader: Vec<String>, follower: Vec<String> },
+    #[error(
+        "rollback refused: this {role} committed step {committed} of run {run}, but the session resumes from {from} (--allow-rollback accepts it)"
+    )]
+    Rollback {
+        role: &'static str,
+        committed: u64,
+        run: String,
+        from: String,
+    },
 }
 
 /// The data schema of one party for a model spec: the spec's slots and

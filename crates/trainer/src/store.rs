@@ -10,15 +10,16 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use vfl_data::atomic::write_atomic;
 
+use vfl_attest::seal::{self, Context, Sealer};
+
 use crate::TrainError;
-use crate::seal::{self, Sealer};
 
 /// Encryption of one file: the key and what the file is (its context,
 /// authenticated with the contents).
 #[derive(Clone, Copy)]
 pub struct Sealing<'a> {
     pub sealer: &'a Sealer,
-    pub context: &'a str,
+    pub context: &'a Context,
 }
 
 /// A named f32 tensor read from a file.
@@ -94,7 +95,7 @@ pub fn read(path: &Path, sealing: Option<Sealing<'_>>) -> Result<Stored, TrainEr
     let bad = |why: String| TrainError::Store(format!("{}: {why}", path.display()));
     let raw = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let bytes = match (sealing, seal::is_sealed(&raw)) {
-        (Some(s), true) => s.sealer.open_file(&raw, Some(s.context), path)?.1,
+        (Some(s), true) => s.sealer.open_file(&raw, s.context, path)?.1,
         (Some(_), false) => {
             return Err(bad(
                 "not encrypted, but encryption at rest is on (--model-key): refusing a plaintext file".into(),
@@ -145,8 +146,11 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Stored, TrainError> {
             serde_json::from_value(field("shape")?.clone()).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
         let offs: [usize; 2] =
             serde_json::from_value(field("data_offsets")?.clone()).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-        let count: usize = shape.iter().product();
-        if offs[0] > offs[1] || offs[1] > data.len() || offs[1] - offs[0] != count * 4 {
+        let bytes_needed = shape
+            .iter()
+            .try_fold(4usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape {shape:?} is too large")))?;
+        if offs[0] > offs[1] || offs[1] > data.len() || offs[1] - offs[0] != bytes_needed {
             return Err(bad(format!(
                 "tensor `{name}`: offsets {offs:?} do not fit shape {shape:?}"
             )));

@@ -1,10 +1,13 @@
-//! Encryption at rest of checkpoints and exported models.
+//! Encryption at rest of checkpoints and exported models: every sealed
+//! file is bound to its job, party, model, policy, run (and step), and
+//! refused anywhere else.
 
 use std::path::{Path, PathBuf};
 
+use vfl_attest::seal::{KeySource, SealError, Sealer};
 use vfl_nn::{ModelSpec, Role};
-use vfl_trainer::checkpoint::{self, RunState};
-use vfl_trainer::seal::{KeySource, Sealer};
+use vfl_trainer::TrainError;
+use vfl_trainer::checkpoint::{self, Binding, ExportPlan, RunState};
 
 const SPEC: &str = r#"
 name = "seal-test"
@@ -36,33 +39,48 @@ fn key(byte: u8) -> Sealer {
     Sealer::from_key([byte; 32], "test").unwrap()
 }
 
-/// Saves checkpoint `step` of a fresh leader model; returns its weights.
+/// The leader of job "job" under policy "p1".
+fn bind() -> Binding {
+    Binding {
+        app: "job".into(),
+        role: Role::Leader,
+        model: spec().fingerprint(),
+        policy: "p1".into(),
+    }
+}
+
+const RUN: &str = "run-a";
+
+/// Saves checkpoint `step` of a fresh leader model of run `RUN`; returns its weights.
 fn save(d: &Path, step: u64, sealer: Option<&Sealer>) -> Vec<Vec<f32>> {
     let mut m = vfl_nn::split::LeaderModel::new(&spec());
     let weights: Vec<Vec<f32>> = m.tensors_mut().iter().map(|t| t.data.to_vec()).collect();
     let st = RunState::default();
-    checkpoint::save(
-        d,
-        step,
-        Role::Leader,
-        &spec().fingerprint(),
-        m.tensors_mut(),
-        &st,
-        10,
-        sealer,
-    )
-    .unwrap();
+    checkpoint::save(d, step, &bind(), RUN, m.tensors_mut(), &st, 10, sealer).unwrap();
     weights
 }
 
-fn load(d: &Path, step: u64, sealer: Option<&Sealer>) -> Result<Vec<Vec<f32>>, String> {
+fn load_as(d: &Path, step: u64, b: &Binding, run: &str, sealer: Option<&Sealer>) -> Result<Vec<Vec<f32>>, TrainError> {
     let mut m = vfl_nn::split::LeaderModel::new(&spec());
     for t in m.tensors_mut() {
         t.data.fill(0.0);
     }
-    checkpoint::load(d, step, Role::Leader, &spec().fingerprint(), m.tensors_mut(), sealer)
-        .map_err(|e| e.to_string())?;
+    checkpoint::load(d, step, b, run, m.tensors_mut(), sealer)?;
     Ok(m.tensors_mut().iter().map(|t| t.data.to_vec()).collect())
+}
+
+fn load(d: &Path, step: u64, sealer: Option<&Sealer>) -> Result<Vec<Vec<f32>>, TrainError> {
+    load_as(d, step, &bind(), RUN, sealer)
+}
+
+/// The field a sealed file was refused for, with expected and found values.
+fn mismatch(e: TrainError) -> (String, String, String) {
+    match e {
+        TrainError::Seal(SealError::Mismatch {
+            field, expected, got, ..
+        }) => (field, expected, got),
+        other => panic!("expected a context mismatch, got {other}"),
+    }
 }
 
 #[test]
@@ -72,7 +90,7 @@ fn sealed_checkpoint_round_trips_and_is_not_plaintext() {
     let w = save(&d, 10, Some(&k));
     assert_eq!(load(&d, 10, Some(&k)).unwrap(), w);
     let raw = std::fs::read(checkpoint::path(&d, 10)).unwrap();
-    assert!(raw.starts_with(b"VFLSEAL1"));
+    assert!(raw.starts_with(b"VFLSEAL2"));
     assert!(
         !raw.windows(b"data_sha256".len()).any(|x| x == b"data_sha256"),
         "metadata visible in the encrypted file"
@@ -90,7 +108,7 @@ fn a_flipped_byte_is_refused() {
     raw[n / 2] ^= 0x01;
     std::fs::write(&p, raw).unwrap();
     let e = load(&d, 10, Some(&k)).unwrap_err();
-    assert!(e.contains("authentication failed"), "{e}");
+    assert!(matches!(e, TrainError::Seal(SealError::Tampered { .. })), "{e}");
 }
 
 #[test]
@@ -100,10 +118,70 @@ fn a_checkpoint_renamed_to_another_step_is_refused() {
     save(&d, 10, Some(&k));
     std::fs::rename(checkpoint::path(&d, 10), checkpoint::path(&d, 20)).unwrap();
     let e = load(&d, 20, Some(&k)).unwrap_err();
-    assert!(
-        e.contains("step 10") && e.contains("expected") && e.contains("step 20"),
-        "{e}"
-    );
+    assert_eq!(mismatch(e), ("step".into(), "20".into(), "10".into()));
+}
+
+#[test]
+fn a_checkpoint_of_another_run_is_refused() {
+    let d = dir("run");
+    let k = key(1);
+    save(&d, 10, Some(&k));
+    let e = load_as(&d, 10, &bind(), "run-b", Some(&k)).unwrap_err();
+    assert_eq!(mismatch(e), ("run".into(), "run-b".into(), RUN.into()));
+}
+
+#[test]
+fn a_checkpoint_of_another_job_is_refused() {
+    let d = dir("job");
+    let k = key(1);
+    save(&d, 10, Some(&k));
+    let other = Binding {
+        app: "other-job".into(),
+        ..bind()
+    };
+    let e = load_as(&d, 10, &other, RUN, Some(&k)).unwrap_err();
+    assert_eq!(mismatch(e), ("app".into(), "other-job".into(), "job".into()));
+}
+
+#[test]
+fn a_checkpoint_of_the_other_party_is_refused() {
+    let d = dir("role");
+    let k = key(1);
+    save(&d, 10, Some(&k));
+    let follower = Binding {
+        role: Role::Follower,
+        ..bind()
+    };
+    let e = load_as(&d, 10, &follower, RUN, Some(&k)).unwrap_err();
+    assert_eq!(mismatch(e), ("role".into(), "follower".into(), "leader".into()));
+}
+
+#[test]
+fn a_checkpoint_written_under_another_policy_is_refused() {
+    let d = dir("policy");
+    let k = key(1);
+    save(&d, 10, Some(&k));
+    let other = Binding {
+        policy: "p2".into(),
+        ..bind()
+    };
+    let e = load_as(&d, 10, &other, RUN, Some(&k)).unwrap_err();
+    assert_eq!(mismatch(e), ("policy".into(), "p2".into(), "p1".into()));
+}
+
+#[test]
+fn a_checkpoint_sealed_by_another_build_is_refused() {
+    // Another enclave build (another MRENCLAVE) derives another sealing key.
+    let dev = dir("build-dev");
+    std::fs::create_dir_all(dev.join("keys")).unwrap();
+    std::fs::write(dev.join("keys/_sgx_mrenclave"), [1u8; 16]).unwrap();
+    let ours = Sealer::open(&KeySource::SgxMrEnclave, &dev).unwrap();
+    std::fs::write(dev.join("keys/_sgx_mrenclave"), [2u8; 16]).unwrap();
+    let theirs = Sealer::open(&KeySource::SgxMrEnclave, &dev).unwrap();
+    let d = dir("build");
+    save(&d, 10, Some(&theirs));
+    let e = load(&d, 10, Some(&ours)).unwrap_err();
+    assert!(matches!(e, TrainError::Seal(SealError::WrongKey { .. })), "{e}");
 }
 
 #[test]
@@ -114,13 +192,13 @@ fn a_swapped_context_with_a_forged_header_still_fails_authentication() {
     save(&d, 10, Some(&k));
     let p = checkpoint::path(&d, 10);
     let raw = std::fs::read(&p).unwrap();
-    let old = b"step 10";
+    let old = br#""step":"10""#;
     let at = raw.windows(old.len()).position(|w| w == old).unwrap();
     let mut forged = raw.clone();
-    forged[at..at + old.len()].copy_from_slice(b"step 20");
+    forged[at..at + old.len()].copy_from_slice(br#""step":"20""#);
     std::fs::write(checkpoint::path(&d, 20), forged).unwrap();
     let e = load(&d, 20, Some(&k)).unwrap_err();
-    assert!(e.contains("authentication failed"), "{e}");
+    assert!(matches!(e, TrainError::Seal(SealError::Tampered { .. })), "{e}");
 }
 
 #[test]
@@ -128,17 +206,19 @@ fn a_wrong_key_is_refused_naming_both_key_ids() {
     let d = dir("wrongkey");
     save(&d, 10, Some(&key(1)));
     let e = load(&d, 10, Some(&key(2))).unwrap_err();
-    assert!(
-        e.contains("encrypted with another key") && e.contains(&key(2).key_id()),
-        "{e}"
-    );
+    match e {
+        TrainError::Seal(SealError::WrongKey { theirs, ours, .. }) => {
+            assert_eq!((theirs, ours), (key(1).key_id(), key(2).key_id()));
+        }
+        other => panic!("{other}"),
+    }
 }
 
 #[test]
 fn a_plaintext_file_is_refused_when_encryption_is_on() {
     let d = dir("plain");
     save(&d, 10, None);
-    let e = load(&d, 10, Some(&key(1))).unwrap_err();
+    let e = load(&d, 10, Some(&key(1))).unwrap_err().to_string();
     assert!(e.contains("refusing a plaintext file"), "{e}");
 }
 
@@ -146,7 +226,7 @@ fn a_plaintext_file_is_refused_when_encryption_is_on() {
 fn an_encrypted_file_without_a_key_is_refused_clearly() {
     let d = dir("nokey");
     save(&d, 10, Some(&key(1)));
-    let e = load(&d, 10, None).unwrap_err();
+    let e = load(&d, 10, None).unwrap_err().to_string();
     assert!(e.contains("encrypted: give the key with --model-key"), "{e}");
 }
 
@@ -156,82 +236,139 @@ fn a_refused_load_leaves_the_model_untouched() {
     save(&d, 10, Some(&key(1)));
     let mut m = vfl_nn::split::LeaderModel::new(&spec());
     let before: Vec<Vec<f32>> = m.tensors_mut().iter().map(|t| t.data.to_vec()).collect();
-    assert!(
-        checkpoint::load(
-            &d,
-            10,
-            Role::Leader,
-            &spec().fingerprint(),
-            m.tensors_mut(),
-            Some(&key(2))
-        )
-        .is_err()
-    );
+    assert!(checkpoint::load(&d, 10, &bind(), RUN, m.tensors_mut(), Some(&key(2))).is_err());
     let after: Vec<Vec<f32>> = m.tensors_mut().iter().map(|t| t.data.to_vec()).collect();
     assert_eq!(before, after);
+}
+
+fn export(d: &Path, id: &str, b: &Binding, release: &[&str], sealer: Option<&Sealer>) -> Result<PathBuf, TrainError> {
+    let release: Vec<String> = release.iter().map(|r| r.to_string()).collect();
+    let plan = ExportPlan {
+        export_path: d,
+        id,
+        run: RUN,
+        release: &release,
+    };
+    match b.role {
+        Role::Leader => {
+            let mut m = vfl_nn::split::LeaderModel::new(&spec());
+            checkpoint::export(&plan, b, &spec(), m.tensors_mut(), serde_json::json!({}), sealer)
+        }
+        Role::Follower => {
+            let mut m = vfl_nn::split::FollowerModel::new(&spec());
+            checkpoint::export(&plan, b, &spec(), m.tensors_mut(), serde_json::json!({}), sealer)
+        }
+    }
 }
 
 #[test]
 fn exported_weights_are_sealed_and_load_back_only_for_their_role() {
     let d = dir("export");
     let k = key(3);
-    let mut m = vfl_nn::split::LeaderModel::new(&spec());
-    let out = checkpoint::export(
-        &d,
-        "run1",
-        Role::Leader,
-        &spec(),
-        m.tensors_mut(),
-        serde_json::json!({}),
-        Some(&k),
-    )
-    .unwrap();
+    let out = export(&d, "run1", &bind(), &[], Some(&k)).unwrap();
     assert!(
         std::fs::read(out.join("model.safetensors"))
             .unwrap()
-            .starts_with(b"VFLSEAL1")
+            .starts_with(b"VFLSEAL2")
     );
-    checkpoint::load_export(
-        &d.join("run1"),
-        Role::Leader,
-        &spec().fingerprint(),
-        m.tensors_mut(),
-        Some(&k),
-    )
-    .unwrap();
+    // Not released: no plaintext copy.
+    assert!(!out.join(checkpoint::PLAIN_EXPORT).exists());
+    let mut m = vfl_nn::split::LeaderModel::new(&spec());
+    checkpoint::load_export(&d.join("run1"), &bind(), m.tensors_mut(), Some(&k)).unwrap();
     // The leader's file copied over the follower's place is refused.
     std::fs::create_dir_all(d.join("run1/follower")).unwrap();
     std::fs::copy(out.join("model.safetensors"), d.join("run1/follower/model.safetensors")).unwrap();
     let mut f = vfl_nn::split::FollowerModel::new(&spec());
-    let e = checkpoint::load_export(
-        &d.join("run1"),
-        Role::Follower,
-        &spec().fingerprint(),
-        f.tensors_mut(),
-        Some(&k),
+    let follower = Binding {
+        role: Role::Follower,
+        ..bind()
+    };
+    let e = checkpoint::load_export(&d.join("run1"), &follower, f.tensors_mut(), Some(&k)).unwrap_err();
+    assert_eq!(mismatch(e), ("role".into(), "follower".into(), "leader".into()));
+}
+
+#[test]
+fn a_released_export_is_also_written_in_plaintext_and_equals_the_sealed_one() {
+    let d = dir("release");
+    let k = key(3);
+    let follower = Binding {
+        role: Role::Follower,
+        ..bind()
+    };
+    let out = export(&d, "run1", &follower, &["follower", "leader"], Some(&k)).unwrap();
+    let plain = vfl_trainer::store::read(&out.join(checkpoint::PLAIN_EXPORT), None).unwrap();
+    let ctx = follower.export(RUN, &["follower".into(), "leader".into()]);
+    let sealed = vfl_trainer::store::read(
+        &out.join("model.safetensors"),
+        Some(vfl_trainer::store::Sealing {
+            sealer: &k,
+            context: &ctx,
+        }),
     )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("expected") && e.contains("follower"), "{e}");
+    .unwrap();
+    assert!(!plain.tensors.is_empty());
+    assert_eq!(plain, sealed);
+    // Released for the leader only: the follower's export stays sealed.
+    let only_leader = export(&d, "run2", &follower, &["leader"], Some(&k)).unwrap();
+    assert!(!only_leader.join(checkpoint::PLAIN_EXPORT).exists());
+}
+
+#[test]
+fn an_unsafe_export_id_is_refused() {
+    let d = dir("exportid");
+    for id in ["../x", "/abs", "a/b", "..", ".", "", "a\nb"] {
+        let e = export(&d, id, &bind(), &[], Some(&key(1))).unwrap_err();
+        assert!(matches!(e, TrainError::UnsafeExportId { .. }), "{id:?}: {e}");
+    }
+    assert!(!d.join("x").exists() && !Path::new("/abs").exists());
+    assert!(export(&d, "1795766453-4f3ccd13-1", &bind(), &[], Some(&key(1))).is_ok());
+}
+
+#[test]
+fn the_run_record_round_trips_and_never_lowers_the_committed_step() {
+    let d = dir("record");
+    let k = key(4);
+    assert_eq!(checkpoint::read_record(&d, &bind(), Some(&k)).unwrap(), None);
+    checkpoint::commit(&d, &bind(), Some(&k), "r1", 30).unwrap();
+    checkpoint::commit(&d, &bind(), Some(&k), "r1", 20).unwrap();
+    let rec = checkpoint::read_record(&d, &bind(), Some(&k)).unwrap().unwrap();
+    assert_eq!((rec.run_id.as_str(), rec.committed_step), ("r1", 30));
+    // Sealed: another job cannot read it, and a changed byte is refused.
+    let other = Binding {
+        app: "other".into(),
+        ..bind()
+    };
+    let e = checkpoint::read_record(&d, &other, Some(&k)).unwrap_err();
+    assert_eq!(mismatch(e).0, "app");
+    let p = d.join("run.sealed");
+    let mut raw = std::fs::read(&p).unwrap();
+    let n = raw.len();
+    raw[n - 1] ^= 1;
+    std::fs::write(&p, raw).unwrap();
+    let e = checkpoint::read_record(&d, &bind(), Some(&k)).unwrap_err();
+    assert!(matches!(e, TrainError::Seal(SealError::Tampered { .. })), "{e}");
 }
 
 #[test]
 fn sgx_sealing_keys_come_from_the_attestation_device() {
     let d = dir("sgxkey");
     std::fs::create_dir_all(d.join("keys")).unwrap();
-    std::fs::write(d.join("keys/_sgx_mrsigner"), [9u8; 16]).unwrap();
     std::fs::write(d.join("keys/_sgx_mrenclave"), [8u8; 16]).unwrap();
-    let a = Sealer::open(&KeySource::SgxMrSigner, &d).unwrap();
-    let b = Sealer::open(&KeySource::SgxMrEnclave, &d).unwrap();
-    assert_ne!(a.key_id(), b.key_id());
-    assert_eq!(a.key_id(), Sealer::open(&KeySource::SgxMrSigner, &d).unwrap().key_id());
-    std::fs::write(d.join("keys/_sgx_mrsigner"), [9u8; 15]).unwrap();
-    let e = Sealer::open(&KeySource::SgxMrSigner, &d).unwrap_err().to_string();
+    let a = Sealer::open(&KeySource::SgxMrEnclave, &d).unwrap();
+    assert_eq!(a.key_id(), Sealer::open(&KeySource::SgxMrEnclave, &d).unwrap().key_id());
+    std::fs::write(d.join("keys/_sgx_mrenclave"), [8u8; 15]).unwrap();
+    let e = Sealer::open(&KeySource::SgxMrEnclave, &d).unwrap_err().to_string();
     assert!(e.contains("expected a 16-byte sealing key"), "{e}");
-    let e = Sealer::open(&KeySource::SgxMrSigner, Path::new("/nonexistent"))
+    let e = Sealer::open(&KeySource::SgxMrEnclave, Path::new("/nonexistent"))
         .unwrap_err()
         .to_string();
     assert!(e.contains("only inside a Gramine SGX enclave"), "{e}");
+}
+
+#[test]
+fn the_signer_sealing_key_is_no_longer_accepted() {
+    let e = "sgx-mrsigner".parse::<KeySource>().unwrap_err();
+    assert!(e.contains("signing key"), "{e}");
 }
 
 #[test]

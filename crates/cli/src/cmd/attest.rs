@@ -6,19 +6,31 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use vfl_attest::collateral::{CollateralProvider, FileCollateral};
+#[cfg(feature = "dev")]
 use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
+use vfl_attest::freshness::{Freshness, MarkStore};
+use vfl_attest::seal::Sealer;
 use vfl_attest::tls::RaTlsVerifier;
 use vfl_attest::verify::{Root, verify_quote};
-use vfl_attest::{Attester, Clock, Policy, SgxAttester, SimAttester, SimIdentity, Verifier};
+use vfl_attest::{Attester, Clock, Mode, Policy, SgxAttester, Verifier};
+#[cfg(feature = "dev")]
+use vfl_attest::{SimAttester, SimIdentity};
 use vfl_bridge::{OnReject, RaTls, Security};
+
+/// Evidence sources this build offers.
+#[cfg(feature = "dev")]
+const ATTESTATIONS: [&str; 2] = ["sgx", "simulated"];
+#[cfg(not(feature = "dev"))]
+const ATTESTATIONS: [&str; 1] = ["sgx"];
 
 /// How this process proves itself and judges its peer.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Flags {
-    /// Evidence source: `sgx` (Gramine's /dev/attestation, DCAP quotes) or
-    /// `simulated` (quotes from a development PKI: no hardware protection,
-    /// accepted only by policies with allow_simulated and this root listed).
-    #[arg(long, value_parser = ["sgx", "simulated"], default_value = "sgx")]
+    /// Evidence source: `sgx` (Gramine's /dev/attestation, DCAP quotes) or,
+    /// in development builds only, `simulated` (quotes from a development
+    /// PKI: no hardware protection, accepted only by policies with
+    /// allow_simulated, this root listed and entries marked simulated).
+    #[arg(long, value_parser = ATTESTATIONS, default_value = "sgx")]
     pub attestation: String,
     /// Policy deciding which peer enclaves are accepted (the original's
     /// dynamic_config.json format). Default: ./dynamic_config.json.
@@ -49,19 +61,24 @@ pub struct Flags {
     /// Simulated mode: the development root key (PKCS#8 PEM; created,
     /// mode 0600, if missing). Its fingerprint goes into the peer's
     /// simulated_roots.
+    #[cfg(feature = "dev")]
     #[arg(long, default_value = "vfl-dev-root.pem")]
     pub sim_root_key: PathBuf,
     /// Simulated mode: mr_enclave to claim (hex; default SHA-256 of this binary).
+    #[cfg(feature = "dev")]
     #[arg(long)]
     pub sim_mr_enclave: Option<String>,
     /// Simulated mode: mr_signer to claim (hex; default SHA-256 of the
     /// development root's public key).
+    #[cfg(feature = "dev")]
     #[arg(long)]
     pub sim_mr_signer: Option<String>,
     /// Simulated mode: isv_prod_id to claim.
+    #[cfg(feature = "dev")]
     #[arg(long, default_value_t = 1)]
     pub sim_isv_prod_id: u16,
     /// Simulated mode: isv_svn to claim.
+    #[cfg(feature = "dev")]
     #[arg(long, default_value_t = 1)]
     pub sim_isv_svn: u16,
     /// What to do when the peer's evidence is refused (or ours is): `exit`
@@ -70,10 +87,27 @@ pub struct Flags {
     pub on_reject: String,
     /// Talk to the peer over plaintext gRPC, without TLS or attestation.
     /// Anyone on the network path can read and alter the traffic.
+    /// Development builds only.
+    #[cfg(feature = "dev")]
     #[arg(long)]
     pub insecure_no_tls: bool,
 }
 
+impl Flags {
+    /// Whether the user asked for plaintext (development builds only).
+    pub fn insecure(&self) -> bool {
+        #[cfg(feature = "dev")]
+        {
+            self.insecure_no_tls
+        }
+        #[cfg(not(feature = "dev"))]
+        {
+            false
+        }
+    }
+}
+
+#[cfg(feature = "dev")]
 fn hex32(s: &str, flag: &str) -> anyhow::Result<[u8; 32]> {
     let b = hex::decode(s).with_context(|| format!("{flag}: not hex"))?;
     <[u8; 32]>::try_from(b.as_slice()).map_err(|_| anyhow::anyhow!("{flag}: need 64 hex digits, got {}", s.len()))
@@ -84,8 +118,11 @@ pub fn attester(f: &Flags) -> anyhow::Result<Box<dyn Attester>> {
     match f.attestation.as_str() {
         "sgx" => Ok(Box::new(SgxAttester::open(&f.attestation_device).context(
             "--attestation sgx (the default) needs a Gramine SGX enclave; for development without SGX use \
-             --attestation simulated",
+             --attestation simulated (development builds)",
         )?)),
+        #[cfg(not(feature = "dev"))]
+        other => bail!("--attestation {other}: this build knows only sgx"),
+        #[cfg(feature = "dev")]
         _ => {
             let (root, created) = DevRoot::load_or_create(&f.sim_root_key)?;
             if created {
@@ -131,9 +168,64 @@ fn warn_simulated() {
     );
 }
 
-/// The transport security the flags ask for.
-pub fn security(f: &Flags) -> anyhow::Result<Security> {
-    if f.insecure_no_tls {
+/// The checks that need nothing but the flags, before any key is opened:
+/// a policy file is named, and SGX evidence has its device (so that the
+/// first error outside an enclave says what to do).
+pub fn preflight(f: &Flags) -> anyhow::Result<()> {
+    if f.insecure() {
+        return Ok(());
+    }
+    policy_path(f)?;
+    if f.attestation == "sgx" {
+        attester(f)?;
+    }
+    Ok(())
+}
+
+/// The collateral high-water marks, sealed in the collateral cache.
+struct SealedMarks {
+    path: PathBuf,
+    sealer: Arc<Sealer>,
+    context: vfl_attest::seal::Context,
+}
+
+impl MarkStore for SealedMarks {
+    fn load(&self) -> Result<Option<Vec<u8>>, String> {
+        self.sealer
+            .open_from_file(&self.path, &self.context)
+            .map(|o| o.map(|(_, b)| b))
+            .map_err(|e| e.to_string())
+    }
+    fn save(&self, bytes: &[u8]) -> Result<(), String> {
+        self.sealer
+            .seal_to_file(&self.path, &self.context, bytes)
+            .map_err(|e| e.to_string())
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Where this party remembers the newest collateral it has seen: sealed
+/// next to the collateral cache when files are sealed, else in memory.
+fn freshness(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Arc<Freshness>> {
+    let Some(sealer) = sealer else {
+        return Ok(Arc::new(Freshness::in_memory()));
+    };
+    let store = SealedMarks {
+        path: f.collateral_cache.join("high-water.sealed"),
+        sealer: sealer.clone(),
+        context: vfl_attest::seal::Context::new("collateral high-water marks"),
+    };
+    Ok(Arc::new(
+        Freshness::with_store(Box::new(store)).map_err(anyhow::Error::msg)?,
+    ))
+}
+
+/// The transport security the flags ask for; `sealer` keeps the collateral
+/// high-water marks sealed on disk.
+pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Security> {
+    if f.insecure() {
         eprintln!(
             "WARNING: --insecure-no-tls: the peer connection is neither encrypted nor attested; anyone on the \
              network path can read and alter the training traffic"
@@ -146,12 +238,17 @@ pub fn security(f: &Flags) -> anyhow::Result<Security> {
     if policy.entries.is_empty() {
         tracing::warn!("the policy's sgx_mrs is empty: every peer will be refused");
     }
-    if policy.allow_simulated {
+    let attester = attester(f)?;
+    policy.check_usable_by(attester.mode(), &path.display().to_string())?;
+    if policy.allows_simulated() {
         tracing::warn!("the policy accepts SIMULATED peers (allow_simulated): no hardware protection on their side");
     }
-    let attester = attester(f)?;
-    if attester.mode() == vfl_attest::Mode::Simulated {
+    if attester.mode() == Mode::Simulated {
         warn_simulated();
+    }
+    if !policy.release_exports.is_empty() {
+        let roles: Vec<&str> = policy.release_exports.iter().map(|r| r.as_str()).collect();
+        tracing::warn!(roles = %roles.join(","), "the policy releases exports of these parties in plaintext (if the peer's policy agrees)");
     }
     let collateral: Option<Arc<dyn CollateralProvider>> = match (&f.collateral, &f.pccs_url) {
         (Some(p), _) => Some(Arc::new(FileCollateral::load(p)?)),
@@ -186,7 +283,12 @@ pub fn security(f: &Flags) -> anyhow::Result<Security> {
         policy.bind_self(&cert.identity);
         tracing::info!("policy entries saying \"self\" accept peers with our own identity");
     }
-    let verifier = RaTlsVerifier::new(Arc::new(Verifier::new(policy, collateral, Clock::System)));
+    let verifier = RaTlsVerifier::new(Arc::new(Verifier::with_freshness(
+        policy,
+        collateral,
+        Clock::System,
+        freshness(f, sealer)?,
+    )));
     let key = vfl_attest::tls::identity(&cert)?;
     Ok(Security::RaTls(Arc::new(RaTls {
         server: Arc::new(vfl_attest::tls::server_config(key.clone(), verifier.clone())?),
@@ -211,33 +313,64 @@ pub enum Command {
     /// Print this process's own evidence identity and mode as JSON, plus
     /// the sgx_mrs entry (and development root) a peer's policy needs.
     #[command(name = "self")]
-    Self_(SelfArgs),
+    Self_(Box<SelfArgs>),
     /// Compute mr_signer from an enclave signing key (RSA-3072 PEM, private
     /// or public): SHA-256 of the modulus, little-endian.
     Mrsigner(MrsignerArgs),
+    /// Write a party's identity file (role and the mr_signer of its enclave
+    /// signing key) for the peer to `trust`.
+    Party(PartyIdentityArgs),
     /// Measure mutual RA-TLS handshakes (simulated evidence, full dcap-qvl
     /// verification on both sides) over loopback.
+    #[cfg(feature = "dev")]
     Bench(BenchArgs),
-    /// Add a peer's identity file (from `vfl-sgx.sh make` or `vfl attest
-    /// self`) to a policy file as an sgx_mrs entry: no hex copied by hand.
-    /// The policy is rewritten atomically and must still parse.
+    /// Add a party's identity file (from `vfl attest party`, `vfl-sgx.sh
+    /// keygen`/`make` or `vfl attest self`) to a policy file as a
+    /// role-specific sgx_mrs entry: no hex copied by hand. The policy is
+    /// rewritten atomically in a canonical form (two parties who trust the
+    /// same identities get byte-identical files, hence the same
+    /// MRENCLAVE) and must still parse.
     Trust(TrustArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct TrustArgs {
-    /// The peer's identity file (JSON with mr_enclave, mr_signer,
-    /// isv_prod_id, isv_svn).
+    /// The party's identity file (JSON with role and mr_signer; optional
+    /// mr_enclave (default "self": the same enclave as ours), isv_prod_id,
+    /// isv_svn, mode).
     #[arg(long)]
     identity: PathBuf,
-    /// The policy to update (created with all four checks on if missing).
+    /// The role the identity is trusted as (default: the file's "role").
+    #[arg(long, value_parser = ["leader", "follower"])]
+    role: Option<String>,
+    /// The policy to update (created, pinning enclave, signer, product id
+    /// and version, if missing).
     #[arg(long, default_value = "dynamic_config.json")]
     policy: PathBuf,
-    /// Accept the peer's isv_svn or newer (min_isv_svn) instead of exactly it.
+    /// Accept the identity's isv_svn or newer (min_isv_svn) instead of exactly it.
     #[arg(long)]
     min_svn: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct PartyIdentityArgs {
+    /// This party's role.
+    #[arg(long, value_parser = ["leader", "follower"])]
+    role: String,
+    /// This party's enclave signing key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// The enclave's product id and security version.
+    #[arg(long, default_value_t = 1)]
+    isv_prod_id: u16,
+    #[arg(long, default_value_t = 1)]
+    isv_svn: u16,
+    /// Where to write the identity file (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[cfg(feature = "dev")]
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Handshakes to time (after 3 warm-up ones).
@@ -256,7 +389,7 @@ pub struct VerifyArgs {
     /// Verify as of this time (RFC 3339, e.g. 2025-06-20T00:00:00Z) instead of now.
     #[arg(long)]
     at: Option<String>,
-    /// Also apply this policy (TCB status, attributes, identity).
+    /// Also apply this policy (TCB status and evaluation floor, attributes, identity).
     #[arg(long)]
     policy: Option<PathBuf>,
 }
@@ -265,6 +398,9 @@ pub struct VerifyArgs {
 pub struct SelfArgs {
     #[command(flatten)]
     flags: Flags,
+    /// The role this identity plays (recorded in the printed entry).
+    #[arg(long, value_parser = ["leader", "follower"])]
+    role: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -277,9 +413,11 @@ pub struct MrsignerArgs {
 pub fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Verify(a) => verify(a),
-        Command::Self_(a) => self_(a),
+        Command::Self_(a) => self_(*a),
+        #[cfg(feature = "dev")]
         Command::Bench(a) => bench(a),
         Command::Trust(a) => trust(a),
+        Command::Party(a) => party_identity(a),
         Command::Mrsigner(a) => {
             let pem = std::fs::read(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
             let m = vfl_attest::mrsigner::from_pem(&pem).with_context(|| a.key.display().to_string())?;
@@ -307,10 +445,14 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let mut out = serde_json::to_value(&report)?;
     if let Some(p) = &a.policy {
         let v = Verifier::new(Policy::load(p)?, None, Clock::Fixed(now));
-        let entry = v
-            .appraise(&report)
+        let entries = v
+            .appraise(&report, Mode::Sgx)
             .map_err(|e| anyhow::anyhow!("{}: refused by {}: {e}", a.quote.display(), p.display()))?;
-        out["policy"] = serde_json::json!({"file": p.display().to_string(), "matched_entry": entry});
+        out["policy"] = serde_json::json!({
+            "file": p.display().to_string(),
+            "matched_entries": entries,
+            "admitted_as": v.policy().roles_of(&entries),
+        });
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
@@ -318,11 +460,23 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
 
 fn self_(a: SelfArgs) -> anyhow::Result<()> {
     let attester = attester(&a.flags)?;
-    if attester.mode() == vfl_attest::Mode::Simulated {
+    if attester.mode() == Mode::Simulated {
         warn_simulated();
     }
     let cert = vfl_attest::cert::issue(attester.as_ref())?;
     let id = &cert.identity;
+    let mut entry = serde_json::json!({
+        "mr_enclave": hex::encode(id.mr_enclave),
+        "mr_signer": hex::encode(id.mr_signer),
+        "isv_prod_id": id.isv_prod_id.to_string(),
+        "isv_svn": id.isv_svn.to_string(),
+    });
+    if let Some(r) = &a.role {
+        entry["role"] = r.clone().into();
+    }
+    if attester.mode() == Mode::Simulated {
+        entry["mode"] = "simulated".into();
+    }
     let mut out = serde_json::json!({
         "mode": cert.mode,
         "mr_enclave": hex::encode(id.mr_enclave),
@@ -330,13 +484,11 @@ fn self_(a: SelfArgs) -> anyhow::Result<()> {
         "isv_prod_id": id.isv_prod_id,
         "isv_svn": id.isv_svn,
         "debug": id.is_debug(),
-        "sgx_mrs_entry": {
-            "mr_enclave": hex::encode(id.mr_enclave),
-            "mr_signer": hex::encode(id.mr_signer),
-            "isv_prod_id": id.isv_prod_id.to_string(),
-            "isv_svn": id.isv_svn.to_string(),
-        },
+        "sgx_mrs_entry": entry,
     });
+    if let Some(r) = &a.role {
+        out["role"] = r.clone().into();
+    }
     if let Some(sim) = attester.sim_evidence() {
         out["simulated_root"] = hex::encode(vfl_attest::verify::dev_root_fingerprint(&sim.root_der)?).into();
     }
@@ -344,6 +496,33 @@ fn self_(a: SelfArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn party_identity(a: PartyIdentityArgs) -> anyhow::Result<()> {
+    let pem = std::fs::read(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
+    let signer = vfl_attest::mrsigner::from_pem(&pem).with_context(|| a.key.display().to_string())?;
+    let out = serde_json::json!({
+        "role": a.role,
+        "mr_signer": hex::encode(signer),
+        "isv_prod_id": a.isv_prod_id.to_string(),
+        "isv_svn": a.isv_svn.to_string(),
+    });
+    let text = serde_json::to_string_pretty(&out)? + "\n";
+    match &a.out {
+        Some(p) => {
+            vfl_data::atomic::write_atomic(p, |w| w.write_all(text.as_bytes()))
+                .with_context(|| format!("writing {}", p.display()))?;
+            eprintln!(
+                "{}: the {} identity (mr_signer {}): send it to the peer",
+                p.display(),
+                a.role,
+                hex::encode(signer)
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+#[cfg(feature = "dev")]
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("vfl-attest-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -356,6 +535,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 /// (`<dir>/dynamic_config.json`) accepting this binary in simulated mode, for
 /// runs where both parties are this binary on one machine (demo, bench).
 /// Returns (root key path, policy path).
+#[cfg(feature = "dev")]
 pub fn self_accepting_sim_policy(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let key = dir.join("dev-root.pem");
     let (root, _) = DevRoot::load_or_create(&key)?;
@@ -363,7 +543,8 @@ pub fn self_accepting_sim_policy(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
     let fp = hex::encode(root.fingerprint());
     let policy = serde_json::json!({
         "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-        "sgx_mrs": [{"mr_enclave": hex::encode(me.mr_enclave), "mr_signer": fp, "isv_prod_id": "1", "isv_svn": "1"}],
+        "sgx_mrs": [{"mr_enclave": hex::encode(me.mr_enclave), "mr_signer": fp, "isv_prod_id": "1", "isv_svn": "1",
+                     "mode": "simulated"}],
         "allow_simulated": true, "simulated_roots": [fp],
     });
     let policy_path = dir.join("dynamic_config.json");
@@ -373,6 +554,7 @@ pub fn self_accepting_sim_policy(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
     Ok((key, policy_path))
 }
 
+#[cfg(feature = "dev")]
 fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
     let (key, policy_path) = self_accepting_sim_policy(dir)?;
     let flags = Flags {
@@ -393,7 +575,7 @@ fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
         insecure_no_tls: false,
     };
     let t = std::time::Instant::now();
-    let Security::RaTls(tls) = security(&flags)? else {
+    let Security::RaTls(tls) = security(&flags, None)? else {
         bail!("expected RA-TLS")
     };
     let setup = t.elapsed();
@@ -434,25 +616,118 @@ fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Top-level keys of a policy in the order `trust` writes them.
+const POLICY_KEYS: &[&str] = &[
+    "verify_mr_enclave",
+    "verify_mr_signer",
+    "verify_isv_prod_id",
+    "verify_isv_svn",
+    "verify_in_enclave",
+    "sgx_mrs",
+    "allowed_tcb_statuses",
+    "allow_debug",
+    "allow_simulated",
+    "simulated_roots",
+    "min_tcb_eval_data_number",
+    "release_exports",
+    "other",
+];
+/// Entry keys in the order `trust` writes them.
+const ENTRY_KEYS: &[&str] = &[
+    "role",
+    "mode",
+    "mr_enclave",
+    "mr_signer",
+    "isv_prod_id",
+    "isv_svn",
+    "min_isv_svn",
+];
+
+/// A policy as canonical JSON: keys in a fixed order, entries one per line
+/// and sorted, a final newline; two parties who trust the same identities
+/// write byte-identical files. Unknown keys are kept after the known ones
+/// (the parser then refuses them, naming them).
+fn canonical_policy(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn ordered<'a>(m: &'a serde_json::Map<String, Value>, order: &[&str]) -> Vec<(&'a String, &'a Value)> {
+        let mut known: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| order.contains(&k.as_str())).collect();
+        known.sort_by_key(|(k, _)| order.iter().position(|o| o == k));
+        let mut rest: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| !order.contains(&k.as_str())).collect();
+        rest.sort_by(|a, b| a.0.cmp(b.0));
+        known.extend(rest);
+        known
+    }
+    let key = |k: &str| Value::String(k.to_string()).to_string();
+    let Some(top) = v.as_object() else {
+        return format!("{v}\n");
+    };
+    let mut lines = Vec::new();
+    for (k, val) in ordered(top, POLICY_KEYS) {
+        let rendered = match (k.as_str(), val.as_array()) {
+            ("sgx_mrs", Some(list)) if !list.is_empty() => {
+                let mut entries: Vec<String> = list
+                    .iter()
+                    .map(|e| match e.as_object() {
+                        Some(m) => {
+                            let fields: Vec<String> = ordered(m, ENTRY_KEYS)
+                                .iter()
+                                .map(|(k, v)| format!("{}: {v}", key(k)))
+                                .collect();
+                            format!("{{ {} }}", fields.join(", "))
+                        }
+                        None => e.to_string(),
+                    })
+                    .collect();
+                entries.sort();
+                entries.dedup();
+                format!("[\n    {}\n  ]", entries.join(",\n    "))
+            }
+            _ => val.to_string(),
+        };
+        lines.push(format!("  {}: {rendered}", key(k)));
+    }
+    format!("{{\n{}\n}}\n", lines.join(",\n"))
+}
+
 fn trust(a: TrustArgs) -> anyhow::Result<()> {
     let text = std::fs::read(&a.identity).with_context(|| format!("reading {}", a.identity.display()))?;
-    let id: serde_json::Value =
+    let file: serde_json::Value =
         serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", a.identity.display()))?;
-    let id = id.get("sgx_mrs_entry").unwrap_or(&id).clone();
-    let field = |k: &str| -> anyhow::Result<String> {
-        match id.get(k) {
-            Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-            _ => bail!("{}: no {k}", a.identity.display()),
+    let id = file.get("sgx_mrs_entry").unwrap_or(&file).clone();
+    let field = |k: &str| -> Option<String> {
+        match id.get(k).or_else(|| file.get(k)) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
         }
     };
+    let need = |k: &str| field(k).ok_or_else(|| anyhow::anyhow!("{}: no {k}", a.identity.display()));
+    let role = match (&a.role, field("role")) {
+        (Some(r), _) => r.clone(),
+        (None, Some(r)) => r,
+        (None, None) => bail!(
+            "{}: no role: give --role leader|follower (the role this identity is trusted as)",
+            a.identity.display()
+        ),
+    };
+    role.parse::<vfl_attest::PartyRole>().map_err(anyhow::Error::msg)?;
     let mut entry = serde_json::Map::new();
-    entry.insert("mr_enclave".into(), field("mr_enclave")?.into());
-    entry.insert("mr_signer".into(), field("mr_signer")?.into());
-    entry.insert("isv_prod_id".into(), field("isv_prod_id")?.into());
+    entry.insert("role".into(), role.clone().into());
+    if field("mode").as_deref() == Some("simulated") {
+        entry.insert("mode".into(), "simulated".into());
+    }
+    entry.insert(
+        "mr_enclave".into(),
+        field("mr_enclave").unwrap_or_else(|| "self".into()).into(),
+    );
+    entry.insert("mr_signer".into(), need("mr_signer")?.into());
+    entry.insert(
+        "isv_prod_id".into(),
+        field("isv_prod_id").unwrap_or_else(|| "1".into()).into(),
+    );
     entry.insert(
         if a.min_svn { "min_isv_svn" } else { "isv_svn" }.into(),
-        field("isv_svn")?.into(),
+        field("isv_svn").unwrap_or_else(|| "1".into()).into(),
     );
     let mut policy: serde_json::Value = match std::fs::read(&a.policy) {
         Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", a.policy.display()))?,
@@ -466,20 +741,25 @@ fn trust(a: TrustArgs) -> anyhow::Result<()> {
         bail!("{}: sgx_mrs missing or not a list", a.policy.display());
     };
     let entry = serde_json::Value::Object(entry);
-    if list.contains(&entry) {
-        println!("{} already accepts this identity", a.policy.display());
-        return Ok(());
+    let known = list.contains(&entry);
+    if !known {
+        list.push(entry);
     }
-    list.push(entry);
-    let out = serde_json::to_string_pretty(&policy)?;
+    let out = canonical_policy(&policy);
     // Refuse to write a policy that would not load.
-    Policy::parse(out.as_bytes(), &a.policy.display().to_string())?;
+    let parsed = Policy::parse(out.as_bytes(), &a.policy.display().to_string())?;
     vfl_data::atomic::write_atomic(&a.policy, |w| w.write_all(out.as_bytes()))
         .with_context(|| format!("writing {}", a.policy.display()))?;
-    println!(
-        "{}: added sgx_mrs entry for mr_enclave {} (the policy is measured: re-run `make`)",
-        a.policy.display(),
-        field("mr_enclave")?
-    );
+    let signer = need("mr_signer")?;
+    if known {
+        println!("{} already trusts the {role} {signer}", a.policy.display());
+    } else {
+        println!(
+            "{}: now trusts the {role} signed by {signer} (policy digest {}; the policy is measured: both \
+             parties must hold this same file, then run `make`)",
+            a.policy.display(),
+            parsed.digest_hex()
+        );
+    }
     Ok(())
 }

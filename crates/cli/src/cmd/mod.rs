@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
 pub mod attest;
+#[cfg(feature = "dev")]
 pub mod bench;
 pub mod data;
+#[cfg(feature = "dev")]
 pub mod demo;
 pub mod model;
 pub mod party;

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use vfl_attest::seal::{self, Context as SealContext, KeySource, Sealer};
 use vfl_nn::ModelSpec;
 use vfl_nn::spec::PRESETS;
-use vfl_trainer::seal::{self, KeySource, Sealer};
 use vfl_trainer::store;
 
 #[derive(clap::Subcommand, Debug)]
@@ -25,22 +25,24 @@ pub enum Command {
     Inspect {
         /// A model.safetensors or ckpt-*.safetensors file.
         path: PathBuf,
-        /// Key of an encrypted file: sgx-mrenclave, sgx-mrsigner, file:PATH or env:VAR.
+        /// Key of an encrypted file: sgx-mrenclave, or file:PATH / env:VAR (development builds).
         #[arg(long)]
         model_key: Option<KeySource>,
         /// Gramine's attestation device (for the sgx-* keys).
         #[arg(long, default_value = "/dev/attestation")]
         attestation_device: PathBuf,
     },
-    /// Decrypt an encrypted model or checkpoint file into a plain
-    /// safetensors file (written atomically), for an authorised user.
+    /// Decrypt an exported model into a plain safetensors file (written
+    /// atomically), only if both parties' policies released that party's
+    /// export (`release_exports`, recorded in the sealed file). Checkpoints
+    /// and state records are never decrypted.
     Decrypt {
         /// The encrypted file.
         path: PathBuf,
         /// Where the plain safetensors file goes.
         #[arg(long)]
         out: PathBuf,
-        /// The key: sgx-mrenclave, sgx-mrsigner, file:PATH or env:VAR.
+        /// The key: sgx-mrenclave, or file:PATH / env:VAR (development builds).
         #[arg(long)]
         model_key: KeySource,
         #[arg(long, default_value = "/dev/attestation")]
@@ -72,12 +74,15 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         } => {
             let raw = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let plain = if seal::is_sealed(&raw) {
-                let (context, key_id) = seal::describe(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                println!("encrypted: {context} (key id {key_id})");
+                let (context, key_id) = seal::describe(&raw, &path)?;
+                println!("encrypted: {context} (key id {key_id}; not authenticated until opened)");
                 let Some(src) = model_key else {
                     anyhow::bail!("{}: encrypted; give --model-key to see its contents", path.display());
                 };
-                Sealer::open(&src, &attestation_device)?.open_file(&raw, None, &path)?.1
+                let expect = SealContext::new(&context.kind);
+                Sealer::open(&src, &attestation_device)?
+                    .open_file(&raw, &expect, &path)?
+                    .1
             } else {
                 println!("not encrypted");
                 raw
@@ -100,12 +105,38 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         } => {
             let raw = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             anyhow::ensure!(seal::is_sealed(&raw), "{}: not an encrypted file", path.display());
-            let (context, plain) = Sealer::open(&model_key, &attestation_device)?.open_file(&raw, None, &path)?;
+            let (claimed, _) = seal::describe(&raw, &path)?;
+            released(&claimed).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
+            let sealer = Sealer::open(&model_key, &attestation_device)?;
+            // The claim is authenticated by opening: a file that says "released"
+            // without being so is refused as altered.
+            let (context, plain) = sealer.open_file(&raw, &claimed, &path)?;
             store::parse(&plain, &path)?;
             vfl_data::atomic::write_atomic(&out, |w| w.write_all(&plain))
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("decrypted {} ({context}) to {}", path.display(), out.display());
         }
+    }
+    Ok(())
+}
+
+/// Whether a sealed file may be decrypted: only an exported model whose
+/// party's export both policies released.
+fn released(ctx: &SealContext) -> Result<(), String> {
+    if ctx.kind != "model" {
+        return Err(format!(
+            "a sealed {} is never decrypted: only exported models can be released (what an enclave keeps for \
+             itself stays sealed to it)",
+            ctx.kind
+        ));
+    }
+    let role = ctx.get("role").unwrap_or_default();
+    let release = ctx.get("release").unwrap_or_default();
+    if !release.split(',').any(|r| r == role) {
+        return Err(format!(
+            "the {role}'s export was not released: both parties' policies must list \"{role}\" in \
+             release_exports (it was trained with release [{release}])"
+        ));
     }
     Ok(())
 }

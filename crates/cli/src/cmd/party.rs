@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use vfl_attest::seal::{KeySource, Sealer};
 use vfl_nn::ModelSpec;
 use vfl_trainer::remote::{RunConfig, RunSummary, run_follower, run_leader};
 
@@ -52,23 +53,30 @@ pub struct Common {
     #[arg(long)]
     export_path: Option<PathBuf>,
     /// train, or eval (forward only; needs --load-model or a checkpoint).
-    #[arg(long, value_parser = ["train", "eval"], default_value = "train")]
+    #[arg(long, env = "VFL_MODE", value_parser = ["train", "eval"], default_value = "train")]
     mode: String,
     /// Eval: an exported model directory (<export>/<id>, or its <role>
-    /// subdirectory).
-    #[arg(long)]
+    /// subdirectory); sealed exports are opened only by the enclave build
+    /// that wrote them.
+    #[arg(long, env = "VFL_LOAD_MODEL")]
     load_model: Option<PathBuf>,
     /// Serve Prometheus metrics (steps, examples/s, loss, AUC, bytes,
     /// reconnects) at http://ADDR/metrics.
     #[arg(long)]
     metrics_addr: Option<String>,
-    /// Encrypt checkpoints and exported weights at rest with this key:
-    /// sgx-mrsigner (default under --attestation sgx: Gramine's sealing key
-    /// of the signer), sgx-mrenclave, file:PATH (32 bytes or 64 hex digits)
-    /// or env:VAR (64 hex digits). `none` stores them in plaintext (the
-    /// default outside SGX).
+    /// Encrypt checkpoints, exported weights and this party's state records
+    /// at rest with this key: sgx-mrenclave (default under --attestation
+    /// sgx, and the only choice of enclave builds: Gramine's sealing key of
+    /// this exact enclave), or in development builds file:PATH (32 bytes or
+    /// 64 hex digits), env:VAR (64 hex digits) or `none` (plaintext, the
+    /// default of development builds outside SGX).
     #[arg(long)]
     model_key: Option<String>,
+    /// Resume even from a checkpoint older than the newest step both
+    /// parties committed (the checkpoints after it were lost or removed).
+    /// Without it such a rollback is refused.
+    #[arg(long)]
+    allow_rollback: bool,
     #[command(flatten)]
     attest: super::attest::Flags,
 }
@@ -138,6 +146,14 @@ pub struct PartyArgs {
 
 fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunConfig> {
     anyhow::ensure!(c.batch_size > 0, "--batch-size must be > 0");
+    super::attest::preflight(&c.attest)?;
+    let seal = sealer(c)?;
+    if c.allow_rollback {
+        eprintln!(
+            "WARNING: --allow-rollback: this party may resume from a checkpoint older than the step both parties \
+             committed, re-running training steps it has already run"
+        );
+    }
     Ok(RunConfig {
         spec: ModelSpec::resolve(&c.model)?,
         application_id: c.application_id.clone(),
@@ -161,27 +177,29 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
         load_model: c.load_model.clone(),
         predictions_path: None,
         started: std::time::Instant::now(),
-        security: super::attest::security(&c.attest)?,
-        seal: sealer(c)?,
+        security: super::attest::security(&c.attest, seal.as_ref())?,
+        seal,
+        allow_rollback: c.allow_rollback,
         progress: vfl_trainer::progress::Progress::new(role),
         metrics_addr: c.metrics_addr.clone(),
     })
 }
 
-fn sealer(c: &Common) -> anyhow::Result<Option<std::sync::Arc<vfl_trainer::seal::Sealer>>> {
-    let in_sgx = c.attest.attestation == "sgx" && !c.attest.insecure_no_tls;
+fn sealer(c: &Common) -> anyhow::Result<Option<std::sync::Arc<Sealer>>> {
+    let in_sgx = c.attest.attestation == "sgx" && !c.attest.insecure();
     let source = match c.model_key.as_deref() {
-        Some("none") => None,
-        Some(s) => Some(
-            s.parse::<vfl_trainer::seal::KeySource>()
-                .map_err(|e| anyhow::anyhow!("--model-key {e}"))?,
+        Some("none") if in_sgx || !cfg!(feature = "dev") => anyhow::bail!(
+            "--model-key none: a party running with SGX attestation (and every enclave build) seals its state; \
+             plaintext storage would let the operator read what the enclave learned from the peer"
         ),
-        None if in_sgx => Some(vfl_trainer::seal::KeySource::SgxMrSigner),
+        Some("none") => None,
+        Some(s) => Some(s.parse::<KeySource>().map_err(|e| anyhow::anyhow!("--model-key {e}"))?),
+        None if in_sgx || !cfg!(feature = "dev") => Some(KeySource::SgxMrEnclave),
         None => None,
     };
     match source {
         Some(src) => {
-            let s = vfl_trainer::seal::Sealer::open(&src, &c.attest.attestation_device)?;
+            let s = Sealer::open(&src, &c.attest.attestation_device)?;
             tracing::info!(key = %src, key_id = %s.key_id(), "checkpoints and exported weights are encrypted at rest");
             Ok(Some(std::sync::Arc::new(s)))
         }

@@ -7,11 +7,12 @@ use super::*;
 /// the leader's plans, trains, and returns when the leader finishes.
 pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
+    read_record(&cfg, Role::Follower)?;
     start_metrics(&cfg).await?;
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut link = FollowerLink::connect(
         &cfg.addr,
-        settings(&cfg, &process_id),
+        settings(&cfg, Role::Follower, &process_id),
         limit(&cfg),
         cfg.security.clone(),
         link_options(&cfg),
@@ -35,7 +36,7 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
     if let Err(e) = &result
         && !matches!(e, TrainError::Bridge(BridgeError::PeerFailed(_)))
     {
-        link.send(FMsg::Failure(pb::Failure { reason: e.to_string() })).await;
+        link.send(FMsg::Failure(pb::Failure { reason: reason(e) })).await;
         link.flush(Duration::from_secs(1)).await;
     }
     result
@@ -44,12 +45,16 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
 async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Result<RunSummary, TrainError> {
     let reply = link.reply().clone();
     let session_id = reply.session_id.as_str();
-    let fingerprint = cfg.spec.fingerprint();
+    let run_id = reply.run_id.clone();
+    let bind = binding(cfg, Role::Follower);
+    let fingerprint = bind.model.clone();
     let schema = schema_for(&cfg.spec, Role::Follower);
     let opts = cfg.read_options();
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
     let mut state = RunState::default();
     let resumed_from = reply.resume.then_some(reply.resume_step);
+    check_session(cfg, &reply)?;
+    start_run(cfg, Role::Follower, &run_id, resumed_from)?;
     let mut expect_resume = None;
     if let Some(step) = resumed_from {
         let dir = cfg.checkpoint_path.as_ref().ok_or_else(|| {
@@ -58,8 +63,8 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
         state = checkpoint::load(
             dir,
             step,
-            Role::Follower,
-            &fingerprint,
+            &bind,
+            &run_id,
             party.model_mut().tensors_mut(),
             cfg.seal.as_deref(),
         )?;
@@ -69,6 +74,9 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
     }
     let (mut epochs, mut skipped) = (0u32, 0u64);
     let start = Instant::now();
+    // The step of the last checkpoint the leader asked for: once it asks for
+    // the next one, it has both parties' copies of this one (committed).
+    let mut last_checkpoint: Option<u64> = None;
     loop {
         match link.recv().await? {
             LMsg::Plan(plan) => {
@@ -107,8 +115,13 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                     link.send(activations_pb(act)).await;
                     let g = match link.recv().await? {
                         LMsg::Gradient(g) => g,
-                        LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
-                        other => return Err(TrainError::Protocol(format!("expected a gradient, got {other:?}"))),
+                        LMsg::Failure(f) => return Err(peer_failed(f)),
+                        other => {
+                            return Err(TrainError::Protocol(format!(
+                                "expected a gradient, got {}",
+                                describe_l(&other)
+                            )));
+                        }
                     };
                     let grad = Gradient {
                         iteration: g.iteration,
@@ -137,8 +150,13 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                             plan: &plan.block_ids,
                             pos: position_after(&batch).unwrap_or(start_pos),
                         };
+                        if let Some(prev) = last_checkpoint {
+                            checkpoint::commit(dir, &bind, cfg.seal.as_deref(), &run_id, prev)?;
+                        }
                         let tensors = party.model_mut().tensors_mut();
-                        save_checkpoint(cfg, dir, Role::Follower, &fingerprint, tensors, &state, at, counters)?;
+                        save_checkpoint(cfg, dir, Role::Follower, &run_id, tensors, &state, at, counters)?;
+                        last_checkpoint = Some(state.steps);
+                        reverify(cfg, link.peer(), PartyRole::Leader)?;
                         link.send(FMsg::CheckpointDone(pb::CheckpointDone { step: state.steps }))
                             .await;
                     }
@@ -149,6 +167,11 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
             }
             LMsg::Finish(fin) => {
                 link.ack_now().await;
+                if !checkpoint::is_safe_component(&fin.export_id) {
+                    return Err(TrainError::UnsafeExportId {
+                        id: sanitize(&fin.export_id, 64),
+                    });
+                }
                 let export_dir = match &cfg.export_path {
                     None => None,
                     Some(p) => {
@@ -162,10 +185,15 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                             "data_fingerprint": data_fingerprint(data),
                             "resumed_from": resumed_from,
                         });
+                        let plan = checkpoint::ExportPlan {
+                            export_path: p,
+                            id: &fin.export_id,
+                            run: &run_id,
+                            release: &reply.release_exports,
+                        };
                         Some(checkpoint::export(
-                            p,
-                            &fin.export_id,
-                            Role::Follower,
+                            &plan,
+                            &bind,
                             &cfg.spec,
                             party.model_mut().tensors_mut(),
                             manifest,
@@ -186,10 +214,11 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                     export_dir,
                 });
             }
-            LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            LMsg::Failure(f) => return Err(peer_failed(f)),
             other => {
                 return Err(TrainError::Protocol(format!(
-                    "unexpected message from the leader: {other:?}"
+                    "unexpected message from the leader: {}",
+                    describe_l(&other)
                 )));
             }
         }
@@ -203,7 +232,13 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
     let opts = cfg.read_options();
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
     let resume = reply.resume.then_some(reply.resume_step);
-    let source = load_for_eval(cfg, Role::Follower, resume, party.model_mut().tensors_mut())?;
+    check_session(cfg, &reply)?;
+    let source = load_for_eval(
+        cfg,
+        Role::Follower,
+        (&reply.run_id, resume),
+        party.model_mut().tensors_mut(),
+    )?;
     tracing::info!(%source, "evaluating");
     let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
     let (mut steps, mut examples) = (0u64, 0u64);
@@ -244,12 +279,52 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
                     export_dir: None,
                 });
             }
-            LMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            LMsg::Failure(f) => return Err(peer_failed(f)),
             other => {
                 return Err(TrainError::Protocol(format!(
-                    "unexpected message from the leader: {other:?}"
+                    "unexpected message from the leader: {}",
+                    describe_l(&other)
                 )));
             }
         }
     }
+}
+
+/// What the follower checks of the leader's answer itself (its enclave
+/// enforces these, not only the leader's): both policies release the same
+/// exports, and training never resumes below what this follower knows was
+/// committed.
+fn check_session(cfg: &RunConfig, reply: &pb::HelloReply) -> Result<(), TrainError> {
+    let ours = cfg.security.release_exports();
+    if reply.release_exports != ours {
+        return Err(TrainError::ReleaseMismatch {
+            leader: reply.release_exports.clone(),
+            follower: ours,
+        });
+    }
+    if cfg.eval {
+        return Ok(());
+    }
+    if let Some(rec) = read_record(cfg, Role::Follower)?
+        && rec.run_id == reply.run_id
+    {
+        let from = if reply.resume { reply.resume_step } else { 0 };
+        if from < rec.committed_step {
+            let err = TrainError::Rollback {
+                role: "follower",
+                committed: rec.committed_step,
+                run: rec.run_id.clone(),
+                from: if reply.resume {
+                    format!("step {from}")
+                } else {
+                    "the start".into()
+                },
+            };
+            if !cfg.allow_rollback {
+                return Err(err);
+            }
+            tracing::warn!(error = %err, "ROLLBACK ALLOWED (--allow-rollback)");
+        }
+    }
+    Ok(())
 }

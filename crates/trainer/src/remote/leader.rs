@@ -9,11 +9,12 @@ pub async fn run_leader(
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
+    read_record(&cfg, Role::Leader)?;
     start_metrics(&cfg).await?;
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut listener = server::listen(
         &cfg.addr,
-        settings(&cfg, &process_id),
+        settings(&cfg, Role::Leader, &process_id),
         limit(&cfg),
         cfg.security.clone(),
     )
@@ -76,7 +77,7 @@ pub async fn run_leader(
 async fn finish(link: &mut LeaderLink<'_>, result: &Result<RunSummary, TrainError>, wait: Duration) {
     match result {
         Err(e) => {
-            link.send(LMsg::Failure(pb::Failure { reason: e.to_string() })).await;
+            link.send(LMsg::Failure(pb::Failure { reason: reason(e) })).await;
             link.flush(Duration::from_secs(1)).await;
         }
         Ok(_) => {
@@ -90,17 +91,20 @@ async fn finish(link: &mut LeaderLink<'_>, result: &Result<RunSummary, TrainErro
 async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Result<RunSummary, TrainError> {
     let session_id = link.session_id().to_string();
     let resume_step = link.resume_step();
-    let fingerprint = cfg.spec.fingerprint();
+    let run_id = link.run_id().to_string();
+    let bind = binding(cfg, Role::Leader);
+    let fingerprint = bind.model.clone();
     let schema = schema_for(&cfg.spec, Role::Leader);
     let opts = cfg.read_options();
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
     let mut state = RunState::default();
+    start_run(cfg, Role::Leader, &run_id, resume_step)?;
     if let (Some(step), Some(dir)) = (resume_step, &cfg.checkpoint_path) {
         state = checkpoint::load(
             dir,
             step,
-            Role::Leader,
-            &fingerprint,
+            &bind,
+            &run_id,
             party.model_mut().tensors_mut(),
             cfg.seal.as_deref(),
         )?;
@@ -147,10 +151,11 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
         .await;
         match link.recv().await? {
             FMsg::PlanAck(a) if a.epoch == epoch => {}
-            FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            FMsg::Failure(f) => return Err(peer_failed(f)),
             other => {
                 return Err(TrainError::Protocol(format!(
-                    "expected the plan's acknowledgement, got {other:?}"
+                    "expected the plan's acknowledgement, got {}",
+                    describe_f(&other)
                 )));
             }
         }
@@ -201,14 +206,20 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
                             pos: position_after(&batch).unwrap_or(start_pos),
                         };
                         let tensors = party.model_mut().tensors_mut();
-                        save_checkpoint(cfg, dir, Role::Leader, &fingerprint, tensors, &state, at, counters)?;
+                        save_checkpoint(cfg, dir, Role::Leader, &run_id, tensors, &state, at, counters)?;
                         match link.recv().await? {
                             FMsg::CheckpointDone(d) if d.step == state.steps => {}
-                            FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                            FMsg::Failure(f) => return Err(peer_failed(f)),
                             other => {
-                                return Err(TrainError::Protocol(format!("expected CheckpointDone, got {other:?}")));
+                                return Err(TrainError::Protocol(format!(
+                                    "expected CheckpointDone, got {}",
+                                    describe_f(&other)
+                                )));
                             }
                         }
+                        // Both parties hold this step: it is the new rollback floor.
+                        checkpoint::commit(dir, &bind, cfg.seal.as_deref(), &run_id, state.steps)?;
+                        reverify(cfg, link.peer(), PartyRole::Follower)?;
                         last_save = Instant::now();
                         tracing::info!(step = state.steps, "checkpoint saved by both parties");
                     }
@@ -232,10 +243,11 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
                     }
                     break;
                 }
-                FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+                FMsg::Failure(f) => return Err(peer_failed(f)),
                 other => {
                     return Err(TrainError::Protocol(format!(
-                        "unexpected message from the follower: {other:?}"
+                        "unexpected message from the follower: {}",
+                        describe_f(&other)
                     )));
                 }
             }
@@ -278,10 +290,16 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
                 "resumed_from": resume_step,
                 "last_epoch_metrics": last_epoch,
             });
+            let release = cfg.security.release_exports();
+            let plan = checkpoint::ExportPlan {
+                export_path: p,
+                id: &export_id,
+                run: &run_id,
+                release: &release,
+            };
             Some(checkpoint::export(
-                p,
-                &export_id,
-                Role::Leader,
+                &plan,
+                &bind,
                 &cfg.spec,
                 party.model_mut().tensors_mut(),
                 manifest,
@@ -309,7 +327,8 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
     let schema = schema_for(&cfg.spec, Role::Leader);
     let opts = cfg.read_options();
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
-    let source = load_for_eval(cfg, Role::Leader, resume_step, party.model_mut().tensors_mut())?;
+    let run = (link.run_id().to_string(), resume_step);
+    let source = load_for_eval(cfg, Role::Leader, (&run.0, run.1), party.model_mut().tensors_mut())?;
     tracing::info!(%source, "evaluating");
     let order = data.ids();
     link.send(LMsg::Plan(pb::EpochPlan {
@@ -322,10 +341,11 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
     .await;
     match link.recv().await? {
         FMsg::PlanAck(_) => {}
-        FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+        FMsg::Failure(f) => return Err(peer_failed(f)),
         other => {
             return Err(TrainError::Protocol(format!(
-                "expected the plan's acknowledgement, got {other:?}"
+                "expected the plan's acknowledgement, got {}",
+                describe_f(&other)
             )));
         }
     }
@@ -365,10 +385,11 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
                 }
                 break;
             }
-            FMsg::Failure(f) => return Err(BridgeError::PeerFailed(f.reason).into()),
+            FMsg::Failure(f) => return Err(peer_failed(f)),
             other => {
                 return Err(TrainError::Protocol(format!(
-                    "unexpected message from the follower: {other:?}"
+                    "unexpected message from the follower: {}",
+                    describe_f(&other)
                 )));
             }
         }

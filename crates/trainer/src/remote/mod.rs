@@ -17,7 +17,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use vfl_attest::PartyRole;
 use vfl_bridge::pb::{self, follower_message::Msg as FMsg, leader_message::Msg as LMsg};
+use vfl_bridge::secure::PeerInfo;
 use vfl_bridge::{BridgeError, FollowerLink, LeaderLink, LinkOptions, Settings, message_limit, server};
 use vfl_data::blocks::{DataDir, Position, ReadOptions};
 use vfl_data::prefetch::{Prefetcher, position_after};
@@ -25,7 +27,7 @@ use vfl_data::{Batch, BatchDigest, BatchSource, BlockReader};
 use vfl_nn::rng::Rng;
 use vfl_nn::{MetricValues, ModelSpec, Role};
 
-use crate::checkpoint::{self, RunState};
+use crate::checkpoint::{self, Binding, RunState, sanitize};
 use crate::party::{FollowerParty, LeaderParty};
 use crate::wire::{Activations, Gradient, WireTensor};
 use crate::{TrainError, schema_for};
@@ -73,7 +75,10 @@ pub struct RunConfig {
     /// RA-TLS (default) or plaintext.
     pub security: vfl_bridge::Security,
     /// Encryption at rest of checkpoints and exported weights.
-    pub seal: Option<std::sync::Arc<crate::seal::Sealer>>,
+    pub seal: Option<std::sync::Arc<vfl_attest::seal::Sealer>>,
+    /// Resume from a checkpoint older than the step both parties committed
+    /// (an operator's explicit decision, logged loudly).
+    pub allow_rollback: bool,
     /// Counters for the progress line, the logs and `--metrics-addr`.
     pub progress: std::sync::Arc<crate::progress::Progress>,
     /// Serve Prometheus metrics here (host:port).
@@ -107,18 +112,132 @@ impl RunConfig {
     }
 }
 
-fn settings(cfg: &RunConfig, process_id: &str) -> Settings {
+/// What this party's files are bound to.
+fn binding(cfg: &RunConfig, role: Role) -> Binding {
+    Binding {
+        app: cfg.application_id.clone(),
+        role,
+        model: cfg.spec.fingerprint(),
+        policy: cfg.security.policy_digest(),
+    }
+}
+
+/// This party's run record, checked at start: a record that does not open
+/// (another job, model or policy, or altered) stops the party before it
+/// talks to anyone.
+fn read_record(cfg: &RunConfig, role: Role) -> Result<Option<checkpoint::RunRecord>, TrainError> {
+    match &cfg.checkpoint_path {
+        Some(dir) => checkpoint::read_record(dir, &binding(cfg, role), cfg.seal.as_deref()),
+        None => Ok(None),
+    }
+}
+
+fn settings(cfg: &RunConfig, role: Role, process_id: &str) -> Settings {
+    let held = match cfg.checkpoint_path.clone() {
+        Some(dir) => {
+            let (bind, seal) = (binding(cfg, role), cfg.seal.clone());
+            vfl_bridge::Checkpoints::from_fn(move || match checkpoint::read_record(&dir, &bind, seal.as_deref()) {
+                Ok(Some(r)) => vfl_bridge::handshake::Held {
+                    run_id: r.run_id,
+                    committed_step: r.committed_step,
+                    steps: checkpoint::list(&dir),
+                },
+                Ok(None) => vfl_bridge::handshake::Held::default(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the run record; offering no checkpoints");
+                    vfl_bridge::handshake::Held::default()
+                }
+            })
+        }
+        None => vfl_bridge::Checkpoints::held(Default::default()),
+    };
     Settings {
         application_id: cfg.application_id.clone(),
         model_fingerprint: cfg.spec.fingerprint(),
         batch_size: cfg.batch_size as u32,
         mode: if cfg.eval { "eval" } else { "train" }.into(),
         process_id: process_id.to_string(),
-        checkpoint_steps: match cfg.checkpoint_path.clone() {
-            Some(dir) => vfl_bridge::Checkpoints::from_fn(move || checkpoint::list(&dir)),
-            None => vfl_bridge::Checkpoints::fixed(Vec::new()),
-        },
+        checkpoint_steps: held,
         resume_session: String::new(),
+        release_exports: cfg.security.release_exports(),
+        allow_rollback: cfg.allow_rollback,
+    }
+}
+
+/// Records at the start of a training session that this party belongs to
+/// run `run_id` and that `resume` (a step both hold) is committed.
+fn start_run(cfg: &RunConfig, role: Role, run_id: &str, resume: Option<u64>) -> Result<(), TrainError> {
+    if let Some(dir) = &cfg.checkpoint_path {
+        checkpoint::commit(
+            dir,
+            &binding(cfg, role),
+            cfg.seal.as_deref(),
+            run_id,
+            resume.unwrap_or(0),
+        )?;
+    }
+    Ok(())
+}
+
+/// Verifies the peer's evidence again (current collateral and time): a
+/// peer whose platform was revoked or fell below the policy's TCB floor
+/// during a long run stops being trusted. `peer_role`: what it plays.
+fn reverify(cfg: &RunConfig, peer: &PeerInfo, peer_role: PartyRole) -> Result<(), TrainError> {
+    if let vfl_bridge::Security::RaTls(t) = &cfg.security {
+        let report = tokio::task::block_in_place(|| t.reverify(peer, peer_role)).map_err(|why| {
+            TrainError::PeerNoLongerTrusted {
+                peer: peer_role.as_str(),
+                why,
+            }
+        })?;
+        tracing::debug!(peer = %report, "peer re-verified");
+    }
+    Ok(())
+}
+
+/// Longest failure reason sent to or taken from the peer.
+const REASON_MAX: usize = 1000;
+
+/// A failure reason fit to send to the peer or log: capped, no control
+/// characters (our errors name message kinds and sizes, never contents).
+fn reason(e: &TrainError) -> String {
+    sanitize(&e.to_string(), REASON_MAX)
+}
+
+/// The peer's failure, sanitised before it reaches our logs.
+fn peer_failed(f: pb::Failure) -> TrainError {
+    BridgeError::PeerFailed(sanitize(&f.reason, REASON_MAX)).into()
+}
+
+fn shape(t: &Option<pb::Tensor>) -> String {
+    match t {
+        Some(t) => format!("tensor {:?} ({} bytes)", t.shape, t.data.len()),
+        None => "no tensor".into(),
+    }
+}
+
+/// A follower message's kind and sizes, never its contents: activations
+/// are the follower's secret and must not reach logs or errors.
+fn describe_f(m: &FMsg) -> String {
+    match m {
+        FMsg::Activations(a) => format!("Activations (iteration {}, {})", a.iteration, shape(&a.tensor)),
+        FMsg::PlanAck(a) => format!("PlanAck (epoch {})", a.epoch),
+        FMsg::EndOfData(e) => format!("EndOfData (epoch {}, {} iterations)", e.epoch, e.iterations),
+        FMsg::Failure(f) => format!("Failure ({} bytes of reason)", f.reason.len()),
+        FMsg::CheckpointDone(d) => format!("CheckpointDone (step {})", d.step),
+        FMsg::Heartbeat(_) => "Heartbeat".into(),
+    }
+}
+
+/// A leader message's kind and sizes, never its contents: gradients carry
+/// information about the leader's labels.
+fn describe_l(m: &LMsg) -> String {
+    match m {
+        LMsg::Plan(p) => format!("Plan (epoch {}, {} blocks)", p.epoch, p.block_ids.len()),
+        LMsg::Gradient(g) => format!("Gradient (iteration {}, {})", g.iteration, shape(&g.tensor)),
+        LMsg::Finish(_) => "Finish".into(),
+        LMsg::Failure(f) => format!("Failure ({} bytes of reason)", f.reason.len()),
+        LMsg::Heartbeat(_) => "Heartbeat".into(),
     }
 }
 
@@ -209,7 +328,7 @@ fn save_checkpoint(
     cfg: &RunConfig,
     dir: &std::path::Path,
     role: Role,
-    fingerprint: &str,
+    run: &str,
     tensors: Vec<vfl_nn::split::TensorMut<'_>>,
     state: &RunState,
     at: At<'_>,
@@ -228,8 +347,8 @@ fn save_checkpoint(
         checkpoint::save(
             dir,
             st.steps,
-            role,
-            fingerprint,
+            &binding(cfg, role),
+            run,
             tensors,
             &st,
             cfg.keep_checkpoints,
@@ -243,17 +362,17 @@ fn save_checkpoint(
 fn load_for_eval(
     cfg: &RunConfig,
     role: Role,
-    resume_step: Option<u64>,
+    (run, resume_step): (&str, Option<u64>),
     tensors: Vec<vfl_nn::split::TensorMut<'_>>,
 ) -> Result<String, TrainError> {
-    let fingerprint = cfg.spec.fingerprint();
+    let bind = binding(cfg, role);
     if let Some(p) = &cfg.load_model {
-        checkpoint::load_export(p, role, &fingerprint, tensors, cfg.seal.as_deref())?;
+        checkpoint::load_export(p, &bind, tensors, cfg.seal.as_deref())?;
         return Ok(format!("export {}", p.display()));
     }
     match (resume_step, &cfg.checkpoint_path) {
         (Some(step), Some(dir)) => {
-            checkpoint::load(dir, step, role, &fingerprint, tensors, cfg.seal.as_deref())?;
+            checkpoint::load(dir, step, &bind, run, tensors, cfg.seal.as_deref())?;
             Ok(format!("checkpoint of step {step}"))
         }
         _ => Err(TrainError::Protocol(

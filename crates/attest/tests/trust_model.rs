@@ -1,0 +1,305 @@
+//! The trust model's rules in the policy and the verifier, one refusal per
+//! test: policies that pin nothing or say a thing twice, role-specific
+//! entries, simulated evidence kept away from production entries, the TCB
+//! evaluation floor and collateral high-water marks.
+
+use std::sync::{Arc, Mutex};
+
+use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
+use vfl_attest::freshness::{Freshness, MarkStore};
+use vfl_attest::policy::PolicyErrorKind;
+use vfl_attest::{Clock, Mode, PartyRole, Policy, Rejection, SimAttester, SimIdentity, Verifier, cert};
+
+const ENCLAVE: [u8; 32] = [0x5e; 32];
+
+fn now() -> u64 {
+    Clock::System.now()
+}
+
+fn kind(json: &str) -> PolicyErrorKind {
+    Policy::parse(json.as_bytes(), "p").unwrap_err().kind
+}
+
+/// A certificate of a simulated enclave signed (mr_signer) by `signer`.
+fn cert_of(root: &DevRoot, signer: [u8; 32], opts: &SimPlatformOptions) -> Vec<u8> {
+    let id = SimIdentity {
+        mr_enclave: ENCLAVE,
+        mr_signer: Some(signer),
+        isv_prod_id: 1,
+        isv_svn: 1,
+        debug: false,
+    };
+    cert::issue(&SimAttester::new(root, &id, opts).unwrap())
+        .unwrap()
+        .cert_der
+}
+
+/// A simulation policy with `entries` (JSON list items) and `extra` keys.
+fn sim_policy(root: &DevRoot, entries: &str, extra: &str) -> Policy {
+    let json = format!(
+        r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[{entries}],"allow_simulated":true,"simulated_roots":["{}"]{extra}}}"#,
+        hex::encode(root.fingerprint())
+    );
+    Policy::parse(json.as_bytes(), "p").unwrap()
+}
+
+fn entry(signer: [u8; 32], role: &str, mode: &str) -> String {
+    format!(
+        r#"{{"mr_enclave":"{}","mr_signer":"{}","isv_prod_id":"1","isv_svn":"1"{role}{mode}}}"#,
+        hex::encode(ENCLAVE),
+        hex::encode(signer)
+    )
+}
+
+#[test]
+fn a_policy_pinning_neither_enclave_nor_signer_is_refused() {
+    let k = kind(
+        r#"{"verify_mr_enclave":"off","verify_mr_signer":"off","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[{"isv_prod_id":"1","isv_svn":"1"}]}"#,
+    );
+    assert_eq!(k, PolicyErrorKind::PinsNothing);
+}
+
+#[test]
+fn a_duplicate_key_is_refused() {
+    let e = Policy::parse(
+        br#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
+            "sgx_mrs":[],"allow_debug":false,
+            "allow_debug":true}"#,
+        "p",
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::DuplicateKey { line: 3 });
+    assert_eq!(e.field, "allow_debug");
+}
+
+#[test]
+fn a_duplicate_key_inside_an_entry_is_refused() {
+    let k = kind(
+        r#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
+            "sgx_mrs":[{"mr_enclave":"self","mr_enclave":"0101010101010101010101010101010101010101010101010101010101010101"}]}"#,
+    );
+    assert!(matches!(k, PolicyErrorKind::DuplicateKey { .. }), "{k}");
+}
+
+#[test]
+fn an_unknown_role_is_refused() {
+    let k = kind(
+        r#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
+            "sgx_mrs":[{"mr_enclave":"self","role":"observer"}]}"#,
+    );
+    assert!(
+        matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("observer")),
+        "{k}"
+    );
+}
+
+#[test]
+fn release_exports_lists_roles() {
+    let p = Policy::parse(
+        br#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
+            "sgx_mrs":[],"release_exports":["leader","follower"]}"#,
+        "p",
+    )
+    .unwrap();
+    assert_eq!(p.release_exports, [PartyRole::Leader, PartyRole::Follower]);
+    let k = kind(
+        r#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
+            "sgx_mrs":[],"release_exports":["leader","leader"]}"#,
+    );
+    assert!(matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("twice")), "{k}");
+}
+
+#[test]
+fn a_production_party_refuses_a_policy_that_admits_simulated_peers() {
+    let root = DevRoot::generate().unwrap();
+    let p = sim_policy(&root, &entry([1; 32], "", r#","mode":"simulated""#), "");
+    let e = p.check_usable_by(Mode::Sgx, "p").unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::SimulatedUnderSgx);
+    assert!(p.check_usable_by(Mode::Simulated, "p").is_ok());
+}
+
+#[test]
+fn simulated_entries_need_allow_simulated() {
+    let k = kind(&format!(
+        r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[{}]}}"#,
+        entry([1; 32], "", r#","mode":"simulated""#)
+    ));
+    assert!(
+        matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("allow_simulated")),
+        "{k}"
+    );
+}
+
+#[test]
+fn simulated_evidence_never_matches_a_production_entry() {
+    let root = DevRoot::generate().unwrap();
+    // The entry names exactly the simulated enclave, but is for hardware evidence.
+    let v = Verifier::new(sim_policy(&root, &entry([1; 32], "", ""), ""), None, Clock::System);
+    let e = v
+        .verify_cert(&cert_of(&root, [1; 32], &SimPlatformOptions::fresh(now())))
+        .unwrap_err();
+    match e {
+        Rejection::Identity(why) => assert!(why.contains("for sgx evidence only"), "{why}"),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn role_entries_admit_each_signer_in_its_own_role_only() {
+    let root = DevRoot::generate().unwrap();
+    let (leader, follower) = ([0xa1; 32], [0xf1; 32]);
+    let policy = sim_policy(
+        &root,
+        &format!(
+            "{},{}",
+            entry(leader, r#","role":"leader""#, r#","mode":"simulated""#),
+            entry(follower, r#","role":"follower""#, r#","mode":"simulated""#)
+        ),
+        "",
+    );
+    let v = Verifier::new(policy, None, Clock::System);
+    let opts = SimPlatformOptions::fresh(now());
+    let l = v.verify_cert(&cert_of(&root, leader, &opts)).unwrap();
+    assert_eq!(l.admitted_as, [PartyRole::Leader]);
+    assert!(l.check_role(PartyRole::Leader).is_ok());
+    let why = l.check_role(PartyRole::Follower).unwrap_err();
+    assert!(why.contains("allow it only as leader"), "{why}");
+    let f = v.verify_cert(&cert_of(&root, follower, &opts)).unwrap();
+    assert_eq!(f.admitted_as, [PartyRole::Follower]);
+    assert!(f.check_role(PartyRole::Leader).is_err());
+    // A third signer building the same enclave is not admitted at all.
+    let e = v.verify_cert(&cert_of(&root, [0x33; 32], &opts)).unwrap_err();
+    assert!(matches!(e, Rejection::Identity(_)), "{e}");
+}
+
+#[test]
+fn collateral_below_the_policys_tcb_evaluation_floor_is_refused() {
+    let root = DevRoot::generate().unwrap();
+    let v = Verifier::new(
+        sim_policy(
+            &root,
+            &entry([1; 32], "", r#","mode":"simulated""#),
+            r#","min_tcb_eval_data_number":18"#,
+        ),
+        None,
+        Clock::System,
+    );
+    let old = SimPlatformOptions {
+        tcb_eval_data_number: 17,
+        ..SimPlatformOptions::fresh(now())
+    };
+    let e = v.verify_cert(&cert_of(&root, [1; 32], &old)).unwrap_err();
+    assert!(matches!(e, Rejection::TcbEvalBelowFloor { got: 17, min: 18 }), "{e}");
+    let current = SimPlatformOptions {
+        tcb_eval_data_number: 18,
+        ..SimPlatformOptions::fresh(now())
+    };
+    assert!(v.verify_cert(&cert_of(&root, [1; 32], &current)).is_ok());
+}
+
+#[test]
+fn older_collateral_than_already_seen_is_refused() {
+    let root = DevRoot::generate().unwrap();
+    let v = Verifier::new(
+        sim_policy(&root, &entry([1; 32], "", r#","mode":"simulated""#), ""),
+        None,
+        Clock::System,
+    );
+    let newer = SimPlatformOptions {
+        tcb_eval_data_number: 19,
+        ..SimPlatformOptions::fresh(now())
+    };
+    v.verify_cert(&cert_of(&root, [1; 32], &newer)).unwrap();
+    let older = SimPlatformOptions {
+        tcb_eval_data_number: 18,
+        ..SimPlatformOptions::fresh(now())
+    };
+    let e = v.verify_cert(&cert_of(&root, [1; 32], &older)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Rejection::StaleCollateral {
+                what: "TCB info tcbEvaluationDataNumber",
+                got: 18,
+                seen: 19,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_crl_older_than_already_seen_is_refused() {
+    let root = DevRoot::generate().unwrap();
+    let v = Verifier::new(
+        sim_policy(&root, &entry([1; 32], "", r#","mode":"simulated""#), ""),
+        None,
+        Clock::System,
+    );
+    let crl = |n: u32| SimPlatformOptions {
+        crl_number: n,
+        ..SimPlatformOptions::fresh(now())
+    };
+    v.verify_cert(&cert_of(&root, [1; 32], &crl(5))).unwrap();
+    let e = v.verify_cert(&cert_of(&root, [1; 32], &crl(4))).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Rejection::StaleCollateral {
+                what: "PCK CRL number",
+                got: 4,
+                seen: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+/// A store in memory standing in for the sealed file.
+#[derive(Default, Clone)]
+struct MemStore(Arc<Mutex<Option<Vec<u8>>>>);
+
+impl MarkStore for MemStore {
+    fn load(&self) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+    fn save(&self, bytes: &[u8]) -> Result<(), String> {
+        *self.0.lock().unwrap() = Some(bytes.to_vec());
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+#[test]
+fn the_high_water_marks_survive_a_restart() {
+    let root = DevRoot::generate().unwrap();
+    let store = MemStore::default();
+    let policy = sim_policy(&root, &entry([1; 32], "", r#","mode":"simulated""#), "");
+    let first = Verifier::with_freshness(
+        policy.clone(),
+        None,
+        Clock::System,
+        Arc::new(Freshness::with_store(Box::new(store.clone())).unwrap()),
+    );
+    let opts = |n: u32| SimPlatformOptions {
+        tcb_eval_data_number: n,
+        ..SimPlatformOptions::fresh(now())
+    };
+    first.verify_cert(&cert_of(&root, [1; 32], &opts(20))).unwrap();
+    // The next process loads the marks the first one saved.
+    let second = Verifier::with_freshness(
+        policy,
+        None,
+        Clock::System,
+        Arc::new(Freshness::with_store(Box::new(store)).unwrap()),
+    );
+    let e = second.verify_cert(&cert_of(&root, [1; 32], &opts(19))).unwrap_err();
+    assert!(matches!(e, Rejection::StaleCollateral { seen: 20, .. }), "{e}");
+}
