@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::AttestError;
 use crate::collateral::CollateralProvider;
-use crate::freshness::marks_of_collateral;
+use crate::freshness::{Freshness, marks_of_collateral};
 
 /// How long one collateral fetch (four requests) may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +49,11 @@ impl CollateralKey {
             fmspc: hex::encode_upper(ext.fmspc),
             ca,
         })
+    }
+
+    /// The platform family the freshness marks are kept for.
+    pub fn family(&self) -> String {
+        format!("{}-{}", self.fmspc, self.ca)
     }
 
     fn file_name(&self) -> String {
@@ -193,6 +198,8 @@ pub struct PccsCollateral {
     get: HttpGet,
     entries: Mutex<HashMap<CollateralKey, Entry>>,
     refresh: Duration,
+    /// The verifier's high-water marks (of verified collateral only).
+    freshness: OnceLock<Arc<Freshness>>,
 }
 
 impl PccsCollateral {
@@ -208,6 +215,7 @@ impl PccsCollateral {
             get,
             entries: Mutex::new(HashMap::new()),
             refresh,
+            freshness: OnceLock::new(),
         });
         p.load_disk_cache();
         Ok(p)
@@ -265,19 +273,29 @@ impl PccsCollateral {
         }
     }
 
+    /// Compares fetched collateral with the verifier's high-water marks
+    /// (numbers of collateral that verified), never with unverified copies:
+    /// a bogus cached copy with huge numbers must not lock out honest ones.
+    pub fn set_freshness(&self, f: Arc<Freshness>) {
+        let _ = self.freshness.set(f);
+    }
+
     /// Fetch `key` now and store it in memory and (atomically) on disk,
-    /// unless what is cached is newer (a PCCS must not roll collateral back).
+    /// unless it is older than collateral this party has already verified
+    /// (a PCCS must not roll collateral back): then the cached copy stays.
     pub fn refresh_key(&self, key: &CollateralKey) -> Result<dcap_qvl::QuoteCollateralV3, String> {
         let c = fetch(&self.get, &self.base, key)?;
-        let cached = self.lock().get(key).map(|e| e.collateral.clone());
-        if let Some(cached) = cached
-            && let (Ok(old), Ok(new)) = (marks_of_collateral(&cached), marks_of_collateral(&c))
-            && let Some((what, got, seen)) = new.first_older_than(&old)
+        let seen = self.freshness.get().and_then(|f| f.marks(&key.family()));
+        if let (Some(seen), Ok(new)) = (seen, marks_of_collateral(&c))
+            && let Some((what, got, seen)) = new.first_older_than(&seen)
         {
-            tracing::warn!(fmspc = %key.fmspc, what, fetched = got, cached = seen, pccs = %self.base,
-                "the PCCS served older collateral than the cached copy; keeping the cached copy");
+            tracing::warn!(fmspc = %key.fmspc, what, fetched = got, seen, pccs = %self.base,
+                "the PCCS served older collateral than this party has verified; keeping the cached copy");
             self.touch(key);
-            return Ok(cached);
+            let cached = self.lock().get(key).map(|e| e.collateral.clone());
+            return cached.ok_or_else(|| {
+                format!("the PCCS serves collateral older than already verified ({what} {got} < {seen})")
+            });
         }
         let path = self.cache_dir.join(key.file_name());
         let json = serde_json::to_vec_pretty(&c).map_err(|e| e.to_string())?;

@@ -116,6 +116,13 @@ pub enum PolicyErrorKind {
          simulated evidence (remove allow_simulated and every entry with \"mode\": \"simulated\")"
     )]
     SimulatedUnderSgx,
+    /// A production party's policy must admit only the peer party's copy of
+    /// this same enclave: every hardware entry pins `"mr_enclave": "self"`,
+    /// a signer and a role.
+    #[error(
+        "{0}: a party with SGX evidence admits only the other party's copy of this same enclave (\"mr_enclave\": \"self\", its signer, its role); a peer running other code would not protect what it learns from us"
+    )]
+    NotThisEnclave(String),
     /// This build has no simulated attestation at all.
     #[error(
         "admits simulated peers, but this build of vfl has no simulated attestation (built without the \
@@ -459,13 +466,46 @@ impl Policy {
     /// Checks that a party whose own evidence is `own` may use this policy:
     /// a party with hardware evidence refuses policies that admit
     /// simulated peers. `source_name` names the policy in the error.
+    ///
+    /// Such a party also needs a policy that admits only the other party's
+    /// copy of this same enclave: `verify_mr_enclave` and `verify_mr_signer`
+    /// on, and every entry `"mr_enclave": "self"` with a role. An entry
+    /// naming another MRENCLAVE (e.g. copied from a peer's identity file)
+    /// would admit whatever code that peer wrote.
     pub fn check_usable_by(&self, own: Mode, source_name: &str) -> Result<(), PolicyError> {
-        if own == Mode::Sgx && self.allows_simulated() {
-            return Err(PolicyError {
-                source_name: source_name.to_string(),
-                field: "allow_simulated".into(),
-                kind: PolicyErrorKind::SimulatedUnderSgx,
-            });
+        if own != Mode::Sgx {
+            return Ok(());
+        }
+        let fail = |field: String, kind: PolicyErrorKind| PolicyError {
+            source_name: source_name.to_string(),
+            field,
+            kind,
+        };
+        if self.allows_simulated() {
+            return Err(fail("allow_simulated".into(), PolicyErrorKind::SimulatedUnderSgx));
+        }
+        if !self.verify_mr_enclave || !self.verify_mr_signer {
+            return Err(fail(
+                "verify_mr_enclave/verify_mr_signer".into(),
+                PolicyErrorKind::NotThisEnclave("both must be on".into()),
+            ));
+        }
+        for (i, e) in self.entries.iter().enumerate() {
+            let why = if !e.mr_enclave_self {
+                Some("mr_enclave is not \"self\"")
+            } else if e.mr_signer.is_none() && !e.mr_signer_self {
+                Some("no mr_signer")
+            } else if e.role.is_none() {
+                Some("no role")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(fail(
+                    format!("sgx_mrs[{i}]"),
+                    PolicyErrorKind::NotThisEnclave(why.into()),
+                ));
+            }
         }
         Ok(())
     }

@@ -158,7 +158,7 @@ pub fn verify_quote(
         return Err(Rejection::Quote("the quote is not an SGX enclave quote".into()));
     };
     let platform = crate::pccs::CollateralKey::of_quote(quote)
-        .map(|k| format!("{}-{}", k.fmspc, k.ca))
+        .map(|k| k.family())
         .map_err(Rejection::Quote)?;
     let identity = EnclaveIdentity {
         mr_enclave: r.mr_enclave,

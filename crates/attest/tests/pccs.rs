@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vfl_attest::collateral::{CollateralProvider, FileCollateral};
+use vfl_attest::freshness::{Freshness, marks_of_collateral};
 use vfl_attest::pccs::{self, CollateralKey, PccsCollateral};
 use vfl_attest::verify::{Root, verify_quote};
 
@@ -206,27 +207,58 @@ fn a_pccs_without_the_issuer_chain_header_is_a_clear_error() {
     assert!(e.contains("lacks the SGX-PCK-CRL-Issuer-Chain header"), "{e}");
 }
 
+/// Writes `c` as the disk cache entry of `quote`'s platform.
+fn plant(dir: &Path, quote: &[u8], c: &dcap_qvl::QuoteCollateralV3) {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = CollateralKey::of_quote(quote).unwrap();
+    std::fs::write(
+        dir.join(format!("sgx-{}-{}.json", key.fmspc, key.ca)),
+        serde_json::to_vec(c).unwrap(),
+    )
+    .unwrap();
+}
+
+/// `c` with its TCB info's evaluation number raised by `by` (its signature
+/// no longer verifies; only the numbers matter here).
+fn bumped(c: &dcap_qvl::QuoteCollateralV3, by: u64) -> dcap_qvl::QuoteCollateralV3 {
+    let mut out = c.clone();
+    let mut tcb: serde_json::Value = serde_json::from_str(&c.tcb_info).unwrap();
+    let n = tcb["tcbEvaluationDataNumber"].as_u64().unwrap();
+    tcb["tcbEvaluationDataNumber"] = (n + by).into();
+    out.tcb_info = tcb.to_string();
+    out
+}
+
 #[test]
-fn a_pccs_serving_older_collateral_does_not_replace_the_cached_copy() {
+fn a_pccs_serving_older_collateral_than_verified_does_not_replace_the_cached_copy() {
     let (quote, c) = sample();
     let (base, _) = fake_pccs(c.clone());
     let dir = temp("older");
-    std::fs::create_dir_all(&dir).unwrap();
+    let newer = bumped(&c, 1);
+    plant(&dir, &quote, &newer);
     let key = CollateralKey::of_quote(&quote).unwrap();
-    // The cache holds a copy from a later TCB evaluation than the PCCS serves.
-    let mut newer = c.clone();
-    let mut tcb: serde_json::Value = serde_json::from_str(&c.tcb_info).unwrap();
-    let n = tcb["tcbEvaluationDataNumber"].as_u64().unwrap();
-    tcb["tcbEvaluationDataNumber"] = (n + 1).into();
-    newer.tcb_info = tcb.to_string();
-    std::fs::write(
-        dir.join(format!("sgx-{}-{}.json", key.fmspc, key.ca)),
-        serde_json::to_vec(&newer).unwrap(),
-    )
-    .unwrap();
     let p = PccsCollateral::new(&base, &dir, pccs::http_client(None).unwrap(), Duration::from_secs(3600)).unwrap();
+    // This party has verified collateral as new as the cached copy.
+    let fresh = Arc::new(Freshness::in_memory());
+    fresh.record(&key.family(), &marks_of_collateral(&newer).unwrap());
+    p.set_freshness(fresh);
     assert_eq!(p.refresh_key(&key).unwrap(), newer);
     assert_eq!(p.collateral_for(&quote).unwrap(), newer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unverified_cached_copy_with_huge_numbers_does_not_lock_out_honest_collateral() {
+    let (quote, c) = sample();
+    let (base, _) = fake_pccs(c.clone());
+    let dir = temp("bogus");
+    // Planted by the host: numbers far above anything real, never verified.
+    plant(&dir, &quote, &bumped(&c, 1_000_000));
+    let key = CollateralKey::of_quote(&quote).unwrap();
+    let p = PccsCollateral::new(&base, &dir, pccs::http_client(None).unwrap(), Duration::from_secs(3600)).unwrap();
+    p.set_freshness(Arc::new(Freshness::in_memory()));
+    assert_eq!(p.refresh_key(&key).unwrap(), c);
+    assert_eq!(p.collateral_for(&quote).unwrap(), c);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

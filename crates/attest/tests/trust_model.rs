@@ -303,3 +303,59 @@ fn the_high_water_marks_survive_a_restart() {
     let e = second.verify_cert(&cert_of(&root, [1; 32], &opts(19))).unwrap_err();
     assert!(matches!(e, Rejection::StaleCollateral { seen: 20, .. }), "{e}");
 }
+
+fn sgx_kind(json: &str) -> PolicyErrorKind {
+    Policy::parse(json.as_bytes(), "p")
+        .unwrap()
+        .check_usable_by(Mode::Sgx, "p")
+        .unwrap_err()
+        .kind
+}
+
+#[test]
+fn a_production_policy_naming_another_enclave_is_refused() {
+    // E.g. copied from a peer's identity file: it would admit the peer's own code.
+    let k = sgx_kind(&format!(
+        r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[{{"mr_enclave":"{}","mr_signer":"{}","isv_prod_id":"1","isv_svn":"1","role":"follower"}}]}}"#,
+        "ab".repeat(32),
+        "cd".repeat(32)
+    ));
+    assert!(
+        matches!(&k, PolicyErrorKind::NotThisEnclave(m) if m.contains("not \"self\"")),
+        "{k}"
+    );
+}
+
+#[test]
+fn a_production_policy_entry_without_a_role_is_refused() {
+    let k = sgx_kind(&format!(
+        r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[{{"mr_enclave":"self","mr_signer":"{}","isv_prod_id":"1","isv_svn":"1"}}]}}"#,
+        "cd".repeat(32)
+    ));
+    assert!(
+        matches!(&k, PolicyErrorKind::NotThisEnclave(m) if m.contains("no role")),
+        "{k}"
+    );
+}
+
+#[test]
+fn a_production_policy_that_does_not_pin_the_signer_is_refused() {
+    let k = sgx_kind(
+        r#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[{"mr_enclave":"self","isv_prod_id":"1","isv_svn":"1","role":"follower"}]}"#,
+    );
+    assert!(matches!(k, PolicyErrorKind::NotThisEnclave(_)), "{k}");
+    let ok = Policy::parse(
+        format!(
+            r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[{{"mr_enclave":"self","mr_signer":"{}","isv_prod_id":"1","isv_svn":"1","role":"follower"}}]}}"#,
+            "cd".repeat(32)
+        )
+        .as_bytes(),
+        "p",
+    )
+    .unwrap();
+    assert!(ok.check_usable_by(Mode::Sgx, "p").is_ok());
+}

@@ -131,6 +131,13 @@ impl Settings {
     /// rollback is allowed.
     pub fn decide(&self, h: &HelloRequest, new_run_id: impl FnOnce() -> String) -> Result<Decision, String> {
         let ours = self.checkpoint_steps.read();
+        if self.mode == "eval" && ours.run_id != h.run_id {
+            return Err(format!(
+                "run_id differs: leader has `{}`, follower has `{}`: evaluation pairs the two parties' models of \
+                 one run only",
+                ours.run_id, h.run_id
+            ));
+        }
         let run_id = match (ours.run_id.as_str(), h.run_id.as_str()) {
             ("", "") => new_run_id(),
             (a, "") => a.to_string(),
@@ -349,6 +356,28 @@ mod tests {
         };
         let e = s.decide(&f.hello(), || unreachable!()).unwrap_err();
         assert!(e.starts_with("rollback refused: the follower committed step 40"), "{e}");
+    }
+
+    #[test]
+    fn eval_pairs_models_of_one_run_only() {
+        let s = Settings {
+            checkpoint_steps: held("r1", 0, vec![]),
+            mode: "eval".into(),
+            ..settings()
+        };
+        let f = Settings {
+            checkpoint_steps: held("r2", 0, vec![]),
+            mode: "eval".into(),
+            ..settings()
+        };
+        let e = s.decide(&f.hello(), || unreachable!()).unwrap_err();
+        assert!(e.starts_with("run_id differs") && e.contains("one run only"), "{e}");
+        // Nor with a peer that names no run.
+        let none = Settings {
+            checkpoint_steps: held("", 0, vec![]),
+            ..f
+        };
+        assert!(s.decide(&none.hello(), || unreachable!()).is_err());
     }
 
     #[test]

@@ -108,6 +108,8 @@ impl RaTls {
 pub struct PeerInfo {
     /// Unique per accepted connection of this process (0: unknown).
     pub conn: u64,
+    /// An RA-TLS connection (its peer must have a verified report).
+    pub attested: bool,
     /// The peer's verified RA-TLS report (none without TLS).
     pub report: Option<Arc<vfl_attest::PeerReport>>,
     /// The peer's certificate (DER), for re-verification.
@@ -118,9 +120,10 @@ impl PeerInfo {
     /// Why the peer may not play `role`, if the policy does not admit it
     /// as that role (no report: no RA-TLS, nothing to check).
     pub fn check_role(&self, role: PartyRole) -> Result<(), String> {
-        match &self.report {
-            Some(r) => r.check_role(role),
-            None => Ok(()),
+        match (&self.report, self.attested) {
+            (Some(r), _) => r.check_role(role),
+            (None, true) => Err("no verified attestation report for this connection".into()),
+            (None, false) => Ok(()),
         }
     }
 }
@@ -166,9 +169,17 @@ impl AsyncWrite for ServerIo {
 /// What the verifier found about the peer of a finished handshake.
 fn peer_info<D>(tls: &RaTls, conn: &rustls::ConnectionCommon<D>, id: u64) -> PeerInfo {
     let cert = conn.peer_certificates().and_then(|c| c.first());
+    // The verifier remembers its last reports; one evicted meanwhile (many
+    // handshakes at once) is computed again from the same certificate.
+    let report = cert.and_then(|c| {
+        tls.verifier
+            .report_for(c)
+            .or_else(|| tls.verifier.verifier().verify_cert(c).ok())
+    });
     PeerInfo {
         conn: id,
-        report: cert.and_then(|c| tls.verifier.report_for(c)).map(Arc::new),
+        attested: true,
+        report: report.map(Arc::new),
         cert: cert.map(|c| Arc::new(c.as_ref().to_vec())),
     }
 }

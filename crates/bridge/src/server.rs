@@ -134,6 +134,8 @@ impl Bridge for Service {
 
     async fn session(&self, req: Request<Streaming<FollowerMessage>>) -> Result<Response<OutStream>, Status> {
         let peer = req.extensions().get::<PeerInfo>().cloned().unwrap_or_default();
+        peer.check_role(vfl_attest::PartyRole::Follower)
+            .map_err(Status::permission_denied)?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (accepted, sessions) = {

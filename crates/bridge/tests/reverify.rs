@@ -45,6 +45,7 @@ fn setup(role: &str) -> (RaTls, PeerInfo) {
     let peer = cert::issue(&a).unwrap();
     let info = PeerInfo {
         conn: 1,
+        attested: true,
         report: None,
         cert: Some(Arc::new(peer.cert_der)),
     };

@@ -127,12 +127,28 @@ fn trust_adds_a_role_entry_to_a_policy_once() {
     ];
     let (ok, out, err) = vfl(&args);
     assert!(ok, "{err}");
-    assert!(out.contains("now trusts the follower"), "{out}");
+    assert!(out.contains("now trusts the follower running enclave self"), "{out}");
+    // The file's own mr_enclave is not followed (it would admit the peer's code).
+    assert!(err.contains("--pin-enclave"), "{err}");
     let (ok, out, _) = vfl(&args);
     assert!(ok && out.contains("already trusts"), "{out}");
     let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&policy).unwrap()).unwrap();
     assert_eq!(p["sgx_mrs"].as_array().unwrap().len(), 1);
-    assert_eq!(p["sgx_mrs"][0]["mr_enclave"], "cd".repeat(32));
+    assert_eq!(p["sgx_mrs"][0]["mr_enclave"], "self");
+    // Only on request.
+    let mut pinned = args.to_vec();
+    pinned.push("--pin-enclave");
+    let (ok, _, err) = vfl(&pinned);
+    assert!(ok, "{err}");
+    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&policy).unwrap()).unwrap();
+    assert_eq!(p["sgx_mrs"].as_array().unwrap().len(), 2);
+    assert!(
+        p["sgx_mrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mr_enclave"] == "cd".repeat(32))
+    );
     assert_eq!(p["sgx_mrs"][0]["role"], "follower");
     assert_eq!(p["sgx_mrs"][0]["min_isv_svn"], "3");
     // An identity without a role and no --role is refused.
@@ -144,7 +160,7 @@ fn trust_adds_a_role_entry_to_a_policy_once() {
     let (ok, _, err) = vfl(&args_no_role);
     assert!(!ok && err.contains("no role"), "{err}");
     // A broken identity file is refused and the policy is left as it was.
-    std::fs::write(&ident, r#"{"mr_enclave": "zz"}"#).unwrap();
+    std::fs::write(&ident, r#"{"mr_enclave": "zz", "role": "leader"}"#).unwrap();
     let before = std::fs::read(&policy).unwrap();
     let (ok, _, err) = vfl(&args);
     assert!(!ok && err.contains("no mr_signer"), "{err}");

@@ -468,10 +468,11 @@ impl Head {
                 ),
             });
         }
-        if let Some((r, c, v)) = peer.first_non_finite() {
-            return Err(NnError::Input(format!(
-                "follower activation at row {r}, column {c} is {v}"
-            )));
+        // Neither the position nor the value: both are about the peer's data.
+        if peer.first_non_finite().is_some() {
+            return Err(NnError::Input(
+                "the follower's activations hold a non-finite value".into(),
+            ));
         }
         Matrix::concat_cols_into(own, peer, &mut self.concat)?;
         for i in 0..self.layers.len() {
@@ -601,10 +602,10 @@ impl FollowerModel {
     /// Applies the leader's gradient for the activations of the last
     /// forward pass.
     pub fn backward(&mut self, cx: &Compute, inp: &TowerInput<'_>, grad: &Matrix) -> Result<(), NnError> {
-        if let Some((r, c, v)) = grad.first_non_finite() {
-            return Err(NnError::Input(format!(
-                "gradient from the leader at row {r}, column {c} is {v}"
-            )));
+        // Neither the position nor the value: which row went non-finite (and
+        // how) says something about that row's label.
+        if grad.first_non_finite().is_some() {
+            return Err(NnError::Input("the leader's gradient holds a non-finite value".into()));
         }
         self.opt.begin_step();
         self.tower.backward(cx, inp, grad, Update::Apply(&self.opt))

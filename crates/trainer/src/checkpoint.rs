@@ -379,18 +379,32 @@ pub fn sanitize(s: &str, max: usize) -> String {
 /// Loads an exported model (`model.safetensors` of `<export>/<id>/<role>/`
 /// or of the given directory) into the weights of `tensors` (optimizer
 /// state is not exported and is left alone). All or nothing.
+/// The run an exported model was trained in (read and verified like a load,
+/// without loading): both parties evaluate exports of the same run.
+pub fn export_run(dir: &Path, bind: &Binding, sealer: Option<&Sealer>) -> Result<String, TrainError> {
+    let p = export_file(dir, bind.role);
+    let ctx = bind.export_of_any_run();
+    let s = store::read(&p, sealer.map(|sealer| Sealing { sealer, context: &ctx }))?;
+    Ok(s.meta.get("run").cloned().unwrap_or_default())
+}
+
+fn export_file(dir: &Path, role: Role) -> PathBuf {
+    if dir.join(role.as_str()).join("model.safetensors").exists() {
+        dir.join(role.as_str()).join("model.safetensors")
+    } else {
+        dir.join("model.safetensors")
+    }
+}
+
+/// Loads an exported model; returns the run it was trained in.
 pub fn load_export(
     dir: &Path,
     bind: &Binding,
     tensors: Vec<TensorMut<'_>>,
     sealer: Option<&Sealer>,
-) -> Result<(), TrainError> {
+) -> Result<String, TrainError> {
     let (role, fingerprint) = (bind.role, bind.model.as_str());
-    let p = if dir.join(role.as_str()).join("model.safetensors").exists() {
-        dir.join(role.as_str()).join("model.safetensors")
-    } else {
-        dir.join("model.safetensors")
-    };
+    let p = export_file(dir, role);
     let ctx = bind.export_of_any_run();
     let s = store::read(&p, sealer.map(|sealer| Sealing { sealer, context: &ctx }))?;
     let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
@@ -426,5 +440,5 @@ pub fn load_export(
             t.data.copy_from_slice(&f.data);
         }
     }
-    Ok(())
+    Ok(meta("run"))
 }

@@ -27,7 +27,7 @@ pub enum TrainError {
     #[error("bad {what}: {reason}")]
     BadTensor { what: String, reason: String },
     #[error(
-        "misaligned data at iteration {iteration} ({rows}): the follower's example ids (digest {theirs}) differ from the leader's (digest {ours}); refusing to train on misaligned rows"
+        "misaligned data at iteration {iteration} ({rows}): the follower's example ids differ from the leader's; refusing to train on misaligned rows"
     )]
     Misaligned {
         iteration: u64,
@@ -39,6 +39,10 @@ pub enum TrainError {
     Protocol(String),
     #[error("model file: {0}")]
     Store(String),
+    #[error(
+        "training diverged at iteration {iteration}: the loss or the gradient for the follower is not finite (lower the learning rate); nothing was sent"
+    )]
+    Diverged { iteration: u64 },
     #[error(transparent)]
     Seal(#[from] vfl_attest::seal::SealError),
     #[error("the leader's export id {id:?} is not one safe path component (letters, digits, '.', '_', '-')")]

@@ -224,6 +224,13 @@ impl LeaderParty {
             .model
             .train_step(&self.cx, &tower_input(batch), &self.act, &batch.labels, weights)?;
         self.metrics.update(self.model.head.scores(), &batch.labels, weights);
+        // A diverged model must not send a gradient whose non-finite entries
+        // tell the follower which rows (and labels) blew up.
+        if !v.loss.is_finite() || self.model.grad_for_follower().first_non_finite().is_some() {
+            return Err(TrainError::Diverged {
+                iteration: act.iteration,
+            });
+        }
         let g = Gradient {
             iteration: act.iteration,
             tensor: WireTensor::encode(self.model.grad_for_follower()),

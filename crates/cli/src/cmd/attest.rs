@@ -250,6 +250,7 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
         let roles: Vec<&str> = policy.release_exports.iter().map(|r| r.as_str()).collect();
         tracing::warn!(roles = %roles.join(","), "the policy releases exports of these parties in plaintext (if the peer's policy agrees)");
     }
+    let fresh = freshness(f, sealer)?;
     let collateral: Option<Arc<dyn CollateralProvider>> = match (&f.collateral, &f.pccs_url) {
         (Some(p), _) => Some(Arc::new(FileCollateral::load(p)?)),
         (None, Some(url)) => {
@@ -260,6 +261,7 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
             let get = vfl_attest::pccs::http_client(ca.as_deref())?;
             let refresh = std::time::Duration::from_secs(f.pccs_refresh_secs.max(60));
             let p = vfl_attest::pccs::PccsCollateral::new(url, &f.collateral_cache, get, refresh)?;
+            p.set_freshness(fresh.clone());
             p.spawn_refresher();
             Some(p)
         }
@@ -287,7 +289,7 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
         policy,
         collateral,
         Clock::System,
-        freshness(f, sealer)?,
+        fresh,
     )));
     let key = vfl_attest::tls::identity(&cert)?;
     Ok(Security::RaTls(Arc::new(RaTls {
@@ -350,6 +352,11 @@ pub struct TrustArgs {
     /// Accept the identity's isv_svn or newer (min_isv_svn) instead of exactly it.
     #[arg(long)]
     min_svn: bool,
+    /// Pin the MRENCLAVE the identity file names instead of "self" (our own
+    /// enclave). Only for arrangements where the peer runs other code than
+    /// ours, which SGX parties refuse; never for a file you did not check.
+    #[arg(long)]
+    pin_enclave: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -716,10 +723,22 @@ fn trust(a: TrustArgs) -> anyhow::Result<()> {
     if field("mode").as_deref() == Some("simulated") {
         entry.insert("mode".into(), "simulated".into());
     }
-    entry.insert(
-        "mr_enclave".into(),
-        field("mr_enclave").unwrap_or_else(|| "self".into()).into(),
-    );
+    // The peer runs this same enclave: its MRENCLAVE is ours ("self"). A
+    // file naming another one is not followed unless asked to, since it
+    // would admit whatever code the peer wrote.
+    let mr_enclave = match field("mr_enclave") {
+        Some(m) if a.pin_enclave => m,
+        Some(m) if m != "self" => {
+            eprintln!(
+                "{}: names mr_enclave {m}; trusting the peer's copy of our own enclave (\"self\") instead \
+                 (--pin-enclave pins the file's value)",
+                a.identity.display()
+            );
+            "self".into()
+        }
+        _ => "self".into(),
+    };
+    entry.insert("mr_enclave".into(), mr_enclave.clone().into());
     entry.insert("mr_signer".into(), need("mr_signer")?.into());
     entry.insert(
         "isv_prod_id".into(),
@@ -755,8 +774,8 @@ fn trust(a: TrustArgs) -> anyhow::Result<()> {
         println!("{} already trusts the {role} {signer}", a.policy.display());
     } else {
         println!(
-            "{}: now trusts the {role} signed by {signer} (policy digest {}; the policy is measured: both \
-             parties must hold this same file, then run `make`)",
+            "{}: now trusts the {role} running enclave {mr_enclave} signed by {signer} (policy digest {}; the \
+             policy is measured: both parties must hold this same file, then run `make`)",
             a.policy.display(),
             parsed.digest_hex()
         );

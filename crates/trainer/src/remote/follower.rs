@@ -12,7 +12,7 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut link = FollowerLink::connect(
         &cfg.addr,
-        settings(&cfg, Role::Follower, &process_id),
+        settings(&cfg, Role::Follower, &process_id)?,
         limit(&cfg),
         cfg.security.clone(),
         link_options(&cfg),
@@ -74,9 +74,6 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
     }
     let (mut epochs, mut skipped) = (0u32, 0u64);
     let start = Instant::now();
-    // The step of the last checkpoint the leader asked for: once it asks for
-    // the next one, it has both parties' copies of this one (committed).
-    let mut last_checkpoint: Option<u64> = None;
     loop {
         match link.recv().await? {
             LMsg::Plan(plan) => {
@@ -150,12 +147,11 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                             plan: &plan.block_ids,
                             pos: position_after(&batch).unwrap_or(start_pos),
                         };
-                        if let Some(prev) = last_checkpoint {
-                            checkpoint::commit(dir, &bind, cfg.seal.as_deref(), &run_id, prev)?;
-                        }
                         let tensors = party.model_mut().tensors_mut();
                         save_checkpoint(cfg, dir, Role::Follower, &run_id, tensors, &state, at, counters)?;
-                        last_checkpoint = Some(state.steps);
+                        // The leader saved this step before asking for it: both
+                        // hold it now, so it is the new rollback floor.
+                        checkpoint::commit(dir, &bind, cfg.seal.as_deref(), &run_id, state.steps)?;
                         reverify(cfg, link.peer(), PartyRole::Leader)?;
                         link.send(FMsg::CheckpointDone(pb::CheckpointDone { step: state.steps }))
                             .await;

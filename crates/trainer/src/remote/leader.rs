@@ -14,7 +14,7 @@ pub async fn run_leader(
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut listener = server::listen(
         &cfg.addr,
-        settings(&cfg, Role::Leader, &process_id),
+        settings(&cfg, Role::Leader, &process_id)?,
         limit(&cfg),
         cfg.security.clone(),
     )
@@ -192,12 +192,10 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
                                 .save_checkpoint_secs
                                 .is_some_and(|s| last_save.elapsed() >= Duration::from_secs(s)));
                     let checkpoint_step = if due { state.steps } else { 0 };
-                    link.send(LMsg::Gradient(pb::Gradient {
-                        iteration: grad.iteration,
-                        tensor: Some(tensor_pb(grad.tensor)),
-                        checkpoint_step,
-                    }))
-                    .await;
+                    // The leader saves before it sends the gradient that asks the
+                    // follower to save: when the follower has saved too, both hold
+                    // the step, and the follower may record it as committed at once
+                    // (a leader restored to older state is then refused).
                     if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
                         let counters = party.counters();
                         let at = At {
@@ -207,6 +205,14 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
                         };
                         let tensors = party.model_mut().tensors_mut();
                         save_checkpoint(cfg, dir, Role::Leader, &run_id, tensors, &state, at, counters)?;
+                    }
+                    link.send(LMsg::Gradient(pb::Gradient {
+                        iteration: grad.iteration,
+                        tensor: Some(tensor_pb(grad.tensor)),
+                        checkpoint_step,
+                    }))
+                    .await;
+                    if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
                         match link.recv().await? {
                             FMsg::CheckpointDone(d) if d.step == state.steps => {}
                             FMsg::Failure(f) => return Err(peer_failed(f)),

@@ -132,9 +132,17 @@ fn read_record(cfg: &RunConfig, role: Role) -> Result<Option<checkpoint::RunReco
     }
 }
 
-fn settings(cfg: &RunConfig, role: Role, process_id: &str) -> Settings {
-    let held = match cfg.checkpoint_path.clone() {
-        Some(dir) => {
+/// What this party holds for the handshake: in evaluation of an export,
+/// the export's run (both parties must evaluate exports of the same run, so
+/// a model of one run is never paired with a peer model of another);
+/// otherwise its run record and checkpoints.
+fn settings(cfg: &RunConfig, role: Role, process_id: &str) -> Result<Settings, TrainError> {
+    let held = match (&cfg.load_model, cfg.checkpoint_path.clone()) {
+        (Some(export), _) if cfg.eval => vfl_bridge::Checkpoints::held(vfl_bridge::handshake::Held {
+            run_id: checkpoint::export_run(export, &binding(cfg, role), cfg.seal.as_deref())?,
+            ..Default::default()
+        }),
+        (_, Some(dir)) => {
             let (bind, seal) = (binding(cfg, role), cfg.seal.clone());
             vfl_bridge::Checkpoints::from_fn(move || match checkpoint::read_record(&dir, &bind, seal.as_deref()) {
                 Ok(Some(r)) => vfl_bridge::handshake::Held {
@@ -149,9 +157,9 @@ fn settings(cfg: &RunConfig, role: Role, process_id: &str) -> Settings {
                 }
             })
         }
-        None => vfl_bridge::Checkpoints::held(Default::default()),
+        (_, None) => vfl_bridge::Checkpoints::held(Default::default()),
     };
-    Settings {
+    Ok(Settings {
         application_id: cfg.application_id.clone(),
         model_fingerprint: cfg.spec.fingerprint(),
         batch_size: cfg.batch_size as u32,
@@ -161,7 +169,7 @@ fn settings(cfg: &RunConfig, role: Role, process_id: &str) -> Settings {
         resume_session: String::new(),
         release_exports: cfg.security.release_exports(),
         allow_rollback: cfg.allow_rollback,
-    }
+    })
 }
 
 /// Records at the start of a training session that this party belongs to
@@ -367,8 +375,15 @@ fn load_for_eval(
 ) -> Result<String, TrainError> {
     let bind = binding(cfg, role);
     if let Some(p) = &cfg.load_model {
-        checkpoint::load_export(p, &bind, tensors, cfg.seal.as_deref())?;
-        return Ok(format!("export {}", p.display()));
+        let loaded = checkpoint::load_export(p, &bind, tensors, cfg.seal.as_deref())?;
+        // The export named at the handshake could have been swapped since.
+        if loaded != run {
+            return Err(TrainError::Protocol(format!(
+                "the export {} is of run `{loaded}`, but this session evaluates run `{run}`",
+                p.display()
+            )));
+        }
+        return Ok(format!("export {} (run {run})", p.display()));
     }
     match (resume_step, &cfg.checkpoint_path) {
         (Some(step), Some(dir)) => {

@@ -1,0 +1,13 @@
+//! The policy file (dynamic_config.json): strict JSON (no duplicate keys)
+//! and every field rule.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(p) = vfl_attest::Policy::parse(data, "fuzz") {
+        let _ = p.check_usable_by(vfl_attest::Mode::Sgx, "fuzz");
+        let _ = p.roles_of(&(0..p.entries.len()).collect::<Vec<_>>());
+    }
+    let _ = vfl_attest::strict_json::parse(data);
+});

@@ -1,0 +1,15 @@
+//! Quote bytes from a peer: our strict structure check, the report view, the
+//! PCK-certificate lookup key and dcap-qvl's own parser.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = vfl_attest::sgx::check_quote_structure(data);
+    if let Ok(v) = vfl_attest::sgx::QuoteView::parse(data) {
+        let _ = v.identity();
+        let _ = v.report_data();
+    }
+    let _ = vfl_attest::pccs::CollateralKey::of_quote(data);
+    let _ = dcap_qvl::quote::Quote::parse(data);
+});
