@@ -187,6 +187,53 @@ struct Entry {
     /// When it was fetched; `None` for entries read from the disk cache
     /// (due for a refresh at once).
     fetched: Option<Instant>,
+    /// When a verification last asked for it: entries nobody asked for in
+    /// [`UNUSED_AFTER`] are dropped, not refreshed forever.
+    used: Instant,
+}
+
+/// SHA-256 of Intel's SGX Root CA certificate (DER), the root dcap-qvl pins:
+/// a quote's PCK chain must end in it before anything is fetched for the
+/// FMSPC its PCK certificate names.
+pub const INTEL_ROOT_SHA256: &str = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3";
+
+/// How long a failed fetch is not retried for the same platform.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+
+/// Entries no verification asked for in this long are dropped.
+pub const UNUSED_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Checks that a quote's PCK certificate chain is Intel's: each certificate
+/// signed by the next, the last one Intel's pinned root, all valid at `now`
+/// (unix seconds). Only then is its FMSPC worth a request to the PCCS
+/// (revocation is checked with the full collateral afterwards).
+pub fn verify_pck_chain(quote: &[u8], now: u64) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    let q = dcap_qvl::quote::Quote::parse(quote).map_err(|e| format!("quote: {e:#}"))?;
+    let ders = dcap_qvl::intel::extract_cert_chain(&q).map_err(|e| format!("PCK chain: {e:#}"))?;
+    let certs = ders
+        .iter()
+        .map(|d| {
+            x509_parser::parse_x509_certificate(d)
+                .map(|(_, c)| c)
+                .map_err(|e| format!("PCK chain: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let root = ders.last().ok_or("the quote carries no PCK chain")?;
+    if hex::encode(Sha256::digest(root)) != INTEL_ROOT_SHA256 {
+        return Err("the PCK chain does not end in Intel's SGX root certificate".into());
+    }
+    let at = x509_parser::time::ASN1Time::from_timestamp(i64::try_from(now).unwrap_or(i64::MAX))
+        .map_err(|e| format!("time: {e}"))?;
+    for (i, c) in certs.iter().enumerate() {
+        if !c.validity().is_valid_at(at) {
+            return Err(format!("PCK chain certificate {i} is not valid at {now} (unix time)"));
+        }
+        let issuer = certs.get(i + 1).unwrap_or(c);
+        c.verify_signature(Some(issuer.public_key()))
+            .map_err(|e| format!("PCK chain certificate {i} is not signed by the next one: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Collateral from a PCCS: memory cache, then the disk cache, then a fetch
@@ -200,6 +247,12 @@ pub struct PccsCollateral {
     refresh: Duration,
     /// The verifier's high-water marks (of verified collateral only).
     freshness: OnceLock<Arc<Freshness>>,
+    /// Fetches in progress, and recent failures (until when not retried).
+    fetching: Mutex<HashMap<CollateralKey, Option<Instant>>>,
+    /// The time PCK chains are checked at (tests pin it).
+    clock: OnceLock<crate::verify::Clock>,
+    /// Ourselves, for the background fetches.
+    this: OnceLock<std::sync::Weak<Self>>,
 }
 
 impl PccsCollateral {
@@ -216,7 +269,11 @@ impl PccsCollateral {
             entries: Mutex::new(HashMap::new()),
             refresh,
             freshness: OnceLock::new(),
+            fetching: Mutex::new(HashMap::new()),
+            clock: OnceLock::new(),
+            this: OnceLock::new(),
         });
+        let _ = p.this.set(Arc::downgrade(&p));
         p.load_disk_cache();
         Ok(p)
     }
@@ -252,6 +309,7 @@ impl PccsCollateral {
                         Entry {
                             collateral: c,
                             fetched: None,
+                            used: Instant::now(),
                         },
                     );
                 }
@@ -278,6 +336,11 @@ impl PccsCollateral {
     /// a bogus cached copy with huge numbers must not lock out honest ones.
     pub fn set_freshness(&self, f: Arc<Freshness>) {
         let _ = self.freshness.set(f);
+    }
+
+    /// The time PCK chains are checked at (default: the system clock).
+    pub fn set_clock(&self, c: crate::verify::Clock) {
+        let _ = self.clock.set(c);
     }
 
     /// Fetch `key` now and store it in memory and (atomically) on disk,
@@ -307,6 +370,7 @@ impl PccsCollateral {
             Entry {
                 collateral: c.clone(),
                 fetched: Some(Instant::now()),
+                used: Instant::now(),
             },
         );
         tracing::info!(fmspc = %key.fmspc, ca = key.ca, pccs = %self.base, "collateral fetched");
@@ -321,12 +385,15 @@ impl PccsCollateral {
     }
 
     /// Start the background refresher (a plain thread; ends with the process).
+    /// It refreshes the entries verifications used lately and drops those
+    /// nobody asked for in [`UNUSED_AFTER`].
     pub fn spawn_refresher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let period = self.refresh;
         let _ = std::thread::Builder::new().name("pccs-refresh".into()).spawn(move || {
             loop {
                 let Some(p) = weak.upgrade() else { return };
+                p.lock().retain(|_, e| e.used.elapsed() < UNUSED_AFTER);
                 let due: Vec<CollateralKey> = p
                     .lock()
                     .iter()
@@ -345,14 +412,86 @@ impl PccsCollateral {
     }
 }
 
+impl PccsCollateral {
+    /// Starts a background fetch of `key` unless one runs or one failed
+    /// within [`NEGATIVE_TTL`]; says which.
+    fn fetch_in_background(&self, key: &CollateralKey) -> String {
+        {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            match f.get(key) {
+                Some(None) => {
+                    return format!(
+                        "collateral for FMSPC {} is being fetched from {}; retry",
+                        key.fmspc, self.base
+                    );
+                }
+                Some(Some(until)) if Instant::now() < *until => {
+                    return format!(
+                        "fetching collateral for FMSPC {} from {} failed lately; not retried for {} s",
+                        key.fmspc,
+                        self.base,
+                        NEGATIVE_TTL.as_secs()
+                    );
+                }
+                _ => {}
+            }
+            f.insert(key.clone(), None);
+        }
+        let (Some(this), k) = (self.this.get().and_then(|w| w.upgrade()), key.clone()) else {
+            return "the collateral cache is shutting down".into();
+        };
+        let spawned = std::thread::Builder::new().name("pccs-fetch".into()).spawn(move || {
+            let outcome = this.refresh_key(&k);
+            let mut f = this.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Ok(_) => {
+                    f.remove(&k);
+                }
+                Err(e) => {
+                    tracing::warn!(fmspc = %k.fmspc, error = %e, "fetching collateral failed");
+                    f.insert(k, Some(Instant::now() + NEGATIVE_TTL));
+                }
+            }
+        });
+        if spawned.is_err() {
+            self.fetching.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+            return "cannot start a collateral fetch".into();
+        }
+        format!(
+            "no cached collateral for FMSPC {}: fetching it from {}; retry",
+            key.fmspc, self.base
+        )
+    }
+
+    /// Collateral for `quote`, waiting up to `wait` for a fetch (the
+    /// command-line tools; a handshake never waits).
+    pub fn collateral_waiting(&self, quote: &[u8], wait: Duration) -> Result<dcap_qvl::QuoteCollateralV3, String> {
+        let start = Instant::now();
+        loop {
+            match self.collateral_for(quote) {
+                Ok(c) => return Ok(c),
+                Err(e) if start.elapsed() >= wait || e.contains("failed lately") || !e.contains("fetch") => {
+                    return Err(e);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
 impl CollateralProvider for PccsCollateral {
+    /// From the cache; on a miss, never waits: checks that the quote's PCK
+    /// chain is Intel's (nothing is fetched for a platform anyone could
+    /// invent), starts a single background fetch and answers "retry".
     fn collateral_for(&self, quote: &[u8]) -> Result<dcap_qvl::QuoteCollateralV3, String> {
         let key = CollateralKey::of_quote(quote)?;
-        if let Some(e) = self.lock().get(&key) {
+        if let Some(e) = self.lock().get_mut(&key) {
+            e.used = Instant::now();
             return Ok(e.collateral.clone());
         }
-        self.refresh_key(&key)
-            .map_err(|e| format!("no cached collateral for FMSPC {} and fetching failed: {e}", key.fmspc))
+        let now = self.clock.get().copied().unwrap_or(crate::verify::Clock::System).now();
+        verify_pck_chain(quote, now).map_err(|e| format!("{e}; no collateral is fetched for it"))?;
+        Err(self.fetch_in_background(&key))
     }
 
     fn describe(&self) -> String {

@@ -19,22 +19,53 @@ use crate::verify::{PeerReport, Rejection, Verifier};
 /// A readable account of a failed TLS handshake: our own [`Rejection`] of the
 /// peer when that is the cause, or what the peer's alert says about us.
 pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
+    // io::Error hides its payload from source(); find_rustls looks inside.
+    match find_rustls(err) {
+        Some(r) => describe_rustls(r),
+        None => err.to_string(),
+    }
+}
+
+/// What a failed handshake means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// We refused attested evidence: the peer's quote verified and our
+    /// policy said no ([`Rejection::is_verdict`]). The reason names why.
+    Refused(String),
+    /// Anything else: the connection ended, garbage, no certificate, no or
+    /// malformed evidence, missing collateral. It may come from anyone.
+    Unauthenticated(String),
+}
+
+/// Classifies a failed handshake (see [`HandshakeFailure`]).
+pub fn classify(err: &(dyn std::error::Error + 'static)) -> HandshakeFailure {
+    let reason = describe_error(err);
+    match find_rustls(err) {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))))
+            if inner.downcast_ref::<Rejection>().is_some_and(Rejection::is_verdict) =>
+        {
+            HandshakeFailure::Refused(reason)
+        }
+        _ => HandshakeFailure::Unauthenticated(reason),
+    }
+}
+
+fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return describe_rustls(r);
+            return Some(r);
         }
-        // io::Error hides its payload from source(); look inside explicitly.
         if let Some(r) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return describe_rustls(r);
+            return Some(r);
         }
         cur = e.source();
     }
-    err.to_string()
+    None
 }
 
 fn describe_rustls(e: &rustls::Error) -> String {

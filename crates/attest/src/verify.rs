@@ -78,6 +78,25 @@ pub enum Rejection {
     SimulationNotBuilt,
 }
 
+impl Rejection {
+    /// Whether this is a verdict on genuine evidence: the quote verified
+    /// (its signatures chain to the pinned root) and the policy said no
+    /// (identity, TCB, attributes). Everything else (no or malformed
+    /// evidence, a key not bound, a bad signature, missing or stale
+    /// collateral) can come from anyone and says nothing about a peer.
+    pub fn is_verdict(&self) -> bool {
+        matches!(
+            self,
+            Rejection::TcbStatus { .. }
+                | Rejection::TcbEvalBelowFloor { .. }
+                | Rejection::Debug { .. }
+                | Rejection::Attributes { .. }
+                | Rejection::Identity(_)
+                | Rejection::Appraisal(_)
+        )
+    }
+}
+
 /// Where "now" comes from: the system clock, or a pinned time (tests,
 /// `vfl attest verify --at`).
 #[derive(Clone, Copy, Debug)]

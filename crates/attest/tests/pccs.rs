@@ -137,45 +137,88 @@ fn fetched_collateral_equals_the_published_pieces_and_verifies_the_quote() {
     assert_eq!(r.tcb_status, "ConfigurationAndSWHardeningNeeded");
 }
 
+/// A provider at the sample's time.
+fn provider(base: &str, dir: &Path) -> Arc<PccsCollateral> {
+    let p = PccsCollateral::new(base, dir, pccs::http_client(None).unwrap(), Duration::from_secs(3600)).unwrap();
+    p.set_clock(vfl_attest::Clock::Fixed(SAMPLE_TIME));
+    p
+}
+
 #[test]
-fn provider_fetches_on_a_miss_caches_on_disk_and_serves_from_the_cache_later() {
+fn provider_fetches_on_a_miss_in_the_background_caches_on_disk_and_serves_from_the_cache_later() {
     let (quote, c) = sample();
     let (base, log) = fake_pccs(c.clone());
     let dir = temp("cache");
-    let p = PccsCollateral::new(&base, &dir, pccs::http_client(None).unwrap(), Duration::from_secs(3600)).unwrap();
-    assert_eq!(p.collateral_for(&quote).unwrap(), c);
+    let p = provider(&base, &dir);
+    // A handshake never waits: the miss starts a fetch and says "retry".
+    let e = p.collateral_for(&quote).unwrap_err();
+    assert!(e.contains("fetching it from") && e.contains("retry"), "{e}");
+    assert_eq!(p.collateral_waiting(&quote, Duration::from_secs(10)).unwrap(), c);
     let requests = log.lock().unwrap().len();
     assert_eq!(requests, 4);
     assert_eq!(p.collateral_for(&quote).unwrap(), c);
     assert_eq!(log.lock().unwrap().len(), requests, "a cached entry was fetched again");
     // A new process with the PCCS unreachable still has the disk cache.
-    let offline = PccsCollateral::new(
-        "http://127.0.0.1:9",
-        &dir,
-        pccs::http_client(None).unwrap(),
-        Duration::from_secs(3600),
-    )
-    .unwrap();
+    let offline = provider("http://127.0.0.1:9", &dir);
     assert_eq!(offline.collateral_for(&quote).unwrap(), c);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
-fn an_unreachable_pccs_without_cache_is_a_clear_error() {
+fn concurrent_misses_make_one_fetch() {
+    let (quote, c) = sample();
+    let (base, log) = fake_pccs(c.clone());
+    let dir = temp("single");
+    let p = provider(&base, &dir);
+    for _ in 0..20 {
+        let _ = p.collateral_for(&quote);
+    }
+    assert_eq!(p.collateral_waiting(&quote, Duration::from_secs(10)).unwrap(), c);
+    assert_eq!(log.lock().unwrap().len(), 4, "{:?}", log.lock().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unreachable_pccs_without_cache_is_a_clear_error_and_is_not_asked_again_at_once() {
     let (quote, _) = sample();
     let dir = temp("unreachable");
-    let p = PccsCollateral::new(
-        "http://127.0.0.1:9",
-        &dir,
-        pccs::http_client(None).unwrap(),
-        Duration::from_secs(3600),
-    )
-    .unwrap();
+    let p = provider("http://127.0.0.1:9", &dir);
+    let e = p.collateral_waiting(&quote, Duration::from_secs(15)).unwrap_err();
+    assert!(e.contains("failed lately"), "{e}");
     let e = p.collateral_for(&quote).unwrap_err();
-    assert!(
-        e.contains("no cached collateral for FMSPC") && e.contains("127.0.0.1:9/sgx/certification/v4/pckcrl"),
-        "{e}"
-    );
+    assert!(e.contains("failed lately") && e.contains("not retried"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A certificate with a quote whose PCK chain anyone could make (here: the
+/// development PKI's) and a random FMSPC never makes the PCCS asked.
+#[test]
+fn a_quote_whose_pck_chain_is_not_intels_causes_no_request() {
+    let (_, c) = sample();
+    let (base, log) = fake_pccs(c);
+    let dir = temp("fake");
+    let p = provider(&base, &dir);
+    let root = vfl_attest::devpki::DevRoot::generate().unwrap();
+    let platform =
+        vfl_attest::devpki::SimPlatform::new(&root, &vfl_attest::devpki::SimPlatformOptions::fresh(SAMPLE_TIME))
+            .unwrap();
+    let id = vfl_attest::sgx::EnclaveIdentity {
+        mr_enclave: [1; 32],
+        mr_signer: [2; 32],
+        isv_prod_id: 1,
+        isv_svn: 1,
+        attributes: vfl_attest::sgx::PRODUCTION_ATTRIBUTES,
+    };
+    let fake = platform.quote(&id, &[0; 64]).unwrap();
+    for _ in 0..5 {
+        let e = p.collateral_for(&fake).unwrap_err();
+        assert!(
+            e.contains("does not end in Intel's SGX root") && e.contains("no collateral is fetched"),
+            "{e}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -237,7 +280,7 @@ fn a_pccs_serving_older_collateral_than_verified_does_not_replace_the_cached_cop
     let newer = bumped(&c, 1);
     plant(&dir, &quote, &newer);
     let key = CollateralKey::of_quote(&quote).unwrap();
-    let p = PccsCollateral::new(&base, &dir, pccs::http_client(None).unwrap(), Duration::from_secs(3600)).unwrap();
+    let p = provider(&base, &dir);
     // This party has verified collateral as new as the cached copy.
     let fresh = Arc::new(Freshness::in_memory());
     fresh.record(&key.family(), &marks_of_collateral(&newer).unwrap());
@@ -255,7 +298,7 @@ fn an_unverified_cached_copy_with_huge_numbers_does_not_lock_out_honest_collater
     // Planted by the host: numbers far above anything real, never verified.
     plant(&dir, &quote, &bumped(&c, 1_000_000));
     let key = CollateralKey::of_quote(&quote).unwrap();
-    let p = PccsCollateral::new(&base, &dir, pccs::http_client(None).unwrap(), Duration::from_secs(3600)).unwrap();
+    let p = provider(&base, &dir);
     p.set_freshness(Arc::new(Freshness::in_memory()));
     assert_eq!(p.refresh_key(&key).unwrap(), c);
     assert_eq!(p.collateral_for(&quote).unwrap(), c);

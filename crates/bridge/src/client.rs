@@ -81,10 +81,45 @@ pub async fn connect(
             }
         }
     };
-    let mut client = BridgeClient::new(channel)
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let reply = client
+    // A busy leader (in a healthy session with another follower process:
+    // our own previous process, if we restarted, until it goes quiet) is
+    // asked again until the wait is over.
+    let reply = loop {
+        let mut client = BridgeClient::new(channel.clone())
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let reply = hello(&mut client, settings, security).await?;
+        if reply.accepted || !reply.busy || start.elapsed() >= wait {
+            break (client, reply);
+        }
+        tracing::info!(reason = %reply.reason, "the leader is busy; asking again");
+        tokio::time::sleep(Duration::from_millis(250).min(wait.saturating_sub(start.elapsed()))).await;
+    };
+    let (mut client, reply) = reply;
+    if !reply.accepted {
+        return Err(BridgeError::Refused(reply.reason));
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| BridgeError::Lost(s.message().to_string()))?
+        .into_inner();
+    let peer = peer_slot.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
+    Ok(Session {
+        reply,
+        peer,
+        outbound: tx,
+        inbound,
+    })
+}
+
+async fn hello(
+    client: &mut BridgeClient<Channel>,
+    settings: &Settings,
+    security: &Security,
+) -> Result<HelloReply, BridgeError> {
+    Ok(client
         .hello(settings.hello())
         .await
         .map_err(|s| match security {
@@ -107,21 +142,5 @@ pub async fn connect(
             }
             _ => BridgeError::Lost(s.message().to_string()),
         })?
-        .into_inner();
-    if !reply.accepted {
-        return Err(BridgeError::Refused(reply.reason));
-    }
-    let (tx, rx) = mpsc::channel(16);
-    let inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| BridgeError::Lost(s.message().to_string()))?
-        .into_inner();
-    let peer = peer_slot.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
-    Ok(Session {
-        reply,
-        peer,
-        outbound: tx,
-        inbound,
-    })
+        .into_inner())
 }

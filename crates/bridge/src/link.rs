@@ -18,9 +18,9 @@
 //! over from the newest checkpoint both parties hold.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -44,7 +44,7 @@ pub struct NoMeter;
 
 impl Meter for NoMeter {}
 
-/// Timing of a link.
+/// Timing and limits of a link.
 #[derive(Clone)]
 pub struct LinkOptions {
     /// A peer silent for this long is taken as gone; a lost peer gets as long
@@ -53,7 +53,20 @@ pub struct LinkOptions {
     /// How often each side sends a heartbeat.
     pub heartbeat: Duration,
     pub meter: Arc<dyn Meter>,
+    /// Messages the peer may leave unacknowledged, and send ahead of this
+    /// party; a peer that exceeds either is cut with an error.
+    pub max_queue: usize,
+    /// Restarts of the peer the session is started over for, at most.
+    pub max_restarts: u32,
 }
+
+/// Default of [`LinkOptions::max_queue`]: far above what the protocol ever
+/// has in flight (one message per step while training, 16 between
+/// acknowledgements while evaluating).
+pub const MAX_QUEUE: usize = 1024;
+
+/// Default of [`LinkOptions::max_restarts`].
+pub const MAX_RESTARTS: u32 = 10;
 
 impl LinkOptions {
     /// Heartbeats every quarter of the peer timeout (50 ms to 5 s).
@@ -62,7 +75,55 @@ impl LinkOptions {
             peer_timeout,
             heartbeat: (peer_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
             meter,
+            max_queue: MAX_QUEUE,
+            max_restarts: MAX_RESTARTS,
         }
+    }
+}
+
+/// Whether the leader's current session is alive: connected and heard
+/// from within a few heartbeats. The server refuses another follower
+/// process's hello while it is (a restarted follower's old link is down or
+/// silent, so it is taken back).
+#[derive(Debug, Default)]
+pub struct Health {
+    up: AtomicBool,
+    heard: Mutex<Option<Instant>>,
+    window_ms: AtomicU64,
+}
+
+impl Health {
+    fn heard(&self) {
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        if up {
+            self.heard();
+        }
+    }
+
+    fn set_window(&self, w: Duration) {
+        self.window_ms
+            .store(u64::try_from(w.as_millis()).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// Connected, and something arrived within the window.
+    pub fn healthy(&self) -> bool {
+        let window = Duration::from_millis(self.window_ms.load(Ordering::Acquire));
+        self.up.load(Ordering::Acquire)
+            && self
+                .heard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t.elapsed() < window)
+    }
+
+    /// How long a healthy session's silence must last before another
+    /// process is taken for its restart.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms.load(Ordering::Acquire))
     }
 }
 
@@ -76,6 +137,8 @@ trait Envelope: prost::Message + Clone + Send + 'static {
     fn is_heartbeat(&self) -> bool;
     fn heartbeat(session_id: &str, ack: u64) -> Self;
     fn wire(self) -> Self::Wire;
+    /// The session the sender says the message belongs to (if it says).
+    fn session(&self) -> Option<&str>;
 }
 
 impl Envelope for LeaderMessage {
@@ -101,6 +164,9 @@ impl Envelope for LeaderMessage {
     }
     fn wire(self) -> Self::Wire {
         Ok(self)
+    }
+    fn session(&self) -> Option<&str> {
+        None
     }
 }
 
@@ -128,6 +194,9 @@ impl Envelope for FollowerMessage {
     }
     fn wire(self) -> Self::Wire {
         self
+    }
+    fn session(&self) -> Option<&str> {
+        Some(&self.session_id)
     }
 }
 
@@ -170,6 +239,8 @@ struct Core<Out: Envelope, In: Envelope> {
     fatal: Option<BridgeError>,
     opts: LinkOptions,
     beat: tokio::task::JoinHandle<()>,
+    /// The leader's view of the session's health, shared with its server.
+    health: Option<Arc<Health>>,
 }
 
 impl<Out: Envelope, In: Envelope> Drop for Core<Out, In> {
@@ -236,7 +307,16 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             fatal: None,
             opts,
             beat,
+            health: None,
         }
+    }
+
+    /// Shares this session's health with the server (leader).
+    fn with_health(mut self, health: Arc<Health>) -> Self {
+        health.set_window(self.opts.heartbeat * 3);
+        health.set_up(true);
+        self.health = Some(health);
+        self
     }
 
     fn sender(&self) -> Option<mpsc::Sender<Out::Wire>> {
@@ -249,9 +329,18 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         }
     }
 
-    /// Numbers, keeps and writes a message. Never fails: on a broken
-    /// connection the message waits for the resend after the reconnect.
-    async fn send(&mut self, mut m: Out) {
+    /// Numbers, keeps and writes a message. On a broken connection the
+    /// message waits for the resend after the reconnect; the only error is
+    /// a peer that leaves too many messages unacknowledged.
+    async fn send(&mut self, mut m: Out) -> Result<(), BridgeError> {
+        if self.unacked.len() >= self.opts.max_queue {
+            return Err(BridgeError::Overrun(format!(
+                "the peer has not acknowledged {} messages of session {} (at most {} may wait)",
+                self.unacked.len(),
+                self.session_id,
+                self.opts.max_queue
+            )));
+        }
         let ack = self.received.load(Ordering::Acquire);
         m.stamp(self.next_seq, ack);
         self.ack_sent.fetch_max(ack, Ordering::AcqRel);
@@ -259,6 +348,7 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         self.unacked.push_back(m.clone());
         self.write(m).await;
         self.drain().await;
+        Ok(())
     }
 
     async fn write(&mut self, m: Out) {
@@ -292,7 +382,12 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         };
         match tokio::time::timeout(wait, inbound.message()).await {
             Err(_) => Arrival::Quiet,
-            Ok(Ok(Some(m))) => Arrival::Msg(m),
+            Ok(Ok(Some(m))) => {
+                if let Some(h) = &self.health {
+                    h.heard();
+                }
+                Arrival::Msg(m)
+            }
             Ok(Err(status)) => Arrival::Down(status.message().to_string()),
             Ok(Ok(None)) => Arrival::Down("the peer closed the stream".into()),
         }
@@ -338,6 +433,12 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             // A zero wait polls the stream once: whatever is ready.
             match self.arrival(Duration::ZERO).await {
                 Arrival::Msg(m) => match self.accept(m) {
+                    Ok(Some(_)) if self.ready.len() >= self.opts.max_queue => {
+                        self.fatal = Some(BridgeError::Overrun(format!(
+                            "the peer sent more than {} messages of session {} ahead of this party",
+                            self.opts.max_queue, self.session_id
+                        )));
+                    }
                     Ok(Some(m)) => self.ready.push_back(m),
                     Ok(None) => {}
                     Err(e) => self.fatal = Some(e),
@@ -351,6 +452,15 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     /// Handles one arrived message: its acknowledgement, then heartbeat,
     /// duplicate, gap, or a new message to deliver.
     fn accept(&mut self, m: In) -> Result<Option<In>, BridgeError> {
+        if let Some(s) = m.session()
+            && s != self.session_id
+        {
+            return Err(BridgeError::Protocol(format!(
+                "a message of session `{}` arrived on the stream of session {}",
+                s.chars().take(64).collect::<String>(),
+                self.session_id
+            )));
+        }
         self.acknowledged(m.ack())?;
         if m.is_heartbeat() {
             return Ok(None);
@@ -386,6 +496,9 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         self.inbound = None;
         self.broken = None;
         self.set_sender(None);
+        if let Some(h) = &self.health {
+            h.set_up(false);
+        }
     }
 
     /// Continues on a new connection: resends what the peer has not
@@ -393,6 +506,9 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     async fn attach(&mut self, tx: mpsc::Sender<Out::Wire>, inbound: Streaming<In>) -> usize {
         self.inbound = Some(inbound);
         self.set_sender(Some(tx));
+        if let Some(h) = &self.health {
+            h.set_up(true);
+        }
         let ack = self.received.load(Ordering::Acquire);
         let pending: Vec<Out> = self.unacked.iter().cloned().collect();
         let n = pending.len();
@@ -450,6 +566,7 @@ pub struct LeaderLink<'a> {
     sessions: &'a mut mpsc::Receiver<server::Session>,
     /// A restarted follower's new session, kept for [`LeaderLink::restart`].
     fresh: Option<server::Session>,
+    restarts: u32,
 }
 
 impl<'a> LeaderLink<'a> {
@@ -457,13 +574,14 @@ impl<'a> LeaderLink<'a> {
     /// arrive on `sessions`.
     pub fn new(s: server::Session, sessions: &'a mut mpsc::Receiver<server::Session>, opts: LinkOptions) -> Self {
         Self {
-            core: Core::new(s.session_id, s.outbound, s.inbound, opts),
+            core: Core::new(s.session_id, s.outbound, s.inbound, opts).with_health(s.health),
             peer_process_id: s.peer_process_id,
             resume_step: s.resume_step,
             run_id: s.run_id,
             peer: s.peer,
             sessions,
             fresh: None,
+            restarts: 0,
         }
     }
 
@@ -490,14 +608,14 @@ impl<'a> LeaderLink<'a> {
         &self.peer
     }
 
-    pub async fn send(&mut self, m: LMsg) {
+    pub async fn send(&mut self, m: LMsg) -> Result<(), BridgeError> {
         self.core
             .send(LeaderMessage {
                 seq: 0,
                 ack: 0,
                 msg: Some(m),
             })
-            .await;
+            .await
     }
 
     /// The follower's next message, reconnecting as needed.
@@ -553,15 +671,23 @@ impl<'a> LeaderLink<'a> {
 
     /// After [`BridgeError::PeerRestarted`]: continues with the restarted
     /// follower's new session, all sequence state starting over. False if
-    /// there is none.
-    pub fn restart(&mut self) -> bool {
-        let Some(s) = self.fresh.take() else { return false };
-        self.core = Core::new(s.session_id, s.outbound, s.inbound, self.core.opts.clone());
+    /// there is none; an error once the follower restarted more than
+    /// [`LinkOptions::max_restarts`] times.
+    pub fn restart(&mut self) -> Result<bool, BridgeError> {
+        let Some(s) = self.fresh.take() else { return Ok(false) };
+        self.restarts += 1;
+        if self.restarts > self.core.opts.max_restarts {
+            return Err(BridgeError::TooManyRestarts {
+                peer: "follower",
+                max: self.core.opts.max_restarts,
+            });
+        }
+        self.core = Core::new(s.session_id, s.outbound, s.inbound, self.core.opts.clone()).with_health(s.health);
         self.peer_process_id = s.peer_process_id;
         self.resume_step = s.resume_step;
         self.run_id = s.run_id;
         self.peer = s.peer;
-        true
+        Ok(true)
     }
 
     /// Messages sent and not yet acknowledged by the follower.
@@ -590,6 +716,7 @@ pub struct FollowerLink {
     peer: crate::secure::PeerInfo,
     dial: Dial,
     fresh: Option<client::Session>,
+    restarts: u32,
 }
 
 impl FollowerLink {
@@ -614,6 +741,7 @@ impl FollowerLink {
                 security,
             },
             fresh: None,
+            restarts: 0,
         })
     }
 
@@ -627,7 +755,7 @@ impl FollowerLink {
         &self.peer
     }
 
-    pub async fn send(&mut self, m: FMsg) {
+    pub async fn send(&mut self, m: FMsg) -> Result<(), BridgeError> {
         let session_id = self.core.session_id.clone();
         self.core
             .send(FollowerMessage {
@@ -636,7 +764,7 @@ impl FollowerLink {
                 ack: 0,
                 msg: Some(m),
             })
-            .await;
+            .await
     }
 
     /// The leader's next message, reconnecting as needed.
@@ -689,9 +817,17 @@ impl FollowerLink {
     }
 
     /// After [`BridgeError::PeerRestarted`]: continues with the new session
-    /// the restarted leader opened. False if there is none.
-    pub fn restart(&mut self) -> bool {
-        let Some(s) = self.fresh.take() else { return false };
+    /// the restarted leader opened. False if there is none; an error once
+    /// the leader restarted more than [`LinkOptions::max_restarts`] times.
+    pub fn restart(&mut self) -> Result<bool, BridgeError> {
+        let Some(s) = self.fresh.take() else { return Ok(false) };
+        self.restarts += 1;
+        if self.restarts > self.core.opts.max_restarts {
+            return Err(BridgeError::TooManyRestarts {
+                peer: "leader",
+                max: self.core.opts.max_restarts,
+            });
+        }
         self.core = Core::new(
             s.reply.session_id.clone(),
             s.outbound,
@@ -700,7 +836,7 @@ impl FollowerLink {
         );
         self.reply = s.reply;
         self.peer = s.peer;
-        true
+        Ok(true)
     }
 
     /// Acknowledges what was received right away (e.g. the leader's Finish,

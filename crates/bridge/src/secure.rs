@@ -1,22 +1,138 @@
 //! The transport's security: mutual RA-TLS (the default), or plaintext only
-//! when the user asked for it explicitly. The server handshakes each
-//! connection in its own task with a deadline; the client uses a custom
-//! connector so tonic never adds its own TLS. No application byte flows
-//! before the peer's evidence has been verified.
+//! when the user asked for it explicitly (development builds). The client
+//! uses a custom connector so tonic never adds its own TLS. No application
+//! byte flows before the peer's evidence has been verified.
+//!
+//! The server's path before authentication is built so that nothing
+//! unauthenticated can stop or starve the party: accepting and handshaking
+//! run on a runtime of their own (never on the workers that train and send
+//! heartbeats); handshakes are capped in total and per source address and
+//! each has a deadline; accept errors (EMFILE) back off; only a verdict on
+//! genuine evidence counts as a refusal (`--on-reject`), everything else is
+//! logged at a limited rate; and at most a few attested connections are
+//! kept at once.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use vfl_attest::PartyRole;
-use vfl_attest::tls::{self as ratls, RaTlsVerifier};
+use vfl_attest::tls::{self as ratls, HandshakeFailure, RaTlsVerifier};
 
 /// How long one TLS handshake (including verification of the peer) may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limits of the server's path before authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Handshakes in progress at once, in total.
+    pub handshakes: usize,
+    /// Handshakes in progress at once from one source address.
+    pub per_address: usize,
+    /// Deadline of one handshake, verification included.
+    pub deadline: Duration,
+    /// Attested connections open at once (a follower needs one; a
+    /// reconnect briefly two).
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshakes: 64,
+            per_address: 8,
+            deadline: HANDSHAKE_TIMEOUT,
+            connections: 4,
+        }
+    }
+}
+
+/// A log line at most every `every`, counting the ones it swallowed: for
+/// events anyone can cause (probes, scans, floods).
+pub struct RateLimitedLog {
+    every: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when a line may be written now.
+    pub fn allow(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.0 {
+            Some(t) if t.elapsed() < self.every => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let n = s.1;
+                *s = (Some(Instant::now()), 0);
+                Some(n)
+            }
+        }
+    }
+}
+
+/// The runtime that accepts and handshakes: one thread of its own, so that
+/// handshake work (and anything slow in it) never delays the party's
+/// training and heartbeats; the streams it makes are then served by the
+/// caller's runtime.
+fn handshake_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vfl-handshake")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the handshake runtime: {e}"))
+    })
+}
+
+/// One handshake slot of a source address, given back when dropped.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// What to do when the peer's evidence is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,8 +244,13 @@ impl PeerInfo {
     }
 }
 
-/// A server-side TLS stream handed to tonic, with what is known of its peer.
-pub struct ServerIo(pub tokio_rustls::server::TlsStream<TcpStream>, pub PeerInfo);
+/// A server-side TLS stream handed to tonic, with what is known of its peer
+/// (and its place among the attested connections, freed when it closes).
+pub struct ServerIo(
+    pub tokio_rustls::server::TlsStream<TcpStream>,
+    pub PeerInfo,
+    pub Option<OwnedSemaphorePermit>,
+);
 
 impl tonic::transport::server::Connected for ServerIo {
     type ConnectInfo = PeerInfo;
@@ -190,50 +311,126 @@ fn next_conn_id() -> u64 {
     CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
-/// Accept TCP connections, handshake each in its own task, and yield the
-/// verified ones. Refusals are logged and sent to `rejections`.
+/// Accepts TCP connections and handshakes each (on the handshake runtime,
+/// within [`Limits`]), and yields the attested ones. Only verdicts on
+/// genuine evidence go to `rejections`; every other failure is logged at a
+/// limited rate and changes nothing.
 pub fn accept_loop(
     tcp: tokio::net::TcpListener,
     tls: Arc<RaTls>,
     rejections: mpsc::Sender<String>,
+    limits: Limits,
 ) -> mpsc::Receiver<Result<ServerIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
+    // The listener was made on the caller's runtime: move it to ours.
+    let std_listener = tcp.into_std();
+    handshake_runtime().spawn(async move {
+        let tcp = match std_listener.and_then(tokio::net::TcpListener::from_std) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take over the listening socket");
+                return;
+            }
+        };
+        let handshakes = Arc::new(Semaphore::new(limits.handshakes));
+        let connections = Arc::new(Semaphore::new(limits.connections));
+        let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+        let logs = Arc::new(Logs::default());
+        let mut backoff = Duration::from_millis(10);
         loop {
             let (sock, peer) = match tcp.accept().await {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff = Duration::from_millis(10);
+                    x
+                }
                 Err(e) => {
-                    if tx.send(Err(e)).await.is_err() {
-                        return;
+                    if let Some(n) = logs.accept.allow() {
+                        tracing::warn!(error = %e, suppressed = n, "accepting a connection failed; backing off");
                     }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             };
+            if tx.is_closed() {
+                return;
+            }
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                if let Some(n) = logs.busy.allow() {
+                    tracing::warn!(%peer, suppressed = n, limit = limits.handshakes, "too many handshakes at once; connection closed");
+                }
+                continue;
+            };
+            let Some(slot) = AddressSlot::take(&per_address, peer.ip(), limits.per_address) else {
+                if let Some(n) = logs.busy.allow() {
+                    tracing::warn!(%peer, suppressed = n, limit = limits.per_address, "too many handshakes from one address; connection closed");
+                }
+                continue;
+            };
             let _ = sock.set_nodelay(true);
-            let (tx, tls, rejections) = (tx.clone(), tls.clone(), rejections.clone());
+            let (tx, tls, rejections, connections, logs) =
+                (tx.clone(), tls.clone(), rejections.clone(), connections.clone(), logs.clone());
             tokio::spawn(async move {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                let outcome = tokio::time::timeout(limits.deadline, acceptor.accept(sock)).await;
+                drop((permit, slot));
+                match outcome {
                     Ok(Ok(stream)) => {
+                        let Ok(place) = connections.try_acquire_owned() else {
+                            if let Some(n) = logs.busy.allow() {
+                                tracing::warn!(%peer, suppressed = n, limit = limits.connections, "too many attested connections; connection closed");
+                            }
+                            return;
+                        };
                         let info = peer_info(&tls, stream.get_ref().1, next_conn_id());
                         if let Some(report) = &info.report {
                             tracing::info!(%peer, conn = info.conn, peer_identity = %report, "RA-TLS: peer attested");
                         }
-                        let _ = tx.send(Ok(ServerIo(stream, info))).await;
+                        let _ = tx.send(Ok(ServerIo(stream, info, Some(place)))).await;
                     }
-                    Ok(Err(e)) => {
-                        let reason = ratls::describe_error(&e);
-                        tracing::error!(%peer, %reason, ours = %tls.ours, "RA-TLS handshake failed");
-                        let _ = rejections.try_send(reason);
-                    }
+                    Ok(Err(e)) => match ratls::classify(&e) {
+                        HandshakeFailure::Refused(reason) => {
+                            if let Some(n) = logs.refused.allow() {
+                                tracing::error!(%peer, %reason, suppressed = n, ours = %tls.ours, "RA-TLS: peer refused");
+                            }
+                            let _ = rejections.try_send(reason);
+                        }
+                        HandshakeFailure::Unauthenticated(reason) => {
+                            if let Some(n) = logs.failed.allow() {
+                                tracing::warn!(%peer, %reason, suppressed = n, "a connection failed before authentication (ignored)");
+                            }
+                        }
+                    },
                     Err(_) => {
-                        tracing::warn!(%peer, "RA-TLS handshake timed out after {:?}", HANDSHAKE_TIMEOUT);
+                        if let Some(n) = logs.failed.allow() {
+                            tracing::warn!(%peer, suppressed = n, "RA-TLS handshake did not finish within {:?}; connection closed", limits.deadline);
+                        }
                     }
                 }
             });
         }
     });
     rx
+}
+
+/// The server's rate-limited log lines, by kind.
+struct Logs {
+    accept: RateLimitedLog,
+    busy: RateLimitedLog,
+    failed: RateLimitedLog,
+    refused: RateLimitedLog,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        let every = Duration::from_secs(10);
+        Self {
+            accept: RateLimitedLog::new(every),
+            busy: RateLimitedLog::new(every),
+            failed: RateLimitedLog::new(every),
+            refused: RateLimitedLog::new(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// The last handshake failure a client connector saw.
@@ -274,20 +471,23 @@ pub async fn dial(
             }
             Ok(hyper_util::rt::TokioIo::new(stream))
         }
-        // The connection ended before TLS said anything (e.g. a proxy or load
-        // balancer whose backend is not up yet): not a verdict, retry.
-        Ok(Err(e)) if !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
-            tracing::debug!(peer = %addr, error = %e, "TLS handshake interrupted; retrying");
-            Err(e)
-        }
-        Ok(Err(e)) => {
-            let reason = ratls::describe_error(&e);
-            tracing::error!(peer = %addr, %reason, ours = %tls.ours, "RA-TLS handshake failed");
-            if let Ok(mut slot) = last_failure.lock() {
-                *slot = Some(reason.clone());
+        Ok(Err(e)) => match ratls::classify(&e) {
+            // Our verdict on the leader's genuine evidence.
+            HandshakeFailure::Refused(reason) => {
+                tracing::error!(peer = %addr, %reason, ours = %tls.ours, "RA-TLS handshake failed");
+                if let Ok(mut slot) = last_failure.lock() {
+                    *slot = Some(reason.clone());
+                }
+                Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason))
             }
-            Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason))
-        }
+            // The connection ended before TLS said anything (a proxy whose
+            // backend is not up yet), collateral still being fetched, or
+            // something that is not an attested leader: not a verdict, retry.
+            HandshakeFailure::Unauthenticated(reason) => {
+                tracing::warn!(peer = %addr, %reason, "RA-TLS handshake failed before authentication; retrying");
+                Err(std::io::Error::other(reason))
+            }
+        },
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "RA-TLS handshake timed out",

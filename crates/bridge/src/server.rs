@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::BridgeError;
 use crate::handshake::Settings;
+use crate::link::Health;
 use crate::pb::bridge_server::{Bridge, BridgeServer};
 use crate::pb::{FollowerMessage, HelloReply, HelloRequest, LeaderMessage};
 use crate::secure::{self, PeerInfo, Security};
@@ -26,6 +27,8 @@ pub struct Session {
     pub run_id: String,
     /// The follower's connection (for re-verification of its evidence).
     pub peer: PeerInfo,
+    /// The session's health, kept by the link, read by the server.
+    pub health: Arc<Health>,
     pub inbound: Streaming<FollowerMessage>,
     pub outbound: mpsc::Sender<Result<LeaderMessage, Status>>,
 }
@@ -37,11 +40,14 @@ struct Accepted {
     process_id: String,
     resume: Option<u64>,
     run_id: String,
+    /// The connection that said hello (0: not attested, not checked).
+    conn: u64,
 }
 
 struct State {
     settings: Settings,
     accepted: Option<Accepted>,
+    health: Arc<Health>,
     sessions: Option<mpsc::Sender<Session>>,
     counter: u64,
 }
@@ -87,6 +93,9 @@ impl Bridge for Service {
             Ok(()) if is_reattach(&st.accepted, &h) => {
                 tracing::info!(follower = %h.process_id, session = %h.resume_session, "follower reconnected");
                 let run_id = st.accepted.as_ref().map(|a| a.run_id.clone()).unwrap_or_default();
+                if let Some(a) = st.accepted.as_mut() {
+                    a.conn = peer.conn;
+                }
                 HelloReply {
                     accepted: true,
                     process_id: st.settings.process_id.clone(),
@@ -95,6 +104,19 @@ impl Bridge for Service {
                     run_id,
                     release_exports: st.settings.release_exports.clone(),
                     ..Default::default()
+                }
+            }
+            // Another follower process while the session is alive: not a
+            // restart (a restarted follower's old link is down or quiet).
+            Ok(()) if st.accepted.as_ref().is_some_and(|a| a.process_id != h.process_id) && st.health.healthy() => {
+                let reason = format!(
+                    "the leader is in a healthy session with another follower process; a restarted follower is \
+                     taken back once that one has been silent for {:.1} s",
+                    st.health.window().as_secs_f64()
+                );
+                HelloReply {
+                    busy: true,
+                    ..refuse(&st, reason)
                 }
             }
             Ok(()) => match st.settings.decide(&h, crate::handshake::new_run_id) {
@@ -112,6 +134,7 @@ impl Bridge for Service {
                         process_id: h.process_id.clone(),
                         resume: decision.resume,
                         run_id: decision.run_id.clone(),
+                        conn: peer.conn,
                     });
                     HelloReply {
                         accepted: true,
@@ -122,7 +145,7 @@ impl Bridge for Service {
                         reattached: false,
                         run_id: decision.run_id,
                         release_exports: st.settings.release_exports.clone(),
-                        reason: String::new(),
+                        ..Default::default()
                     }
                 }
             },
@@ -138,19 +161,26 @@ impl Bridge for Service {
             .map_err(Status::permission_denied)?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let (accepted, sessions) = {
+        let (accepted, sessions, health) = {
             let st = self.state.lock().map_err(|_| Status::internal("state poisoned"))?;
-            (st.accepted.clone(), st.sessions.clone())
+            (st.accepted.clone(), st.sessions.clone(), st.health.clone())
         };
         let Some(Accepted {
             session_id,
             process_id: peer_process_id,
             resume: resume_step,
             run_id,
+            conn,
         }) = accepted
         else {
             return Err(Status::failed_precondition("no accepted hello: call Hello first"));
         };
+        // The stream belongs to the connection that said hello.
+        if peer.attested && peer.conn != conn {
+            return Err(Status::failed_precondition(
+                "this connection did not say Hello: open the session on the connection that did",
+            ));
+        }
         let Some(sessions) = sessions else {
             return Err(Status::unavailable("the leader is not accepting sessions"));
         };
@@ -161,6 +191,7 @@ impl Bridge for Service {
                 resume_step,
                 run_id,
                 peer,
+                health,
                 inbound,
                 outbound: tx,
             })
@@ -193,6 +224,9 @@ impl Listener {
 /// HTTP/2 flow-control window for streams and connections.
 pub const WINDOW: u32 = 16 << 20;
 
+/// Concurrent HTTP/2 streams per connection.
+pub const MAX_STREAMS: u32 = 4;
+
 /// Binds `addr` (port 0 picks a free port) and serves the bridge.
 pub async fn listen(
     addr: &str,
@@ -212,6 +246,7 @@ pub async fn listen(
     let state = State {
         settings,
         accepted: None,
+        health: Arc::new(Health::default()),
         sessions: Some(stx),
         counter: 0,
     };
@@ -228,6 +263,9 @@ pub async fn listen(
         // 64 KiB flow-control window (one round trip per message).
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
+        // A follower needs two streams (Hello, then Session); a peer that
+        // opens more gets refused streams, not more memory.
+        .max_concurrent_streams(Some(MAX_STREAMS))
         .add_service(svc);
     let stop = async {
         let _ = rx.await;
@@ -244,7 +282,7 @@ pub async fn listen(
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
         Security::RaTls(tls) => {
-            let incoming = ReceiverStream::new(secure::accept_loop(tcp, tls, rej_tx));
+            let incoming = ReceiverStream::new(secure::accept_loop(tcp, tls, rej_tx, secure::Limits::default()));
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };

@@ -56,7 +56,7 @@ fn options(timeout_ms: u64, heartbeat_ms: u64, meter: Arc<Counts>) -> LinkOption
     LinkOptions {
         peer_timeout: Duration::from_millis(timeout_ms),
         heartbeat: Duration::from_millis(heartbeat_ms),
-        meter,
+        ..LinkOptions::new(Duration::from_millis(timeout_ms), meter)
     }
 }
 
@@ -130,7 +130,7 @@ async fn cuts_between_receive_and_reply_lose_and_repeat_nothing() {
     let f = tokio::spawn(async move {
         let mut f = follower(addr, "follower-1", fopts).await;
         for i in 1..=30 {
-            f.send(ping(i)).await;
+            f.send(ping(i)).await.unwrap();
             expect_pong(&mut f, i).await;
         }
         f
@@ -142,7 +142,7 @@ async fn cuts_between_receive_and_reply_lose_and_repeat_nothing() {
         if cut_at.contains(&i) {
             assert!(proxy.cut() >= 1, "nothing to cut at {i}");
         }
-        l.send(pong(i)).await;
+        l.send(pong(i)).await.unwrap();
     }
     let _f = f.await.unwrap();
     assert_eq!(lm.reconnects(), cut_at.len() as u64, "leader reconnects");
@@ -162,7 +162,7 @@ async fn a_silent_connection_is_replaced_after_the_peer_timeout() {
     let f = tokio::spawn(async move {
         let mut f = follower(addr, "follower-1", fopts).await;
         for i in 1..=6 {
-            f.send(ping(i)).await;
+            f.send(ping(i)).await.unwrap();
             expect_pong(&mut f, i).await;
         }
         f
@@ -173,7 +173,7 @@ async fn a_silent_connection_is_replaced_after_the_peer_timeout() {
         if i == 3 {
             assert_eq!(proxy.freeze(), 1);
         }
-        l.send(pong(i)).await;
+        l.send(pong(i)).await.unwrap();
     }
     let _f = f.await.unwrap();
     assert_eq!(fm.reconnects(), 1, "follower reconnects");
@@ -193,13 +193,13 @@ async fn heartbeats_keep_a_busy_peer_alive() {
         let mut f = follower(addr, "follower-1", fopts).await;
         // Four peer timeouts of blocking work, as in a slow training step.
         tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(2_000)));
-        f.send(ping(1)).await;
+        f.send(ping(1)).await.unwrap();
         expect_pong(&mut f, 1).await;
         f
     });
     let mut l = admit(&mut listener, options(500, 100, lm.clone())).await;
     expect_ping(&mut l, 1).await;
-    l.send(pong(1)).await;
+    l.send(pong(1)).await.unwrap();
     let _f = f.await.unwrap();
     assert_eq!(lm.reconnects() + fm.reconnects(), 0, "a busy peer was taken as gone");
 }
@@ -238,13 +238,13 @@ async fn a_restarted_follower_is_told_apart_from_a_reconnect() {
     let first_session = l.session_id().to_string();
     let fa = (&mut a).await.unwrap();
     let mut fa = fa;
-    fa.send(ping(1)).await;
+    fa.send(ping(1)).await.unwrap();
     expect_ping(&mut l, 1).await;
     drop(fa);
     let o = opts();
     let b = tokio::spawn(async move {
         let mut b = follower(addr, "follower-b", o).await;
-        b.send(ping(7)).await;
+        b.send(ping(7)).await.unwrap();
         expect_pong(&mut b, 7).await;
         b
     });
@@ -258,12 +258,12 @@ async fn a_restarted_follower_is_told_apart_from_a_reconnect() {
         }
         other => panic!("expected PeerRestarted, got {other:?}"),
     }
-    assert!(l.restart(), "no new session to continue with");
-    assert!(!l.restart(), "the new session was handed out twice");
+    assert!(l.restart().unwrap(), "no new session to continue with");
+    assert!(!l.restart().unwrap(), "the new session was handed out twice");
     assert_ne!(l.session_id(), first_session);
     assert_eq!(l.peer_process_id(), "follower-b");
     expect_ping(&mut l, 7).await;
-    l.send(pong(7)).await;
+    l.send(pong(7)).await.unwrap();
     b.await.unwrap();
 }
 
@@ -296,12 +296,12 @@ async fn a_restarted_leader_is_told_apart_from_a_reconnect() {
         }
         other => panic!("expected PeerRestarted, got {other:?}"),
     }
-    assert!(f.restart());
+    assert!(f.restart().unwrap());
     assert_ne!(f.reply().session_id, old_session);
     let mut l = admit(&mut new, options(5_000, 100, Arc::new(Counts::default()))).await;
-    f.send(ping(1)).await;
+    f.send(ping(1)).await.unwrap();
     expect_ping(&mut l, 1).await;
-    l.send(pong(1)).await;
+    l.send(pong(1)).await.unwrap();
     expect_pong(&mut f, 1).await;
 }
 
@@ -322,11 +322,11 @@ async fn a_one_way_stream_keeps_few_messages_unacknowledged() {
         )
         .await;
         for i in 1..=200 {
-            f.send(ping(i)).await;
+            f.send(ping(i)).await.unwrap();
         }
         done_rx.await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        f.send(ping(201)).await;
+        f.send(ping(201)).await.unwrap();
         (f.unacknowledged(), f)
     });
     let mut l = admit(&mut listener, options(5_000, 3_600_000, Arc::new(Counts::default()))).await;
@@ -380,9 +380,9 @@ async fn raw_follower(
     (tx, inbound)
 }
 
-fn raw(seq: u64, ack: u64, m: FMsg) -> pb::FollowerMessage {
+fn raw(session: &str, seq: u64, ack: u64, m: FMsg) -> pb::FollowerMessage {
     pb::FollowerMessage {
-        session_id: String::new(),
+        session_id: session.to_string(),
         seq,
         ack,
         msg: Some(m),
@@ -395,8 +395,9 @@ fn raw(seq: u64, ack: u64, m: FMsg) -> pb::FollowerMessage {
 async fn a_gap_in_the_sequence_is_a_protocol_error() {
     let mut listener = leader().await;
     let (mut l, tx, _inbound) = admit_raw(&mut listener).await;
-    tx.send(raw(1, 0, ping(1))).await.unwrap();
-    tx.send(raw(3, 0, ping(3))).await.unwrap();
+    let s = l.session_id().to_string();
+    tx.send(raw(&s, 1, 0, ping(1))).await.unwrap();
+    tx.send(raw(&s, 3, 0, ping(3))).await.unwrap();
     expect_ping(&mut l, 1).await;
     match l.recv().await {
         Err(BridgeError::Protocol(m)) => assert!(m.contains("message 3") && m.contains("missing"), "{m}"),
@@ -410,9 +411,129 @@ async fn a_gap_in_the_sequence_is_a_protocol_error() {
 async fn an_acknowledgement_of_an_unsent_message_is_a_protocol_error() {
     let mut listener = leader().await;
     let (mut l, tx, _inbound) = admit_raw(&mut listener).await;
-    tx.send(raw(1, 5, ping(1))).await.unwrap();
+    let s = l.session_id().to_string();
+    tx.send(raw(&s, 1, 5, ping(1))).await.unwrap();
     match l.recv().await {
         Err(BridgeError::Protocol(m)) => assert!(m.contains("acknowledges message 5"), "{m}"),
         other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+/// While a session is healthy, a hello from another follower process is
+/// refused as busy (not taken for a restart that would displace the
+/// running follower); the running pair carries on undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_follower_is_refused_while_the_session_is_healthy() {
+    let mut listener = leader().await;
+    let addr = listener.local_addr;
+    let opts = || options(5_000, 100, Arc::new(Counts::default()));
+    let o = opts();
+    let a = tokio::spawn(async move { follower(addr, "follower-a", o).await });
+    let mut l = admit(&mut listener, opts()).await;
+    let mut fa = a.await.unwrap();
+    fa.send(ping(1)).await.unwrap();
+    expect_ping(&mut l, 1).await;
+    let mut client = pb::bridge_client::BridgeClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let reply = client.hello(settings("intruder").hello()).await.unwrap().into_inner();
+    assert!(!reply.accepted && reply.busy, "{reply:?}");
+    assert!(
+        reply.reason.contains("healthy session with another follower process"),
+        "{}",
+        reply.reason
+    );
+    // Both still talk, in the same session.
+    let session = l.session_id().to_string();
+    l.send(pong(1)).await.unwrap();
+    expect_pong(&mut fa, 1).await;
+    fa.send(ping(2)).await.unwrap();
+    expect_ping(&mut l, 2).await;
+    assert_eq!(l.session_id(), session);
+    assert_eq!(l.peer_process_id(), "follower-a");
+}
+
+/// A message naming another session on the session's stream is a protocol
+/// error (streams belong to the session that opened them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_another_session_is_a_protocol_error() {
+    let mut listener = leader().await;
+    let (mut l, tx, _inbound) = admit_raw(&mut listener).await;
+    tx.send(raw("someone-else-1", 1, 0, ping(1))).await.unwrap();
+    match l.recv().await {
+        Err(BridgeError::Protocol(m)) => assert!(m.contains("someone-else-1"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+/// A peer that never acknowledges is cut once `max_queue` messages wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_acknowledges_is_cut() {
+    let mut listener = leader().await;
+    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
+    let opts = LinkOptions {
+        max_queue: 8,
+        ..options(5_000, 3_600_000, Arc::new(Counts::default()))
+    };
+    let mut l = admit(&mut listener, opts).await;
+    let (_tx, _inbound) = raw_peer.await.unwrap();
+    for i in 0..8 {
+        l.send(pong(i)).await.unwrap();
+    }
+    match l.send(pong(8)).await {
+        Err(BridgeError::Overrun(m)) => assert!(m.contains("has not acknowledged 8 messages"), "{m}"),
+        other => panic!("expected an overrun, got {other:?}"),
+    }
+}
+
+/// A peer that sends far ahead of this party (while it only sends) is cut
+/// once `max_queue` messages wait to be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_is_cut() {
+    let mut listener = leader().await;
+    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
+    let opts = LinkOptions {
+        max_queue: 8,
+        ..options(5_000, 3_600_000, Arc::new(Counts::default()))
+    };
+    let mut l = admit(&mut listener, opts).await;
+    let (tx, _inbound) = raw_peer.await.unwrap();
+    let session = l.session_id().to_string();
+    for seq in 1..=20 {
+        tx.send(raw(&session, seq, 0, ping(seq as u32))).await.unwrap();
+    }
+    // Let them arrive; this party only sends (taking acknowledgements in).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let _ = l.send(pong(i)).await;
+    }
+    match l.recv().await {
+        Err(BridgeError::Overrun(m)) => assert!(m.contains("ahead of this party"), "{m}"),
+        other => panic!("expected an overrun, got {other:?}"),
+    }
+}
+
+/// Restarts are taken back at most `max_restarts` times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_are_capped() {
+    let mut listener = leader().await;
+    let addr = listener.local_addr;
+    let opts = || LinkOptions {
+        max_restarts: 0,
+        ..options(5_000, 100, Arc::new(Counts::default()))
+    };
+    let o = opts();
+    let a = tokio::spawn(async move { follower(addr, "follower-a", o).await });
+    let mut l = admit(&mut listener, opts()).await;
+    drop(a.await.unwrap());
+    let o = opts();
+    let _b = tokio::spawn(async move { follower(addr, "follower-b", o).await });
+    assert!(matches!(l.recv().await, Err(BridgeError::PeerRestarted { .. })));
+    match l.restart() {
+        Err(BridgeError::TooManyRestarts {
+            peer: "follower",
+            max: 0,
+        }) => {}
+        other => panic!("expected TooManyRestarts, got {other:?}"),
     }
 }

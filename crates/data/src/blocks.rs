@@ -181,13 +181,24 @@ impl DataDir {
     }
 
     /// The blocks with these ids, in this order; a missing id is an error.
+    /// Linear in the number of blocks plus the plan's length (the plan comes
+    /// from the peer and may be long).
     pub fn select(&self, order: &[String]) -> Result<Vec<BlockFile>, DataError> {
+        let by_id: std::collections::HashMap<&str, &BlockFile> =
+            self.blocks.iter().map(|b| (b.id.as_str(), b)).collect();
         order
             .iter()
             .map(|id| {
-                self.blocks.iter().find(|b| &b.id == id).cloned().ok_or_else(|| {
+                by_id.get(id.as_str()).map(|b| (*b).clone()).ok_or_else(|| {
+                    // The id comes from the peer: at most 64 characters, no
+                    // control characters, in the error.
+                    let shown: String = id
+                        .chars()
+                        .take(64)
+                        .map(|c| if c.is_control() { '?' } else { c })
+                        .collect();
                     DataError::Other(format!(
-                        "{}: no block `{id}` in this data directory",
+                        "{}: no block `{shown}` in this data directory",
                         self.root.display()
                     ))
                 })

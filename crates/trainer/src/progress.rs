@@ -188,9 +188,20 @@ pub async fn serve_metrics(addr: &str, progress: Arc<Progress>) -> Result<std::n
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
     tokio::spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(10);
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
+            let mut sock = match listener.accept().await {
+                Ok((sock, _)) => {
+                    backoff = std::time::Duration::from_millis(10);
+                    sock
+                }
+                // Out of file descriptors (EMFILE) and the like: wait
+                // instead of spinning.
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    continue;
+                }
             };
             let p = progress.clone();
             tokio::spawn(async move {
@@ -212,10 +223,16 @@ pub async fn serve_metrics(addr: &str, progress: Arc<Progress>) -> Result<std::n
                 }
                 let line = String::from_utf8_lossy(&buf);
                 let target = line.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = if line.starts_with("GET ") && (target == "/metrics" || target == "/") {
+                let (status, body) = if !line.starts_with("GET ") {
+                    ("404 Not Found", "not found: try /metrics or /healthz\n".to_string())
+                } else if target == "/metrics" || target == "/" {
                     ("200 OK", p.prometheus())
+                } else if target == "/healthz" {
+                    // Liveness for Kubernetes probes: this process serves.
+                    // (Probes must not use the RA-TLS port.)
+                    ("200 OK", "ok\n".to_string())
                 } else {
-                    ("404 Not Found", "not found: try /metrics\n".to_string())
+                    ("404 Not Found", "not found: try /metrics or /healthz\n".to_string())
                 };
                 let resp = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

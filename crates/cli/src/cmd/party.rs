@@ -77,6 +77,11 @@ pub struct Common {
     /// Without it such a rollback is refused.
     #[arg(long)]
     allow_rollback: bool,
+    /// How often a peer that restarted (a new process) is taken back and
+    /// the session started over from the newest common checkpoint, before
+    /// the run fails.
+    #[arg(long, default_value_t = vfl_bridge::link::MAX_RESTARTS)]
+    max_restarts: u32,
     #[command(flatten)]
     attest: super::attest::Flags,
 }
@@ -180,6 +185,7 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
         security: super::attest::security(&c.attest, seal.as_ref())?,
         seal,
         allow_rollback: c.allow_rollback,
+        max_restarts: c.max_restarts,
         progress: vfl_trainer::progress::Progress::new(role),
         metrics_addr: c.metrics_addr.clone(),
     })

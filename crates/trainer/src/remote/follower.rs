@@ -27,16 +27,20 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
             follow(&cfg, &data, &mut link).await
         };
         match r {
-            Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) if link.restart() => {
-                tracing::warn!(error = %e, "starting the session over");
-            }
+            Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) => match link.restart() {
+                Ok(true) => {
+                    tracing::warn!(error = %e, "starting the session over");
+                }
+                Ok(false) => break Err(e.into()),
+                Err(gave_up) => break Err(gave_up.into()),
+            },
             r => break r,
         }
     };
     if let Err(e) = &result
         && !matches!(e, TrainError::Bridge(BridgeError::PeerFailed(_)))
     {
-        link.send(FMsg::Failure(pb::Failure { reason: reason(e) })).await;
+        let _ = link.send(FMsg::Failure(pb::Failure { reason: reason(e) })).await;
         link.flush(Duration::from_secs(1)).await;
     }
     result
@@ -95,7 +99,7 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                 let mut reader = BlockReader::new(blocks, schema.clone(), opts);
                 reader.seek(start_pos)?;
                 let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
-                link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await;
+                link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
                 cfg.progress.set_epoch(u64::from(plan.epoch));
                 let mut iterations = 0u64;
                 loop {
@@ -104,12 +108,12 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                             epoch: plan.epoch,
                             iterations,
                         }))
-                        .await;
+                        .await?;
                         break;
                     };
                     let n = batch.rows;
                     let act = tokio::task::block_in_place(|| party.forward(&batch, true))?;
-                    link.send(activations_pb(act)).await;
+                    link.send(activations_pb(act)).await?;
                     let g = match link.recv().await? {
                         LMsg::Gradient(g) => g,
                         LMsg::Failure(f) => return Err(peer_failed(f)),
@@ -154,7 +158,7 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                         checkpoint::commit(dir, &bind, cfg.seal.as_deref(), &run_id, state.steps)?;
                         reverify(cfg, link.peer(), PartyRole::Leader)?;
                         link.send(FMsg::CheckpointDone(pb::CheckpointDone { step: state.steps }))
-                            .await;
+                            .await?;
                     }
                     reader.recycle(batch);
                 }
@@ -243,7 +247,7 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
         match link.recv().await? {
             LMsg::Plan(plan) => {
                 let mut reader = BlockReader::new(data.select(&plan.block_ids)?, schema.clone(), opts);
-                link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await;
+                link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
                 loop {
                     let n = reader.fill(&mut batch, cfg.batch_size)?;
                     if n == 0 {
@@ -251,11 +255,11 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
                             epoch: plan.epoch,
                             iterations: steps,
                         }))
-                        .await;
+                        .await?;
                         break;
                     }
                     let act = tokio::task::block_in_place(|| party.forward(&batch, false))?;
-                    link.send(activations_pb(act)).await;
+                    link.send(activations_pb(act)).await?;
                     steps += 1;
                     examples += n as u64;
                 }

@@ -60,9 +60,13 @@ pub async fn run_leader(
             lead(&cfg, &data, &mut link).await
         };
         match r {
-            Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) if link.restart() => {
-                tracing::warn!(error = %e, resume_step = ?link.resume_step(), "starting the session over");
-            }
+            Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) => match link.restart() {
+                Ok(true) => {
+                    tracing::warn!(error = %e, resume_step = ?link.resume_step(), "starting the session over");
+                }
+                Ok(false) => break Err(e.into()),
+                Err(gave_up) => break Err(gave_up.into()),
+            },
             r => break r,
         }
     };
@@ -77,7 +81,7 @@ pub async fn run_leader(
 async fn finish(link: &mut LeaderLink<'_>, result: &Result<RunSummary, TrainError>, wait: Duration) {
     match result {
         Err(e) => {
-            link.send(LMsg::Failure(pb::Failure { reason: reason(e) })).await;
+            let _ = link.send(LMsg::Failure(pb::Failure { reason: reason(e) })).await;
             link.flush(Duration::from_secs(1)).await;
         }
         Ok(_) => {
@@ -148,7 +152,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
             start_block: start_pos.block as u64,
             start_record: start_pos.record,
         }))
-        .await;
+        .await?;
         match link.recv().await? {
             FMsg::PlanAck(a) if a.epoch == epoch => {}
             FMsg::Failure(f) => return Err(peer_failed(f)),
@@ -211,7 +215,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
                         tensor: Some(tensor_pb(grad.tensor)),
                         checkpoint_step,
                     }))
-                    .await;
+                    .await?;
                     if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
                         match link.recv().await? {
                             FMsg::CheckpointDone(d) if d.step == state.steps => {}
@@ -280,7 +284,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
         summary: format!("{} steps, {} examples", state.steps, state.examples),
         export_id: export_id.clone(),
     }))
-    .await;
+    .await?;
     let export_dir = match &cfg.export_path {
         None => None,
         Some(p) => {
@@ -344,7 +348,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
         start_block: 0,
         start_record: 0,
     }))
-    .await;
+    .await?;
     match link.recv().await? {
         FMsg::PlanAck(_) => {}
         FMsg::Failure(f) => return Err(peer_failed(f)),
@@ -411,7 +415,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
         summary: format!("evaluated {examples} examples"),
         export_id: String::new(),
     }))
-    .await;
+    .await?;
     Ok(RunSummary {
         session_id,
         epochs: 1,

@@ -79,6 +79,8 @@ pub struct RunConfig {
     /// Resume from a checkpoint older than the step both parties committed
     /// (an operator's explicit decision, logged loudly).
     pub allow_rollback: bool,
+    /// How often a restarted peer is taken back before the run fails.
+    pub max_restarts: u32,
     /// Counters for the progress line, the logs and `--metrics-addr`.
     pub progress: std::sync::Arc<crate::progress::Progress>,
     /// Serve Prometheus metrics here (host:port).
@@ -316,7 +318,10 @@ async fn start_metrics(cfg: &RunConfig) -> Result<(), TrainError> {
 }
 
 fn link_options(cfg: &RunConfig) -> LinkOptions {
-    LinkOptions::new(cfg.peer_timeout, cfg.progress.clone())
+    LinkOptions {
+        max_restarts: cfg.max_restarts,
+        ..LinkOptions::new(cfg.peer_timeout, cfg.progress.clone())
+    }
 }
 
 /// Where in the data a checkpoint is taken: the epoch, its block order and
