@@ -4,7 +4,7 @@
 //! a policy that admits simulated evidence from one root.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use vfl_attest::{Clock, Policy, Verifier};
@@ -19,8 +19,7 @@ fn verifier() -> &'static Verifier {
             "fuzz",
         )
         .expect("the fuzz policy parses");
-        let _ = Arc::new(());
-        Verifier::new(policy, None, Clock::Fixed(1_750_377_600))
+        Verifier::new(policy, None, Clock::System)
     })
 }
 

@@ -359,3 +359,50 @@ fn a_production_policy_that_does_not_pin_the_signer_is_refused() {
     .unwrap();
     assert!(ok.check_usable_by(Mode::Sgx, "p").is_ok());
 }
+
+mod print_parse {
+    use proptest::prelude::*;
+    use vfl_attest::PartyRole;
+    use vfl_attest::policy::{Policy, SvnRule};
+
+    fn hex32() -> impl Strategy<Value = [u8; 32]> {
+        any::<[u8; 32]>()
+    }
+
+    proptest! {
+        /// A policy written out as JSON (any entries, roles, SVN rules, floor
+        /// and releases) parses back to the same values.
+        #[test]
+        fn a_printed_policy_parses_back(
+            entries in proptest::collection::vec((hex32(), hex32(), any::<u16>(), any::<u16>(), any::<bool>(), 0u8..3), 0..5),
+            floor in proptest::option::of(any::<u32>()),
+            release in proptest::sample::subsequence(vec!["follower", "leader"], 0..=2),
+        ) {
+            let list: Vec<serde_json::Value> = entries.iter().map(|(e, s, p, v, min, role)| {
+                let mut m = serde_json::json!({
+                    "mr_enclave": hex::encode(e), "mr_signer": hex::encode(s), "isv_prod_id": p.to_string(),
+                });
+                m[if *min { "min_isv_svn" } else { "isv_svn" }] = v.to_string().into();
+                match role { 1 => m["role"] = "leader".into(), 2 => m["role"] = "follower".into(), _ => {} }
+                m
+            }).collect();
+            let mut doc = serde_json::json!({
+                "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+                "sgx_mrs": list, "release_exports": release,
+            });
+            if let Some(f) = floor { doc["min_tcb_eval_data_number"] = f.into(); }
+            let p = Policy::parse(serde_json::to_string_pretty(&doc).unwrap().as_bytes(), "p").unwrap();
+            prop_assert_eq!(p.entries.len(), entries.len());
+            for (got, (e, s, prod, v, min, role)) in p.entries.iter().zip(&entries) {
+                prop_assert_eq!(got.mr_enclave, Some(*e));
+                prop_assert_eq!(got.mr_signer, Some(*s));
+                prop_assert_eq!(got.isv_prod_id, Some(*prod));
+                prop_assert_eq!(got.isv_svn, Some(if *min { SvnRule::AtLeast(*v) } else { SvnRule::Equal(*v) }));
+                let want = match role { 1 => Some(PartyRole::Leader), 2 => Some(PartyRole::Follower), _ => None };
+                prop_assert_eq!(got.role, want);
+            }
+            prop_assert_eq!(p.min_tcb_eval_data_number, floor);
+            prop_assert_eq!(p.release_exports.len(), release.len());
+        }
+    }
+}

@@ -30,6 +30,97 @@ use crate::pb::{
 };
 use crate::{BridgeError, Security, Settings, client, server};
 
+/// The sequence and acknowledgement rules of the link, without I/O: what
+/// an arrived message is, which acknowledgements are valid, and the queue
+/// of sent messages awaiting acknowledgement. [`Core`] applies them; the
+/// fuzz target `link` drives them with arbitrary sequences.
+pub mod seq {
+    use std::collections::VecDeque;
+
+    /// What an arrived message is, given the highest sequence number
+    /// received so far.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Arrived {
+        /// Not sequenced; only its acknowledgement counts.
+        Heartbeat,
+        /// Already received (resent after a reconnect): dropped.
+        Duplicate,
+        /// The next one: delivered.
+        New,
+        /// Messages between `last` and this one are missing.
+        Gap { last: u64 },
+    }
+
+    pub fn classify(seq: u64, heartbeat: bool, last: u64) -> Arrived {
+        if heartbeat {
+            Arrived::Heartbeat
+        } else if seq <= last {
+            Arrived::Duplicate
+        } else if Some(seq) == last.checked_add(1) {
+            Arrived::New
+        } else {
+            Arrived::Gap { last }
+        }
+    }
+
+    /// Messages sent and not yet acknowledged, in sequence order.
+    #[derive(Debug)]
+    pub struct Unacked<T> {
+        next_seq: u64,
+        queue: VecDeque<(u64, T)>,
+    }
+
+    impl<T> Default for Unacked<T> {
+        fn default() -> Self {
+            Self {
+                next_seq: 1,
+                queue: VecDeque::new(),
+            }
+        }
+    }
+
+    impl<T> Unacked<T> {
+        /// The sequence number the next message gets.
+        pub fn next_seq(&self) -> u64 {
+            self.next_seq
+        }
+
+        /// Keeps `m` under the next sequence number; returns that number.
+        pub fn push(&mut self, m: T) -> u64 {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.queue.push_back((seq, m));
+            seq
+        }
+
+        /// Drops what `ack` covers. An acknowledgement of a message never
+        /// sent is an error (it would drop messages the peer lacks): the
+        /// highest sequence number sent is returned then.
+        pub fn acknowledge(&mut self, ack: u64) -> Result<(), u64> {
+            if ack >= self.next_seq {
+                return Err(self.next_seq - 1);
+            }
+            while self.queue.front().is_some_and(|(s, _)| *s <= ack) {
+                self.queue.pop_front();
+            }
+            Ok(())
+        }
+
+        pub fn len(&self) -> usize {
+            self.queue.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.queue.is_empty()
+        }
+
+        /// The waiting messages, oldest first (for the resend).
+        pub fn iter(&self) -> impl Iterator<Item = &(u64, T)> {
+            self.queue.iter()
+        }
+    }
+}
+
 /// Counts traffic and reconnects (for progress lines and metrics).
 pub trait Meter: Send + Sync {
     fn sent(&self, _bytes: usize) {}
@@ -225,12 +316,11 @@ struct Core<Out: Envelope, In: Envelope> {
     /// heartbeat task.
     out: Outbox<Out::Wire>,
     inbound: Option<Streaming<In>>,
-    next_seq: u64,
     /// Highest sequence number received (our acknowledgement).
     received: Arc<AtomicU64>,
     /// The highest acknowledgement sent so far.
     ack_sent: Arc<AtomicU64>,
-    unacked: VecDeque<Out>,
+    unacked: seq::Unacked<Out>,
     /// New messages taken in while sending, for the next receive.
     ready: VecDeque<In>,
     /// Why the connection broke, noticed while sending.
@@ -298,10 +388,9 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             session_id,
             out,
             inbound: Some(inbound),
-            next_seq: 1,
             received,
             ack_sent,
-            unacked: VecDeque::new(),
+            unacked: seq::Unacked::default(),
             ready: VecDeque::new(),
             broken: None,
             fatal: None,
@@ -342,10 +431,9 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             )));
         }
         let ack = self.received.load(Ordering::Acquire);
-        m.stamp(self.next_seq, ack);
+        m.stamp(self.unacked.next_seq(), ack);
         self.ack_sent.fetch_max(ack, Ordering::AcqRel);
-        self.next_seq += 1;
-        self.unacked.push_back(m.clone());
+        self.unacked.push(m.clone());
         self.write(m).await;
         self.drain().await;
         Ok(())
@@ -362,17 +450,12 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
 
     /// Drops the messages the peer acknowledges.
     fn acknowledged(&mut self, ack: u64) -> Result<(), BridgeError> {
-        if ack >= self.next_seq {
-            return Err(BridgeError::Protocol(format!(
-                "the peer acknowledges message {ack} of session {}, but only {} were sent",
-                self.session_id,
-                self.next_seq - 1
-            )));
-        }
-        while self.unacked.front().is_some_and(|m| m.seq() <= ack) {
-            self.unacked.pop_front();
-        }
-        Ok(())
+        self.unacked.acknowledge(ack).map_err(|sent| {
+            BridgeError::Protocol(format!(
+                "the peer acknowledges message {ack} of session {}, but only {sent} were sent",
+                self.session_id
+            ))
+        })
     }
 
     /// Reads what arrives on the current connection within `wait`.
@@ -462,20 +545,21 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             )));
         }
         self.acknowledged(m.ack())?;
-        if m.is_heartbeat() {
-            return Ok(None);
-        }
         let (seq, last) = (m.seq(), self.received.load(Ordering::Acquire));
-        if seq <= last {
-            tracing::debug!(seq, "dropping a message received before the reconnect");
-            self.opts.meter.duplicate();
-            return Ok(None);
-        }
-        if seq != last + 1 {
-            return Err(BridgeError::Protocol(format!(
-                "message {seq} of session {} arrived after message {last}: messages are missing",
-                self.session_id
-            )));
+        match seq::classify(seq, m.is_heartbeat(), last) {
+            seq::Arrived::Heartbeat => return Ok(None),
+            seq::Arrived::Duplicate => {
+                tracing::debug!(seq, "dropping a message received before the reconnect");
+                self.opts.meter.duplicate();
+                return Ok(None);
+            }
+            seq::Arrived::Gap { last } => {
+                return Err(BridgeError::Protocol(format!(
+                    "message {seq} of session {} arrived after message {last}: messages are missing",
+                    self.session_id
+                )));
+            }
+            seq::Arrived::New => {}
         }
         self.received.store(seq, Ordering::Release);
         self.opts.meter.received(m.encoded_len());
@@ -510,7 +594,7 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             h.set_up(true);
         }
         let ack = self.received.load(Ordering::Acquire);
-        let pending: Vec<Out> = self.unacked.iter().cloned().collect();
+        let pending: Vec<Out> = self.unacked.iter().map(|(_, m)| m.clone()).collect();
         let n = pending.len();
         for mut m in pending {
             let seq = m.seq();
@@ -853,5 +937,45 @@ impl FollowerLink {
     /// Waits up to `wait` until the leader has acknowledged everything.
     pub async fn flush(&mut self, wait: Duration) -> bool {
         self.core.flush(wait).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seq::{Arrived, Unacked, classify};
+    use proptest::prelude::*;
+
+    #[test]
+    fn arrivals_are_classified() {
+        assert_eq!(classify(1, false, 0), Arrived::New);
+        assert_eq!(classify(1, false, 1), Arrived::Duplicate);
+        assert_eq!(classify(3, false, 1), Arrived::Gap { last: 1 });
+        assert_eq!(classify(0, true, 7), Arrived::Heartbeat);
+        assert_eq!(classify(u64::MAX, false, u64::MAX), Arrived::Duplicate);
+    }
+
+    proptest! {
+        /// Against a model: after any sends and acknowledgements, exactly
+        /// the messages above the highest valid acknowledgement wait, in
+        /// order; an acknowledgement of an unsent message changes nothing.
+        #[test]
+        fn unacked_matches_a_model(ops in proptest::collection::vec((any::<bool>(), 0u64..40), 0..200)) {
+            let mut q: Unacked<u64> = Unacked::default();
+            let (mut sent, mut acked) = (0u64, 0u64);
+            for (send, v) in ops {
+                if send {
+                    q.push(v);
+                    sent += 1;
+                } else if v > sent {
+                    prop_assert_eq!(q.acknowledge(v), Err(sent));
+                } else {
+                    prop_assert_eq!(q.acknowledge(v), Ok(()));
+                    acked = acked.max(v);
+                }
+                let waiting: Vec<u64> = q.iter().map(|(s, _)| *s).collect();
+                let expected: Vec<u64> = (acked + 1..=sent).collect();
+                prop_assert_eq!(waiting, expected);
+            }
+        }
     }
 }

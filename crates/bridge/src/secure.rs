@@ -45,7 +45,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            handshakes: 64,
+            handshakes: 256,
             per_address: 8,
             deadline: HANDSHAKE_TIMEOUT,
             connections: 4,
@@ -493,6 +493,46 @@ pub async fn dial(
             "RA-TLS handshake timed out",
         )),
     }
+}
+
+/// Serves RA-TLS on `tcp` through the real [`accept_loop`] (handshake
+/// runtime, limits, classification) and echoes one byte on each attested
+/// connection. For benchmarks of the path before authentication.
+pub fn serve_echo(tcp: tokio::net::TcpListener, tls: Arc<RaTls>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (rej_tx, mut rej_rx) = mpsc::channel(16);
+    let mut conns = accept_loop(tcp, tls, rej_tx, Limits::default());
+    tokio::spawn(async move { while rej_rx.recv().await.is_some() {} });
+    tokio::spawn(async move {
+        while let Some(Ok(mut io)) = conns.recv().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                if io.0.read_exact(&mut b).await.is_ok() {
+                    let _ = io.0.write_all(&b).await;
+                    let _ = io.0.flush().await;
+                }
+            });
+        }
+    });
+}
+
+/// Dials `addr`, handshakes as a client and exchanges one byte (so the
+/// server's verdict on us is in): the time a follower needs to be admitted.
+pub async fn echo_handshake(tls: &RaTls, addr: std::net::SocketAddr) -> Result<Duration, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME).map_err(|e| e.to_string())?;
+    let mut c = tokio_rustls::TlsConnector::from(tls.client.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ratls::describe_error(&e))?;
+    c.write_all(&[1]).await.map_err(|e| e.to_string())?;
+    c.flush().await.map_err(|e| e.to_string())?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).await.map_err(|e| ratls::describe_error(&e))?;
+    Ok(start.elapsed())
 }
 
 /// One mutual RA-TLS handshake over loopback between a server and a client

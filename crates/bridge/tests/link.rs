@@ -537,3 +537,7 @@ async fn restarts_are_capped() {
         other => panic!("expected TooManyRestarts, got {other:?}"),
     }
 }
+
+/// Re-verification of a connected peer (its own file, one test binary).
+#[path = "cases/reverify.rs"]
+mod reverify;

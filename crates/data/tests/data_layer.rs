@@ -448,3 +448,7 @@ fn reads_fate_style_csv_pairs() {
     assert_eq!(h.dense, vec![3.0, 1.0, 6.0, 4.0]);
     assert_eq!(g.labels, vec![1.0, 0.0]);
 }
+
+/// Property tests of the encoders and decoders (one test binary).
+#[path = "cases/roundtrip.rs"]
+mod roundtrip;

@@ -174,6 +174,18 @@ mod tests {
         d.join("m.safetensors")
     }
 
+    /// A header whose shape's element count overflows is an error naming
+    /// the tensor, not a wrapped product that passes the length check (the
+    /// overflow a fuzzer finds first).
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused() {
+        let header = br#"{"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]},"__metadata__":{"data_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        let e = parse(&bytes, Path::new("x")).unwrap_err().to_string();
+        assert!(e.contains("tensor `w`") && e.contains("too large"), "{e}");
+    }
+
     #[test]
     fn round_trip_and_tamper_detection() {
         let p = tmp("rt");

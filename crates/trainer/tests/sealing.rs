@@ -391,3 +391,7 @@ fn key_files_and_variables() {
     assert!("bogus".parse::<KeySource>().is_err());
     assert_eq!("file:/k".parse::<KeySource>().unwrap(), KeySource::File("/k".into()));
 }
+
+/// Property tests of checkpoint save and load (one test binary).
+#[path = "cases/roundtrip.rs"]
+mod roundtrip;

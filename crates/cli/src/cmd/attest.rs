@@ -383,6 +383,11 @@ pub struct BenchArgs {
     /// Handshakes to time (after 3 warm-up ones).
     #[arg(long, default_value_t = 200)]
     iterations: usize,
+    /// Instead: time handshakes through the real server path (accept loop,
+    /// limits) with and without this many junk connections held open from
+    /// as many loopback addresses (127.0.1.x), in alternating rounds.
+    #[arg(long)]
+    junk: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -533,9 +538,127 @@ fn party_identity(a: PartyIdentityArgs) -> anyhow::Result<()> {
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("vfl-attest-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = bench_in(&dir, a.iterations);
+    let result = match a.junk {
+        Some(junk) => flood_bench_in(&dir, junk, a.iterations),
+        None => bench_in(&dir, a.iterations),
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Simulated RA-TLS of this binary accepting itself (bench only).
+#[cfg(feature = "dev")]
+fn bench_security(dir: &Path) -> anyhow::Result<Arc<RaTls>> {
+    let (key, policy_path) = self_accepting_sim_policy(dir)?;
+    let flags = Flags {
+        attestation: "simulated".into(),
+        policy: Some(policy_path),
+        collateral: None,
+        pccs_url: None,
+        pccs_ca: None,
+        collateral_cache: dir.join("cache"),
+        pccs_refresh_secs: 3600,
+        attestation_device: PathBuf::from(SgxAttester::DEVICE_ROOT),
+        sim_root_key: key,
+        sim_mr_enclave: None,
+        sim_mr_signer: None,
+        sim_isv_prod_id: 1,
+        sim_isv_svn: 1,
+        on_reject: "exit".into(),
+        insecure_no_tls: false,
+    };
+    match security(&flags, None)? {
+        Security::RaTls(tls) => Ok(tls),
+        Security::Insecure => bail!("expected RA-TLS"),
+    }
+}
+
+/// Handshake latency through the real server path, in alternating rounds
+/// without and with `junk` connections held open (half-open: connected,
+/// silent, from `junk` loopback addresses, reopened when the server closes
+/// them at its deadline).
+#[cfg(feature = "dev")]
+fn flood_bench_in(dir: &Path, junk: usize, iterations: usize) -> anyhow::Result<()> {
+    let tls = bench_security(dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (quiet, flooded) = rt.block_on(async {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = tcp.local_addr()?;
+        vfl_bridge::secure::serve_echo(tcp, tls.clone());
+        for _ in 0..3 {
+            vfl_bridge::secure::echo_handshake(&tls, addr)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
+        let rounds = 5;
+        let per_round = iterations.div_ceil(rounds).max(1);
+        for _ in 0..rounds {
+            for _ in 0..per_round {
+                quiet.push(
+                    vfl_bridge::secure::echo_handshake(&tls, addr)
+                        .await
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let holders: Vec<_> = (0..junk)
+                .map(|i| {
+                    let stop = stop.clone();
+                    let src: std::net::SocketAddr = format!("127.0.1.{}:0", i % 250 + 1).parse().unwrap_or(addr);
+                    tokio::spawn(async move {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+                                return;
+                            };
+                            let _ = sock.set_reuseaddr(true);
+                            if sock.bind(src).is_err() {
+                                return;
+                            }
+                            let Ok(mut s) = sock.connect(addr).await else {
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                continue;
+                            };
+                            // Held, silent, until the server's deadline closes it.
+                            let mut b = [0u8; 1];
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(30),
+                                tokio::io::AsyncReadExt::read(&mut s, &mut b),
+                            )
+                            .await;
+                        }
+                    })
+                })
+                .collect();
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            for _ in 0..per_round {
+                flooded.push(
+                    vfl_bridge::secure::echo_handshake(&tls, addr)
+                        .await
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for h in holders {
+                h.abort();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        Ok::<_, anyhow::Error>((quiet, flooded))
+    })?;
+    let median = |mut v: Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    let (q, f) = (median(quiet), median(flooded));
+    println!(
+        "handshake through the server path: median {q:.2} ms quiet, {f:.2} ms with {junk} junk connections held open (ratio {:.2})",
+        f / q
+    );
+    Ok(())
 }
 
 /// A development root (`<dir>/dev-root.pem`) and a policy
@@ -563,28 +686,8 @@ pub fn self_accepting_sim_policy(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
 
 #[cfg(feature = "dev")]
 fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
-    let (key, policy_path) = self_accepting_sim_policy(dir)?;
-    let flags = Flags {
-        attestation: "simulated".into(),
-        policy: Some(policy_path),
-        collateral: None,
-        pccs_url: None,
-        pccs_ca: None,
-        collateral_cache: dir.join("cache"),
-        pccs_refresh_secs: 3600,
-        attestation_device: PathBuf::from(SgxAttester::DEVICE_ROOT),
-        sim_root_key: key,
-        sim_mr_enclave: None,
-        sim_mr_signer: None,
-        sim_isv_prod_id: 1,
-        sim_isv_svn: 1,
-        on_reject: "exit".into(),
-        insecure_no_tls: false,
-    };
     let t = std::time::Instant::now();
-    let Security::RaTls(tls) = security(&flags, None)? else {
-        bail!("expected RA-TLS")
-    };
+    let tls = bench_security(dir)?;
     let setup = t.elapsed();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

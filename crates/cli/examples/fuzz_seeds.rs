@@ -1,0 +1,186 @@
+//! Writes the seed corpora of the fuzz targets (fuzz/corpus/<target>/) from
+//! the project's own encoders and test fixtures:
+//! `cargo run --release -p vfl-cli --example fuzz_seeds -- fuzz/corpus`.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
+use vfl_attest::seal::{Context, Sealer};
+use vfl_attest::{Clock, SimAttester, SimIdentity, cert};
+use vfl_bridge::pb;
+use vfl_data::example::{Value, encode_example};
+use vfl_data::tfrecord::RecordWriter;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../attest/tests/fixtures");
+
+fn put(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
+    let d = dir.join(target);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join(name), bytes).unwrap();
+}
+
+fn main() {
+    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus".into()));
+    // RA-TLS certificates of a simulated enclave, both evidence carriers.
+    let root = DevRoot::generate().unwrap();
+    let id = SimIdentity {
+        mr_enclave: [7; 32],
+        mr_signer: None,
+        isv_prod_id: 1,
+        isv_svn: 1,
+        debug: false,
+    };
+    let a = SimAttester::new(&root, &id, &SimPlatformOptions::fresh(Clock::System.now())).unwrap();
+    let c = cert::issue(&a).unwrap();
+    put(&dir, "ratls_cert", "simulated", &c.cert_der);
+    let key = cert::new_key().unwrap();
+    let sample_quote = std::fs::read(format!("{FIX}/dcap-qvl/sgx_quote")).unwrap();
+    let legacy = cert::build_cert(
+        &key,
+        &cert::CertEvidence {
+            legacy_quote: Some(sample_quote.clone()),
+            tcg: None,
+            sim: None,
+        },
+    )
+    .unwrap();
+    put(&dir, "ratls_cert", "legacy-sample-quote", &legacy);
+    // Quotes.
+    put(&dir, "quote", "intel-sample", &sample_quote);
+    put(
+        &dir,
+        "quote",
+        "simulated",
+        &a.platform().quote(a.identity(), &[3; 64]).unwrap(),
+    );
+    // Policies.
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dynamic_config.json");
+    put(&dir, "policy", "shipped", &std::fs::read(deploy).unwrap());
+    put(
+        &dir,
+        "policy",
+        "roles",
+        format!(
+            r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
+                "sgx_mrs":[{{"role":"leader","mr_enclave":"self","mr_signer":"{0}","isv_prod_id":"1","min_isv_svn":"1"}},
+                           {{"role":"follower","mode":"simulated","mr_enclave":"self","mr_signer":"{0}","isv_prod_id":"1","isv_svn":"1"}}],
+                "allow_simulated":true,"simulated_roots":["{0}"],"allowed_tcb_statuses":["UpToDate","SWHardeningNeeded"],
+                "min_tcb_eval_data_number":17,"release_exports":["leader"],"allow_debug":false}}"#,
+            "ab".repeat(32)
+        )
+        .as_bytes(),
+    );
+    // Collateral.
+    put(
+        &dir,
+        "collateral",
+        "intel-sample",
+        &std::fs::read(format!("{FIX}/dcap-qvl/sgx_quote_collateral.json")).unwrap(),
+    );
+    put(
+        &dir,
+        "collateral",
+        "simulated",
+        &serde_json::to_vec(a.platform().collateral()).unwrap(),
+    );
+    // tf.Example and TFRecord.
+    let mut ex = Vec::new();
+    encode_example(
+        &[
+            ("example_id", Value::Bytes(b"42")),
+            ("y", Value::Int64(&[1])),
+            ("loss_mask", Value::Int64(&[0])),
+            ("x_0", Value::Int64(&[3, 100])),
+            ("x_1", Value::Int64(&[])),
+            ("d_0", Value::Float(&[0.5])),
+        ],
+        &mut ex,
+    );
+    put(&dir, "tf_example", "leader-row", &ex);
+    let mut w = RecordWriter::new(Vec::new());
+    w.write_record(&ex).unwrap();
+    w.write_record(b"").unwrap();
+    w.write_record(&ex).unwrap();
+    let records = w.into_inner();
+    put(&dir, "tfrecord", "three-records", &records);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &records).unwrap();
+    put(&dir, "tfrecord", "three-records-gzip", &gz.finish().unwrap());
+    // CSV.
+    put(
+        &dir,
+        "csv",
+        "leader",
+        b"id,y,x_0,x_1,d_0\n1,0,3|4,,0.5\n\"2\",1,7,100,-1e3\n3,1,\"5|6\",2,0\n",
+    );
+    // Model files.
+    let t = [1.0f32, -2.0, 3.5, 0.0];
+    let meta = std::collections::BTreeMap::from([("role".to_string(), "leader".to_string())]);
+    let p = std::env::temp_dir().join(format!("vfl-fuzz-seed-{}.safetensors", std::process::id()));
+    vfl_trainer::store::write(&p, &[("w".into(), vec![2, 2], &t[..])], &meta, None).unwrap();
+    let model = std::fs::read(&p).unwrap();
+    let _ = std::fs::remove_file(&p);
+    put(&dir, "model_file", "small", &model);
+    let sealer = Sealer::from_key([7; 32], "fuzz").unwrap();
+    let sealed = sealer
+        .seal(&Context::new("checkpoint").with("step", 1).with("run", "r"), &model)
+        .unwrap();
+    put(&dir, "sealed", "checkpoint", &sealed);
+    // Protocol messages.
+    let act = pb::FollowerMessage {
+        session_id: "s-1".into(),
+        seq: 3,
+        ack: 2,
+        msg: Some(pb::follower_message::Msg::Activations(pb::Activations {
+            iteration: 7,
+            batch_digest: vec![1; 16],
+            train: true,
+            tensor: Some(pb::Tensor {
+                shape: vec![4, 3],
+                data: vec![0u8; 48].into(),
+            }),
+        })),
+    };
+    put(&dir, "wire", "activations", &act.encode_to_vec());
+    let grad = pb::LeaderMessage {
+        seq: 2,
+        ack: 3,
+        msg: Some(pb::leader_message::Msg::Gradient(pb::Gradient {
+            iteration: 7,
+            tensor: Some(pb::Tensor {
+                shape: vec![4, 3],
+                data: vec![0u8; 48].into(),
+            }),
+            checkpoint_step: 0,
+        })),
+    };
+    put(&dir, "wire", "gradient", &grad.encode_to_vec());
+    let hello = pb::HelloRequest {
+        protocol_version: 2,
+        application_id: "vfl".into(),
+        role: "follower".into(),
+        run_id: "r".into(),
+        checkpoint_steps: vec![10, 20],
+        ..Default::default()
+    };
+    put(&dir, "wire", "hello", &hello.encode_to_vec());
+    // Link operations: sends, acknowledgements, arrivals.
+    let mut ops = Vec::new();
+    for (k, v) in [
+        (0u8, 1u64),
+        (0, 2),
+        (2, 1),
+        (1, 1),
+        (2, 2),
+        (2, 2),
+        (2, 5),
+        (130, 0),
+        (1, 9),
+    ] {
+        ops.push(k);
+        ops.extend_from_slice(&v.to_le_bytes());
+    }
+    put(&dir, "link", "ops", &ops);
+    println!("seed corpora written under {}", dir.display());
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Training throughput of a leader/follower pair (two processes, simulated
+# RA-TLS on loopback) with and without a flood of unauthenticated probes on
+# the leader's port (crates/cli/examples/probe_flood.rs), in alternating
+# rounds so that the machine's noise hits both alike. Prints examples/s per
+# round and the median ratio. Usage: scripts/bench-flood.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+cargo build --release -q -p vfl-cli --example probe_flood
+vfl=target/release/vfl
+flood=target/release/examples/probe_flood
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$vfl" data generate --out "$work/data" --files 4 --rows-per-file 12000 --slots 512 >/dev/null
+"$vfl" attest self --attestation simulated --sim-root-key "$work/root.pem" >"$work/me.json"
+python3 - "$work" <<'PY'
+import json, sys
+w = sys.argv[1]
+me = json.load(open(f"{w}/me.json"))
+json.dump({"verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+           "sgx_mrs": [me["sgx_mrs_entry"]], "allow_simulated": True, "simulated_roots": [me["simulated_root"]]},
+          open(f"{w}/policy.json", "w"))
+PY
+sec=(--attestation simulated --sim-root-key "$work/root.pem" --policy "$work/policy.json" --model wide_n_deep_adam --batch-size 256 --threads 1)
+run() {
+  local port=$1 with=$2 fpid=
+  "$vfl" leader --data-path "$work/data/leader" --local-addr "127.0.0.1:$port" "${sec[@]}" >"$work/l.out" 2>"$work/l.err" &
+  local lpid=$!
+  if [ "$with" = flood ]; then
+    sleep 0.3
+    "$flood" "127.0.0.1:$port" 2>/dev/null &
+    fpid=$!
+  fi
+  "$vfl" follower --data-path "$work/data/follower" --peer-addr "127.0.0.1:$port" "${sec[@]}" >/dev/null 2>"$work/f.err"
+  wait "$lpid"
+  if [ -n "$fpid" ]; then kill "$fpid" 2>/dev/null || true; wait "$fpid" 2>/dev/null || true; fi
+  sed -n 's/.*(\([0-9]*\) examples\/s).*/\1/p' "$work/l.out"
+}
+ratios=()
+for r in $(seq 1 "$rounds"); do
+  a=$(run $((41000 + 2 * r)) quiet)
+  b=$(run $((41001 + 2 * r)) flood)
+  echo "round $r: quiet $a examples/s, under probes $b examples/s"
+  ratios+=("$(python3 -c "print($b / $a)")")
+done
+python3 -c "import statistics,sys; v=sorted(map(float, sys.argv[1:])); print(f'median ratio (probes/quiet): {statistics.median(v):.3f} over {len(v)} rounds')" "${ratios[@]}"
