@@ -22,16 +22,24 @@ fi
 targets() { sed -n 's/^name = "\([a-z_]*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^vfl-fuzz$'; }
 
 run_one() {
-  local t=$1 secs=$2 scratch="target/fuzz-corpus/$1"
+  local t=$1 secs=$2 scratch="target/fuzz-corpus/$1" log status
   mkdir -p "$scratch" "fuzz/corpus/$t"
+  rm -rf "fuzz/artifacts/$t"
+  log=$(mktemp)
   echo "== fuzz $t for ${secs}s"
+  set +e
   (cd fuzz && cargo fuzz run --sanitizer none "$t" "../$scratch" "corpus/$t" -- \
-    -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 2>&1 |
-    grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|INFO: seed corpus|==[0-9]+==|SUMMARY|thread .* panicked|Test unit written)' || true)
-  if compgen -G "fuzz/artifacts/$t/crash-*" >/dev/null || compgen -G "fuzz/artifacts/$t/oom-*" >/dev/null; then
-    echo "fuzz: $t found a failure: $(ls fuzz/artifacts/"$t")" >&2
+    -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1) >"$log" 2>&1
+  status=$?
+  set -e
+  grep -E '^(stat::number_of_executed_units|stat::peak_rss|INFO: seed corpus|SUMMARY|thread .* panicked|Test unit written)' "$log" || true
+  if [ "$status" -ne 0 ] || compgen -G "fuzz/artifacts/$t/*" >/dev/null; then
+    tail -n 40 "$log" >&2
+    echo "fuzz: $t failed (exit $status): $(ls "fuzz/artifacts/$t" 2>/dev/null)" >&2
+    rm -f "$log"
     return 1
   fi
+  rm -f "$log"
 }
 
 (cd fuzz && cargo fuzz build --sanitizer none >/dev/null)

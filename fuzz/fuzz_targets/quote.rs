@@ -11,5 +11,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = v.report_data();
     }
     let _ = vfl_attest::pccs::CollateralKey::of_quote(data);
+    let _ = vfl_attest::pccs::verify_pck_chain(data, 1_750_377_600);
     let _ = dcap_qvl::quote::Quote::parse(data);
 });

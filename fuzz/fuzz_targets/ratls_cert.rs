@@ -1,33 +1,53 @@
 //! A peer's RA-TLS certificate, as the handshake sees it before anything is
 //! authenticated: evidence extraction (both OIDs, the simulated extension),
-//! quote view and binding, then the whole verifier (dcap-qvl included) under
-//! a policy that admits simulated evidence from one root.
+//! quote view and binding, then the whole verifier (dcap-qvl included):
+//! simulated evidence under the fuzz development root (fuzz/dev-root.pem,
+//! trusted by the policy), hardware quotes with Intel's sample collateral,
+//! at a fixed time inside both collaterals' validity.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use vfl_attest::collateral::FileCollateral;
+use vfl_attest::devpki::DevRoot;
 use vfl_attest::{Clock, Policy, Verifier};
+
+/// 2025-06-20T00:00:00Z: inside the sample collateral's validity (and the
+/// seeds' simulated collateral is issued for it).
+pub const FUZZ_TIME: u64 = 1_750_377_600;
 
 fn verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();
     V.get_or_init(|| {
+        let root = DevRoot::from_pem(include_str!("../dev-root.pem")).expect("the fuzz development root");
+        let fp = root.fingerprint().iter().map(|b| format!("{b:02x}")).collect::<String>();
         let policy = Policy::parse(
-            br#"{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
-                "sgx_mrs":[{"mr_enclave":"self","mode":"simulated"},{"mr_enclave":"self"}],
-                "allow_simulated":true,"simulated_roots":["0000000000000000000000000000000000000000000000000000000000000000"]}"#,
+            format!(
+                r#"{{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
+                    "sgx_mrs":[{{"mr_enclave":"{0}","mode":"simulated"}},{{"mr_enclave":"{0}"}}],
+                    "allowed_tcb_statuses":["UpToDate","ConfigurationAndSWHardeningNeeded"],
+                    "allow_simulated":true,"simulated_roots":["{fp}"]}}"#,
+                "07".repeat(32)
+            )
+            .as_bytes(),
             "fuzz",
         )
         .expect("the fuzz policy parses");
-        Verifier::new(policy, None, Clock::System)
+        let collateral = FileCollateral::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crates/attest/tests/fixtures/dcap-qvl/sgx_quote_collateral.json"
+        )))
+        .expect("the sample collateral");
+        Verifier::new(policy, Some(Arc::new(collateral)), Clock::Fixed(FUZZ_TIME))
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(ev) = vfl_attest::cert::extract(data) {
-        if let Ok(view) = vfl_attest::sgx::QuoteView::parse(&ev.quote) {
-            let _ = ev.check_binding(&view.report_data());
-        }
+    if let Ok(ev) = vfl_attest::cert::extract(data)
+        && let Ok(view) = vfl_attest::sgx::QuoteView::parse(&ev.quote)
+    {
+        let _ = ev.check_binding(&view.report_data());
     }
     let _ = verifier().verify_cert(data);
 });

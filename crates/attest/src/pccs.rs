@@ -414,31 +414,38 @@ impl PccsCollateral {
 
 impl PccsCollateral {
     /// Starts a background fetch of `key` unless one runs or one failed
-    /// within [`NEGATIVE_TTL`]; says which.
-    fn fetch_in_background(&self, key: &CollateralKey) -> String {
+    /// within [`NEGATIVE_TTL`]; says which (`Err`). `Ok` when a fetch that
+    /// just finished has it already.
+    fn fetch_in_background(&self, key: &CollateralKey) -> Result<String, Box<dcap_qvl::QuoteCollateralV3>> {
         {
             let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            // A fetch stores its result before it leaves this map: checked
+            // under the map's lock, a miss here is a real miss.
+            if let Some(e) = self.lock().get_mut(key) {
+                e.used = Instant::now();
+                return Err(Box::new(e.collateral.clone()));
+            }
             match f.get(key) {
                 Some(None) => {
-                    return format!(
+                    return Ok(format!(
                         "collateral for FMSPC {} is being fetched from {}; retry",
                         key.fmspc, self.base
-                    );
+                    ));
                 }
                 Some(Some(until)) if Instant::now() < *until => {
-                    return format!(
+                    return Ok(format!(
                         "fetching collateral for FMSPC {} from {} failed lately; not retried for {} s",
                         key.fmspc,
                         self.base,
                         NEGATIVE_TTL.as_secs()
-                    );
+                    ));
                 }
                 _ => {}
             }
             f.insert(key.clone(), None);
         }
         let (Some(this), k) = (self.this.get().and_then(|w| w.upgrade()), key.clone()) else {
-            return "the collateral cache is shutting down".into();
+            return Ok("the collateral cache is shutting down".into());
         };
         let spawned = std::thread::Builder::new().name("pccs-fetch".into()).spawn(move || {
             let outcome = this.refresh_key(&k);
@@ -455,12 +462,12 @@ impl PccsCollateral {
         });
         if spawned.is_err() {
             self.fetching.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-            return "cannot start a collateral fetch".into();
+            return Ok("cannot start a collateral fetch".into());
         }
-        format!(
+        Ok(format!(
             "no cached collateral for FMSPC {}: fetching it from {}; retry",
             key.fmspc, self.base
-        )
+        ))
     }
 
     /// Collateral for `quote`, waiting up to `wait` for a fetch (the
@@ -491,7 +498,7 @@ impl CollateralProvider for PccsCollateral {
         }
         let now = self.clock.get().copied().unwrap_or(crate::verify::Clock::System).now();
         verify_pck_chain(quote, now).map_err(|e| format!("{e}; no collateral is fetched for it"))?;
-        Err(self.fetch_in_background(&key))
+        self.fetch_in_background(&key).map_or_else(|c| Ok(*c), Err)
     }
 
     fn describe(&self) -> String {

@@ -199,29 +199,31 @@ pub struct Policy {
     pub digest: [u8; 32],
 }
 
-const TOP_KEYS: &[&str] = &[
+/// The keys a policy may have, in the order `vfl attest trust` writes them.
+pub const TOP_KEYS: &[&str] = &[
     "verify_mr_enclave",
     "verify_mr_signer",
     "verify_isv_prod_id",
     "verify_isv_svn",
     "verify_in_enclave",
     "sgx_mrs",
-    "other",
     "allowed_tcb_statuses",
     "allow_debug",
     "allow_simulated",
     "simulated_roots",
     "min_tcb_eval_data_number",
     "release_exports",
+    "other",
 ];
-const ENTRY_KEYS: &[&str] = &[
+/// The keys an entry may have, in the order `vfl attest trust` writes them.
+pub const ENTRY_KEYS: &[&str] = &[
+    "role",
+    "mode",
     "mr_enclave",
     "mr_signer",
     "isv_prod_id",
     "isv_svn",
     "min_isv_svn",
-    "role",
-    "mode",
 ];
 
 type ErrFn<'a> = dyn Fn(&str, String) -> PolicyError + 'a;

@@ -100,7 +100,17 @@ pub struct RaTlsVerifier {
     verifier: Arc<Verifier>,
     algorithms: WebPkiSupportedAlgorithms,
     verified: Mutex<Vec<([u8; 32], PeerReport)>>,
+    /// Verdicts on genuine evidence, held back until the peer has proved
+    /// with its handshake signature that it holds the certificate's key: a
+    /// replayed certificate must not pass for a refused peer.
+    pending: Mutex<Vec<([u8; 32], Rejection)>>,
+    /// Peers verified so far (a dialler tells by it whether the other side
+    /// was attested before a connection broke).
+    count: std::sync::atomic::AtomicU64,
 }
+
+/// How many reports and held-back verdicts are remembered.
+const REMEMBERED: usize = 64;
 
 impl std::fmt::Debug for RaTlsVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,7 +124,14 @@ impl RaTlsVerifier {
             verifier,
             algorithms: provider().signature_verification_algorithms,
             verified: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            count: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many peers this verifier has accepted so far.
+    pub fn verified_count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn verifier(&self) -> &Verifier {
@@ -141,12 +158,24 @@ impl RaTlsVerifier {
         match result {
             Ok(report) => {
                 tracing::debug!(peer = %report, "RA-TLS peer verified");
+                self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 let h: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
                 let mut seen = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-                if seen.len() >= 8 {
+                if seen.len() >= REMEMBERED {
                     seen.remove(0);
                 }
                 seen.push((h, report));
+                Ok(())
+            }
+            // A verdict counts only once the peer proves it holds the key
+            // (its handshake signature, checked next): until then it is held.
+            Err(rejection) if rejection.is_verdict() => {
+                let h: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.len() >= REMEMBERED {
+                    pending.remove(0);
+                }
+                pending.push((h, rejection));
                 Ok(())
             }
             Err(rejection) => {
@@ -156,6 +185,28 @@ impl RaTlsVerifier {
                 ))))
             }
         }
+    }
+
+    /// The handshake signature, then a held-back verdict on the same
+    /// certificate: a peer that holds the key and was refused gets the
+    /// refusal; one that does not hold it fails as a bad signature.
+    fn signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let valid = rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)?;
+        let h: [u8; 32] = Sha256::digest(cert.as_ref()).into();
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = pending.iter().position(|(k, _)| *k == h) {
+            let (_, rejection) = pending.remove(i);
+            tracing::debug!(reason = %rejection, "RA-TLS peer rejected");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                Arc::new(rejection),
+            ))));
+        }
+        Ok(valid)
     }
 }
 
@@ -178,7 +229,11 @@ impl ServerCertVerifier for RaTlsVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        // Both ends speak TLS 1.3 only (PROTOCOL_VERSIONS): never reached.
+        let _ = (message, cert, dss);
+        Err(rustls::Error::General(
+            "TLS 1.2 is not used between enclave-vfl parties".into(),
+        ))
     }
 
     fn verify_tls13_signature(
@@ -187,7 +242,7 @@ impl ServerCertVerifier for RaTlsVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -220,7 +275,11 @@ impl ClientCertVerifier for RaTlsVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        // Both ends speak TLS 1.3 only (PROTOCOL_VERSIONS): never reached.
+        let _ = (message, cert, dss);
+        Err(rustls::Error::General(
+            "TLS 1.2 is not used between enclave-vfl parties".into(),
+        ))
     }
 
     fn verify_tls13_signature(
@@ -229,7 +288,7 @@ impl ClientCertVerifier for RaTlsVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -544,3 +544,27 @@ async fn a_tls12_only_client_is_refused() {
     let lower = s.to_lowercase();
     assert!(lower.contains("incompatible") || lower.contains("version"), "{s}");
 }
+
+/// A genuine certificate of an enclave the policy refuses, presented by
+/// someone without its key (a replay): the refusal is not given (it would
+/// count as a verdict and stop a party with `--on-reject exit`); the
+/// handshake fails as a bad signature, which anyone can cause.
+#[tokio::test]
+async fn a_replayed_certificate_of_a_refused_enclave_fails_as_a_bad_signature_not_a_verdict() {
+    let root = DevRoot::generate().unwrap();
+    let rogue = attester(&root, &identity([0x44; 32]), &SimPlatformOptions::fresh(now()));
+    let genuine = cert::issue(&rogue).unwrap();
+    let other = cert::issue(&rogue).unwrap();
+    // The rogue's certificate with another key: the replayer cannot sign.
+    let replayed = tls::certified_key(vec![genuine.cert_der.clone()], &other.key_der).unwrap();
+    let client = Party {
+        key: replayed,
+        verifier: verifier(&policy_json(&root, "")),
+    };
+    let (s, _) = handshake(&good(&root), &client).await;
+    let s = s.unwrap_err();
+    assert!(s.contains("handshake signature does not verify"), "{s}");
+    // With the key, the same certificate is refused as what it is.
+    let (s, _) = handshake(&good(&root), &party(&genuine, verifier(&policy_json(&root, "")))).await;
+    assert!(s.unwrap_err().contains("identity is not allowed"));
+}

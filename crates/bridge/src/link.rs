@@ -172,6 +172,10 @@ impl LinkOptions {
     }
 }
 
+/// How long a session that just lost its connection still counts as
+/// healthy: the follower reconnects within this after a blip.
+const DOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Whether the leader's current session is alive: connected and heard
 /// from within a few heartbeats. The server refuses another follower
 /// process's hello while it is (a restarted follower's old link is down or
@@ -179,6 +183,9 @@ impl LinkOptions {
 #[derive(Debug, Default)]
 pub struct Health {
     up: AtomicBool,
+    /// The driver is waiting for the peer (so silence means something).
+    reading: AtomicBool,
+    /// When something last arrived, or the link last went down.
     heard: Mutex<Option<Instant>>,
     window_ms: AtomicU64,
 }
@@ -190,9 +197,13 @@ impl Health {
 
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Release);
-        if up {
-            self.heard();
-        }
+        // Up: heard just now. Down: the window runs from now, so a second
+        // follower does not slip in during a blip of the running one.
+        self.heard();
+    }
+
+    fn set_reading(&self, reading: bool) {
+        self.reading.store(reading, Ordering::Release);
     }
 
     fn set_window(&self, w: Duration) {
@@ -200,15 +211,21 @@ impl Health {
             .store(u64::try_from(w.as_millis()).unwrap_or(u64::MAX), Ordering::Release);
     }
 
-    /// Connected, and something arrived within the window.
+    /// Healthy: connected and either busy (the driver computes and does not
+    /// read: silence says nothing) or heard from within the window; or
+    /// down for less than the window (a blip, the follower reconnects).
     pub fn healthy(&self) -> bool {
         let window = Duration::from_millis(self.window_ms.load(Ordering::Acquire));
-        self.up.load(Ordering::Acquire)
-            && self
-                .heard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some_and(|t| t.elapsed() < window)
+        let since = self
+            .heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed());
+        if self.up.load(Ordering::Acquire) {
+            !self.reading.load(Ordering::Acquire) || since.is_some_and(|e| e < window)
+        } else {
+            since.is_some_and(|e| e < window.min(DOWN_GRACE))
+        }
     }
 
     /// How long a healthy session's silence must last before another
@@ -402,7 +419,7 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
 
     /// Shares this session's health with the server (leader).
     fn with_health(mut self, health: Arc<Health>) -> Self {
-        health.set_window(self.opts.heartbeat * 3);
+        health.set_window((self.opts.heartbeat * 3).min(self.opts.peer_timeout / 2));
         health.set_up(true);
         self.health = Some(health);
         self
@@ -422,7 +439,9 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     /// message waits for the resend after the reconnect; the only error is
     /// a peer that leaves too many messages unacknowledged.
     async fn send(&mut self, mut m: Out) -> Result<(), BridgeError> {
-        if self.unacked.len() >= self.opts.max_queue {
+        // Counted while connected only: during an outage messages wait for
+        // the resend, whoever is to blame.
+        if self.unacked.len() >= self.opts.max_queue && self.sender().is_some() && self.broken.is_none() {
             return Err(BridgeError::Overrun(format!(
                 "the peer has not acknowledged {} messages of session {} (at most {} may wait)",
                 self.unacked.len(),
@@ -463,7 +482,14 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         let Some(inbound) = self.inbound.as_mut() else {
             return Arrival::Down("not connected".into());
         };
-        match tokio::time::timeout(wait, inbound.message()).await {
+        if let Some(h) = self.health.as_ref().filter(|_| !wait.is_zero()) {
+            h.set_reading(true);
+        }
+        let got = tokio::time::timeout(wait, inbound.message()).await;
+        if let Some(h) = &self.health {
+            h.set_reading(false);
+        }
+        match got {
             Err(_) => Arrival::Quiet,
             Ok(Ok(Some(m))) => {
                 if let Some(h) = &self.health {
@@ -626,6 +652,7 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
                 return false;
             };
             match self.accept(m) {
+                Ok(Some(_)) if self.ready.len() >= self.opts.max_queue => return false,
                 Ok(Some(m)) => self.ready.push_back(m),
                 Ok(None) => {}
                 Err(_) => return false,
@@ -840,6 +867,16 @@ impl FollowerLink {
     }
 
     pub async fn send(&mut self, m: FMsg) -> Result<(), BridgeError> {
+        // A side that only sends (evaluation) notices a lost connection
+        // here, and reconnects before it goes on.
+        if self.core.sender().is_none() || self.core.broken.is_some() {
+            let why = self
+                .core
+                .broken
+                .take()
+                .unwrap_or_else(|| "sending to the leader failed".into());
+            self.reattach(why).await?;
+        }
         let session_id = self.core.session_id.clone();
         self.core
             .send(FollowerMessage {

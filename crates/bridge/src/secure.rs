@@ -37,6 +37,12 @@ pub struct Limits {
     pub per_address: usize,
     /// Deadline of one handshake, verification included.
     pub deadline: Duration,
+    /// Deadline of a connection's first TLS message (ClientHello): a
+    /// connection that says nothing gives its slot back soon.
+    pub hello_deadline: Duration,
+    /// Handshake slots kept for addresses that attested before (a follower
+    /// coming back while strangers fill the others).
+    pub reserved: usize,
     /// Attested connections open at once (a follower needs one; a
     /// reconnect briefly two).
     pub connections: usize,
@@ -48,7 +54,9 @@ impl Default for Limits {
             handshakes: 256,
             per_address: 8,
             deadline: HANDSHAKE_TIMEOUT,
-            connections: 4,
+            hello_deadline: Duration::from_secs(2),
+            reserved: 16,
+            connections: 8,
         }
     }
 }
@@ -85,10 +93,11 @@ impl RateLimitedLog {
     }
 }
 
-/// The runtime that accepts and handshakes: one thread of its own, so that
-/// handshake work (and anything slow in it) never delays the party's
-/// training and heartbeats; the streams it makes are then served by the
-/// caller's runtime.
+/// The runtime that runs the handshakes: one thread of its own, so that
+/// handshake work (verification included) never takes the workers that
+/// train and send heartbeats. The sockets stay registered with the caller's
+/// runtime (which accepts them), so their readiness never waits on this
+/// thread either.
 fn handshake_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
@@ -99,6 +108,40 @@ fn handshake_runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .unwrap_or_else(|e| panic!("cannot start the handshake runtime: {e}"))
     })
+}
+
+/// The source a per-address limit counts: the IPv4 address, or the /64 of
+/// an IPv6 address (one host has a whole /64).
+fn source_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
+/// Addresses that attested before (at most [`KNOWN_MAX`] remembered).
+#[derive(Default)]
+struct Known(Mutex<std::collections::VecDeque<IpAddr>>);
+
+const KNOWN_MAX: usize = 1024;
+
+impl Known {
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&ip)
+    }
+
+    fn add(&self, ip: IpAddr) {
+        let mut k = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !k.contains(&ip) {
+            if k.len() >= KNOWN_MAX {
+                k.pop_front();
+            }
+            k.push_back(ip);
+        }
+    }
 }
 
 /// One handshake slot of a source address, given back when dropped.
@@ -322,23 +365,22 @@ pub fn accept_loop(
     limits: Limits,
 ) -> mpsc::Receiver<Result<ServerIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(4);
-    // The listener was made on the caller's runtime: move it to ours.
-    let std_listener = tcp.into_std();
-    handshake_runtime().spawn(async move {
-        let tcp = match std_listener.and_then(tokio::net::TcpListener::from_std) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot take over the listening socket");
-                return;
-            }
-        };
+    // Accepting is cheap and stays on the caller's runtime (so are the
+    // sockets' registrations); each handshake runs on the handshake runtime.
+    tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(limits.handshakes));
+        let reserved = Arc::new(Semaphore::new(limits.reserved));
+        let known = Arc::new(Known::default());
         let connections = Arc::new(Semaphore::new(limits.connections));
         let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         let logs = Arc::new(Logs::default());
         let mut backoff = Duration::from_millis(10);
         loop {
-            let (sock, peer) = match tcp.accept().await {
+            let accepted = tokio::select! {
+                a = tcp.accept() => a,
+                () = tx.closed() => return,
+            };
+            let (sock, peer) = match accepted {
                 Ok(x) => {
                     backoff = Duration::from_millis(10);
                     x
@@ -352,27 +394,48 @@ pub fn accept_loop(
                     continue;
                 }
             };
-            if tx.is_closed() {
-                return;
-            }
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            let group = source_group(peer.ip());
+            let permit = handshakes.clone().try_acquire_owned().or_else(|_| {
+                if known.contains(group) {
+                    reserved.clone().try_acquire_owned()
+                } else {
+                    Err(tokio::sync::TryAcquireError::NoPermits)
+                }
+            });
+            let Ok(permit) = permit else {
                 if let Some(n) = logs.busy.allow() {
                     tracing::warn!(%peer, suppressed = n, limit = limits.handshakes, "too many handshakes at once; connection closed");
                 }
                 continue;
             };
-            let Some(slot) = AddressSlot::take(&per_address, peer.ip(), limits.per_address) else {
+            let Some(slot) = AddressSlot::take(&per_address, group, limits.per_address) else {
                 if let Some(n) = logs.busy.allow() {
                     tracing::warn!(%peer, suppressed = n, limit = limits.per_address, "too many handshakes from one address; connection closed");
                 }
                 continue;
             };
             let _ = sock.set_nodelay(true);
-            let (tx, tls, rejections, connections, logs) =
-                (tx.clone(), tls.clone(), rejections.clone(), connections.clone(), logs.clone());
-            tokio::spawn(async move {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-                let outcome = tokio::time::timeout(limits.deadline, acceptor.accept(sock)).await;
+            let (tx, tls, rejections, connections, logs, known) = (
+                tx.clone(),
+                tls.clone(),
+                rejections.clone(),
+                connections.clone(),
+                logs.clone(),
+                known.clone(),
+            );
+            handshake_runtime().spawn(async move {
+                let started = tokio::time::Instant::now();
+                // A connection that does not say ClientHello soon gives its
+                // slot back; then the whole handshake has its deadline.
+                let lazy = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), sock);
+                let outcome = match tokio::time::timeout(limits.hello_deadline, lazy).await {
+                    Ok(Ok(start)) => {
+                        let left = limits.deadline.saturating_sub(started.elapsed());
+                        tokio::time::timeout(left, start.into_stream(tls.server.clone())).await
+                    }
+                    Ok(Err(e)) => Ok(Err(e)),
+                    Err(elapsed) => Err(elapsed),
+                };
                 drop((permit, slot));
                 match outcome {
                     Ok(Ok(stream)) => {
@@ -385,6 +448,7 @@ pub fn accept_loop(
                         let info = peer_info(&tls, stream.get_ref().1, next_conn_id());
                         if let Some(report) = &info.report {
                             tracing::info!(%peer, conn = info.conn, peer_identity = %report, "RA-TLS: peer attested");
+                            known.add(group);
                         }
                         let _ = tx.send(Ok(ServerIo(stream, info, Some(place)))).await;
                     }
@@ -446,7 +510,9 @@ pub async fn dial(
     tls: Arc<RaTls>,
     last_failure: LastFailure,
     peer_slot: PeerSlot,
+    closed: LastFailure,
 ) -> Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
+    let verified_before = tls.verifier.verified_count();
     let sock = TcpStream::connect(&addr).await?;
     sock.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME)
@@ -484,7 +550,14 @@ pub async fn dial(
             // backend is not up yet), collateral still being fetched, or
             // something that is not an attested leader: not a verdict, retry.
             HandshakeFailure::Unauthenticated(reason) => {
-                tracing::warn!(peer = %addr, %reason, "RA-TLS handshake failed before authentication; retrying");
+                // We had verified the leader when it closed on us: it did
+                // so after our certificate (its verdict, or its limits).
+                if tls.verifier.verified_count() > verified_before
+                    && let Ok(mut slot) = closed.lock()
+                {
+                    *slot = Some(reason.clone());
+                }
+                tracing::warn!(peer = %addr, %reason, "RA-TLS handshake failed before the leader accepted us; retrying");
                 Err(std::io::Error::other(reason))
             }
         },
@@ -519,8 +592,14 @@ pub fn serve_echo(tcp: tokio::net::TcpListener, tls: Arc<RaTls>) {
 /// Dials `addr`, handshakes as a client and exchanges one byte (so the
 /// server's verdict on us is in): the time a follower needs to be admitted.
 pub async fn echo_handshake(tls: &RaTls, addr: std::net::SocketAddr) -> Result<Duration, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let start = Instant::now();
+    client_echo(tls, addr).await?;
+    Ok(start.elapsed())
+}
+
+/// The client side of [`echo_handshake`] and [`loopback_handshake`].
+async fn client_echo(tls: &RaTls, addr: std::net::SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME).map_err(|e| e.to_string())?;
@@ -532,7 +611,7 @@ pub async fn echo_handshake(tls: &RaTls, addr: std::net::SocketAddr) -> Result<D
     c.flush().await.map_err(|e| e.to_string())?;
     let mut b = [0u8; 1];
     c.read_exact(&mut b).await.map_err(|e| ratls::describe_error(&e))?;
-    Ok(start.elapsed())
+    Ok(())
 }
 
 /// One mutual RA-TLS handshake over loopback between a server and a client
@@ -545,7 +624,6 @@ pub async fn loopback_handshake(tls: &RaTls) -> Result<Duration, String> {
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
     let start = std::time::Instant::now();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
@@ -556,17 +634,7 @@ pub async fn loopback_handshake(tls: &RaTls) -> Result<Duration, String> {
         s.write_all(&b).await.map_err(|e| e.to_string())?;
         s.flush().await.map_err(|e| e.to_string())
     });
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME).map_err(|e| e.to_string())?;
-    let mut c = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| ratls::describe_error(&e))?;
-    c.write_all(&[1]).await.map_err(|e| e.to_string())?;
-    c.flush().await.map_err(|e| e.to_string())?;
-    let mut b = [0u8; 1];
-    c.read_exact(&mut b).await.map_err(|e| ratls::describe_error(&e))?;
+    client_echo(tls, addr).await?;
     let elapsed = start.elapsed();
     server.await.map_err(|e| e.to_string())??;
     Ok(elapsed)

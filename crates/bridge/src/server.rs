@@ -266,6 +266,10 @@ pub async fn listen(
         // A follower needs two streams (Hello, then Session); a peer that
         // opens more gets refused streams, not more memory.
         .max_concurrent_streams(Some(MAX_STREAMS))
+        // A dead connection (a crashed host, a dropped NAT mapping) is
+        // noticed and gives its place back.
+        .http2_keepalive_interval(Some(crate::client::KEEPALIVE))
+        .http2_keepalive_timeout(Some(crate::client::KEEPALIVE * 2))
         .add_service(svc);
     let stop = async {
         let _ = rx.await;

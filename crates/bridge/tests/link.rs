@@ -350,10 +350,30 @@ async fn admit_raw(
     tokio::sync::mpsc::Sender<pb::FollowerMessage>,
     tonic::Streaming<pb::LeaderMessage>,
 ) {
+    admit_raw_with(listener, options(5_000, 100, Arc::new(Counts::default()))).await
+}
+
+/// [`admit_raw`] with the leader's link options.
+async fn admit_raw_with(
+    listener: &mut server::Listener,
+    opts: LinkOptions,
+) -> (
+    LeaderLink<'_>,
+    tokio::sync::mpsc::Sender<pb::FollowerMessage>,
+    tonic::Streaming<pb::LeaderMessage>,
+) {
     let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
-    let l = admit(listener, options(5_000, 100, Arc::new(Counts::default()))).await;
+    let l = admit(listener, opts).await;
     let (tx, inbound) = raw_peer.await.unwrap();
     (l, tx, inbound)
+}
+
+/// Link options with queues of 8 and no heartbeats to speak of.
+fn small_queues() -> LinkOptions {
+    LinkOptions {
+        max_queue: 8,
+        ..options(5_000, 3_600_000, Arc::new(Counts::default()))
+    }
 }
 
 async fn raw_follower(
@@ -470,13 +490,7 @@ async fn a_message_of_another_session_is_a_protocol_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_acknowledges_is_cut() {
     let mut listener = leader().await;
-    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
-    let opts = LinkOptions {
-        max_queue: 8,
-        ..options(5_000, 3_600_000, Arc::new(Counts::default()))
-    };
-    let mut l = admit(&mut listener, opts).await;
-    let (_tx, _inbound) = raw_peer.await.unwrap();
+    let (mut l, _tx, _inbound) = admit_raw_with(&mut listener, small_queues()).await;
     for i in 0..8 {
         l.send(pong(i)).await.unwrap();
     }
@@ -491,13 +505,7 @@ async fn a_peer_that_never_acknowledges_is_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_floods_is_cut() {
     let mut listener = leader().await;
-    let raw_peer = tokio::spawn(raw_follower(listener.local_addr));
-    let opts = LinkOptions {
-        max_queue: 8,
-        ..options(5_000, 3_600_000, Arc::new(Counts::default()))
-    };
-    let mut l = admit(&mut listener, opts).await;
-    let (tx, _inbound) = raw_peer.await.unwrap();
+    let (mut l, tx, _inbound) = admit_raw_with(&mut listener, small_queues()).await;
     let session = l.session_id().to_string();
     for seq in 1..=20 {
         tx.send(raw(&session, seq, 0, ping(seq as u32))).await.unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
 use vfl_attest::seal::{Context, Sealer};
-use vfl_attest::{Clock, SimAttester, SimIdentity, cert};
+use vfl_attest::{SimAttester, SimIdentity, cert};
 use vfl_bridge::pb;
 use vfl_data::example::{Value, encode_example};
 use vfl_data::tfrecord::RecordWriter;
@@ -22,8 +22,12 @@ fn put(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 
 fn main() {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus".into()));
-    // RA-TLS certificates of a simulated enclave, both evidence carriers.
-    let root = DevRoot::generate().unwrap();
+    // RA-TLS certificates of a simulated enclave under the fuzz development
+    // root (trusted by the ratls_cert target), collateral valid at its time.
+    let root = DevRoot::from_pem(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/dev-root.pem")).unwrap(),
+    )
+    .unwrap();
     let id = SimIdentity {
         mr_enclave: [7; 32],
         mr_signer: None,
@@ -31,7 +35,8 @@ fn main() {
         isv_svn: 1,
         debug: false,
     };
-    let a = SimAttester::new(&root, &id, &SimPlatformOptions::fresh(Clock::System.now())).unwrap();
+    let fuzz_time = 1_750_377_600;
+    let a = SimAttester::new(&root, &id, &SimPlatformOptions::fresh(fuzz_time)).unwrap();
     let c = cert::issue(&a).unwrap();
     put(&dir, "ratls_cert", "simulated", &c.cert_der);
     let key = cert::new_key().unwrap();

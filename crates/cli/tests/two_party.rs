@@ -12,21 +12,7 @@ mod common;
 mod proxy;
 use proxy::Proxy;
 
-const MODEL: &str = r#"
-name = "two-party-test"
-seed = 3
-init = { kind = "uniform", limit = 0.05 }
-optimizer = { kind = "adam", learning_rate = 0.01 }
-[leader]
-sparse = [{ prefix = "x_", count = 16, vocab = 101, dim = 8 }]
-layers = [{ units = 32, activation = "relu" }, { units = 8 }]
-[follower]
-sparse = [{ prefix = "x_", count = 16, vocab = 101, dim = 8 }]
-layers = [{ units = 8, activation = "relu" }]
-[head]
-layers = [{ units = 2, bias = false }]
-loss = "softmax_cross_entropy"
-"#;
+use common::MODEL;
 
 struct Fixture {
     dir: PathBuf,

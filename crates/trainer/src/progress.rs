@@ -189,6 +189,9 @@ pub async fn serve_metrics(addr: &str, progress: Arc<Progress>) -> Result<std::n
     let local = listener.local_addr().map_err(err)?;
     tokio::spawn(async move {
         let mut backoff = std::time::Duration::from_millis(10);
+        // At most this many requests at once; more are closed at once (the
+        // metrics port may be reachable by anyone who can reach the host).
+        let slots = Arc::new(tokio::sync::Semaphore::new(32));
         loop {
             let mut sock = match listener.accept().await {
                 Ok((sock, _)) => {
@@ -203,12 +206,16 @@ pub async fn serve_metrics(addr: &str, progress: Arc<Progress>) -> Result<std::n
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
             let p = progress.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let mut buf = Vec::with_capacity(1024);
                 let mut chunk = [0u8; 1024];
                 // Read the request head (bounded in size and time).
-                let head = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let head = tokio::time::timeout(std::time::Duration::from_secs(2), async {
                     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 << 10 {
                         match sock.read(&mut chunk).await {
                             Ok(0) | Err(_) => return false,

@@ -726,33 +726,6 @@ fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Top-level keys of a policy in the order `trust` writes them.
-const POLICY_KEYS: &[&str] = &[
-    "verify_mr_enclave",
-    "verify_mr_signer",
-    "verify_isv_prod_id",
-    "verify_isv_svn",
-    "verify_in_enclave",
-    "sgx_mrs",
-    "allowed_tcb_statuses",
-    "allow_debug",
-    "allow_simulated",
-    "simulated_roots",
-    "min_tcb_eval_data_number",
-    "release_exports",
-    "other",
-];
-/// Entry keys in the order `trust` writes them.
-const ENTRY_KEYS: &[&str] = &[
-    "role",
-    "mode",
-    "mr_enclave",
-    "mr_signer",
-    "isv_prod_id",
-    "isv_svn",
-    "min_isv_svn",
-];
-
 /// A policy as canonical JSON: keys in a fixed order, entries one per line
 /// and sorted, a final newline; two parties who trust the same identities
 /// write byte-identical files. Unknown keys are kept after the known ones
@@ -772,14 +745,14 @@ fn canonical_policy(v: &serde_json::Value) -> String {
         return format!("{v}\n");
     };
     let mut lines = Vec::new();
-    for (k, val) in ordered(top, POLICY_KEYS) {
+    for (k, val) in ordered(top, vfl_attest::policy::TOP_KEYS) {
         let rendered = match (k.as_str(), val.as_array()) {
             ("sgx_mrs", Some(list)) if !list.is_empty() => {
                 let mut entries: Vec<String> = list
                     .iter()
                     .map(|e| match e.as_object() {
                         Some(m) => {
-                            let fields: Vec<String> = ordered(m, ENTRY_KEYS)
+                            let fields: Vec<String> = ordered(m, vfl_attest::policy::ENTRY_KEYS)
                                 .iter()
                                 .map(|(k, v)| format!("{}: {v}", key(k)))
                                 .collect();

@@ -3,6 +3,24 @@
 use std::path::Path;
 use std::process::Command;
 
+/// A small model over 16 slots (data of `vfl data generate --slots 16`).
+#[allow(dead_code)]
+pub const MODEL: &str = r#"
+name = "two-party-test"
+seed = 3
+init = { kind = "uniform", limit = 0.05 }
+optimizer = { kind = "adam", learning_rate = 0.01 }
+[leader]
+sparse = [{ prefix = "x_", count = 16, vocab = 101, dim = 8 }]
+layers = [{ units = 32, activation = "relu" }, { units = 8 }]
+[follower]
+sparse = [{ prefix = "x_", count = 16, vocab = 101, dim = 8 }]
+layers = [{ units = 8, activation = "relu" }]
+[head]
+layers = [{ units = 2, bias = false }]
+loss = "softmax_cross_entropy"
+"#;
+
 /// `vfl attest self` with a development root under `dir`, plus extra flags.
 pub fn attest_self(dir: &Path, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
