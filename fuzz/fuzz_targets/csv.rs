@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vfl_data::Schema;
 use vfl_data::batch::{Batch, RowSource};
 use vfl_data::csv::CsvLayout;
-use vfl_data::Schema;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -15,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
     schema.vocab = vec![Some(101), None];
     // The fuzzer's own header, and a known good one for the rows.
     let _ = CsvLayout::from_header(header, &schema);
-    let Ok(layout) = CsvLayout::from_header("id,y,x_0,x_1,d_0", &schema) else { return };
+    let Ok(layout) = CsvLayout::from_header("id,y,x_0,x_1,d_0", &schema) else {
+        return;
+    };
     let (mut scratch, mut spans) = (String::new(), Vec::new());
     let mut batch = Batch::new(2, 1);
     for (i, line) in lines.take(256).enumerate() {
@@ -24,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
             &mut scratch,
             &mut spans,
             &mut batch,
-            RowSource { block: 0, record: i as u64 },
+            RowSource {
+                block: 0,
+                record: i as u64,
+            },
         );
         assert!(batch.is_consistent());
     }

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vfl_data::Schema;
 use vfl_data::batch::{Batch, RowSource};
 use vfl_data::example::ExampleDecoder;
-use vfl_data::Schema;
 
 fuzz_target!(|data: &[u8]| {
     let mut schema = Schema::new(vec!["x_0".into(), "x_1".into()], vec!["d_0".into()], true);

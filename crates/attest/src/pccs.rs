@@ -34,6 +34,13 @@ pub struct CollateralKey {
 impl CollateralKey {
     /// Read FMSPC and CA type from the PCK certificate inside a quote.
     pub fn of_quote(quote: &[u8]) -> Result<Self, String> {
+        crate::guard::no_panic(
+            || "the quote's PCK certificate could not be read".into(),
+            || Self::read(quote),
+        )
+    }
+
+    fn read(quote: &[u8]) -> Result<Self, String> {
         let q = dcap_qvl::quote::Quote::parse(quote).map_err(|e| format!("quote: {e:#}"))?;
         let chain = dcap_qvl::intel::extract_cert_chain(&q).map_err(|e| format!("PCK chain: {e:#}"))?;
         let leaf = chain.first().ok_or("the quote carries no PCK certificate")?;
@@ -208,6 +215,13 @@ pub const UNUSED_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// (unix seconds). Only then is its FMSPC worth a request to the PCCS
 /// (revocation is checked with the full collateral afterwards).
 pub fn verify_pck_chain(quote: &[u8], now: u64) -> Result<(), String> {
+    crate::guard::no_panic(
+        || "the quote's PCK chain could not be read".into(),
+        || check_pck_chain(quote, now),
+    )
+}
+
+fn check_pck_chain(quote: &[u8], now: u64) -> Result<(), String> {
     use sha2::{Digest, Sha256};
     let q = dcap_qvl::quote::Quote::parse(quote).map_err(|e| format!("quote: {e:#}"))?;
     let ders = dcap_qvl::intel::extract_cert_chain(&q).map_err(|e| format!("PCK chain: {e:#}"))?;

@@ -163,16 +163,21 @@ pub fn verify_quote(
     .allow_debug(true);
     // Cryptographic verification and the claims; the policy is applied by
     // [`Verifier::appraise`].
-    let claims = verifier
-        .verify_with_policy(quote, collateral.clone(), now, &dcap_qvl::QuotePolicy::claims_only(now))
-        .map_err(|e| {
-            let detail = format!("{e:#}");
-            if detail.contains("xpired") || detail.contains("in the future") {
-                Rejection::CollateralExpired { at: now, detail }
-            } else {
-                Rejection::Quote(detail)
-            }
-        })?;
+    let claims = crate::guard::no_panic(
+        || "the quote verifier failed on malformed collateral or certificate chains".to_string(),
+        || {
+            verifier
+                .verify_with_policy(quote, collateral.clone(), now, &dcap_qvl::QuotePolicy::claims_only(now))
+                .map_err(|e| format!("{e:#}"))
+        },
+    )
+    .map_err(|detail| {
+        if detail.contains("xpired") || detail.contains("in the future") {
+            Rejection::CollateralExpired { at: now, detail }
+        } else {
+            Rejection::Quote(detail)
+        }
+    })?;
     let Some(r) = claims.report.as_sgx() else {
         return Err(Rejection::Quote("the quote is not an SGX enclave quote".into()));
     };
@@ -391,9 +396,11 @@ impl Verifier {
         // The same rules once more through dcap-qvl's own policy engine
         // (status list, evaluation floor, expiry at our clock).
         use dcap_qvl::Policy as _;
-        self.dcap_policy()
-            .validate(&q.claims)
-            .map_err(|e| Rejection::Appraisal(format!("{e:#}")))?;
+        crate::guard::no_panic(
+            || "the policy engine failed on the claims".to_string(),
+            || self.dcap_policy().validate(&q.claims).map_err(|e| format!("{e:#}")),
+        )
+        .map_err(Rejection::Appraisal)?;
         let a = q.identity.attributes;
         let attributes = hex::encode(a);
         if a[0] & attr::DEBUG != 0 && !p.allow_debug {
