@@ -1,44 +1,36 @@
 //! A peer's RA-TLS certificate, as the handshake sees it before anything is
 //! authenticated: evidence extraction (both OIDs, the simulated extension),
 //! quote view and binding, then the whole verifier (dcap-qvl included):
-//! simulated evidence under the fuzz development root (fuzz/dev-root.pem,
-//! trusted by the policy), hardware quotes with Intel's sample collateral,
-//! at a fixed time inside both collaterals' validity.
+//! simulated evidence under the fuzz development root, hardware quotes with
+//! Intel's sample collateral (policy and root in
+//! crates/attest/tests/fixtures/fuzz/), at a fixed time inside both
+//! collaterals' validity.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use vfl_attest::collateral::FileCollateral;
-use vfl_attest::devpki::DevRoot;
 use vfl_attest::{Clock, Policy, Verifier};
 
 /// 2025-06-20T00:00:00Z: inside the sample collateral's validity (and the
 /// seeds' simulated collateral is issued for it).
 pub const FUZZ_TIME: u64 = 1_750_377_600;
 
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/attest/tests/fixtures");
+
 fn verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();
     V.get_or_init(|| {
-        let root = DevRoot::from_pem(include_str!("../dev-root.pem")).expect("the fuzz development root");
-        let fp = root.fingerprint().iter().map(|b| format!("{b:02x}")).collect::<String>();
         let policy = Policy::parse(
-            format!(
-                r#"{{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
-                    "sgx_mrs":[{{"mr_enclave":"{0}","mode":"simulated"}},{{"mr_enclave":"{0}"}}],
-                    "allowed_tcb_statuses":["UpToDate","ConfigurationAndSWHardeningNeeded"],
-                    "allow_simulated":true,"simulated_roots":["{fp}"]}}"#,
-                "07".repeat(32)
-            )
-            .as_bytes(),
+            include_bytes!("../../crates/attest/tests/fixtures/fuzz/policy.json"),
             "fuzz",
         )
         .expect("the fuzz policy parses");
-        let collateral = FileCollateral::load(std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../crates/attest/tests/fixtures/dcap-qvl/sgx_quote_collateral.json"
+        let collateral = FileCollateral::load(std::path::Path::new(&format!(
+            "{FIX}/dcap-qvl/sgx_quote_collateral.json"
         )))
-        .expect("the sample collateral");
+        .expect("Intel's sample collateral");
         Verifier::new(policy, Some(Arc::new(collateral)), Clock::Fixed(FUZZ_TIME))
     })
 }

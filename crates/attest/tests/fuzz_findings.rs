@@ -11,25 +11,21 @@ const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 /// The ratls_cert fuzz target's verifier: simulated evidence under the fuzz
 /// root, hardware quotes with Intel's sample collateral, at its fixed time.
 fn fuzz_verifier() -> Verifier {
-    let root = DevRoot::from_pem(&std::fs::read_to_string(format!("{FIX}/fuzz/dev-root.pem")).unwrap()).unwrap();
-    let policy = Policy::parse(
-        format!(
-            r#"{{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",
-                "sgx_mrs":[{{"mr_enclave":"{0}","mode":"simulated"}},{{"mr_enclave":"{0}"}}],
-                "allowed_tcb_statuses":["UpToDate","ConfigurationAndSWHardeningNeeded"],
-                "allow_simulated":true,"simulated_roots":["{1}"]}}"#,
-            "07".repeat(32),
-            hex::encode(root.fingerprint())
-        )
-        .as_bytes(),
-        "fuzz",
-    )
-    .unwrap();
+    let policy = Policy::parse(&std::fs::read(format!("{FIX}/fuzz/policy.json")).unwrap(), "fuzz").unwrap();
     let collateral = FileCollateral::load(std::path::Path::new(&format!(
         "{FIX}/dcap-qvl/sgx_quote_collateral.json"
     )))
     .unwrap();
     Verifier::new(policy, Some(Arc::new(collateral)), Clock::Fixed(1_750_377_600))
+}
+
+/// The fuzz policy trusts the fuzz root (else simulated inputs would stop at
+/// the root check and never reach the quote verifier).
+#[test]
+fn the_fuzz_policy_trusts_the_fuzz_root() {
+    let root = DevRoot::from_pem(&std::fs::read_to_string(format!("{FIX}/fuzz/dev-root.pem")).unwrap()).unwrap();
+    let policy = Policy::parse(&std::fs::read(format!("{FIX}/fuzz/policy.json")).unwrap(), "fuzz").unwrap();
+    assert_eq!(policy.simulated_roots, vec![root.fingerprint()]);
 }
 
 /// Collateral that trips an assert inside dcap-qvl's webpki CRL check is a

@@ -25,7 +25,11 @@ fn main() {
     // RA-TLS certificates of a simulated enclave under the fuzz development
     // root (trusted by the ratls_cert target), collateral valid at its time.
     let root = DevRoot::from_pem(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/dev-root.pem")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../attest/tests/fixtures/fuzz/dev-root.pem"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let id = SimIdentity {
