@@ -144,6 +144,16 @@ impl Context {
         self
     }
 
+    /// What a joined data block (`vfl join`) of `role` in job `app`, under
+    /// the policy with digest `policy`, is. The writer adds the join id and
+    /// the block id; a reader expects the block id it asked for.
+    pub fn joined_block(app: &str, role: &str, policy: &str) -> Self {
+        Context::new("joined block")
+            .with("app", app)
+            .with("role", role)
+            .with("policy", policy)
+    }
+
     pub fn get(&self, field: &str) -> Option<&str> {
         self.fields.get(field).map(String::as_str)
     }

@@ -33,6 +33,10 @@ enum Command {
     /// Run either party, the role from --role or VFL_ROLE (one command line
     /// for both, as an SGX manifest fixes it).
     Party(cmd::party::PartyArgs),
+    /// Align the two parties' rows: a private set intersection of example
+    /// ids between the enclaves, writing joined blocks both can train on.
+    #[command(subcommand)]
+    Join(cmd::join::Command),
     /// Generate data sets, measure decoding.
     #[command(subcommand)]
     Data(cmd::data::Command),
@@ -62,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Leader(a) => cmd::party::leader(a),
         Command::Follower(a) => cmd::party::follower(a),
         Command::Party(a) => cmd::party::party(a),
+        Command::Join(c) => cmd::join::run(c),
         Command::Model(c) => cmd::model::run(c),
         Command::Attest(c) => cmd::attest::run(c),
         Command::Selfcheck(a) => cmd::selfcheck::run(a),

@@ -4,15 +4,15 @@
 //! the same identity during a run.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::MODEL;
+use common::{MODEL, finish, free_port};
 
 struct Fixture {
     dir: PathBuf,
@@ -70,22 +70,6 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn finish(c: Child) -> (bool, String) {
-    let Output { status, stdout, stderr } = c.wait_with_output().unwrap();
-    (
-        status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        ),
-    )
 }
 
 /// Waits until something listens on `port`.

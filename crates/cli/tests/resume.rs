@@ -4,12 +4,12 @@
 //! exported final weights equal those of an uninterrupted run, bitwise. And
 //! connections cut by a proxy mid-run: no iteration lost or applied twice.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::free_port;
 #[path = "../../bridge/tests/common/proxy.rs"]
 mod proxy;
 use proxy::Proxy;
@@ -23,10 +23,6 @@ impl Drop for Dir {
 
 fn vfl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vfl"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn setup(name: &str) -> Dir {

@@ -1,8 +1,7 @@
 //! The leader and the follower as two OS processes on loopback.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use vfl_data::tfrecord::{RecordReader, RecordWriter};
@@ -12,7 +11,7 @@ mod common;
 mod proxy;
 use proxy::Proxy;
 
-use common::MODEL;
+use common::{MODEL, finish, free_port};
 
 struct Fixture {
     dir: PathBuf,
@@ -59,10 +58,6 @@ impl Drop for Fixture {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn spawn(args: &[&str], extra: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_vfl"))
         .args(args)
@@ -107,18 +102,6 @@ fn follower(f: &Fixture, port: u16, extra: &[&str]) -> Child {
     a.extend(f.security());
     a.extend(extra.iter().map(|s| s.to_string()));
     spawn(&["follower", "--peer-timeout", "20"], &a)
-}
-
-fn finish(c: Child) -> (bool, String) {
-    let Output { status, stdout, stderr } = c.wait_with_output().unwrap();
-    (
-        status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        ),
-    )
 }
 
 fn auc_of(out: &str) -> f64 {

@@ -24,7 +24,14 @@ use crate::source::BatchSource;
 use crate::tfrecord::{Compression, FrameError, RecordReader};
 
 /// Extensions recognised by the default selection, longest first.
-const EXTENSIONS: &[&str] = &[".tfrecord.gz", ".tfrecord", ".csv"];
+const EXTENSIONS: &[&str] = &[".tfrecord.gz", ".tfrecord", ".csv", ".tfrecord.sealed", ".csv.sealed"];
+
+/// Opens sealed blocks (`*.tfrecord.sealed`, `*.csv.sealed`: joined blocks
+/// written by `vfl join` under a model key): given the block and the file's
+/// bytes, the plaintext block or why not.
+pub trait Unseal: Send + Sync {
+    fn unseal(&self, block: &BlockFile, sealed: &[u8]) -> Result<Vec<u8>, String>;
+}
 
 /// File format of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +46,8 @@ pub struct BlockFile {
     pub id: String,
     pub path: PathBuf,
     pub kind: FileKind,
+    /// Sealed (`.sealed`): read through an [`Unseal`].
+    pub sealed: bool,
 }
 
 /// fnmatch-style matching of `name` against `pattern`.
@@ -135,7 +144,8 @@ impl DataDir {
                 continue;
             }
             let id = ext.map_or(rel_s.clone(), |e| rel_s[..rel_s.len() - e.len()].to_string());
-            let kind = if rel_s.ends_with(".csv") {
+            let sealed = rel_s.ends_with(".sealed");
+            let kind = if rel_s.ends_with(".csv") || rel_s.ends_with(".csv.sealed") {
                 FileKind::Csv
             } else {
                 FileKind::TfRecord
@@ -149,14 +159,15 @@ impl DataDir {
                     path.display()
                 )));
             }
-            blocks.push(BlockFile { id, path, kind });
+            blocks.push(BlockFile { id, path, kind, sealed });
         }
         if blocks.is_empty() {
             return Err(DataError::Other(format!(
                 "{}: no data files match {} (refusing to train on zero examples)",
                 root.display(),
                 wildcard.map_or(
-                    "the default `*.tfrecord`, `*.tfrecord.gz`, `*.csv`".to_string(),
+                    "the default `*.tfrecord`, `*.tfrecord.gz`, `*.csv` (or sealed `*.sealed` joined blocks)"
+                        .to_string(),
                     |w| format!("`{w}`")
                 )
             )));
@@ -228,7 +239,7 @@ pub struct Position {
 enum Open {
     Tf(RecordReader<Box<dyn Read + Send>>),
     Csv {
-        reader: BufReader<File>,
+        reader: Box<dyn BufRead + Send>,
         layout: CsvLayout,
         line_no: u64,
     },
@@ -240,6 +251,7 @@ pub struct BlockReader {
     opts: ReadOptions,
     decoder: ExampleDecoder,
     open: Option<Open>,
+    unseal: Option<std::sync::Arc<dyn Unseal>>,
     pos: Position,
     skipped: u64,
     skip_log: Vec<String>,
@@ -266,6 +278,7 @@ impl BlockReader {
             opts,
             decoder: ExampleDecoder::new(schema),
             open: None,
+            unseal: None,
             pos: Position::default(),
             skipped: 0,
             skip_log: Vec::new(),
@@ -293,6 +306,11 @@ impl BlockReader {
     /// Why the first (up to 10) records were skipped.
     pub fn skip_reasons(&self) -> &[String] {
         &self.skip_log
+    }
+
+    /// How sealed blocks are opened (without it they are an error).
+    pub fn set_unseal(&mut self, unseal: std::sync::Arc<dyn Unseal>) {
+        self.unseal = Some(unseal);
     }
 
     pub fn blocks(&self) -> &[BlockFile] {
@@ -336,10 +354,32 @@ impl BlockReader {
             message: e.to_string(),
         };
         self.seen.clear();
+        let plain = match (b.sealed, &self.unseal) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(DataError::Io {
+                    file,
+                    message: "a sealed block, and no model key to open it (--model-key)".into(),
+                });
+            }
+            (true, Some(u)) => {
+                let sealed = std::fs::read(&b.path).map_err(io)?;
+                Some(u.unseal(b, &sealed).map_err(|message| DataError::Io {
+                    file: file.clone(),
+                    message,
+                })?)
+            }
+        };
         self.open = Some(match b.kind {
-            FileKind::TfRecord => Open::Tf(RecordReader::open(&b.path, self.opts.compression).map_err(io)?),
+            FileKind::TfRecord => Open::Tf(match plain {
+                None => RecordReader::open(&b.path, self.opts.compression).map_err(io)?,
+                Some(p) => RecordReader::new(Box::new(std::io::Cursor::new(p)) as Box<dyn Read + Send>),
+            }),
             FileKind::Csv => {
-                let mut reader = BufReader::with_capacity(1 << 20, File::open(&b.path).map_err(io)?);
+                let mut reader: Box<dyn BufRead + Send> = match plain {
+                    None => Box::new(BufReader::with_capacity(1 << 20, File::open(&b.path).map_err(io)?)),
+                    Some(p) => Box::new(std::io::Cursor::new(p)),
+                };
                 let mut line_no = 0;
                 if read_header(&mut reader, &mut self.line, &mut line_no)
                     .map_err(io)?

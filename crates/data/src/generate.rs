@@ -1,5 +1,8 @@
 //! `vfl data generate`: the original wide_n_deep example's data layout,
-//! `DIR/leader/NN.tfrecord` and `DIR/follower/NN.tfrecord`.
+//! `DIR/leader/NN.tfrecord` and `DIR/follower/NN.tfrecord` (or `.csv`),
+//! aligned (row k of file f has the same id on both sides) or, for
+//! `vfl join`, unaligned (some rows on one side only, the follower's rows
+//! shuffled).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +17,7 @@ use crate::synth::{Synth, SynthConfig, SynthRow};
 use crate::tfrecord::RecordWriter;
 
 /// What to generate.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GenerateConfig {
     pub out: PathBuf,
     pub files: usize,
@@ -23,6 +26,28 @@ pub struct GenerateConfig {
     pub first_row: u64,
     pub synth: SynthConfig,
     pub gzip: bool,
+    /// Unaligned data: this fraction of the rows is on both sides, the rest
+    /// on one side only (half each). None: every row on both sides.
+    pub shared: Option<f64>,
+    /// Shuffle the follower's rows within each file.
+    pub shuffle_follower: bool,
+    /// CSV (`id,y,loss_mask,x_0,..` / `id,x_0,..`) instead of TFRecord.
+    pub csv: bool,
+}
+
+/// Which sides hold row `index` (leader, follower).
+fn sides(cfg: &GenerateConfig, index: u64) -> (bool, bool) {
+    let Some(shared) = cfg.shared else {
+        return (true, true);
+    };
+    let mut st = cfg.synth.seed ^ 0x00A1_1CE5 ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let u = crate::synth::unit(&mut st);
+    if u < shared {
+        (true, true)
+    } else {
+        let leader = u < shared + (1.0 - shared) / 2.0;
+        (leader, !leader)
+    }
 }
 
 /// What was written.
@@ -30,7 +55,10 @@ pub struct GenerateConfig {
 pub struct GenerateSummary {
     pub leader_files: Vec<PathBuf>,
     pub follower_files: Vec<PathBuf>,
+    /// Rows written for the leader.
     pub rows: u64,
+    /// Rows written for the follower (the same as `rows` when aligned).
+    pub follower_rows: u64,
     pub positives: u64,
     pub bytes: u64,
 }
@@ -44,11 +72,16 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
     let generator = Synth::new(cfg.synth.clone());
     let names = slot_names(cfg.synth.slots);
     let width = cfg.files.saturating_sub(1).to_string().len().max(2);
-    let ext = if cfg.gzip { "tfrecord.gz" } else { "tfrecord" };
+    let ext = match (cfg.csv, cfg.gzip) {
+        (true, _) => "csv",
+        (false, true) => "tfrecord.gz",
+        (false, false) => "tfrecord",
+    };
     let mut summary = GenerateSummary {
         leader_files: vec![],
         follower_files: vec![],
         rows: 0,
+        follower_rows: 0,
         positives: 0,
         bytes: 0,
     };
@@ -67,14 +100,55 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
             let path = cfg.out.join(role).join(format!("{f:0width$}.{ext}"));
             let mut bytes = 0u64;
             let mut positives = 0u64;
+            let mut indices: Vec<u64> = (0..cfg.rows_per_file)
+                .map(|i| cfg.first_row + (f * cfg.rows_per_file + i) as u64)
+                .filter(|&i| {
+                    let (l, fo) = sides(cfg, i);
+                    if leader { l } else { fo }
+                })
+                .collect();
+            if !leader && cfg.shuffle_follower {
+                let mut st = cfg.synth.seed ^ (f as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0005_4FF1;
+                for i in (1..indices.len()).rev() {
+                    let j = (crate::synth::mix(&mut st) % (i as u64 + 1)) as usize;
+                    indices.swap(i, j);
+                }
+            }
+            let count = indices.len() as u64;
             let write = |w: &mut dyn Write| -> std::io::Result<()> {
                 let mut records = |sink: &mut dyn Write| -> std::io::Result<()> {
                     let mut rw = RecordWriter::new(sink);
-                    for i in 0..cfg.rows_per_file {
-                        let index = cfg.first_row + (f * cfg.rows_per_file + i) as u64;
+                    if cfg.csv {
+                        let mut header = String::from(if leader { "id,y,loss_mask" } else { "id" });
+                        for n in &names {
+                            header.push(',');
+                            header.push_str(n);
+                        }
+                        header.push('\n');
+                        rw.inner_mut().write_all(header.as_bytes())?;
+                    }
+                    for &index in &indices {
                         generator.row(index, &mut row);
                         let id = index.to_string();
                         let ids = if leader { &row.leader } else { &row.follower };
+                        if leader {
+                            positives += row.y as u64;
+                        }
+                        if cfg.csv {
+                            use std::fmt::Write as _;
+                            let mut line = String::with_capacity(8 + 8 * ids.len());
+                            line.push_str(&id);
+                            if leader {
+                                let _ = write!(line, ",{},{}", row.y, row.loss_mask);
+                            }
+                            for v in ids {
+                                let _ = write!(line, ",{v}");
+                            }
+                            line.push('\n');
+                            bytes += line.len() as u64;
+                            rw.inner_mut().write_all(line.as_bytes())?;
+                            continue;
+                        }
                         let y = [row.y];
                         let mask = [row.loss_mask];
                         let mut features: Vec<(&str, Value<'_>)> = Vec::with_capacity(names.len() + 3);
@@ -82,7 +156,6 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
                         if leader {
                             features.push(("y", Value::Int64(&y)));
                             features.push(("loss_mask", Value::Int64(&mask)));
-                            positives += row.y as u64;
                         }
                         for (s, name) in names.iter().enumerate() {
                             features.push((name, Value::Int64(std::slice::from_ref(&ids[s]))));
@@ -93,7 +166,7 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
                     }
                     Ok(())
                 };
-                if cfg.gzip {
+                if cfg.gzip && !cfg.csv {
                     let mut enc = GzEncoder::new(w, GzLevel::default());
                     records(&mut enc)?;
                     enc.finish()?;
@@ -109,12 +182,13 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
             summary.bytes += bytes;
             if leader {
                 summary.positives += positives;
+                summary.rows += count;
                 summary.leader_files.push(path);
             } else {
+                summary.follower_rows += count;
                 summary.follower_files.push(path);
             }
         }
-        summary.rows += cfg.rows_per_file as u64;
     }
     Ok(summary)
 }

@@ -14,7 +14,7 @@ pub mod synth;
 pub mod tfrecord;
 
 pub use batch::{Batch, BatchDigest, RowSource};
-pub use blocks::{BlockFile, BlockReader, DataDir, Position, ReadOptions};
+pub use blocks::{BlockFile, BlockReader, DataDir, Position, ReadOptions, Unseal};
 pub use schema::Schema;
 pub use source::{BatchSource, SynthSource};
 

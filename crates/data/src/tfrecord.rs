@@ -214,6 +214,11 @@ impl<W: Write> RecordWriter<W> {
         self.inner.write_all(&masked_crc32c(data).to_le_bytes())
     }
 
+    /// The underlying writer (for writing around the records).
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     pub fn into_inner(self) -> W {
         self.inner
     }

@@ -44,6 +44,7 @@ fn small_cfg(out: &Path, gzip: bool) -> GenerateConfig {
             ..Default::default()
         },
         gzip,
+        ..Default::default()
     }
 }
 
@@ -108,6 +109,7 @@ fn generate_defaults_match_the_original_layout() {
             ..Default::default()
         },
         gzip: false,
+        ..Default::default()
     };
     generate(&cfg).unwrap();
     let d = DataDir::scan(&t.0.join("leader"), None).unwrap();

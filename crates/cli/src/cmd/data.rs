@@ -50,6 +50,24 @@ pub struct GenerateArgs {
     /// Write GZIP-compressed files (NN.tfrecord.gz).
     #[arg(long)]
     gzip: bool,
+    /// Write CSV files (NN.csv: id,y,loss_mask,x_0,.. for the leader,
+    /// id,x_0,.. for the follower) instead of TFRecord.
+    #[arg(long, conflicts_with = "gzip")]
+    csv: bool,
+    /// Unaligned data for `vfl join`: this fraction of the rows is on both
+    /// sides, the rest on one side only (half each).
+    #[arg(long, value_parser = fraction)]
+    shared: Option<f64>,
+    /// Shuffle the follower's rows within each file.
+    #[arg(long)]
+    shuffle_follower: bool,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a fraction between 0 and 1")),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,11 +111,15 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         gzip: a.gzip,
+        csv: a.csv,
+        shared: a.shared,
+        shuffle_follower: a.shuffle_follower,
     };
     let s = generate(&cfg)?;
     println!(
-        "wrote {} rows per party in {} files each under {} ({:.1} MB of records, {} positive labels)",
+        "wrote {} leader rows and {} follower rows in {} files each under {} ({:.1} MB of records, {} positive labels)",
         s.rows,
+        s.follower_rows,
         s.leader_files.len(),
         a.out.display(),
         s.bytes as f64 / 1e6,
@@ -117,6 +139,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         first_row: 0,
         synth: SynthConfig::default(),
         gzip: false,
+        ..Default::default()
     };
     let s = generate(&cfg).context("generating benchmark data")?;
     let leader = dir.join("leader");

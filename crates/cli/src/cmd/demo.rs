@@ -3,8 +3,10 @@
 //! short summary.
 //!
 //! By default the leader and the follower run as two processes talking gRPC
-//! on loopback; `--in-process` runs both in this process through the same
-//! message interface.
+//! on loopback, and their training data starts unaligned (each side lacks
+//! some of the other's rows, the follower's are shuffled): `vfl join`
+//! aligns it first. `--in-process` runs both in this process through the
+//! same message interface, on aligned data.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -53,6 +55,9 @@ pub struct Args {
 }
 
 const EVAL_FIRST_ROW: u64 = 1_000_000_000;
+
+/// The fraction of training ids on both sides (two processes).
+const SHARED: f64 = 0.8;
 
 fn reader(dir: &std::path::Path, schema: Schema) -> anyhow::Result<BlockReader> {
     let d = DataDir::scan(dir, None)?;
@@ -104,6 +109,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         first_row: 0,
         synth: synth.clone(),
         gzip: false,
+        // Two processes: unaligned, for `vfl join` to align first.
+        shared: (!a.in_process).then_some(SHARED),
+        shuffle_follower: !a.in_process,
+        ..Default::default()
     })?;
     let eval_files = a.eval_rows.div_ceil(a.rows_per_file).max(1);
     generate(&GenerateConfig {
@@ -113,14 +122,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         first_row: EVAL_FIRST_ROW,
         synth: synth.clone(),
         gzip: false,
+        ..Default::default()
     })?;
-    println!(
-        "enclave-vfl demo: planted data in {} ({} training rows per party in {} blocks, written in {:.1} s)",
-        work.display(),
-        g.rows,
-        a.files,
-        t0.elapsed().as_secs_f64()
-    );
+    if a.in_process {
+        println!(
+            "enclave-vfl demo: planted data in {} ({} training rows per party in {} blocks, written in {:.1} s)",
+            work.display(),
+            g.rows,
+            a.files,
+            t0.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "enclave-vfl demo: planted data in {} ({} leader and {} follower training rows in {} blocks each, \
+             {:.0}% of ids on both sides, the follower's rows shuffled; written in {:.1} s)",
+            work.display(),
+            g.rows,
+            g.follower_rows,
+            a.files,
+            SHARED * 100.0,
+            t0.elapsed().as_secs_f64()
+        );
+    }
     println!(
         "model {} ({}), {} epochs, batch {}, {} thread(s) per party, kernel {}",
         spec.name,
@@ -216,20 +239,34 @@ fn simulated_security(work: &std::path::Path) -> anyhow::Result<Vec<String>> {
 /// Runs `vfl leader` and `vfl follower` as two processes on loopback and
 /// returns their standard outputs.
 fn run_pair(leader: &[String], follower: &[String], security: &[String]) -> anyhow::Result<(String, String)> {
+    run_commands(&["leader"], leader, &["follower"], follower, security)
+}
+
+/// Runs two `vfl` subcommands (the leader's listening, the follower's
+/// dialling it) as two processes on loopback; their standard outputs.
+fn run_commands(
+    leader_cmd: &[&str],
+    leader: &[String],
+    follower_cmd: &[&str],
+    follower: &[String],
+    security: &[String],
+) -> anyhow::Result<(String, String)> {
     let exe = std::env::current_exe().context("locating the vfl executable")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let spawn = |role: &str, args: &[String], addr_flag: &str| {
+    let spawn = |role: &[&str], args: &[String], addr_flag: &str| {
         std::process::Command::new(&exe)
-            .args(["--loglevel", "warn", role, addr_flag, &format!("127.0.0.1:{port}")])
+            .args(["--loglevel", "warn"])
+            .args(role)
+            .args([addr_flag, &format!("127.0.0.1:{port}")])
             .args(security)
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting the {role}"))
+            .with_context(|| format!("starting vfl {}", role.join(" ")))
     };
-    let l = spawn("leader", leader, "--local-addr")?;
-    let f = spawn("follower", follower, "--peer-addr")?;
+    let l = spawn(leader_cmd, leader, "--local-addr")?;
+    let f = spawn(follower_cmd, follower, "--peer-addr")?;
     let lo = l.wait_with_output()?;
     let fo = f.wait_with_output()?;
     let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
@@ -258,6 +295,27 @@ fn two_processes(
          (simulated attestation: a development PKI stands in for SGX)"
     );
     let security = simulated_security(work)?;
+    let raw = work.join("train");
+    println!("alignment: vfl join leader / follower, a private set intersection inside the enclaves");
+    let joined = work.join("joined");
+    let join_args = |role: &str| -> Vec<String> {
+        vec![
+            "--data-path".into(),
+            raw.join(role).display().to_string(),
+            "--output-path".into(),
+            joined.join(role).display().to_string(),
+            "--rows-per-block".into(),
+            a.rows_per_file.to_string(),
+        ]
+    };
+    let (jl, _) = run_commands(
+        &["join", "leader"],
+        &join_args("leader"),
+        &["join", "follower"],
+        &join_args("follower"),
+        &security,
+    )?;
+    jl.lines().for_each(|l| println!("  {l}"));
     let export = work.join("export");
     let _ = std::fs::remove_dir_all(&export);
     let p = |x: PathBuf| x.display().to_string();
@@ -273,7 +331,7 @@ fn two_processes(
             p(work.join(data).join(role)),
         ]
     };
-    let mut la = common("leader", "train");
+    let mut la = common("leader", "joined");
     la.extend([
         "--epoch-num".into(),
         a.epoch_num.to_string(),
@@ -281,7 +339,7 @@ fn two_processes(
         "--export-path".into(),
         p(export.clone()),
     ]);
-    let mut fa = common("follower", "train");
+    let mut fa = common("follower", "joined");
     fa.extend(["--export-path".into(), p(export.clone())]);
     let (lout, _) = run_pair(&la, &fa, &security)?;
     lout.lines().for_each(|l| println!("  {l}"));

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod data;
 #[cfg(feature = "dev")]
 pub mod demo;
+pub mod join;
 pub mod model;
 pub mod party;
 pub mod selfcheck;

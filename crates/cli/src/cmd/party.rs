@@ -192,8 +192,27 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
 }
 
 fn sealer(c: &Common) -> anyhow::Result<Option<std::sync::Arc<Sealer>>> {
-    let in_sgx = c.attest.attestation == "sgx" && !c.attest.insecure();
-    let source = match c.model_key.as_deref() {
+    let s = sealer_for(&c.attest, c.model_key.as_deref())?;
+    match &s {
+        Some(s) => {
+            tracing::info!(key = %s.source(), key_id = %s.key_id(), "checkpoints and exported weights are encrypted at rest")
+        }
+        None if c.checkpoint_path.is_some() || c.export_path.is_some() => {
+            tracing::warn!("checkpoints and exported weights are stored in plaintext (no --model-key)")
+        }
+        None => {}
+    }
+    Ok(s)
+}
+
+/// The sealing key in force for `--model-key` (None: plaintext, only in
+/// development builds outside SGX).
+pub(crate) fn sealer_for(
+    attest: &super::attest::Flags,
+    model_key: Option<&str>,
+) -> anyhow::Result<Option<std::sync::Arc<Sealer>>> {
+    let in_sgx = attest.attestation == "sgx" && !attest.insecure();
+    let source = match model_key {
         Some("none") if in_sgx || !cfg!(feature = "dev") => anyhow::bail!(
             "--model-key none: a party running with SGX attestation (and every enclave build) seals its state; \
              plaintext storage would let the operator read what the enclave learned from the peer"
@@ -204,17 +223,11 @@ fn sealer(c: &Common) -> anyhow::Result<Option<std::sync::Arc<Sealer>>> {
         None => None,
     };
     match source {
-        Some(src) => {
-            let s = Sealer::open(&src, &c.attest.attestation_device)?;
-            tracing::info!(key = %src, key_id = %s.key_id(), "checkpoints and exported weights are encrypted at rest");
-            Ok(Some(std::sync::Arc::new(s)))
-        }
-        None => {
-            if c.checkpoint_path.is_some() || c.export_path.is_some() {
-                tracing::warn!("checkpoints and exported weights are stored in plaintext (no --model-key)");
-            }
-            Ok(None)
-        }
+        Some(src) => Ok(Some(std::sync::Arc::new(Sealer::open(
+            &src,
+            &attest.attestation_device,
+        )?))),
+        None => Ok(None),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Shared by the CLI tests: simulated RA-TLS set-up for two parties.
 
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Output};
 
 /// A small model over 16 slots (data of `vfl data generate --slots 16`).
 #[allow(dead_code)]
@@ -20,6 +21,26 @@ layers = [{ units = 8, activation = "relu" }]
 layers = [{ units = 2, bias = false }]
 loss = "softmax_cross_entropy"
 "#;
+
+/// A loopback port that was free a moment ago.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits for a party; whether it succeeded, and its stdout and stderr.
+#[allow(dead_code)]
+pub fn finish(c: Child) -> (bool, String) {
+    let Output { status, stdout, stderr } = c.wait_with_output().unwrap();
+    (
+        status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    )
+}
 
 /// `vfl attest self` with a development root under `dir`, plus extra flags.
 pub fn attest_self(dir: &Path, extra: &[&str]) -> serde_json::Value {

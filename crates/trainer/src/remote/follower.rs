@@ -53,7 +53,6 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
     let bind = binding(cfg, Role::Follower);
     let fingerprint = bind.model.clone();
     let schema = schema_for(&cfg.spec, Role::Follower);
-    let opts = cfg.read_options();
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
     let mut state = RunState::default();
     let resumed_from = reply.resume.then_some(reply.resume_step);
@@ -96,7 +95,7 @@ async fn follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Res
                     )));
                 }
                 let blocks = data.select(&plan.block_ids)?;
-                let mut reader = BlockReader::new(blocks, schema.clone(), opts);
+                let mut reader = cfg.block_reader(Role::Follower, blocks, schema.clone());
                 reader.seek(start_pos)?;
                 let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
                 link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
@@ -229,7 +228,6 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
     let reply = link.reply().clone();
     let session_id = reply.session_id.as_str();
     let schema = schema_for(&cfg.spec, Role::Follower);
-    let opts = cfg.read_options();
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
     let resume = reply.resume.then_some(reply.resume_step);
     check_session(cfg, &reply)?;
@@ -246,7 +244,7 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
     loop {
         match link.recv().await? {
             LMsg::Plan(plan) => {
-                let mut reader = BlockReader::new(data.select(&plan.block_ids)?, schema.clone(), opts);
+                let mut reader = cfg.block_reader(Role::Follower, data.select(&plan.block_ids)?, schema.clone());
                 link.send(FMsg::PlanAck(pb::PlanAck { epoch: plan.epoch })).await?;
                 loop {
                     let n = reader.fill(&mut batch, cfg.batch_size)?;

@@ -99,7 +99,6 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
     let bind = binding(cfg, Role::Leader);
     let fingerprint = bind.model.clone();
     let schema = schema_for(&cfg.spec, Role::Leader);
-    let opts = cfg.read_options();
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
     let mut state = RunState::default();
     start_run(cfg, Role::Leader, &run_id, resume_step)?;
@@ -163,7 +162,7 @@ async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Res
                 )));
             }
         }
-        let mut reader = BlockReader::new(data.select(&order)?, schema.clone(), opts);
+        let mut reader = cfg.block_reader(Role::Leader, data.select(&order)?, schema.clone());
         reader.seek(start_pos)?;
         // Decode the next batches on a reader thread while this one trains.
         let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
@@ -335,7 +334,6 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
     let session_id = link.session_id().to_string();
     let resume_step = link.resume_step();
     let schema = schema_for(&cfg.spec, Role::Leader);
-    let opts = cfg.read_options();
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
     let run = (link.run_id().to_string(), resume_step);
     let source = load_for_eval(cfg, Role::Leader, (&run.0, run.1), party.model_mut().tensors_mut())?;
@@ -359,7 +357,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
             )));
         }
     }
-    let mut reader = BlockReader::new(data.select(&order)?, schema.clone(), opts);
+    let mut reader = cfg.block_reader(Role::Leader, data.select(&order)?, schema.clone());
     let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
     let mut predictions = String::from("example_id,score\n");
     let (mut steps, mut examples, mut loss_sum) = (0u64, 0u64, 0f64);

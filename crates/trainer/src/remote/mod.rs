@@ -112,6 +112,40 @@ impl RunConfig {
             ..Default::default()
         }
     }
+
+    /// A reader of `blocks` as this party reads them; sealed joined blocks
+    /// open with this party's model key and must be of this job, role and
+    /// policy, and the block asked for.
+    fn block_reader(&self, role: Role, blocks: Vec<vfl_data::BlockFile>, schema: vfl_data::Schema) -> BlockReader {
+        let mut r = BlockReader::new(blocks, schema, self.read_options());
+        if let Some(sealer) = &self.seal {
+            r.set_unseal(std::sync::Arc::new(JoinedBlocks {
+                sealer: sealer.clone(),
+                context: vfl_attest::seal::Context::joined_block(
+                    &self.application_id,
+                    role.as_str(),
+                    &self.security.policy_digest(),
+                ),
+            }));
+        }
+        r
+    }
+}
+
+/// Opens sealed joined blocks (`vfl join` under a model key).
+struct JoinedBlocks {
+    sealer: std::sync::Arc<vfl_attest::seal::Sealer>,
+    context: vfl_attest::seal::Context,
+}
+
+impl vfl_data::Unseal for JoinedBlocks {
+    fn unseal(&self, block: &vfl_data::BlockFile, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        let expected = self.context.clone().with("block", &block.id);
+        self.sealer
+            .open_file(sealed, &expected, &block.path)
+            .map(|(_, plain)| plain)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// What this party's files are bound to.

@@ -1,0 +1,246 @@
+//! `vfl join` as two OS processes over simulated RA-TLS: from unaligned
+//! files to a trained model, sealed joined blocks, and refusals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+mod common;
+use common::{MODEL, finish, free_port};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("vfl-join-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("model.toml"), MODEL).unwrap();
+        Dir(d)
+    }
+    fn p(&self, s: &str) -> String {
+        self.0.join(s).display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn vfl(args: &[&str], extra: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(args)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Unaligned data: 80% of ids on both sides, the follower's shuffled.
+fn generate(d: &Dir, extra: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args([
+            "data",
+            "generate",
+            "--files",
+            "3",
+            "--rows-per-file",
+            "400",
+            "--slots",
+            "16",
+        ])
+        .args(["--shared", "0.8", "--shuffle-follower", "--out"])
+        .arg(d.0.join("raw"))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs both sides of a join; (leader ok, leader output, follower ok,
+/// follower output).
+fn join(d: &Dir, security: &[String], leader_extra: &[&str], follower_extra: &[&str]) -> (bool, String, bool, String) {
+    let port = free_port();
+    let side = |role: &str, extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "--data-path".into(),
+            d.p(&format!("raw/{role}")),
+            "--output-path".into(),
+            d.p(&format!("joined/{role}")),
+            "--rows-per-block".into(),
+            "250".into(),
+            "--peer-timeout".into(),
+            "20".into(),
+            if role == "leader" {
+                "--local-addr"
+            } else {
+                "--peer-addr"
+            }
+            .into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        a.extend(security.iter().cloned());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        vfl(&["join", role], &a)
+    };
+    let l = side("leader", leader_extra);
+    let f = side("follower", follower_extra);
+    let (lok, lout) = finish(l);
+    let (fok, fout) = finish(f);
+    (lok, lout, fok, fout)
+}
+
+fn train(d: &Dir, security: &[String], extra: &[&str]) -> (String, String) {
+    let port = free_port();
+    let side = |role: &str| {
+        let mut a: Vec<String> = vec![
+            "--data-path".into(),
+            d.p(&format!("joined/{role}")),
+            "--model".into(),
+            d.p("model.toml"),
+            "--peer-timeout".into(),
+            "20".into(),
+            if role == "leader" {
+                "--local-addr"
+            } else {
+                "--peer-addr"
+            }
+            .into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        a.extend(security.iter().cloned());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        vfl(&[role], &a)
+    };
+    let l = side("leader");
+    let f = side("follower");
+    let (lok, lout) = finish(l);
+    let (fok, fout) = finish(f);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    (lout, fout)
+}
+
+fn digest_line(out: &str) -> &str {
+    out.lines()
+        .find(|l| l.contains("joined id order digest"))
+        .unwrap_or_else(|| panic!("{out}"))
+}
+
+fn digest(out: &str) -> String {
+    digest_line(out).split_whitespace().nth(6).unwrap().to_string()
+}
+
+fn blocks(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn unaligned_files_join_and_then_train() {
+    let d = Dir::new("train");
+    generate(&d, &[]);
+    let sec = common::sim_flags(&d.0.join("attestation"));
+    let (lok, lout, fok, fout) = join(&d, &sec, &[], &[]);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert_eq!(digest(&lout), digest(&fout));
+    assert!(lout.contains("intersection"), "{lout}");
+    let lb = blocks(&d.0.join("joined/leader"));
+    assert_eq!(
+        lb.iter().filter(|n| n.ends_with(".tfrecord")).count(),
+        blocks(&d.0.join("joined/follower")).len() - 1
+    );
+    assert!(lb.contains(&"join-report.json".to_string()));
+    // Training on the joined blocks passes every per-batch id digest check.
+    let (l, _) = train(&d, &sec, &["--batch-size", "64"]);
+    assert!(l.contains("done"), "{l}");
+    // Training on the raw (unaligned) data fails on the first batch.
+    let port = free_port();
+    let raw = |role: &str| {
+        let mut a: Vec<String> = vec![
+            "--data-path".into(),
+            d.p(&format!("raw/{role}")),
+            "--model".into(),
+            d.p("model.toml"),
+            "--peer-timeout".into(),
+            "20".into(),
+            if role == "leader" {
+                "--local-addr"
+            } else {
+                "--peer-addr"
+            }
+            .into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        a.extend(sec.iter().cloned());
+        vfl(&[role], &a)
+    };
+    let (l, f) = (raw("leader"), raw("follower"));
+    let (lok, lout) = finish(l);
+    let _ = finish(f);
+    assert!(!lok && lout.contains("misaligned"), "{lout}");
+}
+
+#[test]
+fn csv_input_and_sealed_output_train_with_the_same_key() {
+    let d = Dir::new("sealed");
+    generate(&d, &["--csv"]);
+    let mut sec = common::sim_flags(&d.0.join("attestation"));
+    // Sealed high-water marks of this key: not in the shared default cache.
+    sec.extend(["--collateral-cache".to_string(), d.p("cache")]);
+    std::fs::write(d.0.join("key"), [7u8; 32]).unwrap();
+    let key = format!("file:{}", d.p("key"));
+    let (lok, lout, fok, fout) = join(&d, &sec, &["--model-key", &key], &["--model-key", &key]);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    let lb = blocks(&d.0.join("joined/leader"));
+    assert!(lb.iter().any(|n| n.ends_with(".tfrecord.sealed")), "{lb:?}");
+    assert!(!lb.iter().any(|n| n.ends_with(".tfrecord")), "{lb:?}");
+    // Without the key, training cannot read them.
+    let port = free_port();
+    let mut a: Vec<String> = vec![
+        "--data-path".into(),
+        d.p("joined/leader"),
+        "--model".into(),
+        d.p("model.toml"),
+        "--peer-timeout".into(),
+        "3".into(),
+        "--local-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    a.extend(sec.iter().cloned());
+    let mut fa = a.clone();
+    fa[1] = d.p("joined/follower");
+    fa[6] = "--peer-addr".into();
+    let (l, f) = (vfl(&["leader"], &a), vfl(&["follower"], &fa));
+    let (lok, lout) = finish(l);
+    let _ = finish(f);
+    assert!(!lok && lout.contains("no model key"), "{lout}");
+    // With it, they train.
+    let (l, _) = train(&d, &sec, &["--model-key", &key, "--batch-size", "64"]);
+    assert!(l.contains("done"), "{l}");
+}
+
+#[test]
+fn a_follower_the_policy_does_not_admit_is_refused_and_nothing_is_written() {
+    let d = Dir::new("refused");
+    generate(&d, &[]);
+    let sec = common::sim_flags(&d.0.join("attestation"));
+    // The follower claims another product id than the policy lists.
+    let (lok, lout, fok, fout) = join(&d, &sec, &[], &["--sim-isv-prod-id", "9"]);
+    assert!(!lok && !fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(lout.contains("isv_prod_id"), "{lout}");
+    assert!(!d.0.join("joined/leader").exists() && !d.0.join("joined/follower").exists());
+}
+
+#[test]
+fn without_tls_a_join_is_refused() {
+    let d = Dir::new("insecure");
+    generate(&d, &[]);
+    let (lok, lout, _, _) = join(&d, &["--insecure-no-tls".to_string()], &[], &[]);
+    assert!(!lok && lout.contains("TLS exporter"), "{lout}");
+}

@@ -1,0 +1,312 @@
+//! Reads a party's raw data blocks row by row: the example id, and the row
+//! as it will be written (a serialized tf.Example, or a CSV line), in the
+//! party's own order (blocks in `DataDir` order, rows in file order).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+
+use vfl_data::blocks::{BlockFile, DataDir, FileKind};
+use vfl_data::csv::{CsvLayout, read_header, split_line};
+use vfl_data::example::{ExampleDecoder, Value, encode_example};
+use vfl_data::tfrecord::{Compression, RecordReader};
+use vfl_data::{Batch, DataError, RowSource, Schema};
+
+use crate::JoinError;
+
+/// The format of the joined blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// TFRecord of tf.Example (CSV rows are converted: the id column becomes
+    /// the bytes feature `example_id`, integer cells (`|`-separated lists
+    /// too) int64 lists, other numbers float lists, the rest bytes).
+    TfRecord,
+    /// CSV with the input's header (CSV input only; every input file must
+    /// have the same header).
+    Csv,
+}
+
+impl OutputFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::TfRecord => "tfrecord",
+            OutputFormat::Csv => "csv",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tfrecord" => Some(OutputFormat::TfRecord),
+            "csv" => Some(OutputFormat::Csv),
+            _ => None,
+        }
+    }
+
+    /// The file extension of a joined block.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::TfRecord => "tfrecord",
+            OutputFormat::Csv => "csv",
+        }
+    }
+}
+
+/// One input row.
+pub struct Row<'a> {
+    pub id: &'a [u8],
+    pub payload: &'a [u8],
+    /// Index of its block in the party's `DataDir`.
+    pub block: u32,
+    /// Record index (TFRecord) or line number (CSV) in that block.
+    pub pos: u64,
+}
+
+/// Where a row was, for messages: "record 4" or "line 7".
+pub fn describe(block: &BlockFile, pos: u64) -> String {
+    match block.kind {
+        FileKind::TfRecord => format!("record {pos}"),
+        FileKind::Csv => format!("line {pos}"),
+    }
+}
+
+/// What [`scan`] saw.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub rows: u64,
+    /// The CSV header (CSV output only).
+    pub header: Option<String>,
+}
+
+/// Total input bytes, and whether any file is compressed (for sizing).
+pub fn input_bytes(dir: &DataDir) -> Result<u64, JoinError> {
+    let mut total = 0u64;
+    for b in dir.blocks() {
+        let meta = std::fs::metadata(&b.path).map_err(|e| JoinError::io("reading", &b.path, e))?;
+        let gz = b.path.extension().is_some_and(|e| e == "gz");
+        total = total.saturating_add(meta.len().saturating_mul(if gz { 5 } else { 1 }));
+    }
+    Ok(total)
+}
+
+/// Calls `each` for every row of `dir`, in order. `done(block)` after each
+/// block, for progress.
+pub fn scan(
+    dir: &DataDir,
+    format: OutputFormat,
+    mut each: impl FnMut(Row<'_>) -> Result<(), JoinError>,
+    mut done: impl FnMut(usize),
+) -> Result<Scanned, JoinError> {
+    let id_only = Schema::new(Vec::new(), Vec::new(), false);
+    let mut decoder = ExampleDecoder::new(id_only.clone());
+    let mut batch = Batch::new(0, 0);
+    let mut out = Scanned::default();
+    let mut payload = Vec::new();
+    let mut cells = Cells::default();
+    for (bi, block) in dir.blocks().iter().enumerate() {
+        let file = block.path.display().to_string();
+        let io = |e: std::io::Error| DataError::Io {
+            file: file.clone(),
+            message: e.to_string(),
+        };
+        let b = bi as u32;
+        match block.kind {
+            FileKind::TfRecord => {
+                if format == OutputFormat::Csv {
+                    return Err(JoinError::Config(format!(
+                        "--output-format csv needs CSV input; {file} is TFRecord"
+                    )));
+                }
+                let mut r = RecordReader::open(&block.path, Compression::Auto).map_err(io)?;
+                loop {
+                    let record = r.position();
+                    let data = match r.next_record() {
+                        Ok(None) => break,
+                        Ok(Some(d)) => d,
+                        Err(e) => {
+                            return Err(DataError::Record {
+                                file,
+                                record,
+                                message: e.to_string(),
+                            }
+                            .into());
+                        }
+                    };
+                    batch.clear();
+                    decoder
+                        .decode_into(data, &mut batch, RowSource { block: b, record })
+                        .map_err(|e| DataError::Feature {
+                            file: file.clone(),
+                            record,
+                            feature: e.feature,
+                            message: e.message,
+                        })?;
+                    each(Row {
+                        id: batch.example_id(0),
+                        payload: data,
+                        block: b,
+                        pos: record,
+                    })?;
+                    out.rows += 1;
+                }
+            }
+            FileKind::Csv => {
+                let mut reader = BufReader::with_capacity(1 << 20, File::open(&block.path).map_err(io)?);
+                let (mut line, mut line_no) = (String::new(), 0u64);
+                if read_header(&mut reader, &mut line, &mut line_no).map_err(io)?.is_none() {
+                    return Err(DataError::Io {
+                        file,
+                        message: "empty CSV file (no header)".into(),
+                    }
+                    .into());
+                }
+                let header = line.trim_end_matches(['\n', '\r']).to_string();
+                let line_err = |line: u64, e: vfl_data::csv::CsvError| DataError::Line {
+                    file: file.clone(),
+                    line,
+                    message: match e.column {
+                        Some(c) => format!("column `{c}`: {}", e.message),
+                        None => e.message,
+                    },
+                };
+                let layout = CsvLayout::from_header(&header, &id_only).map_err(|e| line_err(line_no, e))?;
+                let names = Cells::names(&header).map_err(|e| line_err(line_no, e))?;
+                if format == OutputFormat::Csv {
+                    match &out.header {
+                        None => out.header = Some(header.clone()),
+                        Some(h) if *h == header => {}
+                        Some(_) => {
+                            return Err(JoinError::Config(format!(
+                                "{file}: its CSV header differs from the first file's; --output-format csv needs one header"
+                            )));
+                        }
+                    }
+                }
+                let (mut scratch, mut spans) = (String::new(), Vec::new());
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).map_err(io)? == 0 {
+                        break;
+                    }
+                    line_no += 1;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    batch.clear();
+                    layout
+                        .parse_into(
+                            &line,
+                            &mut scratch,
+                            &mut spans,
+                            &mut batch,
+                            RowSource {
+                                block: b,
+                                record: line_no,
+                            },
+                        )
+                        .map_err(|e| line_err(line_no, e))?;
+                    let text = line.trim_end_matches(['\n', '\r']);
+                    let payload: &[u8] = match format {
+                        OutputFormat::Csv => text.as_bytes(),
+                        OutputFormat::TfRecord => {
+                            cells
+                                .example_of(&names, layout_id(&names), text, &mut payload)
+                                .map_err(|e| line_err(line_no, e))?;
+                            &payload
+                        }
+                    };
+                    each(Row {
+                        id: batch.example_id(0),
+                        payload,
+                        block: b,
+                        pos: line_no,
+                    })?;
+                    out.rows += 1;
+                }
+            }
+        }
+        done(bi);
+    }
+    Ok(out)
+}
+
+/// The id column: `example_id`, else `id` (as the CSV reader looks).
+fn layout_id(names: &[String]) -> usize {
+    names
+        .iter()
+        .position(|n| n == "example_id")
+        .or_else(|| names.iter().position(|n| n == "id"))
+        .unwrap_or(0)
+}
+
+/// Scratch space for converting a CSV row into a tf.Example.
+#[derive(Default)]
+struct Cells {
+    scratch: String,
+    spans: Vec<(usize, usize)>,
+    ints: Vec<Vec<i64>>,
+    floats: Vec<f32>,
+}
+
+enum Cell {
+    Ints(usize),
+    Float(usize),
+    Bytes(usize, usize),
+}
+
+impl Cells {
+    fn names(header: &str) -> Result<Vec<String>, vfl_data::csv::CsvError> {
+        let (mut scratch, mut spans) = (String::new(), Vec::new());
+        let text = split_line(header, &mut scratch, &mut spans)?;
+        Ok(spans.iter().map(|&(a, b)| text[a..b].trim().to_string()).collect())
+    }
+
+    /// `text` (a data line with as many fields as `names`, checked by the
+    /// caller) as a tf.Example with the id under `example_id`.
+    fn example_of(
+        &mut self,
+        names: &[String],
+        id_col: usize,
+        text: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), vfl_data::csv::CsvError> {
+        let line = split_line(text, &mut self.scratch, &mut self.spans)?;
+        self.ints.resize_with(names.len(), Vec::new);
+        self.floats.clear();
+        self.floats.resize(names.len(), 0.0);
+        let mut kinds = Vec::with_capacity(names.len());
+        for (i, &(a, b)) in self.spans.iter().enumerate() {
+            let cell = line[a..b].trim();
+            let ints = &mut self.ints[i];
+            ints.clear();
+            let kind = if i == id_col {
+                Cell::Bytes(a, b)
+            } else if cell.is_empty()
+                || cell
+                    .split('|')
+                    .all(|p| p.trim().parse::<i64>().map(|v| ints.push(v)).is_ok())
+            {
+                Cell::Ints(i)
+            } else if let Ok(v) = cell.parse::<f32>() {
+                self.floats[i] = v;
+                Cell::Float(i)
+            } else {
+                Cell::Bytes(a, b)
+            };
+            kinds.push(kind);
+        }
+        let features: Vec<(&str, Value<'_>)> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let name = if i == id_col { "example_id" } else { names[i].as_str() };
+                let v = match *k {
+                    Cell::Ints(j) => Value::Int64(&self.ints[j]),
+                    Cell::Float(j) => Value::Float(std::slice::from_ref(&self.floats[j])),
+                    Cell::Bytes(a, b) => Value::Bytes(line[a..b].trim().as_bytes()),
+                };
+                (name, v)
+            })
+            .collect();
+        encode_example(&features, out);
+        Ok(())
+    }
+}

@@ -1,0 +1,666 @@
+//! The join between the two sides, over any ordered byte stream (an
+//! RA-TLS connection in `vfl join`, an in-memory pipe in tests):
+//!
+//! 1. Hello both ways: protocol version, roles, application id, rows per
+//!    block, partition bits (the larger wins), the leader's join id.
+//! 2. Each side reads its input, tags every id and spills the rows by tag
+//!    partition ([`crate::spill`]); Ping keeps the link alive meanwhile;
+//!    Ready (with its row count) when done.
+//! 3. For each partition in order, the follower sends its distinct tags
+//!    (ascending, in chunks), the leader answers each chunk with a bitmap of
+//!    the tags it holds too. Both then write the rows of the partition's
+//!    intersection, ascending by tag, to their outputs: partition order is
+//!    tag order, so the joined order is ascending tag order on both sides.
+//! 4. Summary both ways (intersection size, blocks, digest of the joined id
+//!    order); any difference fails both sides. Then each commits its output
+//!    and says Done.
+//!
+//! Frames are a u32 length (little endian) and a `pb::Frame`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use vfl_data::DataDir;
+
+use crate::input::{self, OutputFormat};
+use crate::output::{BlockWriter, OutputSealing, Staging, Written};
+use crate::pb::{self, frame::Kind};
+use crate::spill::{self, Partition, Spill};
+use crate::tags::{TAG_LEN, Tag, TagKey, partition};
+use crate::{JoinError, PROTOCOL_VERSION};
+
+/// The largest frame either side accepts.
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// Tags per chunk.
+pub const CHUNK_TAGS: usize = 65536;
+
+/// How often an idle side says it is alive.
+pub const PING: Duration = Duration::from_secs(5);
+
+/// Which side this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        }
+    }
+}
+
+/// What to do with an id that appears twice in one side's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dedupe {
+    /// Fail, naming both places.
+    Refuse,
+    /// Keep the first in input order.
+    First,
+}
+
+/// One side's settings.
+pub struct JoinConfig {
+    pub role: Role,
+    pub data: DataDir,
+    pub output: PathBuf,
+    pub application_id: String,
+    pub rows_per_block: u64,
+    pub format: OutputFormat,
+    pub dedupe: Dedupe,
+    pub memory_limit: u64,
+    pub peer_timeout: Duration,
+    /// Seals the joined blocks (a model key is in force); the join id is
+    /// added to the context.
+    pub sealing: Option<OutputSealing>,
+}
+
+/// What a join did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JoinSummary {
+    pub join_id: String,
+    pub rows: u64,
+    pub duplicates: u64,
+    pub peer_rows: u64,
+    pub intersection: u64,
+    pub blocks: u64,
+    /// Hex SHA-256 of the joined id order (equal on both sides).
+    pub digest: String,
+    pub partitions: u32,
+    pub seconds: f64,
+}
+
+fn kind_name(k: &Option<Kind>) -> &'static str {
+    match k {
+        None => "an empty frame",
+        Some(Kind::Hello(_)) => "Hello",
+        Some(Kind::Ready(_)) => "Ready",
+        Some(Kind::Tags(_)) => "Tags",
+        Some(Kind::Matches(_)) => "Matches",
+        Some(Kind::Summary(_)) => "Summary",
+        Some(Kind::Done(_)) => "Done",
+        Some(Kind::Ping(_)) => "Ping",
+        Some(Kind::Failure(_)) => "Failure",
+    }
+}
+
+/// Reads frames into a channel until the stream ends or fails.
+async fn read_frames<R: AsyncRead + Unpin>(mut r: R, tx: mpsc::Sender<Result<Kind, JoinError>>) {
+    let mut body = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        let res = match r.read_exact(&mut len).await {
+            Err(e) => Err(JoinError::PeerGone(e.to_string())),
+            Ok(_) => {
+                let n = u32::from_le_bytes(len) as usize;
+                if n > MAX_FRAME {
+                    Err(JoinError::FrameTooLong { len: n, max: MAX_FRAME })
+                } else {
+                    body.resize(n, 0);
+                    match r.read_exact(&mut body).await {
+                        Err(e) => Err(JoinError::PeerGone(e.to_string())),
+                        Ok(_) => decode(&body),
+                    }
+                }
+            }
+        };
+        let stop = res.is_err();
+        if tx.send(res).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// One frame's body, decoded and checked to hold a message.
+pub fn decode(body: &[u8]) -> Result<Kind, JoinError> {
+    pb::Frame::decode(body)?
+        .kind
+        .ok_or(JoinError::Protocol("an empty frame"))
+}
+
+struct Link<W> {
+    w: W,
+    rx: mpsc::Receiver<Result<Kind, JoinError>>,
+    timeout: Duration,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl<W: AsyncWrite + Unpin> Link<W> {
+    async fn send(&mut self, kind: Kind) -> Result<(), JoinError> {
+        let body = pb::Frame { kind: Some(kind) }.encode_to_vec();
+        let mut out = Vec::with_capacity(4 + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        self.w
+            .write_all(&out)
+            .await
+            .map_err(|e| JoinError::PeerGone(e.to_string()))?;
+        self.w.flush().await.map_err(|e| JoinError::PeerGone(e.to_string()))
+    }
+
+    /// The next frame other than Ping; the peer's Failure as an error.
+    async fn recv(&mut self) -> Result<Kind, JoinError> {
+        loop {
+            match tokio::time::timeout(self.timeout, self.rx.recv()).await {
+                Err(_) => return Err(JoinError::Timeout(self.timeout.as_secs())),
+                Ok(None) => return Err(JoinError::PeerGone("the connection closed".into())),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(Kind::Ping(_)))) => continue,
+                Ok(Some(Ok(Kind::Failure(f)))) => return Err(JoinError::PeerFailed(f.reason)),
+                Ok(Some(Ok(k))) => return Ok(k),
+            }
+        }
+    }
+
+    /// Waits for `work` to finish, sending Ping meanwhile and watching the
+    /// peer (which may only ping, or say Ready, or fail).
+    async fn wait_for<T>(
+        &mut self,
+        work: tokio::task::JoinHandle<Result<T, JoinError>>,
+        abort: &AtomicBool,
+        peer_ready: &mut Option<pb::Ready>,
+    ) -> Result<T, JoinError> {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(PING);
+        let mut last_heard = Instant::now();
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r.map_err(|e| JoinError::Config(format!("reading the input: {e}")))?,
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > self.timeout {
+                        break Err(JoinError::Timeout(self.timeout.as_secs()));
+                    }
+                    if let Err(e) = self.send(Kind::Ping(pb::Ping {})).await {
+                        break Err(e);
+                    }
+                }
+                f = self.rx.recv() => {
+                    last_heard = Instant::now();
+                    match f {
+                        None => break Err(JoinError::PeerGone("the connection closed".into())),
+                        Some(Err(e)) => break Err(e),
+                        Some(Ok(Kind::Ping(_))) => {}
+                        Some(Ok(Kind::Failure(f))) => break Err(JoinError::PeerFailed(f.reason)),
+                        Some(Ok(Kind::Ready(r))) if peer_ready.is_none() => *peer_ready = Some(r),
+                        Some(Ok(k)) => break Err(JoinError::Unexpected { expected: "Ping or Ready", got: kind_name(&Some(k)) }),
+                    }
+                }
+            }
+        };
+        if result.is_err() {
+            abort.store(true, Ordering::Relaxed);
+            let _ = (&mut work).await;
+        }
+        result
+    }
+}
+
+impl<W> Drop for Link<W> {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Runs one side of a join over `stream` with tag key `key`; on success
+/// the output is in place.
+pub async fn run<S>(cfg: JoinConfig, stream: S, key: TagKey) -> Result<JoinSummary, JoinError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel(64);
+    let reader = tokio::spawn(read_frames(r, tx));
+    let mut link = Link {
+        w,
+        rx,
+        timeout: cfg.peer_timeout,
+        reader,
+    };
+    let result = drive(cfg, &mut link, key).await;
+    if let Err(e) = &result {
+        match e {
+            JoinError::PeerFailed(_) | JoinError::PeerGone(_) => {}
+            e => {
+                let _ = link.send(Kind::Failure(pb::Failure { reason: e.for_peer() })).await;
+            }
+        }
+    }
+    result
+}
+
+fn agree(field: &'static str, ours: impl ToString, theirs: impl ToString) -> Result<(), JoinError> {
+    let (ours, theirs) = (ours.to_string(), theirs.to_string());
+    if ours == theirs {
+        Ok(())
+    } else {
+        Err(JoinError::Disagree { field, ours, theirs })
+    }
+}
+
+async fn drive<W: AsyncWrite + Unpin>(
+    cfg: JoinConfig,
+    link: &mut Link<W>,
+    key: TagKey,
+) -> Result<JoinSummary, JoinError> {
+    let start = Instant::now();
+    if cfg.rows_per_block == 0 {
+        return Err(JoinError::Config("--rows-per-block must be at least 1".into()));
+    }
+    let staging = Staging::prepare(&cfg.output)?;
+    let input_bytes = input::input_bytes(&cfg.data)?;
+    let own_bits = spill::partition_bits(input_bytes, cfg.memory_limit);
+    let hello = pb::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        role: cfg.role.name().into(),
+        application_id: cfg.application_id.clone(),
+        rows_per_block: cfg.rows_per_block,
+        partition_bits: own_bits,
+        output_format: cfg.format.name().into(),
+        join_id: match cfg.role {
+            Role::Leader => vfl_attest::random_hex(16),
+            Role::Follower => String::new(),
+        },
+    };
+    // The follower speaks first.
+    if cfg.role == Role::Follower {
+        link.send(Kind::Hello(hello.clone())).await?;
+    }
+    let theirs = match link.recv().await? {
+        Kind::Hello(h) => h,
+        k => {
+            return Err(JoinError::Unexpected {
+                expected: "Hello",
+                got: kind_name(&Some(k)),
+            });
+        }
+    };
+    if cfg.role == Role::Leader {
+        link.send(Kind::Hello(hello.clone())).await?;
+    }
+    agree("protocol version", PROTOCOL_VERSION, theirs.protocol_version)?;
+    let peer_role = match cfg.role {
+        Role::Leader => Role::Follower,
+        Role::Follower => Role::Leader,
+    };
+    agree("role", peer_role.name(), &theirs.role)?;
+    agree("application id", &cfg.application_id, &theirs.application_id)?;
+    agree("rows per block", cfg.rows_per_block, theirs.rows_per_block)?;
+    if theirs.partition_bits > spill::MAX_BITS {
+        return Err(JoinError::Protocol("partition bits above the limit"));
+    }
+    let bits = own_bits.max(theirs.partition_bits);
+    let join_id = match cfg.role {
+        Role::Leader => hello.join_id.clone(),
+        Role::Follower => theirs.join_id.clone(),
+    };
+    if join_id.len() != 32 || !join_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(JoinError::Protocol("the join id is not 16 bytes of hex"));
+    }
+    tracing::info!(role = cfg.role.name(), join = %join_id, partitions = 1u32 << bits, "join: reading the input");
+
+    // 2. Read, tag and spill.
+    let abort = Arc::new(AtomicBool::new(false));
+    let spill_path = staging.dir().join(".spill");
+    let buffer_budget = cfg.memory_limit / 4;
+    let data = cfg.data.clone();
+    let format = cfg.format;
+    let stop = abort.clone();
+    let key = Arc::new(key);
+    let k = key.clone();
+    let blocks_total = data.blocks().len();
+    let work = tokio::task::spawn_blocking(move || -> Result<(Spill, input::Scanned), JoinError> {
+        let mut spill = Spill::create(&spill_path, bits, buffer_budget)?;
+        let t0 = Instant::now();
+        let mut last = Instant::now();
+        let rows = std::cell::Cell::new(0u64);
+        let scanned = input::scan(
+            &data,
+            format,
+            |row| {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(JoinError::PeerGone("stopped".into()));
+                }
+                rows.set(rows.get() + 1);
+                spill.push(&k.tag(row.id), row.block, row.pos, row.id, row.payload)
+            },
+            |b| {
+                if last.elapsed() > Duration::from_secs(5) {
+                    last = Instant::now();
+                    let s = t0.elapsed().as_secs_f64();
+                    let done = (b + 1) as f64 / blocks_total.max(1) as f64;
+                    let rows = rows.get();
+                    tracing::info!(
+                        rows,
+                        rows_per_s = (rows as f64 / s) as u64,
+                        eta_s = (s / done - s) as u64,
+                        "join: reading"
+                    );
+                }
+            },
+        )?;
+        spill.finish()?;
+        Ok((spill, scanned))
+    });
+    let mut peer_ready = None;
+    let (spill, scanned) = link.wait_for(work, &abort, &mut peer_ready).await?;
+    link.send(Kind::Ready(pb::Ready {
+        rows: scanned.rows,
+        duplicates: 0,
+    }))
+    .await?;
+    let peer_ready = match peer_ready {
+        Some(r) => r,
+        None => match link.recv().await? {
+            Kind::Ready(r) => r,
+            k => {
+                return Err(JoinError::Unexpected {
+                    expected: "Ready",
+                    got: kind_name(&Some(k)),
+                });
+            }
+        },
+    };
+    tracing::info!(rows = scanned.rows, peer_rows = peer_ready.rows, "join: matching");
+
+    // 3. Partition by partition.
+    let spill = Arc::new(spill);
+    let sealing = cfg.sealing.clone().map(|s| OutputSealing {
+        sealer: s.sealer,
+        context: s.context.with("join", &join_id),
+    });
+    let mut writer = Some(BlockWriter::new(
+        staging.dir(),
+        cfg.format,
+        cfg.rows_per_block,
+        scanned.header.clone(),
+        sealing,
+    ));
+    let mut duplicates = 0u64;
+    let mut intersection = 0u64;
+    let t0 = Instant::now();
+    let mut last = Instant::now();
+    let parts = 1u32 << bits;
+    for p in 0..parts {
+        let s = spill.clone();
+        let dedupe = cfg.dedupe;
+        let blocks = cfg.data.blocks().to_vec();
+        let (part, keep, dups) = tokio::task::spawn_blocking(move || -> Result<_, JoinError> {
+            let part = s.load(p)?;
+            let (keep, dups) = distinct(&part, dedupe, &blocks)?;
+            Ok((part, keep, dups))
+        })
+        .await
+        .map_err(|e| JoinError::Config(format!("loading a partition: {e}")))??;
+        duplicates += dups;
+        let matched = match cfg.role {
+            Role::Follower => follower_partition(link, p, &part, &keep).await?,
+            Role::Leader => leader_partition(link, p, bits, &part, &keep).await?,
+        };
+        intersection += matched.len() as u64;
+        let mut w = writer.take().ok_or(JoinError::Protocol("writer lost"))?;
+        w = tokio::task::spawn_blocking(move || -> Result<BlockWriter, JoinError> {
+            for i in matched {
+                let e = &part.entries[i];
+                w.push(part.id(e), part.payload(e))?;
+            }
+            Ok(w)
+        })
+        .await
+        .map_err(|e| JoinError::Config(format!("writing a partition: {e}")))??;
+        writer = Some(w);
+        if last.elapsed() > Duration::from_secs(5) {
+            last = Instant::now();
+            let s = t0.elapsed().as_secs_f64();
+            let done = (p + 1) as f64 / parts as f64;
+            tracing::info!(
+                partition = p + 1,
+                of = parts,
+                intersection,
+                eta_s = (s / done - s) as u64,
+                "join: matching"
+            );
+        }
+    }
+    let written: Written = writer.take().ok_or(JoinError::Protocol("writer lost"))?.finish()?;
+    if let Ok(s) = Arc::try_unwrap(spill) {
+        s.remove();
+    }
+
+    // 4. Compare, then commit.
+    let digest = written.digest.to_vec();
+    link.send(Kind::Summary(pb::Summary {
+        intersection,
+        blocks: written.blocks,
+        digest: digest.clone(),
+    }))
+    .await?;
+    let peer = match link.recv().await? {
+        Kind::Summary(s) => s,
+        k => {
+            return Err(JoinError::Unexpected {
+                expected: "Summary",
+                got: kind_name(&Some(k)),
+            });
+        }
+    };
+    if peer.intersection != intersection {
+        return Err(JoinError::Mismatch("intersection size"));
+    }
+    if peer.blocks != written.blocks {
+        return Err(JoinError::Mismatch("block count"));
+    }
+    if peer.digest != digest {
+        return Err(JoinError::Mismatch("digest of the joined id order"));
+    }
+    if intersection == 0 {
+        return Err(JoinError::EmptyIntersection);
+    }
+    let summary = JoinSummary {
+        join_id,
+        rows: scanned.rows,
+        duplicates,
+        peer_rows: peer_ready.rows,
+        intersection,
+        blocks: written.blocks,
+        digest: hex::encode(&digest),
+        partitions: parts,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    staging.commit(&serde_json::json!({
+        "join_id": summary.join_id,
+        "role": cfg.role.name(),
+        "application_id": cfg.application_id,
+        "rows_read": summary.rows,
+        "duplicates_dropped": summary.duplicates,
+        "peer_rows_read": summary.peer_rows,
+        "intersection": summary.intersection,
+        "blocks": summary.blocks,
+        "rows_per_block": cfg.rows_per_block,
+        "format": cfg.format.name(),
+        "sealed": cfg.sealing.is_some(),
+        "order": "ascending HMAC-SHA-256 tag under this join's key",
+        "digest": summary.digest,
+    }))?;
+    link.send(Kind::Done(pb::Done {})).await?;
+    match link.recv().await {
+        Ok(Kind::Done(_)) => {}
+        Ok(k) => tracing::warn!(got = kind_name(&Some(k)), "join: the peer did not confirm its commit"),
+        Err(e) => tracing::warn!(error = %e, "join: the peer did not confirm its commit"),
+    }
+    Ok(summary)
+}
+
+/// The entries of `part` that are kept (index list, ascending by tag, one
+/// per tag), and how many duplicates were dropped.
+fn distinct(part: &Partition, dedupe: Dedupe, blocks: &[vfl_data::BlockFile]) -> Result<(Vec<usize>, u64), JoinError> {
+    let mut keep: Vec<usize> = Vec::with_capacity(part.entries.len());
+    let mut dups = 0;
+    for (i, e) in part.entries.iter().enumerate() {
+        if let Some(&j) = keep.last() {
+            let first = &part.entries[j];
+            if first.tag == e.tag {
+                if dedupe == Dedupe::Refuse {
+                    let place = |b: u32, pos: u64| match blocks.get(b as usize) {
+                        Some(f) => (f.path.display().to_string(), input::describe(f, pos)),
+                        None => ("?".into(), format!("row {pos}")),
+                    };
+                    let (file, at) = place(e.block, e.pos);
+                    let (first_file, first_at) = place(first.block, first.pos);
+                    return Err(JoinError::Duplicate {
+                        file,
+                        at,
+                        first_file,
+                        first_at,
+                    });
+                }
+                dups += 1;
+                continue;
+            }
+        }
+        keep.push(i);
+    }
+    Ok((keep, dups))
+}
+
+async fn follower_partition<W: AsyncWrite + Unpin>(
+    link: &mut Link<W>,
+    p: u32,
+    part: &Partition,
+    keep: &[usize],
+) -> Result<Vec<usize>, JoinError> {
+    let mut matched = Vec::new();
+    let mut chunks = keep.chunks(CHUNK_TAGS).peekable();
+    let empty: &[usize] = &[];
+    let mut first = true;
+    loop {
+        let chunk = match chunks.next() {
+            Some(c) => c,
+            None if first => empty,
+            None => break,
+        };
+        first = false;
+        let last = chunks.peek().is_none();
+        let mut tags = Vec::with_capacity(chunk.len() * TAG_LEN);
+        for &i in chunk {
+            tags.extend_from_slice(&part.entries[i].tag);
+        }
+        link.send(Kind::Tags(pb::Tags {
+            partition: p,
+            tags: tags.into(),
+            last,
+        }))
+        .await?;
+        let m = match link.recv().await? {
+            Kind::Matches(m) => m,
+            k => {
+                return Err(JoinError::Unexpected {
+                    expected: "Matches",
+                    got: kind_name(&Some(k)),
+                });
+            }
+        };
+        if m.partition != p || m.bits.len() != chunk.len().div_ceil(8) {
+            return Err(JoinError::Protocol(
+                "a Matches frame that does not answer the chunk sent",
+            ));
+        }
+        for (k, &i) in chunk.iter().enumerate() {
+            if m.bits[k / 8] >> (k % 8) & 1 == 1 {
+                matched.push(i);
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    Ok(matched)
+}
+
+async fn leader_partition<W: AsyncWrite + Unpin>(
+    link: &mut Link<W>,
+    p: u32,
+    bits: u32,
+    part: &Partition,
+    keep: &[usize],
+) -> Result<Vec<usize>, JoinError> {
+    let mut matched = Vec::new();
+    let mut cursor = 0usize;
+    let mut prev: Option<Tag> = None;
+    loop {
+        let t = match link.recv().await? {
+            Kind::Tags(t) => t,
+            k => {
+                return Err(JoinError::Unexpected {
+                    expected: "Tags",
+                    got: kind_name(&Some(k)),
+                });
+            }
+        };
+        if t.partition != p {
+            return Err(JoinError::Protocol("Tags for another partition than the current one"));
+        }
+        if t.tags.len() % TAG_LEN != 0 || t.tags.len() / TAG_LEN > CHUNK_TAGS {
+            return Err(JoinError::Protocol(
+                "a Tags frame that is not a whole number of tags within the chunk size",
+            ));
+        }
+        let n = t.tags.len() / TAG_LEN;
+        let mut bitmap = vec![0u8; n.div_ceil(8)];
+        for (k, raw) in t.tags.chunks_exact(TAG_LEN).enumerate() {
+            let mut tag = [0u8; TAG_LEN];
+            tag.copy_from_slice(raw);
+            if partition(&tag, bits) != p {
+                return Err(JoinError::Protocol("a tag outside its partition"));
+            }
+            if prev.is_some_and(|q| q >= tag) {
+                return Err(JoinError::Protocol("tags not strictly ascending"));
+            }
+            prev = Some(tag);
+            while cursor < keep.len() && part.entries[keep[cursor]].tag < tag {
+                cursor += 1;
+            }
+            if cursor < keep.len() && part.entries[keep[cursor]].tag == tag {
+                matched.push(keep[cursor]);
+                bitmap[k / 8] |= 1 << (k % 8);
+                cursor += 1;
+            }
+        }
+        link.send(Kind::Matches(pb::Matches {
+            partition: p,
+            bits: bitmap.into(),
+        }))
+        .await?;
+        if t.last {
+            return Ok(matched);
+        }
+    }
+}
