@@ -191,5 +191,29 @@ fn main() {
         ops.extend_from_slice(&v.to_le_bytes());
     }
     put(&dir, "link", "ops", &ops);
+    // The join: partition bits 0, then a Tags chunk and a Matches answer.
+    let mut frames = vec![0u8];
+    for kind in [
+        vfl_join::pb::frame::Kind::Tags(vfl_join::pb::Tags {
+            partition: 0,
+            tags: [[4u8; 16], [9u8; 16]].concat().into(),
+            last: true,
+        }),
+        vfl_join::pb::frame::Kind::Matches(vfl_join::pb::Matches {
+            partition: 0,
+            bits: vec![1u8].into(),
+        }),
+    ] {
+        let body = prost::Message::encode_to_vec(&vfl_join::pb::Frame { kind: Some(kind) });
+        frames.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frames.extend_from_slice(&body);
+    }
+    put(&dir, "join_frames", "tags-and-matches", &frames);
+    put(
+        &dir,
+        "join_csv",
+        "fate-like",
+        b"id,y,x_0,x_1\n1,0,3|4,0.5\n2,1,,abc\n\"3\",1,\"5\",\"x,y\"\n",
+    );
     println!("seed corpora written under {}", dir.display());
 }

@@ -228,6 +228,24 @@ pub fn scan(
     Ok(out)
 }
 
+/// One CSV data line (under `header`) as the tf.Example a join writes for
+/// it (see [`OutputFormat::TfRecord`]).
+pub fn csv_to_example(header: &str, line: &str, out: &mut Vec<u8>) -> Result<(), vfl_data::csv::CsvError> {
+    let names = Cells::names(header)?;
+    let id_only = Schema::new(Vec::new(), Vec::new(), false);
+    let layout = CsvLayout::from_header(header, &id_only)?;
+    let mut batch = Batch::new(0, 0);
+    let (mut scratch, mut spans) = (String::new(), Vec::new());
+    layout.parse_into(
+        line,
+        &mut scratch,
+        &mut spans,
+        &mut batch,
+        RowSource { block: 0, record: 0 },
+    )?;
+    Cells::default().example_of(&names, layout_id(&names), line.trim_end_matches(['\n', '\r']), out)
+}
+
 /// The id column: `example_id`, else `id` (as the CSV reader looks).
 fn layout_id(names: &[String]) -> usize {
     names

@@ -612,9 +612,8 @@ async fn leader_partition<W: AsyncWrite + Unpin>(
     part: &Partition,
     keep: &[usize],
 ) -> Result<Vec<usize>, JoinError> {
-    let mut matched = Vec::new();
-    let mut cursor = 0usize;
-    let mut prev: Option<Tag> = None;
+    let own: Vec<Tag> = keep.iter().map(|&i| part.entries[i].tag).collect();
+    let mut m = Matcher::new(p, bits, &own);
     loop {
         let t = match link.recv().await? {
             Kind::Tags(t) => t,
@@ -625,10 +624,53 @@ async fn leader_partition<W: AsyncWrite + Unpin>(
                 });
             }
         };
-        if t.partition != p {
+        let bits = m.answer(&t)?;
+        link.send(Kind::Matches(pb::Matches {
+            partition: p,
+            bits: bits.into(),
+        }))
+        .await?;
+        if t.last {
+            return Ok(m.matched().iter().map(|&j| keep[j]).collect());
+        }
+    }
+}
+
+/// The leader's side of one partition, without I/O: answers the follower's
+/// Tags chunks against the leader's own distinct tags (ascending).
+pub struct Matcher<'a> {
+    partition: u32,
+    bits: u32,
+    own: &'a [Tag],
+    cursor: usize,
+    prev: Option<Tag>,
+    matched: Vec<usize>,
+    done: bool,
+}
+
+impl<'a> Matcher<'a> {
+    pub fn new(partition: u32, bits: u32, own: &'a [Tag]) -> Self {
+        Matcher {
+            partition,
+            bits,
+            own,
+            cursor: 0,
+            prev: None,
+            matched: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The bitmap answering one chunk (bit i, LSB first: the chunk's i-th
+    /// tag is also ours), or why the chunk is refused.
+    pub fn answer(&mut self, t: &pb::Tags) -> Result<Vec<u8>, JoinError> {
+        if self.done {
+            return Err(JoinError::Protocol("Tags after the partition's last chunk"));
+        }
+        if t.partition != self.partition {
             return Err(JoinError::Protocol("Tags for another partition than the current one"));
         }
-        if t.tags.len() % TAG_LEN != 0 || t.tags.len() / TAG_LEN > CHUNK_TAGS {
+        if !t.tags.len().is_multiple_of(TAG_LEN) || t.tags.len() / TAG_LEN > CHUNK_TAGS {
             return Err(JoinError::Protocol(
                 "a Tags frame that is not a whole number of tags within the chunk size",
             ));
@@ -638,29 +680,42 @@ async fn leader_partition<W: AsyncWrite + Unpin>(
         for (k, raw) in t.tags.chunks_exact(TAG_LEN).enumerate() {
             let mut tag = [0u8; TAG_LEN];
             tag.copy_from_slice(raw);
-            if partition(&tag, bits) != p {
+            if partition(&tag, self.bits) != self.partition {
                 return Err(JoinError::Protocol("a tag outside its partition"));
             }
-            if prev.is_some_and(|q| q >= tag) {
+            if self.prev.is_some_and(|q| q >= tag) {
                 return Err(JoinError::Protocol("tags not strictly ascending"));
             }
-            prev = Some(tag);
-            while cursor < keep.len() && part.entries[keep[cursor]].tag < tag {
-                cursor += 1;
+            self.prev = Some(tag);
+            while self.cursor < self.own.len() && self.own[self.cursor] < tag {
+                self.cursor += 1;
             }
-            if cursor < keep.len() && part.entries[keep[cursor]].tag == tag {
-                matched.push(keep[cursor]);
+            if self.cursor < self.own.len() && self.own[self.cursor] == tag {
+                self.matched.push(self.cursor);
                 bitmap[k / 8] |= 1 << (k % 8);
-                cursor += 1;
+                self.cursor += 1;
             }
         }
-        link.send(Kind::Matches(pb::Matches {
-            partition: p,
-            bits: bitmap.into(),
-        }))
-        .await?;
-        if t.last {
-            return Ok(matched);
-        }
+        self.done = t.last;
+        Ok(bitmap)
     }
+
+    /// Indices into the leader's tags that matched so far (ascending).
+    pub fn matched(&self) -> &[usize] {
+        &self.matched
+    }
+}
+
+/// The follower's reading of a Matches frame for a chunk of `chunk_len`
+/// tags of partition `p`: which of them the leader holds.
+pub fn read_matches(p: u32, chunk_len: usize, m: &pb::Matches) -> Result<Vec<bool>, JoinError> {
+    if m.partition != p || m.bits.len() != chunk_len.div_ceil(8) {
+        return Err(JoinError::Protocol(
+            "a Matches frame that does not answer the chunk sent",
+        ));
+    }
+    if !chunk_len.is_multiple_of(8) && m.bits[m.bits.len() - 1] >> (chunk_len % 8) != 0 {
+        return Err(JoinError::Protocol("a Matches frame with bits beyond its chunk"));
+    }
+    Ok((0..chunk_len).map(|k| m.bits[k / 8] >> (k % 8) & 1 == 1).collect())
 }

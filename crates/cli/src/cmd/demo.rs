@@ -290,13 +290,12 @@ fn two_processes(
     synth: &SynthConfig,
     eval_rows: u64,
 ) -> anyhow::Result<()> {
-    println!(
-        "training: leader and follower as two processes, gRPC over mutual RA-TLS on loopback \
-         (simulated attestation: a development PKI stands in for SGX)"
-    );
     let security = simulated_security(work)?;
     let raw = work.join("train");
-    println!("alignment: vfl join leader / follower, a private set intersection inside the enclaves");
+    println!(
+        "alignment: vfl join leader / follower, a private set intersection of ids inside the enclaves \
+         (over mutual RA-TLS on loopback; simulated attestation: a development PKI stands in for SGX)"
+    );
     let joined = work.join("joined");
     let join_args = |role: &str| -> Vec<String> {
         vec![
@@ -316,6 +315,10 @@ fn two_processes(
         &security,
     )?;
     jl.lines().for_each(|l| println!("  {l}"));
+    println!(
+        "training: leader and follower as two processes, gRPC over mutual RA-TLS on loopback \
+         (simulated attestation: a development PKI stands in for SGX)"
+    );
     let export = work.join("export");
     let _ = std::fs::remove_dir_all(&export);
     let p = |x: PathBuf| x.display().to_string();
