@@ -74,6 +74,28 @@ pub struct Scanned {
     pub rows: u64,
     /// The CSV header (CSV output only).
     pub header: Option<String>,
+    /// Per block: the CSV columns (CSV blocks), whose lines a TFRecord
+    /// output converts with [`Converter`].
+    pub csv_columns: Vec<Option<Vec<String>>>,
+}
+
+/// Turns the spilled rows of CSV blocks into tf.Examples when they are
+/// written (only joined rows are converted).
+#[derive(Default)]
+pub struct Converter {
+    cells: Cells,
+}
+
+impl Converter {
+    /// `line` of a block with `columns` as a tf.Example in `out`.
+    pub fn convert(
+        &mut self,
+        columns: &[String],
+        line: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), vfl_data::csv::CsvError> {
+        self.cells.example_of(columns, layout_id(columns), line, out)
+    }
 }
 
 /// Total input bytes, and whether any file is compressed (for sizing).
@@ -99,8 +121,6 @@ pub fn scan(
     let mut decoder = ExampleDecoder::new(id_only.clone());
     let mut batch = Batch::new(0, 0);
     let mut out = Scanned::default();
-    let mut payload = Vec::new();
-    let mut cells = Cells::default();
     for (bi, block) in dir.blocks().iter().enumerate() {
         let file = block.path.display().to_string();
         let io = |e: std::io::Error| DataError::Io {
@@ -169,6 +189,8 @@ pub fn scan(
                 };
                 let layout = CsvLayout::from_header(&header, &id_only).map_err(|e| line_err(line_no, e))?;
                 let names = Cells::names(&header).map_err(|e| line_err(line_no, e))?;
+                out.csv_columns.resize(bi, None);
+                out.csv_columns.push(Some(names));
                 if format == OutputFormat::Csv {
                     match &out.header {
                         None => out.header = Some(header.clone()),
@@ -203,16 +225,8 @@ pub fn scan(
                             },
                         )
                         .map_err(|e| line_err(line_no, e))?;
-                    let text = line.trim_end_matches(['\n', '\r']);
-                    let payload: &[u8] = match format {
-                        OutputFormat::Csv => text.as_bytes(),
-                        OutputFormat::TfRecord => {
-                            cells
-                                .example_of(&names, layout_id(&names), text, &mut payload)
-                                .map_err(|e| line_err(line_no, e))?;
-                            &payload
-                        }
-                    };
+                    // The line as it is: converted only if it is joined.
+                    let payload = line.trim_end_matches(['\n', '\r']).as_bytes();
                     each(Row {
                         id: batch.example_id(0),
                         payload,
@@ -225,6 +239,7 @@ pub fn scan(
         }
         done(bi);
     }
+    out.csv_columns.resize(dir.blocks().len(), None);
     Ok(out)
 }
 
@@ -277,8 +292,7 @@ impl Cells {
         Ok(spans.iter().map(|&(a, b)| text[a..b].trim().to_string()).collect())
     }
 
-    /// `text` (a data line with as many fields as `names`, checked by the
-    /// caller) as a tf.Example with the id under `example_id`.
+    /// `text` (a data line) as a tf.Example with the id under `example_id`.
     fn example_of(
         &mut self,
         names: &[String],
@@ -287,6 +301,12 @@ impl Cells {
         out: &mut Vec<u8>,
     ) -> Result<(), vfl_data::csv::CsvError> {
         let line = split_line(text, &mut self.scratch, &mut self.spans)?;
+        if self.spans.len() != names.len() {
+            return Err(vfl_data::csv::CsvError {
+                column: None,
+                message: format!("{} columns, the header has {}", self.spans.len(), names.len()),
+            });
+        }
         self.ints.resize_with(names.len(), Vec::new);
         self.floats.clear();
         self.floats.resize(names.len(), 0.0);

@@ -393,6 +393,7 @@ async fn drive<W: AsyncWrite + Unpin>(
 
     // 3. Partition by partition.
     let spill = Arc::new(spill);
+    let csv_columns = Arc::new(scanned.csv_columns.clone());
     let sealing = cfg.sealing.clone().map(|s| OutputSealing {
         sealer: s.sealer,
         context: s.context.with("join", &join_id),
@@ -427,10 +428,31 @@ async fn drive<W: AsyncWrite + Unpin>(
         };
         intersection += matched.len() as u64;
         let mut w = writer.take().ok_or(JoinError::Protocol("writer lost"))?;
+        let columns = csv_columns.clone();
+        let blocks = cfg.data.blocks().to_vec();
         w = tokio::task::spawn_blocking(move || -> Result<BlockWriter, JoinError> {
+            let mut conv = input::Converter::default();
+            let mut example = Vec::new();
             for i in matched {
                 let e = &part.entries[i];
-                w.push(part.id(e), part.payload(e))?;
+                let payload = match (format, columns.get(e.block as usize)) {
+                    (OutputFormat::TfRecord, Some(Some(cols))) => {
+                        let line = std::str::from_utf8(part.payload(e))
+                            .map_err(|_| JoinError::SpillFormat("a CSV row that is not UTF-8"))?;
+                        conv.convert(cols, line, &mut example)
+                            .map_err(|err| vfl_data::DataError::Line {
+                                file: blocks
+                                    .get(e.block as usize)
+                                    .map(|b| b.path.display().to_string())
+                                    .unwrap_or_default(),
+                                line: e.pos,
+                                message: err.message,
+                            })?;
+                        &example[..]
+                    }
+                    _ => part.payload(e),
+                };
+                w.push(part.id(e), payload)?;
             }
             Ok(w)
         })

@@ -28,8 +28,10 @@ pub const MAX_BITS: u32 = 14;
 pub fn partition_bits(input_bytes: u64, memory_limit: u64) -> u32 {
     let budget = (memory_limit / 4).max(1);
     let mut bits = 0;
-    // Entries carry a tag, positions and the id besides the row.
-    let need = input_bytes.saturating_add(input_bytes / 4);
+    // A loaded row costs about 110 bytes besides itself (spill header,
+    // entry, tag and index lists); rows of 40 bytes and more stay within
+    // four times the input size.
+    let need = input_bytes.saturating_mul(4);
     while bits < MAX_BITS && need >> bits > budget && (budget >> (bits + 1)) >= 4096 {
         bits += 1;
     }
@@ -42,8 +44,10 @@ pub struct Entry {
     pub tag: Tag,
     pub block: u32,
     pub pos: u64,
-    id: (usize, usize),
-    payload: (usize, usize),
+    /// Offset of the id in the partition's bytes; the row follows it.
+    at: u32,
+    id_len: u16,
+    payload_len: u32,
 }
 
 /// The rows of one partition, ascending by (tag, block, position).
@@ -54,10 +58,12 @@ pub struct Partition {
 
 impl Partition {
     pub fn id(&self, e: &Entry) -> &[u8] {
-        &self.data[e.id.0..e.id.1]
+        let at = e.at as usize;
+        &self.data[at..at + e.id_len as usize]
     }
     pub fn payload(&self, e: &Entry) -> &[u8] {
-        &self.data[e.payload.0..e.payload.1]
+        let at = e.at as usize + e.id_len as usize;
+        &self.data[at..at + e.payload_len as usize]
     }
 }
 
@@ -213,6 +219,11 @@ impl Spill {
 
 fn parse(data: &[u8]) -> Result<Vec<Entry>, JoinError> {
     let bad = JoinError::SpillFormat("truncated entry");
+    if u32::try_from(data.len()).is_err() {
+        return Err(JoinError::SpillFormat(
+            "a partition over 4 GiB (use a --memory-limit under 16G)",
+        ));
+    }
     let mut entries = Vec::new();
     let mut at = 0;
     while at < data.len() {
@@ -237,8 +248,9 @@ fn parse(data: &[u8]) -> Result<Vec<Entry>, JoinError> {
             tag,
             block,
             pos: u64::from_le_bytes(pos),
-            id: (id, payload),
-            payload: (payload, end),
+            at: id as u32,
+            id_len: id_len as u16,
+            payload_len: payload_len as u32,
         });
         at = end;
     }
