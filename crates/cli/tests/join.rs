@@ -244,3 +244,98 @@ fn without_tls_a_join_is_refused() {
     let (lok, lout, _, _) = join(&d, &["--insecure-no-tls".to_string()], &[], &[]);
     assert!(!lok && lout.contains("TLS exporter"), "{lout}");
 }
+
+#[test]
+fn a_follower_killed_mid_join_leaves_no_output_and_a_rerun_succeeds() {
+    use std::io::{BufRead, BufReader};
+    let d = Dir::new("kill");
+    // Enough rows that the follower is still reading when it is killed.
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args([
+            "data",
+            "generate",
+            "--files",
+            "2",
+            "--rows-per-file",
+            "400000",
+            "--slots",
+            "4",
+        ])
+        .args(["--csv", "--shared", "0.8", "--shuffle-follower", "--out"])
+        .arg(d.0.join("raw"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sec = common::sim_flags(&d.0.join("attestation"));
+    let port = free_port();
+    let side = |role: &str| {
+        let mut a: Vec<String> = vec![
+            "--data-path".into(),
+            d.p(&format!("raw/{role}")),
+            "--output-path".into(),
+            d.p(&format!("joined/{role}")),
+            "--peer-timeout".into(),
+            "10".into(),
+            if role == "leader" {
+                "--local-addr"
+            } else {
+                "--peer-addr"
+            }
+            .into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        a.extend(sec.iter().cloned());
+        vfl(&["join", role], &a)
+    };
+    let mut l = side("leader");
+    let mut f = side("follower");
+    // The leader logs when both sides start reading: kill the follower then.
+    let mut err = BufReader::new(l.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("the leader ended before reading: {log}");
+        }
+        log.push_str(&line);
+        if line.contains("join: reading the input") {
+            break;
+        }
+    }
+    f.kill().unwrap();
+    let _ = f.wait();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = l.wait().unwrap();
+    assert!(!status.success(), "{log}{rest}");
+    assert!(rest.contains("connection"), "{rest}");
+    assert!(!d.0.join("joined/leader").exists() && !d.0.join("joined/follower").exists());
+    // A rerun succeeds and cleans what the killed follower left.
+    let port = free_port();
+    let side = |role: &str| {
+        let mut a: Vec<String> = vec![
+            "--data-path".into(),
+            d.p(&format!("raw/{role}")),
+            "--output-path".into(),
+            d.p(&format!("joined/{role}")),
+            if role == "leader" {
+                "--local-addr"
+            } else {
+                "--peer-addr"
+            }
+            .into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        a.extend(sec.iter().cloned());
+        vfl(&["join", role], &a)
+    };
+    let (l, f) = (side("leader"), side("follower"));
+    let (lok, lout) = finish(l);
+    let (fok, fout) = finish(f);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    let left: Vec<_> = std::fs::read_dir(d.0.join("joined"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}

@@ -192,9 +192,13 @@ impl<W: AsyncWrite + Unpin> Link<W> {
         tokio::pin!(work);
         let mut tick = tokio::time::interval(PING);
         let mut last_heard = Instant::now();
+        let mut finished = false;
         let result = loop {
             tokio::select! {
-                r = &mut work => break r.map_err(|e| JoinError::Config(format!("reading the input: {e}")))?,
+                r = &mut work => {
+                    finished = true;
+                    break r.map_err(|e| JoinError::Config(format!("reading the input: {e}"))).and_then(|r| r);
+                }
                 _ = tick.tick() => {
                     if last_heard.elapsed() > self.timeout {
                         break Err(JoinError::Timeout(self.timeout.as_secs()));
@@ -216,7 +220,8 @@ impl<W: AsyncWrite + Unpin> Link<W> {
                 }
             }
         };
-        if result.is_err() {
+        if result.is_err() && !finished {
+            // Stop the reading thread and wait for it (it holds the spill).
             abort.store(true, Ordering::Relaxed);
             let _ = (&mut work).await;
         }

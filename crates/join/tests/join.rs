@@ -629,3 +629,52 @@ async fn an_oversized_frame_is_refused() {
     .await;
     assert!(matches!(r, Err(JoinError::FrameTooLong { .. })), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_csv_file_without_an_id_column_is_named() {
+    let c = Case::new();
+    std::fs::create_dir_all(c.p("l")).unwrap();
+    std::fs::write(c.p("l").join("a.csv"), "key,y\n1,0\n").unwrap();
+    write_input(&c.p("f"), &["1".into()], false, Layout::Csv { files: 1 });
+    let (a, _) = pair(
+        config(Role::Leader, &c.p("l"), &c.p("lo"), 256 << 20),
+        config(Role::Follower, &c.p("f"), &c.p("fo"), 256 << 20),
+    )
+    .await;
+    match a {
+        Err(JoinError::Data(vfl_data::DataError::Line { file, line, message })) => {
+            assert!(
+                file.ends_with("a.csv") && line == 1 && message.contains("id column missing"),
+                "{file} {line} {message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_named_by_file_and_record() {
+    let c = Case::new();
+    let ids: Vec<String> = (0..5).map(|i| i.to_string()).collect();
+    write_input(&c.p("l"), &ids, true, Layout::TfRecord { files: 1, gzip: false });
+    let path = c.p("l").join("in-000.tfrecord");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The third record's data: past two whole records and its 12-byte header.
+    let first = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + 16;
+    let second = u64::from_le_bytes(bytes[first..first + 8].try_into().unwrap()) as usize + 16;
+    bytes[first + second + 12] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    write_input(&c.p("f"), &ids, false, Layout::Csv { files: 1 });
+    let (a, _) = pair(
+        config(Role::Leader, &c.p("l"), &c.p("lo"), 256 << 20),
+        config(Role::Follower, &c.p("f"), &c.p("fo"), 256 << 20),
+    )
+    .await;
+    match a {
+        Err(JoinError::Data(vfl_data::DataError::Record { file, record, .. })) => {
+            assert!(file.ends_with("in-000.tfrecord") && record == 2, "{file} {record}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!c.p("lo").exists());
+}
