@@ -12,6 +12,9 @@
 #   vfl-sgx.sh make                       render + sign the manifest, print the identity,
 #                                         write vfl-identity.json (send it to the peer)
 #   vfl-sgx.sh check-peer FILE            compare the peer's vfl-identity.json with ours
+#   vfl-sgx.sh join-leader                align the rows first (vfl join, leader side) into
+#                                         /srv/vfl/state/joined (sealed); training then reads them
+#   vfl-sgx.sh join-follower ADDR         the same, follower side
 #   vfl-sgx.sh leader                     run the leader enclave (VFL_LOCAL_ADDR, default 0.0.0.0:50051)
 #   vfl-sgx.sh follower ADDR              run the follower enclave against the leader at ADDR
 #   vfl-sgx.sh eval-leader EXPORT-DIR     evaluate a (sealed) export, leader side
@@ -172,6 +175,20 @@ cmd_follower() {
   run_enclave
 }
 
+# Sample alignment by the same enclave build (`vfl party` with VFL_MODE=join):
+# the joined blocks go to /state/joined, sealed with the MRENCLAVE key, and
+# the next training or evaluation reads them instead of /data.
+cmd_join_leader() {
+  export VFL_MODE=join
+  cmd_leader
+}
+
+cmd_join_follower() {
+  [ $# -eq 1 ] || die "usage: vfl-sgx.sh join-follower LEADER-HOST:PORT"
+  export VFL_MODE=join
+  cmd_follower "$1"
+}
+
 # Evaluation of a sealed export by the same enclave build (the only one that
 # can open it); the leader's predictions go to /srv/vfl/state/predictions.csv.
 cmd_eval_leader() {
@@ -192,6 +209,8 @@ case "${1:-}" in
   make) shift; cmd_make "$@" ;;
   check-peer) shift; cmd_check_peer "$@" ;;
   trust) shift; cmd_trust "$@" ;;
+  join-leader) shift; cmd_join_leader "$@" ;;
+  join-follower) shift; cmd_join_follower "$@" ;;
   leader) shift; cmd_leader "$@" ;;
   follower) shift; cmd_follower "$@" ;;
   eval-leader) shift; cmd_eval_leader "$@" ;;

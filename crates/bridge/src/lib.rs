@@ -66,3 +66,17 @@ pub enum BridgeError {
 pub fn message_limit(rows: usize, cols: usize) -> usize {
     (rows.saturating_mul(cols).saturating_mul(4) + (64 << 10)).max(4 << 20)
 }
+
+/// At most `max` characters of `s`, control characters replaced: for text
+/// from a peer or a file that goes into a log line or an error.
+pub fn sanitize(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > max {
+        out.push_str("...");
+    }
+    out
+}

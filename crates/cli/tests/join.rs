@@ -339,3 +339,49 @@ fn a_follower_killed_mid_join_leaves_no_output_and_a_rerun_succeeds() {
         .collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }
+
+#[test]
+fn party_mode_join_aligns_into_the_join_path_and_training_reads_it() {
+    let d = Dir::new("party");
+    generate(&d, &[]);
+    let sec = common::sim_flags(&d.0.join("attestation"));
+    let run = |mode: &str| {
+        let port = free_port();
+        let side = |role: &str| {
+            let mut a: Vec<String> = vec![
+                "--role".into(),
+                role.into(),
+                "--mode".into(),
+                mode.into(),
+                "--data-path".into(),
+                d.p(&format!("raw/{role}")),
+                "--join-path".into(),
+                d.p(&format!("joined/{role}")),
+                "--model".into(),
+                d.p("model.toml"),
+                "--peer-timeout".into(),
+                "20".into(),
+                "--local-addr".into(),
+                format!("127.0.0.1:{port}"),
+                "--peer-addr".into(),
+                format!("127.0.0.1:{port}"),
+            ];
+            a.extend(sec.iter().cloned());
+            vfl(&["party"], &a)
+        };
+        let (l, f) = (side("leader"), side("follower"));
+        let (lok, lout) = finish(l);
+        let (fok, fout) = finish(f);
+        assert!(lok && fok, "{mode}: leader:\n{lout}\nfollower:\n{fout}");
+        lout
+    };
+    let joined = run("join");
+    assert!(joined.contains("intersection"), "{joined}");
+    assert!(d.0.join("joined/leader/join-report.json").is_file());
+    // Training reads the joined blocks (the raw ones would be misaligned).
+    let trained = run("train");
+    assert!(
+        trained.contains("reading the joined blocks") && trained.contains("done"),
+        "{trained}"
+    );
+}

@@ -175,7 +175,9 @@ impl<W: AsyncWrite + Unpin> Link<W> {
                 Ok(None) => return Err(JoinError::PeerGone("the connection closed".into())),
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(Some(Ok(Kind::Ping(_)))) => continue,
-                Ok(Some(Ok(Kind::Failure(f)))) => return Err(JoinError::PeerFailed(f.reason)),
+                Ok(Some(Ok(Kind::Failure(f)))) => {
+                    return Err(JoinError::PeerFailed(vfl_bridge::sanitize(&f.reason, 300)));
+                }
                 Ok(Some(Ok(k))) => return Ok(k),
             }
         }
@@ -213,7 +215,7 @@ impl<W: AsyncWrite + Unpin> Link<W> {
                         None => break Err(JoinError::PeerGone("the connection closed".into())),
                         Some(Err(e)) => break Err(e),
                         Some(Ok(Kind::Ping(_))) => {}
-                        Some(Ok(Kind::Failure(f))) => break Err(JoinError::PeerFailed(f.reason)),
+                        Some(Ok(Kind::Failure(f))) => break Err(JoinError::PeerFailed(vfl_bridge::sanitize(&f.reason, 300))),
                         Some(Ok(Kind::Ready(r))) if peer_ready.is_none() => *peer_ready = Some(r),
                         Some(Ok(k)) => break Err(JoinError::Unexpected { expected: "Ping or Ready", got: kind_name(&Some(k)) }),
                     }
@@ -263,7 +265,7 @@ where
 }
 
 fn agree(field: &'static str, ours: impl ToString, theirs: impl ToString) -> Result<(), JoinError> {
-    let (ours, theirs) = (ours.to_string(), theirs.to_string());
+    let (ours, theirs) = (ours.to_string(), vfl_bridge::sanitize(&theirs.to_string(), 100));
     if ours == theirs {
         Ok(())
     } else {

@@ -678,3 +678,20 @@ async fn a_corrupt_record_is_named_by_file_and_record() {
     }
     assert!(!c.p("lo").exists());
 }
+
+#[tokio::test]
+async fn a_peer_failure_reason_is_capped_and_stripped() {
+    let (r, _c) = leader_against(|mut b| async move {
+        let reason = format!("\u{1b}[31mevil\n{}", "x".repeat(5000));
+        send(&mut b, Kind::Failure(pb::Failure { reason })).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await;
+    match r {
+        Err(JoinError::PeerFailed(reason)) => {
+            assert!(!reason.chars().any(|c| c.is_control()), "{reason:?}");
+            assert!(reason.len() <= 303, "{}", reason.len());
+        }
+        other => panic!("{other:?}"),
+    }
+}

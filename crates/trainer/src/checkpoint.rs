@@ -362,19 +362,7 @@ pub fn export(
 /// The plaintext copy of a released export.
 pub const PLAIN_EXPORT: &str = "model.plain.safetensors";
 
-/// At most `max` characters of `s`, control characters replaced: for text
-/// from a peer or a file that goes into a log line or an error.
-pub fn sanitize(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().count() > max {
-        out.push_str("...");
-    }
-    out
-}
+pub use vfl_bridge::sanitize;
 
 /// Loads an exported model (`model.safetensors` of `<export>/<id>/<role>/`
 /// or of the given directory) into the weights of `tensors` (optimizer

@@ -93,6 +93,35 @@ pub struct Common {
     attest: super::attest::Flags,
 }
 
+impl Common {
+    /// A join with the defaults, for `vfl party` with VFL_MODE=join (whose
+    /// command line is fixed in the enclave's manifest).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn defaults(
+        data_path: PathBuf,
+        data_path_wildcard: Option<String>,
+        output_path: PathBuf,
+        application_id: String,
+        peer_timeout: u64,
+        model_key: Option<String>,
+        attest: super::attest::Flags,
+    ) -> Self {
+        Common {
+            data_path,
+            data_path_wildcard,
+            output_path,
+            application_id,
+            rows_per_block: 16384,
+            output_format: FormatArg::Tfrecord,
+            dedupe: DedupeArg::Error,
+            memory_limit: 256 << 20,
+            peer_timeout,
+            model_key,
+            attest,
+        }
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
@@ -114,7 +143,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
     }
 }
 
-fn side(role: Role, c: &Common, addr: &str) -> anyhow::Result<()> {
+pub(crate) fn side(role: Role, c: &Common, addr: &str) -> anyhow::Result<()> {
     super::attest::preflight(&c.attest)?;
     let seal = super::party::sealer_for(&c.attest, c.model_key.as_deref())?;
     let security = super::attest::security(&c.attest, seal.as_ref())?;

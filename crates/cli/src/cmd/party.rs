@@ -52,8 +52,10 @@ pub struct Common {
     /// the same <id>.
     #[arg(long)]
     export_path: Option<PathBuf>,
-    /// train, or eval (forward only; needs --load-model or a checkpoint).
-    #[arg(long, env = "VFL_MODE", value_parser = ["train", "eval"], default_value = "train")]
+    /// train, or eval (forward only; needs --load-model or a checkpoint);
+    /// `vfl party` also takes join (aligns the data into --join-path, as
+    /// `vfl join`).
+    #[arg(long, env = "VFL_MODE", value_parser = ["train", "eval", "join"], default_value = "train")]
     mode: String,
     /// Eval: an exported model directory (<export>/<id>, or its <role>
     /// subdirectory); sealed exports are opened only by the enclave build
@@ -144,12 +146,21 @@ pub struct PartyArgs {
     /// Follower: the leader's address.
     #[arg(long, env = "VFL_PEER_ADDR")]
     peer_addr: Option<String>,
+    /// Where VFL_MODE=join writes the joined blocks (as `vfl join
+    /// --output-path`, with its defaults), and where training and eval then
+    /// read them (when a join's output is there) instead of --data-path.
+    #[arg(long)]
+    join_path: Option<PathBuf>,
     /// Used by the leader; the follower ignores them (the leader decides).
     #[command(flatten)]
     lead: LeaderOnly,
 }
 
 fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunConfig> {
+    anyhow::ensure!(
+        c.mode != "join",
+        "--mode join is for `vfl party` (with --join-path); use `vfl join {role}`"
+    );
     anyhow::ensure!(c.batch_size > 0, "--batch-size must be > 0");
     super::attest::preflight(&c.attest)?;
     let seal = sealer(c)?;
@@ -355,14 +366,47 @@ fn run_as_follower(common: &Common, peer_addr: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn party(a: PartyArgs) -> anyhow::Result<()> {
-    match a.role.as_str() {
-        "leader" => run_as_leader(&a.common, a.local_addr, &a.lead),
-        _ => {
-            let Some(peer) = a.peer_addr else {
-                anyhow::bail!("the follower needs the leader's address: --peer-addr or VFL_PEER_ADDR");
-            };
-            run_as_follower(&a.common, peer)
-        }
+pub fn party(mut a: PartyArgs) -> anyhow::Result<()> {
+    let leader = a.role == "leader";
+    let addr = match (leader, &a.peer_addr) {
+        (true, _) => a.local_addr.clone(),
+        (false, Some(p)) => p.clone(),
+        (false, None) => anyhow::bail!("the follower needs the leader's address: --peer-addr or VFL_PEER_ADDR"),
+    };
+    if a.common.mode == "join" {
+        let Some(out) = a.join_path.clone() else {
+            anyhow::bail!("VFL_MODE=join needs --join-path (where the joined blocks go)");
+        };
+        let c = &a.common;
+        let role = if leader {
+            vfl_join::Role::Leader
+        } else {
+            vfl_join::Role::Follower
+        };
+        return super::join::side(
+            role,
+            &super::join::Common::defaults(
+                c.data_path.clone(),
+                c.data_path_wildcard.clone(),
+                out,
+                c.application_id.clone(),
+                c.peer_timeout,
+                c.model_key.clone(),
+                c.attest.clone(),
+            ),
+            &addr,
+        );
+    }
+    if let Some(j) = &a.join_path
+        && j.join(vfl_join::output::REPORT).is_file()
+    {
+        tracing::info!(path = %j.display(), "reading the joined blocks of the last join (--join-path)");
+        a.common.data_path = j.clone();
+        a.common.data_path_wildcard = None;
+    }
+    if leader {
+        run_as_leader(&a.common, addr, &a.lead)
+    } else {
+        run_as_follower(&a.common, addr)
     }
 }
