@@ -128,6 +128,11 @@ pub fn scan(
             message: e.to_string(),
         };
         let b = bi as u32;
+        if block.sealed {
+            return Err(JoinError::Config(format!(
+                "{file}: a sealed block (an earlier join's output?); a join reads raw data"
+            )));
+        }
         match block.kind {
             FileKind::TfRecord => {
                 if format == OutputFormat::Csv {

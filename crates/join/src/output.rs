@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use vfl_attest::seal::{Context, Sealer};
 use vfl_data::tfrecord::RecordWriter;
 
@@ -142,7 +141,7 @@ pub struct BlockWriter {
     in_block: u64,
     blocks: u64,
     rows: u64,
-    digest: Sha256,
+    digest: ring::hmac::Context,
 }
 
 /// What a [`BlockWriter`] wrote.
@@ -166,6 +165,7 @@ impl BlockWriter {
         rows_per_block: u64,
         header: Option<String>,
         sealing: Option<OutputSealing>,
+        digest: ring::hmac::Context,
     ) -> Self {
         BlockWriter {
             dir: dir.to_path_buf(),
@@ -177,13 +177,13 @@ impl BlockWriter {
             in_block: 0,
             blocks: 0,
             rows: 0,
-            digest: Sha256::new(),
+            digest,
         }
     }
 
     /// Appends one row.
     pub fn push(&mut self, id: &[u8], payload: &[u8]) -> Result<(), JoinError> {
-        self.digest.update((id.len() as u32).to_le_bytes());
+        self.digest.update(&(id.len() as u32).to_le_bytes());
         self.digest.update(id);
         match self.format {
             OutputFormat::TfRecord => {
@@ -242,7 +242,11 @@ impl BlockWriter {
         Ok(Written {
             rows: self.rows,
             blocks: self.blocks,
-            digest: self.digest.finalize().into(),
+            digest: {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(self.digest.sign().as_ref());
+                d
+            },
         })
     }
 }

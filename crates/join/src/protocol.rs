@@ -34,8 +34,9 @@ use crate::spill::{self, Partition, Spill};
 use crate::tags::{TAG_LEN, Tag, TagKey, partition};
 use crate::{JoinError, PROTOCOL_VERSION};
 
-/// The largest frame either side accepts.
-pub const MAX_FRAME: usize = 4 << 20;
+/// The largest frame either side accepts: a full Tags chunk and its
+/// framing (nothing legitimate is larger).
+pub const MAX_FRAME: usize = CHUNK_TAGS * TAG_LEN + 1024;
 
 /// Tags per chunk.
 pub const CHUNK_TAGS: usize = 65536;
@@ -192,14 +193,14 @@ impl<W: AsyncWrite + Unpin> Link<W> {
         peer_ready: &mut Option<pb::Ready>,
     ) -> Result<T, JoinError> {
         tokio::pin!(work);
-        let mut tick = tokio::time::interval(PING);
+        let mut tick = tokio::time::interval(PING.min(self.timeout / 4).max(Duration::from_millis(100)));
         let mut last_heard = Instant::now();
         let mut finished = false;
         let result = loop {
             tokio::select! {
                 r = &mut work => {
                     finished = true;
-                    break r.map_err(|e| JoinError::Config(format!("reading the input: {e}"))).and_then(|r| r);
+                    break r.map_err(|_| JoinError::Config("the input reader stopped unexpectedly".into())).and_then(|r| r);
                 }
                 _ = tick.tick() => {
                     if last_heard.elapsed() > self.timeout {
@@ -244,7 +245,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(4);
     let reader = tokio::spawn(read_frames(r, tx));
     let mut link = Link {
         w,
@@ -279,6 +280,9 @@ async fn drive<W: AsyncWrite + Unpin>(
     key: TagKey,
 ) -> Result<JoinSummary, JoinError> {
     let start = Instant::now();
+    if cfg.peer_timeout < Duration::from_secs(1) {
+        return Err(JoinError::Config("--peer-timeout must be at least 1 s".into()));
+    }
     if cfg.rows_per_block == 0 {
         return Err(JoinError::Config("--rows-per-block must be at least 1".into()));
     }
@@ -291,7 +295,6 @@ async fn drive<W: AsyncWrite + Unpin>(
         application_id: cfg.application_id.clone(),
         rows_per_block: cfg.rows_per_block,
         partition_bits: own_bits,
-        output_format: cfg.format.name().into(),
         join_id: match cfg.role {
             Role::Leader => vfl_attest::random_hex(16),
             Role::Follower => String::new(),
@@ -379,11 +382,7 @@ async fn drive<W: AsyncWrite + Unpin>(
     });
     let mut peer_ready = None;
     let (spill, scanned) = link.wait_for(work, &abort, &mut peer_ready).await?;
-    link.send(Kind::Ready(pb::Ready {
-        rows: scanned.rows,
-        duplicates: 0,
-    }))
-    .await?;
+    link.send(Kind::Ready(pb::Ready { rows: scanned.rows })).await?;
     let peer_ready = match peer_ready {
         Some(r) => r,
         None => match link.recv().await? {
@@ -411,6 +410,7 @@ async fn drive<W: AsyncWrite + Unpin>(
         cfg.rows_per_block,
         scanned.header.clone(),
         sealing,
+        key.digest(),
     ));
     let mut duplicates = 0u64;
     let mut intersection = 0u64;
@@ -427,7 +427,7 @@ async fn drive<W: AsyncWrite + Unpin>(
             Ok((part, keep, dups))
         })
         .await
-        .map_err(|e| JoinError::Config(format!("loading a partition: {e}")))??;
+        .map_err(|_| JoinError::Config("loading a partition stopped unexpectedly".into()))??;
         duplicates += dups;
         let matched = match cfg.role {
             Role::Follower => follower_partition(link, p, &part, &keep).await?,
@@ -464,7 +464,7 @@ async fn drive<W: AsyncWrite + Unpin>(
             Ok(w)
         })
         .await
-        .map_err(|e| JoinError::Config(format!("writing a partition: {e}")))??;
+        .map_err(|_| JoinError::Config("writing a partition stopped unexpectedly".into()))??;
         writer = Some(w);
         if last.elapsed() > Duration::from_secs(5) {
             last = Instant::now();
@@ -617,13 +617,8 @@ async fn follower_partition<W: AsyncWrite + Unpin>(
                 });
             }
         };
-        if m.partition != p || m.bits.len() != chunk.len().div_ceil(8) {
-            return Err(JoinError::Protocol(
-                "a Matches frame that does not answer the chunk sent",
-            ));
-        }
-        for (k, &i) in chunk.iter().enumerate() {
-            if m.bits[k / 8] >> (k % 8) & 1 == 1 {
+        for (hit, &i) in read_matches(p, chunk.len(), &m)?.into_iter().zip(chunk) {
+            if hit {
                 matched.push(i);
             }
         }

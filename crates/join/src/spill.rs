@@ -24,7 +24,8 @@ pub const MAX_BITS: u32 = 14;
 
 /// How many partition bits keep one partition of `input_bytes` within a
 /// quarter of `memory_limit`, with a chunk buffer of at least 4 KiB per
-/// partition in another quarter.
+/// partition in another quarter. (Chunks may be smaller, down to 512
+/// bytes, when the peer asks for more partitions than we would.)
 pub fn partition_bits(input_bytes: u64, memory_limit: u64) -> u32 {
     let budget = (memory_limit / 4).max(1);
     let mut bits = 0;
@@ -104,7 +105,7 @@ impl Spill {
             .map_err(|e| JoinError::io("creating", path, e))?;
         let reader = file.try_clone().map_err(|e| JoinError::io("opening", path, e))?;
         let n = 1usize << bits.min(MAX_BITS);
-        let chunk = ((buffer_budget / n as u64) as usize).clamp(4096, 1 << 20);
+        let chunk = ((buffer_budget / n as u64) as usize).clamp(512, 1 << 20);
         Ok(Spill {
             path: path.to_path_buf(),
             out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),

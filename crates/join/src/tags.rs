@@ -14,13 +14,29 @@ pub const TAG_LEN: usize = 16;
 /// A tag: what the peer sees of one example id.
 pub type Tag = [u8; TAG_LEN];
 
-/// The tag key of one join.
-pub struct TagKey(hmac::Key);
+/// The keys of one join: the tag key, and the key of the joined-order
+/// digest (so that the digest, which the reports show, cannot be checked
+/// against guessed ids outside the enclaves).
+pub struct TagKey {
+    tags: hmac::Key,
+    digest: hmac::Key,
+}
 
 impl TagKey {
-    /// The key from 32 bytes of exporter output.
+    /// The keys from 32 bytes of exporter output (HMAC-SHA-256 of a label
+    /// under it, one per key).
     pub fn new(secret: &[u8; 32]) -> Self {
-        TagKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
+        let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let derive = |label: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label).as_ref());
+        TagKey {
+            tags: derive(b"vfl-join tags"),
+            digest: derive(b"vfl-join digest"),
+        }
+    }
+
+    /// A MAC over the joined ids, keyed for this join.
+    pub fn digest(&self) -> hmac::Context {
+        hmac::Context::with_key(&self.digest)
     }
 
     /// The key of a TLS 1.3 connection (both ends derive the same).
@@ -31,7 +47,7 @@ impl TagKey {
 
     /// The tag of `id`.
     pub fn tag(&self, id: &[u8]) -> Tag {
-        let mac = hmac::sign(&self.0, id);
+        let mac = hmac::sign(&self.tags, id);
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(&mac.as_ref()[..TAG_LEN]);
         t

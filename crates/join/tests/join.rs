@@ -465,7 +465,6 @@ fn hello() -> pb::Hello {
         application_id: "test".into(),
         rows_per_block: 100,
         partition_bits: 0,
-        output_format: "tfrecord".into(),
         join_id: String::new(),
     }
 }
@@ -484,14 +483,7 @@ where
     let peer = tokio::spawn(async move {
         send(&mut b, Kind::Hello(hello())).await;
         let Kind::Hello(_) = recv(&mut b).await else { panic!() };
-        send(
-            &mut b,
-            Kind::Ready(pb::Ready {
-                rows: 20,
-                duplicates: 0,
-            }),
-        )
-        .await;
+        send(&mut b, Kind::Ready(pb::Ready { rows: 20 })).await;
         script(b).await;
     });
     let mut cfg = config(Role::Leader, &c.p("l"), &c.p("lo"), 256 << 20);
