@@ -71,6 +71,8 @@ fn join(d: &Dir, security: &[String], leader_extra: &[&str], follower_extra: &[&
             d.p(&format!("joined/{role}")),
             "--rows-per-block".into(),
             "250".into(),
+            "--model".into(),
+            d.p("model.toml"),
             "--peer-timeout".into(),
             "20".into(),
             if role == "leader" {

@@ -110,16 +110,18 @@ pub fn input_bytes(dir: &DataDir) -> Result<u64, JoinError> {
 }
 
 /// Calls `each` for every row of `dir`, in order. `done(block)` after each
-/// block, for progress.
+/// block, for progress. Every row is decoded with `schema` (the training
+/// schema, or just the id), so that a row training would refuse fails the
+/// join whether or not it is joined.
 pub fn scan(
     dir: &DataDir,
     format: OutputFormat,
+    schema: &Schema,
     mut each: impl FnMut(Row<'_>) -> Result<(), JoinError>,
     mut done: impl FnMut(usize),
 ) -> Result<Scanned, JoinError> {
-    let id_only = Schema::new(Vec::new(), Vec::new(), false);
-    let mut decoder = ExampleDecoder::new(id_only.clone());
-    let mut batch = Batch::new(0, 0);
+    let mut decoder = ExampleDecoder::new(schema.clone());
+    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
     let mut out = Scanned::default();
     for (bi, block) in dir.blocks().iter().enumerate() {
         let file = block.path.display().to_string();
@@ -192,7 +194,7 @@ pub fn scan(
                         None => e.message,
                     },
                 };
-                let layout = CsvLayout::from_header(&header, &id_only).map_err(|e| line_err(line_no, e))?;
+                let layout = CsvLayout::from_header(&header, schema).map_err(|e| line_err(line_no, e))?;
                 let names = Cells::names(&header).map_err(|e| line_err(line_no, e))?;
                 out.csv_columns.resize(bi, None);
                 out.csv_columns.push(Some(names));

@@ -83,6 +83,11 @@ pub struct JoinConfig {
     /// Seals the joined blocks (a model key is in force); the join id is
     /// added to the context.
     pub sealing: Option<OutputSealing>,
+    /// The training schema every input row is checked against (None: only
+    /// the id). With it, a row training would refuse fails the join, joined
+    /// or not; without it, such a row fails only training, and only if it
+    /// was joined, which tells this side's operator that it was.
+    pub schema: Option<vfl_data::Schema>,
 }
 
 /// What a join did.
@@ -347,6 +352,10 @@ async fn drive<W: AsyncWrite + Unpin>(
     let key = Arc::new(key);
     let k = key.clone();
     let blocks_total = data.blocks().len();
+    let schema = cfg
+        .schema
+        .clone()
+        .unwrap_or_else(|| vfl_data::Schema::new(Vec::new(), Vec::new(), false));
     let work = tokio::task::spawn_blocking(move || -> Result<(Spill, input::Scanned), JoinError> {
         let mut spill = Spill::create(&spill_path, bits, buffer_budget)?;
         let t0 = Instant::now();
@@ -355,6 +364,7 @@ async fn drive<W: AsyncWrite + Unpin>(
         let scanned = input::scan(
             &data,
             format,
+            &schema,
             |row| {
                 if stop.load(Ordering::Relaxed) {
                     return Err(JoinError::PeerGone("stopped".into()));

@@ -103,6 +103,7 @@ fn config(role: Role, data: &Path, out: &Path, memory_limit: u64) -> JoinConfig 
         memory_limit,
         peer_timeout: Duration::from_secs(20),
         sealing: None,
+        schema: None,
     }
 }
 
@@ -683,6 +684,26 @@ async fn a_peer_failure_reason_is_capped_and_stripped() {
         Err(JoinError::PeerFailed(reason)) => {
             assert!(!reason.chars().any(|c| c.is_control()), "{reason:?}");
             assert!(reason.len() <= 303, "{}", reason.len());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn with_the_training_schema_a_malformed_row_fails_the_join_joined_or_not() {
+    // Leader row "9" lacks the label; the follower does not hold id 9, so
+    // the row would never be joined: the join fails all the same.
+    let c = Case::new();
+    std::fs::create_dir_all(c.p("l")).unwrap();
+    std::fs::write(c.p("l").join("a.csv"), "id,y,x_0\n1,0,3\n9,,4\n").unwrap();
+    write_input(&c.p("f"), &["1".into()], false, Layout::Csv { files: 1 });
+    let mut l = config(Role::Leader, &c.p("l"), &c.p("lo"), 256 << 20);
+    l.schema = Some(vfl_data::Schema::new(vec!["x_0".into()], vec![], true));
+    let (a, _) = pair(l, config(Role::Follower, &c.p("f"), &c.p("fo"), 256 << 20)).await;
+    match a {
+        Err(JoinError::Data(vfl_data::DataError::Line { line, message, .. })) => {
+            assert_eq!(line, 3, "{message}");
+            assert!(message.contains("`y`"), "{message}");
         }
         other => panic!("{other:?}"),
     }

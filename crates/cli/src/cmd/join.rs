@@ -67,6 +67,13 @@ pub struct Common {
     /// Job id; both sides must use the same.
     #[arg(long, default_value = "vfl")]
     application_id: String,
+    /// The model the joined data is for (preset or spec file): every input
+    /// row is checked against this party's features in it, so that a row
+    /// training would refuse fails the join, joined or not. Without it only
+    /// ids are checked, and a malformed row that gets joined fails
+    /// training, which tells this party's operator that it was joined.
+    #[arg(long)]
+    model: Option<String>,
     /// Rows per joined block; both sides must use the same.
     #[arg(long, default_value_t = 16384)]
     rows_per_block: u64,
@@ -102,6 +109,7 @@ impl Common {
         data_path_wildcard: Option<String>,
         output_path: PathBuf,
         application_id: String,
+        model: Option<String>,
         peer_timeout: u64,
         model_key: Option<String>,
         attest: super::attest::Flags,
@@ -111,6 +119,7 @@ impl Common {
             data_path_wildcard,
             output_path,
             application_id,
+            model,
             rows_per_block: 16384,
             output_format: FormatArg::Tfrecord,
             dedupe: DedupeArg::Error,
@@ -161,6 +170,23 @@ pub(crate) fn side(role: Role, c: &Common, addr: &str) -> anyhow::Result<()> {
         Some(s) => tracing::info!(key_id = %s.sealer.key_id(), "joined blocks are sealed"),
         None => tracing::warn!("joined blocks are written in plaintext (no --model-key)"),
     }
+    let schema = match &c.model {
+        Some(m) => {
+            let spec = vfl_nn::ModelSpec::resolve(m).with_context(|| format!("--model {m}"))?;
+            let r = match role {
+                Role::Leader => vfl_nn::Role::Leader,
+                Role::Follower => vfl_nn::Role::Follower,
+            };
+            Some(vfl_trainer::schema_for(&spec, r))
+        }
+        None => {
+            tracing::warn!(
+                "no --model: rows are checked for their ids only; a malformed row that is joined fails \
+                 training later, which tells this party's operator that the row was joined"
+            );
+            None
+        }
+    };
     let cfg = JoinConfig {
         role,
         data,
@@ -178,6 +204,7 @@ pub(crate) fn side(role: Role, c: &Common, addr: &str) -> anyhow::Result<()> {
         memory_limit: c.memory_limit,
         peer_timeout: Duration::from_secs(c.peer_timeout),
         sealing,
+        schema,
     };
     let wait = cfg.peer_timeout;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -390,6 +390,7 @@ pub fn party(mut a: PartyArgs) -> anyhow::Result<()> {
                 c.data_path_wildcard.clone(),
                 out,
                 c.application_id.clone(),
+                Some(c.model.clone()),
                 c.peer_timeout,
                 c.model_key.clone(),
                 c.attest.clone(),
