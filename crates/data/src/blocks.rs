@@ -26,6 +26,27 @@ use crate::tfrecord::{Compression, FrameError, RecordReader};
 /// Extensions recognised by the default selection, longest first.
 const EXTENSIONS: &[&str] = &[".tfrecord.gz", ".tfrecord", ".csv", ".tfrecord.sealed", ".csv.sealed"];
 
+/// The plaintext of a sealed block: the block's length (u64 LE), the block,
+/// zeros up to `8 + size` (a writer pads every block of n rows to the same
+/// size, so that sizes say nothing about which rows a block holds).
+pub fn pad_sealed(block: &[u8], size: usize) -> Vec<u8> {
+    let total = 8 + size.max(block.len());
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&(block.len() as u64).to_le_bytes());
+    out.extend_from_slice(block);
+    out.resize(total, 0);
+    out
+}
+
+/// The block inside a sealed block's plaintext (see [`pad_sealed`]).
+pub fn unpad_sealed(plain: &[u8]) -> Result<&[u8], &'static str> {
+    let (len, rest) = plain
+        .split_first_chunk::<8>()
+        .ok_or("a sealed block shorter than its length field")?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| "a sealed block length beyond memory")?;
+    rest.get(..len).ok_or("a sealed block length beyond its padding")
+}
+
 /// Opens sealed blocks (`*.tfrecord.sealed`, `*.csv.sealed`: joined blocks
 /// written by `vfl join` under a model key): given the block and the file's
 /// bytes, the plaintext block or why not.
@@ -364,10 +385,15 @@ impl BlockReader {
             }
             (true, Some(u)) => {
                 let sealed = std::fs::read(&b.path).map_err(io)?;
-                Some(u.unseal(b, &sealed).map_err(|message| DataError::Io {
+                let plain = u.unseal(b, &sealed).map_err(|message| DataError::Io {
                     file: file.clone(),
                     message,
-                })?)
+                })?;
+                let block = unpad_sealed(&plain).map_err(|m| DataError::Io {
+                    file: file.clone(),
+                    message: m.into(),
+                })?;
+                Some(block.to_vec())
             }
         };
         self.open = Some(match b.kind {

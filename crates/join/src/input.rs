@@ -77,6 +77,9 @@ pub struct Scanned {
     /// Per block: the CSV columns (CSV blocks), whose lines a TFRecord
     /// output converts with [`Converter`].
     pub csv_columns: Vec<Option<Vec<String>>>,
+    /// The longest row as it will be written (with `measure`), for padding
+    /// sealed blocks.
+    pub max_row: u64,
 }
 
 /// Turns the spilled rows of CSV blocks into tf.Examples when they are
@@ -117,9 +120,12 @@ pub fn scan(
     dir: &DataDir,
     format: OutputFormat,
     schema: &Schema,
+    measure: bool,
     mut each: impl FnMut(Row<'_>) -> Result<(), JoinError>,
     mut done: impl FnMut(usize),
 ) -> Result<Scanned, JoinError> {
+    let mut conv = Converter::default();
+    let mut example = Vec::new();
     let mut decoder = ExampleDecoder::new(schema.clone());
     let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
     let mut out = Scanned::default();
@@ -166,6 +172,7 @@ pub fn scan(
                             feature: e.feature,
                             message: e.message,
                         })?;
+                    out.max_row = out.max_row.max(data.len() as u64);
                     each(Row {
                         id: batch.example_id(0),
                         payload: data,
@@ -197,7 +204,7 @@ pub fn scan(
                 let layout = CsvLayout::from_header(&header, schema).map_err(|e| line_err(line_no, e))?;
                 let names = Cells::names(&header).map_err(|e| line_err(line_no, e))?;
                 out.csv_columns.resize(bi, None);
-                out.csv_columns.push(Some(names));
+                out.csv_columns.push(Some(names.clone()));
                 if format == OutputFormat::Csv {
                     match &out.header {
                         None => out.header = Some(header.clone()),
@@ -233,7 +240,17 @@ pub fn scan(
                         )
                         .map_err(|e| line_err(line_no, e))?;
                     // The line as it is: converted only if it is joined.
-                    let payload = line.trim_end_matches(['\n', '\r']).as_bytes();
+                    let text = line.trim_end_matches(['\n', '\r']);
+                    let written = match format {
+                        OutputFormat::TfRecord if measure => {
+                            conv.convert(&names, text, &mut example)
+                                .map_err(|e| line_err(line_no, e))?;
+                            example.len()
+                        }
+                        _ => text.len(),
+                    };
+                    out.max_row = out.max_row.max(written as u64);
+                    let payload = text.as_bytes();
                     each(Row {
                         id: batch.example_id(0),
                         payload,

@@ -137,6 +137,10 @@ pub struct BlockWriter {
     rows_per_block: u64,
     header: Option<String>,
     sealing: Option<OutputSealing>,
+    /// Sealed blocks: every row counts as this many bytes (the longest
+    /// row with its framing), so a block's size depends on its row count
+    /// only, not on which rows it holds.
+    pad_row: u64,
     buf: Vec<u8>,
     in_block: u64,
     blocks: u64,
@@ -150,6 +154,14 @@ pub struct Written {
     pub rows: u64,
     pub blocks: u64,
     pub digest: [u8; 32],
+}
+
+/// Bytes a row adds besides itself: TFRecord framing, or a CSV newline.
+fn framing(format: OutputFormat) -> u64 {
+    match format {
+        OutputFormat::TfRecord => 16,
+        OutputFormat::Csv => 1,
+    }
 }
 
 /// The id of joined block `k` (its file name without extension): the same
@@ -166,11 +178,13 @@ impl BlockWriter {
         header: Option<String>,
         sealing: Option<OutputSealing>,
         digest: ring::hmac::Context,
+        max_row: u64,
     ) -> Self {
         BlockWriter {
             dir: dir.to_path_buf(),
             format,
             rows_per_block: rows_per_block.max(1),
+            pad_row: max_row + framing(format),
             header,
             sealing,
             buf: Vec::new(),
@@ -219,9 +233,13 @@ impl BlockWriter {
         let (path, bytes) = match &self.sealing {
             None => (self.dir.join(format!("{id}.{ext}")), std::mem::take(&mut self.buf)),
             Some(s) => {
+                let header = self.header.as_ref().map_or(0, |h| h.len() as u64 + 1);
+                let size = usize::try_from(self.in_block * self.pad_row + header)
+                    .map_err(|_| JoinError::Config("a sealed block too large to pad".into()))?;
+                let padded = vfl_data::blocks::pad_sealed(&self.buf, size);
                 let sealed = s
                     .sealer
-                    .seal(&s.context.clone().with("block", &id), &self.buf)
+                    .seal(&s.context.clone().with("block", &id), &padded)
                     .map_err(JoinError::Seal)?;
                 self.buf.clear();
                 (self.dir.join(format!("{id}.{ext}.{SEALED_SUFFIX}")), sealed)

@@ -352,6 +352,7 @@ async fn drive<W: AsyncWrite + Unpin>(
     let key = Arc::new(key);
     let k = key.clone();
     let blocks_total = data.blocks().len();
+    let sealed = cfg.sealing.is_some();
     let schema = cfg
         .schema
         .clone()
@@ -365,6 +366,7 @@ async fn drive<W: AsyncWrite + Unpin>(
             &data,
             format,
             &schema,
+            sealed,
             |row| {
                 if stop.load(Ordering::Relaxed) {
                     return Err(JoinError::PeerGone("stopped".into()));
@@ -392,7 +394,17 @@ async fn drive<W: AsyncWrite + Unpin>(
     });
     let mut peer_ready = None;
     let (spill, scanned) = link.wait_for(work, &abort, &mut peer_ready).await?;
-    link.send(Kind::Ready(pb::Ready { rows: scanned.rows })).await?;
+    // Sealed blocks are padded to rows x the longest row; cap the rows per
+    // block so one fits a quarter of the memory limit.
+    let own_cap = match cfg.sealing {
+        Some(_) => (cfg.memory_limit / 4 / (scanned.max_row + 64)).max(1),
+        None => 0,
+    };
+    link.send(Kind::Ready(pb::Ready {
+        rows: scanned.rows,
+        max_rows_per_block: own_cap,
+    }))
+    .await?;
     let peer_ready = match peer_ready {
         Some(r) => r,
         None => match link.recv().await? {
@@ -405,6 +417,17 @@ async fn drive<W: AsyncWrite + Unpin>(
             }
         },
     };
+    let rows_per_block = [cfg.rows_per_block, own_cap, peer_ready.max_rows_per_block]
+        .into_iter()
+        .filter(|&c| c > 0)
+        .min()
+        .unwrap_or(cfg.rows_per_block);
+    if rows_per_block < cfg.rows_per_block {
+        tracing::info!(
+            rows_per_block,
+            "join: fewer rows per block, so that a padded sealed block fits the memory limit"
+        );
+    }
     tracing::info!(rows = scanned.rows, peer_rows = peer_ready.rows, "join: matching");
 
     // 3. Partition by partition.
@@ -417,10 +440,11 @@ async fn drive<W: AsyncWrite + Unpin>(
     let mut writer = Some(BlockWriter::new(
         staging.dir(),
         cfg.format,
-        cfg.rows_per_block,
+        rows_per_block,
         scanned.header.clone(),
         sealing,
         key.digest(),
+        scanned.max_row,
     ));
     let mut duplicates = 0u64;
     let mut intersection = 0u64;
@@ -543,7 +567,7 @@ async fn drive<W: AsyncWrite + Unpin>(
         "peer_rows_read": summary.peer_rows,
         "intersection": summary.intersection,
         "blocks": summary.blocks,
-        "rows_per_block": cfg.rows_per_block,
+        "rows_per_block": rows_per_block,
         "format": cfg.format.name(),
         "sealed": cfg.sealing.is_some(),
         "order": "ascending HMAC-SHA-256 tag under this join's key",

@@ -484,7 +484,14 @@ where
     let peer = tokio::spawn(async move {
         send(&mut b, Kind::Hello(hello())).await;
         let Kind::Hello(_) = recv(&mut b).await else { panic!() };
-        send(&mut b, Kind::Ready(pb::Ready { rows: 20 })).await;
+        send(
+            &mut b,
+            Kind::Ready(pb::Ready {
+                rows: 20,
+                max_rows_per_block: 0,
+            }),
+        )
+        .await;
         script(b).await;
     });
     let mut cfg = config(Role::Leader, &c.p("l"), &c.p("lo"), 256 << 20);
@@ -707,4 +714,68 @@ async fn with_the_training_schema_a_malformed_row_fails_the_join_joined_or_not()
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn sealed_block_sizes_depend_on_row_counts_only() {
+    use vfl_join::output::{BlockWriter, OutputSealing};
+    let c = Case::new();
+    let sealer = std::sync::Arc::new(vfl_attest::seal::Sealer::from_key([3; 32], "test").unwrap());
+    let sizes = |name: &str, rows: &[usize]| {
+        let dir = c.p(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = BlockWriter::new(
+            &dir,
+            OutputFormat::TfRecord,
+            3,
+            None,
+            Some(OutputSealing {
+                sealer: sealer.clone(),
+                context: vfl_attest::seal::Context::joined_block("app", "leader", "p"),
+            }),
+            TagKey::new(&KEY).digest(),
+            1000,
+        );
+        for (i, &n) in rows.iter().enumerate() {
+            w.push(i.to_string().as_bytes(), &vec![7u8; n]).unwrap();
+        }
+        w.finish().unwrap();
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // A planted 1000-byte row among small ones, or none: the same sizes.
+    let a = sizes("a", &[10, 1000, 12, 11, 10]);
+    let b = sizes("b", &[10, 11, 12, 11, 10]);
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 2);
+    // Training's reader strips the padding.
+    let plain = sealer
+        .open_file(
+            &std::fs::read(c.p("a").join("part-000000.tfrecord.sealed")).unwrap(),
+            &vfl_attest::seal::Context::joined_block("app", "leader", "p").with("block", "part-000000"),
+            &c.p("a"),
+        )
+        .unwrap()
+        .1;
+    let block = vfl_data::blocks::unpad_sealed(&plain).unwrap();
+    assert_eq!(block.len(), 10 + 1000 + 12 + 3 * 16);
+}
+
+#[test]
+fn a_padded_block_with_a_wrong_length_is_refused() {
+    assert!(vfl_data::blocks::unpad_sealed(&[1, 2, 3]).is_err());
+    let mut p = vfl_data::blocks::pad_sealed(b"abc", 10);
+    assert_eq!(vfl_data::blocks::unpad_sealed(&p).unwrap(), b"abc");
+    p[0] = 200;
+    assert!(vfl_data::blocks::unpad_sealed(&p).is_err());
 }
