@@ -59,69 +59,77 @@ fn generate(d: &Dir, extra: &[&str]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Runs both sides of a join; (leader ok, leader output, follower ok,
-/// follower output).
-fn join(d: &Dir, security: &[String], leader_extra: &[&str], follower_extra: &[&str]) -> (bool, String, bool, String) {
+/// `vfl CMD` for `role` (the leader listening on `port`, the follower
+/// dialling it) with `args(role)` and the security flags.
+fn side(cmd: &[&str], role: &str, port: u16, sec: &[String], args: &dyn Fn(&str) -> Vec<String>) -> Child {
+    let mut a = args(role);
+    a.push(
+        if role == "leader" {
+            "--local-addr"
+        } else {
+            "--peer-addr"
+        }
+        .into(),
+    );
+    a.push(format!("127.0.0.1:{port}"));
+    a.extend(sec.iter().cloned());
+    let cmd: Vec<&str> = cmd.iter().map(|c| if *c == "ROLE" { role } else { c }).collect();
+    vfl(&cmd, &a)
+}
+
+/// Both sides of `vfl CMD` at once (ROLE in CMD stands for the role);
+/// (leader ok, leader output, follower ok, follower output).
+fn pair(cmd: &[&str], sec: &[String], args: &dyn Fn(&str) -> Vec<String>) -> (bool, String, bool, String) {
     let port = free_port();
-    let side = |role: &str, extra: &[&str]| {
-        let mut a: Vec<String> = vec![
-            "--data-path".into(),
-            d.p(&format!("raw/{role}")),
-            "--output-path".into(),
-            d.p(&format!("joined/{role}")),
-            "--rows-per-block".into(),
-            "250".into(),
-            "--model".into(),
-            d.p("model.toml"),
-            "--peer-timeout".into(),
-            "20".into(),
-            if role == "leader" {
-                "--local-addr"
-            } else {
-                "--peer-addr"
-            }
-            .into(),
-            format!("127.0.0.1:{port}"),
-        ];
-        a.extend(security.iter().cloned());
-        a.extend(extra.iter().map(|s| s.to_string()));
-        vfl(&["join", role], &a)
-    };
-    let l = side("leader", leader_extra);
-    let f = side("follower", follower_extra);
+    let (l, f) = (
+        side(cmd, "leader", port, sec, args),
+        side(cmd, "follower", port, sec, args),
+    );
     let (lok, lout) = finish(l);
     let (fok, fout) = finish(f);
     (lok, lout, fok, fout)
 }
 
-fn train(d: &Dir, security: &[String], extra: &[&str]) -> (String, String) {
-    let port = free_port();
-    let side = |role: &str| {
-        let mut a: Vec<String> = vec![
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A join of raw/ROLE into joined/ROLE with `extra(role)`.
+fn join(d: &Dir, sec: &[String], extra: &dyn Fn(&str) -> Vec<String>) -> (bool, String, bool, String) {
+    pair(&["join", "ROLE"], sec, &|role| {
+        let mut a = strings(&["--rows-per-block", "250", "--peer-timeout", "20"]);
+        a.extend([
             "--data-path".into(),
+            d.p(&format!("raw/{role}")),
+            "--output-path".into(),
             d.p(&format!("joined/{role}")),
             "--model".into(),
             d.p("model.toml"),
-            "--peer-timeout".into(),
-            "20".into(),
-            if role == "leader" {
-                "--local-addr"
-            } else {
-                "--peer-addr"
-            }
-            .into(),
-            format!("127.0.0.1:{port}"),
+        ]);
+        a.extend(extra(role));
+        a
+    })
+}
+
+/// Training on `data`/ROLE with `extra`.
+fn train(d: &Dir, sec: &[String], data: &str, extra: &[&str]) -> (bool, String, bool, String) {
+    pair(&["ROLE"], sec, &|role| {
+        let mut a = vec![
+            "--data-path".into(),
+            d.p(&format!("{data}/{role}")),
+            "--model".into(),
+            d.p("model.toml"),
         ];
-        a.extend(security.iter().cloned());
-        a.extend(extra.iter().map(|s| s.to_string()));
-        vfl(&[role], &a)
-    };
-    let l = side("leader");
-    let f = side("follower");
-    let (lok, lout) = finish(l);
-    let (fok, fout) = finish(f);
-    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
-    (lout, fout)
+        if !extra.contains(&"--peer-timeout") {
+            a.extend(strings(&["--peer-timeout", "20"]));
+        }
+        a.extend(strings(extra));
+        a
+    })
+}
+
+fn none(_: &str) -> Vec<String> {
+    Vec::new()
 }
 
 fn digest_line(out: &str) -> &str {
@@ -148,7 +156,7 @@ fn unaligned_files_join_and_then_train() {
     let d = Dir::new("train");
     generate(&d, &[]);
     let sec = common::sim_flags(&d.0.join("attestation"));
-    let (lok, lout, fok, fout) = join(&d, &sec, &[], &[]);
+    let (lok, lout, fok, fout) = join(&d, &sec, &none);
     assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
     assert_eq!(digest(&lout), digest(&fout));
     assert!(lout.contains("intersection"), "{lout}");
@@ -159,32 +167,10 @@ fn unaligned_files_join_and_then_train() {
     );
     assert!(lb.contains(&"join-report.json".to_string()));
     // Training on the joined blocks passes every per-batch id digest check.
-    let (l, _) = train(&d, &sec, &["--batch-size", "64"]);
-    assert!(l.contains("done"), "{l}");
+    let (lok, l, fok, f) = train(&d, &sec, "joined", &["--batch-size", "64"]);
+    assert!(lok && fok && l.contains("done"), "{l}\n{f}");
     // Training on the raw (unaligned) data fails on the first batch.
-    let port = free_port();
-    let raw = |role: &str| {
-        let mut a: Vec<String> = vec![
-            "--data-path".into(),
-            d.p(&format!("raw/{role}")),
-            "--model".into(),
-            d.p("model.toml"),
-            "--peer-timeout".into(),
-            "20".into(),
-            if role == "leader" {
-                "--local-addr"
-            } else {
-                "--peer-addr"
-            }
-            .into(),
-            format!("127.0.0.1:{port}"),
-        ];
-        a.extend(sec.iter().cloned());
-        vfl(&[role], &a)
-    };
-    let (l, f) = (raw("leader"), raw("follower"));
-    let (lok, lout) = finish(l);
-    let _ = finish(f);
+    let (lok, lout, _, _) = train(&d, &sec, "raw", &[]);
     assert!(!lok && lout.contains("misaligned"), "{lout}");
 }
 
@@ -197,34 +183,18 @@ fn csv_input_and_sealed_output_train_with_the_same_key() {
     sec.extend(["--collateral-cache".to_string(), d.p("cache")]);
     std::fs::write(d.0.join("key"), [7u8; 32]).unwrap();
     let key = format!("file:{}", d.p("key"));
-    let (lok, lout, fok, fout) = join(&d, &sec, &["--model-key", &key], &["--model-key", &key]);
+    let with_key = |_: &str| strings(&["--model-key", &key]);
+    let (lok, lout, fok, fout) = join(&d, &sec, &with_key);
     assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
     let lb = blocks(&d.0.join("joined/leader"));
     assert!(lb.iter().any(|n| n.ends_with(".tfrecord.sealed")), "{lb:?}");
     assert!(!lb.iter().any(|n| n.ends_with(".tfrecord")), "{lb:?}");
     // Without the key, training cannot read them.
-    let port = free_port();
-    let mut a: Vec<String> = vec![
-        "--data-path".into(),
-        d.p("joined/leader"),
-        "--model".into(),
-        d.p("model.toml"),
-        "--peer-timeout".into(),
-        "3".into(),
-        "--local-addr".into(),
-        format!("127.0.0.1:{port}"),
-    ];
-    a.extend(sec.iter().cloned());
-    let mut fa = a.clone();
-    fa[1] = d.p("joined/follower");
-    fa[6] = "--peer-addr".into();
-    let (l, f) = (vfl(&["leader"], &a), vfl(&["follower"], &fa));
-    let (lok, lout) = finish(l);
-    let _ = finish(f);
+    let (lok, lout, _, _) = train(&d, &sec, "joined", &["--peer-timeout", "3"]);
     assert!(!lok && lout.contains("no model key"), "{lout}");
     // With it, they train.
-    let (l, _) = train(&d, &sec, &["--model-key", &key, "--batch-size", "64"]);
-    assert!(l.contains("done"), "{l}");
+    let (lok, l, fok, f) = train(&d, &sec, "joined", &["--model-key", &key, "--batch-size", "64"]);
+    assert!(lok && fok && l.contains("done"), "{l}\n{f}");
 }
 
 #[test]
@@ -233,7 +203,11 @@ fn a_follower_the_policy_does_not_admit_is_refused_and_nothing_is_written() {
     generate(&d, &[]);
     let sec = common::sim_flags(&d.0.join("attestation"));
     // The follower claims another product id than the policy lists.
-    let (lok, lout, fok, fout) = join(&d, &sec, &[], &["--sim-isv-prod-id", "9"]);
+    let claim = |role: &str| match role {
+        "follower" => strings(&["--sim-isv-prod-id", "9"]),
+        _ => Vec::new(),
+    };
+    let (lok, lout, fok, fout) = join(&d, &sec, &claim);
     assert!(!lok && !fok, "leader:\n{lout}\nfollower:\n{fout}");
     assert!(lout.contains("isv_prod_id"), "{lout}");
     assert!(!d.0.join("joined/leader").exists() && !d.0.join("joined/follower").exists());
@@ -243,7 +217,7 @@ fn a_follower_the_policy_does_not_admit_is_refused_and_nothing_is_written() {
 fn without_tls_a_join_is_refused() {
     let d = Dir::new("insecure");
     generate(&d, &[]);
-    let (lok, lout, _, _) = join(&d, &["--insecure-no-tls".to_string()], &[], &[]);
+    let (lok, lout, _, _) = join(&d, &strings(&["--insecure-no-tls"]), &none);
     assert!(!lok && lout.contains("TLS exporter"), "{lout}");
 }
 
@@ -270,25 +244,17 @@ fn a_follower_killed_mid_join_leaves_no_output_and_a_rerun_succeeds() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sec = common::sim_flags(&d.0.join("attestation"));
     let port = free_port();
-    let side = |role: &str| {
-        let mut a: Vec<String> = vec![
+    let paths = |role: &str| {
+        vec![
             "--data-path".into(),
             d.p(&format!("raw/{role}")),
             "--output-path".into(),
             d.p(&format!("joined/{role}")),
             "--peer-timeout".into(),
             "10".into(),
-            if role == "leader" {
-                "--local-addr"
-            } else {
-                "--peer-addr"
-            }
-            .into(),
-            format!("127.0.0.1:{port}"),
-        ];
-        a.extend(sec.iter().cloned());
-        vfl(&["join", role], &a)
+        ]
     };
+    let side = |role: &str| side(&["join", "ROLE"], role, port, &sec, &paths);
     let mut l = side("leader");
     let mut f = side("follower");
     // The leader logs when both sides start reading: kill the follower then.
@@ -313,27 +279,7 @@ fn a_follower_killed_mid_join_leaves_no_output_and_a_rerun_succeeds() {
     assert!(rest.contains("connection"), "{rest}");
     assert!(!d.0.join("joined/leader").exists() && !d.0.join("joined/follower").exists());
     // A rerun succeeds and cleans what the killed follower left.
-    let port = free_port();
-    let side = |role: &str| {
-        let mut a: Vec<String> = vec![
-            "--data-path".into(),
-            d.p(&format!("raw/{role}")),
-            "--output-path".into(),
-            d.p(&format!("joined/{role}")),
-            if role == "leader" {
-                "--local-addr"
-            } else {
-                "--peer-addr"
-            }
-            .into(),
-            format!("127.0.0.1:{port}"),
-        ];
-        a.extend(sec.iter().cloned());
-        vfl(&["join", role], &a)
-    };
-    let (l, f) = (side("leader"), side("follower"));
-    let (lok, lout) = finish(l);
-    let (fok, fout) = finish(f);
+    let (lok, lout, fok, fout) = pair(&["join", "ROLE"], &sec, &paths);
     assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
     let left: Vec<_> = std::fs::read_dir(d.0.join("joined"))
         .unwrap()
@@ -348,32 +294,19 @@ fn party_mode_join_aligns_into_the_join_path_and_training_reads_it() {
     generate(&d, &[]);
     let sec = common::sim_flags(&d.0.join("attestation"));
     let run = |mode: &str| {
-        let port = free_port();
-        let side = |role: &str| {
-            let mut a: Vec<String> = vec![
-                "--role".into(),
-                role.into(),
-                "--mode".into(),
-                mode.into(),
+        let args = |role: &str| {
+            let mut a = vec!["--role".into(), role.into(), "--mode".into(), mode.into()];
+            a.extend([
                 "--data-path".into(),
                 d.p(&format!("raw/{role}")),
                 "--join-path".into(),
                 d.p(&format!("joined/{role}")),
                 "--model".into(),
                 d.p("model.toml"),
-                "--peer-timeout".into(),
-                "20".into(),
-                "--local-addr".into(),
-                format!("127.0.0.1:{port}"),
-                "--peer-addr".into(),
-                format!("127.0.0.1:{port}"),
-            ];
-            a.extend(sec.iter().cloned());
-            vfl(&["party"], &a)
+            ]);
+            a
         };
-        let (l, f) = (side("leader"), side("follower"));
-        let (lok, lout) = finish(l);
-        let (fok, fout) = finish(f);
+        let (lok, lout, fok, fout) = pair(&["party"], &sec, &args);
         assert!(lok && fok, "{mode}: leader:\n{lout}\nfollower:\n{fout}");
         lout
     };
