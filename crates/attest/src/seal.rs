@@ -217,6 +217,8 @@ fn field_meaning(field: &str) -> &'static str {
         "model" => "model spec",
         "policy" => "policy",
         "run" => "run",
+        "join" => "join",
+        "block" => "block (renamed file)",
         _ => "kind of file",
     }
 }

@@ -191,10 +191,30 @@ fn csv_input_and_sealed_output_train_with_the_same_key() {
     assert!(!lb.iter().any(|n| n.ends_with(".tfrecord")), "{lb:?}");
     // Without the key, training cannot read them.
     let (lok, lout, _, _) = train(&d, &sec, "joined", &["--peer-timeout", "3"]);
-    assert!(!lok && lout.contains("no model key"), "{lout}");
+    assert!(!lok && lout.contains("training needs the model key"), "{lout}");
     // With it, they train.
     let (lok, l, fok, f) = train(&d, &sec, "joined", &["--model-key", &key, "--batch-size", "64"]);
     assert!(lok && fok && l.contains("done"), "{l}\n{f}");
+    // A block of an earlier join among this join's blocks is refused.
+    let block = d.0.join("joined/leader/part-000001.tfrecord.sealed");
+    let earlier = std::fs::read(&block).unwrap();
+    let (lok, lout, fok, fout) = join(&d, &sec, &with_key);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    std::fs::write(&block, earlier).unwrap();
+    let (lok, lout, _, _) = train(&d, &sec, "joined", &["--model-key", &key, "--peer-timeout", "5"]);
+    assert!(!lok && lout.contains("sealed with join"), "{lout}");
+    // So is a plaintext block among sealed ones.
+    std::fs::write(d.0.join("joined/leader/part-000001.tfrecord.sealed"), b"").unwrap();
+    std::fs::rename(
+        d.0.join("joined/leader/part-000001.tfrecord.sealed"),
+        d.0.join("joined/leader/part-000001.tfrecord"),
+    )
+    .unwrap();
+    let (lok, lout, _, _) = train(&d, &sec, "joined", &["--model-key", &key, "--peer-timeout", "5"]);
+    assert!(
+        !lok && lout.contains("a plaintext block among a join's sealed blocks"),
+        "{lout}"
+    );
 }
 
 #[test]

@@ -166,11 +166,28 @@ impl<W: AsyncWrite + Unpin> Link<W> {
         let mut out = Vec::with_capacity(4 + body.len());
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&body);
-        self.w
-            .write_all(&out)
-            .await
-            .map_err(|e| JoinError::PeerGone(e.to_string()))?;
-        self.w.flush().await.map_err(|e| JoinError::PeerGone(e.to_string()))
+        let written = match self.w.write_all(&out).await {
+            Ok(()) => self.w.flush().await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.why_gone(e).await),
+        }
+    }
+
+    /// Why a write failed: the peer's Failure when it sent one before it
+    /// closed (its reason is more useful than a broken pipe).
+    async fn why_gone(&mut self, e: std::io::Error) -> JoinError {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(f)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            match f {
+                Ok(Kind::Failure(f)) => return JoinError::PeerFailed(vfl_bridge::sanitize(&f.reason, 300)),
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        JoinError::PeerGone(e.to_string())
     }
 
     /// The next frame other than Ping; the peer's Failure as an error.

@@ -164,6 +164,7 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
     anyhow::ensure!(c.batch_size > 0, "--batch-size must be > 0");
     super::attest::preflight(&c.attest)?;
     let seal = sealer(c)?;
+    let join_id = joined_blocks(&c.data_path, c.data_path_wildcard.as_deref(), seal.is_some())?;
     if c.allow_rollback {
         eprintln!(
             "WARNING: --allow-rollback: this party may resume from a checkpoint older than the step both parties \
@@ -190,6 +191,7 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
         keep_checkpoints: c.keep_checkpoints,
         export_path: c.export_path.clone(),
         eval: c.mode == "eval",
+        join_id,
         load_model: c.load_model.clone(),
         predictions_path: None,
         started: std::time::Instant::now(),
@@ -200,6 +202,46 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
         progress: vfl_trainer::progress::Progress::new(role),
         metrics_addr: c.metrics_addr.clone(),
     })
+}
+
+/// When `path` holds a join's sealed output (its join-report.json says so):
+/// the join id every block must carry, after checking that there is a key
+/// and that no block is plaintext.
+fn joined_blocks(path: &std::path::Path, wildcard: Option<&str>, have_key: bool) -> anyhow::Result<Option<String>> {
+    let report = path.join(vfl_join::output::REPORT);
+    let Ok(bytes) = std::fs::read(&report) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        bytes.len() <= 64 << 10,
+        "{}: larger than a join report",
+        report.display()
+    );
+    #[derive(serde::Deserialize)]
+    struct Report {
+        join_id: String,
+        sealed: bool,
+    }
+    let r: Report =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: not a join report", report.display()))?;
+    if !r.sealed {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        r.join_id.len() == 32 && r.join_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{}: the join id is not 16 bytes of hex",
+        report.display()
+    );
+    anyhow::ensure!(
+        have_key,
+        "{}: the joined blocks are sealed; training needs the model key the join used (--model-key)",
+        path.display()
+    );
+    let dir = vfl_data::DataDir::scan(path, wildcard)?;
+    if let Some(b) = dir.blocks().iter().find(|b| !b.sealed) {
+        anyhow::bail!("{}: a plaintext block among a join's sealed blocks", b.path.display());
+    }
+    Ok(Some(r.join_id))
 }
 
 fn sealer(c: &Common) -> anyhow::Result<Option<std::sync::Arc<Sealer>>> {

@@ -76,6 +76,9 @@ pub struct RunConfig {
     pub security: vfl_bridge::Security,
     /// Encryption at rest of checkpoints and exported weights.
     pub seal: Option<std::sync::Arc<vfl_attest::seal::Sealer>>,
+    /// The join whose sealed blocks --data-path holds: every sealed block
+    /// must be of this join (no mixing of blocks from several joins).
+    pub join_id: Option<String>,
     /// Resume from a checkpoint older than the step both parties committed
     /// (an operator's explicit decision, logged loudly).
     pub allow_rollback: bool,
@@ -119,13 +122,17 @@ impl RunConfig {
     fn block_reader(&self, role: Role, blocks: Vec<vfl_data::BlockFile>, schema: vfl_data::Schema) -> BlockReader {
         let mut r = BlockReader::new(blocks, schema, self.read_options());
         if let Some(sealer) = &self.seal {
+            let mut context = vfl_attest::seal::Context::joined_block(
+                &self.application_id,
+                role.as_str(),
+                &self.security.policy_digest(),
+            );
+            if let Some(join) = &self.join_id {
+                context = context.with("join", join);
+            }
             r.set_unseal(std::sync::Arc::new(JoinedBlocks {
                 sealer: sealer.clone(),
-                context: vfl_attest::seal::Context::joined_block(
-                    &self.application_id,
-                    role.as_str(),
-                    &self.security.policy_digest(),
-                ),
+                context,
             }));
         }
         r
