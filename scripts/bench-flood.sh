@@ -14,15 +14,9 @@ flood=target/release/examples/probe_flood
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$vfl" data generate --out "$work/data" --files 4 --rows-per-file 12000 --slots 512 >/dev/null
-"$vfl" attest self --attestation simulated --sim-root-key "$work/root.pem" >"$work/me.json"
-python3 - "$work" <<'PY'
-import json, sys
-w = sys.argv[1]
-me = json.load(open(f"{w}/me.json"))
-json.dump({"verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-           "sgx_mrs": [me["sgx_mrs_entry"]], "allow_simulated": True, "simulated_roots": [me["simulated_root"]]},
-          open(f"{w}/policy.json", "w"))
-PY
+# shellcheck source=scripts/sim-policy.sh
+. scripts/sim-policy.sh
+sim_policy "$vfl" "$work"
 sec=(--attestation simulated --sim-root-key "$work/root.pem" --policy "$work/policy.json" --model wide_n_deep_adam --batch-size 256 --threads 1)
 run() {
   local port=$1 with=$2 fpid=

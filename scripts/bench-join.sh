@@ -23,15 +23,9 @@ files=12
 per_file=$(( (rows * 3 / 2 + files - 1) / files ))
 "$vfl" data generate --out "$work/raw" --csv --shared 0.3333 --shuffle-follower \
   --files "$files" --rows-per-file "$per_file" --slots 10 | sed 's/^/data: /'
-"$vfl" attest self --attestation simulated --sim-root-key "$work/root.pem" >"$work/me.json"
-python3 - "$work" <<'PY'
-import json, sys
-w = sys.argv[1]
-me = json.load(open(f"{w}/me.json"))
-json.dump({"verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-           "sgx_mrs": [me["sgx_mrs_entry"]], "allow_simulated": True, "simulated_roots": [me["simulated_root"]]},
-          open(f"{w}/policy.json", "w"))
-PY
+# shellcheck source=scripts/sim-policy.sh
+. scripts/sim-policy.sh
+sim_policy "$vfl" "$work"
 sec=(--attestation simulated --sim-root-key "$work/root.pem" --policy "$work/policy.json" --memory-limit "$mem")
 
 coreutils() {

@@ -22,15 +22,9 @@ sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(32 256)
 "$vfl" data generate --out "$work/train" --files 10 --rows-per-file 2000 >/dev/null
 # One development root and a policy accepting this binary (both parties).
-"$vfl" attest self --attestation simulated --sim-root-key "$work/root.pem" 2>/dev/null >"$work/me.json"
-python3 - "$work" <<'PY'
-import json, sys
-w = sys.argv[1]
-me = json.load(open(f"{w}/me.json"))
-json.dump({"verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-           "sgx_mrs": [me["sgx_mrs_entry"]], "allow_simulated": True, "simulated_roots": [me["simulated_root"]]},
-          open(f"{w}/policy.json", "w"))
-PY
+# shellcheck source=scripts/sim-policy.sh
+. scripts/sim-policy.sh
+sim_policy "$vfl" "$work"
 # shellcheck disable=SC2034  # both arrays are used through the nameref in run()
 ratls=(--attestation simulated --sim-root-key "$work/root.pem" --policy "$work/policy.json")
 # shellcheck disable=SC2034

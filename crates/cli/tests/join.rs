@@ -2,10 +2,10 @@
 //! files to a trained model, sealed joined blocks, and refusals.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 mod common;
-use common::{MODEL, finish, free_port};
+use common::{MODEL, finish, free_port, spawn as vfl};
 
 struct Dir(PathBuf);
 
@@ -26,16 +26,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn vfl(args: &[&str], extra: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vfl"))
-        .args(args)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// Unaligned data: 80% of ids on both sides, the follower's shuffled.

@@ -11,7 +11,7 @@ mod common;
 mod proxy;
 use proxy::Proxy;
 
-use common::{MODEL, finish, free_port};
+use common::{MODEL, finish, free_port, spawn};
 
 struct Fixture {
     dir: PathBuf,
@@ -56,16 +56,6 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn spawn(args: &[&str], extra: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vfl"))
-        .args(args)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 fn leader(f: &Fixture, port: u16, extra: &[&str]) -> Child {

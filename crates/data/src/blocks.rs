@@ -417,14 +417,7 @@ impl BlockReader {
                     });
                 }
                 let layout =
-                    CsvLayout::from_header(&self.line, self.decoder.schema()).map_err(|e| DataError::Line {
-                        file: file.clone(),
-                        line: line_no,
-                        message: match e.column {
-                            Some(c) => format!("column `{c}`: {}", e.message),
-                            None => e.message,
-                        },
-                    })?;
+                    CsvLayout::from_header(&self.line, self.decoder.schema()).map_err(|e| e.at_line(&file, line_no))?;
                 Open::Csv {
                     reader,
                     layout,
@@ -502,14 +495,7 @@ impl BlockReader {
                 break layout
                     .parse_into(&self.line, &mut self.scratch, &mut self.spans, batch, source)
                     .map(|()| true)
-                    .map_err(|e| DataError::Line {
-                        file: file.clone(),
-                        line,
-                        message: match e.column {
-                            Some(c) => format!("column `{c}`: {}", e.message),
-                            None => e.message,
-                        },
-                    });
+                    .map_err(|e| e.at_line(&file, line));
             },
         };
         let outcome = outcome.and_then(|more| {

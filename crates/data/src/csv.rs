@@ -32,6 +32,20 @@ pub struct CsvError {
     pub message: String,
 }
 
+impl CsvError {
+    /// As the data layer's error for `line` of `file`, naming the column.
+    pub fn at_line(self, file: &str, line: u64) -> crate::DataError {
+        crate::DataError::Line {
+            file: file.to_string(),
+            line,
+            message: match self.column {
+                Some(c) => format!("column `{c}`: {}", self.message),
+                None => self.message,
+            },
+        }
+    }
+}
+
 fn err(column: Option<&str>, message: impl Into<String>) -> CsvError {
     CsvError {
         column: column.map(str::to_string),

@@ -193,14 +193,7 @@ pub fn scan(
                     .into());
                 }
                 let header = line.trim_end_matches(['\n', '\r']).to_string();
-                let line_err = |line: u64, e: vfl_data::csv::CsvError| DataError::Line {
-                    file: file.clone(),
-                    line,
-                    message: match e.column {
-                        Some(c) => format!("column `{c}`: {}", e.message),
-                        None => e.message,
-                    },
-                };
+                let line_err = |line: u64, e: vfl_data::csv::CsvError| e.at_line(&file, line);
                 let layout = CsvLayout::from_header(&header, schema).map_err(|e| line_err(line_no, e))?;
                 let names = Cells::names(&header).map_err(|e| line_err(line_no, e))?;
                 out.csv_columns.resize(bi, None);

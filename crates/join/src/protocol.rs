@@ -38,6 +38,9 @@ use crate::{JoinError, PROTOCOL_VERSION};
 /// framing (nothing legitimate is larger).
 pub const MAX_FRAME: usize = CHUNK_TAGS * TAG_LEN + 1024;
 
+/// The spill file's name in the staging directory.
+const SPILL: &str = ".spill";
+
 /// Tags per chunk.
 pub const CHUNK_TAGS: usize = 65536;
 
@@ -361,7 +364,7 @@ async fn drive<W: AsyncWrite + Unpin>(
 
     // 2. Read, tag and spill.
     let abort = Arc::new(AtomicBool::new(false));
-    let spill_path = staging.dir().join(".spill");
+    let spill_path = staging.dir().join(SPILL);
     let buffer_budget = cfg.memory_limit / 4;
     let data = cfg.data.clone();
     let format = cfg.format;
@@ -497,15 +500,10 @@ async fn drive<W: AsyncWrite + Unpin>(
                     (OutputFormat::TfRecord, Some(Some(cols))) => {
                         let line = std::str::from_utf8(part.payload(e))
                             .map_err(|_| JoinError::SpillFormat("a CSV row that is not UTF-8"))?;
-                        conv.convert(cols, line, &mut example)
-                            .map_err(|err| vfl_data::DataError::Line {
-                                file: blocks
-                                    .get(e.block as usize)
-                                    .map(|b| b.path.display().to_string())
-                                    .unwrap_or_default(),
-                                line: e.pos,
-                                message: err.message,
-                            })?;
+                        conv.convert(cols, line, &mut example).map_err(|err| {
+                            let file = blocks.get(e.block as usize).map(|b| b.path.display().to_string());
+                            err.at_line(&file.unwrap_or_default(), e.pos)
+                        })?;
                         &example[..]
                     }
                     _ => part.payload(e),
@@ -531,9 +529,9 @@ async fn drive<W: AsyncWrite + Unpin>(
         }
     }
     let written: Written = writer.take().ok_or(JoinError::Protocol("writer lost"))?.finish()?;
-    if let Ok(s) = Arc::try_unwrap(spill) {
-        s.remove();
-    }
+    // The spill is never part of the output, whoever still holds it.
+    drop(spill);
+    let _ = std::fs::remove_file(staging.dir().join(SPILL));
 
     // 4. Compare, then commit.
     let digest = written.digest.to_vec();

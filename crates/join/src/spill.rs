@@ -209,13 +209,6 @@ impl Spill {
         part.entries.sort_unstable_by_key(|e| (e.tag, e.block, e.pos));
         Ok(part)
     }
-
-    /// Deletes the file.
-    pub fn remove(mut self) {
-        self.reader = None;
-        self.out = None;
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 fn parse(data: &[u8]) -> Result<Vec<Entry>, JoinError> {

@@ -2,7 +2,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// A small model over 16 slots (data of `vfl data generate --slots 16`).
 #[allow(dead_code)]
@@ -26,6 +26,18 @@ loss = "softmax_cross_entropy"
 #[allow(dead_code)]
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `vfl ARGS EXTRA` with its output captured.
+#[allow(dead_code)]
+pub fn spawn(args: &[&str], extra: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(args)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Waits for a party; whether it succeeded, and its stdout and stderr.
