@@ -11,8 +11,8 @@ fuzz_target!(
         std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
     },
     |data: &[u8]| {
-        let _ = vfl_attest::sgx::check_quote_structure(data);
-        if let Ok(v) = vfl_attest::sgx::QuoteView::parse(data) {
+        let _ = vfl_attest::quote::check_quote_structure(data);
+        if let Ok(v) = vfl_attest::quote::QuoteView::parse(data) {
             let _ = v.identity();
             let _ = v.report_data();
         }

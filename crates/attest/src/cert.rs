@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::AttestError;
 use crate::attester::{Attester, Mode, SimEvidence};
-use crate::sgx::{EnclaveIdentity, QuoteView};
+use crate::quote::{Identity, QuoteView, TeeType};
 use crate::verify::Rejection;
 
 /// Gramine's legacy quote extension, encoded as Gramine's mbedTLS code does
@@ -25,7 +25,9 @@ const TCG_OID_STR: &str = "2.23.133.5.4.9";
 /// enclave-vfl's simulated-evidence extension (IANA experimental arc 1.3.6.1.3).
 pub const SIM_OID: &[u64] = &[1, 3, 6, 1, 3, 7741, 1];
 const SIM_OID_STR: &str = "1.3.6.1.3.7741.1";
-/// CBOR tag of TCG tagged evidence for an SGX quote (as Gramine writes it).
+/// CBOR tag of TCG tagged evidence for an Intel TEE quote (as Gramine writes
+/// it for SGX; enclave-vfl uses it for TDX quotes too, whose header names
+/// the TEE).
 const TCG_CBOR_TAG: u64 = 60000;
 /// Hash algorithm ids of the `pubkey-hash` claim (IANA named information).
 const HASH_SHA256: i64 = 1;
@@ -38,7 +40,7 @@ pub struct RaTlsCert {
     /// PKCS#8 private key; never leaves the process.
     pub key_der: Vec<u8>,
     /// The identity our own quote claims.
-    pub identity: EnclaveIdentity,
+    pub identity: Identity,
     pub mode: Mode,
 }
 
@@ -84,18 +86,22 @@ fn cbor(v: &Value) -> Vec<u8> {
     out
 }
 
-/// A new key plus certificate with evidence from `attester`.
+/// A new key plus certificate with evidence from `attester`: the TCG DICE
+/// extension always; for SGX also Gramine's legacy extension (a second
+/// quote), which Gramine before 1.8 reads. A TDX quote travels only in the
+/// TCG extension (no TDX verifier reads the legacy one).
 pub fn issue(attester: &dyn Attester) -> Result<RaTlsCert, AttestError> {
     let key = new_key()?;
     let spki = key.subject_public_key_info();
-    let legacy_quote = attester.quote(&legacy_report_data(&spki))?;
     let claims = tcg_claims(&spki);
     let tcg_quote = attester.quote(&tcg_report_data(&claims))?;
-    let identity = QuoteView::parse(&legacy_quote)
-        .map_err(AttestError::Evidence)?
-        .identity();
+    let view = QuoteView::parse(&tcg_quote).map_err(AttestError::Evidence)?;
+    let legacy_quote = match view.tee {
+        TeeType::Sgx => Some(attester.quote(&legacy_report_data(&spki))?),
+        TeeType::Tdx => None,
+    };
     let evidence = CertEvidence {
-        legacy_quote: Some(legacy_quote),
+        legacy_quote,
         tcg: Some((tcg_quote, claims)),
         sim: attester.sim_evidence(),
     };
@@ -103,7 +109,7 @@ pub fn issue(attester: &dyn Attester) -> Result<RaTlsCert, AttestError> {
     Ok(RaTlsCert {
         cert_der,
         key_der: key.serialize_der(),
-        identity,
+        identity: view.identity().clone(),
         mode: attester.mode(),
     })
 }
@@ -299,7 +305,7 @@ fn parse_tcg(tagged: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Rejection> {
             },
             _ => Err(bad("tag content is not an array".into())),
         },
-        Value::Tag(t, _) => Err(bad(format!("CBOR tag {t} is not the SGX quote tag {TCG_CBOR_TAG}"))),
+        Value::Tag(t, _) => Err(bad(format!("CBOR tag {t} is not the TEE quote tag {TCG_CBOR_TAG}"))),
         _ => Err(bad("not a CBOR tag".into())),
     }
 }

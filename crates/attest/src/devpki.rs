@@ -1,7 +1,7 @@
 //! The development PKI behind simulated attestation.
 //!
-//! Simulated evidence is a real DCAP quote v3 (same layout, verified by the same
-//! `dcap-qvl` code as a hardware quote) whose certificate chain ends in a
+//! Simulated evidence is a real DCAP quote (SGX v3 or TDX v4: same layout,
+//! verified by the same `dcap-qvl` code as a hardware quote) whose certificate chain ends in a
 //! development root CA instead of Intel's. The root key is the only persistent
 //! secret: it is kept in a PKCS#8 PEM file and a verifier trusts it only when
 //! its policy lists the SHA-256 of the root's public key in `simulated_roots`.
@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::AttestError;
+use crate::quote::{Identity, TeeType};
 use crate::sgx::{self, EnclaveIdentity, ReportBody};
+use crate::tdx;
 
 /// Intel's QE vendor id: dcap-qvl accepts only quotes that name it.
 const INTEL_QE_VENDOR_ID: [u8; 16] = [
@@ -33,6 +35,9 @@ const FMSPC: [u8; 6] = [0x00, 0x90, 0x6E, 0xD5, 0x00, 0x00];
 const CPU_SVN: [u8; 16] = [7, 7, 2, 2, 255, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 const PCE_SVN: u16 = 13;
 const QE_SVN: u16 = 8;
+/// TEE TCB SVN of a simulated TD: TDX module SVN 3 (module version 0: no
+/// separate module identity), late microcode update 2.
+pub const SIM_TEE_TCB_SVN: [u8; 16] = [3, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 /// SGX extension OIDs of a PCK certificate (Intel PCK certificate profile).
 const SGX_EXT: &[u64] = &[1, 2, 840, 113741, 1, 13, 1];
 
@@ -109,6 +114,8 @@ pub struct SimPlatformOptions {
     pub tcb_eval_data_number: u32,
     /// Number of both CRLs.
     pub crl_number: u32,
+    /// Whether the platform quotes SGX enclaves or TDX trust domains.
+    pub tee: TeeType,
 }
 
 impl SimPlatformOptions {
@@ -120,12 +127,23 @@ impl SimPlatformOptions {
             next_update: now + 30 * 86_400,
             tcb_eval_data_number: 17,
             crl_number: 1,
+            tee: TeeType::Sgx,
+        }
+    }
+
+    /// The same for a platform quoting TDX trust domains.
+    pub fn fresh_tdx(now: u64) -> Self {
+        Self {
+            tee: TeeType::Tdx,
+            ..Self::fresh(now)
         }
     }
 }
 
-/// A simulated SGX platform: PCK chain, quoting enclave and collateral below a dev root.
+/// A simulated SGX (or TDX) platform: PCK chain, quoting enclave and
+/// collateral below a dev root.
 pub struct SimPlatform {
+    tee: TeeType,
     root_der: Vec<u8>,
     pck_chain_pem: String,
     attestation_key: EcdsaKeyPair,
@@ -218,20 +236,34 @@ impl SimPlatform {
         } else {
             vec!["VFL-SIM-0001".into()]
         };
-        let tcb_info = serde_json::json!({
+        let mut level = serde_json::json!({
+            "tcb": {
+                "sgxtcbcomponents": CPU_SVN.iter().map(|svn| serde_json::json!({"svn": svn})).collect::<Vec<_>>(),
+                "pcesvn": PCE_SVN,
+            },
+            "tcbDate": issue, "tcbStatus": opts.tcb_status, "advisoryIDs": advisories,
+        });
+        let mut tcb_info = serde_json::json!({
             "id": "SGX", "version": 3, "issueDate": issue, "nextUpdate": next,
             "fmspc": hex::encode_upper(FMSPC), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
-            "tcbLevels": [{
-                "tcb": {
-                    "sgxtcbcomponents": CPU_SVN.iter().map(|svn| serde_json::json!({"svn": svn})).collect::<Vec<_>>(),
-                    "pcesvn": PCE_SVN,
-                },
-                "tcbDate": issue, "tcbStatus": opts.tcb_status, "advisoryIDs": advisories,
-            }],
-        })
-        .to_string();
+        });
+        if opts.tee == TeeType::Tdx {
+            level["tcb"]["tdxtcbcomponents"] = SIM_TEE_TCB_SVN
+                .iter()
+                .map(|svn| serde_json::json!({"svn": svn}))
+                .collect::<Vec<_>>()
+                .into();
+            tcb_info["id"] = "TDX".into();
+            tcb_info["tdxModule"] = serde_json::json!({
+                "mrsigner": hex::encode_upper([0u8; 48]), "attributes": "0000000000000000",
+                "attributesMask": "FFFFFFFFFFFFFFFF",
+            });
+            tcb_info["tdxModuleIdentities"] = serde_json::json!([]);
+        }
+        tcb_info["tcbLevels"] = serde_json::json!([level]);
+        let tcb_info = tcb_info.to_string();
         let qe_identity_json = serde_json::json!({
-            "id": "QE", "version": 2, "issueDate": issue, "nextUpdate": next, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
+            "id": if opts.tee == TeeType::Tdx { "TD_QE" } else { "QE" }, "version": 2, "issueDate": issue, "nextUpdate": next, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
             "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
             "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
             "mrsigner": hex::encode_upper(qe_mr_signer()), "isvprodid": 1,
@@ -252,6 +284,7 @@ impl SimPlatform {
             pck_certificate_chain: None,
         };
         Ok(Self {
+            tee: opts.tee,
             root_der: root_cert.der().to_vec(),
             pck_chain_pem: format!("{}{}{}", pck.pem(), pck_ca.pem(), root_cert.pem()),
             attestation_key,
@@ -273,30 +306,54 @@ impl SimPlatform {
         &self.collateral
     }
 
-    /// A quote v3 (certification data type 5: the PCK chain) over `body`.
-    pub fn quote(&self, identity: &EnclaveIdentity, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
-        let body = ReportBody::new(identity, CPU_SVN, report_data);
-        let mut q = Vec::with_capacity(sgx::SIGNED_LEN + 4 + 600 + self.pck_chain_pem.len());
-        q.extend_from_slice(&3u16.to_le_bytes()); // version
+    /// Whether the platform quotes SGX enclaves or TDX trust domains.
+    pub fn tee(&self) -> TeeType {
+        self.tee
+    }
+
+    /// A quote over `report_data` claiming `identity`: for SGX a quote v3
+    /// (certification data type 5: the PCK chain), for TDX a quote v4 with a
+    /// TD 1.0 body (certification data type 6 around type 5), as Intel's
+    /// quoting libraries write them.
+    pub fn quote(&self, identity: &Identity, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
+        let (version, tee_type, body) = match (identity, self.tee) {
+            (Identity::Sgx(id), TeeType::Sgx) => (3u16, 0u32, ReportBody::new(id, CPU_SVN, report_data).0.to_vec()),
+            (Identity::Tdx(id), TeeType::Tdx) => (4, tdx::TEE_TYPE_TDX, tdx::report_body(id, report_data).to_vec()),
+            (id, tee) => {
+                return Err(AttestError::Pki(format!(
+                    "a simulated {tee} platform cannot quote a {} identity",
+                    id.tee()
+                )));
+            }
+        };
+        let mut q = Vec::with_capacity(sgx::HEADER_LEN + body.len() + 4 + 700 + self.pck_chain_pem.len());
+        q.extend_from_slice(&version.to_le_bytes());
         q.extend_from_slice(&2u16.to_le_bytes()); // attestation key type: ECDSA-256 with P-256
-        q.extend_from_slice(&0u32.to_le_bytes()); // TEE type: SGX
+        q.extend_from_slice(&tee_type.to_le_bytes());
         q.extend_from_slice(&QE_SVN.to_le_bytes());
         q.extend_from_slice(&PCE_SVN.to_le_bytes());
         q.extend_from_slice(&INTEL_QE_VENDOR_ID);
         q.extend_from_slice(&[0u8; 20]); // user data
-        q.extend_from_slice(&body.0);
+        q.extend_from_slice(&body);
         let isv_signature = sign(&self.attestation_key, &self.rng, &q)?;
         let cert_data = self.pck_chain_pem.as_bytes();
-        let mut auth = Vec::with_capacity(600 + cert_data.len());
+        // QE report, its signature, QE authentication data, PCK chain.
+        let mut qe = Vec::with_capacity(600 + cert_data.len());
+        qe.extend_from_slice(&self.qe_report);
+        qe.extend_from_slice(&self.qe_report_signature);
+        qe.extend_from_slice(&(self.qe_auth_data.len() as u16).to_le_bytes());
+        qe.extend_from_slice(&self.qe_auth_data);
+        qe.extend_from_slice(&5u16.to_le_bytes()); // certification data: PCK certificate chain
+        qe.extend_from_slice(&(cert_data.len() as u32).to_le_bytes());
+        qe.extend_from_slice(cert_data);
+        let mut auth = Vec::with_capacity(140 + qe.len());
         auth.extend_from_slice(&isv_signature);
         auth.extend_from_slice(&self.attestation_key.public_key().as_ref()[1..]);
-        auth.extend_from_slice(&self.qe_report);
-        auth.extend_from_slice(&self.qe_report_signature);
-        auth.extend_from_slice(&(self.qe_auth_data.len() as u16).to_le_bytes());
-        auth.extend_from_slice(&self.qe_auth_data);
-        auth.extend_from_slice(&5u16.to_le_bytes()); // certification data: PCK certificate chain
-        auth.extend_from_slice(&(cert_data.len() as u32).to_le_bytes());
-        auth.extend_from_slice(cert_data);
+        if self.tee == TeeType::Tdx {
+            auth.extend_from_slice(&6u16.to_le_bytes()); // QE report certification data
+            auth.extend_from_slice(&(qe.len() as u32).to_le_bytes());
+        }
+        auth.extend_from_slice(&qe);
         q.extend_from_slice(&(auth.len() as u32).to_le_bytes());
         q.extend_from_slice(&auth);
         Ok(q)

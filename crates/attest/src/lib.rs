@@ -1,7 +1,10 @@
 //! Remote attestation for enclave-vfl.
 //!
-//! * [`attester`]: evidence providers, SGX (Gramine's `/dev/attestation`) and
-//!   simulated (a development PKI, [`devpki`], producing real-format quotes);
+//! * [`attester`]: evidence providers, SGX (Gramine's `/dev/attestation`),
+//!   TDX (configfs-tsm in a TD guest) and simulated (a development PKI,
+//!   [`devpki`], producing real-format SGX or TDX quotes);
+//! * [`quote`], [`sgx`], [`tdx`]: the quote layouts and the identities
+//!   they carry (an enclave's or a trust domain's);
 //! * [`cert`]: RA-TLS certificates carrying the quote (Gramine legacy and TCG
 //!   DICE extensions) bound to a fresh key, and their parser;
 //! * [`verify`]: quote verification with `dcap-qvl`, TCB status, attributes
@@ -30,19 +33,22 @@ pub mod guard;
 pub mod mrsigner;
 pub mod pccs;
 pub mod policy;
+pub mod quote;
 pub mod seal;
 pub mod sgx;
 pub mod strict_json;
+pub mod tdx;
 pub mod tls;
 pub mod verify;
 
 use std::path::Path;
 
-pub use attester::{Attester, Mode, SgxAttester};
+pub use attester::{Attester, Mode, SgxAttester, TdxAttester};
 #[cfg(feature = "dev")]
-pub use attester::{SimAttester, SimIdentity};
+pub use attester::{SimAttester, SimIdentity, SimTdIdentity};
 pub use cert::RaTlsCert;
 pub use policy::{PartyRole, Policy, PolicyError};
+pub use quote::{Identity, TeeType};
 pub use verify::{Clock, PeerReport, Rejection, Verifier};
 
 /// Errors of setting up attestation (our own side).
@@ -52,6 +58,10 @@ pub enum AttestError {
     Io { path: String, source: std::io::Error },
     #[error("SGX attestation device {root}: {why}")]
     NotInEnclave { root: String, why: String },
+    #[error("TDX report interface {root}: {why}")]
+    NotInTd { root: String, why: String },
+    #[error("TDX report interface {path} is busy: {why}")]
+    TsmBusy { path: String, why: String },
     #[error("evidence: {0}")]
     Evidence(String),
     #[error("PKI: {0}")]

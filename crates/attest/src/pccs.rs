@@ -22,9 +22,12 @@ use crate::freshness::{Freshness, marks_of_collateral};
 /// How long one collateral fetch (four requests) may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Which collateral set a quote needs: its platform's FMSPC and PCK CA.
+/// Which collateral set a quote needs: its TEE (SGX and TDX have their own
+/// TCB info and QE identity), its platform's FMSPC and PCK CA.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CollateralKey {
+    /// `sgx` or `tdx`.
+    pub tee: &'static str,
     /// 12 upper-case hex digits.
     pub fmspc: String,
     /// `processor` or `platform`.
@@ -32,7 +35,8 @@ pub struct CollateralKey {
 }
 
 impl CollateralKey {
-    /// Read FMSPC and CA type from the PCK certificate inside a quote.
+    /// Read the TEE from a quote's header and FMSPC and CA type from the
+    /// PCK certificate inside it.
     pub fn of_quote(quote: &[u8]) -> Result<Self, String> {
         crate::guard::no_panic(
             || "the quote's PCK certificate could not be read".into(),
@@ -42,6 +46,7 @@ impl CollateralKey {
 
     fn read(quote: &[u8]) -> Result<Self, String> {
         let q = dcap_qvl::quote::Quote::parse(quote).map_err(|e| format!("quote: {e:#}"))?;
+        let tee = if q.report.is_sgx() { "sgx" } else { "tdx" };
         let chain = dcap_qvl::intel::extract_cert_chain(&q).map_err(|e| format!("PCK chain: {e:#}"))?;
         let leaf = chain.first().ok_or("the quote carries no PCK certificate")?;
         let ext = dcap_qvl::intel::parse_pck_extension(leaf).map_err(|e| format!("PCK certificate: {e:#}"))?;
@@ -53,18 +58,23 @@ impl CollateralKey {
             "processor"
         };
         Ok(Self {
+            tee,
             fmspc: hex::encode_upper(ext.fmspc),
             ca,
         })
     }
 
-    /// The platform family the freshness marks are kept for.
+    /// The platform family the freshness marks are kept for (SGX families
+    /// keep their names from before TDX).
     pub fn family(&self) -> String {
-        format!("{}-{}", self.fmspc, self.ca)
+        match self.tee {
+            "sgx" => format!("{}-{}", self.fmspc, self.ca),
+            tee => format!("{tee}-{}-{}", self.fmspc, self.ca),
+        }
     }
 
     fn file_name(&self) -> String {
-        format!("sgx-{}-{}.json", self.fmspc, self.ca)
+        format!("{}-{}-{}.json", self.tee, self.fmspc, self.ca)
     }
 }
 
@@ -142,21 +152,24 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Fetch the collateral for `key` from the PCCS at `base` (e.g.
 /// `https://pccs.example:8081`, with or without `/sgx/certification/v4`).
+/// The CRLs come from the SGX API; TCB info and QE identity from the API of
+/// the key's TEE (`/tdx/certification/v4/tcb` and `.../qe/identity` for TDX).
 pub fn fetch(get: &HttpGet, base: &str, key: &CollateralKey) -> Result<dcap_qvl::QuoteCollateralV3, String> {
     let base = base.trim_end_matches('/').trim_end_matches("/sgx/certification/v4");
     let api = format!("{base}/sgx/certification/v4");
+    let tee_api = format!("{base}/{}/certification/v4", key.tee);
     let url = format!("{api}/pckcrl?ca={}&encoding=der", key.ca);
     let r = get(&url)?;
     let pck_crl_issuer_chain = header(&r, &["SGX-PCK-CRL-Issuer-Chain"], &url)?;
     let pck_crl = r.body;
 
-    let url = format!("{api}/tcb?fmspc={}", key.fmspc);
+    let url = format!("{tee_api}/tcb?fmspc={}", key.fmspc);
     let r = get(&url)?;
     let tcb_info_issuer_chain = header(&r, &["TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"], &url)?;
     let text = String::from_utf8(r.body).map_err(|_| format!("{url}: body is not UTF-8"))?;
     let tcb: Signed<'_> = serde_json::from_str(&text).map_err(|e| format!("{url}: not a signed TCB info: {e}"))?;
 
-    let url = format!("{api}/qe/identity");
+    let url = format!("{tee_api}/qe/identity");
     let r = get(&url)?;
     let qe_identity_issuer_chain = header(&r, &["SGX-Enclave-Identity-Issuer-Chain"], &url)?;
     let text_qe = String::from_utf8(r.body).map_err(|_| format!("{url}: body is not UTF-8"))?;
@@ -298,8 +311,13 @@ impl PccsCollateral {
         };
         for f in dir.flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_prefix("sgx-").and_then(|s| s.strip_suffix(".json")) else {
+            let Some((tee, stem)) = name.strip_suffix(".json").and_then(|s| s.split_once('-')) else {
                 continue;
+            };
+            let tee = match tee {
+                "sgx" => "sgx",
+                "tdx" => "tdx",
+                _ => continue,
             };
             let Some((fmspc, ca)) = stem.split_once('-') else {
                 continue;
@@ -315,6 +333,7 @@ impl PccsCollateral {
             {
                 Ok(c) => {
                     let key = CollateralKey {
+                        tee,
                         fmspc: fmspc.to_string(),
                         ca,
                     };

@@ -37,8 +37,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::attester::Mode;
+use crate::quote::{Identity, TeeType};
 use crate::sgx::EnclaveIdentity;
 use crate::strict_json::{self, StrictError};
+use crate::tdx::TdIdentity;
 
 /// TCB statuses a policy may allow (Revoked is never acceptable).
 pub const TCB_STATUSES: &[&str] = &[
@@ -48,6 +50,8 @@ pub const TCB_STATUSES: &[&str] = &[
     "ConfigurationAndSWHardeningNeeded",
     "OutOfDate",
     "OutOfDateConfigurationNeeded",
+    "TDRelaunchAdvised",
+    "TDRelaunchAdvisedConfigurationNeeded",
 ];
 
 /// The two parties of a job.
@@ -110,10 +114,11 @@ pub enum PolicyErrorKind {
          product id and version, whoever built it; pin the peer's enclave (mr_enclave) and its signer (mr_signer)"
     )]
     PinsNothing,
-    /// A production party (`--attestation sgx`) refuses policies that admit simulated evidence.
+    /// A production party (`--attestation sgx` or `tdx`) refuses policies that admit simulated evidence.
     #[error(
-        "admits simulated peers, but this party runs with --attestation sgx: a production party never accepts \
-         simulated evidence (remove allow_simulated and every entry with \"mode\": \"simulated\")"
+        "admits simulated peers, but this party runs with hardware evidence (--attestation sgx or tdx): a \
+         production party never accepts simulated evidence (remove allow_simulated and every entry with \
+         \"mode\": \"simulated\")"
     )]
     SimulatedUnderSgx,
     /// A production party's policy must admit only the peer party's copy of
@@ -123,6 +128,17 @@ pub enum PolicyErrorKind {
         "{0}: a party with SGX evidence admits only the other party's copy of this same enclave (\"mr_enclave\": \"self\", its signer, its role); a peer running other code would not protect what it learns from us"
     )]
     NotThisEnclave(String),
+    /// A production party admits a TD only by the measurements that say
+    /// which code it runs, and only as one role.
+    #[error(
+        "{0}: a party with hardware evidence admits a trust domain only by its firmware (mr_td), kernel (rtmr1) \
+         and initrd and command line (rtmr2), as one role; a TD pinned by less could boot any code its operator \
+         chose"
+    )]
+    WeakTdEntry(String),
+    /// A TDX party cannot say "self" for an SGX enclave, nor an SGX party for a TD.
+    #[error("{0}: \"self\" names this party's own measurement, and this party is not that kind of TEE")]
+    SelfOfOtherTee(String),
     /// This build has no simulated attestation at all.
     #[error(
         "admits simulated peers, but this build of vfl has no simulated attestation (built without the \
@@ -177,6 +193,48 @@ impl Default for Entry {
     }
 }
 
+/// A pinned 48-byte TD measurement: a value, or `"self"` (this party's own,
+/// filled in by [`Policy::bind_self`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin {
+    Value([u8; 48]),
+    Own(Option<[u8; 48]>),
+}
+
+impl Pin {
+    fn value(&self) -> Option<[u8; 48]> {
+        match self {
+            Pin::Value(v) | Pin::Own(Some(v)) => Some(*v),
+            Pin::Own(None) => None,
+        }
+    }
+}
+
+/// One allowed trust domain (`tdx_mrs`): every field given must match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TdEntry {
+    pub mr_td: Option<Pin>,
+    /// RTMR0-3.
+    pub rtmr: [Option<Pin>; 4],
+    pub mr_config_id: Option<Pin>,
+    /// The party this entry admits (`None`: either).
+    pub role: Option<PartyRole>,
+    /// The evidence this entry is for ([`Mode::Tdx`] or [`Mode::Simulated`]).
+    pub mode: Mode,
+}
+
+/// The keys a `tdx_mrs` entry may have, in the order `vfl attest trust` writes them.
+pub const TD_ENTRY_KEYS: &[&str] = &[
+    "role",
+    "mode",
+    "mr_td",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "mr_config_id",
+];
+
 /// A parsed policy.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -184,7 +242,10 @@ pub struct Policy {
     pub verify_mr_signer: bool,
     pub verify_isv_prod_id: bool,
     pub verify_isv_svn: bool,
+    /// `sgx_mrs`.
     pub entries: Vec<Entry>,
+    /// `tdx_mrs`.
+    pub td_entries: Vec<TdEntry>,
     pub allowed_tcb_statuses: Vec<String>,
     pub allow_debug: bool,
     pub allow_simulated: bool,
@@ -207,6 +268,7 @@ pub const TOP_KEYS: &[&str] = &[
     "verify_isv_svn",
     "verify_in_enclave",
     "sgx_mrs",
+    "tdx_mrs",
     "allowed_tcb_statuses",
     "allow_debug",
     "allow_simulated",
@@ -270,8 +332,17 @@ impl Policy {
                 return Err(err(k, format!("unknown key (known: {})", TOP_KEYS.join(", "))));
             }
         }
+        let has_sgx = top.contains_key("sgx_mrs");
+        if !has_sgx && !top.contains_key("tdx_mrs") {
+            return Err(err(
+                "sgx_mrs",
+                "missing: a policy lists the enclaves (sgx_mrs) or trust domains (tdx_mrs) it admits".into(),
+            ));
+        }
+        // The verify_* flags are about enclaves: a TDX-only policy may leave them out.
         let flag = |k: &str| -> Result<bool, PolicyError> {
             match top.get(k) {
+                None if !has_sgx => Ok(false),
                 Some(Value::String(s)) if s == "on" => Ok(true),
                 Some(Value::String(s)) if s == "off" => Ok(false),
                 Some(Value::Bool(b)) => Ok(*b),
@@ -292,6 +363,7 @@ impl Policy {
             verify_isv_prod_id: flag("verify_isv_prod_id")?,
             verify_isv_svn: flag("verify_isv_svn")?,
             entries: Vec::new(),
+            td_entries: Vec::new(),
             allowed_tcb_statuses: vec!["UpToDate".into()],
             allow_debug: opt_bool("allow_debug")?,
             allow_simulated: opt_bool("allow_simulated")?,
@@ -300,23 +372,31 @@ impl Policy {
             release_exports: Vec::new(),
             digest: Sha256::digest(bytes).into(),
         };
-        if !(p.verify_mr_enclave || p.verify_mr_signer || p.verify_isv_prod_id || p.verify_isv_svn) {
+        if has_sgx && !(p.verify_mr_enclave || p.verify_mr_signer || p.verify_isv_prod_id || p.verify_isv_svn) {
             return Err(err(
                 "verify_*",
                 "every verify flag is off, which would accept any enclave; switch on at least one".into(),
             ));
         }
-        if !(p.verify_mr_enclave || p.verify_mr_signer) {
+        if has_sgx && !(p.verify_mr_enclave || p.verify_mr_signer) {
             return Err(fail("verify_mr_enclave/verify_mr_signer", PolicyErrorKind::PinsNothing));
         }
-        let Some(Value::Array(mrs)) = top.get("sgx_mrs") else {
-            return Err(err("sgx_mrs", "missing or not a list".into()));
+        let list = |k: &str| match top.get(k) {
+            None => Ok(&[][..]),
+            Some(Value::Array(l)) => Ok(l.as_slice()),
+            Some(_) => Err(err(k, "not a list".into())),
         };
-        for (i, e) in mrs.iter().enumerate() {
+        for (i, e) in list("sgx_mrs")?.iter().enumerate() {
             let Value::Object(e) = e else {
                 return Err(err(&format!("sgx_mrs[{i}]"), "must be an object".into()));
             };
             p.entries.push(p.parse_entry(e, &format!("sgx_mrs[{i}]"), &err)?);
+        }
+        for (i, e) in list("tdx_mrs")?.iter().enumerate() {
+            let Value::Object(e) = e else {
+                return Err(err(&format!("tdx_mrs[{i}]"), "must be an object".into()));
+            };
+            p.td_entries.push(parse_td_entry(e, &format!("tdx_mrs[{i}]"), &err)?);
         }
         if let Some(v) = top.get("allowed_tcb_statuses") {
             let Value::Array(list) = v else {
@@ -371,7 +451,8 @@ impl Policy {
             }
             p.release_exports.sort();
         }
-        let sim_entries = p.entries.iter().any(|e| e.mode == Mode::Simulated);
+        let sim_entries = p.entries.iter().any(|e| e.mode == Mode::Simulated)
+            || p.td_entries.iter().any(|e| e.mode == Mode::Simulated);
         if sim_entries && !p.allow_simulated {
             return Err(err(
                 "allow_simulated",
@@ -462,20 +543,28 @@ impl Policy {
 
     /// Whether the policy admits simulated evidence at all.
     pub fn allows_simulated(&self) -> bool {
-        self.allow_simulated || self.entries.iter().any(|e| e.mode == Mode::Simulated)
+        self.allow_simulated
+            || self.entries.iter().any(|e| e.mode == Mode::Simulated)
+            || self.td_entries.iter().any(|e| e.mode == Mode::Simulated)
     }
 
     /// Checks that a party whose own evidence is `own` may use this policy:
     /// a party with hardware evidence refuses policies that admit
     /// simulated peers. `source_name` names the policy in the error.
     ///
-    /// Such a party also needs a policy that admits only the other party's
+    /// An SGX party also needs a policy that admits only the other party's
     /// copy of this same enclave: `verify_mr_enclave` and `verify_mr_signer`
-    /// on, and every entry `"mr_enclave": "self"` with a role. An entry
-    /// naming another MRENCLAVE (e.g. copied from a peer's identity file)
-    /// would admit whatever code that peer wrote.
+    /// on, and every `sgx_mrs` entry `"mr_enclave": "self"` with a role. An
+    /// entry naming another MRENCLAVE (e.g. copied from a peer's identity
+    /// file) would admit whatever code that peer wrote. A TDX party admits
+    /// enclaves by their signer and role.
+    ///
+    /// Every hardware party admits a TD only by mr_td, rtmr1 and rtmr2 (the
+    /// firmware, the kernel, the initrd and command line that carry the
+    /// binary and its policy), with a role. `"self"` is for this party's own
+    /// kind of TEE only.
     pub fn check_usable_by(&self, own: Mode, source_name: &str) -> Result<(), PolicyError> {
-        if own != Mode::Sgx {
+        if !own.is_hardware() {
             return Ok(());
         }
         let fail = |field: String, kind: PolicyErrorKind| PolicyError {
@@ -486,13 +575,26 @@ impl Policy {
         if self.allows_simulated() {
             return Err(fail("allow_simulated".into(), PolicyErrorKind::SimulatedUnderSgx));
         }
-        if !self.verify_mr_enclave || !self.verify_mr_signer {
+        if own == Mode::Sgx && !self.entries.is_empty() && (!self.verify_mr_enclave || !self.verify_mr_signer) {
             return Err(fail(
                 "verify_mr_enclave/verify_mr_signer".into(),
                 PolicyErrorKind::NotThisEnclave("both must be on".into()),
             ));
         }
         for (i, e) in self.entries.iter().enumerate() {
+            let at = format!("sgx_mrs[{i}]");
+            if own == Mode::Tdx {
+                if e.mr_enclave_self || e.mr_signer_self {
+                    return Err(fail(at, PolicyErrorKind::SelfOfOtherTee("this party is a TD".into())));
+                }
+                if e.role.is_none() || !self.verify_mr_signer || e.mr_signer.is_none() {
+                    return Err(fail(
+                        at,
+                        PolicyErrorKind::NotThisEnclave("a TD admits an enclave by its mr_signer and a role".into()),
+                    ));
+                }
+                continue;
+            }
             let why = if !e.mr_enclave_self {
                 Some("mr_enclave is not \"self\"")
             } else if e.mr_signer.is_none() && !e.mr_signer_self {
@@ -503,10 +605,27 @@ impl Policy {
                 None
             };
             if let Some(why) = why {
+                return Err(fail(at, PolicyErrorKind::NotThisEnclave(why.into())));
+            }
+        }
+        for (i, e) in self.td_entries.iter().enumerate() {
+            let at = format!("tdx_mrs[{i}]");
+            let pins = [e.mr_td, e.rtmr[1], e.rtmr[2], e.mr_config_id, e.rtmr[0], e.rtmr[3]];
+            if own == Mode::Sgx && pins.iter().flatten().any(|p| matches!(p, Pin::Own(_))) {
                 return Err(fail(
-                    format!("sgx_mrs[{i}]"),
-                    PolicyErrorKind::NotThisEnclave(why.into()),
+                    at,
+                    PolicyErrorKind::SelfOfOtherTee("this party is an SGX enclave".into()),
                 ));
+            }
+            let why = match (e.mr_td, e.rtmr[1], e.rtmr[2], e.role) {
+                (None, ..) => Some("no mr_td"),
+                (_, None, ..) => Some("no rtmr1"),
+                (_, _, None, _) => Some("no rtmr2"),
+                (.., None) => Some("no role"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(fail(at, PolicyErrorKind::WeakTdEntry(why.into())));
             }
         }
         Ok(())
@@ -515,16 +634,42 @@ impl Policy {
     /// Whether some entry says `"self"`.
     pub fn uses_self(&self) -> bool {
         self.entries.iter().any(|e| e.mr_enclave_self || e.mr_signer_self)
+            || self.td_entries.iter().any(|e| {
+                [e.mr_td, e.mr_config_id]
+                    .iter()
+                    .chain(e.rtmr.iter())
+                    .flatten()
+                    .any(|p| matches!(p, Pin::Own(_)))
+            })
     }
 
-    /// Fill in `"self"` entries with this process's own identity.
-    pub fn bind_self(&mut self, own: &EnclaveIdentity) {
-        for e in &mut self.entries {
-            if e.mr_enclave_self {
-                e.mr_enclave = Some(own.mr_enclave);
+    /// Fill in `"self"` entries of this party's own kind of TEE with its
+    /// own identity (the other kind's stay unbound and match nothing).
+    pub fn bind_self(&mut self, own: &Identity) {
+        match own {
+            Identity::Sgx(own) => {
+                for e in &mut self.entries {
+                    if e.mr_enclave_self {
+                        e.mr_enclave = Some(own.mr_enclave);
+                    }
+                    if e.mr_signer_self {
+                        e.mr_signer = Some(own.mr_signer);
+                    }
+                }
             }
-            if e.mr_signer_self {
-                e.mr_signer = Some(own.mr_signer);
+            Identity::Tdx(own) => {
+                let bind = |p: &mut Option<Pin>, v: &[u8; 48]| {
+                    if let Some(Pin::Own(b)) = p {
+                        *b = Some(*v);
+                    }
+                };
+                for e in &mut self.td_entries {
+                    bind(&mut e.mr_td, &own.mr_td);
+                    bind(&mut e.mr_config_id, &own.mr_config_id);
+                    for i in 0..4 {
+                        bind(&mut e.rtmr[i], own.rtmr(i));
+                    }
+                }
             }
         }
     }
@@ -534,26 +679,40 @@ impl Policy {
         hex::encode(self.digest)
     }
 
-    /// The entries that accept `id` presented with `mode` evidence
-    /// (ascending); otherwise why none does, per entry.
-    pub fn check_identity(&self, id: &EnclaveIdentity, mode: Mode) -> Result<Vec<usize>, NoMatch> {
-        if self.entries.is_empty() {
-            return Err(NoMatch("sgx_mrs is empty: the policy accepts no enclave".into()));
+    /// The entries of the list for `id`'s TEE (`sgx_mrs` or `tdx_mrs`) that
+    /// accept `id` presented with `mode` evidence (ascending); otherwise
+    /// why none does, per entry.
+    pub fn check_identity(&self, id: &Identity, mode: Mode) -> Result<Vec<usize>, NoMatch> {
+        let list = id.tee().policy_list();
+        let modes: Vec<Mode> = match id {
+            Identity::Sgx(_) => self.entries.iter().map(|e| e.mode).collect(),
+            Identity::Tdx(_) => self.td_entries.iter().map(|e| e.mode).collect(),
+        };
+        if modes.is_empty() {
+            return Err(NoMatch(format!(
+                "{list} is empty or missing: the policy accepts no {}",
+                match id.tee() {
+                    TeeType::Sgx => "enclave",
+                    TeeType::Tdx => "trust domain",
+                }
+            )));
         }
         let mut why = Vec::new();
         let mut matched = Vec::new();
-        for (i, e) in self.entries.iter().enumerate() {
-            let m = if e.mode != mode {
+        for (i, entry_mode) in modes.into_iter().enumerate() {
+            let m = if entry_mode != mode {
                 Some(format!(
-                    "for {} evidence only, the peer presented {mode} evidence",
-                    e.mode
+                    "for {entry_mode} evidence only, the peer presented {mode} evidence"
                 ))
             } else {
-                self.mismatch(e, id)
+                match id {
+                    Identity::Sgx(id) => self.mismatch(&self.entries[i], id),
+                    Identity::Tdx(id) => td_mismatch(&self.td_entries[i], id),
+                }
             };
             match m {
                 None => matched.push(i),
-                Some(m) => why.push(format!("sgx_mrs[{i}]: {m}")),
+                Some(m) => why.push(format!("{list}[{i}]: {m}")),
             }
         }
         if matched.is_empty() {
@@ -563,11 +722,15 @@ impl Policy {
         }
     }
 
-    /// The roles the given matched entries admit.
-    pub fn roles_of(&self, matched: &[usize]) -> Vec<PartyRole> {
+    /// The roles the given matched entries of `tee`'s list admit.
+    pub fn roles_of(&self, tee: TeeType, matched: &[usize]) -> Vec<PartyRole> {
         let mut roles: Vec<PartyRole> = Vec::new();
         for &i in matched {
-            let admits: &[PartyRole] = match self.entries.get(i).and_then(|e| e.role) {
+            let role = match tee {
+                TeeType::Sgx => self.entries.get(i).and_then(|e| e.role),
+                TeeType::Tdx => self.td_entries.get(i).and_then(|e| e.role),
+            };
+            let admits: &[PartyRole] = match role {
                 None => &[PartyRole::Leader, PartyRole::Follower],
                 Some(PartyRole::Leader) => &[PartyRole::Leader],
                 Some(PartyRole::Follower) => &[PartyRole::Follower],
@@ -651,4 +814,91 @@ fn decimal(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<u64, PolicyError> 
 fn dec16(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<u16, PolicyError> {
     let n = decimal(v, field, err)?;
     u16::try_from(n).map_err(|_| err(field, format!("{n} does not fit in 16 bits")))
+}
+
+/// The first field of a TD entry that does not match `id`.
+fn td_mismatch(e: &TdEntry, id: &TdIdentity) -> Option<String> {
+    let fields: [(&str, Option<Pin>, &[u8; 48]); 6] = [
+        ("mr_td", e.mr_td, &id.mr_td),
+        ("rtmr0", e.rtmr[0], &id.rtmr0),
+        ("rtmr1", e.rtmr[1], &id.rtmr1),
+        ("rtmr2", e.rtmr[2], &id.rtmr2),
+        ("rtmr3", e.rtmr[3], &id.rtmr3),
+        ("mr_config_id", e.mr_config_id, &id.mr_config_id),
+    ];
+    fields.iter().find_map(|(name, pin, got)| {
+        let pin = (*pin)?;
+        if pin.value() == Some(**got) {
+            return None;
+        }
+        Some(format!(
+            "{name} expected {} got {}",
+            pin.value().map(hex::encode).unwrap_or_else(|| "(self, unbound)".into()),
+            hex::encode(got)
+        ))
+    })
+}
+
+fn parse_td_entry(e: &Map<String, Value>, at: &str, err: &ErrFn<'_>) -> Result<TdEntry, PolicyError> {
+    for k in e.keys() {
+        if !TD_ENTRY_KEYS.contains(&k.as_str()) {
+            return Err(err(
+                &format!("{at}.{k}"),
+                format!("unknown key (known: {})", TD_ENTRY_KEYS.join(", ")),
+            ));
+        }
+    }
+    let field = |k: &str| format!("{at}.{k}");
+    let pin = |k: &str| -> Result<Option<Pin>, PolicyError> {
+        match e.get(k) {
+            None => Ok(None),
+            Some(v) if v.as_str() == Some("self") => Ok(Some(Pin::Own(None))),
+            Some(v) => Ok(Some(Pin::Value(hex48(v, &field(k), err)?))),
+        }
+    };
+    let entry = TdEntry {
+        mr_td: pin("mr_td")?,
+        rtmr: [pin("rtmr0")?, pin("rtmr1")?, pin("rtmr2")?, pin("rtmr3")?],
+        mr_config_id: pin("mr_config_id")?,
+        role: match e.get("role") {
+            None => None,
+            Some(v) => {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| err(&field("role"), format!("must be \"leader\" or \"follower\", got {v}")))?;
+                Some(s.parse().map_err(|e| err(&field("role"), e))?)
+            }
+        },
+        mode: match e.get("mode").map(|v| (v, v.as_str())) {
+            None | Some((_, Some("tdx"))) => Mode::Tdx,
+            Some((_, Some("simulated"))) => Mode::Simulated,
+            Some((v, _)) => {
+                return Err(err(
+                    &field("mode"),
+                    format!("must be \"tdx\" or \"simulated\", got {v}"),
+                ));
+            }
+        },
+    };
+    let pinned = entry.rtmr.iter().any(Option::is_some) || entry.mr_config_id.is_some();
+    if entry.mr_td.is_none() && !pinned {
+        return Err(err(
+            &field("mr_td"),
+            "missing: a TD entry pins mr_td (or at least one of rtmr0-3 and mr_config_id)".into(),
+        ));
+    }
+    Ok(entry)
+}
+
+fn hex48(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<[u8; 48], PolicyError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| err(field, format!("must be a string of 96 hex digits, got {v}")))?;
+    let bytes = hex::decode(s).map_err(|e| err(field, format!("not hex ({e})")))?;
+    <[u8; 48]>::try_from(bytes.as_slice()).map_err(|_| {
+        err(
+            field,
+            format!("must be 96 hex digits (48 bytes), got {} digits", s.len()),
+        )
+    })
 }

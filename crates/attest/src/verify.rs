@@ -11,7 +11,8 @@ use crate::cert::{self, Evidence};
 use crate::collateral::CollateralProvider;
 use crate::freshness::{Freshness, Marks};
 use crate::policy::{PartyRole, Policy};
-use crate::sgx::{EnclaveIdentity, QuoteView, attr};
+use crate::quote::{Identity, QuoteView, TeeType};
+use crate::sgx::{EnclaveIdentity, attr};
 
 /// Why a peer was refused. Each variant is one reason, with what was expected
 /// and what the peer presented.
@@ -43,7 +44,7 @@ pub enum Rejection {
     Quote(String),
     #[error("collateral is not valid at {at} (unix time): {detail}; fetch fresh collateral (PCCS) or check the clock")]
     CollateralExpired { at: u64, detail: String },
-    #[error("cannot verify an SGX quote: {0}")]
+    #[error("cannot verify a hardware quote: {0}")]
     NoCollateral(String),
     #[error("TCB status {status} is not allowed (allowed_tcb_statuses: {allowed}); advisories: [{advisories}]")]
     TcbStatus {
@@ -51,7 +52,7 @@ pub enum Rejection {
         allowed: String,
         advisories: String,
     },
-    #[error("peer is a DEBUG enclave (attributes {attributes}); the policy does not set allow_debug")]
+    #[error("peer is a DEBUG enclave or TD (attributes {attributes}); the policy does not set allow_debug")]
     Debug { attributes: String },
     #[error("peer enclave attributes {attributes}: {why}")]
     Attributes { attributes: String, why: &'static str },
@@ -129,9 +130,11 @@ pub enum Root {
 /// A cryptographically verified quote: what it says and the platform's TCB status.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct QuoteReport {
-    pub tee_type: &'static str,
+    pub tee_type: TeeType,
+    /// The quote format version (3 for SGX, 4 or 5 for TDX).
+    pub quote_version: u16,
     #[serde(flatten)]
-    pub identity: EnclaveIdentity,
+    pub identity: Identity,
     pub debug: bool,
     pub tcb_status: String,
     pub advisory_ids: Vec<String>,
@@ -154,7 +157,7 @@ pub fn verify_quote(
     root: &Root,
     now: u64,
 ) -> Result<QuoteReport, Rejection> {
-    crate::sgx::check_quote_structure(quote).map_err(|e| Rejection::Quote(format!("malformed quote: {e}")))?;
+    crate::quote::check_quote_structure(quote).map_err(|e| Rejection::Quote(format!("malformed quote: {e}")))?;
     let verifier = match root {
         Root::Intel => dcap_qvl::verify::QuoteVerifier::new_prod(),
         Root::Dev(der) => dcap_qvl::verify::QuoteVerifier::new(der.clone()),
@@ -178,21 +181,27 @@ pub fn verify_quote(
             Rejection::Quote(detail)
         }
     })?;
-    let Some(r) = claims.report.as_sgx() else {
-        return Err(Rejection::Quote("the quote is not an SGX enclave quote".into()));
+    let identity = if let Some(r) = claims.report.as_sgx() {
+        Identity::Sgx(EnclaveIdentity {
+            mr_enclave: r.mr_enclave,
+            mr_signer: r.mr_signer,
+            isv_prod_id: r.isv_prod_id,
+            isv_svn: r.isv_svn,
+            attributes: r.attributes,
+        })
+    } else if let Some(r) = claims.report.as_td10() {
+        Identity::Tdx(crate::tdx::TdIdentity::from_verified(r))
+    } else {
+        return Err(Rejection::Quote(
+            "the quote is neither an SGX enclave nor a TD quote".into(),
+        ));
     };
     let platform = crate::pccs::CollateralKey::of_quote(quote)
         .map(|k| k.family())
         .map_err(Rejection::Quote)?;
-    let identity = EnclaveIdentity {
-        mr_enclave: r.mr_enclave,
-        mr_signer: r.mr_signer,
-        isv_prod_id: r.isv_prod_id,
-        isv_svn: r.isv_svn,
-        attributes: r.attributes,
-    };
     Ok(QuoteReport {
-        tee_type: "sgx",
+        tee_type: identity.tee(),
+        quote_version: claims.header.version,
         debug: identity.is_debug(),
         identity,
         tcb_status: claims.tcb.status.to_string(),
@@ -212,7 +221,8 @@ pub struct PeerReport {
     pub carrier: &'static str,
     #[serde(flatten)]
     pub quote: QuoteReport,
-    /// Indices of the `sgx_mrs` entries that matched (ascending).
+    /// Indices of the entries that matched (ascending), in `sgx_mrs` or
+    /// `tdx_mrs` as the quote's TEE says.
     pub matched_entries: Vec<usize>,
     /// The roles those entries admit the peer as.
     pub admitted_as: Vec<PartyRole>,
@@ -229,7 +239,7 @@ impl PeerReport {
         if self.admits(role) {
             return Ok(());
         }
-        let entries: Vec<String> = self.matched_entries.iter().map(|i| format!("sgx_mrs[{i}]")).collect();
+        let entries = self.entry_names();
         let admitted: Vec<&str> = self.admitted_as.iter().map(|r| r.as_str()).collect();
         Err(format!(
             "the peer plays the {role}, but the policy entries that admit its enclave ({}) allow it only as {}",
@@ -239,19 +249,23 @@ impl PeerReport {
     }
 }
 
+impl PeerReport {
+    fn entry_names(&self) -> Vec<String> {
+        let list = self.quote.tee_type.policy_list();
+        self.matched_entries.iter().map(|i| format!("{list}[{i}]")).collect()
+    }
+}
+
 impl std::fmt::Display for PeerReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let id = &self.quote.identity;
-        let entries: Vec<String> = self.matched_entries.iter().map(|i| format!("sgx_mrs[{i}]")).collect();
+        let entries = self.entry_names();
         let roles: Vec<&str> = self.admitted_as.iter().map(|r| r.as_str()).collect();
         write!(
             f,
-            "{} peer mr_enclave={} mr_signer={} isv_prod_id={} isv_svn={} tcb={} ({}, as {}; {} evidence)",
+            "{} peer ({}) {} tcb={} ({}, as {}; {} evidence)",
             self.mode,
-            hex::encode(id.mr_enclave),
-            hex::encode(id.mr_signer),
-            id.isv_prod_id,
-            id.isv_svn,
+            self.quote.tee_type,
+            self.quote.identity,
             self.quote.tcb_status,
             entries.join(", "),
             roles.join("/"),
@@ -315,7 +329,7 @@ impl Verifier {
         Ok(PeerReport {
             mode,
             carrier: evidence.carrier(),
-            admitted_as: self.policy.roles_of(&matched_entries),
+            admitted_as: self.policy.roles_of(quote.tee_type, &matched_entries),
             quote,
             matched_entries,
         })
@@ -332,7 +346,8 @@ impl Verifier {
             ));
         };
         let collateral = provider.collateral_for(&ev.quote).map_err(Rejection::NoCollateral)?;
-        Ok((Mode::Sgx, verify_quote(&ev.quote, &collateral, &Root::Intel, now)?))
+        let report = verify_quote(&ev.quote, &collateral, &Root::Intel, now)?;
+        Ok((Mode::hardware(report.tee_type), report))
     }
 
     #[cfg(feature = "dev")]
@@ -401,24 +416,11 @@ impl Verifier {
             || self.dcap_policy().validate(&q.claims).map_err(|e| format!("{e:#}")),
         )
         .map_err(Rejection::Appraisal)?;
-        let a = q.identity.attributes;
-        let attributes = hex::encode(a);
-        if a[0] & attr::DEBUG != 0 && !p.allow_debug {
-            return Err(Rejection::Debug { attributes });
-        }
-        let why = if a[0] & attr::INIT == 0 {
-            Some("INIT is not set")
-        } else if a[0] & attr::MODE64BIT == 0 {
-            Some("MODE64BIT is not set")
-        } else if a[0] & attr::PROVISION_KEY != 0 {
-            Some("PROVISION_KEY is set (only Intel's provisioning enclaves may have it)")
-        } else if a[0] & attr::EINITTOKEN_KEY != 0 {
-            Some("EINITTOKEN_KEY is set (only Intel's launch enclave may have it)")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(Rejection::Attributes { attributes, why });
+        if let Some((attributes, why)) = bad_attributes(&q.identity, p.allow_debug) {
+            return Err(match why {
+                None => Rejection::Debug { attributes },
+                Some(why) => Rejection::Attributes { attributes, why },
+            });
         }
         let matched = p
             .check_identity(&q.identity, mode)
@@ -448,6 +450,48 @@ impl Verifier {
             d = d.min_tcb_eval_data_number(min);
         }
         d
+    }
+}
+
+/// Attributes a policy refuses: `(attributes in hex, None)` for a DEBUG
+/// enclave or TD the policy does not allow, `(attributes, Some(why))` for
+/// anything else. dcap-qvl has already refused TDs with migration,
+/// reserved bits, service TDs or without SEPT_VE_DISABLE.
+fn bad_attributes(id: &Identity, allow_debug: bool) -> Option<(String, Option<&'static str>)> {
+    match id {
+        Identity::Sgx(id) => {
+            let a = id.attributes;
+            let attributes = hex::encode(a);
+            if a[0] & attr::DEBUG != 0 && !allow_debug {
+                return Some((attributes, None));
+            }
+            let why = if a[0] & attr::INIT == 0 {
+                "INIT is not set"
+            } else if a[0] & attr::MODE64BIT == 0 {
+                "MODE64BIT is not set"
+            } else if a[0] & attr::PROVISION_KEY != 0 {
+                "PROVISION_KEY is set (only Intel's provisioning enclaves may have it)"
+            } else if a[0] & attr::EINITTOKEN_KEY != 0 {
+                "EINITTOKEN_KEY is set (only Intel's launch enclave may have it)"
+            } else {
+                return None;
+            };
+            Some((attributes, Some(why)))
+        }
+        Identity::Tdx(id) => {
+            let a = id.attributes();
+            let attributes = hex::encode(id.td_attributes);
+            if a & crate::tdx::attr::DEBUG != 0 && !allow_debug {
+                return Some((attributes, None));
+            }
+            if a & crate::tdx::attr::PROFILING != 0 && !allow_debug {
+                return Some((
+                    attributes,
+                    Some("TD profiling is enabled (the host can observe the TD)"),
+                ));
+            }
+            None
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use vfl_attest::collateral::FileCollateral;
 use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
 use vfl_attest::sgx::EnclaveIdentity;
 use vfl_attest::verify::{Root, verify_quote};
-use vfl_attest::{AttestError, Attester, Clock, Mode, Policy, SgxAttester, SimAttester, SimIdentity, Verifier};
+use vfl_attest::{
+    AttestError, Attester, Clock, Identity, Mode, Policy, SgxAttester, SimAttester, SimIdentity, Verifier,
+};
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 /// 2025-06-20T00:00:00Z: inside the sample collateral's validity window.
@@ -23,8 +25,8 @@ fn sample() -> (Vec<u8>, dcap_qvl::QuoteCollateralV3) {
 fn intel_sample_quote_verifies_at_a_pinned_time() {
     let (quote, coll) = sample();
     let r = verify_quote(&quote, &coll, &Root::Intel, SAMPLE_TIME).unwrap();
-    let mr_enclave = hex::encode(r.identity.mr_enclave);
-    let mr_signer = hex::encode(r.identity.mr_signer);
+    let mr_enclave = hex::encode(r.identity.sgx().unwrap().mr_enclave);
+    let mr_signer = hex::encode(r.identity.sgx().unwrap().mr_signer);
     assert!(
         mr_enclave.starts_with("33d8736d") && mr_enclave.ends_with("452fbb"),
         "{mr_enclave}"
@@ -93,8 +95,8 @@ fn sample_quote_policy_appraisal_names_the_status() {
             format!(
                 r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
                 "sgx_mrs":[{{"mr_enclave":"{}","mr_signer":"{}","isv_prod_id":"0","isv_svn":"0"}}]{statuses}}}"#,
-                hex::encode(r.identity.mr_enclave),
-                hex::encode(r.identity.mr_signer)
+                hex::encode(r.identity.sgx().unwrap().mr_enclave),
+                hex::encode(r.identity.sgx().unwrap().mr_signer)
             )
             .as_bytes(),
             "p",
@@ -285,7 +287,7 @@ fn empty_sgx_mrs_rejects_every_enclave() {
         attributes: [5; 16],
     };
     assert!(
-        p.check_identity(&id, Mode::Sgx)
+        p.check_identity(&Identity::Sgx(id.clone()), Mode::Sgx)
             .unwrap_err()
             .0
             .contains("accepts no enclave")
@@ -305,9 +307,12 @@ fn any_entry_may_match_and_flags_off_ignore_fields() {
         isv_svn: 4,
         attributes: [5; 16],
     };
-    assert_eq!(p.check_identity(&id(2), Mode::Sgx), Ok(vec![1]));
-    assert_eq!(p.check_identity(&id(1), Mode::Sgx), Ok(vec![0]));
-    let e = p.check_identity(&id(3), Mode::Sgx).unwrap_err().0;
+    assert_eq!(p.check_identity(&Identity::Sgx(id(2).clone()), Mode::Sgx), Ok(vec![1]));
+    assert_eq!(p.check_identity(&Identity::Sgx(id(1).clone()), Mode::Sgx), Ok(vec![0]));
+    let e = p
+        .check_identity(&Identity::Sgx(id(3).clone()), Mode::Sgx)
+        .unwrap_err()
+        .0;
     assert!(
         e.contains("sgx_mrs[0]: mr_enclave expected") && e.contains("sgx_mrs[1]: mr_enclave expected"),
         "{e}"
@@ -407,7 +412,12 @@ fn sgx_attester_writes_report_data_and_reads_the_quote() {
     let q = a.quote(&r).unwrap();
     assert_eq!(std::fs::read(d.join("user_report_data")).unwrap(), r);
     assert_eq!(
-        vfl_attest::sgx::QuoteView::parse(&q).unwrap().identity().mr_enclave,
+        vfl_attest::quote::QuoteView::parse(&q)
+            .unwrap()
+            .identity()
+            .sgx()
+            .unwrap()
+            .mr_enclave,
         [4; 32]
     );
     // A device whose quote does not carry what we wrote is refused.
@@ -429,14 +439,17 @@ fn self_entries_resolve_to_our_own_identity() {
         attributes: [5; 16],
     };
     // Unbound, "self" matches nothing.
-    assert!(p.check_identity(&me, Mode::Sgx).is_err());
-    p.bind_self(&me);
-    assert_eq!(p.check_identity(&me, Mode::Sgx), Ok(vec![0]));
+    assert!(p.check_identity(&Identity::Sgx(me.clone()), Mode::Sgx).is_err());
+    p.bind_self(&Identity::Sgx(me.clone()));
+    assert_eq!(p.check_identity(&Identity::Sgx(me.clone()), Mode::Sgx), Ok(vec![0]));
     let other = EnclaveIdentity {
         mr_enclave: [8; 32],
         ..me.clone()
     };
-    let e = p.check_identity(&other, Mode::Sgx).unwrap_err().0;
+    let e = p
+        .check_identity(&Identity::Sgx(other.clone()), Mode::Sgx)
+        .unwrap_err()
+        .0;
     assert!(
         e.contains(&format!(
             "mr_enclave expected {} got {}",

@@ -209,7 +209,7 @@ fn a_quote_whose_pck_chain_is_not_intels_causes_no_request() {
         isv_svn: 1,
         attributes: vfl_attest::sgx::PRODUCTION_ATTRIBUTES,
     };
-    let fake = platform.quote(&id, &[0; 64]).unwrap();
+    let fake = platform.quote(&vfl_attest::Identity::Sgx(id), &[0; 64]).unwrap();
     for _ in 0..5 {
         let e = p.collateral_for(&fake).unwrap_err();
         assert!(

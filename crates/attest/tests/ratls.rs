@@ -427,13 +427,13 @@ async fn rejects_certificate_without_evidence() {
     let c = RaTlsCert {
         cert_der: der,
         key_der: key.serialize_der(),
-        identity: vfl_attest::sgx::EnclaveIdentity {
+        identity: vfl_attest::Identity::Sgx(vfl_attest::sgx::EnclaveIdentity {
             mr_enclave: [0; 32],
             mr_signer: [0; 32],
             isv_prod_id: 0,
             isv_svn: 0,
             attributes: [0; 16],
-        },
+        }),
         mode: vfl_attest::Mode::Simulated,
     };
     client_refuses(
@@ -470,7 +470,7 @@ fn legacy_only_and_tcg_only_certificates_both_verify() {
     };
     let r = v.verify_cert(&cert::build_cert(&key, &tcg).unwrap()).unwrap();
     assert_eq!(r.carrier, "tcg-dice");
-    assert_eq!(r.quote.identity.mr_enclave, GOOD_MRENCLAVE);
+    assert_eq!(r.quote.identity.sgx().unwrap().mr_enclave, GOOD_MRENCLAVE);
 }
 
 #[test]

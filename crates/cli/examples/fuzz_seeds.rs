@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
 use vfl_attest::seal::{Context, Sealer};
-use vfl_attest::{SimAttester, SimIdentity, cert};
+use vfl_attest::{SimAttester, SimIdentity, SimTdIdentity, cert};
 use vfl_bridge::pb;
 use vfl_data::example::{Value, encode_example};
 use vfl_data::tfrecord::RecordWriter;
@@ -63,6 +63,37 @@ fn main() {
         "simulated",
         &a.platform().quote(a.identity(), &[3; 64]).unwrap(),
     );
+    // TDX: Intel's v4 and v5 samples, a simulated TD's quote and certificate.
+    put(
+        &dir,
+        "quote",
+        "intel-tdx-v4",
+        &std::fs::read(format!("{FIX}/dcap-qvl/tdx_quote")).unwrap(),
+    );
+    put(
+        &dir,
+        "quote",
+        "intel-tdx-v5-td15ex",
+        &std::fs::read(format!("{FIX}/dcap-qvl/tdx_quote_td15ex")).unwrap(),
+    );
+    let td = SimAttester::new_tdx(
+        &root,
+        &SimTdIdentity {
+            mr_td: [7; 48],
+            rtmr: [[1; 48], [2; 48], [3; 48], [4; 48]],
+            mr_config_id: [0; 48],
+            debug: false,
+        },
+        &SimPlatformOptions::fresh_tdx(fuzz_time),
+    )
+    .unwrap();
+    put(
+        &dir,
+        "quote",
+        "simulated-tdx",
+        &td.platform().quote(td.identity(), &[3; 64]).unwrap(),
+    );
+    put(&dir, "ratls_cert", "simulated-tdx", &cert::issue(&td).unwrap().cert_der);
     // Policies.
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dynamic_config.json");
     put(&dir, "policy", "shipped", &std::fs::read(deploy).unwrap());
@@ -80,7 +111,26 @@ fn main() {
         )
         .as_bytes(),
     );
+    put(
+        &dir,
+        "policy",
+        "tdx",
+        format!(
+            r#"{{"tdx_mrs":[{{"role":"follower","mr_td":"self","rtmr1":"{0}","rtmr2":"{0}","rtmr3":"{0}"}},
+                           {{"role":"leader","mode":"simulated","mr_config_id":"{0}","rtmr0":"{0}"}}],
+                "allow_simulated":true,"simulated_roots":["{1}"],"allowed_tcb_statuses":["UpToDate","TDRelaunchAdvised"]}}"#,
+            "cd".repeat(48),
+            "ab".repeat(32)
+        )
+        .as_bytes(),
+    );
     // Collateral.
+    put(
+        &dir,
+        "collateral",
+        "intel-tdx",
+        &std::fs::read(format!("{FIX}/dcap-qvl/tdx_quote_collateral.json")).unwrap(),
+    );
     put(
         &dir,
         "collateral",

@@ -12,26 +12,44 @@ use vfl_attest::freshness::{Freshness, MarkStore};
 use vfl_attest::seal::Sealer;
 use vfl_attest::tls::RaTlsVerifier;
 use vfl_attest::verify::{Root, verify_quote};
-use vfl_attest::{Attester, Clock, Mode, Policy, SgxAttester, Verifier};
+use vfl_attest::{Attester, Clock, Identity, Mode, Policy, SgxAttester, TdxAttester, Verifier};
 #[cfg(feature = "dev")]
-use vfl_attest::{SimAttester, SimIdentity};
+use vfl_attest::{SimAttester, SimIdentity, SimTdIdentity};
 use vfl_bridge::{OnReject, RaTls, Security};
 
-/// Evidence sources this build offers.
-#[cfg(feature = "dev")]
-const ATTESTATIONS: [&str; 2] = ["sgx", "simulated"];
-#[cfg(not(feature = "dev"))]
-const ATTESTATIONS: [&str; 1] = ["sgx"];
+/// Where this process's evidence comes from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attestation {
+    /// An SGX enclave under Gramine (/dev/attestation, DCAP quotes).
+    Sgx,
+    /// A TDX confidential VM (configfs-tsm, DCAP quotes).
+    Tdx,
+    /// A development PKI's SGX-format quotes (development builds only).
+    #[cfg(feature = "dev")]
+    Simulated,
+    /// A development PKI's TDX-format quotes (development builds only).
+    #[cfg(feature = "dev")]
+    SimulatedTdx,
+}
+
+impl Attestation {
+    /// Whether the evidence comes from TEE hardware.
+    pub fn is_hardware(self) -> bool {
+        matches!(self, Attestation::Sgx | Attestation::Tdx)
+    }
+}
 
 /// How this process proves itself and judges its peer.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Flags {
-    /// Evidence source: `sgx` (Gramine's /dev/attestation, DCAP quotes) or,
-    /// in development builds only, `simulated` (quotes from a development
-    /// PKI: no hardware protection, accepted only by policies with
-    /// allow_simulated, this root listed and entries marked simulated).
-    #[arg(long, value_parser = ATTESTATIONS, default_value = "sgx")]
-    pub attestation: String,
+    /// Evidence source: `sgx` (Gramine's /dev/attestation, DCAP quotes),
+    /// `tdx` (a TDX guest's configfs-tsm, DCAP quotes) or, in development
+    /// builds only, `simulated` / `simulated-tdx` (SGX- or TDX-format quotes
+    /// from a development PKI: no hardware protection, accepted only by
+    /// policies with allow_simulated, this root listed and entries marked
+    /// simulated).
+    #[arg(long, value_enum, default_value = "sgx")]
+    pub attestation: Attestation,
     /// Policy deciding which peer enclaves are accepted (the original's
     /// dynamic_config.json format). Default: ./dynamic_config.json.
     #[arg(long)]
@@ -58,6 +76,9 @@ pub struct Flags {
     /// Where Gramine's attestation pseudo-files are.
     #[arg(long, default_value = SgxAttester::DEVICE_ROOT)]
     pub attestation_device: PathBuf,
+    /// `--attestation tdx`: the configfs-tsm report directory.
+    #[arg(long, default_value = TdxAttester::REPORT_ROOT)]
+    pub tsm_report_root: PathBuf,
     /// Simulated mode: the development root key (PKCS#8 PEM; created,
     /// mode 0600, if missing). Its fingerprint goes into the peer's
     /// simulated_roots.
@@ -81,6 +102,10 @@ pub struct Flags {
     #[cfg(feature = "dev")]
     #[arg(long, default_value_t = 1)]
     pub sim_isv_svn: u16,
+    /// Simulated TDX: mr_td to claim (96 hex digits; default SHA-384 of this binary).
+    #[cfg(feature = "dev")]
+    #[arg(long)]
+    pub sim_mr_td: Option<String>,
     /// What to do when the peer's evidence is refused (or ours is): `exit`
     /// with the reason, or `retry` until --peer-timeout.
     #[arg(long, value_parser = ["exit", "retry"], default_value = "exit")]
@@ -108,22 +133,24 @@ impl Flags {
 }
 
 #[cfg(feature = "dev")]
-fn hex32(s: &str, flag: &str) -> anyhow::Result<[u8; 32]> {
+fn hex_n<const N: usize>(s: &str, flag: &str) -> anyhow::Result<[u8; N]> {
     let b = hex::decode(s).with_context(|| format!("{flag}: not hex"))?;
-    <[u8; 32]>::try_from(b.as_slice()).map_err(|_| anyhow::anyhow!("{flag}: need 64 hex digits, got {}", s.len()))
+    <[u8; N]>::try_from(b.as_slice()).map_err(|_| anyhow::anyhow!("{flag}: need {} hex digits, got {}", 2 * N, s.len()))
 }
 
 /// The attester the flags describe.
 pub fn attester(f: &Flags) -> anyhow::Result<Box<dyn Attester>> {
-    match f.attestation.as_str() {
-        "sgx" => Ok(Box::new(SgxAttester::open(&f.attestation_device).context(
+    match f.attestation {
+        Attestation::Sgx => Ok(Box::new(SgxAttester::open(&f.attestation_device).context(
             "--attestation sgx (the default) needs a Gramine SGX enclave; for development without SGX use \
              --attestation simulated (development builds)",
         )?)),
-        #[cfg(not(feature = "dev"))]
-        other => bail!("--attestation {other}: this build knows only sgx"),
+        Attestation::Tdx => Ok(Box::new(TdxAttester::open(&f.tsm_report_root).context(
+            "--attestation tdx needs a TDX guest (configfs-tsm); for development without TDX use \
+             --attestation simulated-tdx (development builds)",
+        )?)),
         #[cfg(feature = "dev")]
-        _ => {
+        sim @ (Attestation::Simulated | Attestation::SimulatedTdx) => {
             let (root, created) = DevRoot::load_or_create(&f.sim_root_key)?;
             if created {
                 eprintln!(
@@ -131,12 +158,23 @@ pub fn attester(f: &Flags) -> anyhow::Result<Box<dyn Attester>> {
                     f.sim_root_key.display()
                 );
             }
+            if sim == Attestation::SimulatedTdx {
+                let mut id = SimTdIdentity::of_running_binary()?;
+                if let Some(h) = &f.sim_mr_td {
+                    id.mr_td = hex_n(h, "--sim-mr-td")?;
+                }
+                return Ok(Box::new(SimAttester::new_tdx(
+                    &root,
+                    &id,
+                    &SimPlatformOptions::fresh_tdx(Clock::System.now()),
+                )?));
+            }
             let mut id = SimIdentity::of_running_binary()?;
             if let Some(h) = &f.sim_mr_enclave {
-                id.mr_enclave = hex32(h, "--sim-mr-enclave")?;
+                id.mr_enclave = hex_n(h, "--sim-mr-enclave")?;
             }
             if let Some(h) = &f.sim_mr_signer {
-                id.mr_signer = Some(hex32(h, "--sim-mr-signer")?);
+                id.mr_signer = Some(hex_n(h, "--sim-mr-signer")?);
             }
             id.isv_prod_id = f.sim_isv_prod_id;
             id.isv_svn = f.sim_isv_svn;
@@ -176,7 +214,7 @@ pub fn preflight(f: &Flags) -> anyhow::Result<()> {
         return Ok(());
     }
     policy_path(f)?;
-    if f.attestation == "sgx" {
+    if f.attestation.is_hardware() {
         attester(f)?;
     }
     Ok(())
@@ -235,8 +273,8 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
     let path = policy_path(f)?;
     let mut policy = Policy::load(&path)?;
     tracing::info!(policy = %path.display(), digest = %policy.digest_hex(), entries = policy.entries.len(), "attestation policy loaded");
-    if policy.entries.is_empty() {
-        tracing::warn!("the policy's sgx_mrs is empty: every peer will be refused");
+    if policy.entries.is_empty() && policy.td_entries.is_empty() {
+        tracing::warn!("the policy's sgx_mrs and tdx_mrs are empty: every peer will be refused");
     }
     let attester = attester(f)?;
     policy.check_usable_by(attester.mode(), &path.display().to_string())?;
@@ -271,14 +309,11 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
         tracing::info!(source = %c.describe(), "collateral for hardware quotes");
     }
     let cert = vfl_attest::cert::issue(attester.as_ref())?;
-    let id = &cert.identity;
     let ours = format!(
-        "our {} evidence: mr_enclave={} mr_signer={} isv_prod_id={} isv_svn={}",
+        "our {} evidence ({}): {}",
         cert.mode,
-        hex::encode(id.mr_enclave),
-        hex::encode(id.mr_signer),
-        id.isv_prod_id,
-        id.isv_svn
+        cert.identity.tee(),
+        cert.identity
     );
     tracing::info!("{ours}");
     if policy.uses_self() {
@@ -458,12 +493,13 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.policy {
         let v = Verifier::new(Policy::load(p)?, None, Clock::Fixed(now));
         let entries = v
-            .appraise(&report, Mode::Sgx)
+            .appraise(&report, Mode::hardware(report.tee_type))
             .map_err(|e| anyhow::anyhow!("{}: refused by {}: {e}", a.quote.display(), p.display()))?;
         out["policy"] = serde_json::json!({
             "file": p.display().to_string(),
+            "list": report.tee_type.policy_list(),
             "matched_entries": entries,
-            "admitted_as": v.policy().roles_of(&entries),
+            "admitted_as": v.policy().roles_of(report.tee_type, &entries),
         });
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -476,28 +512,53 @@ fn self_(a: SelfArgs) -> anyhow::Result<()> {
         warn_simulated();
     }
     let cert = vfl_attest::cert::issue(attester.as_ref())?;
-    let id = &cert.identity;
-    let mut entry = serde_json::json!({
-        "mr_enclave": hex::encode(id.mr_enclave),
-        "mr_signer": hex::encode(id.mr_signer),
-        "isv_prod_id": id.isv_prod_id.to_string(),
-        "isv_svn": id.isv_svn.to_string(),
-    });
-    if let Some(r) = &a.role {
-        entry["role"] = r.clone().into();
-    }
-    if attester.mode() == Mode::Simulated {
-        entry["mode"] = "simulated".into();
-    }
-    let mut out = serde_json::json!({
-        "mode": cert.mode,
-        "mr_enclave": hex::encode(id.mr_enclave),
-        "mr_signer": hex::encode(id.mr_signer),
-        "isv_prod_id": id.isv_prod_id,
-        "isv_svn": id.isv_svn,
-        "debug": id.is_debug(),
-        "sgx_mrs_entry": entry,
-    });
+    let simulated = attester.mode() == Mode::Simulated;
+    let mut out = match &cert.identity {
+        Identity::Sgx(id) => {
+            let mut entry = serde_json::json!({
+                "mr_enclave": hex::encode(id.mr_enclave),
+                "mr_signer": hex::encode(id.mr_signer),
+                "isv_prod_id": id.isv_prod_id.to_string(),
+                "isv_svn": id.isv_svn.to_string(),
+            });
+            if let Some(r) = &a.role {
+                entry["role"] = r.clone().into();
+            }
+            if simulated {
+                entry["mode"] = "simulated".into();
+            }
+            serde_json::json!({
+                "mode": cert.mode,
+                "tee_type": "sgx",
+                "mr_enclave": hex::encode(id.mr_enclave),
+                "mr_signer": hex::encode(id.mr_signer),
+                "isv_prod_id": id.isv_prod_id,
+                "isv_svn": id.isv_svn,
+                "debug": id.is_debug(),
+                "sgx_mrs_entry": entry,
+            })
+        }
+        Identity::Tdx(id) => {
+            // What a peer pins: firmware, kernel, initrd and command line.
+            let mut entry = serde_json::json!({
+                "mr_td": hex::encode(id.mr_td),
+                "rtmr1": hex::encode(id.rtmr1),
+                "rtmr2": hex::encode(id.rtmr2),
+            });
+            if let Some(r) = &a.role {
+                entry["role"] = r.clone().into();
+            }
+            if simulated {
+                entry["mode"] = "simulated".into();
+            }
+            let mut out = serde_json::to_value(id)?;
+            out["mode"] = serde_json::to_value(cert.mode)?;
+            out["tee_type"] = "tdx".into();
+            out["debug"] = id.is_debug().into();
+            out["tdx_mrs_entry"] = entry;
+            out
+        }
+    };
     if let Some(r) = &a.role {
         out["role"] = r.clone().into();
     }
@@ -551,7 +612,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 fn bench_security(dir: &Path) -> anyhow::Result<Arc<RaTls>> {
     let (key, policy_path) = self_accepting_sim_policy(dir)?;
     let flags = Flags {
-        attestation: "simulated".into(),
+        attestation: Attestation::Simulated,
         policy: Some(policy_path),
         collateral: None,
         pccs_url: None,
@@ -559,11 +620,13 @@ fn bench_security(dir: &Path) -> anyhow::Result<Arc<RaTls>> {
         collateral_cache: dir.join("cache"),
         pccs_refresh_secs: 3600,
         attestation_device: PathBuf::from(SgxAttester::DEVICE_ROOT),
+        tsm_report_root: PathBuf::from(TdxAttester::REPORT_ROOT),
         sim_root_key: key,
         sim_mr_enclave: None,
         sim_mr_signer: None,
         sim_isv_prod_id: 1,
         sim_isv_svn: 1,
+        sim_mr_td: None,
         on_reject: "exit".into(),
         insecure_no_tls: false,
     };

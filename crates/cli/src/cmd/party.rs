@@ -264,7 +264,15 @@ pub(crate) fn sealer_for(
     attest: &super::attest::Flags,
     model_key: Option<&str>,
 ) -> anyhow::Result<Option<std::sync::Arc<Sealer>>> {
-    let in_sgx = attest.attestation == "sgx" && !attest.insecure();
+    use super::attest::Attestation;
+    if attest.attestation == Attestation::Tdx && matches!(model_key, None | Some("none")) {
+        anyhow::bail!(
+            "--attestation tdx: a TD has no sealing key (SGX derives one from the CPU for one enclave), and its \
+             state must not reach the disk in plaintext; give --model-key file:PATH or env:VAR with a key only \
+             this TD can read (e.g. on its encrypted disk, unlocked by the TD's measured boot; see docs/tdx.md)"
+        );
+    }
+    let in_sgx = attest.attestation == Attestation::Sgx && !attest.insecure();
     let source = match model_key {
         Some("none") if in_sgx || !cfg!(feature = "dev") => anyhow::bail!(
             "--model-key none: a party running with SGX attestation (and every enclave build) seals its state; \
