@@ -299,7 +299,7 @@ fn an_sgx_party_refuses_a_policy_that_admits_simulated_peers() {
         "--data-path",
         dir.join("data").to_str().unwrap(),
     ]);
-    assert!(!ok && err.contains("this party runs with --attestation sgx"), "{err}");
+    assert!(!ok && err.contains("this party runs with hardware evidence"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -810,12 +810,17 @@ fn canonical_policy(v: &serde_json::Value) -> String {
     let mut lines = Vec::new();
     for (k, val) in ordered(top, vfl_attest::policy::TOP_KEYS) {
         let rendered = match (k.as_str(), val.as_array()) {
-            ("sgx_mrs", Some(list)) if !list.is_empty() => {
+            (list_name @ ("sgx_mrs" | "tdx_mrs"), Some(list)) if !list.is_empty() => {
+                let keys = if list_name == "sgx_mrs" {
+                    vfl_attest::policy::ENTRY_KEYS
+                } else {
+                    vfl_attest::policy::TD_ENTRY_KEYS
+                };
                 let mut entries: Vec<String> = list
                     .iter()
                     .map(|e| match e.as_object() {
                         Some(m) => {
-                            let fields: Vec<String> = ordered(m, vfl_attest::policy::ENTRY_KEYS)
+                            let fields: Vec<String> = ordered(m, keys)
                                 .iter()
                                 .map(|(k, v)| format!("{}: {v}", key(k)))
                                 .collect();
@@ -835,10 +840,36 @@ fn canonical_policy(v: &serde_json::Value) -> String {
     format!("{{\n{}\n}}\n", lines.join(",\n"))
 }
 
+/// The `tdx_mrs` entry for a TD identity file (from `vfl attest self
+/// --attestation tdx|simulated-tdx`): the measurements it pins (mr_td,
+/// rtmr1 and rtmr2 at least), its role and mode.
+fn td_entry_of(file: &serde_json::Value, role: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    let id = file.get("tdx_mrs_entry").unwrap_or(file);
+    let mut entry = serde_json::Map::new();
+    entry.insert("role".into(), role.into());
+    if id.get("mode").and_then(|m| m.as_str()) == Some("simulated") {
+        entry.insert("mode".into(), "simulated".into());
+    }
+    for k in vfl_attest::policy::TD_ENTRY_KEYS
+        .iter()
+        .filter(|k| !["role", "mode"].contains(k))
+    {
+        match id.get(*k) {
+            Some(serde_json::Value::String(v)) => {
+                entry.insert((*k).into(), v.clone().into());
+            }
+            None if ["mr_td", "rtmr1", "rtmr2"].contains(k) => bail!("{name}: no {k}"),
+            _ => {}
+        }
+    }
+    Ok(serde_json::Value::Object(entry))
+}
+
 fn trust(a: TrustArgs) -> anyhow::Result<()> {
-    let text = std::fs::read(&a.identity).with_context(|| format!("reading {}", a.identity.display()))?;
-    let file: serde_json::Value =
-        serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", a.identity.display()))?;
+    let name = a.identity.display().to_string();
+    let text = std::fs::read(&a.identity).with_context(|| format!("reading {name}"))?;
+    let file: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("{name}: not JSON"))?;
+    let is_td = file.get("tdx_mrs_entry").is_some() || file.get("mr_td").is_some();
     let id = file.get("sgx_mrs_entry").unwrap_or(&file).clone();
     let field = |k: &str| -> Option<String> {
         match id.get(k).or_else(|| file.get(k)) {
@@ -847,18 +878,77 @@ fn trust(a: TrustArgs) -> anyhow::Result<()> {
             _ => None,
         }
     };
-    let need = |k: &str| field(k).ok_or_else(|| anyhow::anyhow!("{}: no {k}", a.identity.display()));
     let role = match (&a.role, field("role")) {
         (Some(r), _) => r.clone(),
         (None, Some(r)) => r,
-        (None, None) => bail!(
-            "{}: no role: give --role leader|follower (the role this identity is trusted as)",
-            a.identity.display()
-        ),
+        (None, None) => bail!("{name}: no role: give --role leader|follower (the role this identity is trusted as)"),
     };
     role.parse::<vfl_attest::PartyRole>().map_err(anyhow::Error::msg)?;
+    let (list_name, entry, what) = if is_td {
+        let entry = td_entry_of(&file, &role, &name)?;
+        let what = format!("TD mr_td {}", entry["mr_td"].as_str().unwrap_or("?"));
+        ("tdx_mrs", entry, what)
+    } else {
+        let (entry, what) = sgx_entry_of(&a, &role, &name, field)?;
+        ("sgx_mrs", entry, what)
+    };
+    let mut policy: serde_json::Value = match std::fs::read(&a.policy) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", a.policy.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", a.policy.display())),
+    };
+    let Some(top) = policy.as_object_mut() else {
+        bail!("{}: not a JSON object", a.policy.display());
+    };
+    if list_name == "sgx_mrs" && !top.contains_key("sgx_mrs") {
+        // A new enclave list pins enclave, signer, product id and version.
+        for flag in [
+            "verify_mr_enclave",
+            "verify_mr_signer",
+            "verify_isv_prod_id",
+            "verify_isv_svn",
+        ] {
+            top.entry(flag).or_insert_with(|| "on".into());
+        }
+    }
+    let Some(list) = top
+        .entry(list_name)
+        .or_insert_with(|| serde_json::json!([]))
+        .as_array_mut()
+    else {
+        bail!("{}: {list_name} is not a list", a.policy.display());
+    };
+    let known = list.contains(&entry);
+    if !known {
+        list.push(entry);
+    }
+    let out = canonical_policy(&policy);
+    // Refuse to write a policy that would not load.
+    let parsed = Policy::parse(out.as_bytes(), &a.policy.display().to_string())?;
+    vfl_data::atomic::write_atomic(&a.policy, |w| w.write_all(out.as_bytes()))
+        .with_context(|| format!("writing {}", a.policy.display()))?;
+    if known {
+        println!("{} already trusts the {role} {what}", a.policy.display());
+    } else {
+        println!(
+            "{}: now trusts the {role} {what} (policy digest {}; the policy is measured: both parties must hold \
+             this same file, then run `make`)",
+            a.policy.display(),
+            parsed.digest_hex()
+        );
+    }
+    Ok(())
+}
+
+/// The `sgx_mrs` entry for an enclave identity file, and how to name it.
+fn sgx_entry_of(
+    a: &TrustArgs,
+    role: &str,
+    name: &str,
+    field: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<(serde_json::Value, String)> {
     let mut entry = serde_json::Map::new();
-    entry.insert("role".into(), role.clone().into());
+    entry.insert("role".into(), role.into());
     if field("mode").as_deref() == Some("simulated") {
         entry.insert("mode".into(), "simulated".into());
     }
@@ -869,16 +959,16 @@ fn trust(a: TrustArgs) -> anyhow::Result<()> {
         Some(m) if a.pin_enclave => m,
         Some(m) if m != "self" => {
             eprintln!(
-                "{}: names mr_enclave {m}; trusting the peer's copy of our own enclave (\"self\") instead \
-                 (--pin-enclave pins the file's value)",
-                a.identity.display()
+                "{name}: names mr_enclave {m}; trusting the peer's copy of our own enclave (\"self\") instead \
+                 (--pin-enclave pins the file's value)"
             );
             "self".into()
         }
         _ => "self".into(),
     };
+    let signer = field("mr_signer").ok_or_else(|| anyhow::anyhow!("{name}: no mr_signer"))?;
     entry.insert("mr_enclave".into(), mr_enclave.clone().into());
-    entry.insert("mr_signer".into(), need("mr_signer")?.into());
+    entry.insert("mr_signer".into(), signer.clone().into());
     entry.insert(
         "isv_prod_id".into(),
         field("isv_prod_id").unwrap_or_else(|| "1".into()).into(),
@@ -887,37 +977,8 @@ fn trust(a: TrustArgs) -> anyhow::Result<()> {
         if a.min_svn { "min_isv_svn" } else { "isv_svn" }.into(),
         field("isv_svn").unwrap_or_else(|| "1".into()).into(),
     );
-    let mut policy: serde_json::Value = match std::fs::read(&a.policy) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", a.policy.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({
-            "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-            "sgx_mrs": [],
-        }),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", a.policy.display())),
-    };
-    let Some(list) = policy.get_mut("sgx_mrs").and_then(|v| v.as_array_mut()) else {
-        bail!("{}: sgx_mrs missing or not a list", a.policy.display());
-    };
-    let entry = serde_json::Value::Object(entry);
-    let known = list.contains(&entry);
-    if !known {
-        list.push(entry);
-    }
-    let out = canonical_policy(&policy);
-    // Refuse to write a policy that would not load.
-    let parsed = Policy::parse(out.as_bytes(), &a.policy.display().to_string())?;
-    vfl_data::atomic::write_atomic(&a.policy, |w| w.write_all(out.as_bytes()))
-        .with_context(|| format!("writing {}", a.policy.display()))?;
-    let signer = need("mr_signer")?;
-    if known {
-        println!("{} already trusts the {role} {signer}", a.policy.display());
-    } else {
-        println!(
-            "{}: now trusts the {role} running enclave {mr_enclave} signed by {signer} (policy digest {}; the \
-             policy is measured: both parties must hold this same file, then run `make`)",
-            a.policy.display(),
-            parsed.digest_hex()
-        );
-    }
-    Ok(())
+    Ok((
+        serde_json::Value::Object(entry),
+        format!("running enclave {mr_enclave} signed by {signer}"),
+    ))
 }
