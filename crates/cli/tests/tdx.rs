@@ -258,7 +258,9 @@ fn an_sgx_leader_refuses_a_td_whose_mr_td_it_does_not_pin() {
 #[test]
 fn trust_adds_a_td_identity_to_tdx_mrs_once() {
     let d = Dir::new("trust");
-    let me = self_of(&d.0, "simulated-tdx", "follower");
+    // As a hardware TD's identity file reads (no "mode": "simulated").
+    let mut me = self_of(&d.0, "simulated-tdx", "follower");
+    me["tdx_mrs_entry"].as_object_mut().unwrap().remove("mode");
     let ident = d.write("td.json", &me);
     let policy = d.0.join("dynamic_config.json").display().to_string();
     let args = ["attest", "trust", "--identity", &ident, "--policy", &policy];
@@ -273,7 +275,9 @@ fn trust_adds_a_td_identity_to_tdx_mrs_once() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0], me["tdx_mrs_entry"]);
     // An enclave identity added later gets its list and the enclave flags.
-    let sgx = self_of(&d.0, "simulated", "leader");
+    let mut sgx = self_of(&d.0, "simulated", "leader");
+    sgx["sgx_mrs_entry"].as_object_mut().unwrap().remove("mode");
+    sgx.as_object_mut().unwrap().remove("mode");
     let sgx_ident = d.write("sgx.json", &sgx);
     let (ok, _, err) = vfl(&["attest", "trust", "--identity", &sgx_ident, "--policy", &policy]);
     assert!(ok, "{err}");
