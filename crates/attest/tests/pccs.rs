@@ -33,8 +33,13 @@ fn pct(s: &str) -> String {
         .collect()
 }
 
-/// Serves `c` as a PCCS on 127.0.0.1; returns the base URL and the request log.
+/// Serves `c` as a PCCS on 127.0.0.1 (TCB info and QE identity under the
+/// API of `tee`, "sgx" or "tdx"); returns the base URL and the request log.
 fn fake_pccs(c: dcap_qvl::QuoteCollateralV3) -> (String, Arc<Mutex<Vec<String>>>) {
+    fake_pccs_for("sgx", c)
+}
+
+fn fake_pccs_for(tee: &'static str, c: dcap_qvl::QuoteCollateralV3) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -56,13 +61,13 @@ fn fake_pccs(c: dcap_qvl::QuoteCollateralV3) -> (String, Arc<Mutex<Vec<String>>>
             let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
             seen.lock().unwrap().push(path.clone());
             let (status, header, body): (&str, Option<(&str, String)>, Vec<u8>) =
-                if path.starts_with("/sgx/certification/v4/pckcrl?ca=processor") {
+                if path.starts_with("/sgx/certification/v4/pckcrl?ca=") {
                     (
                         "200 OK",
                         Some(("SGX-PCK-CRL-Issuer-Chain", pct(&c.pck_crl_issuer_chain))),
                         c.pck_crl.clone(),
                     )
-                } else if path.starts_with("/sgx/certification/v4/tcb?fmspc=") {
+                } else if path.starts_with(&format!("/{tee}/certification/v4/tcb?fmspc=")) {
                     let body = format!(
                         r#"{{"tcbInfo":{},"signature":"{}"}}"#,
                         c.tcb_info,
@@ -73,7 +78,7 @@ fn fake_pccs(c: dcap_qvl::QuoteCollateralV3) -> (String, Arc<Mutex<Vec<String>>>
                         Some(("TCB-Info-Issuer-Chain", pct(&c.tcb_info_issuer_chain))),
                         body.into_bytes(),
                     )
-                } else if path == "/sgx/certification/v4/qe/identity" {
+                } else if path == format!("/{tee}/certification/v4/qe/identity") {
                     let body = format!(
                         r#"{{"enclaveIdentity":{},"signature":"{}"}}"#,
                         c.qe_identity,
@@ -135,6 +140,32 @@ fn fetched_collateral_equals_the_published_pieces_and_verifies_the_quote() {
     );
     let r = verify_quote(&quote, &fetched, &Root::Intel, SAMPLE_TIME).unwrap();
     assert_eq!(r.tcb_status, "ConfigurationAndSWHardeningNeeded");
+}
+
+#[test]
+fn tdx_collateral_comes_from_the_tdx_api_and_is_cached_under_its_own_name() {
+    let quote = std::fs::read(format!("{FIX}/dcap-qvl/tdx_quote")).unwrap();
+    let c = FileCollateral::load(Path::new(&format!("{FIX}/dcap-qvl/tdx_quote_collateral.json")))
+        .unwrap()
+        .collateral()
+        .clone();
+    let key = CollateralKey::of_quote(&quote).unwrap();
+    assert_eq!(key.tee, "tdx");
+    assert!(key.family().starts_with("tdx-"), "{}", key.family());
+    let (base, log) = fake_pccs_for("tdx", c.clone());
+    let dir = temp("tdx");
+    let p = provider(&base, &dir);
+    assert_eq!(p.collateral_waiting(&quote, Duration::from_secs(10)).unwrap(), c);
+    let paths = log.lock().unwrap().clone();
+    assert!(paths.contains(&format!("/tdx/certification/v4/tcb?fmspc={}", key.fmspc)), "{paths:?}");
+    assert!(paths.contains(&"/tdx/certification/v4/qe/identity".to_string()), "{paths:?}");
+    assert!(dir.join(format!("tdx-{}-{}.json", key.fmspc, key.ca)).exists());
+    // A new process with the PCCS unreachable still has the disk cache.
+    let offline = provider("http://127.0.0.1:9", &dir);
+    assert_eq!(offline.collateral_for(&quote).unwrap(), c);
+    let r = verify_quote(&quote, &c, &Root::Intel, SAMPLE_TIME).unwrap();
+    assert_eq!(r.tcb_status, "UpToDate");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A provider at the sample's time.
