@@ -54,6 +54,7 @@ cat >"$work/sim-policy.json" <<'EOF'
 EOF
 party=("$vfl" leader --data-path "$work/data" --attestation-device "$work/dev" --local-addr 127.0.0.1:0)
 expect 2 "invalid value 'simulated'" "${party[@]}" --policy "$work/policy.json" --attestation simulated
+expect 2 "invalid value 'simulated-tdx'" "${party[@]}" --policy "$work/policy.json" --attestation simulated-tdx
 expect 2 "unexpected argument '--insecure-no-tls'" "${party[@]}" --insecure-no-tls
 expect 2 "unexpected argument '--sim-root-key'" "$vfl" attest self --sim-root-key "$work/k.pem"
 expect 1 "seals only with sgx-mrenclave" "${party[@]}" --policy "$work/policy.json" --model-key "file:$work/k"

@@ -45,7 +45,7 @@ fuzz_target!(
     },
     |data: &[u8]| {
         if let Ok(ev) = vfl_attest::cert::extract(data)
-            && let Ok(view) = vfl_attest::sgx::QuoteView::parse(&ev.quote)
+            && let Ok(view) = vfl_attest::quote::QuoteView::parse(&ev.quote)
         {
             let _ = ev.check_binding(&view.report_data());
         }

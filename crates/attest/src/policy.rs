@@ -22,6 +22,12 @@
 //! measurement, which would be circular, since the policy is measured.
 //! Signers are not measured, so a policy can name both parties' signers.
 //!
+//! Trust domains (TDX) have their own list, `tdx_mrs`: entries pin `mr_td`,
+//! `rtmr0`..`rtmr3` and `mr_config_id` (48-byte values, or `"self"`), with
+//! the same `role` and `mode`; a TD quote is matched only against
+//! `tdx_mrs`, an enclave quote only against `sgx_mrs`. A policy may hold
+//! only `tdx_mrs`, without the enclave `verify_*` flags (docs/tdx.md).
+//!
 //! Entries may say which party they admit (`"role"`): the peer's role in
 //! the handshake must be one its matching entries allow. `"mode":
 //! "simulated"` marks an entry for simulated evidence; simulated evidence
@@ -136,6 +142,12 @@ pub enum PolicyErrorKind {
          chose"
     )]
     WeakTdEntry(String),
+    /// A TD party admits an enclave by its signer and role.
+    #[error(
+        "{0}: a party in a TD admits an enclave only by its signer (mr_signer, with verify_mr_signer on) and as one \
+         role; it has no enclave of its own to say \"self\" for"
+    )]
+    WeakEnclaveEntry(String),
     /// A TDX party cannot say "self" for an SGX enclave, nor an SGX party for a TD.
     #[error("{0}: \"self\" names this party's own measurement, and this party is not that kind of TEE")]
     SelfOfOtherTee(String),
@@ -587,11 +599,15 @@ impl Policy {
                 if e.mr_enclave_self || e.mr_signer_self {
                     return Err(fail(at, PolicyErrorKind::SelfOfOtherTee("this party is a TD".into())));
                 }
-                if e.role.is_none() || !self.verify_mr_signer || e.mr_signer.is_none() {
-                    return Err(fail(
-                        at,
-                        PolicyErrorKind::NotThisEnclave("a TD admits an enclave by its mr_signer and a role".into()),
-                    ));
+                let why = if e.role.is_none() {
+                    Some("no role")
+                } else if !self.verify_mr_signer || e.mr_signer.is_none() {
+                    Some("no mr_signer")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(fail(at, PolicyErrorKind::WeakEnclaveEntry(why.into())));
                 }
                 continue;
             }

@@ -46,7 +46,9 @@ impl std::fmt::Display for TeeType {
     }
 }
 
-/// The identity a quote carries: an enclave's or a TD's.
+/// The identity a quote carries: an enclave's or a TD's. (One per
+/// handshake: the TD variant's size is not worth a box.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Identity {

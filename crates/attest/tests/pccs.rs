@@ -157,8 +157,14 @@ fn tdx_collateral_comes_from_the_tdx_api_and_is_cached_under_its_own_name() {
     let p = provider(&base, &dir);
     assert_eq!(p.collateral_waiting(&quote, Duration::from_secs(10)).unwrap(), c);
     let paths = log.lock().unwrap().clone();
-    assert!(paths.contains(&format!("/tdx/certification/v4/tcb?fmspc={}", key.fmspc)), "{paths:?}");
-    assert!(paths.contains(&"/tdx/certification/v4/qe/identity".to_string()), "{paths:?}");
+    assert!(
+        paths.contains(&format!("/tdx/certification/v4/tcb?fmspc={}", key.fmspc)),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/tdx/certification/v4/qe/identity".to_string()),
+        "{paths:?}"
+    );
     assert!(dir.join(format!("tdx-{}-{}.json", key.fmspc, key.ca)).exists());
     // A new process with the PCCS unreachable still has the disk cache.
     let offline = provider("http://127.0.0.1:9", &dir);

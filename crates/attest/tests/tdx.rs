@@ -461,7 +461,7 @@ fn a_td_party_admits_enclaves_by_signer_and_role_not_self() {
         r#"{{"mr_signer":"{signer}","isv_prod_id":"1","min_isv_svn":"1"}}"#
     ));
     let e = no_role.check_usable_by(Mode::Tdx, "p").unwrap_err();
-    assert!(matches!(e.kind, PolicyErrorKind::NotThisEnclave(_)), "{e}");
+    assert_eq!(e.kind, PolicyErrorKind::WeakEnclaveEntry("no role".into()));
 }
 
 #[test]

@@ -306,3 +306,33 @@ fn trust_refuses_a_td_identity_without_rtmr2() {
     assert!(err.contains("no rtmr2"), "{err}");
     assert!(!policy.exists());
 }
+
+/// A TD has no sealing key: without --model-key (or with none) a TDX party
+/// refuses to start, before it touches the report interface.
+#[test]
+fn a_tdx_party_needs_a_model_key() {
+    let d = Dir::new("no-key");
+    let p = d.write(
+        "p.json",
+        &serde_json::json!({"tdx_mrs": [{"role": "leader", "mr_td": "11".repeat(48), "rtmr1": "22".repeat(48), "rtmr2": "33".repeat(48)}]}),
+    );
+    for key in [None, Some("none")] {
+        let mut args = vec![
+            "follower",
+            "--attestation",
+            "tdx",
+            "--policy",
+            &p,
+            "--data-path",
+            "/nonexistent",
+            "--peer-addr",
+            "127.0.0.1:9",
+        ];
+        if let Some(k) = key {
+            args.extend(["--model-key", k]);
+        }
+        let (ok, _, err) = vfl(&args);
+        assert!(!ok);
+        assert!(err.contains("a TD has no sealing key"), "{key:?}: {err}");
+    }
+}

@@ -206,14 +206,29 @@ fn warn_simulated() {
     );
 }
 
+/// A TD has no sealing key: its state needs an explicit `--model-key`
+/// (never `none`, which would leave it in plaintext on the host's disk).
+pub fn check_tdx_model_key(f: &Flags, model_key: Option<&str>) -> anyhow::Result<()> {
+    if f.attestation == Attestation::Tdx && matches!(model_key, None | Some("none")) {
+        bail!(
+            "--attestation tdx: a TD has no sealing key (SGX derives one from the CPU for one enclave), and its \
+             state must not reach the disk in plaintext; give --model-key file:PATH or env:VAR with a key only \
+             this TD can read (e.g. on its encrypted disk, unlocked by the TD's measured boot; see docs/tdx.md)"
+        );
+    }
+    Ok(())
+}
+
 /// The checks that need nothing but the flags, before any key is opened:
-/// a policy file is named, and SGX evidence has its device (so that the
-/// first error outside an enclave says what to do).
-pub fn preflight(f: &Flags) -> anyhow::Result<()> {
+/// a policy file is named, a TD has a model key, and hardware evidence has
+/// its device (so that the first error outside an enclave or TD says what
+/// to do).
+pub fn preflight(f: &Flags, model_key: Option<&str>) -> anyhow::Result<()> {
     if f.insecure() {
         return Ok(());
     }
     policy_path(f)?;
+    check_tdx_model_key(f, model_key)?;
     if f.attestation.is_hardware() {
         attester(f)?;
     }
@@ -348,7 +363,8 @@ pub enum Command {
     /// with --policy also apply the policy. Exits non-zero on failure.
     Verify(VerifyArgs),
     /// Print this process's own evidence identity and mode as JSON, plus
-    /// the sgx_mrs entry (and development root) a peer's policy needs.
+    /// the sgx_mrs entry (tdx_mrs entry for a TD) and development root a
+    /// peer's policy needs.
     #[command(name = "self")]
     Self_(Box<SelfArgs>),
     /// Compute mr_signer from an enclave signing key (RSA-3072 PEM, private
@@ -363,7 +379,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Add a party's identity file (from `vfl attest party`, `vfl-sgx.sh
     /// keygen`/`make` or `vfl attest self`) to a policy file as a
-    /// role-specific sgx_mrs entry: no hex copied by hand. The policy is
+    /// role-specific sgx_mrs entry (a TD's identity file: a tdx_mrs entry):
+    /// no hex copied by hand. The policy is
     /// rewritten atomically in a canonical form (two parties who trust the
     /// same identities get byte-identical files, hence the same
     /// MRENCLAVE) and must still parse.

@@ -153,7 +153,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
 }
 
 pub(crate) fn side(role: Role, c: &Common, addr: &str) -> anyhow::Result<()> {
-    super::attest::preflight(&c.attest)?;
+    super::attest::preflight(&c.attest, c.model_key.as_deref())?;
     let seal = super::party::sealer_for(&c.attest, c.model_key.as_deref())?;
     let security = super::attest::security(&c.attest, seal.as_ref())?;
     let tls = match &security {

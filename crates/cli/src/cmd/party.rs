@@ -162,7 +162,7 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
         "--mode join is for `vfl party` (with --join-path); use `vfl join {role}`"
     );
     anyhow::ensure!(c.batch_size > 0, "--batch-size must be > 0");
-    super::attest::preflight(&c.attest)?;
+    super::attest::preflight(&c.attest, c.model_key.as_deref())?;
     let seal = sealer(c)?;
     let join_id = joined_blocks(&c.data_path, c.data_path_wildcard.as_deref(), seal.is_some())?;
     if c.allow_rollback {
@@ -265,13 +265,7 @@ pub(crate) fn sealer_for(
     model_key: Option<&str>,
 ) -> anyhow::Result<Option<std::sync::Arc<Sealer>>> {
     use super::attest::Attestation;
-    if attest.attestation == Attestation::Tdx && matches!(model_key, None | Some("none")) {
-        anyhow::bail!(
-            "--attestation tdx: a TD has no sealing key (SGX derives one from the CPU for one enclave), and its \
-             state must not reach the disk in plaintext; give --model-key file:PATH or env:VAR with a key only \
-             this TD can read (e.g. on its encrypted disk, unlocked by the TD's measured boot; see docs/tdx.md)"
-        );
-    }
+    super::attest::check_tdx_model_key(attest, model_key)?;
     let in_sgx = attest.attestation == Attestation::Sgx && !attest.insecure();
     let source = match model_key {
         Some("none") if in_sgx || !cfg!(feature = "dev") => anyhow::bail!(

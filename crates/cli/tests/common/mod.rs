@@ -55,6 +55,7 @@ pub fn finish(c: Child) -> (bool, String) {
 }
 
 /// `vfl attest self` with a development root under `dir`, plus extra flags.
+#[allow(dead_code)]
 pub fn attest_self(dir: &Path, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
         .args(["attest", "self", "--attestation", "simulated", "--sim-root-key"])
@@ -68,6 +69,7 @@ pub fn attest_self(dir: &Path, extra: &[&str]) -> serde_json::Value {
 
 /// Creates a development root and a policy (under `dir`) that accepts this
 /// vfl binary in simulated mode; returns the flags both parties pass.
+#[allow(dead_code)]
 pub fn sim_flags(dir: &Path) -> Vec<String> {
     let policy_path = dir.join("dynamic_config.json");
     let flags = vec![
