@@ -163,6 +163,8 @@ impl Attester for SgxAttester {
 /// is detected and taken again.
 pub struct TdxAttester {
     entry: PathBuf,
+    /// Whether this process made the entry (and removes it when done).
+    created: bool,
     /// One quote at a time through this process's entry.
     lock: std::sync::Mutex<()>,
 }
@@ -189,11 +191,20 @@ impl TdxAttester {
             ));
         }
         let entry = root.join(format!("vfl-{}", std::process::id()));
-        match std::fs::create_dir(&entry) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        let created = match std::fs::create_dir(&entry) {
+            Ok(()) => true,
+            // A leftover of an earlier process with our pid: reused (the
+            // generation check catches a concurrent writer), if it is a
+            // directory and not a link to somewhere else.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let m = std::fs::symlink_metadata(&entry).map_err(|e| tsm_io(&entry, e))?;
+                if !m.is_dir() {
+                    return Err(not_td(format!("{} exists and is not a directory", entry.display())));
+                }
+                false
+            }
             Err(e) => return Err(tsm_io(&entry, e)),
-        }
+        };
         let provider_path = entry.join("provider");
         let provider = std::fs::read_to_string(&provider_path)
             .map_err(|e| not_td(format!("{}: {e}: the entry has no provider", provider_path.display())))?;
@@ -205,6 +216,7 @@ impl TdxAttester {
         }
         Ok(Self {
             entry,
+            created,
             lock: std::sync::Mutex::new(()),
         })
     }
@@ -290,7 +302,9 @@ impl Drop for TdxAttester {
     fn drop(&mut self) {
         // configfs removes the entry with its attributes; elsewhere this
         // fails harmlessly on a non-empty directory.
-        let _ = std::fs::remove_dir(&self.entry);
+        if self.created {
+            let _ = std::fs::remove_dir(&self.entry);
+        }
     }
 }
 

@@ -9,6 +9,15 @@ use crate::AttestError;
 /// must answer from memory (or disk), never wait on the network.
 pub trait CollateralProvider: Send + Sync {
     fn collateral_for(&self, quote: &[u8]) -> Result<dcap_qvl::QuoteCollateralV3, String>;
+    /// The same, allowed to wait up to `wait` for a fetch (start-up and the
+    /// command-line tools, never a handshake).
+    fn collateral_waiting(
+        &self,
+        quote: &[u8],
+        _wait: std::time::Duration,
+    ) -> Result<dcap_qvl::QuoteCollateralV3, String> {
+        self.collateral_for(quote)
+    }
     /// Where the collateral comes from, for logs.
     fn describe(&self) -> String;
 }

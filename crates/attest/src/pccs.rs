@@ -534,6 +534,10 @@ impl CollateralProvider for PccsCollateral {
         self.fetch_in_background(&key).map_or_else(|c| Ok(*c), Err)
     }
 
+    fn collateral_waiting(&self, quote: &[u8], wait: Duration) -> Result<dcap_qvl::QuoteCollateralV3, String> {
+        PccsCollateral::collateral_waiting(self, quote, wait)
+    }
+
     fn describe(&self) -> String {
         format!("PCCS {} (cache {})", self.base, self.cache_dir.display())
     }

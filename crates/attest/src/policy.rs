@@ -137,15 +137,16 @@ pub enum PolicyErrorKind {
     /// A production party admits a TD only by the measurements that say
     /// which code it runs, and only as one role.
     #[error(
-        "{0}: a party with hardware evidence admits a trust domain only by its firmware (mr_td), kernel (rtmr1) \
-         and initrd and command line (rtmr2), as one role; a TD pinned by less could boot any code its operator \
-         chose"
+        "{0}: a party with hardware evidence admits a trust domain only by its firmware (mr_td), the firmware's \
+         configuration and the host-supplied ACPI tables (rtmr0), kernel (rtmr1) and initrd and command line \
+         (rtmr2), as one role; a TD pinned by less could run code its operator chose"
     )]
     WeakTdEntry(String),
-    /// A TD party admits an enclave by its signer and role.
+    /// A TD party admits an enclave by its signer, product and version, and role.
     #[error(
-        "{0}: a party in a TD admits an enclave only by its signer (mr_signer, with verify_mr_signer on) and as one \
-         role; it has no enclave of its own to say \"self\" for"
+        "{0}: a party in a TD admits an enclave only by its signer, product id and version (mr_signer, \
+         isv_prod_id, isv_svn or min_isv_svn, their verify_* flags on) and as one role; it has no enclave of its \
+         own to say \"self\" for"
     )]
     WeakEnclaveEntry(String),
     /// A TDX party cannot say "self" for an SGX enclave, nor an SGX party for a TD.
@@ -433,7 +434,7 @@ impl Policy {
             };
             for (i, s) in list.iter().enumerate() {
                 p.simulated_roots
-                    .push(hex32(s, &format!("simulated_roots[{i}]"), &err)?);
+                    .push(hex_n::<32>(s, &format!("simulated_roots[{i}]"), &err)?);
             }
         }
         if let Some(v) = top.get("min_tcb_eval_data_number") {
@@ -484,14 +485,7 @@ impl Policy {
     }
 
     fn parse_entry(&self, e: &Map<String, Value>, at: &str, err: &ErrFn<'_>) -> Result<Entry, PolicyError> {
-        for k in e.keys() {
-            if !ENTRY_KEYS.contains(&k.as_str()) {
-                return Err(err(
-                    &format!("{at}.{k}"),
-                    format!("unknown key (known: {})", ENTRY_KEYS.join(", ")),
-                ));
-            }
-        }
+        known_keys(e, ENTRY_KEYS, at, err)?;
         let field = |k: &str| format!("{at}.{k}");
         let need = |k: &str, on: bool| -> Result<Option<&Value>, PolicyError> {
             match e.get(k) {
@@ -505,14 +499,14 @@ impl Policy {
             if v.as_str() == Some("self") {
                 entry.mr_enclave_self = true;
             } else {
-                entry.mr_enclave = Some(hex32(v, &field("mr_enclave"), err)?);
+                entry.mr_enclave = Some(hex_n::<32>(v, &field("mr_enclave"), err)?);
             }
         }
         if let Some(v) = need("mr_signer", self.verify_mr_signer)? {
             if v.as_str() == Some("self") {
                 entry.mr_signer_self = true;
             } else {
-                entry.mr_signer = Some(hex32(v, &field("mr_signer"), err)?);
+                entry.mr_signer = Some(hex_n::<32>(v, &field("mr_signer"), err)?);
             }
         }
         if let Some(v) = need("isv_prod_id", self.verify_isv_prod_id)? {
@@ -532,12 +526,7 @@ impl Policy {
             }
             (None, None) => None,
         };
-        if let Some(v) = e.get("role") {
-            let s = v
-                .as_str()
-                .ok_or_else(|| err(&field("role"), format!("must be \"leader\" or \"follower\", got {v}")))?;
-            entry.role = Some(s.parse().map_err(|e| err(&field("role"), e))?);
-        }
+        entry.role = entry_role(e, at, err)?;
         if let Some(v) = e.get("mode") {
             entry.mode = match v.as_str() {
                 Some("sgx") => Mode::Sgx,
@@ -569,11 +558,12 @@ impl Policy {
     /// on, and every `sgx_mrs` entry `"mr_enclave": "self"` with a role. An
     /// entry naming another MRENCLAVE (e.g. copied from a peer's identity
     /// file) would admit whatever code that peer wrote. A TDX party admits
-    /// enclaves by their signer and role.
+    /// enclaves by their signer, product id, version and role.
     ///
-    /// Every hardware party admits a TD only by mr_td, rtmr1 and rtmr2 (the
-    /// firmware, the kernel, the initrd and command line that carry the
-    /// binary and its policy), with a role. `"self"` is for this party's own
+    /// Every hardware party admits a TD only by mr_td, rtmr0, rtmr1 and
+    /// rtmr2 (the firmware, its configuration and the host's ACPI tables,
+    /// the kernel, the initrd and command line that carry the binary and its
+    /// policy), with a role. `"self"` is for this party's own
     /// kind of TEE only.
     pub fn check_usable_by(&self, own: Mode, source_name: &str) -> Result<(), PolicyError> {
         if !own.is_hardware() {
@@ -603,6 +593,10 @@ impl Policy {
                     Some("no role")
                 } else if !self.verify_mr_signer || e.mr_signer.is_none() {
                     Some("no mr_signer")
+                } else if !self.verify_isv_prod_id || e.isv_prod_id.is_none() {
+                    Some("no isv_prod_id (verify_isv_prod_id must be on)")
+                } else if !self.verify_isv_svn || e.isv_svn.is_none() {
+                    Some("no isv_svn or min_isv_svn (verify_isv_svn must be on)")
                 } else {
                     None
                 };
@@ -633,10 +627,11 @@ impl Policy {
                     PolicyErrorKind::SelfOfOtherTee("this party is an SGX enclave".into()),
                 ));
             }
-            let why = match (e.mr_td, e.rtmr[1], e.rtmr[2], e.role) {
+            let why = match (e.mr_td, e.rtmr[0], e.rtmr[1], e.rtmr[2], e.role) {
                 (None, ..) => Some("no mr_td"),
-                (_, None, ..) => Some("no rtmr1"),
-                (_, _, None, _) => Some("no rtmr2"),
+                (_, None, ..) => Some("no rtmr0"),
+                (_, _, None, ..) => Some("no rtmr1"),
+                (_, _, _, None, _) => Some("no rtmr2"),
                 (.., None) => Some("no role"),
                 _ => None,
             };
@@ -801,15 +796,16 @@ impl Policy {
     }
 }
 
-fn hex32(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<[u8; 32], PolicyError> {
+/// Exactly `N` bytes as `2N` hex digits.
+fn hex_n<const N: usize>(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<[u8; N], PolicyError> {
     let s = v
         .as_str()
-        .ok_or_else(|| err(field, format!("must be a string of 64 hex digits, got {v}")))?;
+        .ok_or_else(|| err(field, format!("must be a string of {} hex digits, got {v}", 2 * N)))?;
     let bytes = hex::decode(s).map_err(|e| err(field, format!("not hex ({e})")))?;
-    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| {
         err(
             field,
-            format!("must be 64 hex digits (32 bytes), got {} digits", s.len()),
+            format!("must be {} hex digits ({N} bytes), got {} digits", 2 * N, s.len()),
         )
     })
 }
@@ -855,36 +851,44 @@ fn td_mismatch(e: &TdEntry, id: &TdIdentity) -> Option<String> {
     })
 }
 
-fn parse_td_entry(e: &Map<String, Value>, at: &str, err: &ErrFn<'_>) -> Result<TdEntry, PolicyError> {
-    for k in e.keys() {
-        if !TD_ENTRY_KEYS.contains(&k.as_str()) {
-            return Err(err(
-                &format!("{at}.{k}"),
-                format!("unknown key (known: {})", TD_ENTRY_KEYS.join(", ")),
-            ));
-        }
+/// Every key of entry `at` is one of `keys`.
+fn known_keys(e: &Map<String, Value>, keys: &[&str], at: &str, err: &ErrFn<'_>) -> Result<(), PolicyError> {
+    match e.keys().find(|k| !keys.contains(&k.as_str())) {
+        Some(k) => Err(err(
+            &format!("{at}.{k}"),
+            format!("unknown key (known: {})", keys.join(", ")),
+        )),
+        None => Ok(()),
     }
+}
+
+/// An entry's optional `"role"`.
+fn entry_role(e: &Map<String, Value>, at: &str, err: &ErrFn<'_>) -> Result<Option<PartyRole>, PolicyError> {
+    let Some(v) = e.get("role") else {
+        return Ok(None);
+    };
+    let field = format!("{at}.role");
+    let s = v
+        .as_str()
+        .ok_or_else(|| err(&field, format!("must be \"leader\" or \"follower\", got {v}")))?;
+    s.parse().map(Some).map_err(|e| err(&field, e))
+}
+
+fn parse_td_entry(e: &Map<String, Value>, at: &str, err: &ErrFn<'_>) -> Result<TdEntry, PolicyError> {
+    known_keys(e, TD_ENTRY_KEYS, at, err)?;
     let field = |k: &str| format!("{at}.{k}");
     let pin = |k: &str| -> Result<Option<Pin>, PolicyError> {
         match e.get(k) {
             None => Ok(None),
             Some(v) if v.as_str() == Some("self") => Ok(Some(Pin::Own(None))),
-            Some(v) => Ok(Some(Pin::Value(hex48(v, &field(k), err)?))),
+            Some(v) => Ok(Some(Pin::Value(hex_n::<48>(v, &field(k), err)?))),
         }
     };
     let entry = TdEntry {
         mr_td: pin("mr_td")?,
         rtmr: [pin("rtmr0")?, pin("rtmr1")?, pin("rtmr2")?, pin("rtmr3")?],
         mr_config_id: pin("mr_config_id")?,
-        role: match e.get("role") {
-            None => None,
-            Some(v) => {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| err(&field("role"), format!("must be \"leader\" or \"follower\", got {v}")))?;
-                Some(s.parse().map_err(|e| err(&field("role"), e))?)
-            }
-        },
+        role: entry_role(e, at, err)?,
         mode: match e.get("mode").map(|v| (v, v.as_str())) {
             None | Some((_, Some("tdx"))) => Mode::Tdx,
             Some((_, Some("simulated"))) => Mode::Simulated,
@@ -904,17 +908,4 @@ fn parse_td_entry(e: &Map<String, Value>, at: &str, err: &ErrFn<'_>) -> Result<T
         ));
     }
     Ok(entry)
-}
-
-fn hex48(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<[u8; 48], PolicyError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| err(field, format!("must be a string of 96 hex digits, got {v}")))?;
-    let bytes = hex::decode(s).map_err(|e| err(field, format!("not hex ({e})")))?;
-    <[u8; 48]>::try_from(bytes.as_slice()).map_err(|_| {
-        err(
-            field,
-            format!("must be 96 hex digits (48 bytes), got {} digits", s.len()),
-        )
-    })
 }

@@ -255,7 +255,7 @@ pub fn check_quote_structure(quote: &[u8]) -> Result<(), String> {
                 "certification data type {outer_type} is not supported (expected 6: QE report certification data)"
             ));
         }
-        if at + outer_len != end {
+        if at.checked_add(outer_len) != Some(end) {
             return Err(format!(
                 "QE report certification data is declared as {outer_len} bytes but {} remain",
                 end.saturating_sub(at)
@@ -265,11 +265,11 @@ pub fn check_quote_structure(quote: &[u8]) -> Result<(), String> {
     // QE report, QE report signature, QE authentication data.
     at += REPORT_BODY_LEN + 64;
     let qe_auth_len = u16_at(at).ok_or_else(short)?;
-    at += 2 + qe_auth_len;
+    at = at.checked_add(2 + qe_auth_len).ok_or_else(short)?;
     let cert_type = u16_at(at).ok_or_else(short)?;
     let cert_len = u32_at(at + 2).ok_or_else(short)?;
     at += 6;
-    if at + cert_len != end {
+    if at.checked_add(cert_len) != Some(end) {
         return Err(format!(
             "certification data is declared as {cert_len} bytes but {} remain",
             end.saturating_sub(at)

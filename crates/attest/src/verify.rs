@@ -323,6 +323,11 @@ impl Verifier {
     pub fn verify_cert(&self, cert_der: &[u8]) -> Result<PeerReport, Rejection> {
         let evidence = cert::extract(cert_der)?;
         let view = QuoteView::parse(&evidence.quote).map_err(Rejection::Evidence)?;
+        if view.tee != TeeType::Sgx && evidence.binding == cert::Binding::Legacy {
+            return Err(Rejection::Evidence(
+                "a TDX quote in Gramine's legacy extension, which carries SGX quotes only".into(),
+            ));
+        }
         evidence.check_binding(&view.report_data())?;
         let (mode, quote) = self.verify_evidence(&evidence)?;
         let matched_entries = self.appraise(&quote, mode)?;
@@ -451,6 +456,43 @@ impl Verifier {
         }
         d
     }
+}
+
+/// Verify this party's own hardware quote (from its own certificate) the
+/// way a peer will, and return the identity dcap-qvl verified: what
+/// `"self"` policy entries may be bound to. The quote comes back from the
+/// quoting service through the untrusted host, which could alter the body
+/// it carries; only a verified body says who we are. Simulated evidence is
+/// returned as parsed (nothing protects a simulated party from its host).
+pub fn verified_own_identity(
+    cert: &crate::RaTlsCert,
+    collateral: Option<&dyn CollateralProvider>,
+    clock: Clock,
+    wait: std::time::Duration,
+) -> Result<Identity, Rejection> {
+    let ev = cert::extract(&cert.cert_der)?;
+    let view = QuoteView::parse(&ev.quote).map_err(Rejection::Evidence)?;
+    ev.check_binding(&view.report_data())?;
+    if !cert.mode.is_hardware() {
+        return Ok(view.identity().clone());
+    }
+    let Some(provider) = collateral else {
+        return Err(Rejection::NoCollateral(
+            "our own quote must be verified before policy entries saying \"self\" are bound to it, and no \
+             collateral source is configured (give --pccs-url URL or --collateral FILE)"
+                .into(),
+        ));
+    };
+    let coll = provider
+        .collateral_waiting(&ev.quote, wait)
+        .map_err(Rejection::NoCollateral)?;
+    let report = verify_quote(&ev.quote, &coll, &Root::Intel, clock.now())?;
+    if &report.identity != view.identity() {
+        return Err(Rejection::Quote(
+            "our own quote's verified identity differs from the one it claims".into(),
+        ));
+    }
+    Ok(report.identity)
 }
 
 /// Attributes a policy refuses: `(attributes in hex, None)` for a DEBUG

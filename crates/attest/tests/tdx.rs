@@ -319,108 +319,108 @@ fn kind(json: &str) -> PolicyErrorKind {
     Policy::parse(json.as_bytes(), "p").unwrap_err().kind
 }
 
+/// The policy is refused as invalid, the reason saying `needle`.
+fn refused_as_invalid(json: &str, needle: &str) {
+    let k = kind(json);
+    assert!(matches!(&k, PolicyErrorKind::Invalid(m) if m.contains(needle)), "{k}");
+}
+
 #[test]
 fn a_td_entry_without_any_measurement_is_refused() {
-    let k = kind(r#"{"tdx_mrs":[{"role":"leader"}]}"#);
-    assert!(
-        matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("pins mr_td")),
-        "{k}"
-    );
+    refused_as_invalid(r#"{"tdx_mrs":[{"role":"leader"}]}"#, "pins mr_td");
 }
 
 #[test]
 fn a_td_measurement_of_the_wrong_length_is_refused() {
-    let k = kind(&format!(r#"{{"tdx_mrs":[{{"mr_td":"{}"}}]}}"#, "ab".repeat(32)));
-    assert!(
-        matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("96 hex digits")),
-        "{k}"
+    refused_as_invalid(
+        &format!(r#"{{"tdx_mrs":[{{"mr_td":"{}"}}]}}"#, "ab".repeat(32)),
+        "96 hex digits",
     );
 }
 
 #[test]
 fn an_unknown_td_entry_key_is_refused() {
-    let k = kind(&format!(
-        r#"{{"tdx_mrs":[{{"mr_td":"{}","rtmr4":"00"}}]}}"#,
-        "ab".repeat(48)
-    ));
-    assert!(
-        matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("unknown key")),
-        "{k}"
+    refused_as_invalid(
+        &format!(r#"{{"tdx_mrs":[{{"mr_td":"{}","rtmr4":"00"}}]}}"#, "ab".repeat(48)),
+        "unknown key",
     );
 }
 
 #[test]
 fn a_td_entry_mode_other_than_tdx_or_simulated_is_refused() {
-    let k = kind(&format!(
-        r#"{{"tdx_mrs":[{{"mr_td":"{}","mode":"sgx"}}]}}"#,
-        "ab".repeat(48)
-    ));
-    assert!(
-        matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("\"tdx\" or \"simulated\"")),
-        "{k}"
+    refused_as_invalid(
+        &format!(r#"{{"tdx_mrs":[{{"mr_td":"{}","mode":"sgx"}}]}}"#, "ab".repeat(48)),
+        "\"tdx\" or \"simulated\"",
     );
 }
 
 #[test]
 fn a_simulated_td_entry_needs_allow_simulated() {
-    let k = kind(&format!(
-        r#"{{"tdx_mrs":[{{"mr_td":"{}","mode":"simulated"}}]}}"#,
-        "ab".repeat(48)
-    ));
-    assert!(
-        matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("allow_simulated")),
-        "{k}"
+    refused_as_invalid(
+        &format!(
+            r#"{{"tdx_mrs":[{{"mr_td":"{}","mode":"simulated"}}]}}"#,
+            "ab".repeat(48)
+        ),
+        "allow_simulated",
     );
 }
 
 #[test]
 fn a_policy_with_neither_list_is_refused() {
-    let k =
-        kind(r#"{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on"}"#);
-    assert!(
-        matches!(&k, PolicyErrorKind::Invalid(m) if m.contains("tdx_mrs")),
-        "{k}"
+    refused_as_invalid(
+        r#"{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on"}"#,
+        "tdx_mrs",
     );
 }
 
 fn full_td_entry(role: &str, mr_td: &str) -> String {
     format!(
-        r#"{{"role":"{role}","mr_td":"{mr_td}","rtmr1":"{0}","rtmr2":"{0}"}}"#,
+        r#"{{"role":"{role}","mr_td":"{mr_td}","rtmr0":"{0}","rtmr1":"{0}","rtmr2":"{0}"}}"#,
         "11".repeat(48)
     )
 }
 
+/// A hardware party's check of a TD entry with `drop` left out of a full one.
+fn weak_td(drop: &str) -> PolicyErrorKind {
+    let mut entry: serde_json::Value = serde_json::from_str(&full_td_entry("leader", &"11".repeat(48))).unwrap();
+    entry.as_object_mut().unwrap().remove(drop);
+    let p = Policy::parse(serde_json::json!({ "tdx_mrs": [entry] }).to_string().as_bytes(), "p").unwrap();
+    assert!(p.check_usable_by(Mode::Simulated, "p").is_ok());
+    let sgx = p.check_usable_by(Mode::Sgx, "p").unwrap_err().kind;
+    assert_eq!(p.check_usable_by(Mode::Tdx, "p").unwrap_err().kind, sgx);
+    sgx
+}
+
+#[test]
+fn a_hardware_party_refuses_a_td_entry_without_rtmr0() {
+    // RTMR0 covers the ACPI tables the host hands the TD.
+    assert_eq!(weak_td("rtmr0"), PolicyErrorKind::WeakTdEntry("no rtmr0".into()));
+}
+
+#[test]
+fn a_hardware_party_refuses_a_td_entry_without_rtmr1() {
+    assert_eq!(weak_td("rtmr1"), PolicyErrorKind::WeakTdEntry("no rtmr1".into()));
+}
+
 #[test]
 fn a_hardware_party_refuses_a_td_entry_without_rtmr2() {
-    let p = Policy::parse(
-        format!(
-            r#"{{"tdx_mrs":[{{"role":"leader","mr_td":"{0}","rtmr1":"{0}"}}]}}"#,
-            "11".repeat(48)
-        )
-        .as_bytes(),
-        "p",
-    )
-    .unwrap();
-    let e = p.check_usable_by(Mode::Tdx, "p").unwrap_err();
-    assert_eq!(e.kind, PolicyErrorKind::WeakTdEntry("no rtmr2".into()));
-    let e = p.check_usable_by(Mode::Sgx, "p").unwrap_err();
-    assert_eq!(e.kind, PolicyErrorKind::WeakTdEntry("no rtmr2".into()));
-    assert!(p.check_usable_by(Mode::Simulated, "p").is_ok());
+    assert_eq!(weak_td("rtmr2"), PolicyErrorKind::WeakTdEntry("no rtmr2".into()));
 }
 
 #[test]
 fn a_hardware_party_refuses_a_td_entry_without_a_role() {
+    assert_eq!(weak_td("role"), PolicyErrorKind::WeakTdEntry("no role".into()));
+}
+
+#[test]
+fn a_full_td_entry_is_usable_by_both_kinds_of_hardware_party() {
     let p = Policy::parse(
-        format!(
-            r#"{{"tdx_mrs":[{{"mr_td":"{0}","rtmr1":"{0}","rtmr2":"{0}"}}]}}"#,
-            "11".repeat(48)
-        )
-        .as_bytes(),
+        format!(r#"{{"tdx_mrs":[{}]}}"#, full_td_entry("leader", &"11".repeat(48))).as_bytes(),
         "p",
     )
     .unwrap();
-    let e = p.check_usable_by(Mode::Tdx, "p").unwrap_err();
-    assert_eq!(e.kind, PolicyErrorKind::WeakTdEntry("no role".into()));
+    assert!(p.check_usable_by(Mode::Sgx, "p").is_ok());
+    assert!(p.check_usable_by(Mode::Tdx, "p").is_ok());
 }
 
 #[test]
@@ -462,6 +462,21 @@ fn a_td_party_admits_enclaves_by_signer_and_role_not_self() {
     ));
     let e = no_role.check_usable_by(Mode::Tdx, "p").unwrap_err();
     assert_eq!(e.kind, PolicyErrorKind::WeakEnclaveEntry("no role".into()));
+    // Any version of that signer's product would be too much.
+    let any_version = Policy::parse(
+        format!(
+            r#"{{"verify_mr_enclave":"off","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"off",
+                "sgx_mrs":[{{"role":"leader","mr_signer":"{signer}","isv_prod_id":"1"}}]}}"#
+        )
+        .as_bytes(),
+        "p",
+    )
+    .unwrap();
+    let e = any_version.check_usable_by(Mode::Tdx, "p").unwrap_err();
+    assert!(
+        matches!(&e.kind, PolicyErrorKind::WeakEnclaveEntry(m) if m.contains("isv_svn")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -633,6 +648,66 @@ fn a_simulated_sgx_platform_does_not_quote_a_td() {
     let td = sim_td_under(&root, [9; 48], false);
     let sgx = vfl_attest::devpki::SimPlatform::new(&root, &SimPlatformOptions::fresh(Clock::System.now())).unwrap();
     assert!(matches!(sgx.quote(td.identity(), &[0; 64]), Err(AttestError::Pki(_))));
+}
+
+/// The quote a TD gets back from the quoting service passes through the
+/// host, which could change the identity in it: `"self"` is bound only to
+/// an identity dcap-qvl verified. A quote not signed under Intel's root
+/// (here: the development PKI's, standing in for a host's forgery) is
+/// refused as our own hardware evidence.
+#[test]
+fn our_own_hardware_quote_is_verified_before_self_is_bound() {
+    let a = sim_td([9; 48], false);
+    let mut c = cert::issue(&a).unwrap();
+    // Simulated evidence is what it says (nothing protects it anyway).
+    let own = vfl_attest::verify::verified_own_identity(&c, None, Clock::System, std::time::Duration::ZERO).unwrap();
+    assert_eq!(own, c.identity);
+    // As hardware evidence: no collateral is an error, and a quote that does
+    // not chain to Intel's root is refused.
+    c.mode = Mode::Tdx;
+    let e = vfl_attest::verify::verified_own_identity(&c, None, Clock::System, std::time::Duration::ZERO).unwrap_err();
+    assert!(matches!(e, Rejection::NoCollateral(_)), "{e}");
+    let (_, intel) = sample("tdx_quote");
+    let file = a.platform().collateral().clone();
+    struct Fixed(dcap_qvl::QuoteCollateralV3);
+    impl vfl_attest::collateral::CollateralProvider for Fixed {
+        fn collateral_for(&self, _: &[u8]) -> Result<dcap_qvl::QuoteCollateralV3, String> {
+            Ok(self.0.clone())
+        }
+        fn describe(&self) -> String {
+            "fixed".into()
+        }
+    }
+    for coll in [file, intel] {
+        let e =
+            vfl_attest::verify::verified_own_identity(&c, Some(&Fixed(coll)), Clock::System, std::time::Duration::ZERO)
+                .unwrap_err();
+        assert!(
+            matches!(e, Rejection::Quote(_) | Rejection::CollateralExpired { .. }),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_tdx_quote_in_the_legacy_sgx_extension_is_refused() {
+    let root = DevRoot::generate().unwrap();
+    let a = sim_td_under(&root, [9; 48], false);
+    let key = cert::new_key().unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let ev = cert::CertEvidence {
+        legacy_quote: Some(a.quote(&cert::legacy_report_data(&spki)).unwrap()),
+        tcg: None,
+        sim: a.sim_evidence(),
+    };
+    let der = cert::build_cert(&key, &ev).unwrap();
+    let e = Verifier::new(sim_td_policy(&root, [9; 48], ""), None, Clock::System)
+        .verify_cert(&der)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Rejection::Evidence(m) if m.contains("legacy extension")),
+        "{e}"
+    );
 }
 
 // ---- configfs-tsm ----

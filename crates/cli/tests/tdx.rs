@@ -314,9 +314,10 @@ fn a_tdx_party_needs_a_model_key() {
     let d = Dir::new("no-key");
     let p = d.write(
         "p.json",
-        &serde_json::json!({"tdx_mrs": [{"role": "leader", "mr_td": "11".repeat(48), "rtmr1": "22".repeat(48), "rtmr2": "33".repeat(48)}]}),
+        &serde_json::json!({"tdx_mrs": [{"role": "leader", "mr_td": "11".repeat(48), "rtmr0": "00".repeat(48),
+                                          "rtmr1": "22".repeat(48), "rtmr2": "33".repeat(48)}]}),
     );
-    for key in [None, Some("none")] {
+    for key in [None, Some("none"), Some("sgx-mrenclave")] {
         let mut args = vec![
             "follower",
             "--attestation",

@@ -206,10 +206,13 @@ fn warn_simulated() {
     );
 }
 
-/// A TD has no sealing key: its state needs an explicit `--model-key`
-/// (never `none`, which would leave it in plaintext on the host's disk).
+/// A TD has no sealing key: its state needs an explicit key from a file or
+/// the environment (never `none`, which would leave it in plaintext on the
+/// host's disk, nor `sgx-mrenclave`, which would read an ordinary file in a
+/// TD).
 pub fn check_tdx_model_key(f: &Flags, model_key: Option<&str>) -> anyhow::Result<()> {
-    if f.attestation == Attestation::Tdx && matches!(model_key, None | Some("none")) {
+    let explicit = model_key.is_some_and(|k| k.starts_with("file:") || k.starts_with("env:"));
+    if f.attestation == Attestation::Tdx && !explicit {
         bail!(
             "--attestation tdx: a TD has no sealing key (SGX derives one from the CPU for one enclave), and its \
              state must not reach the disk in plaintext; give --model-key file:PATH or env:VAR with a key only \
@@ -275,6 +278,27 @@ fn freshness(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Arc<Fres
     ))
 }
 
+/// Where collateral for hardware quotes comes from: a file, a PCCS (fetched
+/// on first need, cached, refreshed in the background), or nowhere.
+fn collateral_source(f: &Flags, fresh: &Arc<Freshness>) -> anyhow::Result<Option<Arc<dyn CollateralProvider>>> {
+    Ok(match (&f.collateral, &f.pccs_url) {
+        (Some(p), _) => Some(Arc::new(FileCollateral::load(p)?)),
+        (None, Some(url)) => {
+            let ca = match &f.pccs_ca {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                None => None,
+            };
+            let get = vfl_attest::pccs::http_client(ca.as_deref())?;
+            let refresh = std::time::Duration::from_secs(f.pccs_refresh_secs.max(60));
+            let p = vfl_attest::pccs::PccsCollateral::new(url, &f.collateral_cache, get, refresh)?;
+            p.set_freshness(fresh.clone());
+            p.spawn_refresher();
+            Some(p)
+        }
+        (None, None) => None,
+    })
+}
+
 /// The transport security the flags ask for; `sealer` keeps the collateral
 /// high-water marks sealed on disk.
 pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Security> {
@@ -304,22 +328,7 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
         tracing::warn!(roles = %roles.join(","), "the policy releases exports of these parties in plaintext (if the peer's policy agrees)");
     }
     let fresh = freshness(f, sealer)?;
-    let collateral: Option<Arc<dyn CollateralProvider>> = match (&f.collateral, &f.pccs_url) {
-        (Some(p), _) => Some(Arc::new(FileCollateral::load(p)?)),
-        (None, Some(url)) => {
-            let ca = match &f.pccs_ca {
-                Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-                None => None,
-            };
-            let get = vfl_attest::pccs::http_client(ca.as_deref())?;
-            let refresh = std::time::Duration::from_secs(f.pccs_refresh_secs.max(60));
-            let p = vfl_attest::pccs::PccsCollateral::new(url, &f.collateral_cache, get, refresh)?;
-            p.set_freshness(fresh.clone());
-            p.spawn_refresher();
-            Some(p)
-        }
-        (None, None) => None,
-    };
+    let collateral = collateral_source(f, &fresh)?;
     if let Some(c) = &collateral {
         tracing::info!(source = %c.describe(), "collateral for hardware quotes");
     }
@@ -332,8 +341,17 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
     );
     tracing::info!("{ours}");
     if policy.uses_self() {
-        policy.bind_self(&cert.identity);
-        tracing::info!("policy entries saying \"self\" accept peers with our own identity");
+        // Bound only to what dcap-qvl verified of our own quote: the host
+        // relays quotes and could alter the identity one claims.
+        let own = vfl_attest::verify::verified_own_identity(
+            &cert,
+            collateral.as_deref(),
+            Clock::System,
+            std::time::Duration::from_secs(30),
+        )
+        .context("verifying our own quote before binding the policy's \"self\" entries")?;
+        policy.bind_self(&own);
+        tracing::info!("policy entries saying \"self\" accept peers with our own (verified) identity");
     }
     let verifier = RaTlsVerifier::new(Arc::new(Verifier::with_freshness(
         policy,
@@ -530,7 +548,33 @@ fn self_(a: SelfArgs) -> anyhow::Result<()> {
     }
     let cert = vfl_attest::cert::issue(attester.as_ref())?;
     let simulated = attester.mode() == Mode::Simulated;
-    let mut out = match &cert.identity {
+    // A hardware quote came back through the host: print only what dcap-qvl
+    // verified when collateral is at hand, and say so when it is not.
+    let collateral = match simulated {
+        true => None,
+        false => collateral_source(&a.flags, &Arc::new(Freshness::in_memory()))?,
+    };
+    let verified = match (&collateral, simulated) {
+        (Some(c), false) => {
+            let id = vfl_attest::verify::verified_own_identity(
+                &cert,
+                Some(c.as_ref()),
+                Clock::System,
+                std::time::Duration::from_secs(30),
+            )
+            .context("verifying our own quote")?;
+            Some(id)
+        }
+        _ => None,
+    };
+    if !simulated && verified.is_none() {
+        eprintln!(
+            "WARNING: our own quote was not verified (no --collateral or --pccs-url): the host relays quotes and \
+             could have altered the identity printed here; verify it before a peer pins it"
+        );
+    }
+    let identity = verified.as_ref().unwrap_or(&cert.identity);
+    let mut out = match identity {
         Identity::Sgx(id) => {
             let mut entry = serde_json::json!({
                 "mr_enclave": hex::encode(id.mr_enclave),
@@ -553,12 +597,15 @@ fn self_(a: SelfArgs) -> anyhow::Result<()> {
                 "isv_svn": id.isv_svn,
                 "debug": id.is_debug(),
                 "sgx_mrs_entry": entry,
+                "verified": verified.is_some(),
             })
         }
         Identity::Tdx(id) => {
-            // What a peer pins: firmware, kernel, initrd and command line.
+            // What a peer pins: firmware, its configuration and ACPI tables,
+            // kernel, initrd and command line.
             let mut entry = serde_json::json!({
                 "mr_td": hex::encode(id.mr_td),
+                "rtmr0": hex::encode(id.rtmr0),
                 "rtmr1": hex::encode(id.rtmr1),
                 "rtmr2": hex::encode(id.rtmr2),
             });
@@ -573,6 +620,7 @@ fn self_(a: SelfArgs) -> anyhow::Result<()> {
             out["tee_type"] = "tdx".into();
             out["debug"] = id.is_debug().into();
             out["tdx_mrs_entry"] = entry;
+            out["verified"] = verified.is_some().into();
             out
         }
     };
@@ -858,8 +906,8 @@ fn canonical_policy(v: &serde_json::Value) -> String {
 }
 
 /// The `tdx_mrs` entry for a TD identity file (from `vfl attest self
-/// --attestation tdx|simulated-tdx`): the measurements it pins (mr_td,
-/// rtmr1 and rtmr2 at least), its role and mode.
+/// --attestation tdx|simulated-tdx`): the measurements it pins (mr_td and
+/// rtmr0-2 at least), its role and mode.
 fn td_entry_of(file: &serde_json::Value, role: &str, name: &str) -> anyhow::Result<serde_json::Value> {
     let id = file.get("tdx_mrs_entry").unwrap_or(file);
     let mut entry = serde_json::Map::new();
@@ -875,7 +923,7 @@ fn td_entry_of(file: &serde_json::Value, role: &str, name: &str) -> anyhow::Resu
             Some(serde_json::Value::String(v)) => {
                 entry.insert((*k).into(), v.clone().into());
             }
-            None if ["mr_td", "rtmr1", "rtmr2"].contains(k) => bail!("{name}: no {k}"),
+            None if ["mr_td", "rtmr0", "rtmr1", "rtmr2"].contains(k) => bail!("{name}: no {k}"),
             _ => {}
         }
     }
