@@ -126,6 +126,22 @@ fn follower_first_then_leader_trains() {
     assert!(auc_of(&lout) > 0.7, "{lout}");
 }
 
+/// The original's scripts pass both addresses to both roles: accepted, the
+/// unused one logged as ignored.
+#[test]
+fn both_addresses_on_both_roles_are_accepted_and_the_unused_one_is_logged() {
+    let f = Fixture::new("both-addrs");
+    let port = free_port();
+    let other = format!("127.0.0.1:{}", free_port());
+    let le = leader(&f, port, &["--peer-addr", &other]);
+    let fo = follower(&f, port, &["--local-addr", &other]);
+    let (lok, lout) = finish(le);
+    let (fok, fout) = finish(fo);
+    assert!(lok && fok, "leader:\n{lout}\nfollower:\n{fout}");
+    assert!(lout.contains("--peer-addr is ignored by the leader"), "{lout}");
+    assert!(fout.contains("--local-addr is ignored by the follower"), "{fout}");
+}
+
 /// Through a TCP proxy (as behind a load balancer) the follower's first
 /// attempts reach a proxy whose backend is not up: those connections close
 /// before TLS says anything. That is not a refusal; the follower retries.

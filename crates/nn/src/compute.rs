@@ -222,6 +222,8 @@ struct SendPtr(*mut f32);
 // SAFETY: the pointer is only used to write disjoint blocks of one buffer
 // from threads joined before the buffer's borrow ends.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for Send: shared references only copy the pointer out, and the
+// blocks written through it are disjoint.
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     fn get(self) -> *mut f32 {

@@ -117,6 +117,11 @@ pub struct LeaderArgs {
     /// Address to listen on for the follower (host:port; port 0 picks one).
     #[arg(long, env = "VFL_LOCAL_ADDR", default_value = "0.0.0.0:50051")]
     local_addr: String,
+    /// Accepted for the original's scripts, which pass both addresses to
+    /// both roles, and ignored (logged): the leader listens, the follower
+    /// dials.
+    #[arg(long)]
+    peer_addr: Option<String>,
     #[command(flatten)]
     lead: LeaderOnly,
 }
@@ -128,6 +133,10 @@ pub struct FollowerArgs {
     /// The leader's address (host:port).
     #[arg(long, env = "VFL_PEER_ADDR")]
     peer_addr: String,
+    /// Accepted for the original's scripts, which pass both addresses to
+    /// both roles, and ignored (logged): the follower dials the leader.
+    #[arg(long)]
+    local_addr: Option<String>,
 }
 
 /// One command line for both roles, the role from --role or VFL_ROLE: an
@@ -374,6 +383,9 @@ fn report(role: &str, s: &RunSummary) {
 }
 
 pub fn leader(a: LeaderArgs) -> anyhow::Result<()> {
+    if let Some(p) = &a.peer_addr {
+        tracing::info!(peer_addr = %p, "--peer-addr is ignored by the leader: it listens on --local-addr and the follower dials it");
+    }
     run_as_leader(&a.common, a.local_addr, &a.lead)
 }
 
@@ -397,6 +409,9 @@ fn run_as_leader(common: &Common, local_addr: String, lead: &LeaderOnly) -> anyh
 }
 
 pub fn follower(a: FollowerArgs) -> anyhow::Result<()> {
+    if let Some(l) = &a.local_addr {
+        tracing::info!(local_addr = %l, "--local-addr is ignored by the follower: it dials the leader at --peer-addr");
+    }
     run_as_follower(&a.common, a.peer_addr)
 }
 
