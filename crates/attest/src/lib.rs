@@ -92,7 +92,7 @@ pub fn sha256_file(path: &Path) -> Result<[u8; 32], AttestError> {
 /// Write a secret file atomically with mode 0600 (a fresh temporary file
 /// created exclusively, fsync, rename: a planted symlink is never followed).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AttestError> {
-    seal::write_atomic(path, bytes, true).map_err(|source| AttestError::Io {
+    vfl_fs::write_bytes(path, bytes, vfl_fs::Access::Private).map_err(|source| AttestError::Io {
         path: path.display().to_string(),
         source,
     })

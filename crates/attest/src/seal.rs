@@ -17,7 +17,6 @@
 //! revealing it.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 #[cfg(feature = "dev")]
 use std::path::PathBuf;
@@ -397,7 +396,7 @@ impl Sealer {
     /// same directory, fsync, rename).
     pub fn seal_to_file(&self, path: &Path, context: &Context, plain: &[u8]) -> Result<(), SealError> {
         let sealed = self.seal(context, plain)?;
-        write_atomic(path, &sealed, false).map_err(|source| SealError::Io {
+        vfl_fs::write_bytes(path, &sealed, vfl_fs::Access::Private).map_err(|source| SealError::Io {
             path: path.display().to_string(),
             source,
         })
@@ -466,34 +465,4 @@ fn parse_header(b: &[u8], path: &Path) -> Result<Header, SealError> {
 pub fn describe(bytes: &[u8], path: &Path) -> Result<(Context, String), SealError> {
     let h = parse_header(bytes, path)?;
     Ok((h.context, hex::encode(h.key_id)))
-}
-
-/// Writes `bytes` to `path` atomically: a new temporary file with a random
-/// name in the same directory (created exclusively, so a planted symlink is
-/// never followed), fsync, rename. `private`: mode 0600.
-pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
-    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(d) => d,
-        None => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }

@@ -52,12 +52,12 @@ pub enum BridgeError {
     },
     #[error("peer reported a failure: {0}")]
     PeerFailed(String),
-    #[error("the peer overran this party's queues: {0}; cutting it")]
-    Overrun(String),
     #[error("the {peer} restarted more than {max} times; giving up (--max-restarts)")]
     TooManyRestarts { peer: &'static str, max: u32 },
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("{0}; cutting the peer")]
+    Link(#[from] crate::link::LinkError),
 }
 
 /// Largest message the transport accepts, from the largest tensor it must

@@ -17,7 +17,6 @@
 //! [`LeaderLink::restart`] / [`FollowerLink::restart`]: the driver then starts
 //! over from the newest checkpoint both parties hold.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +28,9 @@ use crate::pb::{
     self, FollowerMessage, HelloReply, LeaderMessage, follower_message::Msg as FMsg, leader_message::Msg as LMsg,
 };
 use crate::{BridgeError, Security, Settings, client, server};
+
+pub mod machine;
+pub use machine::{Conn, Frame, LinkError, Machine, Polled};
 
 /// The sequence and acknowledgement rules of the link, without I/O: what
 /// an arrived message is, which acknowledgements are valid, and the queue
@@ -235,22 +237,14 @@ impl Health {
     }
 }
 
-/// One direction's message type.
-trait Envelope: prost::Message + Clone + Send + 'static {
+/// One direction's message type, as the transport carries it.
+trait Envelope: Frame + prost::Message + Send + 'static {
     /// What the stream's sender takes.
     type Wire: Send + 'static;
-    fn seq(&self) -> u64;
-    fn ack(&self) -> u64;
-    fn stamp(&mut self, seq: u64, ack: u64);
-    fn is_heartbeat(&self) -> bool;
-    fn heartbeat(session_id: &str, ack: u64) -> Self;
     fn wire(self) -> Self::Wire;
-    /// The session the sender says the message belongs to (if it says).
-    fn session(&self) -> Option<&str>;
 }
 
-impl Envelope for LeaderMessage {
-    type Wire = Result<LeaderMessage, Status>;
+impl Frame for LeaderMessage {
     fn seq(&self) -> u64 {
         self.seq
     }
@@ -270,16 +264,19 @@ impl Envelope for LeaderMessage {
             msg: Some(LMsg::Heartbeat(pb::Heartbeat {})),
         }
     }
-    fn wire(self) -> Self::Wire {
-        Ok(self)
-    }
     fn session(&self) -> Option<&str> {
         None
     }
 }
 
-impl Envelope for FollowerMessage {
-    type Wire = FollowerMessage;
+impl Envelope for LeaderMessage {
+    type Wire = Result<LeaderMessage, Status>;
+    fn wire(self) -> Self::Wire {
+        Ok(self)
+    }
+}
+
+impl Frame for FollowerMessage {
     fn seq(&self) -> u64 {
         self.seq
     }
@@ -300,11 +297,15 @@ impl Envelope for FollowerMessage {
             msg: Some(FMsg::Heartbeat(pb::Heartbeat {})),
         }
     }
-    fn wire(self) -> Self::Wire {
-        self
-    }
     fn session(&self) -> Option<&str> {
         Some(&self.session_id)
+    }
+}
+
+impl Envelope for FollowerMessage {
+    type Wire = FollowerMessage;
+    fn wire(self) -> Self::Wire {
+        self
     }
 }
 
@@ -325,25 +326,23 @@ enum Got<In> {
 }
 
 type Outbox<W> = Arc<Mutex<Option<mpsc::Sender<W>>>>;
+type Shared<Out, In> = Arc<Mutex<Machine<Out, In>>>;
 
-/// Sequencing, acknowledgement, resend and heartbeats of one session.
+/// Locks the machine; a panic elsewhere while holding it cannot leave it
+/// half-updated in a way that matters more than the panic itself.
+fn lock<Out: Frame, In: Frame>(m: &Shared<Out, In>) -> std::sync::MutexGuard<'_, Machine<Out, In>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Carries one session's [`Machine`] over tonic streams: writes the frames
+/// it gives, feeds it what arrives, and runs its heartbeat timer in a task
+/// of its own (also while the driver computes).
 struct Core<Out: Envelope, In: Envelope> {
-    session_id: String,
+    machine: Shared<Out, In>,
     /// The current connection's sender (None while down); shared with the
     /// heartbeat task.
     out: Outbox<Out::Wire>,
     inbound: Option<Streaming<In>>,
-    /// Highest sequence number received (our acknowledgement).
-    received: Arc<AtomicU64>,
-    /// The highest acknowledgement sent so far.
-    ack_sent: Arc<AtomicU64>,
-    unacked: seq::Unacked<Out>,
-    /// New messages taken in while sending, for the next receive.
-    ready: VecDeque<In>,
-    /// Why the connection broke, noticed while sending.
-    broken: Option<String>,
-    /// A protocol error noticed while sending.
-    fatal: Option<BridgeError>,
     opts: LinkOptions,
     beat: tokio::task::JoinHandle<()>,
     /// The leader's view of the session's health, shared with its server.
@@ -356,61 +355,42 @@ impl<Out: Envelope, In: Envelope> Drop for Core<Out, In> {
     }
 }
 
-/// Acknowledge at the latest after this many messages received without
-/// sending any (a one-way stream, as in eval, must not make the sender keep
-/// everything until the next heartbeat).
-const ACK_EVERY: u64 = 16;
-
-/// Sends a heartbeat carrying `ack` if the queue has room (never waits);
-/// records the acknowledgement as sent.
-fn try_ack<Out: Envelope>(tx: &mpsc::Sender<Out::Wire>, session_id: &str, ack: u64, ack_sent: &AtomicU64) {
-    if tx.try_send(Out::heartbeat(session_id, ack).wire()).is_ok() {
-        ack_sent.fetch_max(ack, Ordering::AcqRel);
-    }
-}
-
-async fn heartbeats<Out: Envelope>(
-    out: Outbox<Out::Wire>,
-    received: Arc<AtomicU64>,
-    ack_sent: Arc<AtomicU64>,
-    session_id: String,
-    every: Duration,
-) {
+async fn heartbeats<Out: Envelope, In: Envelope>(out: Outbox<Out::Wire>, machine: Shared<Out, In>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let tx = out.lock().ok().and_then(|g| g.clone());
-        if let Some(tx) = tx {
+        if let Some(tx) = tx
+            && let Some(hb) = lock(&machine).tick(Instant::now())
+        {
             // A full queue carries data, which acknowledges and proves
             // liveness as well as a heartbeat would.
-            try_ack::<Out>(&tx, &session_id, received.load(Ordering::Acquire), &ack_sent);
+            let _ = tx.try_send(hb.wire());
         }
     }
 }
 
 impl<Out: Envelope, In: Envelope> Core<Out, In> {
-    fn new(session_id: String, tx: mpsc::Sender<Out::Wire>, inbound: Streaming<In>, opts: LinkOptions) -> Self {
+    fn new(
+        session_id: String,
+        peer_process: String,
+        tx: mpsc::Sender<Out::Wire>,
+        inbound: Streaming<In>,
+        opts: LinkOptions,
+    ) -> Self {
         let out = Arc::new(Mutex::new(Some(tx)));
-        let received = Arc::new(AtomicU64::new(0));
-        let ack_sent = Arc::new(AtomicU64::new(0));
-        let beat = tokio::spawn(heartbeats::<Out>(
-            out.clone(),
-            received.clone(),
-            ack_sent.clone(),
-            session_id.clone(),
-            opts.heartbeat,
-        ));
-        Self {
+        let machine = Arc::new(Mutex::new(Machine::new(
             session_id,
+            peer_process,
+            opts.max_queue,
+            opts.heartbeat,
+        )));
+        let beat = tokio::spawn(heartbeats::<Out, In>(out.clone(), machine.clone(), opts.heartbeat));
+        Self {
+            machine,
             out,
             inbound: Some(inbound),
-            received,
-            ack_sent,
-            unacked: seq::Unacked::default(),
-            ready: VecDeque::new(),
-            broken: None,
-            fatal: None,
             opts,
             beat,
             health: None,
@@ -425,6 +405,14 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         self
     }
 
+    fn m(&self) -> std::sync::MutexGuard<'_, Machine<Out, In>> {
+        lock(&self.machine)
+    }
+
+    fn session_id(&self) -> String {
+        self.m().session_id().to_string()
+    }
+
     fn sender(&self) -> Option<mpsc::Sender<Out::Wire>> {
         self.out.lock().ok().and_then(|g| g.clone())
     }
@@ -435,46 +423,41 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         }
     }
 
-    /// Numbers, keeps and writes a message. On a broken connection the
-    /// message waits for the resend after the reconnect; the only error is
-    /// a peer that leaves too many messages unacknowledged.
-    async fn send(&mut self, mut m: Out) -> Result<(), BridgeError> {
-        // Counted while connected only: during an outage messages wait for
-        // the resend, whoever is to blame.
-        if self.unacked.len() >= self.opts.max_queue && self.sender().is_some() && self.broken.is_none() {
-            return Err(BridgeError::Overrun(format!(
-                "the peer has not acknowledged {} messages of session {} (at most {} may wait)",
-                self.unacked.len(),
-                self.session_id,
-                self.opts.max_queue
-            )));
-        }
-        let ack = self.received.load(Ordering::Acquire);
-        m.stamp(self.unacked.next_seq(), ack);
-        self.ack_sent.fetch_max(ack, Ordering::AcqRel);
-        self.unacked.push(m.clone());
-        self.write(m).await;
+    /// Whether the connection is up as far as this side knows.
+    fn is_up(&self) -> bool {
+        self.sender().is_some() && *self.m().conn() == Conn::Up
+    }
+
+    /// Hands a message to the machine and writes what it gives. On a broken
+    /// connection the message waits for the resend after the reconnect; the
+    /// only error is a peer that leaves too many messages unacknowledged.
+    async fn send(&mut self, m: Out) -> Result<(), BridgeError> {
+        self.m().send(m)?;
+        self.pump().await;
         self.drain().await;
         Ok(())
     }
 
-    async fn write(&mut self, m: Out) {
-        let Some(tx) = self.sender() else { return };
-        let bytes = m.encoded_len();
-        match tokio::time::timeout(self.opts.peer_timeout, tx.send(m.wire())).await {
-            Ok(Ok(())) => self.opts.meter.sent(bytes),
-            _ => self.set_sender(None),
+    /// Writes the frames the machine gives: heartbeats only if the queue
+    /// has room (never waits), data with the peer timeout.
+    async fn pump(&mut self) {
+        loop {
+            let Some(f) = self.m().poll_transmit() else { return };
+            let Some(tx) = self.sender() else { return };
+            if f.is_heartbeat() {
+                let _ = tx.try_send(f.wire());
+                continue;
+            }
+            let bytes = f.encoded_len();
+            match tokio::time::timeout(self.opts.peer_timeout, tx.send(f.wire())).await {
+                Ok(Ok(())) => self.opts.meter.sent(bytes),
+                _ => {
+                    self.set_sender(None);
+                    self.m().down("sending to the peer failed");
+                    return;
+                }
+            }
         }
-    }
-
-    /// Drops the messages the peer acknowledges.
-    fn acknowledged(&mut self, ack: u64) -> Result<(), BridgeError> {
-        self.unacked.acknowledge(ack).map_err(|sent| {
-            BridgeError::Protocol(format!(
-                "the peer acknowledges message {ack} of session {}, but only {sent} were sent",
-                self.session_id
-            ))
-        })
     }
 
     /// Reads what arrives on the current connection within `wait`.
@@ -502,26 +485,40 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
         }
     }
 
+    /// Feeds an arrived frame to the machine (counting it) and writes the
+    /// acknowledgement it may owe. An error stays in the machine for the
+    /// next [`Core::recv`]; false then.
+    async fn take(&mut self, f: In) -> bool {
+        let bytes = f.encoded_len();
+        let arrived = self.m().receive(f);
+        match arrived {
+            Ok(seq::Arrived::New) => self.opts.meter.received(bytes),
+            Ok(seq::Arrived::Duplicate) => {
+                tracing::debug!("dropping a message received before the reconnect");
+                self.opts.meter.duplicate();
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        self.pump().await;
+        true
+    }
+
     /// The next new message; heartbeats and duplicates are consumed here.
     async fn recv(&mut self) -> Result<Got<In>, BridgeError> {
         loop {
-            if let Some(e) = self.fatal.take() {
-                return Err(e);
+            match self.m().poll_message() {
+                Ok(Some(m)) => return Ok(Got::Msg(m)),
+                Ok(None) => {}
+                Err(Polled::Fatal(e)) => return Err(e.into()),
+                Err(Polled::Down(why)) => return Ok(Got::Down(why)),
             }
-            if let Some(m) = self.ready.pop_front() {
-                return Ok(Got::Msg(m));
-            }
-            if let Some(why) = self.broken.take() {
-                return Ok(Got::Down(why));
-            }
-            if self.sender().is_none() {
+            if !self.is_up() {
                 return Ok(Got::Down("sending to the peer failed".into()));
             }
             match self.arrival(self.opts.peer_timeout).await {
                 Arrival::Msg(m) => {
-                    if let Some(m) = self.accept(m)? {
-                        return Ok(Got::Msg(m));
-                    }
+                    self.take(m).await;
                 }
                 Arrival::Quiet => {
                     return Ok(Got::Down(format!(
@@ -538,107 +535,60 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     /// side that only sends, as the follower in eval, does not keep every
     /// message until the end) and messages for the next [`Core::recv`].
     async fn drain(&mut self) {
-        while self.fatal.is_none() && self.broken.is_none() {
+        while self.is_up() {
             // A zero wait polls the stream once: whatever is ready.
             match self.arrival(Duration::ZERO).await {
-                Arrival::Msg(m) => match self.accept(m) {
-                    Ok(Some(_)) if self.ready.len() >= self.opts.max_queue => {
-                        self.fatal = Some(BridgeError::Overrun(format!(
-                            "the peer sent more than {} messages of session {} ahead of this party",
-                            self.opts.max_queue, self.session_id
-                        )));
+                Arrival::Msg(m) => {
+                    if !self.take(m).await {
+                        return;
                     }
-                    Ok(Some(m)) => self.ready.push_back(m),
-                    Ok(None) => {}
-                    Err(e) => self.fatal = Some(e),
-                },
+                }
                 Arrival::Quiet => return,
-                Arrival::Down(why) => self.broken = Some(why),
+                Arrival::Down(why) => self.m().down(why),
             }
         }
-    }
-
-    /// Handles one arrived message: its acknowledgement, then heartbeat,
-    /// duplicate, gap, or a new message to deliver.
-    fn accept(&mut self, m: In) -> Result<Option<In>, BridgeError> {
-        if let Some(s) = m.session()
-            && s != self.session_id
-        {
-            return Err(BridgeError::Protocol(format!(
-                "a message of session `{}` arrived on the stream of session {}",
-                s.chars().take(64).collect::<String>(),
-                self.session_id
-            )));
-        }
-        self.acknowledged(m.ack())?;
-        let (seq, last) = (m.seq(), self.received.load(Ordering::Acquire));
-        match seq::classify(seq, m.is_heartbeat(), last) {
-            seq::Arrived::Heartbeat => return Ok(None),
-            seq::Arrived::Duplicate => {
-                tracing::debug!(seq, "dropping a message received before the reconnect");
-                self.opts.meter.duplicate();
-                return Ok(None);
-            }
-            seq::Arrived::Gap { last } => {
-                return Err(BridgeError::Protocol(format!(
-                    "message {seq} of session {} arrived after message {last}: messages are missing",
-                    self.session_id
-                )));
-            }
-            seq::Arrived::New => {}
-        }
-        self.received.store(seq, Ordering::Release);
-        self.opts.meter.received(m.encoded_len());
-        if seq >= self.ack_sent.load(Ordering::Acquire) + ACK_EVERY
-            && let Some(tx) = self.sender()
-        {
-            try_ack::<Out>(&tx, &self.session_id, seq, &self.ack_sent);
-        }
-        Ok(Some(m))
     }
 
     /// Messages sent and not yet acknowledged.
     fn unacknowledged(&self) -> usize {
-        self.unacked.len()
+        self.m().unacknowledged()
     }
 
     fn detach(&mut self) {
         self.inbound = None;
-        self.broken = None;
         self.set_sender(None);
+        self.m().down("detached");
         if let Some(h) = &self.health {
             h.set_up(false);
         }
     }
 
-    /// Continues on a new connection: resends what the peer has not
-    /// acknowledged (it drops what it already has). Returns how many.
-    async fn attach(&mut self, tx: mpsc::Sender<Out::Wire>, inbound: Streaming<In>) -> usize {
+    /// Continues on a new connection to peer process `peer_process`:
+    /// resends what the peer has not acknowledged (it drops what it already
+    /// has). Returns how many; [`LinkError::PeerRestarted`] (nothing
+    /// attached) if another process answers.
+    async fn attach(
+        &mut self,
+        peer_process: &str,
+        tx: mpsc::Sender<Out::Wire>,
+        inbound: Streaming<In>,
+    ) -> Result<usize, LinkError> {
+        let n = self.m().up(peer_process)?;
         self.inbound = Some(inbound);
         self.set_sender(Some(tx));
         if let Some(h) = &self.health {
             h.set_up(true);
         }
-        let ack = self.received.load(Ordering::Acquire);
-        let pending: Vec<Out> = self.unacked.iter().map(|(_, m)| m.clone()).collect();
-        let n = pending.len();
-        for mut m in pending {
-            let seq = m.seq();
-            m.stamp(seq, ack);
-            self.write(m).await;
-        }
+        self.pump().await;
         self.opts.meter.reconnected();
-        n
+        Ok(n)
     }
 
     /// Sends our acknowledgement now (not at the next heartbeat).
     async fn ack_now(&mut self) {
         if let Some(tx) = self.sender() {
-            let ack = self.received.load(Ordering::Acquire);
-            let hb = Out::heartbeat(&self.session_id, ack);
-            if let Ok(Ok(())) = tokio::time::timeout(self.opts.peer_timeout, tx.send(hb.wire())).await {
-                self.ack_sent.fetch_max(ack, Ordering::AcqRel);
-            }
+            let hb = self.m().heartbeat();
+            let _ = tokio::time::timeout(self.opts.peer_timeout, tx.send(hb.wire())).await;
         }
     }
 
@@ -646,16 +596,13 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     /// False if it did not (the connection ended or time ran out).
     async fn flush(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
-        while !self.unacked.is_empty() {
+        while self.unacknowledged() > 0 {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Arrival::Msg(m) = self.arrival(left).await else {
                 return false;
             };
-            match self.accept(m) {
-                Ok(Some(_)) if self.ready.len() >= self.opts.max_queue => return false,
-                Ok(Some(m)) => self.ready.push_back(m),
-                Ok(None) => {}
-                Err(_) => return false,
+            if !self.take(m).await {
+                return false;
             }
         }
         true
@@ -685,7 +632,7 @@ impl<'a> LeaderLink<'a> {
     /// arrive on `sessions`.
     pub fn new(s: server::Session, sessions: &'a mut mpsc::Receiver<server::Session>, opts: LinkOptions) -> Self {
         Self {
-            core: Core::new(s.session_id, s.outbound, s.inbound, opts).with_health(s.health),
+            core: Core::new(s.session_id, s.peer_process_id.clone(), s.outbound, s.inbound, opts).with_health(s.health),
             peer_process_id: s.peer_process_id,
             resume_step: s.resume_step,
             run_id: s.run_id,
@@ -696,8 +643,8 @@ impl<'a> LeaderLink<'a> {
         }
     }
 
-    pub fn session_id(&self) -> &str {
-        &self.core.session_id
+    pub fn session_id(&self) -> String {
+        self.core.session_id()
     }
 
     pub fn peer_process_id(&self) -> &str {
@@ -765,7 +712,7 @@ impl<'a> LeaderLink<'a> {
     }
 
     async fn adopt(&mut self, s: server::Session) -> Result<(), BridgeError> {
-        if s.session_id != self.core.session_id || s.peer_process_id != self.peer_process_id {
+        if s.session_id != self.core.session_id() || s.peer_process_id != self.peer_process_id {
             let err = BridgeError::PeerRestarted {
                 peer: "follower",
                 was: self.peer_process_id.clone(),
@@ -774,9 +721,9 @@ impl<'a> LeaderLink<'a> {
             self.fresh = Some(s);
             return Err(err);
         }
+        let resent = self.core.attach(&s.peer_process_id, s.outbound, s.inbound).await?;
         self.peer = s.peer;
-        let resent = self.core.attach(s.outbound, s.inbound).await;
-        tracing::info!(session = %self.core.session_id, resent, "the follower reconnected; session continues");
+        tracing::info!(session = %self.core.session_id(), resent, "the follower reconnected; session continues");
         Ok(())
     }
 
@@ -793,7 +740,14 @@ impl<'a> LeaderLink<'a> {
                 max: self.core.opts.max_restarts,
             });
         }
-        self.core = Core::new(s.session_id, s.outbound, s.inbound, self.core.opts.clone()).with_health(s.health);
+        self.core = Core::new(
+            s.session_id,
+            s.peer_process_id.clone(),
+            s.outbound,
+            s.inbound,
+            self.core.opts.clone(),
+        )
+        .with_health(s.health);
         self.peer_process_id = s.peer_process_id;
         self.resume_step = s.resume_step;
         self.run_id = s.run_id;
@@ -842,7 +796,13 @@ impl FollowerLink {
     ) -> Result<Self, BridgeError> {
         let s = client::connect(addr, &settings, opts.peer_timeout, max_message, &security).await?;
         Ok(Self {
-            core: Core::new(s.reply.session_id.clone(), s.outbound, s.inbound, opts),
+            core: Core::new(
+                s.reply.session_id.clone(),
+                s.reply.process_id.clone(),
+                s.outbound,
+                s.inbound,
+                opts,
+            ),
             reply: s.reply,
             peer: s.peer,
             dial: Dial {
@@ -869,15 +829,15 @@ impl FollowerLink {
     pub async fn send(&mut self, m: FMsg) -> Result<(), BridgeError> {
         // A side that only sends (evaluation) notices a lost connection
         // here, and reconnects before it goes on.
-        if self.core.sender().is_none() || self.core.broken.is_some() {
+        if !self.core.is_up() {
             let why = self
                 .core
-                .broken
-                .take()
+                .m()
+                .take_loss()
                 .unwrap_or_else(|| "sending to the leader failed".into());
             self.reattach(why).await?;
         }
-        let session_id = self.core.session_id.clone();
+        let session_id = self.core.session_id();
         self.core
             .send(FollowerMessage {
                 session_id,
@@ -903,7 +863,7 @@ impl FollowerLink {
         let wait = self.core.opts.peer_timeout;
         tracing::warn!(reason = %why, wait_secs = wait.as_secs_f64(), "lost the leader; reconnecting");
         let settings = Settings {
-            resume_session: self.core.session_id.clone(),
+            resume_session: self.core.session_id(),
             ..self.dial.settings.clone()
         };
         let s = client::connect(
@@ -931,9 +891,9 @@ impl FollowerLink {
             self.fresh = Some(s);
             return Err(err);
         }
+        let resent = self.core.attach(&s.reply.process_id, s.outbound, s.inbound).await?;
         self.peer = s.peer;
-        let resent = self.core.attach(s.outbound, s.inbound).await;
-        tracing::info!(session = %self.core.session_id, resent, "reconnected to the leader; session continues");
+        tracing::info!(session = %self.core.session_id(), resent, "reconnected to the leader; session continues");
         Ok(())
     }
 
@@ -951,6 +911,7 @@ impl FollowerLink {
         }
         self.core = Core::new(
             s.reply.session_id.clone(),
+            s.reply.process_id.clone(),
             s.outbound,
             s.inbound,
             self.core.opts.clone(),

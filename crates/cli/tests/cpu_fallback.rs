@@ -2,10 +2,14 @@
 //! AVX-512 (and without AVX2), where the `gemm` crate falls back to other
 //! kernels. The CPUs are emulated with qemu-user (`qemu-x86_64 -cpu ...`).
 //!
-//! qemu-user is a system package (Debian: qemu-user). CI installs it and
-//! sets VFL_REQUIRE_QEMU=1, which turns a missing qemu into a failure; on a
-//! developer machine without it the test says so on stderr and passes
-//! without checking anything.
+//! qemu-user is a system package (Debian: qemu-user), so the test is
+//! ignored by the plain `cargo test` (listed as ignored, with the reason).
+//! CI installs qemu and runs it with `--ignored`, where a missing qemu is a
+//! failure:
+//!
+//! ```text
+//! cargo test --release --locked -p vfl-cli --test cpu_fallback -- --ignored
+//! ```
 
 use std::process::Command;
 
@@ -32,18 +36,13 @@ fn qemu_available() -> bool {
 }
 
 #[test]
+#[cfg(target_arch = "x86_64")]
+#[ignore = "needs qemu-user (apt-get install qemu-user); CI runs it with --ignored"]
 fn runs_and_agrees_without_avx512_and_without_avx2() {
-    if !cfg!(target_arch = "x86_64") {
-        return;
-    }
-    if !qemu_available() {
-        assert!(
-            std::env::var_os("VFL_REQUIRE_QEMU").is_none(),
-            "VFL_REQUIRE_QEMU is set but qemu-x86_64 is not installed (apt-get install qemu-user)"
-        );
-        eprintln!("NOT CHECKED: qemu-x86_64 not installed; the CPU fallback paths were not exercised");
-        return;
-    }
+    assert!(
+        qemu_available(),
+        "qemu-x86_64 is not installed (apt-get install qemu-user): the CPU fallback paths cannot be checked"
+    );
     let native = selfcheck(&[]);
     let native_loss = native["train_loss"].as_f64().unwrap();
     let native_auc = native["eval_auc"].as_f64().unwrap();

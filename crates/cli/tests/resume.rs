@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -25,27 +26,58 @@ fn vfl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vfl"))
 }
 
+/// The data, the attestation set-up and the uninterrupted run ("straight")
+/// every test compares with, made once per test binary (under cargo's
+/// directory for test files; earlier binaries' copies older than an hour
+/// are removed).
+fn base() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if e.file_name().to_string_lossy().starts_with("resume-base-")
+                && stale.is_some_and(|age| age > Duration::from_secs(3600))
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let d = root.join(format!("resume-base-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let out = vfl()
+            .args(["data", "generate", "--files", "4", "--rows-per-file", "300", "--out"])
+            .arg(d.join("data"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (lout, _) = run_both(&d, "straight");
+        assert!(lout.contains("2 epochs"), "{lout}");
+        d
+    })
+}
+
+/// A test's own directory for its runs (removed at the end).
 fn setup(name: &str) -> Dir {
     let d = std::env::temp_dir().join(format!("vfl-resume-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    let out = vfl()
-        .args(["data", "generate", "--files", "4", "--rows-per-file", "300", "--out"])
-        .arg(d.join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     Dir(d)
 }
 
-/// Starts one party of run `run` (its own checkpoint and export dirs).
-fn party(d: &Path, run: &str, role: &str, port: u16) -> Child {
+/// Starts one party of run `run` under `d` (its own checkpoint and export
+/// dirs) with the data and attestation set-up under `shared`.
+fn party(shared: &Path, d: &Path, run: &str, role: &str, port: u16) -> Child {
     let mut c = vfl();
     c.arg(role)
-        .args(common::sim_flags(&d.join("attestation")))
+        .args(common::sim_flags(&shared.join("attestation")))
         .args(["--model", "wide_n_deep_adam", "--threads", "1", "--peer-timeout", "30"])
         .arg("--data-path")
-        .arg(d.join("data").join(role))
+        .arg(shared.join("data").join(role))
         .arg("--checkpoint-path")
         .arg(d.join(run).join("ckpt").join(role))
         .arg("--export-path")
@@ -68,8 +100,8 @@ fn party(d: &Path, run: &str, role: &str, port: u16) -> Child {
 
 fn run_both(d: &Path, run: &str) -> (String, String) {
     let port = free_port();
-    let l = party(d, run, "leader", port);
-    let f = party(d, run, "follower", port);
+    let l = party(d, d, run, "leader", port);
+    let f = party(d, d, run, "follower", port);
     outputs(l, f)
 }
 
@@ -102,14 +134,15 @@ fn temp_files(d: &Path, run: &str, role: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Spins until a checkpoint write of `role` is in progress; false after a
-/// minute.
+/// Waits until a checkpoint write of `role` is in progress (looking every
+/// half millisecond, sleeping between looks); false after a minute.
 fn wait_for_temp_file(d: &Path, run: &str, role: &str) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         if !temp_files(d, run, role).is_empty() {
             return true;
         }
+        std::thread::sleep(Duration::from_micros(500));
     }
     false
 }
@@ -186,12 +219,11 @@ fn wait_for_checkpoint(d: &Path, run: &str, role: &str, step: u64) -> bool {
 /// starts the session over from the newest checkpoint both hold, without
 /// being restarted itself.
 fn interrupted(name: &str, kill: &[&str], when: When) {
+    let base = base();
     let d = setup(name);
-    let (lout, _) = run_both(&d.0, "straight");
-    assert!(lout.contains("2 epochs"), "{lout}");
     let port = free_port();
-    let mut l = party(&d.0, "broken", "leader", port);
-    let mut f = party(&d.0, "broken", "follower", port);
+    let mut l = party(base, &d.0, "broken", "leader", port);
+    let mut f = party(base, &d.0, "broken", "follower", port);
     let (watch, step) = match when {
         When::After(step) => ("follower", step),
         When::DuringWrite(role, step) => (role, step),
@@ -217,10 +249,10 @@ fn interrupted(name: &str, kill: &[&str], when: When) {
         );
     }
     if kill.contains(&"leader") {
-        l = party(&d.0, "broken", "leader", port);
+        l = party(base, &d.0, "broken", "leader", port);
     }
     if kill.contains(&"follower") {
-        f = party(&d.0, "broken", "follower", port);
+        f = party(base, &d.0, "broken", "follower", port);
     }
     let (lout, fout) = outputs(l, f);
     for role in ["leader", "follower"] {
@@ -238,7 +270,7 @@ fn interrupted(name: &str, kill: &[&str], when: When) {
     }
     for role in ["leader", "follower"] {
         assert!(
-            exported(&d.0, "straight", role) == exported(&d.0, "broken", role),
+            exported(base, "straight", role) == exported(&d.0, "broken", role),
             "{role}: weights differ after resume"
         );
     }
@@ -275,12 +307,12 @@ fn kill_leader_during_its_checkpoint_write_and_the_weights_are_identical() {
 /// uninterrupted run's, so no iteration was lost or applied twice.
 #[test]
 fn connection_cuts_during_training_lose_and_repeat_no_iteration() {
+    let base = base();
     let d = setup("cut");
-    run_both(&d.0, "straight");
     let port = free_port();
     let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap());
-    let l = party(&d.0, "cut", "leader", port);
-    let f = party(&d.0, "cut", "follower", proxy.addr.port());
+    let l = party(base, &d.0, "cut", "leader", port);
+    let f = party(base, &d.0, "cut", "follower", proxy.addr.port());
     let mut cuts = 0;
     for (step, delay_ms) in [(8, 0), (16, 3), (28, 0), (40, 7), (52, 1)] {
         if !wait_for_checkpoint(&d.0, "cut", "follower", step) {
@@ -299,7 +331,7 @@ fn connection_cuts_during_training_lose_and_repeat_no_iteration() {
     );
     for role in ["leader", "follower"] {
         assert!(
-            exported(&d.0, "straight", role) == exported(&d.0, "cut", role),
+            exported(base, "straight", role) == exported(&d.0, "cut", role),
             "{role}: weights differ after the connection cuts"
         );
     }

@@ -39,10 +39,7 @@ pub struct BatchDigest(pub [u8; 16]);
 
 impl std::fmt::Display for BatchDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 

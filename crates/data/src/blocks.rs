@@ -71,41 +71,18 @@ pub struct BlockFile {
     pub sealed: bool,
 }
 
-/// fnmatch-style matching of `name` against `pattern`.
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
-            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
-            Some('[') => {
-                let Some(close) = p.iter().skip(2).position(|&c| c == ']').map(|i| i + 2) else {
-                    return n.first() == Some(&'[') && go(&p[1..], &n[1..]);
-                };
-                let Some(&c) = n.first() else { return false };
-                let (neg, set) = match p[1] {
-                    '!' => (true, &p[2..close]),
-                    _ => (false, &p[1..close]),
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < set.len() {
-                    if i + 2 < set.len() && set[i + 1] == '-' {
-                        hit |= set[i] <= c && c <= set[i + 2];
-                        i += 3;
-                    } else {
-                        hit |= set[i] == c;
-                        i += 1;
-                    }
-                }
-                hit != neg && go(&p[close + 1..], &n[1..])
-            }
-            Some(&c) => n.first() == Some(&c) && go(&p[1..], &n[1..]),
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    go(&p, &n)
+/// A compiled `--data-path-wildcard` (fnmatch rules through `globset`:
+/// `*`, `?`, `[abc]`, `[!abc]`, `{a,b}`; `*` also matches `/`).
+pub fn wildcard(pattern: &str) -> Result<globset::GlobMatcher, DataError> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| DataError::BadWildcard {
+            pattern: pattern.to_string(),
+            reason: e.kind().to_string(),
+        })
 }
 
 /// The blocks of a data directory.
@@ -116,9 +93,9 @@ pub struct DataDir {
 }
 
 fn walk(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    let io = |e: std::io::Error| DataError::Io {
+    let io = |source| DataError::Io {
         file: dir.display().to_string(),
-        message: e.to_string(),
+        source,
     };
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
@@ -145,11 +122,11 @@ impl DataDir {
     /// default extensions). Block ids must be unique.
     pub fn scan(root: &Path, wildcard: Option<&str>) -> Result<Self, DataError> {
         if !root.is_dir() {
-            return Err(DataError::Io {
+            return Err(DataError::NotADirectory {
                 file: root.display().to_string(),
-                message: "not a directory".into(),
             });
         }
+        let matcher = wildcard.map(self::wildcard).transpose()?;
         let mut files = Vec::new();
         walk(root, root, &mut files)?;
         let mut blocks: Vec<BlockFile> = Vec::new();
@@ -157,8 +134,8 @@ impl DataDir {
         for rel in files {
             let rel_s = rel.to_string_lossy().replace('\\', "/");
             let ext = EXTENSIONS.iter().find(|e| rel_s.ends_with(*e));
-            let selected = match wildcard {
-                Some(w) => wildcard_match(w, &rel_s),
+            let selected = match &matcher {
+                Some(m) => m.is_match(&rel_s),
                 None => ext.is_some(),
             };
             if !selected {
@@ -173,25 +150,24 @@ impl DataDir {
             };
             let path = root.join(&rel);
             if let Some(prev) = ids.insert(id.clone(), path.clone()) {
-                return Err(DataError::Other(format!(
-                    "{}: block id `{id}` is given by two files: {} and {}",
-                    root.display(),
-                    prev.display(),
-                    path.display()
-                )));
+                return Err(DataError::DuplicateBlockId {
+                    root: root.display().to_string(),
+                    id,
+                    first: prev.display().to_string(),
+                    second: path.display().to_string(),
+                });
             }
             blocks.push(BlockFile { id, path, kind, sealed });
         }
         if blocks.is_empty() {
-            return Err(DataError::Other(format!(
-                "{}: no data files match {} (refusing to train on zero examples)",
-                root.display(),
-                wildcard.map_or(
+            return Err(DataError::NoDataFiles {
+                root: root.display().to_string(),
+                wildcard: wildcard.map_or(
                     "the default `*.tfrecord`, `*.tfrecord.gz`, `*.csv` (or sealed `*.sealed` joined blocks)"
                         .to_string(),
-                    |w| format!("`{w}`")
-                )
-            )));
+                    |w| format!("`{w}`"),
+                ),
+            });
         }
         Ok(DataDir {
             root: root.to_path_buf(),
@@ -229,10 +205,10 @@ impl DataDir {
                         .take(64)
                         .map(|c| if c.is_control() { '?' } else { c })
                         .collect();
-                    DataError::Other(format!(
-                        "{}: no block `{shown}` in this data directory",
-                        self.root.display()
-                    ))
+                    DataError::NoSuchBlock {
+                        root: self.root.display().to_string(),
+                        id: shown,
+                    }
                 })
             })
             .collect()
@@ -281,15 +257,6 @@ pub struct BlockReader {
     line: String,
     scratch: String,
     spans: Vec<(usize, usize)>,
-}
-
-fn id_hash(id: &[u8]) -> u64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for b in id {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h
 }
 
 impl BlockReader {
@@ -352,10 +319,10 @@ impl BlockReader {
             scratch.clear();
             let want = (pos.record - self.pos.record).min(1024) as usize;
             if self.fill(&mut scratch, want)? == 0 {
-                return Err(DataError::Other(format!(
-                    "cannot resume at block #{} record {}: the block ends before",
-                    pos.block, pos.record
-                )));
+                return Err(DataError::ResumePastEnd {
+                    block: pos.block,
+                    record: pos.record,
+                });
             }
         }
         Ok(())
@@ -370,28 +337,25 @@ impl BlockReader {
     fn open_block(&mut self) -> Result<(), DataError> {
         let b = &self.blocks[self.pos.block];
         let file = b.path.display().to_string();
-        let io = |e: std::io::Error| DataError::Io {
+        let io = |source| DataError::Io {
             file: file.clone(),
-            message: e.to_string(),
+            source,
         };
         self.seen.clear();
         let plain = match (b.sealed, &self.unseal) {
             (false, _) => None,
             (true, None) => {
-                return Err(DataError::Io {
-                    file,
-                    message: "a sealed block, and no model key to open it (--model-key)".into(),
-                });
+                return Err(DataError::SealedWithoutKey { file });
             }
             (true, Some(u)) => {
                 let sealed = std::fs::read(&b.path).map_err(io)?;
-                let plain = u.unseal(b, &sealed).map_err(|message| DataError::Io {
+                let plain = u.unseal(b, &sealed).map_err(|reason| DataError::Unseal {
                     file: file.clone(),
-                    message,
+                    reason,
                 })?;
-                let block = unpad_sealed(&plain).map_err(|m| DataError::Io {
+                let block = unpad_sealed(&plain).map_err(|m| DataError::Unseal {
                     file: file.clone(),
-                    message: m.into(),
+                    reason: m.into(),
                 })?;
                 Some(block.to_vec())
             }
@@ -411,10 +375,7 @@ impl BlockReader {
                     .map_err(io)?
                     .is_none()
                 {
-                    return Err(DataError::Io {
-                        file,
-                        message: "empty CSV file (no header)".into(),
-                    });
+                    return Err(DataError::EmptyCsv { file });
                 }
                 let layout =
                     CsvLayout::from_header(&self.line, self.decoder.schema()).map_err(|e| e.at_line(&file, line_no))?;
@@ -478,12 +439,7 @@ impl BlockReader {
             }) => loop {
                 self.line.clear();
                 match reader.read_line(&mut self.line) {
-                    Err(e) => {
-                        return Err(DataError::Io {
-                            file,
-                            message: e.to_string(),
-                        });
-                    }
+                    Err(source) => return Err(DataError::Io { file, source }),
                     Ok(0) => break Ok(false),
                     Ok(_) => {}
                 }
@@ -500,7 +456,7 @@ impl BlockReader {
         };
         let outcome = outcome.and_then(|more| {
             if more {
-                let h = id_hash(batch.example_id(before));
+                let h = vfl_mix::fnv1a(batch.example_id(before));
                 if let Some(first) = self.seen.insert(h, record) {
                     let id = String::from_utf8_lossy(batch.example_id(before)).into_owned();
                     batch.truncate_rows(before);
@@ -562,6 +518,10 @@ impl BatchSource for BlockReader {
 mod tests {
     use super::*;
 
+    fn wildcard_match(pattern: &str, name: &str) -> bool {
+        wildcard(pattern).unwrap().is_match(name)
+    }
+
     #[test]
     fn wildcard_semantics() {
         assert!(wildcard_match("*.tfrecord", "00.tfrecord"));
@@ -572,5 +532,19 @@ mod tests {
         assert!(wildcard_match("[0-1][!a]*", "05x"));
         assert!(!wildcard_match("[!0]*", "05x"));
         assert!(!wildcard_match("a", "ab"));
+        assert!(wildcard_match("*.{csv,tfrecord}", "d/x.csv"));
+    }
+
+    /// Patterns with many stars match in linear time (the hand-written
+    /// matcher this replaced backtracked exponentially).
+    #[test]
+    fn many_stars_do_not_backtrack() {
+        let pattern = "*a".repeat(30) + "b";
+        assert!(!wildcard_match(&pattern, &"a".repeat(60)));
+    }
+
+    #[test]
+    fn an_unclosed_class_is_a_typed_error() {
+        assert!(matches!(wildcard("[abc"), Err(DataError::BadWildcard { .. })));
     }
 }

@@ -9,7 +9,7 @@
 //! = 1` (floats and int64s packed or not; both are accepted).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use crate::batch::{Batch, RowSource};
 use crate::schema::Schema;
@@ -73,21 +73,7 @@ enum Target {
 
 /// FNV-1a: fast for short feature names, and the keys are not attacker
 /// chosen in a way that matters (a slow lookup is the worst case).
-#[derive(Default)]
-struct Fnv(u64);
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xCBF2_9CE4_8422_2325 } else { self.0 };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01B3);
-        }
-        self.0 = h;
-    }
-}
+type Fnv = vfl_mix::Fnv1a;
 
 /// Decodes tf.Example records of one schema into batches.
 pub struct ExampleDecoder {

@@ -11,10 +11,10 @@ use flate2::Compression as GzLevel;
 use flate2::write::GzEncoder;
 
 use crate::DataError;
-use crate::atomic::write_atomic;
 use crate::example::{Value, encode_example};
 use crate::synth::{Synth, SynthConfig, SynthRow};
 use crate::tfrecord::RecordWriter;
+use vfl_fs::write_atomic;
 
 /// What to generate.
 #[derive(Clone, Debug, Default)]
@@ -87,9 +87,9 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
     };
     for role in ["leader", "follower"] {
         let dir = cfg.out.join(role);
-        std::fs::create_dir_all(&dir).map_err(|e| DataError::Io {
+        std::fs::create_dir_all(&dir).map_err(|source| DataError::Io {
             file: dir.display().to_string(),
-            message: e.to_string(),
+            source,
         })?;
     }
     let mut row = SynthRow::default();
@@ -110,7 +110,7 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
             if !leader && cfg.shuffle_follower {
                 let mut st = cfg.synth.seed ^ (f as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0005_4FF1;
                 for i in (1..indices.len()).rev() {
-                    let j = (crate::synth::mix(&mut st) % (i as u64 + 1)) as usize;
+                    let j = (vfl_mix::splitmix64(&mut st) % (i as u64 + 1)) as usize;
                     indices.swap(i, j);
                 }
             }
@@ -175,9 +175,9 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
                 }
                 Ok(())
             };
-            write_atomic(&path, write).map_err(|e| DataError::Io {
+            write_atomic(&path, write).map_err(|source| DataError::Io {
                 file: path.display().to_string(),
-                message: e.to_string(),
+                source,
             })?;
             summary.bytes += bytes;
             if leader {

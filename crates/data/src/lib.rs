@@ -1,7 +1,6 @@
 //! Data layer of enclave-vfl: batch buffers and digests, the synthetic
 //! data generator, TFRecord/tf.Example and CSV readers, and data blocks.
 
-pub mod atomic;
 pub mod batch;
 pub mod blocks;
 pub mod csv;
@@ -24,8 +23,37 @@ pub use source::{BatchSource, SynthSource};
 pub enum DataError {
     #[error("{0}")]
     Schema(String),
-    #[error("{file}: {message}")]
-    Io { file: String, message: String },
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not a directory")]
+    NotADirectory { file: String },
+    #[error("{file}: a sealed block, and no model key to open it (--model-key)")]
+    SealedWithoutKey { file: String },
+    #[error("{file}: {reason}")]
+    Unseal { file: String, reason: String },
+    #[error("{file}: empty CSV file (no header)")]
+    EmptyCsv { file: String },
+    #[error("bad wildcard `{pattern}`: {reason}")]
+    BadWildcard { pattern: String, reason: String },
+    #[error("{root}: block id `{id}` is given by two files: {first} and {second}")]
+    DuplicateBlockId {
+        root: String,
+        id: String,
+        first: String,
+        second: String,
+    },
+    #[error("{root}: no data files match {wildcard} (refusing to train on zero examples)")]
+    NoDataFiles { root: String, wildcard: String },
+    #[error("{root}: no block `{id}` in this data directory")]
+    NoSuchBlock { root: String, id: String },
+    #[error("cannot resume at block #{block} record {record}: the block ends before")]
+    ResumePastEnd { block: usize, record: u64 },
+    #[error("cannot start the reader thread: {0}")]
+    ReaderThread(#[source] std::io::Error),
     #[error("{file}: record {record}: {message}")]
     Record { file: String, record: u64, message: String },
     #[error("{file}: record {record}: feature `{feature}`: {message}")]
@@ -37,6 +65,4 @@ pub enum DataError {
     },
     #[error("{file}: line {line}: {message}")]
     Line { file: String, line: u64, message: String },
-    #[error("{0}")]
-    Other(String),
 }

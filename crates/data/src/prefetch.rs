@@ -45,7 +45,7 @@ impl Prefetcher {
                 }
                 reader
             })
-            .map_err(|e| DataError::Other(format!("cannot start the reader thread: {e}")))?;
+            .map_err(DataError::ReaderThread)?;
         Ok(Prefetcher {
             rx,
             recycle,

@@ -65,14 +65,7 @@ pub struct Synth {
     effects: [Vec<f32>; 2],
 }
 
-/// SplitMix64 step (a stable stream; see the nn crate's rng for details).
-pub(crate) fn mix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use vfl_mix::splitmix64 as mix;
 
 pub(crate) fn unit(state: &mut u64) -> f64 {
     (mix(state) >> 11) as f64 / (1u64 << 53) as f64

@@ -131,9 +131,9 @@ pub fn scan(
     let mut out = Scanned::default();
     for (bi, block) in dir.blocks().iter().enumerate() {
         let file = block.path.display().to_string();
-        let io = |e: std::io::Error| DataError::Io {
+        let io = |source| DataError::Io {
             file: file.clone(),
-            message: e.to_string(),
+            source,
         };
         let b = bi as u32;
         if block.sealed {
@@ -186,11 +186,7 @@ pub fn scan(
                 let mut reader = BufReader::with_capacity(1 << 20, File::open(&block.path).map_err(io)?);
                 let (mut line, mut line_no) = (String::new(), 0u64);
                 if read_header(&mut reader, &mut line, &mut line_no).map_err(io)?.is_none() {
-                    return Err(DataError::Io {
-                        file,
-                        message: "empty CSV file (no header)".into(),
-                    }
-                    .into());
+                    return Err(DataError::EmptyCsv { file }.into());
                 }
                 let header = line.trim_end_matches(['\n', '\r']).to_string();
                 let line_err = |line: u64, e: vfl_data::csv::CsvError| e.at_line(&file, line);

@@ -99,8 +99,7 @@ impl Staging {
     pub fn commit(mut self, report: &serde_json::Value) -> Result<(), JoinError> {
         let path = self.dir.join(REPORT);
         let body = serde_json::to_vec_pretty(report).map_err(|e| JoinError::Config(e.to_string()))?;
-        vfl_data::atomic::write_atomic(&path, |w| w.write_all(&body))
-            .map_err(|e| JoinError::io("writing", &path, e))?;
+        vfl_fs::write_atomic(&path, |w| w.write_all(&body)).map_err(|e| JoinError::io("writing", &path, e))?;
         let parent = parent_of(&self.target);
         let old = if self.target.exists() {
             let old = parent.join(format!(".{}.old-{}", name_of(&self.target)?, vfl_attest::random_hex(8)));
@@ -245,8 +244,7 @@ impl BlockWriter {
                 (self.dir.join(format!("{id}.{ext}.{SEALED_SUFFIX}")), sealed)
             }
         };
-        vfl_data::atomic::write_atomic(&path, |w| w.write_all(&bytes))
-            .map_err(|e| JoinError::io("writing", &path, e))?;
+        vfl_fs::write_atomic(&path, |w| w.write_all(&bytes)).map_err(|e| JoinError::io("writing", &path, e))?;
         self.buf = bytes;
         self.buf.clear();
         self.in_block = 0;

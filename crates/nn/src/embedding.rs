@@ -680,10 +680,7 @@ fn combine_scale(c: Combiner, n: usize) -> f32 {
 
 /// Hash used by [`OutOfRange::Hash`] (SplitMix64 finaliser of the id).
 pub fn hash_id(id: i64) -> u64 {
-    let mut z = (id as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    vfl_mix::splitmix64_mix((id as u64).wrapping_add(vfl_mix::GOLDEN_GAMMA))
 }
 
 /// Splits `s[bounds[0] .. bounds[last]]` at the (non-decreasing) bounds.

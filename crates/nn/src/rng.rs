@@ -7,25 +7,14 @@
 //! Vigna), seeded through SplitMix64 as its authors recommend.
 
 /// SplitMix64: used to expand a 64-bit seed and to derive sub-seeds.
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use vfl_mix::splitmix64;
 
 /// Derives an independent seed from a base seed and a label (for example a
 /// layer name), so that each parameter's initial values depend only on the
 /// model seed and its own name, never on construction order.
 pub fn derive_seed(seed: u64, label: &str) -> u64 {
     // FNV-1a over the label, then mixed with the seed through SplitMix64.
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for b in label.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    let mut s = seed ^ h;
+    let mut s = seed ^ vfl_mix::fnv1a(label.as_bytes());
     splitmix64(&mut s)
 }
 

@@ -398,8 +398,7 @@ impl ModelSpec {
     pub fn fingerprint(&self) -> String {
         // Serialising plain structs to JSON cannot fail.
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        let digest = Sha256::digest(&bytes);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(Sha256::digest(&bytes))
     }
 
     /// The spec as pretty TOML (for exports and `vfl model show`).

@@ -117,7 +117,7 @@ pub fn write_record(dir: &Path, bind: &Binding, sealer: Option<&Sealer>, rec: &R
     let json = serde_json::to_vec(rec).map_err(|e| TrainError::Store(e.to_string()))?;
     match sealer {
         Some(s) => s.seal_to_file(&p, &bind.run_record(), &json)?,
-        None => vfl_attest::seal::write_atomic(&p, &json, false)
+        None => vfl_fs::write_bytes(&p, &json, vfl_fs::Access::Private)
             .map_err(|e| TrainError::Store(format!("{}: {e}", p.display())))?,
     }
     Ok(())
@@ -219,7 +219,7 @@ pub fn save(
     }
     // A checkpoint directory belongs to one party: temporary files of other
     // processes were left by a write that was killed.
-    vfl_data::atomic::remove_stale_temps(dir, "ckpt-");
+    vfl_fs::remove_stale_temps(dir, "ckpt-");
     Ok(())
 }
 
@@ -353,9 +353,9 @@ pub fn export(
             "both parties' policies release this party's export: model.plain.safetensors is NOT encrypted"
         );
     }
-    vfl_data::atomic::write_atomic(&dir.join("model.toml"), |w| w.write_all(spec.to_toml().as_bytes())).map_err(io)?;
+    vfl_fs::write_atomic(&dir.join("model.toml"), |w| w.write_all(spec.to_toml().as_bytes())).map_err(io)?;
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| TrainError::Store(e.to_string()))?;
-    vfl_data::atomic::write_atomic(&dir.join("manifest.json"), |w| w.write_all(text.as_bytes())).map_err(io)?;
+    vfl_fs::write_atomic(&dir.join("manifest.json"), |w| w.write_all(text.as_bytes())).map_err(io)?;
     Ok(dir)
 }
 

@@ -37,6 +37,30 @@ pub enum TrainError {
     },
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("protocol error: expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: String },
+    #[error(
+        "epoch {epoch}: the {longer}'s data has more rows than its peer's (they differ after {iterations} iterations); the parties' data are not aligned"
+    )]
+    RowCounts {
+        epoch: u32,
+        longer: &'static str,
+        iterations: u64,
+    },
+    #[error("epoch {epoch}: no data (refusing to train on zero examples)")]
+    NoData { epoch: u32 },
+    #[error(
+        "the leader resumes at epoch {} block #{} record {}, but this follower's checkpoint is at epoch {} block #{} record {} (or the block order differs)",
+        leader.0, leader.1, leader.2, ours.0, ours.1, ours.2
+    )]
+    ResumeMismatch {
+        leader: (u32, u64, u64),
+        ours: (u32, u64, u64),
+    },
+    #[error("the leader checkpoints step {leader} but this follower is at step {ours}")]
+    CheckpointStep { leader: u64, ours: u64 },
+    #[error("the leader asks {asked} but this follower has no --checkpoint-path")]
+    NoCheckpointPath { asked: &'static str },
     #[error("model file: {0}")]
     Store(String),
     #[error(

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use vfl_data::atomic::write_atomic;
+use vfl_fs::write_atomic;
 
 use vfl_attest::seal::{self, Context, Sealer};
 
@@ -36,10 +36,6 @@ pub struct Stored {
     pub meta: BTreeMap<String, String>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Writes tensors (in the given order) and metadata atomically.
 pub fn write(
     path: &Path,
@@ -63,7 +59,7 @@ pub fn write(
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    m.insert("data_sha256".into(), Value::String(hex(&Sha256::digest(&data))));
+    m.insert("data_sha256".into(), Value::String(hex::encode(Sha256::digest(&data))));
     header.insert("__metadata__".into(), Value::Object(m));
     let mut h = serde_json::to_vec(&Value::Object(header)).map_err(|e| TrainError::Store(e.to_string()))?;
     while h.len() % 8 != 0 {
@@ -131,7 +127,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Stored, TrainError> {
         }
     }
     let want = out.meta.get("data_sha256").cloned().unwrap_or_default();
-    if want != hex(&Sha256::digest(data)) {
+    if want != hex::encode(Sha256::digest(data)) {
         return Err(bad("checksum mismatch: the file is damaged or was altered".into()));
     }
     for (name, info) in &header {

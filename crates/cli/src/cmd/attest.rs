@@ -646,7 +646,7 @@ fn party_identity(a: PartyIdentityArgs) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&out)? + "\n";
     match &a.out {
         Some(p) => {
-            vfl_data::atomic::write_atomic(p, |w| w.write_all(text.as_bytes()))
+            vfl_fs::write_atomic(p, |w| w.write_all(text.as_bytes()))
                 .with_context(|| format!("writing {}", p.display()))?;
             eprintln!(
                 "{}: the {} identity (mr_signer {}): send it to the peer",
@@ -807,7 +807,7 @@ pub fn self_accepting_sim_policy(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
     });
     let policy_path = dir.join("dynamic_config.json");
     let text = serde_json::to_string_pretty(&policy)?;
-    vfl_data::atomic::write_atomic(&policy_path, |w| w.write_all(text.as_bytes()))
+    vfl_fs::write_atomic(&policy_path, |w| w.write_all(text.as_bytes()))
         .with_context(|| format!("writing {}", policy_path.display()))?;
     Ok((key, policy_path))
 }
@@ -990,7 +990,7 @@ fn trust(a: TrustArgs) -> anyhow::Result<()> {
     let out = canonical_policy(&policy);
     // Refuse to write a policy that would not load.
     let parsed = Policy::parse(out.as_bytes(), &a.policy.display().to_string())?;
-    vfl_data::atomic::write_atomic(&a.policy, |w| w.write_all(out.as_bytes()))
+    vfl_fs::write_atomic(&a.policy, |w| w.write_all(out.as_bytes()))
         .with_context(|| format!("writing {}", a.policy.display()))?;
     if known {
         println!("{} already trusts the {role} {what}", a.policy.display());

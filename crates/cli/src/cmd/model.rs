@@ -112,7 +112,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
             // without being so is refused as altered.
             let (context, plain) = sealer.open_file(&raw, &claimed, &path)?;
             store::parse(&plain, &path)?;
-            vfl_data::atomic::write_atomic(&out, |w| w.write_all(&plain))
+            vfl_fs::write_atomic(&out, |w| w.write_all(&plain))
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("decrypted {} ({context}) to {}", path.display(), out.display());
         }

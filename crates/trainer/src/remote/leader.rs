@@ -92,242 +92,370 @@ async fn finish(link: &mut LeaderLink<'_>, result: &Result<RunSummary, TrainErro
     }
 }
 
+/// The leader's training session, phase by phase: [`Lead::start`] (run
+/// record, resume from a checkpoint), per epoch [`Lead::plan`] and
+/// [`Lead::train_epoch`] (each step in [`Lead::step`], coordinated
+/// checkpoints in [`Lead::checkpoint`]), then [`Lead::finish`] (Finish,
+/// export, summary).
+struct Lead<'s, 'a> {
+    cfg: &'s RunConfig,
+    data: &'s DataDir,
+    link: &'s mut LeaderLink<'a>,
+    session_id: String,
+    run_id: String,
+    resume_step: Option<u64>,
+    bind: Binding,
+    schema: vfl_data::Schema,
+    party: LeaderParty,
+    state: RunState,
+    /// Rows trained in this process, and their loss sum.
+    trained: u64,
+    loss_sum: f64,
+    skipped: u64,
+    last_epoch: Option<MetricValues>,
+    last_save: Instant,
+}
+
+/// One epoch's block order and where in it training starts.
+struct EpochPlan {
+    epoch: u32,
+    order: Vec<String>,
+    start: Position,
+}
+
 async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Result<RunSummary, TrainError> {
-    let session_id = link.session_id().to_string();
-    let resume_step = link.resume_step();
-    let run_id = link.run_id().to_string();
-    let bind = binding(cfg, Role::Leader);
-    let fingerprint = bind.model.clone();
-    let schema = schema_for(&cfg.spec, Role::Leader);
-    let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
-    let mut state = RunState::default();
-    start_run(cfg, Role::Leader, &run_id, resume_step)?;
-    if let (Some(step), Some(dir)) = (resume_step, &cfg.checkpoint_path) {
-        state = checkpoint::load(
-            dir,
-            step,
-            &bind,
-            &run_id,
-            party.model_mut().tensors_mut(),
-            cfg.seal.as_deref(),
-        )?;
-        party.restore_counters(state.next_iteration, state.opt_step);
-        tracing::info!(
-            step,
-            epoch = state.epoch,
-            block = state.block,
-            record = state.record,
-            "resumed from checkpoint"
-        );
+    let mut s = Lead::start(cfg, data, link)?;
+    let started = Instant::now();
+    let mut resuming = s.resume_step.is_some();
+    for epoch in s.state.epoch..cfg.epochs {
+        let plan = s.plan(epoch, std::mem::take(&mut resuming));
+        exchange_plan(s.link, &plan, epoch + 1 == cfg.epochs).await?;
+        s.train_epoch(&plan).await?;
     }
-    let (mut loss_sum, mut skipped, mut trained) = (0f64, 0u64, 0u64);
-    let mut last_epoch = None;
-    let start = Instant::now();
-    let mut last_save = Instant::now();
-    let mut resuming = resume_step.is_some();
-    for epoch in state.epoch..cfg.epochs {
-        cfg.progress.set_epoch(u64::from(epoch));
-        let (order, start_pos) = if resuming {
-            (
-                state.plan.clone(),
-                Position {
-                    block: state.block as usize,
-                    record: state.record,
-                },
-            )
-        } else {
-            let mut order = data.ids();
-            if let Some(seed) = cfg.shuffle_seed {
-                Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
-            }
-            (order, Position::default())
+    s.finish(started.elapsed().as_secs_f64()).await
+}
+
+/// Sends an epoch's plan and waits for the follower's acknowledgement.
+async fn exchange_plan(link: &mut LeaderLink<'_>, plan: &EpochPlan, last: bool) -> Result<(), TrainError> {
+    link.send(LMsg::Plan(pb::EpochPlan {
+        epoch: plan.epoch,
+        block_ids: plan.order.clone(),
+        last,
+        start_block: plan.start.block as u64,
+        start_record: plan.start.record,
+    }))
+    .await?;
+    match link.recv().await? {
+        FMsg::PlanAck(a) if a.epoch == plan.epoch => Ok(()),
+        other => Err(unexpected_f("the plan's acknowledgement", other)),
+    }
+}
+
+/// A message other than the one expected: the peer's failure, or a
+/// protocol error naming what came (kind and sizes only).
+fn unexpected_f(expected: &'static str, got: FMsg) -> TrainError {
+    match got {
+        FMsg::Failure(f) => peer_failed(f),
+        other => TrainError::Unexpected {
+            expected,
+            got: describe_f(&other),
+        },
+    }
+}
+
+impl<'s, 'a> Lead<'s, 'a> {
+    /// The session's first phase: the run record, and the checkpoint both
+    /// parties agreed to resume from.
+    fn start(cfg: &'s RunConfig, data: &'s DataDir, link: &'s mut LeaderLink<'a>) -> Result<Self, TrainError> {
+        let resume_step = link.resume_step();
+        let run_id = link.run_id().to_string();
+        let mut s = Lead {
+            session_id: link.session_id().to_string(),
+            bind: binding(cfg, Role::Leader),
+            schema: schema_for(&cfg.spec, Role::Leader),
+            party: LeaderParty::new(&cfg.spec, cfg.threads)?,
+            state: RunState::default(),
+            trained: 0,
+            loss_sum: 0.0,
+            skipped: 0,
+            last_epoch: None,
+            last_save: Instant::now(),
+            cfg,
+            data,
+            link,
+            run_id,
+            resume_step,
         };
-        resuming = false;
-        let last = epoch + 1 == cfg.epochs;
-        link.send(LMsg::Plan(pb::EpochPlan {
-            epoch,
-            block_ids: order.clone(),
-            last,
-            start_block: start_pos.block as u64,
-            start_record: start_pos.record,
-        }))
-        .await?;
-        match link.recv().await? {
-            FMsg::PlanAck(a) if a.epoch == epoch => {}
-            FMsg::Failure(f) => return Err(peer_failed(f)),
-            other => {
-                return Err(TrainError::Protocol(format!(
-                    "expected the plan's acknowledgement, got {}",
-                    describe_f(&other)
-                )));
-            }
+        start_run(cfg, Role::Leader, &s.run_id, resume_step)?;
+        if let (Some(step), Some(dir)) = (resume_step, &cfg.checkpoint_path) {
+            s.state = checkpoint::load(
+                dir,
+                step,
+                &s.bind,
+                &s.run_id,
+                s.party.model_mut().tensors_mut(),
+                cfg.seal.as_deref(),
+            )?;
+            s.party.restore_counters(s.state.next_iteration, s.state.opt_step);
+            let st = &s.state;
+            tracing::info!(
+                step,
+                epoch = st.epoch,
+                block = st.block,
+                record = st.record,
+                "resumed from checkpoint"
+            );
         }
-        let mut reader = cfg.block_reader(Role::Leader, data.select(&order)?, schema.clone());
-        reader.seek(start_pos)?;
+        Ok(s)
+    }
+
+    /// Epoch `epoch`'s block order (shuffled from the seed, or the
+    /// checkpoint's when resuming) and start position.
+    fn plan(&self, epoch: u32, resuming: bool) -> EpochPlan {
+        self.cfg.progress.set_epoch(u64::from(epoch));
+        if resuming {
+            let st = &self.state;
+            return EpochPlan {
+                epoch,
+                order: st.plan.clone(),
+                start: Position {
+                    block: st.block as usize,
+                    record: st.record,
+                },
+            };
+        }
+        let mut order = self.data.ids();
+        if let Some(seed) = self.cfg.shuffle_seed {
+            Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
+        }
+        EpochPlan {
+            epoch,
+            order,
+            start: Position::default(),
+        }
+    }
+
+    /// Trains one epoch: a step per batch of activations, until the
+    /// follower's data ends together with ours.
+    async fn train_epoch(&mut self, plan: &EpochPlan) -> Result<(), TrainError> {
+        let cfg = self.cfg;
+        let mut reader = cfg.block_reader(Role::Leader, self.data.select(&plan.order)?, self.schema.clone());
+        reader.seek(plan.start)?;
         // Decode the next batches on a reader thread while this one trains.
         let mut reader = Prefetcher::spawn(reader, cfg.batch_size, 2)?;
-        party.take_metrics();
+        self.party.take_metrics();
         let mut iterations = 0u64;
         loop {
-            match link.recv().await? {
+            match self.link.recv().await? {
                 FMsg::Activations(a) => {
                     let Some(batch) = reader.next_batch()? else {
-                        return Err(TrainError::Protocol(format!(
-                            "epoch {epoch}: the follower has more rows than the leader (leader data ended after {iterations} iterations)"
-                        )));
+                        return Err(TrainError::RowCounts {
+                            epoch: plan.epoch,
+                            longer: "follower",
+                            iterations,
+                        });
                     };
-                    let act = activations(a)?;
-                    let (report, grad) = tokio::task::block_in_place(|| party.train_step(&batch, &act))?;
-                    state.steps += 1;
-                    state.examples += report.rows as u64;
-                    cfg.progress.step(report.rows as u64, report.loss);
-                    if let Some(pos) = position_after(&batch) {
-                        let within = pos.block as f64 / order.len().max(1) as f64;
-                        cfg.progress
-                            .set_fraction((f64::from(epoch) + within) / f64::from(cfg.epochs.max(1)));
-                    }
+                    self.step(plan, &batch, a).await?;
                     iterations += 1;
-                    trained += report.rows as u64;
-                    loss_sum += f64::from(report.loss) * report.rows as f64;
-                    let due = cfg.checkpoint_path.is_some()
-                        && (cfg.save_checkpoint_steps.is_some_and(|k| k > 0 && state.steps % k == 0)
-                            || cfg
-                                .save_checkpoint_secs
-                                .is_some_and(|s| last_save.elapsed() >= Duration::from_secs(s)));
-                    let checkpoint_step = if due { state.steps } else { 0 };
-                    // The leader saves before it sends the gradient that asks the
-                    // follower to save: when the follower has saved too, both hold
-                    // the step, and the follower may record it as committed at once
-                    // (a leader restored to older state is then refused).
-                    if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
-                        let counters = party.counters();
-                        let at = At {
-                            epoch,
-                            plan: &order,
-                            pos: position_after(&batch).unwrap_or(start_pos),
-                        };
-                        let tensors = party.model_mut().tensors_mut();
-                        save_checkpoint(cfg, dir, Role::Leader, &run_id, tensors, &state, at, counters)?;
-                    }
-                    link.send(LMsg::Gradient(pb::Gradient {
-                        iteration: grad.iteration,
-                        tensor: Some(tensor_pb(grad.tensor)),
-                        checkpoint_step,
-                    }))
-                    .await?;
-                    if let (true, Some(dir)) = (due, &cfg.checkpoint_path) {
-                        match link.recv().await? {
-                            FMsg::CheckpointDone(d) if d.step == state.steps => {}
-                            FMsg::Failure(f) => return Err(peer_failed(f)),
-                            other => {
-                                return Err(TrainError::Protocol(format!(
-                                    "expected CheckpointDone, got {}",
-                                    describe_f(&other)
-                                )));
-                            }
-                        }
-                        // Both parties hold this step: it is the new rollback floor.
-                        checkpoint::commit(dir, &bind, cfg.seal.as_deref(), &run_id, state.steps)?;
-                        reverify(cfg, link.peer(), PartyRole::Follower)?;
-                        last_save = Instant::now();
-                        tracing::info!(step = state.steps, "checkpoint saved by both parties");
-                    }
-                    if trained == report.rows as u64 {
-                        tracing::info!(
-                            ms_since_start = cfg.started.elapsed().as_millis() as u64,
-                            "first training step done"
-                        );
-                    }
-                    if state.steps % 100 == 0 {
-                        tracing::info!(epoch, step = state.steps, loss = report.loss, "training");
-                    }
                     reader.recycle(batch);
                 }
                 FMsg::EndOfData(e) => {
                     if reader.next_batch()?.is_some() || e.iterations != iterations {
-                        return Err(TrainError::Protocol(format!(
-                            "epoch {epoch}: the follower's data ended after {} iterations but the leader has more rows (after {iterations} iterations)",
-                            e.iterations
-                        )));
+                        return Err(TrainError::RowCounts {
+                            epoch: plan.epoch,
+                            longer: "leader",
+                            iterations,
+                        });
                     }
                     break;
                 }
-                FMsg::Failure(f) => return Err(peer_failed(f)),
-                other => {
-                    return Err(TrainError::Protocol(format!(
-                        "unexpected message from the follower: {}",
-                        describe_f(&other)
-                    )));
-                }
+                other => return Err(unexpected_f("activations or the end of the follower's data", other)),
             }
         }
-        if iterations == 0 && start_pos == Position::default() {
-            return Err(TrainError::Protocol(format!(
-                "epoch {epoch}: no data (refusing to train on zero examples)"
-            )));
+        if iterations == 0 && plan.start == Position::default() {
+            return Err(TrainError::NoData { epoch: plan.epoch });
         }
-        skipped += reader.finish().map_or(0, |r| r.skipped());
-        let m = party.take_metrics().values();
-        tracing::info!(epoch, iterations, auc = ?m.auc, "epoch done");
+        self.skipped += reader.finish().map_or(0, |r| r.skipped());
+        let m = self.party.take_metrics().values();
+        tracing::info!(epoch = plan.epoch, iterations, auc = ?m.auc, "epoch done");
         cfg.progress.set_auc(m.auc);
-        last_epoch = Some(m);
+        self.last_epoch = Some(m);
+        Ok(())
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let export_id = format!(
-        "{}-{session_id}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    );
-    link.send(LMsg::Finish(pb::Finish {
-        summary: format!("{} steps, {} examples", state.steps, state.examples),
-        export_id: export_id.clone(),
-    }))
-    .await?;
-    let export_dir = match &cfg.export_path {
-        None => None,
-        Some(p) => {
-            let manifest = serde_json::json!({
-                "role": "leader",
-                "step": state.steps,
-                "examples": state.examples,
-                "epochs": cfg.epochs,
-                "session": session_id,
-                "model": cfg.spec.name,
-                "model_fingerprint": fingerprint,
-                "data_fingerprint": data_fingerprint(data),
-                "resumed_from": resume_step,
-                "last_epoch_metrics": last_epoch,
-            });
-            let release = cfg.security.release_exports();
-            let plan = checkpoint::ExportPlan {
-                export_path: p,
-                id: &export_id,
-                run: &run_id,
-                release: &release,
-            };
-            Some(checkpoint::export(
-                &plan,
-                &bind,
-                &cfg.spec,
-                party.model_mut().tensors_mut(),
-                manifest,
-                cfg.seal.as_deref(),
-            )?)
+
+    /// One training step: the head's forward and backward on the follower's
+    /// activations, a checkpoint if due, the gradient back.
+    async fn step(&mut self, plan: &EpochPlan, batch: &Batch, a: pb::Activations) -> Result<(), TrainError> {
+        let cfg = self.cfg;
+        let act = activations(a)?;
+        let party = &mut self.party;
+        let (report, grad) = tokio::task::block_in_place(|| party.train_step(batch, &act))?;
+        let rows = report.rows as u64;
+        self.state.steps += 1;
+        self.state.examples += rows;
+        cfg.progress.step(rows, report.loss);
+        if let Some(pos) = position_after(batch) {
+            let within = pos.block as f64 / plan.order.len().max(1) as f64;
+            cfg.progress
+                .set_fraction((f64::from(plan.epoch) + within) / f64::from(cfg.epochs.max(1)));
         }
-    };
-    Ok(RunSummary {
-        session_id,
-        epochs: cfg.epochs,
-        steps: state.steps,
-        examples: state.examples,
-        seconds,
-        mean_loss: if trained == 0 { 0.0 } else { loss_sum / trained as f64 },
-        last_epoch,
-        skipped_records: skipped,
-        resumed_from: resume_step,
-        export_dir,
-    })
+        self.trained += rows;
+        self.loss_sum += f64::from(report.loss) * report.rows as f64;
+        let due = self.checkpoint_due();
+        // The leader saves before it sends the gradient that asks the
+        // follower to save: when the follower has saved too, both hold the
+        // step, and the follower may record it as committed at once (a
+        // leader restored to older state is then refused).
+        if due {
+            self.save(plan, batch)?;
+        }
+        self.link
+            .send(LMsg::Gradient(pb::Gradient {
+                iteration: grad.iteration,
+                tensor: Some(tensor_pb(grad.tensor)),
+                checkpoint_step: if due { self.state.steps } else { 0 },
+            }))
+            .await?;
+        if due {
+            self.checkpoint().await?;
+        }
+        if self.trained == rows {
+            let ms_since_start = cfg.started.elapsed().as_millis() as u64;
+            tracing::info!(ms_since_start, "first training step done");
+        }
+        if self.state.steps.is_multiple_of(100) {
+            tracing::info!(
+                epoch = plan.epoch,
+                step = self.state.steps,
+                loss = report.loss,
+                "training"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether this step is checkpointed (every N steps and/or seconds).
+    fn checkpoint_due(&self) -> bool {
+        let cfg = self.cfg;
+        cfg.checkpoint_path.is_some()
+            && (cfg
+                .save_checkpoint_steps
+                .is_some_and(|k| k > 0 && self.state.steps.is_multiple_of(k))
+                || cfg
+                    .save_checkpoint_secs
+                    .is_some_and(|s| self.last_save.elapsed() >= Duration::from_secs(s)))
+    }
+
+    /// Saves this party's checkpoint of the current step.
+    fn save(&mut self, plan: &EpochPlan, batch: &Batch) -> Result<(), TrainError> {
+        let Some(dir) = &self.cfg.checkpoint_path else {
+            return Ok(());
+        };
+        let counters = self.party.counters();
+        let at = At {
+            epoch: plan.epoch,
+            plan: &plan.order,
+            pos: position_after(batch).unwrap_or(plan.start),
+        };
+        let tensors = self.party.model_mut().tensors_mut();
+        save_checkpoint(
+            self.cfg,
+            dir,
+            Role::Leader,
+            &self.run_id,
+            tensors,
+            &self.state,
+            at,
+            counters,
+        )
+    }
+
+    /// After the gradient that asked for it: the follower's save, then the
+    /// step is committed (the new rollback floor) and the follower's
+    /// evidence verified again.
+    async fn checkpoint(&mut self) -> Result<(), TrainError> {
+        let Some(dir) = &self.cfg.checkpoint_path else {
+            return Ok(());
+        };
+        let step = self.state.steps;
+        match self.link.recv().await? {
+            FMsg::CheckpointDone(d) if d.step == step => {}
+            other => return Err(unexpected_f("CheckpointDone", other)),
+        }
+        checkpoint::commit(dir, &self.bind, self.cfg.seal.as_deref(), &self.run_id, step)?;
+        reverify(self.cfg, self.link.peer(), PartyRole::Follower)?;
+        self.last_save = Instant::now();
+        tracing::info!(step, "checkpoint saved by both parties");
+        Ok(())
+    }
+
+    /// The last phase: Finish to the follower (with the export id both use),
+    /// this party's export, the summary.
+    async fn finish(mut self, seconds: f64) -> Result<RunSummary, TrainError> {
+        let cfg = self.cfg;
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let export_id = format!("{unix}-{}", self.session_id);
+        self.link
+            .send(LMsg::Finish(pb::Finish {
+                summary: format!("{} steps, {} examples", self.state.steps, self.state.examples),
+                export_id: export_id.clone(),
+            }))
+            .await?;
+        let export_dir = match &cfg.export_path {
+            None => None,
+            Some(p) => Some(self.export(p, &export_id)?),
+        };
+        Ok(RunSummary {
+            session_id: self.session_id,
+            epochs: cfg.epochs,
+            steps: self.state.steps,
+            examples: self.state.examples,
+            seconds,
+            mean_loss: if self.trained == 0 {
+                0.0
+            } else {
+                self.loss_sum / self.trained as f64
+            },
+            last_epoch: self.last_epoch,
+            skipped_records: self.skipped,
+            resumed_from: self.resume_step,
+            export_dir,
+        })
+    }
+
+    /// Exports the trained model under `<path>/<id>/leader/`.
+    fn export(&mut self, path: &std::path::Path, id: &str) -> Result<PathBuf, TrainError> {
+        let cfg = self.cfg;
+        let manifest = serde_json::json!({
+            "role": "leader",
+            "step": self.state.steps,
+            "examples": self.state.examples,
+            "epochs": cfg.epochs,
+            "session": self.session_id,
+            "model": cfg.spec.name,
+            "model_fingerprint": self.bind.model,
+            "data_fingerprint": data_fingerprint(self.data),
+            "resumed_from": self.resume_step,
+            "last_epoch_metrics": self.last_epoch,
+        });
+        let release = cfg.security.release_exports();
+        let plan = checkpoint::ExportPlan {
+            export_path: path,
+            id,
+            run: &self.run_id,
+            release: &release,
+        };
+        checkpoint::export(
+            &plan,
+            &self.bind,
+            &cfg.spec,
+            self.party.model_mut().tensors_mut(),
+            manifest,
+            cfg.seal.as_deref(),
+        )
+    }
 }
 
 async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Result<RunSummary, TrainError> {
@@ -338,26 +466,13 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
     let run = (link.run_id().to_string(), resume_step);
     let source = load_for_eval(cfg, Role::Leader, (&run.0, run.1), party.model_mut().tensors_mut())?;
     tracing::info!(%source, "evaluating");
-    let order = data.ids();
-    link.send(LMsg::Plan(pb::EpochPlan {
+    let plan = EpochPlan {
         epoch: 0,
-        block_ids: order.clone(),
-        last: true,
-        start_block: 0,
-        start_record: 0,
-    }))
-    .await?;
-    match link.recv().await? {
-        FMsg::PlanAck(_) => {}
-        FMsg::Failure(f) => return Err(peer_failed(f)),
-        other => {
-            return Err(TrainError::Protocol(format!(
-                "expected the plan's acknowledgement, got {}",
-                describe_f(&other)
-            )));
-        }
-    }
-    let mut reader = cfg.block_reader(Role::Leader, data.select(&order)?, schema.clone());
+        order: data.ids(),
+        start: Position::default(),
+    };
+    exchange_plan(link, &plan, true).await?;
+    let mut reader = cfg.block_reader(Role::Leader, data.select(&plan.order)?, schema.clone());
     let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
     let mut predictions = String::from("example_id,score\n");
     let (mut steps, mut examples, mut loss_sum) = (0u64, 0u64, 0f64);
@@ -366,9 +481,11 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
         match link.recv().await? {
             FMsg::Activations(a) => {
                 if reader.fill(&mut batch, cfg.batch_size)? == 0 {
-                    return Err(TrainError::Protocol(
-                        "the follower has more rows than the leader".into(),
-                    ));
+                    return Err(TrainError::RowCounts {
+                        epoch: 0,
+                        longer: "follower",
+                        iterations: steps,
+                    });
                 }
                 let act = Activations {
                     train: false,
@@ -387,26 +504,22 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
             }
             FMsg::EndOfData(e) => {
                 if reader.fill(&mut batch, cfg.batch_size)? > 0 || e.iterations != steps {
-                    return Err(TrainError::Protocol(
-                        "the leader has more rows than the follower".into(),
-                    ));
+                    return Err(TrainError::RowCounts {
+                        epoch: 0,
+                        longer: "leader",
+                        iterations: steps,
+                    });
                 }
                 break;
             }
-            FMsg::Failure(f) => return Err(peer_failed(f)),
-            other => {
-                return Err(TrainError::Protocol(format!(
-                    "unexpected message from the follower: {}",
-                    describe_f(&other)
-                )));
-            }
+            other => return Err(unexpected_f("activations or the end of the follower's data", other)),
         }
     }
     if examples == 0 {
-        return Err(TrainError::Protocol("no data to evaluate".into()));
+        return Err(TrainError::NoData { epoch: 0 });
     }
     if let Some(p) = &cfg.predictions_path {
-        vfl_data::atomic::write_atomic(p, |w| w.write_all(predictions.as_bytes()))
+        vfl_fs::write_atomic(p, |w| w.write_all(predictions.as_bytes()))
             .map_err(|e| TrainError::Store(format!("{}: {e}", p.display())))?;
     }
     link.send(LMsg::Finish(pb::Finish {

@@ -301,7 +301,7 @@ fn data_fingerprint(data: &DataDir) -> String {
         h.update([0]);
         h.update(std::fs::metadata(&b.path).map_or(0, |m| m.len()).to_le_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 fn limit(cfg: &RunConfig) -> usize {

@@ -1,0 +1,200 @@
+//! Atomic, durable file output, the one implementation every crate of
+//! enclave-vfl writes its files with.
+//!
+//! A write goes to a new temporary file in the target's directory, named
+//! `.<name>.tmp-<pid>-<random>` and created exclusively (`O_CREAT|O_EXCL`
+//! through the `tempfile` crate, so a planted file or symlink of that name
+//! is never followed or reused); it is flushed and fsynced, renamed over the
+//! target, and the directory is fsynced. Readers see the old file or the
+//! complete new one, never a half-written one; a failed write leaves no
+//! temporary file behind, and a killed one leaves a temporary that
+//! [`remove_stale_temps`] recognises.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+/// Who may read the written file (Unix permissions; elsewhere ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// 0644: data, exports, policies.
+    Shared,
+    /// 0600: keys and other secrets.
+    Private,
+}
+
+/// Writes `path` atomically with the bytes `write` produces (buffered), as
+/// [`Access::Shared`].
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    write_with(path, Access::Shared, write)
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8], access: Access) -> io::Result<()> {
+    write_with(path, access, |w| w.write_all(bytes))
+}
+
+/// Writes `path` atomically with the bytes `write` produces; the parent
+/// directory is created if missing.
+pub fn write_with(path: &Path, access: Access, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?
+        .to_string_lossy();
+    fs::create_dir_all(dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.tmp-{}-", std::process::id()))
+        .rand_bytes(8)
+        .tempfile_in(dir)?;
+    set_access(tmp.as_file(), access)?;
+    let mut w = BufWriter::with_capacity(1 << 20, tmp);
+    write(&mut w)?;
+    let tmp = w.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    // Make the rename itself durable.
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(unix)]
+fn set_access(f: &File, access: Access) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match access {
+        Access::Shared => 0o644,
+        Access::Private => 0o600,
+    };
+    f.set_permissions(Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_access(_: &File, _: Access) -> io::Result<()> {
+    Ok(())
+}
+
+/// The pid in a temporary file name of ours for a file named `prefix*`.
+fn temp_pid<'a>(file_name: &'a str, prefix: &str) -> Option<&'a str> {
+    let (name, rest) = file_name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let (pid, _random) = rest.split_once('-')?;
+    (name.starts_with(prefix) && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(pid)
+}
+
+/// Removes the temporary files that writes of files named `prefix*` in
+/// `dir` left behind when their process was killed (those of other
+/// processes: use only on a directory that one process writes). Returns how
+/// many were removed.
+pub fn remove_stale_temps(dir: &Path, prefix: &str) -> usize {
+    let ours = std::process::id().to_string();
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| temp_pid(&e.file_name().to_string_lossy(), prefix).is_some_and(|pid| pid != ours))
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(name).tempdir().unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn replaces_the_whole_file_or_nothing() {
+        let d = scratch("vfl-fs-");
+        let p = d.path().join("f.bin");
+        write_atomic(&p, |w| w.write_all(b"first")).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        let err = write_atomic(&p, |w| {
+            w.write_all(b"partial")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert_eq!(err.unwrap_err().to_string(), "disk full");
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        assert_eq!(names(d.path()), ["f.bin"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_0600_and_shared_ones_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = scratch("vfl-fs-mode-");
+        for (name, access, mode) in [("k", Access::Private, 0o600), ("s", Access::Shared, 0o644)] {
+            let p = d.path().join(name);
+            write_bytes(&p, b"x", access).unwrap();
+            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, mode, "{name}");
+        }
+    }
+
+    /// A symlink planted at the target is replaced, not followed: the file
+    /// it points to keeps its contents.
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_the_target_is_replaced_not_followed() {
+        let d = scratch("vfl-fs-link-");
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let p = d.path().join("out");
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        write_bytes(&p, b"new", Access::Shared).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(!fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+    }
+
+    #[test]
+    fn the_parent_directory_is_created() {
+        let d = scratch("vfl-fs-dir-");
+        let p = d.path().join("a/b/c.json");
+        write_bytes(&p, b"{}", Access::Shared).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn stale_temps_of_other_processes_are_removed_ours_and_others_kept() {
+        let d = scratch("vfl-fs-stale-");
+        let dead = d.path().join(".ckpt-1.bin.tmp-4294967295-abcdefgh");
+        let ours = d
+            .path()
+            .join(format!(".ckpt-2.bin.tmp-{}-abcdefgh", std::process::id()));
+        let other_kind = d.path().join(".model.bin.tmp-4294967295-abcdefgh");
+        let not_a_pid = d.path().join(".ckpt-3.bin.tmp-x1-abcdefgh");
+        let target = d.path().join("ckpt-1.bin");
+        for p in [&dead, &ours, &other_kind, &not_a_pid, &target] {
+            fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(d.path(), "ckpt-"), 1);
+        assert!(!dead.exists());
+        assert!(ours.exists() && other_kind.exists() && not_a_pid.exists() && target.exists());
+    }
+
+    /// What a killed write leaves is what the cleanup recognises.
+    #[test]
+    fn temporary_names_are_recognised() {
+        let d = scratch("vfl-fs-names-");
+        let p = d.path().join("ckpt-7.bin");
+        write_atomic(&p, |w| {
+            let tmp = names(d.path())
+                .into_iter()
+                .find(|n| n.starts_with(".ckpt-7.bin.tmp-"))
+                .unwrap();
+            assert_eq!(temp_pid(&tmp, "ckpt-"), Some(std::process::id().to_string().as_str()));
+            w.write_all(b"x")
+        })
+        .unwrap();
+    }
+}
