@@ -11,8 +11,10 @@ cargo build --release --locked -p vfl-cli --no-default-features
 
 # After the binary: most of what the test needs is built by then.
 echo "== enclave build: the attestation crate's own checks"
-cargo test --release --locked -p vfl-attest --no-default-features --test enclave_build 2>&1 | tee /dev/stderr |
-  grep '^test result: ok\. [1-9]' >/dev/null || { echo "enclave-build-check: the enclave_build tests did not run" >&2; exit 1; }
+out=$(cargo test --release --locked -p vfl-attest --no-default-features --test enclave_build 2>&1) ||
+  { echo "$out" >&2; exit 1; }
+echo "$out"
+grep -q '^test result: ok\. [1-9]' <<<"$out" || { echo "enclave-build-check: the enclave_build tests did not run" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp target/release/vfl "$work/vfl-enclave"

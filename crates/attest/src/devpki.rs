@@ -154,6 +154,75 @@ pub struct SimPlatform {
     rng: SystemRandom,
 }
 
+/// The simulated quoting enclave's report: its identity, and report data
+/// binding the attestation key and the authentication data.
+fn qe_report(attestation_key: &EcdsaKeyPair, qe_auth_data: &[u8; 32]) -> [u8; sgx::REPORT_BODY_LEN] {
+    let attestation_pub: [u8; 64] = sgx::array(attestation_key.public_key().as_ref(), 1);
+    let mut qe_report_data = [0u8; 64];
+    let mut h = Sha256::new();
+    h.update(attestation_pub);
+    h.update(qe_auth_data);
+    qe_report_data[..32].copy_from_slice(&h.finalize());
+    let qe_identity = EnclaveIdentity {
+        mr_enclave: Sha256::digest(b"enclave-vfl simulated quoting enclave").into(),
+        mr_signer: qe_mr_signer(),
+        isv_prod_id: 1,
+        isv_svn: QE_SVN,
+        attributes: [0x11, 0, 0, 0, 0, 0, 0, 0, 0xe7, 0, 0, 0, 0, 0, 0, 0],
+    };
+    ReportBody::new(&qe_identity, CPU_SVN, &qe_report_data).0
+}
+
+/// Intel's TCB info format (v3) for the simulated platform: one TCB level
+/// with the options' status (and an advisory unless UpToDate); for TDX the
+/// TDX components and module.
+fn tcb_info_json(opts: &SimPlatformOptions, issue: &str, next: &str) -> String {
+    let advisories: Vec<String> = if opts.tcb_status == "UpToDate" {
+        Vec::new()
+    } else {
+        vec!["VFL-SIM-0001".into()]
+    };
+    let mut level = serde_json::json!({
+        "tcb": {
+            "sgxtcbcomponents": CPU_SVN.iter().map(|svn| serde_json::json!({"svn": svn})).collect::<Vec<_>>(),
+            "pcesvn": PCE_SVN,
+        },
+        "tcbDate": issue, "tcbStatus": opts.tcb_status, "advisoryIDs": advisories,
+    });
+    let mut tcb_info = serde_json::json!({
+        "id": "SGX", "version": 3, "issueDate": issue, "nextUpdate": next,
+        "fmspc": hex::encode_upper(FMSPC), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
+    });
+    if opts.tee == TeeType::Tdx {
+        level["tcb"]["tdxtcbcomponents"] = SIM_TEE_TCB_SVN
+            .iter()
+            .map(|svn| serde_json::json!({"svn": svn}))
+            .collect::<Vec<_>>()
+            .into();
+        tcb_info["id"] = "TDX".into();
+        tcb_info["tdxModule"] = serde_json::json!({
+            "mrsigner": hex::encode_upper([0u8; 48]), "attributes": "0000000000000000",
+            "attributesMask": "FFFFFFFFFFFFFFFF",
+        });
+        tcb_info["tdxModuleIdentities"] = serde_json::json!([]);
+    }
+    tcb_info["tcbLevels"] = serde_json::json!([level]);
+    tcb_info.to_string()
+}
+
+/// Intel's QE identity format (v2) for the simulated quoting enclave
+/// (`TD_QE` for TDX).
+fn qe_identity_json(opts: &SimPlatformOptions, issue: &str, next: &str) -> String {
+    serde_json::json!({
+        "id": if opts.tee == TeeType::Tdx { "TD_QE" } else { "QE" }, "version": 2, "issueDate": issue, "nextUpdate": next, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
+        "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
+        "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+        "mrsigner": hex::encode_upper(qe_mr_signer()), "isvprodid": 1,
+        "tcbLevels": [{"tcb": {"isvsvn": QE_SVN}, "tcbDate": issue, "tcbStatus": "UpToDate"}],
+    })
+    .to_string()
+}
+
 impl SimPlatform {
     pub fn new(root: &DevRoot, opts: &SimPlatformOptions) -> Result<Self, AttestError> {
         let rng = SystemRandom::new();
@@ -210,66 +279,16 @@ impl SimPlatform {
 
         // Quoting enclave: attestation key and its report signed by the PCK key.
         let attestation_key = ring_p256(&p256_key()?)?;
-        let attestation_pub: [u8; 64] = sgx::array(attestation_key.public_key().as_ref(), 1);
         let qe_auth_data = [0u8; 32];
-        let mut qe_report_data = [0u8; 64];
-        let mut h = Sha256::new();
-        h.update(attestation_pub);
-        h.update(qe_auth_data);
-        qe_report_data[..32].copy_from_slice(&h.finalize());
-        let qe_identity = EnclaveIdentity {
-            mr_enclave: Sha256::digest(b"enclave-vfl simulated quoting enclave").into(),
-            mr_signer: qe_mr_signer(),
-            isv_prod_id: 1,
-            isv_svn: QE_SVN,
-            attributes: [0x11, 0, 0, 0, 0, 0, 0, 0, 0xe7, 0, 0, 0, 0, 0, 0, 0],
-        };
-        let qe_report = ReportBody::new(&qe_identity, CPU_SVN, &qe_report_data).0;
+        let qe_report = qe_report(&attestation_key, &qe_auth_data);
         let pck_signer = ring_p256(&pck_key)?;
         let qe_report_signature = sign(&pck_signer, &rng, &qe_report)?;
 
         // Collateral: TCB info and QE identity signed by the TCB signing key.
         let tcb_signer = ring_p256(&tcb_key)?;
         let (issue, next) = (rfc3339(opts.issued_at)?, rfc3339(opts.next_update)?);
-        let advisories: Vec<String> = if opts.tcb_status == "UpToDate" {
-            Vec::new()
-        } else {
-            vec!["VFL-SIM-0001".into()]
-        };
-        let mut level = serde_json::json!({
-            "tcb": {
-                "sgxtcbcomponents": CPU_SVN.iter().map(|svn| serde_json::json!({"svn": svn})).collect::<Vec<_>>(),
-                "pcesvn": PCE_SVN,
-            },
-            "tcbDate": issue, "tcbStatus": opts.tcb_status, "advisoryIDs": advisories,
-        });
-        let mut tcb_info = serde_json::json!({
-            "id": "SGX", "version": 3, "issueDate": issue, "nextUpdate": next,
-            "fmspc": hex::encode_upper(FMSPC), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
-        });
-        if opts.tee == TeeType::Tdx {
-            level["tcb"]["tdxtcbcomponents"] = SIM_TEE_TCB_SVN
-                .iter()
-                .map(|svn| serde_json::json!({"svn": svn}))
-                .collect::<Vec<_>>()
-                .into();
-            tcb_info["id"] = "TDX".into();
-            tcb_info["tdxModule"] = serde_json::json!({
-                "mrsigner": hex::encode_upper([0u8; 48]), "attributes": "0000000000000000",
-                "attributesMask": "FFFFFFFFFFFFFFFF",
-            });
-            tcb_info["tdxModuleIdentities"] = serde_json::json!([]);
-        }
-        tcb_info["tcbLevels"] = serde_json::json!([level]);
-        let tcb_info = tcb_info.to_string();
-        let qe_identity_json = serde_json::json!({
-            "id": if opts.tee == TeeType::Tdx { "TD_QE" } else { "QE" }, "version": 2, "issueDate": issue, "nextUpdate": next, "tcbEvaluationDataNumber": opts.tcb_eval_data_number,
-            "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
-            "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-            "mrsigner": hex::encode_upper(qe_mr_signer()), "isvprodid": 1,
-            "tcbLevels": [{"tcb": {"isvsvn": QE_SVN}, "tcbDate": issue, "tcbStatus": "UpToDate"}],
-        })
-        .to_string();
+        let tcb_info = tcb_info_json(opts, &issue, &next);
+        let qe_identity_json = qe_identity_json(opts, &issue, &next);
         let tcb_chain = format!("{}{}", tcb_cert.pem(), root_cert.pem());
         let collateral = dcap_qvl::QuoteCollateralV3 {
             pck_crl_issuer_chain: format!("{}{}", pck_ca.pem(), root_cert.pem()),

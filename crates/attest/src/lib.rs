@@ -29,7 +29,7 @@ pub mod collateral;
 #[cfg(feature = "dev")]
 pub mod devpki;
 pub mod freshness;
-pub mod guard;
+mod guard;
 pub mod mrsigner;
 pub mod pccs;
 pub mod policy;

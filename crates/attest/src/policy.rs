@@ -340,10 +340,8 @@ impl Policy {
         let Value::Object(top) = v else {
             return Err(err("(top level)", "must be a JSON object".into()));
         };
-        for k in top.keys() {
-            if !TOP_KEYS.contains(&k.as_str()) {
-                return Err(err(k, format!("unknown key (known: {})", TOP_KEYS.join(", "))));
-            }
+        if let Some(k) = top.keys().find(|k| !TOP_KEYS.contains(&k.as_str())) {
+            return Err(err(k, format!("unknown key (known: {})", TOP_KEYS.join(", "))));
         }
         let has_sgx = top.contains_key("sgx_mrs");
         if !has_sgx && !top.contains_key("tdx_mrs") {
@@ -353,23 +351,7 @@ impl Policy {
             ));
         }
         // The verify_* flags are about enclaves: a TDX-only policy may leave them out.
-        let flag = |k: &str| -> Result<bool, PolicyError> {
-            match top.get(k) {
-                None if !has_sgx => Ok(false),
-                Some(Value::String(s)) if s == "on" => Ok(true),
-                Some(Value::String(s)) if s == "off" => Ok(false),
-                Some(Value::Bool(b)) => Ok(*b),
-                Some(other) => Err(err(k, format!("must be \"on\" or \"off\", got {other}"))),
-                None => Err(err(k, "missing: say \"on\" or \"off\"".into())),
-            }
-        };
-        let opt_bool = |k: &str| -> Result<bool, PolicyError> {
-            match top.get(k) {
-                None => Ok(false),
-                Some(Value::Bool(b)) => Ok(*b),
-                Some(other) => Err(err(k, format!("must be true or false, got {other}"))),
-            }
-        };
+        let flag = |k: &str| on_off(&top, k, has_sgx, &err);
         let mut p = Policy {
             verify_mr_enclave: flag("verify_mr_enclave")?,
             verify_mr_signer: flag("verify_mr_signer")?,
@@ -377,12 +359,12 @@ impl Policy {
             verify_isv_svn: flag("verify_isv_svn")?,
             entries: Vec::new(),
             td_entries: Vec::new(),
-            allowed_tcb_statuses: vec!["UpToDate".into()],
-            allow_debug: opt_bool("allow_debug")?,
-            allow_simulated: opt_bool("allow_simulated")?,
-            simulated_roots: Vec::new(),
-            min_tcb_eval_data_number: None,
-            release_exports: Vec::new(),
+            allowed_tcb_statuses: tcb_statuses(&top, &err)?,
+            allow_debug: opt_bool(&top, "allow_debug", &err)?,
+            allow_simulated: opt_bool(&top, "allow_simulated", &err)?,
+            simulated_roots: simulated_roots(&top, &err)?,
+            min_tcb_eval_data_number: min_tcb_eval_data_number(&top, &err)?,
+            release_exports: release_exports(&top, &err)?,
             digest: Sha256::digest(bytes).into(),
         };
         if has_sgx && !(p.verify_mr_enclave || p.verify_mr_signer || p.verify_isv_prod_id || p.verify_isv_svn) {
@@ -394,94 +376,41 @@ impl Policy {
         if has_sgx && !(p.verify_mr_enclave || p.verify_mr_signer) {
             return Err(fail("verify_mr_enclave/verify_mr_signer", PolicyErrorKind::PinsNothing));
         }
-        let list = |k: &str| match top.get(k) {
-            None => Ok(&[][..]),
-            Some(Value::Array(l)) => Ok(l.as_slice()),
-            Some(_) => Err(err(k, "not a list".into())),
-        };
-        for (i, e) in list("sgx_mrs")?.iter().enumerate() {
-            let Value::Object(e) = e else {
-                return Err(err(&format!("sgx_mrs[{i}]"), "must be an object".into()));
-            };
+        for (i, e) in objects(&top, "sgx_mrs", &err)?.into_iter().enumerate() {
             p.entries.push(p.parse_entry(e, &format!("sgx_mrs[{i}]"), &err)?);
         }
-        for (i, e) in list("tdx_mrs")?.iter().enumerate() {
-            let Value::Object(e) = e else {
-                return Err(err(&format!("tdx_mrs[{i}]"), "must be an object".into()));
-            };
+        for (i, e) in objects(&top, "tdx_mrs", &err)?.into_iter().enumerate() {
             p.td_entries.push(parse_td_entry(e, &format!("tdx_mrs[{i}]"), &err)?);
         }
-        if let Some(v) = top.get("allowed_tcb_statuses") {
-            let Value::Array(list) = v else {
-                return Err(err("allowed_tcb_statuses", "must be a list".into()));
-            };
-            p.allowed_tcb_statuses.clear();
-            for s in list {
-                match s.as_str() {
-                    Some(s) if TCB_STATUSES.contains(&s) => p.allowed_tcb_statuses.push(s.to_string()),
-                    _ => {
-                        return Err(err(
-                            "allowed_tcb_statuses",
-                            format!("{s} is not one of {}", TCB_STATUSES.join(", ")),
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(v) = top.get("simulated_roots") {
-            let Value::Array(list) = v else {
-                return Err(err("simulated_roots", "must be a list".into()));
-            };
-            for (i, s) in list.iter().enumerate() {
-                p.simulated_roots
-                    .push(hex_n::<32>(s, &format!("simulated_roots[{i}]"), &err)?);
-            }
-        }
-        if let Some(v) = top.get("min_tcb_eval_data_number") {
-            let n = decimal(v, "min_tcb_eval_data_number", &err)?;
-            let n = u32::try_from(n)
-                .map_err(|_| err("min_tcb_eval_data_number", format!("{n} does not fit in 32 bits")))?;
-            p.min_tcb_eval_data_number = Some(n);
-        }
-        if let Some(v) = top.get("release_exports") {
-            let Value::Array(list) = v else {
-                return Err(err(
-                    "release_exports",
-                    "must be a list of roles (\"leader\", \"follower\")".into(),
-                ));
-            };
-            for (i, r) in list.iter().enumerate() {
-                let at = format!("release_exports[{i}]");
-                let role = r
-                    .as_str()
-                    .ok_or_else(|| err(&at, format!("must be \"leader\" or \"follower\", got {r}")))?
-                    .parse::<PartyRole>()
-                    .map_err(|e| err(&at, e))?;
-                if p.release_exports.contains(&role) {
-                    return Err(err(&at, format!("{role} is listed twice")));
-                }
-                p.release_exports.push(role);
-            }
-            p.release_exports.sort();
-        }
-        let sim_entries = p.entries.iter().any(|e| e.mode == Mode::Simulated)
-            || p.td_entries.iter().any(|e| e.mode == Mode::Simulated);
-        if sim_entries && !p.allow_simulated {
+        p.check_simulation(&fail, &err)?;
+        Ok(p)
+    }
+
+    /// Simulated entries need `allow_simulated` and a development root, and
+    /// only development builds accept any of it.
+    fn check_simulation(
+        &self,
+        fail: &dyn Fn(&str, PolicyErrorKind) -> PolicyError,
+        err: &ErrFn<'_>,
+    ) -> Result<(), PolicyError> {
+        let sim_entries = self.entries.iter().any(|e| e.mode == Mode::Simulated)
+            || self.td_entries.iter().any(|e| e.mode == Mode::Simulated);
+        if sim_entries && !self.allow_simulated {
             return Err(err(
                 "allow_simulated",
                 "entries with \"mode\": \"simulated\" need allow_simulated: true".into(),
             ));
         }
-        if p.allow_simulated && p.simulated_roots.is_empty() {
+        if self.allow_simulated && self.simulated_roots.is_empty() {
             return Err(err(
                 "simulated_roots",
                 "allow_simulated is true but no development root is listed (see `vfl attest self`)".into(),
             ));
         }
-        if p.allows_simulated() && !cfg!(feature = "dev") {
+        if self.allows_simulated() && !cfg!(feature = "dev") {
             return Err(fail("allow_simulated", PolicyErrorKind::SimulationNotBuilt));
         }
-        Ok(p)
+        Ok(())
     }
 
     fn parse_entry(&self, e: &Map<String, Value>, at: &str, err: &ErrFn<'_>) -> Result<Entry, PolicyError> {
@@ -797,6 +726,108 @@ impl Policy {
 }
 
 /// Exactly `N` bytes as `2N` hex digits.
+/// A verify flag: `"on"`/`"off"` (or a boolean); optional only in a
+/// policy without `sgx_mrs`.
+fn on_off(top: &Map<String, Value>, k: &str, has_sgx: bool, err: &ErrFn<'_>) -> Result<bool, PolicyError> {
+    match top.get(k) {
+        None if !has_sgx => Ok(false),
+        Some(Value::String(s)) if s == "on" => Ok(true),
+        Some(Value::String(s)) if s == "off" => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(err(k, format!("must be \"on\" or \"off\", got {other}"))),
+        None => Err(err(k, "missing: say \"on\" or \"off\"".into())),
+    }
+}
+
+/// An optional boolean (false when absent).
+fn opt_bool(top: &Map<String, Value>, k: &str, err: &ErrFn<'_>) -> Result<bool, PolicyError> {
+    match top.get(k) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(err(k, format!("must be true or false, got {other}"))),
+    }
+}
+
+/// An optional list (empty when absent).
+fn list<'v>(top: &'v Map<String, Value>, k: &str, err: &ErrFn<'_>) -> Result<&'v [Value], PolicyError> {
+    match top.get(k) {
+        None => Ok(&[][..]),
+        Some(Value::Array(l)) => Ok(l.as_slice()),
+        Some(_) => Err(err(k, "must be a list".into())),
+    }
+}
+
+/// An optional list of objects (the entries of `sgx_mrs`, `tdx_mrs`).
+fn objects<'v>(
+    top: &'v Map<String, Value>,
+    k: &str,
+    err: &ErrFn<'_>,
+) -> Result<Vec<&'v Map<String, Value>>, PolicyError> {
+    list(top, k, err)?
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e {
+            Value::Object(e) => Ok(e),
+            _ => Err(err(&format!("{k}[{i}]"), "must be an object".into())),
+        })
+        .collect()
+}
+
+/// `allowed_tcb_statuses` (default: UpToDate only).
+fn tcb_statuses(top: &Map<String, Value>, err: &ErrFn<'_>) -> Result<Vec<String>, PolicyError> {
+    let k = "allowed_tcb_statuses";
+    if !top.contains_key(k) {
+        return Ok(vec!["UpToDate".into()]);
+    }
+    list(top, k, err)?
+        .iter()
+        .map(|s| match s.as_str() {
+            Some(s) if TCB_STATUSES.contains(&s) => Ok(s.to_string()),
+            _ => Err(err(k, format!("{s} is not one of {}", TCB_STATUSES.join(", ")))),
+        })
+        .collect()
+}
+
+/// `simulated_roots`: fingerprints of development roots.
+fn simulated_roots(top: &Map<String, Value>, err: &ErrFn<'_>) -> Result<Vec<[u8; 32]>, PolicyError> {
+    list(top, "simulated_roots", err)?
+        .iter()
+        .enumerate()
+        .map(|(i, s)| hex_n::<32>(s, &format!("simulated_roots[{i}]"), err))
+        .collect()
+}
+
+fn min_tcb_eval_data_number(top: &Map<String, Value>, err: &ErrFn<'_>) -> Result<Option<u32>, PolicyError> {
+    let k = "min_tcb_eval_data_number";
+    let Some(v) = top.get(k) else { return Ok(None) };
+    let n = decimal(v, k, err)?;
+    let n = u32::try_from(n).map_err(|_| err(k, format!("{n} does not fit in 32 bits")))?;
+    Ok(Some(n))
+}
+
+/// `release_exports`: distinct roles, sorted.
+fn release_exports(top: &Map<String, Value>, err: &ErrFn<'_>) -> Result<Vec<PartyRole>, PolicyError> {
+    let k = "release_exports";
+    if matches!(top.get(k), Some(v) if !v.is_array()) {
+        return Err(err(k, "must be a list of roles (\"leader\", \"follower\")".into()));
+    }
+    let mut roles = Vec::new();
+    for (i, r) in list(top, k, err)?.iter().enumerate() {
+        let at = format!("{k}[{i}]");
+        let role = r
+            .as_str()
+            .ok_or_else(|| err(&at, format!("must be \"leader\" or \"follower\", got {r}")))?
+            .parse::<PartyRole>()
+            .map_err(|e| err(&at, e))?;
+        if roles.contains(&role) {
+            return Err(err(&at, format!("{role} is listed twice")));
+        }
+        roles.push(role);
+    }
+    roles.sort();
+    Ok(roles)
+}
+
 fn hex_n<const N: usize>(v: &Value, field: &str, err: &ErrFn<'_>) -> Result<[u8; N], PolicyError> {
     let s = v
         .as_str()

@@ -8,8 +8,6 @@ use serde::Serialize;
 pub const HEADER_LEN: usize = crate::quote::HEADER_LEN;
 /// Size of an SGX report body (`sgx_report_body_t`).
 pub const REPORT_BODY_LEN: usize = 384;
-/// Bytes of a quote covered by the attestation key's signature (header + body).
-pub const SIGNED_LEN: usize = HEADER_LEN + REPORT_BODY_LEN;
 
 // Offsets inside the report body.
 pub(crate) const BODY_CPU_SVN: usize = 0;
@@ -22,7 +20,7 @@ pub(crate) const BODY_ISV_SVN: usize = 258;
 pub(crate) const BODY_REPORT_DATA: usize = 320;
 
 /// Attribute flag bits (first byte of `attributes`).
-pub mod attr {
+pub(crate) mod attr {
     /// The enclave has been initialised by EINIT.
     pub const INIT: u8 = 0x01;
     /// A debugger can read and write the enclave's memory.

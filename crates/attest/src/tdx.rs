@@ -27,7 +27,7 @@ pub(crate) const TD_RTMR0: usize = 328;
 pub(crate) const TD_REPORT_DATA: usize = 520;
 
 /// TD attribute bits (`td_attributes`, little-endian 64 bits).
-pub mod attr {
+pub(crate) mod attr {
     /// TUD.DEBUG (bit 0): the host can read and write the TD's memory and state.
     pub const DEBUG: u64 = 1;
     /// TUD bits 4-6: performance profiling of the TD by the host.
@@ -132,8 +132,6 @@ impl TdIdentity {
     }
 }
 
-/// Attributes of a production TD: SEPT_VE_DISABLE only.
-pub const PRODUCTION_TD_ATTRIBUTES: [u8; 8] = attr::SEPT_VE_DISABLE.to_le_bytes();
 /// XFAM of a TD with x87, SSE, AVX, AVX-512 and PKRU state (what the sample quotes carry).
 pub const TYPICAL_XFAM: [u8; 8] = [0xe7, 0x02, 0x06, 0, 0, 0, 0, 0];
 

@@ -311,14 +311,6 @@ impl Verifier {
         &self.freshness
     }
 
-    /// Verify a peer's certificate chain (exactly one certificate).
-    pub fn verify_chain(&self, chain: &[&[u8]]) -> Result<PeerReport, Rejection> {
-        match chain {
-            [one] => self.verify_cert(one),
-            other => Err(Rejection::ChainLength(other.len())),
-        }
-    }
-
     /// Verify one RA-TLS certificate.
     pub fn verify_cert(&self, cert_der: &[u8]) -> Result<PeerReport, Rejection> {
         let evidence = cert::extract(cert_der)?;

@@ -8,7 +8,7 @@
 //! survive cut connections (sequence numbers, acknowledgements, resend,
 //! heartbeats) and detects a restarted peer.
 
-pub mod client;
+mod client;
 pub mod handshake;
 pub mod link;
 pub mod secure;

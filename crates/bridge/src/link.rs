@@ -132,11 +132,6 @@ pub trait Meter: Send + Sync {
     fn duplicate(&self) {}
 }
 
-/// A meter that counts nothing.
-pub struct NoMeter;
-
-impl Meter for NoMeter {}
-
 /// Timing and limits of a link.
 #[derive(Clone)]
 pub struct LinkOptions {

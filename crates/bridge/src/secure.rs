@@ -214,10 +214,6 @@ impl std::fmt::Debug for Security {
 }
 
 impl Security {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Security::RaTls(_))
-    }
-
     /// The digest of the policy that admits peers (`none` without RA-TLS),
     /// bound into every sealed file.
     pub fn policy_digest(&self) -> String {
@@ -368,12 +364,7 @@ pub fn accept_loop(
     // Accepting is cheap and stays on the caller's runtime (so are the
     // sockets' registrations); each handshake runs on the handshake runtime.
     tokio::spawn(async move {
-        let handshakes = Arc::new(Semaphore::new(limits.handshakes));
-        let reserved = Arc::new(Semaphore::new(limits.reserved));
-        let known = Arc::new(Known::default());
-        let connections = Arc::new(Semaphore::new(limits.connections));
-        let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
-        let logs = Arc::new(Logs::default());
+        let gate = Arc::new(Admission::new(limits));
         let mut backoff = Duration::from_millis(10);
         loop {
             let accepted = tokio::select! {
@@ -386,7 +377,7 @@ pub fn accept_loop(
                     x
                 }
                 Err(e) => {
-                    if let Some(n) = logs.accept.allow() {
+                    if let Some(n) = gate.logs.accept.allow() {
                         tracing::warn!(error = %e, suppressed = n, "accepting a connection failed; backing off");
                     }
                     tokio::time::sleep(backoff).await;
@@ -394,87 +385,131 @@ pub fn accept_loop(
                     continue;
                 }
             };
-            let group = source_group(peer.ip());
-            let permit = handshakes.clone().try_acquire_owned().or_else(|_| {
-                if known.contains(group) {
-                    reserved.clone().try_acquire_owned()
-                } else {
-                    Err(tokio::sync::TryAcquireError::NoPermits)
-                }
-            });
-            let Ok(permit) = permit else {
-                if let Some(n) = logs.busy.allow() {
-                    tracing::warn!(%peer, suppressed = n, limit = limits.handshakes, "too many handshakes at once; connection closed");
-                }
-                continue;
-            };
-            let Some(slot) = AddressSlot::take(&per_address, group, limits.per_address) else {
-                if let Some(n) = logs.busy.allow() {
-                    tracing::warn!(%peer, suppressed = n, limit = limits.per_address, "too many handshakes from one address; connection closed");
-                }
-                continue;
-            };
+            let Some(held) = gate.admit(peer) else { continue };
             let _ = sock.set_nodelay(true);
-            let (tx, tls, rejections, connections, logs, known) = (
-                tx.clone(),
-                tls.clone(),
-                rejections.clone(),
-                connections.clone(),
-                logs.clone(),
-                known.clone(),
-            );
-            handshake_runtime().spawn(async move {
-                let started = tokio::time::Instant::now();
-                // A connection that does not say ClientHello soon gives its
-                // slot back; then the whole handshake has its deadline.
-                let lazy = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), sock);
-                let outcome = match tokio::time::timeout(limits.hello_deadline, lazy).await {
-                    Ok(Ok(start)) => {
-                        let left = limits.deadline.saturating_sub(started.elapsed());
-                        tokio::time::timeout(left, start.into_stream(tls.server.clone())).await
-                    }
-                    Ok(Err(e)) => Ok(Err(e)),
-                    Err(elapsed) => Err(elapsed),
-                };
-                drop((permit, slot));
-                match outcome {
-                    Ok(Ok(stream)) => {
-                        let Ok(place) = connections.try_acquire_owned() else {
-                            if let Some(n) = logs.busy.allow() {
-                                tracing::warn!(%peer, suppressed = n, limit = limits.connections, "too many attested connections; connection closed");
-                            }
-                            return;
-                        };
-                        let info = peer_info(&tls, stream.get_ref().1, next_conn_id());
-                        if let Some(report) = &info.report {
-                            tracing::info!(%peer, conn = info.conn, peer_identity = %report, "RA-TLS: peer attested");
-                            known.add(group);
-                        }
-                        let _ = tx.send(Ok(ServerIo(stream, info, Some(place)))).await;
-                    }
-                    Ok(Err(e)) => match ratls::classify(&e) {
-                        HandshakeFailure::Refused(reason) => {
-                            if let Some(n) = logs.refused.allow() {
-                                tracing::error!(%peer, %reason, suppressed = n, ours = %tls.ours, "RA-TLS: peer refused");
-                            }
-                            let _ = rejections.try_send(reason);
-                        }
-                        HandshakeFailure::Unauthenticated(reason) => {
-                            if let Some(n) = logs.failed.allow() {
-                                tracing::warn!(%peer, %reason, suppressed = n, "a connection failed before authentication (ignored)");
-                            }
-                        }
-                    },
-                    Err(_) => {
-                        if let Some(n) = logs.failed.allow() {
-                            tracing::warn!(%peer, suppressed = n, "RA-TLS handshake did not finish within {:?}; connection closed", limits.deadline);
-                        }
-                    }
-                }
-            });
+            let out = (tx.clone(), rejections.clone());
+            handshake_runtime().spawn(handshake(sock, peer, held, gate.clone(), tls.clone(), out));
         }
     });
     rx
+}
+
+/// The accept loop's shared admission state: handshake slots (with a
+/// reserve for addresses that attested before), per-address counts, the
+/// attested connections' slots, and the rate-limited logs.
+struct Admission {
+    limits: Limits,
+    handshakes: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+    known: Known,
+    connections: Arc<Semaphore>,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    logs: Logs,
+}
+
+/// What a handshake in progress holds (given back when it ends).
+type Held = (OwnedSemaphorePermit, AddressSlot);
+
+impl Admission {
+    fn new(limits: Limits) -> Self {
+        Admission {
+            handshakes: Arc::new(Semaphore::new(limits.handshakes)),
+            reserved: Arc::new(Semaphore::new(limits.reserved)),
+            known: Known::default(),
+            connections: Arc::new(Semaphore::new(limits.connections)),
+            per_address: Arc::default(),
+            logs: Logs::default(),
+            limits,
+        }
+    }
+
+    /// A handshake slot for a connection from `peer`, or None (the
+    /// connection is closed at once, logged at a limited rate).
+    fn admit(&self, peer: std::net::SocketAddr) -> Option<Held> {
+        let group = source_group(peer.ip());
+        let permit = self.handshakes.clone().try_acquire_owned().or_else(|_| {
+            if self.known.contains(group) {
+                self.reserved.clone().try_acquire_owned()
+            } else {
+                Err(tokio::sync::TryAcquireError::NoPermits)
+            }
+        });
+        let Ok(permit) = permit else {
+            if let Some(n) = self.logs.busy.allow() {
+                tracing::warn!(%peer, suppressed = n, limit = self.limits.handshakes, "too many handshakes at once; connection closed");
+            }
+            return None;
+        };
+        let Some(slot) = AddressSlot::take(&self.per_address, group, self.limits.per_address) else {
+            if let Some(n) = self.logs.busy.allow() {
+                tracing::warn!(%peer, suppressed = n, limit = self.limits.per_address, "too many handshakes from one address; connection closed");
+            }
+            return None;
+        };
+        Some((permit, slot))
+    }
+}
+
+/// One connection's RA-TLS handshake (ClientHello within the hello
+/// deadline, the whole handshake within the deadline); an attested
+/// connection goes to `tx`, a verdict on genuine evidence to `rejections`.
+async fn handshake(
+    sock: TcpStream,
+    peer: std::net::SocketAddr,
+    held: Held,
+    gate: Arc<Admission>,
+    tls: Arc<RaTls>,
+    (tx, rejections): (mpsc::Sender<Result<ServerIo, std::io::Error>>, mpsc::Sender<String>),
+) {
+    let limits = &gate.limits;
+    let started = tokio::time::Instant::now();
+    // A connection that does not say ClientHello soon gives its slot back;
+    // then the whole handshake has its deadline.
+    let lazy = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), sock);
+    let outcome = match tokio::time::timeout(limits.hello_deadline, lazy).await {
+        Ok(Ok(start)) => {
+            let left = limits.deadline.saturating_sub(started.elapsed());
+            tokio::time::timeout(left, start.into_stream(tls.server.clone())).await
+        }
+        Ok(Err(e)) => Ok(Err(e)),
+        Err(elapsed) => Err(elapsed),
+    };
+    drop(held);
+    let logs = &gate.logs;
+    match outcome {
+        Ok(Ok(stream)) => {
+            let Ok(place) = gate.connections.clone().try_acquire_owned() else {
+                if let Some(n) = logs.busy.allow() {
+                    tracing::warn!(%peer, suppressed = n, limit = limits.connections, "too many attested connections; connection closed");
+                }
+                return;
+            };
+            let info = peer_info(&tls, stream.get_ref().1, next_conn_id());
+            if let Some(report) = &info.report {
+                tracing::info!(%peer, conn = info.conn, peer_identity = %report, "RA-TLS: peer attested");
+                gate.known.add(source_group(peer.ip()));
+            }
+            let _ = tx.send(Ok(ServerIo(stream, info, Some(place)))).await;
+        }
+        Ok(Err(e)) => match ratls::classify(&e) {
+            HandshakeFailure::Refused(reason) => {
+                if let Some(n) = logs.refused.allow() {
+                    tracing::error!(%peer, %reason, suppressed = n, ours = %tls.ours, "RA-TLS: peer refused");
+                }
+                let _ = rejections.try_send(reason);
+            }
+            HandshakeFailure::Unauthenticated(reason) => {
+                if let Some(n) = logs.failed.allow() {
+                    tracing::warn!(%peer, %reason, suppressed = n, "a connection failed before authentication (ignored)");
+                }
+            }
+        },
+        Err(_) => {
+            if let Some(n) = logs.failed.allow() {
+                tracing::warn!(%peer, suppressed = n, "RA-TLS handshake did not finish within {:?}; connection closed", limits.deadline);
+            }
+        }
+    }
 }
 
 /// The server's rate-limited log lines, by kind.

@@ -4,6 +4,7 @@
 //! library crates (vfl-trainer, vfl-data, vfl-nn).
 
 mod cmd;
+mod metrics;
 
 use clap::{Parser, Subcommand};
 

@@ -393,12 +393,40 @@ impl BlockReader {
     fn read_one(&mut self, batch: &mut Batch) -> Result<bool, DataError> {
         let file = self.file();
         let record = self.pos.record;
+        let before = batch.rows;
+        let outcome = self
+            .next_row(batch, &file, record)
+            .and_then(|more| self.check_unique(more, batch, before, &file, record));
+        match outcome {
+            Ok(more) => {
+                if more {
+                    self.pos.record += 1;
+                }
+                Ok(more)
+            }
+            // Read errors and broken framing end the block however bad
+            // records are treated: the reader cannot find the next record.
+            Err(e) if self.opts.skip_bad_records && !matches!(e, DataError::Io { .. } | DataError::Framing { .. }) => {
+                self.skipped += 1;
+                self.pos.record += 1;
+                if self.skip_log.len() < 10 {
+                    self.skip_log.push(e.to_string());
+                }
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decodes the next row of the open block into `batch`; false at its
+    /// end. A TFRecord framing error other than a data CRC mismatch is
+    /// fatal even when bad records are skipped (the stream cannot resync).
+    fn next_row(&mut self, batch: &mut Batch, file: &str, record: u64) -> Result<bool, DataError> {
         let source = RowSource {
             block: self.pos.block as u32,
             record,
         };
-        let before = batch.rows;
-        let outcome: Result<bool, DataError> = match self.open.as_mut() {
+        match self.open.as_mut() {
             None => Ok(false),
             Some(Open::Tf(r)) => match r.next_record() {
                 Ok(None) => Ok(false),
@@ -408,29 +436,27 @@ impl BlockReader {
                     .map(|()| true)
                     .map_err(|e| match e.feature.is_empty() {
                         true => DataError::Record {
-                            file: file.clone(),
+                            file: file.to_string(),
                             record,
                             message: e.message,
                         },
                         false => DataError::Feature {
-                            file: file.clone(),
+                            file: file.to_string(),
                             record,
                             feature: e.feature,
                             message: e.message,
                         },
                     }),
                 Err(e @ FrameError::DataCrc { .. }) => Err(DataError::Record {
-                    file: file.clone(),
+                    file: file.to_string(),
                     record,
                     message: strip(&e),
                 }),
-                Err(e) => {
-                    return Err(DataError::Record {
-                        file,
-                        record,
-                        message: strip(&e),
-                    });
-                }
+                Err(e) => Err(DataError::Framing {
+                    file: file.to_string(),
+                    record,
+                    message: strip(&e),
+                }),
             },
             Some(Open::Csv {
                 reader,
@@ -439,7 +465,12 @@ impl BlockReader {
             }) => loop {
                 self.line.clear();
                 match reader.read_line(&mut self.line) {
-                    Err(source) => return Err(DataError::Io { file, source }),
+                    Err(source) => {
+                        return Err(DataError::Io {
+                            file: file.to_string(),
+                            source,
+                        });
+                    }
                     Ok(0) => break Ok(false),
                     Ok(_) => {}
                 }
@@ -451,41 +482,35 @@ impl BlockReader {
                 break layout
                     .parse_into(&self.line, &mut self.scratch, &mut self.spans, batch, source)
                     .map(|()| true)
-                    .map_err(|e| e.at_line(&file, line));
+                    .map_err(|e| e.at_line(file, line));
             },
-        };
-        let outcome = outcome.and_then(|more| {
-            if more {
-                let h = vfl_mix::fnv1a(batch.example_id(before));
-                if let Some(first) = self.seen.insert(h, record) {
-                    let id = String::from_utf8_lossy(batch.example_id(before)).into_owned();
-                    batch.truncate_rows(before);
-                    return Err(DataError::Record {
-                        file: file.clone(),
-                        record,
-                        message: format!("duplicate example_id `{id}` (first seen at record {first} of this block)"),
-                    });
-                }
-            }
-            Ok(more)
-        });
-        match outcome {
-            Ok(more) => {
-                if more {
-                    self.pos.record += 1;
-                }
-                Ok(more)
-            }
-            Err(e) if self.opts.skip_bad_records => {
-                self.skipped += 1;
-                self.pos.record += 1;
-                if self.skip_log.len() < 10 {
-                    self.skip_log.push(e.to_string());
-                }
-                Ok(true)
-            }
-            Err(e) => Err(e),
         }
+    }
+
+    /// A row whose example id already came in this block is an error (and
+    /// taken out of the batch).
+    fn check_unique(
+        &mut self,
+        more: bool,
+        batch: &mut Batch,
+        before: usize,
+        file: &str,
+        record: u64,
+    ) -> Result<bool, DataError> {
+        if !more {
+            return Ok(false);
+        }
+        let h = vfl_mix::fnv1a(batch.example_id(before));
+        if let Some(first) = self.seen.insert(h, record) {
+            batch.truncate_rows(before);
+            // The id itself is a feature value: not in the message.
+            return Err(DataError::Record {
+                file: file.to_string(),
+                record,
+                message: format!("duplicate example_id (as at record {first} of this block)"),
+            });
+        }
+        Ok(true)
     }
 }
 

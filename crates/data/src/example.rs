@@ -302,7 +302,7 @@ impl ExampleDecoder {
         self.slot_ids.clear();
         self.slot_range.fill(MISSING);
         self.dense_seen.fill(false);
-        let (mut id, mut label, mut mask): (Option<&[u8]>, Option<f32>, f32) = (None, None, 0.0);
+        let mut row = RowValues::default();
         let mut pos = 0;
         while pos < record.len() {
             let tag = varint(record, &mut pos)?;
@@ -319,115 +319,103 @@ impl ExampleDecoder {
                     skip(features, &mut fp, tag & 7)?;
                     continue;
                 }
-                let entry = delimited(features, &mut fp)?;
-                let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
-                let mut ep = 0;
-                while ep < entry.len() {
-                    let tag = varint(entry, &mut ep)?;
-                    match tag {
-                        0x0a => key = delimited(entry, &mut ep)?,
-                        0x12 => value = delimited(entry, &mut ep)?,
-                        t => skip(entry, &mut ep, t & 7)?,
-                    }
-                }
-                let target = match self.predicted.get(k) {
-                    Some((pk, t)) if same_key(pk, key) => *t,
-                    _ => {
-                        let t = self.index.get(key).copied();
-                        if k < self.predicted.len() {
-                            self.predicted[k] = (key.into(), t);
-                        } else {
-                            self.predicted.push((key.into(), t));
-                        }
-                        t
-                    }
-                };
+                let (key, value) = map_entry(delimited(features, &mut fp)?)?;
+                let target = self.target(k, key);
                 k += 1;
                 let Some(target) = target else { continue };
                 let Some((kind, list)) = feature_list(value)? else {
                     return Err(DecodeError::at(key, "feature has no value list"));
                 };
-                match target {
-                    Target::Id => {
-                        if kind != Kind::Bytes {
-                            return Err(DecodeError::at(
-                                key,
-                                format!("expected a bytes_list, got a {}", kind.name()),
-                            ));
-                        }
-                        let mut p = 0;
-                        let mut n = 0;
-                        while p < list.len() {
-                            let tag = varint(list, &mut p)?;
-                            if tag == 0x0a {
-                                id = Some(delimited(list, &mut p)?);
-                                n += 1;
-                            } else {
-                                skip(list, &mut p, tag & 7)?;
-                            }
-                        }
-                        if n != 1 {
-                            return Err(DecodeError::at(key, format!("expected exactly one value, got {n}")));
-                        }
-                    }
-                    Target::Label => label = Some(single_number(key, kind, list)?),
-                    Target::Mask => mask = single_number(key, kind, list)?,
-                    Target::Dense(j) => {
-                        self.dense[j] = single_number(key, kind, list)?;
-                        self.dense_seen[j] = true;
-                    }
-                    Target::Slot(s) => {
-                        if kind != Kind::Int64 {
-                            return Err(DecodeError::at(
-                                key,
-                                format!("expected an int64_list, got a {}", kind.name()),
-                            ));
-                        }
-                        let start = self.slot_ids.len() as u32;
-                        let ids = &mut self.slot_ids;
-                        each_int64(list, |v| ids.push(v))?;
-                        if let Some(Some(vocab)) = self.schema.vocab.get(s)
-                            && self.slot_ids[start as usize..]
-                                .iter()
-                                .any(|&v| v < 0 || v as u64 >= *vocab)
-                        {
-                            return Err(DecodeError::at(
-                                key,
-                                format!("an id is outside the table's range [0, {vocab})"),
-                            ));
-                        }
-                        self.slot_range[s] = (start, self.slot_ids.len() as u32);
-                    }
-                }
+                self.take(target, key, kind, list, &mut row)?;
             }
         }
-        let Some(id) = id else {
-            return Err(DecodeError {
-                feature: self.schema.id.clone(),
-                message: "missing required feature".into(),
-            });
+        self.finish_row(row, batch, source)
+    }
+
+    /// Where feature `key`, the `k`-th of the record, goes. Records of one
+    /// writer list their features in the same order, so the key at the
+    /// same position is compared first and the map consulted on a miss.
+    #[inline]
+    fn target(&mut self, k: usize, key: &[u8]) -> Option<Target> {
+        match self.predicted.get(k) {
+            Some((pk, t)) if same_key(pk, key) => *t,
+            _ => {
+                let t = self.index.get(key).copied();
+                if k < self.predicted.len() {
+                    self.predicted[k] = (key.into(), t);
+                } else {
+                    self.predicted.push((key.into(), t));
+                }
+                t
+            }
+        }
+    }
+
+    /// Takes one wanted feature's values.
+    #[inline]
+    fn take<'r>(
+        &mut self,
+        target: Target,
+        key: &[u8],
+        kind: Kind,
+        list: &'r [u8],
+        row: &mut RowValues<'r>,
+    ) -> Result<(), DecodeError> {
+        match target {
+            Target::Id => row.id = Some(single_bytes(key, kind, list)?),
+            Target::Label => row.label = Some(single_number(key, kind, list)?),
+            Target::Mask => row.mask = single_number(key, kind, list)?,
+            Target::Dense(j) => {
+                self.dense[j] = single_number(key, kind, list)?;
+                self.dense_seen[j] = true;
+            }
+            Target::Slot(s) => {
+                if kind != Kind::Int64 {
+                    return Err(DecodeError::at(
+                        key,
+                        format!("expected an int64_list, got a {}", kind.name()),
+                    ));
+                }
+                let start = self.slot_ids.len() as u32;
+                let ids = &mut self.slot_ids;
+                each_int64(list, |v| ids.push(v))?;
+                if let Some(Some(vocab)) = self.schema.vocab.get(s)
+                    && self.slot_ids[start as usize..]
+                        .iter()
+                        .any(|&v| v < 0 || v as u64 >= *vocab)
+                {
+                    return Err(DecodeError::at(
+                        key,
+                        format!("an id is outside the table's range [0, {vocab})"),
+                    ));
+                }
+                self.slot_range[s] = (start, self.slot_ids.len() as u32);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every required feature came and appends the row.
+    fn finish_row(&self, row: RowValues<'_>, batch: &mut Batch, source: RowSource) -> Result<(), DecodeError> {
+        let missing = |feature: &String| DecodeError {
+            feature: feature.clone(),
+            message: "missing required feature".into(),
+        };
+        let Some(id) = row.id else {
+            return Err(missing(&self.schema.id));
         };
         if let Some(s) = self.slot_range.iter().position(|&r| r == MISSING) {
-            return Err(DecodeError {
-                feature: self.schema.slots[s].clone(),
-                message: "missing required feature".into(),
-            });
+            return Err(missing(&self.schema.slots[s]));
         }
         if let Some(j) = self.dense_seen.iter().position(|&seen| !seen) {
-            return Err(DecodeError {
-                feature: self.schema.dense[j].clone(),
-                message: "missing required feature".into(),
-            });
+            return Err(missing(&self.schema.dense[j]));
         }
         if let Some(name) = &self.schema.label {
-            let Some(y) = label else {
-                return Err(DecodeError {
-                    feature: name.clone(),
-                    message: "missing required feature".into(),
-                });
+            let Some(y) = row.label else {
+                return Err(missing(name));
             };
             batch.labels.push(y);
-            batch.weights.push(1.0 - mask);
+            batch.weights.push(1.0 - row.mask);
         }
         batch.push_example_id(id);
         for &(a, b) in &self.slot_range {
@@ -437,6 +425,55 @@ impl ExampleDecoder {
         batch.dense.extend_from_slice(&self.dense);
         batch.finish_row(source);
         Ok(())
+    }
+}
+
+/// The id, label and loss mask of the row being decoded.
+#[derive(Default)]
+struct RowValues<'r> {
+    id: Option<&'r [u8]>,
+    label: Option<f32>,
+    mask: f32,
+}
+
+/// A `Features.feature` map entry: its key and value bytes.
+#[inline]
+fn map_entry(entry: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+    let mut ep = 0;
+    while ep < entry.len() {
+        let tag = varint(entry, &mut ep)?;
+        match tag {
+            0x0a => key = delimited(entry, &mut ep)?,
+            0x12 => value = delimited(entry, &mut ep)?,
+            t => skip(entry, &mut ep, t & 7)?,
+        }
+    }
+    Ok((key, value))
+}
+
+/// The one value of a bytes_list feature.
+#[inline]
+fn single_bytes<'r>(key: &[u8], kind: Kind, list: &'r [u8]) -> Result<&'r [u8], DecodeError> {
+    if kind != Kind::Bytes {
+        return Err(DecodeError::at(
+            key,
+            format!("expected a bytes_list, got a {}", kind.name()),
+        ));
+    }
+    let (mut p, mut n, mut id) = (0, 0, None);
+    while p < list.len() {
+        let tag = varint(list, &mut p)?;
+        if tag == 0x0a {
+            id = Some(delimited(list, &mut p)?);
+            n += 1;
+        } else {
+            skip(list, &mut p, tag & 7)?;
+        }
+    }
+    match (n, id) {
+        (1, Some(id)) => Ok(id),
+        _ => Err(DecodeError::at(key, format!("expected exactly one value, got {n}"))),
     }
 }
 

@@ -5,7 +5,7 @@
 //! shuffled).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use flate2::Compression as GzLevel;
 use flate2::write::GzEncoder;
@@ -69,8 +69,6 @@ fn slot_names(n: usize) -> Vec<String> {
 
 /// Writes both parties' files; each file is written atomically.
 pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
-    let generator = Synth::new(cfg.synth.clone());
-    let names = slot_names(cfg.synth.slots);
     let width = cfg.files.saturating_sub(1).to_string().len().max(2);
     let ext = match (cfg.csv, cfg.gzip) {
         (true, _) => "csv",
@@ -92,100 +90,42 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
             source,
         })?;
     }
-    let mut row = SynthRow::default();
-    let mut buf = Vec::with_capacity(16 << 10);
+    let mut rows = Rows {
+        cfg,
+        generator: Synth::new(cfg.synth.clone()),
+        names: slot_names(cfg.synth.slots),
+        row: SynthRow::default(),
+        buf: Vec::with_capacity(16 << 10),
+    };
     for f in 0..cfg.files {
         for leader in [true, false] {
             let role = if leader { "leader" } else { "follower" };
             let path = cfg.out.join(role).join(format!("{f:0width$}.{ext}"));
-            let mut bytes = 0u64;
-            let mut positives = 0u64;
-            let mut indices: Vec<u64> = (0..cfg.rows_per_file)
-                .map(|i| cfg.first_row + (f * cfg.rows_per_file + i) as u64)
-                .filter(|&i| {
-                    let (l, fo) = sides(cfg, i);
-                    if leader { l } else { fo }
-                })
-                .collect();
-            if !leader && cfg.shuffle_follower {
-                let mut st = cfg.synth.seed ^ (f as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0005_4FF1;
-                for i in (1..indices.len()).rev() {
-                    let j = (vfl_mix::splitmix64(&mut st) % (i as u64 + 1)) as usize;
-                    indices.swap(i, j);
-                }
-            }
-            let count = indices.len() as u64;
+            let indices = file_rows(cfg, f, leader);
+            let mut counts = (0u64, 0u64);
             let write = |w: &mut dyn Write| -> std::io::Result<()> {
-                let mut records = |sink: &mut dyn Write| -> std::io::Result<()> {
-                    let mut rw = RecordWriter::new(sink);
-                    if cfg.csv {
-                        let mut header = String::from(if leader { "id,y,loss_mask" } else { "id" });
-                        for n in &names {
-                            header.push(',');
-                            header.push_str(n);
-                        }
-                        header.push('\n');
-                        rw.inner_mut().write_all(header.as_bytes())?;
-                    }
-                    for &index in &indices {
-                        generator.row(index, &mut row);
-                        let id = index.to_string();
-                        let ids = if leader { &row.leader } else { &row.follower };
-                        if leader {
-                            positives += row.y as u64;
-                        }
-                        if cfg.csv {
-                            use std::fmt::Write as _;
-                            let mut line = String::with_capacity(8 + 8 * ids.len());
-                            line.push_str(&id);
-                            if leader {
-                                let _ = write!(line, ",{},{}", row.y, row.loss_mask);
-                            }
-                            for v in ids {
-                                let _ = write!(line, ",{v}");
-                            }
-                            line.push('\n');
-                            bytes += line.len() as u64;
-                            rw.inner_mut().write_all(line.as_bytes())?;
-                            continue;
-                        }
-                        let y = [row.y];
-                        let mask = [row.loss_mask];
-                        let mut features: Vec<(&str, Value<'_>)> = Vec::with_capacity(names.len() + 3);
-                        features.push(("example_id", Value::Bytes(id.as_bytes())));
-                        if leader {
-                            features.push(("y", Value::Int64(&y)));
-                            features.push(("loss_mask", Value::Int64(&mask)));
-                        }
-                        for (s, name) in names.iter().enumerate() {
-                            features.push((name, Value::Int64(std::slice::from_ref(&ids[s]))));
-                        }
-                        encode_example(&features, &mut buf);
-                        bytes += buf.len() as u64 + 16;
-                        rw.write_record(&buf)?;
-                    }
-                    Ok(())
-                };
-                if cfg.gzip && !cfg.csv {
+                counts = if cfg.gzip && !cfg.csv {
                     let mut enc = GzEncoder::new(w, GzLevel::default());
-                    records(&mut enc)?;
+                    let c = rows.write(&mut enc, leader, &indices)?;
                     enc.finish()?;
+                    c
                 } else {
-                    records(w)?;
-                }
+                    rows.write(w, leader, &indices)?
+                };
                 Ok(())
             };
             write_atomic(&path, write).map_err(|source| DataError::Io {
                 file: path.display().to_string(),
                 source,
             })?;
+            let (bytes, positives) = counts;
             summary.bytes += bytes;
             if leader {
                 summary.positives += positives;
-                summary.rows += count;
+                summary.rows += indices.len() as u64;
                 summary.leader_files.push(path);
             } else {
-                summary.follower_rows += count;
+                summary.follower_rows += indices.len() as u64;
                 summary.follower_files.push(path);
             }
         }
@@ -193,7 +133,98 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary, DataError> {
     Ok(summary)
 }
 
-/// The directory of one party's files.
-pub fn party_dir(out: &Path, leader: bool) -> PathBuf {
-    out.join(if leader { "leader" } else { "follower" })
+/// The generator row indices of file `f` of one party, in file order (the
+/// follower's shuffled if asked).
+fn file_rows(cfg: &GenerateConfig, f: usize, leader: bool) -> Vec<u64> {
+    let mut indices: Vec<u64> = (0..cfg.rows_per_file)
+        .map(|i| cfg.first_row + (f * cfg.rows_per_file + i) as u64)
+        .filter(|&i| {
+            let (l, fo) = sides(cfg, i);
+            if leader { l } else { fo }
+        })
+        .collect();
+    if !leader && cfg.shuffle_follower {
+        let mut st = cfg.synth.seed ^ (f as u64).wrapping_mul(vfl_mix::GOLDEN_GAMMA) ^ 0x0005_4FF1;
+        for i in (1..indices.len()).rev() {
+            let j = (vfl_mix::splitmix64(&mut st) % (i as u64 + 1)) as usize;
+            indices.swap(i, j);
+        }
+    }
+    indices
+}
+
+/// Turns generator rows into file contents (CSV lines or TFRecord
+/// tf.Examples), reusing its buffers.
+struct Rows<'a> {
+    cfg: &'a GenerateConfig,
+    generator: Synth,
+    names: Vec<String>,
+    row: SynthRow,
+    buf: Vec<u8>,
+}
+
+impl Rows<'_> {
+    /// Writes the rows `indices` of one party; (bytes, positive labels).
+    fn write(&mut self, sink: &mut dyn Write, leader: bool, indices: &[u64]) -> std::io::Result<(u64, u64)> {
+        let mut rw = RecordWriter::new(sink);
+        if self.cfg.csv {
+            let mut header = String::from(if leader { "id,y,loss_mask" } else { "id" });
+            for n in &self.names {
+                header.push(',');
+                header.push_str(n);
+            }
+            header.push('\n');
+            rw.inner_mut().write_all(header.as_bytes())?;
+        }
+        let (mut bytes, mut positives) = (0u64, 0u64);
+        for &index in indices {
+            self.generator.row(index, &mut self.row);
+            if leader {
+                positives += self.row.y as u64;
+            }
+            if self.cfg.csv {
+                let line = self.csv_line(index, leader);
+                bytes += line.len() as u64;
+                rw.inner_mut().write_all(line.as_bytes())?;
+            } else {
+                self.example(index, leader);
+                bytes += self.buf.len() as u64 + 16;
+                rw.write_record(&self.buf)?;
+            }
+        }
+        Ok((bytes, positives))
+    }
+
+    fn csv_line(&self, index: u64, leader: bool) -> String {
+        use std::fmt::Write as _;
+        let ids = if leader { &self.row.leader } else { &self.row.follower };
+        let mut line = String::with_capacity(8 + 8 * ids.len());
+        let _ = write!(line, "{index}");
+        if leader {
+            let _ = write!(line, ",{},{}", self.row.y, self.row.loss_mask);
+        }
+        for v in ids {
+            let _ = write!(line, ",{v}");
+        }
+        line.push('\n');
+        line
+    }
+
+    /// Encodes the current row as a tf.Example into `buf`.
+    fn example(&mut self, index: u64, leader: bool) {
+        let id = index.to_string();
+        let row = &self.row;
+        let ids = if leader { &row.leader } else { &row.follower };
+        let (y, mask) = ([row.y], [row.loss_mask]);
+        let mut features: Vec<(&str, Value<'_>)> = Vec::with_capacity(self.names.len() + 3);
+        features.push(("example_id", Value::Bytes(id.as_bytes())));
+        if leader {
+            features.push(("y", Value::Int64(&y)));
+            features.push(("loss_mask", Value::Int64(&mask)));
+        }
+        for (s, name) in self.names.iter().enumerate() {
+            features.push((name, Value::Int64(std::slice::from_ref(&ids[s]))));
+        }
+        encode_example(&features, &mut self.buf);
+    }
 }

@@ -7,8 +7,8 @@ pub mod csv;
 pub mod example;
 pub mod generate;
 pub mod prefetch;
-pub mod schema;
-pub mod source;
+mod schema;
+mod source;
 pub mod synth;
 pub mod tfrecord;
 
@@ -56,6 +56,10 @@ pub enum DataError {
     ReaderThread(#[source] std::io::Error),
     #[error("{file}: record {record}: {message}")]
     Record { file: String, record: u64, message: String },
+    /// The TFRecord framing is broken (a length or its checksum): the
+    /// records after it cannot be found.
+    #[error("{file}: record {record}: {message}")]
+    Framing { file: String, record: u64, message: String },
     #[error("{file}: record {record}: feature `{feature}`: {message}")]
     Feature {
         file: String,

@@ -124,136 +124,181 @@ pub fn scan(
     mut each: impl FnMut(Row<'_>) -> Result<(), JoinError>,
     mut done: impl FnMut(usize),
 ) -> Result<Scanned, JoinError> {
-    let mut conv = Converter::default();
-    let mut example = Vec::new();
-    let mut decoder = ExampleDecoder::new(schema.clone());
-    let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
-    let mut out = Scanned::default();
+    let mut s = Scanner {
+        format,
+        schema,
+        measure,
+        conv: Converter::default(),
+        example: Vec::new(),
+        decoder: ExampleDecoder::new(schema.clone()),
+        batch: Batch::new(schema.slots.len(), schema.dense.len()),
+        out: Scanned::default(),
+    };
     for (bi, block) in dir.blocks().iter().enumerate() {
         let file = block.path.display().to_string();
-        let io = |source| DataError::Io {
-            file: file.clone(),
-            source,
-        };
-        let b = bi as u32;
         if block.sealed {
             return Err(JoinError::Config(format!(
                 "{file}: a sealed block (an earlier join's output?); a join reads raw data"
             )));
         }
         match block.kind {
-            FileKind::TfRecord => {
-                if format == OutputFormat::Csv {
-                    return Err(JoinError::Config(format!(
-                        "--output-format csv needs CSV input; {file} is TFRecord"
-                    )));
-                }
-                let mut r = RecordReader::open(&block.path, Compression::Auto).map_err(io)?;
-                loop {
-                    let record = r.position();
-                    let data = match r.next_record() {
-                        Ok(None) => break,
-                        Ok(Some(d)) => d,
-                        Err(e) => {
-                            return Err(DataError::Record {
-                                file,
-                                record,
-                                message: e.to_string(),
-                            }
-                            .into());
-                        }
-                    };
-                    batch.clear();
-                    decoder
-                        .decode_into(data, &mut batch, RowSource { block: b, record })
-                        .map_err(|e| DataError::Feature {
-                            file: file.clone(),
-                            record,
-                            feature: e.feature,
-                            message: e.message,
-                        })?;
-                    out.max_row = out.max_row.max(data.len() as u64);
-                    each(Row {
-                        id: batch.example_id(0),
-                        payload: data,
-                        block: b,
-                        pos: record,
-                    })?;
-                    out.rows += 1;
-                }
-            }
-            FileKind::Csv => {
-                let mut reader = BufReader::with_capacity(1 << 20, File::open(&block.path).map_err(io)?);
-                let (mut line, mut line_no) = (String::new(), 0u64);
-                if read_header(&mut reader, &mut line, &mut line_no).map_err(io)?.is_none() {
-                    return Err(DataError::EmptyCsv { file }.into());
-                }
-                let header = line.trim_end_matches(['\n', '\r']).to_string();
-                let line_err = |line: u64, e: vfl_data::csv::CsvError| e.at_line(&file, line);
-                let layout = CsvLayout::from_header(&header, schema).map_err(|e| line_err(line_no, e))?;
-                let names = Cells::names(&header).map_err(|e| line_err(line_no, e))?;
-                out.csv_columns.resize(bi, None);
-                out.csv_columns.push(Some(names.clone()));
-                if format == OutputFormat::Csv {
-                    match &out.header {
-                        None => out.header = Some(header.clone()),
-                        Some(h) if *h == header => {}
-                        Some(_) => {
-                            return Err(JoinError::Config(format!(
-                                "{file}: its CSV header differs from the first file's; --output-format csv needs one header"
-                            )));
-                        }
-                    }
-                }
-                let (mut scratch, mut spans) = (String::new(), Vec::new());
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).map_err(io)? == 0 {
-                        break;
-                    }
-                    line_no += 1;
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    batch.clear();
-                    layout
-                        .parse_into(
-                            &line,
-                            &mut scratch,
-                            &mut spans,
-                            &mut batch,
-                            RowSource {
-                                block: b,
-                                record: line_no,
-                            },
-                        )
-                        .map_err(|e| line_err(line_no, e))?;
-                    // The line as it is: converted only if it is joined.
-                    let text = line.trim_end_matches(['\n', '\r']);
-                    let written = match format {
-                        OutputFormat::TfRecord if measure => {
-                            conv.convert(&names, text, &mut example)
-                                .map_err(|e| line_err(line_no, e))?;
-                            example.len()
-                        }
-                        _ => text.len(),
-                    };
-                    out.max_row = out.max_row.max(written as u64);
-                    let payload = text.as_bytes();
-                    each(Row {
-                        id: batch.example_id(0),
-                        payload,
-                        block: b,
-                        pos: line_no,
-                    })?;
-                    out.rows += 1;
-                }
-            }
+            FileKind::TfRecord => s.tfrecord_block(block, bi, &mut each)?,
+            FileKind::Csv => s.csv_block(block, bi, &mut each)?,
         }
         done(bi);
     }
-    out.csv_columns.resize(dir.blocks().len(), None);
-    Ok(out)
+    s.out.csv_columns.resize(dir.blocks().len(), None);
+    Ok(s.out)
+}
+
+/// The state of one [`scan`]: decoders and buffers reused across rows.
+struct Scanner<'a> {
+    format: OutputFormat,
+    schema: &'a Schema,
+    measure: bool,
+    conv: Converter,
+    example: Vec<u8>,
+    decoder: ExampleDecoder,
+    batch: Batch,
+    out: Scanned,
+}
+
+impl Scanner<'_> {
+    /// Every record of a TFRecord block, decoded (so that a record training
+    /// would refuse fails the join) and passed on as it is.
+    fn tfrecord_block(
+        &mut self,
+        block: &vfl_data::BlockFile,
+        bi: usize,
+        each: &mut impl FnMut(Row<'_>) -> Result<(), JoinError>,
+    ) -> Result<(), JoinError> {
+        let file = block.path.display().to_string();
+        if self.format == OutputFormat::Csv {
+            return Err(JoinError::Config(format!(
+                "--output-format csv needs CSV input; {file} is TFRecord"
+            )));
+        }
+        let b = bi as u32;
+        let mut r = RecordReader::open(&block.path, Compression::Auto).map_err(|source| DataError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        loop {
+            let record = r.position();
+            let data = match r.next_record() {
+                Ok(None) => return Ok(()),
+                Ok(Some(d)) => d,
+                Err(e) => {
+                    return Err(DataError::Record {
+                        file,
+                        record,
+                        message: e.to_string(),
+                    }
+                    .into());
+                }
+            };
+            self.batch.clear();
+            self.decoder
+                .decode_into(data, &mut self.batch, RowSource { block: b, record })
+                .map_err(|e| DataError::Feature {
+                    file: file.clone(),
+                    record,
+                    feature: e.feature,
+                    message: e.message,
+                })?;
+            self.out.max_row = self.out.max_row.max(data.len() as u64);
+            each(Row {
+                id: self.batch.example_id(0),
+                payload: data,
+                block: b,
+                pos: record,
+            })?;
+            self.out.rows += 1;
+        }
+    }
+
+    /// Every line of a CSV block, parsed with the schema and passed on as it
+    /// is (converted only if joined; measured here if asked).
+    fn csv_block(
+        &mut self,
+        block: &vfl_data::BlockFile,
+        bi: usize,
+        each: &mut impl FnMut(Row<'_>) -> Result<(), JoinError>,
+    ) -> Result<(), JoinError> {
+        let file = block.path.display().to_string();
+        let io = |source| DataError::Io {
+            file: file.clone(),
+            source,
+        };
+        let b = bi as u32;
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(&block.path).map_err(io)?);
+        let (mut line, mut line_no) = (String::new(), 0u64);
+        if read_header(&mut reader, &mut line, &mut line_no).map_err(io)?.is_none() {
+            return Err(DataError::EmptyCsv { file }.into());
+        }
+        let header = line.trim_end_matches(['\n', '\r']).to_string();
+        let line_err = |line: u64, e: vfl_data::csv::CsvError| e.at_line(&file, line);
+        let layout = CsvLayout::from_header(&header, self.schema).map_err(|e| line_err(line_no, e))?;
+        let names = Cells::names(&header).map_err(|e| line_err(line_no, e))?;
+        self.note_header(&file, bi, &header, &names)?;
+        let (mut scratch, mut spans) = (String::new(), Vec::new());
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(io)? == 0 {
+                return Ok(());
+            }
+            line_no += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            self.batch.clear();
+            let source = RowSource {
+                block: b,
+                record: line_no,
+            };
+            layout
+                .parse_into(&line, &mut scratch, &mut spans, &mut self.batch, source)
+                .map_err(|e| line_err(line_no, e))?;
+            // The line as it is: converted only if it is joined.
+            let text = line.trim_end_matches(['\n', '\r']);
+            let written = match self.format {
+                OutputFormat::TfRecord if self.measure => {
+                    self.conv
+                        .convert(&names, text, &mut self.example)
+                        .map_err(|e| line_err(line_no, e))?;
+                    self.example.len()
+                }
+                _ => text.len(),
+            };
+            self.out.max_row = self.out.max_row.max(written as u64);
+            each(Row {
+                id: self.batch.example_id(0),
+                payload: text.as_bytes(),
+                block: b,
+                pos: line_no,
+            })?;
+            self.out.rows += 1;
+        }
+    }
+
+    /// Records block `bi`'s CSV columns; a CSV output needs one header for
+    /// all blocks.
+    fn note_header(&mut self, file: &str, bi: usize, header: &str, names: &[String]) -> Result<(), JoinError> {
+        self.out.csv_columns.resize(bi, None);
+        self.out.csv_columns.push(Some(names.to_vec()));
+        if self.format == OutputFormat::Csv {
+            match &self.out.header {
+                None => self.out.header = Some(header.to_string()),
+                Some(h) if h == header => {}
+                Some(_) => {
+                    return Err(JoinError::Config(format!(
+                        "{file}: its CSV header differs from the first file's; --output-format csv needs one header"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One CSV data line (under `header`) as the tf.Example a join writes for

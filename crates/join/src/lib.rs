@@ -17,7 +17,7 @@ pub mod input;
 pub mod net;
 pub mod output;
 pub mod protocol;
-pub mod spill;
+mod spill;
 pub mod tags;
 
 /// The join protocol's messages (crates/join/proto/vfl/join/v1/join.proto).

@@ -299,6 +299,28 @@ fn agree(field: &'static str, ours: impl ToString, theirs: impl ToString) -> Res
     }
 }
 
+/// What both sides agreed in the hellos.
+struct Agreed {
+    /// Partition bits (the larger of the two sides').
+    bits: u32,
+    join_id: String,
+}
+
+/// The next frame, which must be of the kind `pick` takes.
+async fn expect<W: AsyncWrite + Unpin, T>(
+    link: &mut Link<W>,
+    expected: &'static str,
+    pick: impl FnOnce(Kind) -> Result<T, Kind>,
+) -> Result<T, JoinError> {
+    let k = link.recv().await?;
+    pick(k).map_err(|k| JoinError::Unexpected {
+        expected,
+        got: kind_name(&Some(k)),
+    })
+}
+
+/// The join, phase by phase: [`hello`], [`read_input`], [`ready`],
+/// [`match_partitions`], [`compare_and_commit`].
 async fn drive<W: AsyncWrite + Unpin>(
     cfg: JoinConfig,
     link: &mut Link<W>,
@@ -312,8 +334,56 @@ async fn drive<W: AsyncWrite + Unpin>(
         return Err(JoinError::Config("--rows-per-block must be at least 1".into()));
     }
     let staging = Staging::prepare(&cfg.output)?;
-    let input_bytes = input::input_bytes(&cfg.data)?;
-    let own_bits = spill::partition_bits(input_bytes, cfg.memory_limit);
+    let own_bits = spill::partition_bits(input::input_bytes(&cfg.data)?, cfg.memory_limit);
+    let agreed = hello(&cfg, link, own_bits).await?;
+    tracing::info!(role = cfg.role.name(), join = %agreed.join_id, partitions = 1u32 << agreed.bits, "join: reading the input");
+    let key = Arc::new(key);
+    let mut peer_ready = None;
+    let (spill, scanned) = read_input(&cfg, link, &key, agreed.bits, &staging, &mut peer_ready).await?;
+    let (peer_ready, rows_per_block) = ready(&cfg, link, &scanned, peer_ready).await?;
+    tracing::info!(rows = scanned.rows, peer_rows = peer_ready.rows, "join: matching");
+    let sealing = cfg.sealing.clone().map(|s| OutputSealing {
+        sealer: s.sealer,
+        context: s.context.with("join", &agreed.join_id),
+    });
+    let writer = BlockWriter::new(
+        staging.dir(),
+        cfg.format,
+        rows_per_block,
+        scanned.header.clone(),
+        sealing,
+        key.digest(),
+        scanned.max_row,
+    );
+    let matched = match_partitions(&cfg, link, agreed.bits, Arc::new(spill), &scanned, writer).await?;
+    // The spill is never part of the output.
+    let _ = std::fs::remove_file(staging.dir().join(SPILL));
+    let summary = JoinSummary {
+        join_id: agreed.join_id,
+        rows: scanned.rows,
+        duplicates: matched.duplicates,
+        peer_rows: peer_ready.rows,
+        intersection: matched.intersection,
+        blocks: matched.written.blocks,
+        digest: hex::encode(matched.written.digest),
+        partitions: 1u32 << agreed.bits,
+        seconds: 0.0,
+    };
+    compare_and_commit(&cfg, link, staging, &matched, &summary, rows_per_block).await?;
+    Ok(JoinSummary {
+        seconds: start.elapsed().as_secs_f64(),
+        ..summary
+    })
+}
+
+/// Phase 1: Hello both ways (the follower speaks first) and the checks:
+/// protocol version, roles, application id, rows per block; partition bits
+/// and the leader's join id are taken.
+async fn hello<W: AsyncWrite + Unpin>(
+    cfg: &JoinConfig,
+    link: &mut Link<W>,
+    own_bits: u32,
+) -> Result<Agreed, JoinError> {
     let hello = pb::Hello {
         protocol_version: PROTOCOL_VERSION,
         role: cfg.role.name().into(),
@@ -325,19 +395,14 @@ async fn drive<W: AsyncWrite + Unpin>(
             Role::Follower => String::new(),
         },
     };
-    // The follower speaks first.
     if cfg.role == Role::Follower {
         link.send(Kind::Hello(hello.clone())).await?;
     }
-    let theirs = match link.recv().await? {
-        Kind::Hello(h) => h,
-        k => {
-            return Err(JoinError::Unexpected {
-                expected: "Hello",
-                got: kind_name(&Some(k)),
-            });
-        }
-    };
+    let theirs = expect(link, "Hello", |k| match k {
+        Kind::Hello(h) => Ok(h),
+        k => Err(k),
+    })
+    .await?;
     if cfg.role == Role::Leader {
         link.send(Kind::Hello(hello.clone())).await?;
     }
@@ -352,24 +417,36 @@ async fn drive<W: AsyncWrite + Unpin>(
     if theirs.partition_bits > spill::MAX_BITS {
         return Err(JoinError::Protocol("partition bits above the limit"));
     }
-    let bits = own_bits.max(theirs.partition_bits);
     let join_id = match cfg.role {
-        Role::Leader => hello.join_id.clone(),
-        Role::Follower => theirs.join_id.clone(),
+        Role::Leader => hello.join_id,
+        Role::Follower => theirs.join_id,
     };
     if join_id.len() != 32 || !join_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(JoinError::Protocol("the join id is not 16 bytes of hex"));
     }
-    tracing::info!(role = cfg.role.name(), join = %join_id, partitions = 1u32 << bits, "join: reading the input");
+    Ok(Agreed {
+        bits: own_bits.max(theirs.partition_bits),
+        join_id,
+    })
+}
 
-    // 2. Read, tag and spill.
+/// Phase 2: reads the input on a blocking thread, tags every id and spills
+/// the rows by tag partition, while the link answers pings (a peer's Ready
+/// that comes meanwhile is kept in `peer_ready`).
+async fn read_input<W: AsyncWrite + Unpin>(
+    cfg: &JoinConfig,
+    link: &mut Link<W>,
+    key: &Arc<TagKey>,
+    bits: u32,
+    staging: &Staging,
+    peer_ready: &mut Option<pb::Ready>,
+) -> Result<(Spill, input::Scanned), JoinError> {
     let abort = Arc::new(AtomicBool::new(false));
     let spill_path = staging.dir().join(SPILL);
     let buffer_budget = cfg.memory_limit / 4;
     let data = cfg.data.clone();
     let format = cfg.format;
     let stop = abort.clone();
-    let key = Arc::new(key);
     let k = key.clone();
     let blocks_total = data.blocks().len();
     let sealed = cfg.sealing.is_some();
@@ -379,8 +456,7 @@ async fn drive<W: AsyncWrite + Unpin>(
         .unwrap_or_else(|| vfl_data::Schema::new(Vec::new(), Vec::new(), false));
     let work = tokio::task::spawn_blocking(move || -> Result<(Spill, input::Scanned), JoinError> {
         let mut spill = Spill::create(&spill_path, bits, buffer_budget)?;
-        let t0 = Instant::now();
-        let mut last = Instant::now();
+        let mut report = Every::new(Duration::from_secs(5));
         let rows = std::cell::Cell::new(0u64);
         let scanned = input::scan(
             &data,
@@ -395,25 +471,27 @@ async fn drive<W: AsyncWrite + Unpin>(
                 spill.push(&k.tag(row.id), row.block, row.pos, row.id, row.payload)
             },
             |b| {
-                if last.elapsed() > Duration::from_secs(5) {
-                    last = Instant::now();
-                    let s = t0.elapsed().as_secs_f64();
-                    let done = (b + 1) as f64 / blocks_total.max(1) as f64;
+                if let Some((s, eta_s)) = report.due((b + 1) as f64 / blocks_total.max(1) as f64) {
                     let rows = rows.get();
-                    tracing::info!(
-                        rows,
-                        rows_per_s = (rows as f64 / s) as u64,
-                        eta_s = (s / done - s) as u64,
-                        "join: reading"
-                    );
+                    let rows_per_s = (rows as f64 / s) as u64;
+                    tracing::info!(rows, rows_per_s, eta_s, "join: reading");
                 }
             },
         )?;
         spill.finish()?;
         Ok((spill, scanned))
     });
-    let mut peer_ready = None;
-    let (spill, scanned) = link.wait_for(work, &abort, &mut peer_ready).await?;
+    link.wait_for(work, &abort, peer_ready).await
+}
+
+/// Phase 2's end: Ready both ways (row counts, and the most rows per block
+/// a side can seal); the rows per block both write.
+async fn ready<W: AsyncWrite + Unpin>(
+    cfg: &JoinConfig,
+    link: &mut Link<W>,
+    scanned: &input::Scanned,
+    peer_ready: Option<pb::Ready>,
+) -> Result<(pb::Ready, u64), JoinError> {
     // Sealed blocks are padded to rows x the longest row; cap the rows per
     // block so one fits a quarter of the memory limit.
     let own_cap = match cfg.sealing {
@@ -427,15 +505,13 @@ async fn drive<W: AsyncWrite + Unpin>(
     .await?;
     let peer_ready = match peer_ready {
         Some(r) => r,
-        None => match link.recv().await? {
-            Kind::Ready(r) => r,
-            k => {
-                return Err(JoinError::Unexpected {
-                    expected: "Ready",
-                    got: kind_name(&Some(k)),
-                });
-            }
-        },
+        None => {
+            expect(link, "Ready", |k| match k {
+                Kind::Ready(r) => Ok(r),
+                k => Err(k),
+            })
+            .await?
+        }
     };
     let rows_per_block = [cfg.rows_per_block, own_cap, peer_ready.max_rows_per_block]
         .into_iter()
@@ -448,28 +524,30 @@ async fn drive<W: AsyncWrite + Unpin>(
             "join: fewer rows per block, so that a padded sealed block fits the memory limit"
         );
     }
-    tracing::info!(rows = scanned.rows, peer_rows = peer_ready.rows, "join: matching");
+    Ok((peer_ready, rows_per_block))
+}
 
-    // 3. Partition by partition.
-    let spill = Arc::new(spill);
+/// What phase 3 produced.
+struct Matched {
+    written: Written,
+    intersection: u64,
+    duplicates: u64,
+}
+
+/// Phase 3: partition by partition, the distinct tags (duplicates dropped),
+/// the intersection with the peer's, and its rows written in tag order.
+async fn match_partitions<W: AsyncWrite + Unpin>(
+    cfg: &JoinConfig,
+    link: &mut Link<W>,
+    bits: u32,
+    spill: Arc<Spill>,
+    scanned: &input::Scanned,
+    writer: BlockWriter,
+) -> Result<Matched, JoinError> {
     let csv_columns = Arc::new(scanned.csv_columns.clone());
-    let sealing = cfg.sealing.clone().map(|s| OutputSealing {
-        sealer: s.sealer,
-        context: s.context.with("join", &join_id),
-    });
-    let mut writer = Some(BlockWriter::new(
-        staging.dir(),
-        cfg.format,
-        rows_per_block,
-        scanned.header.clone(),
-        sealing,
-        key.digest(),
-        scanned.max_row,
-    ));
-    let mut duplicates = 0u64;
-    let mut intersection = 0u64;
-    let t0 = Instant::now();
-    let mut last = Instant::now();
+    let mut writer = Some(writer);
+    let (mut duplicates, mut intersection) = (0u64, 0u64);
+    let mut report = Every::new(Duration::from_secs(5));
     let parts = 1u32 << bits;
     for p in 0..parts {
         let s = spill.clone();
@@ -488,91 +566,90 @@ async fn drive<W: AsyncWrite + Unpin>(
             Role::Leader => leader_partition(link, p, bits, &part, &keep).await?,
         };
         intersection += matched.len() as u64;
-        let mut w = writer.take().ok_or(JoinError::Protocol("writer lost"))?;
-        let columns = csv_columns.clone();
-        let blocks = cfg.data.blocks().to_vec();
-        w = tokio::task::spawn_blocking(move || -> Result<BlockWriter, JoinError> {
-            let mut conv = input::Converter::default();
-            let mut example = Vec::new();
-            for i in matched {
-                let e = &part.entries[i];
-                let payload = match (format, columns.get(e.block as usize)) {
-                    (OutputFormat::TfRecord, Some(Some(cols))) => {
-                        let line = std::str::from_utf8(part.payload(e))
-                            .map_err(|_| JoinError::SpillFormat("a CSV row that is not UTF-8"))?;
-                        conv.convert(cols, line, &mut example).map_err(|err| {
-                            let file = blocks.get(e.block as usize).map(|b| b.path.display().to_string());
-                            err.at_line(&file.unwrap_or_default(), e.pos)
-                        })?;
-                        &example[..]
-                    }
-                    _ => part.payload(e),
-                };
-                w.push(part.id(e), payload)?;
-            }
-            Ok(w)
-        })
-        .await
-        .map_err(|_| JoinError::Config("writing a partition stopped unexpectedly".into()))??;
+        let w = writer.take().ok_or(JoinError::Protocol("writer lost"))?;
+        let (columns, blocks, format) = (csv_columns.clone(), cfg.data.blocks().to_vec(), cfg.format);
+        let w = tokio::task::spawn_blocking(move || write_partition(w, &part, &matched, format, &columns, &blocks))
+            .await
+            .map_err(|_| JoinError::Config("writing a partition stopped unexpectedly".into()))??;
         writer = Some(w);
-        if last.elapsed() > Duration::from_secs(5) {
-            last = Instant::now();
-            let s = t0.elapsed().as_secs_f64();
-            let done = (p + 1) as f64 / parts as f64;
-            tracing::info!(
-                partition = p + 1,
-                of = parts,
-                intersection,
-                eta_s = (s / done - s) as u64,
-                "join: matching"
-            );
+        if let Some((_, eta_s)) = report.due(f64::from(p + 1) / f64::from(parts)) {
+            tracing::info!(partition = p + 1, of = parts, intersection, eta_s, "join: matching");
         }
     }
-    let written: Written = writer.take().ok_or(JoinError::Protocol("writer lost"))?.finish()?;
-    // The spill is never part of the output, whoever still holds it.
-    drop(spill);
-    let _ = std::fs::remove_file(staging.dir().join(SPILL));
-
-    // 4. Compare, then commit.
-    let digest = written.digest.to_vec();
-    link.send(Kind::Summary(pb::Summary {
+    let written = writer.take().ok_or(JoinError::Protocol("writer lost"))?.finish()?;
+    Ok(Matched {
+        written,
         intersection,
-        blocks: written.blocks,
+        duplicates,
+    })
+}
+
+/// Writes the matched rows of one partition (CSV rows converted to
+/// tf.Examples for a TFRecord output).
+fn write_partition(
+    mut w: BlockWriter,
+    part: &Partition,
+    matched: &[usize],
+    format: OutputFormat,
+    columns: &[Option<Vec<String>>],
+    blocks: &[vfl_data::BlockFile],
+) -> Result<BlockWriter, JoinError> {
+    let mut conv = input::Converter::default();
+    let mut example = Vec::new();
+    for &i in matched {
+        let e = &part.entries[i];
+        let payload = match (format, columns.get(e.block as usize)) {
+            (OutputFormat::TfRecord, Some(Some(cols))) => {
+                let line = std::str::from_utf8(part.payload(e))
+                    .map_err(|_| JoinError::SpillFormat("a CSV row that is not UTF-8"))?;
+                conv.convert(cols, line, &mut example).map_err(|err| {
+                    let file = blocks.get(e.block as usize).map(|b| b.path.display().to_string());
+                    err.at_line(&file.unwrap_or_default(), e.pos)
+                })?;
+                &example[..]
+            }
+            _ => part.payload(e),
+        };
+        w.push(part.id(e), payload)?;
+    }
+    Ok(w)
+}
+
+/// Phase 4: Summary both ways (intersection size, blocks, digest of the
+/// joined id order; any difference fails both sides), then this side's
+/// output is committed and Done said.
+async fn compare_and_commit<W: AsyncWrite + Unpin>(
+    cfg: &JoinConfig,
+    link: &mut Link<W>,
+    staging: Staging,
+    m: &Matched,
+    summary: &JoinSummary,
+    rows_per_block: u64,
+) -> Result<(), JoinError> {
+    let digest = m.written.digest.to_vec();
+    link.send(Kind::Summary(pb::Summary {
+        intersection: m.intersection,
+        blocks: m.written.blocks,
         digest: digest.clone(),
     }))
     .await?;
-    let peer = match link.recv().await? {
-        Kind::Summary(s) => s,
-        k => {
-            return Err(JoinError::Unexpected {
-                expected: "Summary",
-                got: kind_name(&Some(k)),
-            });
-        }
-    };
-    if peer.intersection != intersection {
+    let peer = expect(link, "Summary", |k| match k {
+        Kind::Summary(s) => Ok(s),
+        k => Err(k),
+    })
+    .await?;
+    if peer.intersection != m.intersection {
         return Err(JoinError::Mismatch("intersection size"));
     }
-    if peer.blocks != written.blocks {
+    if peer.blocks != m.written.blocks {
         return Err(JoinError::Mismatch("block count"));
     }
     if peer.digest != digest {
         return Err(JoinError::Mismatch("digest of the joined id order"));
     }
-    if intersection == 0 {
+    if m.intersection == 0 {
         return Err(JoinError::EmptyIntersection);
     }
-    let summary = JoinSummary {
-        join_id,
-        rows: scanned.rows,
-        duplicates,
-        peer_rows: peer_ready.rows,
-        intersection,
-        blocks: written.blocks,
-        digest: hex::encode(&digest),
-        partitions: parts,
-        seconds: start.elapsed().as_secs_f64(),
-    };
     staging.commit(&serde_json::json!({
         "join_id": summary.join_id,
         "role": cfg.role.name(),
@@ -594,7 +671,34 @@ async fn drive<W: AsyncWrite + Unpin>(
         Ok(k) => tracing::warn!(got = kind_name(&Some(k)), "join: the peer did not confirm its commit"),
         Err(e) => tracing::warn!(error = %e, "join: the peer did not confirm its commit"),
     }
-    Ok(summary)
+    Ok(())
+}
+
+/// Progress reports at most once per interval: the seconds so far and the
+/// estimated seconds left, given the fraction done.
+struct Every {
+    start: Instant,
+    last: Instant,
+    interval: Duration,
+}
+
+impl Every {
+    fn new(interval: Duration) -> Self {
+        Every {
+            start: Instant::now(),
+            last: Instant::now(),
+            interval,
+        }
+    }
+
+    fn due(&mut self, done: f64) -> Option<(f64, u64)> {
+        if self.last.elapsed() <= self.interval {
+            return None;
+        }
+        self.last = Instant::now();
+        let s = self.start.elapsed().as_secs_f64();
+        Some((s, (s / done.max(1e-9) - s) as u64))
+    }
 }
 
 /// The entries of `part` that are kept (index list, ascending by tag, one

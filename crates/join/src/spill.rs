@@ -120,11 +120,8 @@ impl Spill {
         })
     }
 
-    pub fn bits(&self) -> u32 {
-        self.bits
-    }
-
-    pub fn partitions(&self) -> u32 {
+    #[cfg(test)]
+    fn partitions(&self) -> u32 {
         1 << self.bits
     }
 

@@ -32,7 +32,8 @@ impl AlignedVec {
     }
 
     /// `len` copies of `value`.
-    pub fn filled(len: usize, value: f32) -> Self {
+    #[cfg(test)]
+    fn filled(len: usize, value: f32) -> Self {
         let mut v = Self::zeros(len);
         v.as_mut_slice().fill(value);
         v

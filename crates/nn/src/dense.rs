@@ -108,18 +108,6 @@ impl Dense {
     pub fn bias_grad(&self) -> &[f32] {
         &self.gb
     }
-    pub fn weight_state_mut(&mut self) -> &mut ParamState {
-        &mut self.sw
-    }
-    pub fn bias_state_mut(&mut self) -> &mut ParamState {
-        &mut self.sb
-    }
-    pub fn weight_state(&self) -> &ParamState {
-        &self.sw
-    }
-    pub fn bias_state(&self) -> &ParamState {
-        &self.sb
-    }
     /// Weights, bias and their optimizer states, mutably (checkpoints).
     pub fn parts_mut(&mut self) -> (&mut Vec<f32>, &mut Vec<f32>, &mut ParamState, &mut ParamState) {
         (&mut self.w, &mut self.b, &mut self.sw, &mut self.sb)

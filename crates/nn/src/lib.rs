@@ -7,13 +7,13 @@
 //! networks; the data and trainer crates feed it.
 
 pub mod activation;
-pub mod aligned;
+mod aligned;
 pub mod compute;
 pub mod dense;
 pub mod embedding;
 pub mod init;
 pub mod loss;
-pub mod metrics;
+mod metrics;
 pub mod optim;
 pub mod rng;
 pub mod spec;

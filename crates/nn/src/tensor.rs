@@ -91,11 +91,6 @@ impl Matrix {
         self.data.resize(rows * cols);
     }
 
-    /// Sets every element to zero.
-    pub fn fill_zero(&mut self) {
-        self.data.as_mut_slice().fill(0.0);
-    }
-
     /// The first non-finite value, as `(row, col, value)`.
     pub fn first_non_finite(&self) -> Option<(usize, usize, f32)> {
         let cols = self.cols.max(1);

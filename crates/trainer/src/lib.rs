@@ -6,7 +6,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod local;
-pub mod party;
+mod party;
 pub mod progress;
 pub mod remote;
 pub mod store;

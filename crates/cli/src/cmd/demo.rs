@@ -94,6 +94,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
 
+    let eval_rows = write_data(&a, &work, &synth)?;
+    println!(
+        "model {} ({}), {} epochs, batch {}, {} thread(s) per party, kernel {}",
+        spec.name,
+        &spec.fingerprint()[..12],
+        a.epoch_num,
+        a.batch_size,
+        threads,
+        super::cpu_kernel()
+    );
+    if a.in_process {
+        in_process(&a, &spec, &work, threads, &synth)
+    } else {
+        two_processes(&a, &work, threads, &synth, eval_rows)
+    }
+}
+
+/// Writes the planted training and held-out data under `work`; the number
+/// of held-out rows.
+fn write_data(a: &Args, work: &std::path::Path, synth: &SynthConfig) -> anyhow::Result<u64> {
     let t0 = Instant::now();
     let train_dir = work.join("train");
     let eval_dir = work.join("eval");
@@ -144,22 +164,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             t0.elapsed().as_secs_f64()
         );
     }
-    println!(
-        "model {} ({}), {} epochs, batch {}, {} thread(s) per party, kernel {}",
-        spec.name,
-        &spec.fingerprint()[..12],
-        a.epoch_num,
-        a.batch_size,
-        threads,
-        super::cpu_kernel()
-    );
+    Ok((eval_files * a.eval_rows.div_ceil(eval_files)) as u64)
+}
 
-    if !a.in_process {
-        let eval_rows = (eval_files * a.eval_rows.div_ceil(eval_files)) as u64;
-        return two_processes(&a, &work, threads, &synth, eval_rows);
-    }
-    let (ls, fs) = (schema_for(&spec, Role::Leader), schema_for(&spec, Role::Follower));
-    let mut t = LocalTrainer::new(&spec, threads)?;
+/// Both parties in this process: train, evaluate on the held-out rows,
+/// report.
+fn in_process(
+    a: &Args,
+    spec: &ModelSpec,
+    work: &std::path::Path,
+    threads: usize,
+    synth: &SynthConfig,
+) -> anyhow::Result<()> {
+    let (train_dir, eval_dir) = (work.join("train"), work.join("eval"));
+    let (ls, fs) = (schema_for(spec, Role::Leader), schema_for(spec, Role::Follower));
+    let mut t = LocalTrainer::new(spec, threads)?;
     let start = Instant::now();
     let mut examples = 0;
     for epoch in 0..a.epoch_num {
@@ -196,7 +215,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         m.log_loss,
         super::four(m.ks)
     );
-    println!("{}", best_possible(&synth, eval.examples));
+    println!("{}", best_possible(synth, eval.examples));
     Ok(())
 }
 

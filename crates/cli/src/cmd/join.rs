@@ -243,5 +243,8 @@ fn report(role: Role, s: &JoinSummary, out: &std::path::Path) {
         s.seconds,
         s.rows as f64 / s.seconds.max(1e-9)
     );
-    println!("join {r}: joined id order digest {} (the same on both sides)", s.digest);
+    println!(
+        "join {r}: joined id order digest {} (the same on both sides); {} tag partition(s)",
+        s.digest, s.partitions
+    );
 }

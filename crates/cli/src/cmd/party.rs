@@ -209,7 +209,6 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
         allow_rollback: c.allow_rollback,
         max_restarts: c.max_restarts,
         progress: vfl_trainer::progress::Progress::new(role),
-        metrics_addr: c.metrics_addr.clone(),
     })
 }
 
@@ -343,6 +342,17 @@ impl Ticker {
     }
 }
 
+/// Starts the `--metrics-addr` endpoint, if asked for.
+async fn serve_metrics(
+    (addr, registry): (Option<String>, prometheus_client::registry::Registry),
+) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let bound = crate::metrics::serve(&addr, registry).await?;
+        tracing::info!(addr = %bound, "serving Prometheus metrics at /metrics, liveness at /healthz");
+    }
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -401,7 +411,11 @@ fn run_as_leader(common: &Common, local_addr: String, lead: &LeaderOnly) -> anyh
     cfg.save_checkpoint_secs = lead.save_checkpoint_secs;
     cfg.predictions_path = lead.predictions_path.clone();
     let ticker = Ticker::start(cfg.progress.clone());
-    let result = runtime()?.block_on(run_leader(cfg, |addr| println!("leader: listening on {addr}")));
+    let metrics = (common.metrics_addr.clone(), cfg.progress.registry());
+    let result = runtime()?.block_on(async move {
+        serve_metrics(metrics).await?;
+        Ok::<_, anyhow::Error>(run_leader(cfg, |addr| println!("leader: listening on {addr}")).await?)
+    });
     ticker.stop();
     let s = result?;
     report("leader", &s);
@@ -418,7 +432,11 @@ pub fn follower(a: FollowerArgs) -> anyhow::Result<()> {
 fn run_as_follower(common: &Common, peer_addr: String) -> anyhow::Result<()> {
     let cfg = config(common, peer_addr, "follower")?;
     let ticker = Ticker::start(cfg.progress.clone());
-    let result = runtime()?.block_on(run_follower(cfg));
+    let metrics = (common.metrics_addr.clone(), cfg.progress.registry());
+    let result = runtime()?.block_on(async move {
+        serve_metrics(metrics).await?;
+        Ok::<_, anyhow::Error>(run_follower(cfg).await?)
+    });
     ticker.stop();
     let s = result?;
     report("follower", &s);

@@ -8,7 +8,6 @@ use super::*;
 pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
     read_record(&cfg, Role::Follower)?;
-    start_metrics(&cfg).await?;
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut link = FollowerLink::connect(
         &cfg.addr,
@@ -179,7 +178,7 @@ impl<'s> Follow<'s> {
             iterations,
         };
         self.link.send(FMsg::EndOfData(end)).await?;
-        self.skipped += reader.finish().map_or(0, |r| r.skipped());
+        self.skipped += skipped_records(plan.epoch, reader.finish().as_ref());
         self.epochs += 1;
         Ok(())
     }
@@ -313,7 +312,7 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
     )?;
     tracing::info!(%source, "evaluating");
     let mut batch = Batch::new(schema.slots.len(), schema.dense.len());
-    let (mut steps, mut examples) = (0u64, 0u64);
+    let (mut steps, mut examples, mut skipped) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     loop {
         match link.recv().await? {
@@ -335,6 +334,7 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
                     steps += 1;
                     examples += n as u64;
                 }
+                skipped += skipped_records(plan.epoch, Some(&reader));
             }
             LMsg::Finish(_) => {
                 link.ack_now().await;
@@ -346,7 +346,7 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
                     seconds: start.elapsed().as_secs_f64(),
                     mean_loss: 0.0,
                     last_epoch: None,
-                    skipped_records: 0,
+                    skipped_records: skipped,
                     resumed_from: None,
                     export_dir: None,
                 });

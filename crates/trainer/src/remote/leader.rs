@@ -10,7 +10,6 @@ pub async fn run_leader(
 ) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
     read_record(&cfg, Role::Leader)?;
-    start_metrics(&cfg).await?;
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut listener = server::listen(
         &cfg.addr,
@@ -275,7 +274,7 @@ impl<'s, 'a> Lead<'s, 'a> {
         if iterations == 0 && plan.start == Position::default() {
             return Err(TrainError::NoData { epoch: plan.epoch });
         }
-        self.skipped += reader.finish().map_or(0, |r| r.skipped());
+        self.skipped += skipped_records(plan.epoch, reader.finish().as_ref());
         let m = self.party.take_metrics().values();
         tracing::info!(epoch = plan.epoch, iterations, auc = ?m.auc, "epoch done");
         cfg.progress.set_auc(m.auc);
@@ -535,7 +534,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
         seconds: start.elapsed().as_secs_f64(),
         mean_loss: loss_sum / examples as f64,
         last_epoch: Some(party.take_metrics().values()),
-        skipped_records: reader.skipped(),
+        skipped_records: skipped_records(0, Some(&reader)),
         resumed_from: None,
         export_dir: None,
     })

@@ -86,8 +86,6 @@ pub struct RunConfig {
     pub max_restarts: u32,
     /// Counters for the progress line, the logs and `--metrics-addr`.
     pub progress: std::sync::Arc<crate::progress::Progress>,
-    /// Serve Prometheus metrics here (host:port).
-    pub metrics_addr: Option<String>,
 }
 
 /// What a run did.
@@ -350,19 +348,22 @@ fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
     })
 }
 
-async fn start_metrics(cfg: &RunConfig) -> Result<(), TrainError> {
-    if let Some(addr) = &cfg.metrics_addr {
-        let bound = crate::progress::serve_metrics(addr, cfg.progress.clone()).await?;
-        tracing::info!(addr = %bound, "serving Prometheus metrics at /metrics");
-    }
-    Ok(())
-}
-
 fn link_options(cfg: &RunConfig) -> LinkOptions {
     LinkOptions {
         max_restarts: cfg.max_restarts,
         ..LinkOptions::new(cfg.peer_timeout, cfg.progress.clone())
     }
+}
+
+/// The records an epoch skipped (`--skip-bad-records`), with the first
+/// reasons logged: the file, the record and what was wrong, never a value.
+fn skipped_records(epoch: u32, reader: Option<&BlockReader>) -> u64 {
+    let Some(r) = reader else { return 0 };
+    if r.skipped() > 0 {
+        let reasons: Vec<String> = r.skip_reasons().iter().map(|s| sanitize(s, 300)).collect();
+        tracing::warn!(epoch, skipped = r.skipped(), first_reasons = ?reasons, "bad records skipped (--skip-bad-records)");
+    }
+    r.skipped()
 }
 
 /// Where in the data a checkpoint is taken: the epoch, its block order and
