@@ -51,9 +51,8 @@ pub fn train_throughput(
 ) -> Result<BenchResult, TrainError> {
     let slots = spec.leader.slots().len();
     if slots != spec.follower.slots().len() || !spec.leader.dense_columns().is_empty() {
-        return Err(TrainError::Protocol(
-            "the benchmark needs a model whose parties have the same number of sparse slots and no dense columns"
-                .into(),
+        return Err(TrainError::Unsupported(
+            "the benchmark needs a model whose parties have the same number of sparse slots and no dense columns",
         ));
     }
     let vocab = spec

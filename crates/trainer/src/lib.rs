@@ -35,8 +35,30 @@ pub enum TrainError {
         theirs: String,
         rows: String,
     },
-    #[error("protocol error: {0}")]
-    Protocol(String),
+    #[error("protocol error: iteration {iteration} still awaits its gradient")]
+    GradientPending { iteration: u64 },
+    #[error("protocol error: gradient for iteration {got} but {pending} is pending")]
+    WrongGradient { got: u64, pending: String },
+    #[error("protocol error: activations for iteration {got}, expected {expected}")]
+    WrongIteration { got: u64, expected: u64 },
+    #[error("protocol error: iteration {iteration} is not a training iteration")]
+    NotTraining { iteration: u64 },
+    #[error("the leader's batch has {labels} labels for {rows} rows")]
+    Labels { labels: usize, rows: usize },
+    #[error("the leader's data gave {leader} rows but the follower's gave {follower} at step {step}")]
+    LocalRowCounts { leader: usize, follower: usize, step: u64 },
+    #[error("protocol error: {what} without a tensor")]
+    NoTensor { what: &'static str },
+    #[error("protocol error: batch digest of {len} bytes, expected 16")]
+    DigestLength { len: usize },
+    #[error("the export {path} is of run `{loaded}`, but this session evaluates run `{run}`")]
+    ExportOfOtherRun { path: String, loaded: String, run: String },
+    #[error(
+        "eval needs a model: --load-model (an export) or a --checkpoint-path holding a checkpoint both parties have"
+    )]
+    NoModelToEvaluate,
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("protocol error: expected {expected}, got {got}")]
     Unexpected { expected: &'static str, got: String },
     #[error(

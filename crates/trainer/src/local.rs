@@ -75,9 +75,11 @@ impl LocalTrainer {
                 Err(e) => break Err(e.into()),
             };
             if nl != nf {
-                break Err(TrainError::Protocol(format!(
-                    "leader data gave {nl} rows but follower data gave {nf} rows at step {steps}"
-                )));
+                break Err(TrainError::LocalRowCounts {
+                    leader: nl,
+                    follower: nf,
+                    step: steps,
+                });
             }
             if nl == 0 {
                 break Ok(());

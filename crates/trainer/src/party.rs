@@ -80,9 +80,7 @@ impl FollowerParty {
     /// training, the next call must be [`FollowerParty::apply_gradient`].
     pub fn forward(&mut self, batch: &Batch, train: bool) -> Result<Activations, TrainError> {
         if let Some(it) = self.pending {
-            return Err(TrainError::Protocol(format!(
-                "iteration {it} still awaits its gradient"
-            )));
+            return Err(TrainError::GradientPending { iteration: it });
         }
         let iteration = self.next_iteration;
         let act = self.model.forward(&self.cx, &tower_input(batch))?;
@@ -105,11 +103,10 @@ impl FollowerParty {
         match self.pending {
             Some(it) if it == g.iteration => {}
             other => {
-                return Err(TrainError::Protocol(format!(
-                    "gradient for iteration {} but {} is pending",
-                    g.iteration,
-                    other.map_or("none".to_string(), |i| i.to_string())
-                )));
+                return Err(TrainError::WrongGradient {
+                    got: g.iteration,
+                    pending: other.map_or("none".to_string(), |i| i.to_string()),
+                });
             }
         }
         let shape = (batch.rows, self.model.tower.output_dim());
@@ -176,10 +173,10 @@ impl LeaderParty {
     /// and batch digest (misaligned rows must never train silently).
     fn accept(&mut self, batch: &Batch, act: &Activations) -> Result<(), TrainError> {
         if act.iteration != self.next_iteration {
-            return Err(TrainError::Protocol(format!(
-                "activations for iteration {}, expected {}",
-                act.iteration, self.next_iteration
-            )));
+            return Err(TrainError::WrongIteration {
+                got: act.iteration,
+                expected: self.next_iteration,
+            });
         }
         let own = batch.digest();
         if own != act.digest {
@@ -199,11 +196,10 @@ impl LeaderParty {
             });
         }
         if batch.labels.len() != batch.rows {
-            return Err(TrainError::Protocol(format!(
-                "leader batch has {} labels for {} rows",
-                batch.labels.len(),
-                batch.rows
-            )));
+            return Err(TrainError::Labels {
+                labels: batch.labels.len(),
+                rows: batch.rows,
+            });
         }
         act.tensor
             .decode_into("follower activations", (batch.rows, self.peer_cols), &mut self.act)?;
@@ -213,10 +209,9 @@ impl LeaderParty {
     /// One training step: returns the report and the gradient to send back.
     pub fn train_step(&mut self, batch: &Batch, act: &Activations) -> Result<(StepReport, Gradient), TrainError> {
         if !act.train {
-            return Err(TrainError::Protocol(format!(
-                "iteration {} is not a training iteration",
-                act.iteration
-            )));
+            return Err(TrainError::NotTraining {
+                iteration: act.iteration,
+            });
         }
         self.accept(batch, act)?;
         let weights = (!batch.weights.is_empty()).then_some(&batch.weights[..]);

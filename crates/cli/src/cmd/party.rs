@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use vfl_attest::seal::{KeySource, Sealer};
 use vfl_nn::ModelSpec;
-use vfl_trainer::remote::{RunConfig, RunSummary, run_follower, run_leader};
+use vfl_trainer::remote::{
+    FollowerTask, LeaderEval, LeaderTask, LeaderTrain, RunConfig, RunSummary, run_follower, run_leader,
+};
 
 /// Flags shared by both parties (names follow the original Fedlearner
 /// trainer where they apply).
@@ -55,8 +57,8 @@ pub struct Common {
     /// train, or eval (forward only; needs --load-model or a checkpoint);
     /// `vfl party` also takes join (aligns the data into --join-path, as
     /// `vfl join`).
-    #[arg(long, env = "VFL_MODE", value_parser = ["train", "eval", "join"], default_value = "train")]
-    mode: String,
+    #[arg(long, env = "VFL_MODE", value_enum, default_value_t = PartyMode::Train)]
+    mode: PartyMode,
     /// Eval: an exported model directory (<export>/<id>, or its <role>
     /// subdirectory); sealed exports are opened only by the enclave build
     /// that wrote them.
@@ -86,6 +88,15 @@ pub struct Common {
     max_restarts: u32,
     #[command(flatten)]
     attest: super::attest::Flags,
+}
+
+/// What a party run does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartyMode {
+    Train,
+    Eval,
+    /// `vfl party` only: align the data into --join-path.
+    Join,
 }
 
 /// Flags only the leader uses (it decides epochs, order and checkpoints).
@@ -167,7 +178,7 @@ pub struct PartyArgs {
 
 fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunConfig> {
     anyhow::ensure!(
-        c.mode != "join",
+        c.mode != PartyMode::Join,
         "--mode join is for `vfl party` (with --join-path); use `vfl join {role}`"
     );
     anyhow::ensure!(c.batch_size > 0, "--batch-size must be > 0");
@@ -186,8 +197,6 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
         data_path: c.data_path.clone(),
         data_path_wildcard: c.data_path_wildcard.clone(),
         batch_size: c.batch_size,
-        epochs: 1,
-        shuffle_seed: None,
         threads: c
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2))),
@@ -195,14 +204,9 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
         peer_timeout: Duration::from_secs(c.peer_timeout),
         skip_bad_records: c.skip_bad_records,
         checkpoint_path: c.checkpoint_path.clone(),
-        save_checkpoint_steps: None,
-        save_checkpoint_secs: None,
         keep_checkpoints: c.keep_checkpoints,
         export_path: c.export_path.clone(),
-        eval: c.mode == "eval",
         join_id,
-        load_model: c.load_model.clone(),
-        predictions_path: None,
         started: std::time::Instant::now(),
         security: super::attest::security(&c.attest, seal.as_ref())?,
         seal,
@@ -400,21 +404,28 @@ pub fn leader(a: LeaderArgs) -> anyhow::Result<()> {
 }
 
 fn run_as_leader(common: &Common, local_addr: String, lead: &LeaderOnly) -> anyhow::Result<()> {
-    let mut cfg = config(common, local_addr, "leader")?;
-    cfg.epochs = lead.epoch_num.max(1);
-    cfg.shuffle_seed = lead.shuffle.then_some(lead.seed);
+    let cfg = config(common, local_addr, "leader")?;
     anyhow::ensure!(
         cfg.checkpoint_path.is_some() || (lead.save_checkpoint_steps.is_none() && lead.save_checkpoint_secs.is_none()),
         "--save-checkpoint-steps/--save-checkpoint-secs need --checkpoint-path"
     );
-    cfg.save_checkpoint_steps = lead.save_checkpoint_steps;
-    cfg.save_checkpoint_secs = lead.save_checkpoint_secs;
-    cfg.predictions_path = lead.predictions_path.clone();
+    let task = match common.mode {
+        PartyMode::Eval => LeaderTask::Eval(LeaderEval {
+            load_model: common.load_model.clone(),
+            predictions_path: lead.predictions_path.clone(),
+        }),
+        _ => LeaderTask::Train(LeaderTrain {
+            epochs: lead.epoch_num.max(1),
+            shuffle_seed: lead.shuffle.then_some(lead.seed),
+            save_every_steps: lead.save_checkpoint_steps,
+            save_every_secs: lead.save_checkpoint_secs,
+        }),
+    };
     let ticker = Ticker::start(cfg.progress.clone());
     let metrics = (common.metrics_addr.clone(), cfg.progress.registry());
     let result = runtime()?.block_on(async move {
         serve_metrics(metrics).await?;
-        Ok::<_, anyhow::Error>(run_leader(cfg, |addr| println!("leader: listening on {addr}")).await?)
+        Ok::<_, anyhow::Error>(run_leader(cfg, task, |addr| println!("leader: listening on {addr}")).await?)
     });
     ticker.stop();
     let s = result?;
@@ -431,11 +442,17 @@ pub fn follower(a: FollowerArgs) -> anyhow::Result<()> {
 
 fn run_as_follower(common: &Common, peer_addr: String) -> anyhow::Result<()> {
     let cfg = config(common, peer_addr, "follower")?;
+    let task = match common.mode {
+        PartyMode::Eval => FollowerTask::Eval {
+            load_model: common.load_model.clone(),
+        },
+        _ => FollowerTask::Train,
+    };
     let ticker = Ticker::start(cfg.progress.clone());
     let metrics = (common.metrics_addr.clone(), cfg.progress.registry());
     let result = runtime()?.block_on(async move {
         serve_metrics(metrics).await?;
-        Ok::<_, anyhow::Error>(run_follower(cfg).await?)
+        Ok::<_, anyhow::Error>(run_follower(cfg, task).await?)
     });
     ticker.stop();
     let s = result?;
@@ -450,7 +467,7 @@ pub fn party(mut a: PartyArgs) -> anyhow::Result<()> {
         (false, Some(p)) => p.clone(),
         (false, None) => anyhow::bail!("the follower needs the leader's address: --peer-addr or VFL_PEER_ADDR"),
     };
-    if a.common.mode == "join" {
+    if a.common.mode == PartyMode::Join {
         let Some(out) = a.join_path.clone() else {
             anyhow::bail!("VFL_MODE=join needs --join-path (where the joined blocks go)");
         };

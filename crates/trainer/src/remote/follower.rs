@@ -5,13 +5,13 @@ use super::*;
 
 /// Runs the follower: connects (retrying until the peer timeout), follows
 /// the leader's plans, trains, and returns when the leader finishes.
-pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
+pub async fn run_follower(cfg: RunConfig, task: FollowerTask) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
     read_record(&cfg, Role::Follower)?;
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut link = FollowerLink::connect(
         &cfg.addr,
-        settings(&cfg, Role::Follower, &process_id)?,
+        settings(&cfg, task.mode(), Role::Follower, &process_id)?,
         limit(&cfg),
         cfg.security.clone(),
         link_options(&cfg),
@@ -20,10 +20,9 @@ pub async fn run_follower(cfg: RunConfig) -> Result<RunSummary, TrainError> {
     let result = loop {
         let reply = link.reply();
         tracing::info!(session = %reply.session_id, leader = %reply.process_id, "connected to the leader");
-        let r = if cfg.eval {
-            evaluate_follow(&cfg, &data, &mut link).await
-        } else {
-            follow(&cfg, &data, &mut link).await
+        let r = match &task {
+            FollowerTask::Eval { load_model } => evaluate_follow(&cfg, load_model.as_deref(), &data, &mut link).await,
+            FollowerTask::Train => follow(&cfg, &data, &mut link).await,
         };
         match r {
             Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) => match link.restart() {
@@ -103,7 +102,7 @@ impl<'s> Follow<'s> {
     fn start(cfg: &'s RunConfig, data: &'s DataDir, link: &'s mut FollowerLink) -> Result<Self, TrainError> {
         let reply = link.reply().clone();
         let resumed_from = reply.resume.then_some(reply.resume_step);
-        check_session(cfg, &reply)?;
+        check_session(cfg, false, &reply)?;
         start_run(cfg, Role::Follower, &reply.run_id, resumed_from)?;
         let mut s = Follow {
             bind: binding(cfg, Role::Follower),
@@ -297,16 +296,22 @@ impl<'s> Follow<'s> {
     }
 }
 
-async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLink) -> Result<RunSummary, TrainError> {
+async fn evaluate_follow(
+    cfg: &RunConfig,
+    load_model: Option<&std::path::Path>,
+    data: &DataDir,
+    link: &mut FollowerLink,
+) -> Result<RunSummary, TrainError> {
     let reply = link.reply().clone();
     let session_id = reply.session_id.as_str();
     let schema = schema_for(&cfg.spec, Role::Follower);
     let mut party = FollowerParty::new(&cfg.spec, cfg.threads)?;
     let resume = reply.resume.then_some(reply.resume_step);
-    check_session(cfg, &reply)?;
+    check_session(cfg, true, &reply)?;
     let source = load_for_eval(
         cfg,
         Role::Follower,
+        load_model,
         (&reply.run_id, resume),
         party.model_mut().tensors_mut(),
     )?;
@@ -360,7 +365,7 @@ async fn evaluate_follow(cfg: &RunConfig, data: &DataDir, link: &mut FollowerLin
 /// enforces these, not only the leader's): both policies release the same
 /// exports, and training never resumes below what this follower knows was
 /// committed.
-fn check_session(cfg: &RunConfig, reply: &pb::HelloReply) -> Result<(), TrainError> {
+fn check_session(cfg: &RunConfig, eval: bool, reply: &pb::HelloReply) -> Result<(), TrainError> {
     let ours = cfg.security.release_exports();
     if reply.release_exports != ours {
         return Err(TrainError::ReleaseMismatch {
@@ -368,7 +373,7 @@ fn check_session(cfg: &RunConfig, reply: &pb::HelloReply) -> Result<(), TrainErr
             follower: ours,
         });
     }
-    if cfg.eval {
+    if eval {
         return Ok(());
     }
     if let Some(rec) = read_record(cfg, Role::Follower)?

@@ -6,6 +6,7 @@ use super::*;
 /// Runs the leader: listens, admits one follower, trains, finishes.
 pub async fn run_leader(
     cfg: RunConfig,
+    task: LeaderTask,
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> Result<RunSummary, TrainError> {
     let data = DataDir::scan(&cfg.data_path, cfg.data_path_wildcard.as_deref())?;
@@ -13,7 +14,7 @@ pub async fn run_leader(
     let process_id = vfl_bridge::handshake::new_process_id();
     let mut listener = server::listen(
         &cfg.addr,
-        settings(&cfg, Role::Leader, &process_id)?,
+        settings(&cfg, task.mode(), Role::Leader, &process_id)?,
         limit(&cfg),
         cfg.security.clone(),
     )
@@ -53,10 +54,9 @@ pub async fn run_leader(
     };
     let mut link = LeaderLink::new(session, &mut listener.sessions, link_options(&cfg));
     let result = loop {
-        let r = if cfg.eval {
-            evaluate_lead(&cfg, &data, &mut link).await
-        } else {
-            lead(&cfg, &data, &mut link).await
+        let r = match &task {
+            LeaderTask::Eval(ev) => evaluate_lead(&cfg, ev, &data, &mut link).await,
+            LeaderTask::Train(train) => lead(&cfg, train, &data, &mut link).await,
         };
         match r {
             Err(TrainError::Bridge(e @ BridgeError::PeerRestarted { .. })) => match link.restart() {
@@ -98,6 +98,7 @@ async fn finish(link: &mut LeaderLink<'_>, result: &Result<RunSummary, TrainErro
 /// export, summary).
 struct Lead<'s, 'a> {
     cfg: &'s RunConfig,
+    train: &'s LeaderTrain,
     data: &'s DataDir,
     link: &'s mut LeaderLink<'a>,
     session_id: String,
@@ -122,13 +123,18 @@ struct EpochPlan {
     start: Position,
 }
 
-async fn lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Result<RunSummary, TrainError> {
-    let mut s = Lead::start(cfg, data, link)?;
+async fn lead(
+    cfg: &RunConfig,
+    train: &LeaderTrain,
+    data: &DataDir,
+    link: &mut LeaderLink<'_>,
+) -> Result<RunSummary, TrainError> {
+    let mut s = Lead::start(cfg, train, data, link)?;
     let started = Instant::now();
     let mut resuming = s.resume_step.is_some();
-    for epoch in s.state.epoch..cfg.epochs {
+    for epoch in s.state.epoch..train.epochs {
         let plan = s.plan(epoch, std::mem::take(&mut resuming));
-        exchange_plan(s.link, &plan, epoch + 1 == cfg.epochs).await?;
+        exchange_plan(s.link, &plan, epoch + 1 == train.epochs).await?;
         s.train_epoch(&plan).await?;
     }
     s.finish(started.elapsed().as_secs_f64()).await
@@ -165,7 +171,12 @@ fn unexpected_f(expected: &'static str, got: FMsg) -> TrainError {
 impl<'s, 'a> Lead<'s, 'a> {
     /// The session's first phase: the run record, and the checkpoint both
     /// parties agreed to resume from.
-    fn start(cfg: &'s RunConfig, data: &'s DataDir, link: &'s mut LeaderLink<'a>) -> Result<Self, TrainError> {
+    fn start(
+        cfg: &'s RunConfig,
+        train: &'s LeaderTrain,
+        data: &'s DataDir,
+        link: &'s mut LeaderLink<'a>,
+    ) -> Result<Self, TrainError> {
         let resume_step = link.resume_step();
         let run_id = link.run_id().to_string();
         let mut s = Lead {
@@ -180,6 +191,7 @@ impl<'s, 'a> Lead<'s, 'a> {
             last_epoch: None,
             last_save: Instant::now(),
             cfg,
+            train,
             data,
             link,
             run_id,
@@ -224,7 +236,7 @@ impl<'s, 'a> Lead<'s, 'a> {
             };
         }
         let mut order = self.data.ids();
-        if let Some(seed) = self.cfg.shuffle_seed {
+        if let Some(seed) = self.train.shuffle_seed {
             Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
         }
         EpochPlan {
@@ -296,7 +308,7 @@ impl<'s, 'a> Lead<'s, 'a> {
         if let Some(pos) = position_after(batch) {
             let within = pos.block as f64 / plan.order.len().max(1) as f64;
             cfg.progress
-                .set_fraction((f64::from(plan.epoch) + within) / f64::from(cfg.epochs.max(1)));
+                .set_fraction((f64::from(plan.epoch) + within) / f64::from(self.train.epochs.max(1)));
         }
         self.trained += rows;
         self.loss_sum += f64::from(report.loss) * report.rows as f64;
@@ -335,13 +347,12 @@ impl<'s, 'a> Lead<'s, 'a> {
 
     /// Whether this step is checkpointed (every N steps and/or seconds).
     fn checkpoint_due(&self) -> bool {
-        let cfg = self.cfg;
-        cfg.checkpoint_path.is_some()
-            && (cfg
-                .save_checkpoint_steps
+        let t = self.train;
+        self.cfg.checkpoint_path.is_some()
+            && (t
+                .save_every_steps
                 .is_some_and(|k| k > 0 && self.state.steps.is_multiple_of(k))
-                || cfg
-                    .save_checkpoint_secs
+                || t.save_every_secs
                     .is_some_and(|s| self.last_save.elapsed() >= Duration::from_secs(s)))
     }
 
@@ -408,7 +419,7 @@ impl<'s, 'a> Lead<'s, 'a> {
         };
         Ok(RunSummary {
             session_id: self.session_id,
-            epochs: cfg.epochs,
+            epochs: self.train.epochs,
             steps: self.state.steps,
             examples: self.state.examples,
             seconds,
@@ -431,7 +442,7 @@ impl<'s, 'a> Lead<'s, 'a> {
             "role": "leader",
             "step": self.state.steps,
             "examples": self.state.examples,
-            "epochs": cfg.epochs,
+            "epochs": self.train.epochs,
             "session": self.session_id,
             "model": cfg.spec.name,
             "model_fingerprint": self.bind.model,
@@ -457,13 +468,24 @@ impl<'s, 'a> Lead<'s, 'a> {
     }
 }
 
-async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_>) -> Result<RunSummary, TrainError> {
+async fn evaluate_lead(
+    cfg: &RunConfig,
+    ev: &LeaderEval,
+    data: &DataDir,
+    link: &mut LeaderLink<'_>,
+) -> Result<RunSummary, TrainError> {
     let session_id = link.session_id().to_string();
     let resume_step = link.resume_step();
     let schema = schema_for(&cfg.spec, Role::Leader);
     let mut party = LeaderParty::new(&cfg.spec, cfg.threads)?;
     let run = (link.run_id().to_string(), resume_step);
-    let source = load_for_eval(cfg, Role::Leader, (&run.0, run.1), party.model_mut().tensors_mut())?;
+    let source = load_for_eval(
+        cfg,
+        Role::Leader,
+        ev.load_model.as_deref(),
+        (&run.0, run.1),
+        party.model_mut().tensors_mut(),
+    )?;
     tracing::info!(%source, "evaluating");
     let plan = EpochPlan {
         epoch: 0,
@@ -491,7 +513,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
                     ..activations(a)?
                 };
                 let report = tokio::task::block_in_place(|| party.eval_step(&batch, &act))?;
-                if cfg.predictions_path.is_some() {
+                if ev.predictions_path.is_some() {
                     for (r, score) in party.scores().iter().enumerate() {
                         let id = String::from_utf8_lossy(batch.example_id(r));
                         predictions.push_str(&format!("{id},{score}\n"));
@@ -517,7 +539,7 @@ async fn evaluate_lead(cfg: &RunConfig, data: &DataDir, link: &mut LeaderLink<'_
     if examples == 0 {
         return Err(TrainError::NoData { epoch: 0 });
     }
-    if let Some(p) = &cfg.predictions_path {
+    if let Some(p) = &ev.predictions_path {
         vfl_fs::write_atomic(p, |w| w.write_all(predictions.as_bytes()))
             .map_err(|e| TrainError::Store(format!("{}: {e}", p.display())))?;
     }

@@ -46,9 +46,6 @@ pub struct RunConfig {
     pub data_path: PathBuf,
     pub data_path_wildcard: Option<String>,
     pub batch_size: usize,
-    /// Leader only: epochs and shuffling.
-    pub epochs: u32,
-    pub shuffle_seed: Option<u64>,
     pub threads: usize,
     /// Leader: address to listen on. Follower: the leader's address.
     pub addr: String,
@@ -57,19 +54,10 @@ pub struct RunConfig {
     pub skip_bad_records: bool,
     /// Where checkpoints are saved and resumed from.
     pub checkpoint_path: Option<PathBuf>,
-    /// Leader only: checkpoint every N steps and/or every N seconds.
-    pub save_checkpoint_steps: Option<u64>,
-    pub save_checkpoint_secs: Option<u64>,
     /// Checkpoints kept (the newest ones).
     pub keep_checkpoints: usize,
     /// Where the final model is exported (`<path>/<id>/<role>/`).
     pub export_path: Option<PathBuf>,
-    /// Train, or evaluate (forward only).
-    pub eval: bool,
-    /// Eval: the exported model to load (else the newest common checkpoint).
-    pub load_model: Option<PathBuf>,
-    /// Eval, leader: write `example_id,score` per example here.
-    pub predictions_path: Option<PathBuf>,
     /// When the process started (for the time-to-first-step log line).
     pub started: Instant,
     /// RA-TLS (default) or plaintext.
@@ -86,6 +74,77 @@ pub struct RunConfig {
     pub max_restarts: u32,
     /// Counters for the progress line, the logs and `--metrics-addr`.
     pub progress: std::sync::Arc<crate::progress::Progress>,
+}
+
+/// What the leader's session does. The leader decides the epochs, the
+/// order of the blocks and when both parties checkpoint; the follower
+/// learns them from the plans ([`FollowerTask`] has none of them).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LeaderTask {
+    Train(LeaderTrain),
+    Eval(LeaderEval),
+}
+
+/// The leader's training decisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderTrain {
+    /// At least 1.
+    pub epochs: u32,
+    /// Shuffle the blocks of every epoch from this seed (plus the epoch).
+    pub shuffle_seed: Option<u64>,
+    /// Checkpoint every N steps and/or every N seconds (needs
+    /// [`RunConfig::checkpoint_path`]).
+    pub save_every_steps: Option<u64>,
+    pub save_every_secs: Option<u64>,
+}
+
+/// The leader's evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderEval {
+    /// The exported model to load (else the newest common checkpoint).
+    pub load_model: Option<PathBuf>,
+    /// Write `example_id,score` per example here.
+    pub predictions_path: Option<PathBuf>,
+}
+
+/// What the follower's session does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FollowerTask {
+    Train,
+    /// The exported model to load (else the newest common checkpoint).
+    Eval {
+        load_model: Option<PathBuf>,
+    },
+}
+
+/// Train or evaluate, as both parties' handshakes must agree; an
+/// evaluation's export, if any.
+#[derive(Clone, Copy, Debug)]
+enum Mode<'a> {
+    Train,
+    Eval { load_model: Option<&'a std::path::Path> },
+}
+
+impl LeaderTask {
+    fn mode(&self) -> Mode<'_> {
+        match self {
+            LeaderTask::Train(_) => Mode::Train,
+            LeaderTask::Eval(e) => Mode::Eval {
+                load_model: e.load_model.as_deref(),
+            },
+        }
+    }
+}
+
+impl FollowerTask {
+    fn mode(&self) -> Mode<'_> {
+        match self {
+            FollowerTask::Train => Mode::Train,
+            FollowerTask::Eval { load_model } => Mode::Eval {
+                load_model: load_model.as_deref(),
+            },
+        }
+    }
 }
 
 /// What a run did.
@@ -177,9 +236,13 @@ fn read_record(cfg: &RunConfig, role: Role) -> Result<Option<checkpoint::RunReco
 /// the export's run (both parties must evaluate exports of the same run, so
 /// a model of one run is never paired with a peer model of another);
 /// otherwise its run record and checkpoints.
-fn settings(cfg: &RunConfig, role: Role, process_id: &str) -> Result<Settings, TrainError> {
-    let held = match (&cfg.load_model, cfg.checkpoint_path.clone()) {
-        (Some(export), _) if cfg.eval => vfl_bridge::Checkpoints::held(vfl_bridge::handshake::Held {
+fn settings(cfg: &RunConfig, mode: Mode<'_>, role: Role, process_id: &str) -> Result<Settings, TrainError> {
+    let export = match mode {
+        Mode::Eval { load_model } => load_model,
+        Mode::Train => None,
+    };
+    let held = match (export, cfg.checkpoint_path.clone()) {
+        (Some(export), _) => vfl_bridge::Checkpoints::held(vfl_bridge::handshake::Held {
             run_id: checkpoint::export_run(export, &binding(cfg, role), cfg.seal.as_deref())?,
             ..Default::default()
         }),
@@ -204,7 +267,11 @@ fn settings(cfg: &RunConfig, role: Role, process_id: &str) -> Result<Settings, T
         application_id: cfg.application_id.clone(),
         model_fingerprint: cfg.spec.fingerprint(),
         batch_size: cfg.batch_size as u32,
-        mode: if cfg.eval { "eval" } else { "train" }.into(),
+        mode: match mode {
+            Mode::Train => "train",
+            Mode::Eval { .. } => "eval",
+        }
+        .into(),
         process_id: process_id.to_string(),
         checkpoint_steps: held,
         resume_session: String::new(),
@@ -316,8 +383,8 @@ fn tensor_pb(t: WireTensor) -> pb::Tensor {
     }
 }
 
-fn tensor_wire(t: Option<pb::Tensor>, what: &str) -> Result<WireTensor, TrainError> {
-    let t = t.ok_or_else(|| TrainError::Protocol(format!("{what} without a tensor")))?;
+fn tensor_wire(t: Option<pb::Tensor>, what: &'static str) -> Result<WireTensor, TrainError> {
+    let t = t.ok_or(TrainError::NoTensor { what })?;
     Ok(WireTensor {
         shape: t.shape,
         data: t.data.to_vec(),
@@ -336,9 +403,12 @@ fn activations_pb(a: Activations) -> FMsg {
 
 /// Checks and converts an activations message.
 fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
-    let digest: [u8; 16] =
-        a.batch_digest.as_slice().try_into().map_err(|_| {
-            TrainError::Protocol(format!("batch digest of {} bytes, expected 16", a.batch_digest.len()))
+    let digest: [u8; 16] = a
+        .batch_digest
+        .as_slice()
+        .try_into()
+        .map_err(|_| TrainError::DigestLength {
+            len: a.batch_digest.len(),
         })?;
     Ok(Activations {
         iteration: a.iteration,
@@ -417,18 +487,20 @@ fn save_checkpoint(
 fn load_for_eval(
     cfg: &RunConfig,
     role: Role,
+    load_model: Option<&std::path::Path>,
     (run, resume_step): (&str, Option<u64>),
     tensors: Vec<vfl_nn::split::TensorMut<'_>>,
 ) -> Result<String, TrainError> {
     let bind = binding(cfg, role);
-    if let Some(p) = &cfg.load_model {
+    if let Some(p) = load_model {
         let loaded = checkpoint::load_export(p, &bind, tensors, cfg.seal.as_deref())?;
         // The export named at the handshake could have been swapped since.
         if loaded != run {
-            return Err(TrainError::Protocol(format!(
-                "the export {} is of run `{loaded}`, but this session evaluates run `{run}`",
-                p.display()
-            )));
+            return Err(TrainError::ExportOfOtherRun {
+                path: p.display().to_string(),
+                loaded,
+                run: run.to_string(),
+            });
         }
         return Ok(format!("export {} (run {run})", p.display()));
     }
@@ -437,8 +509,6 @@ fn load_for_eval(
             checkpoint::load(dir, step, &bind, run, tensors, cfg.seal.as_deref())?;
             Ok(format!("checkpoint of step {step}"))
         }
-        _ => Err(TrainError::Protocol(
-            "eval needs a model: --load-model (an export) or a --checkpoint-path holding a checkpoint both parties have".into(),
-        )),
+        _ => Err(TrainError::NoModelToEvaluate),
     }
 }
