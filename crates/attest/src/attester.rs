@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::AttestError;
 #[cfg(feature = "dev")]
 use crate::devpki::{DevRoot, SimPlatform, SimPlatformOptions};
-use crate::quote::{Identity, QuoteView, TeeType};
+#[cfg(feature = "dev")]
+use crate::quote::Identity;
+use crate::quote::{QuoteView, TeeType};
 #[cfg(feature = "dev")]
 use crate::sgx::{EnclaveIdentity, PRODUCTION_ATTRIBUTES};
 #[cfg(feature = "dev")]

@@ -33,6 +33,7 @@ pub(crate) mod attr {
     /// TUD bits 4-6: performance profiling of the TD by the host.
     pub const PROFILING: u64 = 0x70;
     /// SEC.SEPT_VE_DISABLE (bit 28): EPT violations are not converted to #VE.
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub const SEPT_VE_DISABLE: u64 = 1 << 28;
 }
 
