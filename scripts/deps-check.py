@@ -11,6 +11,7 @@ package ids of current cargo's metadata, and compiling one takes minutes of
 CI's budget. Advisories need the network (RustSec) and are not checked.
 """
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,13 +68,14 @@ def satisfiable(expr, allowed):
 
 
 def main():
-    with open("deny.toml", "rb") as f:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deny.toml"), "rb") as f:
         policy = tomllib.load(f)
     allowed = set(policy["licenses"]["allow"])
     clarified = {c["name"]: c["expression"] for c in policy["licenses"].get("clarify", [])}
+    manifest = sys.argv[1] if len(sys.argv) > 1 else "Cargo.toml"
     meta = json.loads(
         subprocess.run(
-            ["cargo", "metadata", "--format-version", "1", "--locked"],
+            ["cargo", "metadata", "--format-version", "1", "--locked", "--manifest-path", manifest],
             check=True,
             capture_output=True,
         ).stdout
@@ -97,7 +99,7 @@ def main():
             problems.append(f"{name}: license {lic!r} is not allowed by deny.toml")
     for line in problems:
         print(f"deps-check: {line}", file=sys.stderr)
-    print(f"deps-check: {len(meta['packages'])} crates, {len(problems)} problems")
+    print(f"deps-check: {manifest}: {len(meta['packages'])} crates, {len(problems)} problems")
     return 1 if problems else 0
 
 

@@ -33,7 +33,7 @@ run_one() {
   log=$(mktemp)
   echo "== fuzz $t for ${secs}s"
   set +e
-  (cd fuzz && cargo fuzz run "${profile[@]}" --sanitizer none "$t" "../$scratch" "corpus/$t" -- \
+  (cd fuzz && cargo fuzz run ${profile[@]+"${profile[@]}"} --sanitizer none "$t" "../$scratch" "corpus/$t" -- \
     -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1) >"$log" 2>&1
   status=$?
   set -e
@@ -47,7 +47,7 @@ run_one() {
   rm -f "$log"
 }
 
-(cd fuzz && cargo fuzz build "${profile[@]}" --sanitizer none >/dev/null)
+(cd fuzz && cargo fuzz build ${profile[@]+"${profile[@]}"} --sanitizer none >/dev/null)
 case "${1:-smoke}" in
   smoke) for t in $(targets); do run_one "$t" "${2:-15}"; done ;;
   campaign) for t in $(targets); do run_one "$t" "${2:-600}"; done ;;

@@ -354,14 +354,21 @@ async fn heartbeats<Out: Envelope, In: Envelope>(out: Outbox<Out::Wire>, machine
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        // The tick's own deadline, not the (jittery) time it fired: beats
+        // then go out every interval, never every other one.
+        let at = tick.tick().await.into_std();
         let tx = out.lock().ok().and_then(|g| g.clone());
-        if let Some(tx) = tx
-            && let Some(hb) = lock(&machine).tick(Instant::now())
-        {
+        // Its own statement: the guard must be gone before the body locks
+        // the machine again (a scrutinee's temporaries live through the
+        // `if let` body, and std's mutex does not re-enter).
+        let hb = lock(&machine).tick(at);
+        if let (Some(tx), Some(hb)) = (tx, hb) {
             // A full queue carries data, which acknowledges and proves
             // liveness as well as a heartbeat would.
-            let _ = tx.try_send(hb.wire());
+            let ack = hb.ack();
+            if tx.try_send(hb.wire()).is_ok() {
+                lock(&machine).ack_sent(ack);
+            }
         }
     }
 }
@@ -440,7 +447,10 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
             let Some(f) = self.m().poll_transmit() else { return };
             let Some(tx) = self.sender() else { return };
             if f.is_heartbeat() {
-                let _ = tx.try_send(f.wire());
+                let ack = f.ack();
+                if tx.try_send(f.wire()).is_ok() {
+                    self.m().ack_sent(ack);
+                }
                 continue;
             }
             let bytes = f.encoded_len();
@@ -583,7 +593,10 @@ impl<Out: Envelope, In: Envelope> Core<Out, In> {
     async fn ack_now(&mut self) {
         if let Some(tx) = self.sender() {
             let hb = self.m().heartbeat();
-            let _ = tokio::time::timeout(self.opts.peer_timeout, tx.send(hb.wire())).await;
+            let ack = hb.ack();
+            if let Ok(Ok(())) = tokio::time::timeout(self.opts.peer_timeout, tx.send(hb.wire())).await {
+                self.m().ack_sent(ack);
+            }
         }
     }
 

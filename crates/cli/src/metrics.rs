@@ -4,15 +4,18 @@
 //! hyper from the HTTP stack already in the tree.
 //!
 //! The port may be reachable by anyone who can reach the host, so the
-//! server is bounded: at most [`MAX_CONNECTIONS`] connections at once (more
-//! are closed at once), the request head within 2 s and 16 KiB, one request
-//! per connection, 10 s per connection; accept errors back off instead of
-//! spinning. Nothing it does touches the party's training or its RA-TLS
-//! endpoint.
+//! server is bounded: at most [`MAX_CONNECTIONS`] connections at once and
+//! [`PER_ADDRESS`] from one source address (more are closed at once), the
+//! request head within 2 s and 16 KiB, one request per connection, 10 s per
+//! connection; accept errors back off instead of spinning. Nothing it does
+//! touches the party's training or its RA-TLS endpoint. Many sources
+//! together can still fill the slots for a while: a liveness probe should
+//! tolerate a failure or two (Kubernetes' `failureThreshold`).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +28,10 @@ use prometheus_client::registry::Registry;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
+
+/// Connections served at once from one source address (so that one host
+/// cannot hold every slot and starve the liveness probe).
+pub const PER_ADDRESS: usize = 4;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -41,14 +48,48 @@ pub async fn serve(addr: &str, registry: Registry) -> anyhow::Result<SocketAddr>
     Ok(local)
 }
 
+/// One connection's hold on its source address's count.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(ip).or_insert(0);
+        if *n >= PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let mut backoff = Duration::from_millis(10);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => {
                 backoff = Duration::from_millis(10);
-                stream
+                x
             }
             // Out of file descriptors (EMFILE) and the like.
             Err(_) => {
@@ -57,12 +98,15 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>)
                 continue;
             }
         };
+        let Some(from) = AddressSlot::take(&per_address, peer.ip()) else {
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
         let registry = registry.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _held = (slot, from);
             let service = hyper::service::service_fn(move |req| {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(respond(&req, &registry)) }
@@ -189,13 +233,14 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
     }
 
-    /// More than MAX_CONNECTIONS idle connections: the surplus is closed at
-    /// once and, when they go, the endpoint serves again.
+    /// More than PER_ADDRESS idle connections from one address: the
+    /// surplus is closed at once and, when they go, the endpoint serves
+    /// again.
     #[test]
     fn connections_beyond_the_limit_are_closed() {
         let rt = runtime();
         let addr = rt.block_on(serve("127.0.0.1:0", Registry::default())).unwrap();
-        let held: Vec<_> = (0..MAX_CONNECTIONS)
+        let held: Vec<_> = (0..PER_ADDRESS)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();
         std::thread::sleep(Duration::from_millis(200));
@@ -205,5 +250,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let ok = get(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    }
+
+    /// One address holding its share does not keep another address out.
+    #[test]
+    fn another_address_is_served_while_one_holds_its_share() {
+        let rt = runtime();
+        let addr = rt.block_on(serve("127.0.0.1:0", Registry::default())).unwrap();
+        let held: Vec<_> = (0..PER_ADDRESS)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        other
+            .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        other.connect(&addr.into()).unwrap();
+        let mut s: std::net::TcpStream = other.into();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        drop(held);
     }
 }

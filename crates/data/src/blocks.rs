@@ -465,6 +465,16 @@ impl BlockReader {
             }) => loop {
                 self.line.clear();
                 match reader.read_line(&mut self.line) {
+                    // The line was read (and dropped): a bad record, which
+                    // --skip-bad-records may skip.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        *line_no += 1;
+                        return Err(DataError::Line {
+                            file: file.to_string(),
+                            line: *line_no,
+                            message: "not UTF-8".into(),
+                        });
+                    }
                     Err(source) => {
                         return Err(DataError::Io {
                             file: file.to_string(),

@@ -375,6 +375,30 @@ fn csv_row_with_wrong_column_count() {
     );
 }
 
+/// A CSV line that is not UTF-8 is a bad record naming its line: an error,
+/// or skipped with --skip-bad-records (the reader goes on after it).
+#[test]
+fn csv_line_not_utf8_is_a_bad_record() {
+    let t = TempDir::new("csvutf8");
+    let mut bytes = b"id,y,x0\n1,0,0.5\n".to_vec();
+    bytes.extend_from_slice(b"2,1,\xff\xfe\n3,1,1.5\n");
+    fs::write(t.0.join("a.csv"), &bytes).unwrap();
+    let schema = || Schema::new(vec![], vec!["x0".into()], true);
+    match read_all(&t.0, schema(), ReadOptions::default()) {
+        Err(vfl_data::DataError::Line { line: 3, message, .. }) => assert_eq!(message, "not UTF-8"),
+        other => panic!("{other:?}"),
+    }
+    let opts = ReadOptions {
+        skip_bad_records: true,
+        compression: Compression::Auto,
+    };
+    let d = DataDir::scan(&t.0, None).unwrap();
+    let mut r = BlockReader::new(d.blocks().to_vec(), schema(), opts);
+    let mut b = Batch::new(0, 1);
+    assert_eq!(r.fill(&mut b, 100).unwrap(), 2);
+    assert_eq!(r.skipped(), 1);
+}
+
 #[test]
 fn csv_non_numeric_value() {
     let t = TempDir::new("csvnum");

@@ -218,6 +218,8 @@ impl<Out: Frame, In: Frame> Machine<Out, In> {
         self.received = seq;
         self.ready.push_back(m);
         if self.conn == Conn::Up && seq >= self.ack_sent + ACK_EVERY {
+            // Owed once: recorded as sent by the transport when it is.
+            self.ack_sent = seq;
             let hb = self.heartbeat();
             self.transmit.push_back(hb);
         }
@@ -275,18 +277,23 @@ impl<Out: Frame, In: Frame> Machine<Out, In> {
             m.stamp(m.seq(), ack);
             self.transmit.push_back(m);
         }
-        self.ack_sent = self.ack_sent.max(ack);
         Ok(self.transmit.len())
     }
 
-    /// A heartbeat carrying our acknowledgement now (recorded as sent).
-    pub fn heartbeat(&mut self) -> Out {
-        self.ack_sent = self.ack_sent.max(self.received);
+    /// A heartbeat carrying our acknowledgement now.
+    pub fn heartbeat(&self) -> Out {
         Out::heartbeat(&self.session_id, self.received)
     }
 
+    /// The transport wrote a frame carrying acknowledgement `ack`.
+    pub fn ack_sent(&mut self, ack: u64) {
+        self.ack_sent = self.ack_sent.max(ack);
+    }
+
     /// Time passes: a heartbeat if connected and the last one is at least
-    /// the heartbeat interval old.
+    /// the heartbeat interval old. `now` should be the timer's deadline
+    /// (not the jittery moment it fired), so that beats are one interval
+    /// apart.
     pub fn tick(&mut self, now: Instant) -> Option<Out> {
         if self.conn != Conn::Up
             || self

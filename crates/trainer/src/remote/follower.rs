@@ -269,16 +269,14 @@ impl<'s> Follow<'s> {
     /// Exports the trained tower under `<path>/<id>/follower/`.
     fn export(&mut self, path: &std::path::Path, id: &str) -> Result<PathBuf, TrainError> {
         let cfg = self.cfg;
-        let manifest = serde_json::json!({
-            "role": "follower",
-            "step": self.state.steps,
-            "examples": self.state.examples,
-            "session": self.reply.session_id,
-            "model": cfg.spec.name,
-            "model_fingerprint": self.bind.model,
-            "data_fingerprint": data_fingerprint(self.data),
-            "resumed_from": self.resumed_from,
-        });
+        let manifest = manifest(
+            cfg,
+            Role::Follower,
+            &self.state,
+            &self.reply.session_id,
+            self.data,
+            self.resumed_from,
+        );
         let plan = checkpoint::ExportPlan {
             export_path: path,
             id,

@@ -438,18 +438,16 @@ impl<'s, 'a> Lead<'s, 'a> {
     /// Exports the trained model under `<path>/<id>/leader/`.
     fn export(&mut self, path: &std::path::Path, id: &str) -> Result<PathBuf, TrainError> {
         let cfg = self.cfg;
-        let manifest = serde_json::json!({
-            "role": "leader",
-            "step": self.state.steps,
-            "examples": self.state.examples,
-            "epochs": self.train.epochs,
-            "session": self.session_id,
-            "model": cfg.spec.name,
-            "model_fingerprint": self.bind.model,
-            "data_fingerprint": data_fingerprint(self.data),
-            "resumed_from": self.resume_step,
-            "last_epoch_metrics": self.last_epoch,
-        });
+        let mut manifest = manifest(
+            cfg,
+            Role::Leader,
+            &self.state,
+            &self.session_id,
+            self.data,
+            self.resume_step,
+        );
+        manifest["epochs"] = self.train.epochs.into();
+        manifest["last_epoch_metrics"] = serde_json::to_value(self.last_epoch).unwrap_or_default();
         let release = cfg.security.release_exports();
         let plan = checkpoint::ExportPlan {
             export_path: path,

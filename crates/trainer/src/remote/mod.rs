@@ -357,6 +357,27 @@ fn describe_l(m: &LMsg) -> String {
     }
 }
 
+/// The export manifest's fields both roles write.
+fn manifest(
+    cfg: &RunConfig,
+    role: Role,
+    state: &RunState,
+    session: &str,
+    data: &DataDir,
+    resumed_from: Option<u64>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "role": role.as_str(),
+        "step": state.steps,
+        "examples": state.examples,
+        "session": session,
+        "model": cfg.spec.name,
+        "model_fingerprint": binding(cfg, role).model,
+        "data_fingerprint": data_fingerprint(data),
+        "resumed_from": resumed_from,
+    })
+}
+
 /// SHA-256 over the data directory's block ids and file sizes.
 fn data_fingerprint(data: &DataDir) -> String {
     use sha2::{Digest, Sha256};
