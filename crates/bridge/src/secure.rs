@@ -144,14 +144,19 @@ impl Known {
     }
 }
 
-/// One handshake slot of a source address, given back when dropped.
-struct AddressSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+/// Counts of what each source address holds (see [`AddressSlot`]).
+pub type AddressCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One slot of a source address (a handshake here, a connection of the
+/// binary's metrics endpoint), given back when dropped.
+pub struct AddressSlot {
+    counts: AddressCounts,
     ip: IpAddr,
 }
 
 impl AddressSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+    /// A slot of `ip`, unless it holds `max` already.
+    pub fn take(counts: &AddressCounts, ip: IpAddr, max: usize) -> Option<Self> {
         let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = c.entry(ip).or_insert(0);
         if *n >= max {
@@ -403,7 +408,7 @@ struct Admission {
     reserved: Arc<Semaphore>,
     known: Known,
     connections: Arc<Semaphore>,
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_address: AddressCounts,
     logs: Logs,
 }
 

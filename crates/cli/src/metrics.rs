@@ -12,10 +12,9 @@
 //! together can still fill the slots for a while: a liveness probe should
 //! tolerate a failure or two (Kubernetes' `failureThreshold`).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +24,7 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use vfl_bridge::secure::{AddressCounts, AddressSlot};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -48,42 +48,9 @@ pub async fn serve(addr: &str, registry: Registry) -> anyhow::Result<SocketAddr>
     Ok(local)
 }
 
-/// One connection's hold on its source address's count.
-struct AddressSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl AddressSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
-        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = c.entry(ip).or_insert(0);
-        if *n >= PER_ADDRESS {
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot {
-            counts: counts.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = c.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.remove(&self.ip);
-            }
-        }
-    }
-}
-
 async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let per_address = AddressCounts::default();
     let mut backoff = Duration::from_millis(10);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -98,7 +65,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>)
                 continue;
             }
         };
-        let Some(from) = AddressSlot::take(&per_address, peer.ip()) else {
+        let Some(from) = AddressSlot::take(&per_address, peer.ip(), PER_ADDRESS) else {
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
