@@ -1,6 +1,8 @@
 //! The link's state machine without sockets: two machines exchange frames
-//! over a simulated network that cuts connections, duplicates frames,
-//! reorders them and restarts a side, in orders proptest picks. Every
+//! over a simulated network that cuts connections (also leaving them dead
+//! for a while, one side noticing and the other still writing into the
+//! void), duplicates frames, reorders them and restarts a side, in orders
+//! proptest picks. Every
 //! message reaches the other driver exactly once and in order; a reordering
 //! the sequence numbers cannot absorb is reported as an error, never
 //! delivered wrongly; a restarted peer is always noticed.
@@ -111,6 +113,12 @@ enum Op {
     /// The connection drops (frames in flight are lost); `noticed` says
     /// which sides notice before the reconnect.
     Cut { noticed: usize },
+    /// The connection dies and stays dead until [`Op::Reconnect`]: what a
+    /// side that has not noticed writes meanwhile is lost, what a side that
+    /// noticed sends waits.
+    Die { noticed: usize },
+    /// A dead connection is replaced: both sides notice, then reconnect.
+    Reconnect,
     /// The heartbeat timer of a side fires.
     Tick(usize),
     /// The follower process restarts.
@@ -124,6 +132,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize).prop_map(|to| Op::Duplicate { to }),
         1 => (0..2usize, 0..8usize).prop_map(|(to, i)| Op::Swap { to, i }),
         1 => (0..3usize).prop_map(|noticed| Op::Cut { noticed }),
+        1 => (0..3usize).prop_map(|noticed| Op::Die { noticed }),
+        1 => Just(Op::Reconnect),
         2 => (0..2usize).prop_map(Op::Tick),
         1 => Just(Op::Restart),
     ]
@@ -135,6 +145,8 @@ struct World {
     /// Frames in flight towards side 0 and side 1.
     wire: [VecDeque<F>; 2],
     sessions: u32,
+    /// The connection is dead: nothing written arrives.
+    dead: bool,
     now: Instant,
     next_payload: u64,
 }
@@ -145,6 +157,7 @@ impl World {
             sides: [Side::new("s1", "leader", "f1"), Side::new("s1", "f1", "leader")],
             wire: [VecDeque::new(), VecDeque::new()],
             sessions: 1,
+            dead: false,
             now: Instant::now(),
             next_payload: 1,
         }
@@ -152,6 +165,22 @@ impl World {
 
     fn pump(&mut self, from: usize) {
         self.sides[from].pump(&mut self.wire[1 - from]);
+        if self.dead {
+            self.wire = [VecDeque::new(), VecDeque::new()];
+        }
+    }
+
+    /// Both sides notice the loss and reconnect to each other.
+    fn reconnect(&mut self) {
+        self.dead = false;
+        for s in 0..2 {
+            self.sides[s].m.down("cut");
+        }
+        for s in 0..2 {
+            let peer = self.sides[1 - s].process.clone();
+            self.sides[s].m.up(&peer).expect("the same processes");
+            self.pump(s);
+        }
     }
 
     /// Applies one operation; the first protocol error it causes, if any.
@@ -198,15 +227,32 @@ impl World {
                     }
                 }
                 // Reconnect: each side learns the other's process.
+                self.dead = false;
                 for s in 0..2 {
                     let peer = self.sides[1 - s].process.clone();
                     self.sides[s].m.up(&peer).expect("the same processes");
                     self.pump(s);
                 }
             }
+            Op::Die { noticed } => {
+                self.dead = true;
+                self.wire = [VecDeque::new(), VecDeque::new()];
+                for s in 0..2 {
+                    if noticed == 2 || noticed == s {
+                        self.sides[s].m.down("died");
+                    }
+                }
+            }
+            Op::Reconnect => {
+                if self.dead {
+                    self.reconnect();
+                }
+            }
             Op::Tick(s) => {
                 self.now += Duration::from_millis(10);
-                if let Some(hb) = self.sides[s].m.tick(self.now) {
+                if let Some(hb) = self.sides[s].m.tick(self.now)
+                    && !self.dead
+                {
                     self.wire[1 - s].push_back(hb);
                 }
             }
@@ -231,6 +277,7 @@ impl World {
                     Side::new(&session, &process, "leader"),
                 ];
                 self.wire = [VecDeque::new(), VecDeque::new()];
+                self.dead = false;
             }
         }
         None
