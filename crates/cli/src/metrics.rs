@@ -200,6 +200,16 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
     }
 
+    /// PER_ADDRESS idle connections from 127.0.0.1, once the server has
+    /// taken them.
+    fn hold_share(addr: SocketAddr) -> Vec<std::net::TcpStream> {
+        let held = (0..PER_ADDRESS)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        held
+    }
+
     /// More than PER_ADDRESS idle connections from one address: the
     /// surplus is closed at once and, when they go, the endpoint serves
     /// again.
@@ -207,10 +217,7 @@ mod tests {
     fn connections_beyond_the_limit_are_closed() {
         let rt = runtime();
         let addr = rt.block_on(serve("127.0.0.1:0", Registry::default())).unwrap();
-        let held: Vec<_> = (0..PER_ADDRESS)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
+        let held = hold_share(addr);
         let over = get(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(over.is_empty(), "{over}");
         drop(held);
@@ -224,10 +231,7 @@ mod tests {
     fn another_address_is_served_while_one_holds_its_share() {
         let rt = runtime();
         let addr = rt.block_on(serve("127.0.0.1:0", Registry::default())).unwrap();
-        let held: Vec<_> = (0..PER_ADDRESS)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
+        let held = hold_share(addr);
         let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         other
             .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())

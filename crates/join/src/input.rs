@@ -151,6 +151,14 @@ pub fn scan(
     Ok(s.out)
 }
 
+/// A read error of `file`.
+fn io_at(file: &str) -> impl Fn(std::io::Error) -> DataError + Copy + '_ {
+    move |source| DataError::Io {
+        file: file.to_string(),
+        source,
+    }
+}
+
 /// The state of one [`scan`]: decoders and buffers reused across rows.
 struct Scanner<'a> {
     format: OutputFormat,
@@ -179,10 +187,7 @@ impl Scanner<'_> {
             )));
         }
         let b = bi as u32;
-        let mut r = RecordReader::open(&block.path, Compression::Auto).map_err(|source| DataError::Io {
-            file: file.clone(),
-            source,
-        })?;
+        let mut r = RecordReader::open(&block.path, Compression::Auto).map_err(io_at(&file))?;
         loop {
             let record = r.position();
             let data = match r.next_record() {
@@ -226,10 +231,7 @@ impl Scanner<'_> {
         each: &mut impl FnMut(Row<'_>) -> Result<(), JoinError>,
     ) -> Result<(), JoinError> {
         let file = block.path.display().to_string();
-        let io = |source| DataError::Io {
-            file: file.clone(),
-            source,
-        };
+        let io = io_at(&file);
         let b = bi as u32;
         let mut reader = BufReader::with_capacity(1 << 20, File::open(&block.path).map_err(io)?);
         let (mut line, mut line_no) = (String::new(), 0u64);

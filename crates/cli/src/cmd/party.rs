@@ -346,14 +346,29 @@ impl Ticker {
     }
 }
 
-/// Starts the `--metrics-addr` endpoint, if asked for.
-async fn serve_metrics(
-    (addr, registry): (Option<String>, prometheus_client::registry::Registry),
-) -> anyhow::Result<()> {
-    if let Some(addr) = addr {
-        let bound = crate::metrics::serve(&addr, registry).await?;
-        tracing::info!(addr = %bound, "serving Prometheus metrics at /metrics, liveness at /healthz");
-    }
+/// Runs one party's session on a fresh runtime: the `--metrics-addr`
+/// endpoint first (if asked for), the progress line throughout, the
+/// summary at the end.
+fn run_session<F>(
+    common: &Common,
+    role: &str,
+    progress: std::sync::Arc<vfl_trainer::progress::Progress>,
+    session: F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<RunSummary, vfl_trainer::TrainError>>,
+{
+    let (addr, registry) = (common.metrics_addr.clone(), progress.registry());
+    let ticker = Ticker::start(progress);
+    let result = runtime()?.block_on(async move {
+        if let Some(addr) = addr {
+            let bound = crate::metrics::serve(&addr, registry).await?;
+            tracing::info!(addr = %bound, "serving Prometheus metrics at /metrics, liveness at /healthz");
+        }
+        Ok::<_, anyhow::Error>(session.await?)
+    });
+    ticker.stop();
+    report(role, &result?);
     Ok(())
 }
 
@@ -421,16 +436,9 @@ fn run_as_leader(common: &Common, local_addr: String, lead: &LeaderOnly) -> anyh
             save_every_secs: lead.save_checkpoint_secs,
         }),
     };
-    let ticker = Ticker::start(cfg.progress.clone());
-    let metrics = (common.metrics_addr.clone(), cfg.progress.registry());
-    let result = runtime()?.block_on(async move {
-        serve_metrics(metrics).await?;
-        Ok::<_, anyhow::Error>(run_leader(cfg, task, |addr| println!("leader: listening on {addr}")).await?)
-    });
-    ticker.stop();
-    let s = result?;
-    report("leader", &s);
-    Ok(())
+    let progress = cfg.progress.clone();
+    let session = run_leader(cfg, task, |addr| println!("leader: listening on {addr}"));
+    run_session(common, "leader", progress, session)
 }
 
 pub fn follower(a: FollowerArgs) -> anyhow::Result<()> {
@@ -448,16 +456,8 @@ fn run_as_follower(common: &Common, peer_addr: String) -> anyhow::Result<()> {
         },
         _ => FollowerTask::Train,
     };
-    let ticker = Ticker::start(cfg.progress.clone());
-    let metrics = (common.metrics_addr.clone(), cfg.progress.registry());
-    let result = runtime()?.block_on(async move {
-        serve_metrics(metrics).await?;
-        Ok::<_, anyhow::Error>(run_follower(cfg, task).await?)
-    });
-    ticker.stop();
-    let s = result?;
-    report("follower", &s);
-    Ok(())
+    let progress = cfg.progress.clone();
+    run_session(common, "follower", progress, run_follower(cfg, task))
 }
 
 pub fn party(mut a: PartyArgs) -> anyhow::Result<()> {

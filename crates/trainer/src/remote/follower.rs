@@ -271,7 +271,7 @@ impl<'s> Follow<'s> {
         let cfg = self.cfg;
         let manifest = manifest(
             cfg,
-            Role::Follower,
+            (Role::Follower, &self.bind),
             &self.state,
             &self.reply.session_id,
             self.data,

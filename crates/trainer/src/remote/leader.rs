@@ -440,7 +440,7 @@ impl<'s, 'a> Lead<'s, 'a> {
         let cfg = self.cfg;
         let mut manifest = manifest(
             cfg,
-            Role::Leader,
+            (Role::Leader, &self.bind),
             &self.state,
             &self.session_id,
             self.data,

@@ -360,7 +360,7 @@ fn describe_l(m: &LMsg) -> String {
 /// The export manifest's fields both roles write.
 fn manifest(
     cfg: &RunConfig,
-    role: Role,
+    (role, bind): (Role, &Binding),
     state: &RunState,
     session: &str,
     data: &DataDir,
@@ -372,7 +372,7 @@ fn manifest(
         "examples": state.examples,
         "session": session,
         "model": cfg.spec.name,
-        "model_fingerprint": binding(cfg, role).model,
+        "model_fingerprint": bind.model,
         "data_fingerprint": data_fingerprint(data),
         "resumed_from": resumed_from,
     })
