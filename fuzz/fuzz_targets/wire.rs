@@ -1,5 +1,6 @@
 //! Protocol messages from the peer (protobuf, after TLS): every message
-//! type, then the tensors they carry as the trainer decodes them.
+//! type, then the tensors and digests they carry as the trainer decodes
+//! them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,26 +10,16 @@ use vfl_bridge::pb;
 fuzz_target!(|data: &[u8]| {
     let _ = pb::HelloRequest::decode(data);
     let _ = pb::HelloReply::decode(data);
+    let mut out = vfl_nn::Matrix::zeros(4, 3);
     if let Ok(m) = pb::FollowerMessage::decode(data)
         && let Some(pb::follower_message::Msg::Activations(a)) = m.msg
-        && let Some(t) = a.tensor
     {
-        let w = vfl_trainer::wire::WireTensor {
-            shape: t.shape,
-            data: t.data.to_vec(),
-        };
-        let mut out = vfl_nn::Matrix::zeros(4, 3);
-        let _ = w.decode_into("activations", (4, 3), &mut out);
+        let _ = vfl_trainer::wire::digest(&a);
+        let _ = vfl_trainer::wire::decode_into(a.tensor.as_ref(), "activations", (4, 3), &mut out);
     }
     if let Ok(m) = pb::LeaderMessage::decode(data)
         && let Some(pb::leader_message::Msg::Gradient(g)) = m.msg
-        && let Some(t) = g.tensor
     {
-        let w = vfl_trainer::wire::WireTensor {
-            shape: t.shape,
-            data: t.data.to_vec(),
-        };
-        let mut out = vfl_nn::Matrix::zeros(4, 3);
-        let _ = w.decode_into("gradient", (4, 3), &mut out);
+        let _ = vfl_trainer::wire::decode_into(g.tensor.as_ref(), "gradient", (4, 3), &mut out);
     }
 });

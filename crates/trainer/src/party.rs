@@ -1,12 +1,13 @@
 //! The two parties' training sessions: each owns its model part and its
-//! compute threads and talks to the other only through [`crate::wire`]
-//! messages.
+//! compute threads and talks to the other only through the protocol's
+//! messages ([`vfl_bridge::pb`], tensors through [`crate::wire`]).
 
 use vfl_data::Batch;
 use vfl_nn::{BinaryMetrics, Compute, FollowerModel, LeaderModel, Matrix, ModelSpec, SparseBatch, TowerInput};
 
 use crate::TrainError;
-use crate::wire::{Activations, Gradient, WireTensor};
+use crate::wire;
+use vfl_bridge::pb;
 
 /// Views a batch as a tower input.
 pub fn tower_input(batch: &Batch) -> TowerInput<'_> {
@@ -78,17 +79,17 @@ impl FollowerParty {
 
     /// Runs the tower on `batch` and returns the message for the leader. In
     /// training, the next call must be [`FollowerParty::apply_gradient`].
-    pub fn forward(&mut self, batch: &Batch, train: bool) -> Result<Activations, TrainError> {
+    pub fn forward(&mut self, batch: &Batch, train: bool) -> Result<pb::Activations, TrainError> {
         if let Some(it) = self.pending {
             return Err(TrainError::GradientPending { iteration: it });
         }
         let iteration = self.next_iteration;
         let act = self.model.forward(&self.cx, &tower_input(batch))?;
-        let msg = Activations {
+        let msg = pb::Activations {
             iteration,
-            digest: batch.digest(),
+            batch_digest: batch.digest().0.to_vec(),
             train,
-            tensor: WireTensor::encode(act),
+            tensor: Some(wire::encode(act)),
         };
         self.next_iteration += 1;
         if train {
@@ -99,7 +100,7 @@ impl FollowerParty {
 
     /// Applies the leader's gradient to the tower (same `batch` as the
     /// forward pass).
-    pub fn apply_gradient(&mut self, batch: &Batch, g: &Gradient) -> Result<(), TrainError> {
+    pub fn apply_gradient(&mut self, batch: &Batch, g: &pb::Gradient) -> Result<(), TrainError> {
         match self.pending {
             Some(it) if it == g.iteration => {}
             other => {
@@ -110,8 +111,7 @@ impl FollowerParty {
             }
         }
         let shape = (batch.rows, self.model.tower.output_dim());
-        g.tensor
-            .decode_into("gradient from the leader", shape, &mut self.grad)?;
+        wire::decode_into(g.tensor.as_ref(), "gradient from the leader", shape, &mut self.grad)?;
         self.model.backward(&self.cx, &tower_input(batch), &self.grad)?;
         self.pending = None;
         Ok(())
@@ -171,7 +171,7 @@ impl LeaderParty {
 
     /// Checks the message against the leader's own batch: iteration order
     /// and batch digest (misaligned rows must never train silently).
-    fn accept(&mut self, batch: &Batch, act: &Activations) -> Result<(), TrainError> {
+    fn accept(&mut self, batch: &Batch, act: &pb::Activations) -> Result<(), TrainError> {
         if act.iteration != self.next_iteration {
             return Err(TrainError::WrongIteration {
                 got: act.iteration,
@@ -179,13 +179,14 @@ impl LeaderParty {
             });
         }
         let own = batch.digest();
-        if own != act.digest {
+        let theirs = wire::digest(act)?;
+        if own != theirs {
             let first = batch.sources.first().copied();
             let last = batch.sources.last().copied();
             return Err(TrainError::Misaligned {
                 iteration: act.iteration,
                 ours: own.to_string(),
-                theirs: act.digest.to_string(),
+                theirs: theirs.to_string(),
                 rows: match (first, last) {
                     (Some(a), Some(b)) => format!(
                         "block #{} record {} .. block #{} record {}",
@@ -201,13 +202,22 @@ impl LeaderParty {
                 rows: batch.rows,
             });
         }
-        act.tensor
-            .decode_into("follower activations", (batch.rows, self.peer_cols), &mut self.act)?;
+        wire::decode_into(
+            act.tensor.as_ref(),
+            "follower activations",
+            (batch.rows, self.peer_cols),
+            &mut self.act,
+        )?;
         Ok(())
     }
 
-    /// One training step: returns the report and the gradient to send back.
-    pub fn train_step(&mut self, batch: &Batch, act: &Activations) -> Result<(StepReport, Gradient), TrainError> {
+    /// One training step: returns the report and the gradient to send back
+    /// (asking for no checkpoint).
+    pub fn train_step(
+        &mut self,
+        batch: &Batch,
+        act: &pb::Activations,
+    ) -> Result<(StepReport, pb::Gradient), TrainError> {
         if !act.train {
             return Err(TrainError::NotTraining {
                 iteration: act.iteration,
@@ -226,9 +236,10 @@ impl LeaderParty {
                 iteration: act.iteration,
             });
         }
-        let g = Gradient {
+        let g = pb::Gradient {
             iteration: act.iteration,
-            tensor: WireTensor::encode(self.model.grad_for_follower()),
+            tensor: Some(wire::encode(self.model.grad_for_follower())),
+            checkpoint_step: 0,
         };
         self.next_iteration += 1;
         Ok((
@@ -242,7 +253,7 @@ impl LeaderParty {
     }
 
     /// One evaluation step (forward only, no gradient).
-    pub fn eval_step(&mut self, batch: &Batch, act: &Activations) -> Result<StepReport, TrainError> {
+    pub fn eval_step(&mut self, batch: &Batch, act: &pb::Activations) -> Result<StepReport, TrainError> {
         self.accept(batch, act)?;
         let weights = (!batch.weights.is_empty()).then_some(&batch.weights[..]);
         let v = self

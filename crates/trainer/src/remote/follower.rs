@@ -188,17 +188,13 @@ impl<'s> Follow<'s> {
         let n = batch.rows;
         let party = &mut self.party;
         let act = tokio::task::block_in_place(|| party.forward(batch, true))?;
-        self.link.send(activations_pb(act)).await?;
+        self.link.send(FMsg::Activations(act)).await?;
         let g = match self.link.recv().await? {
             LMsg::Gradient(g) => g,
             other => return Err(unexpected_l("a gradient", other)),
         };
-        let grad = Gradient {
-            iteration: g.iteration,
-            tensor: tensor_wire(g.tensor, "gradient")?,
-        };
         let party = &mut self.party;
-        tokio::task::block_in_place(|| party.apply_gradient(batch, &grad))?;
+        tokio::task::block_in_place(|| party.apply_gradient(batch, &g))?;
         self.state.steps += 1;
         self.state.examples += n as u64;
         self.cfg.progress.step(n as u64, f32::NAN);
@@ -333,7 +329,7 @@ async fn evaluate_follow(
                         break;
                     }
                     let act = tokio::task::block_in_place(|| party.forward(&batch, false))?;
-                    link.send(activations_pb(act)).await?;
+                    link.send(FMsg::Activations(act)).await?;
                     steps += 1;
                     examples += n as u64;
                 }

@@ -298,9 +298,8 @@ impl<'s, 'a> Lead<'s, 'a> {
     /// activations, a checkpoint if due, the gradient back.
     async fn step(&mut self, plan: &EpochPlan, batch: &Batch, a: pb::Activations) -> Result<(), TrainError> {
         let cfg = self.cfg;
-        let act = activations(a)?;
         let party = &mut self.party;
-        let (report, grad) = tokio::task::block_in_place(|| party.train_step(batch, &act))?;
+        let (report, mut grad) = tokio::task::block_in_place(|| party.train_step(batch, &a))?;
         let rows = report.rows as u64;
         self.state.steps += 1;
         self.state.examples += rows;
@@ -320,13 +319,8 @@ impl<'s, 'a> Lead<'s, 'a> {
         if due {
             self.save(plan, batch)?;
         }
-        self.link
-            .send(LMsg::Gradient(pb::Gradient {
-                iteration: grad.iteration,
-                tensor: Some(tensor_pb(grad.tensor)),
-                checkpoint_step: if due { self.state.steps } else { 0 },
-            }))
-            .await?;
+        grad.checkpoint_step = if due { self.state.steps } else { 0 };
+        self.link.send(LMsg::Gradient(grad)).await?;
         if due {
             self.checkpoint().await?;
         }
@@ -506,11 +500,7 @@ async fn evaluate_lead(
                         iterations: steps,
                     });
                 }
-                let act = Activations {
-                    train: false,
-                    ..activations(a)?
-                };
-                let report = tokio::task::block_in_place(|| party.eval_step(&batch, &act))?;
+                let report = tokio::task::block_in_place(|| party.eval_step(&batch, &a))?;
                 if ev.predictions_path.is_some() {
                     for (r, score) in party.scores().iter().enumerate() {
                         let id = String::from_utf8_lossy(batch.example_id(r));

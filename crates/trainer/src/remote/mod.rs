@@ -23,13 +23,12 @@ use vfl_bridge::secure::PeerInfo;
 use vfl_bridge::{BridgeError, FollowerLink, LeaderLink, LinkOptions, Settings, message_limit, server};
 use vfl_data::blocks::{DataDir, Position, ReadOptions};
 use vfl_data::prefetch::{Prefetcher, position_after};
-use vfl_data::{Batch, BatchDigest, BatchSource, BlockReader};
+use vfl_data::{Batch, BatchSource, BlockReader};
 use vfl_nn::rng::Rng;
 use vfl_nn::{MetricValues, ModelSpec, Role};
 
 use crate::checkpoint::{self, Binding, RunState, sanitize};
 use crate::party::{FollowerParty, LeaderParty};
-use crate::wire::{Activations, Gradient, WireTensor};
 use crate::{TrainError, schema_for};
 
 mod follower;
@@ -395,48 +394,6 @@ fn limit(cfg: &RunConfig) -> usize {
         cfg.batch_size,
         cfg.spec.follower.output_dim().max(cfg.spec.leader.output_dim()),
     )
-}
-
-fn tensor_pb(t: WireTensor) -> pb::Tensor {
-    pb::Tensor {
-        shape: t.shape,
-        data: t.data.into(),
-    }
-}
-
-fn tensor_wire(t: Option<pb::Tensor>, what: &'static str) -> Result<WireTensor, TrainError> {
-    let t = t.ok_or(TrainError::NoTensor { what })?;
-    Ok(WireTensor {
-        shape: t.shape,
-        data: t.data.to_vec(),
-    })
-}
-
-/// The activations message of `a`.
-fn activations_pb(a: Activations) -> FMsg {
-    FMsg::Activations(pb::Activations {
-        iteration: a.iteration,
-        batch_digest: a.digest.0.to_vec(),
-        train: a.train,
-        tensor: Some(tensor_pb(a.tensor)),
-    })
-}
-
-/// Checks and converts an activations message.
-fn activations(a: pb::Activations) -> Result<Activations, TrainError> {
-    let digest: [u8; 16] = a
-        .batch_digest
-        .as_slice()
-        .try_into()
-        .map_err(|_| TrainError::DigestLength {
-            len: a.batch_digest.len(),
-        })?;
-    Ok(Activations {
-        iteration: a.iteration,
-        digest: BatchDigest(digest),
-        train: a.train,
-        tensor: tensor_wire(a.tensor, "activations")?,
-    })
 }
 
 fn link_options(cfg: &RunConfig) -> LinkOptions {
