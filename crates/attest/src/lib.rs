@@ -15,7 +15,10 @@
 //!   older collateral than already seen);
 //! * [`seal`]: encryption at rest with the enclave's sealing key, each file
 //!   bound to its job, role, step, model, policy and run;
-//! * [`mrsigner`]: MRSIGNER from an enclave signing key.
+//! * [`mrsigner`]: MRSIGNER from an enclave signing key;
+//! * [`setup`]: the composition root wiring all of the above into the
+//!   RA-TLS configurations a binary hands to its transport; the policy's
+//!   writer ([`policy::write`]) next to its parser.
 //!
 //! The `dev` feature (on by default) adds what only development builds may
 //! have: simulated evidence and its development PKI ([`devpki`]), and
@@ -35,6 +38,7 @@ pub mod pccs;
 pub mod policy;
 pub mod quote;
 pub mod seal;
+pub mod setup;
 pub mod sgx;
 pub mod strict_json;
 pub mod tdx;

@@ -10,6 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use vfl_attest::cert::{self, CertEvidence};
 use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
+use vfl_attest::policy::write;
+use vfl_attest::setup;
 use vfl_attest::tls::{self, RaTlsVerifier};
 use vfl_attest::{Attester, Clock, Policy, RaTlsCert, SimAttester, SimIdentity, Verifier};
 
@@ -68,6 +70,13 @@ fn party(cert: &RaTlsCert, verifier: Arc<RaTlsVerifier>) -> Party {
 async fn handshake(server: &Party, client: &Party) -> (Result<(), String>, Result<(), String>) {
     let scfg = tls::server_config(server.key.clone(), server.verifier.clone()).unwrap();
     let ccfg = tls::client_config(client.key.clone(), client.verifier.clone()).unwrap();
+    handshake_with(scfg, ccfg).await
+}
+
+async fn handshake_with(
+    scfg: rustls::ServerConfig,
+    ccfg: rustls::ClientConfig,
+) -> (Result<(), String>, Result<(), String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let srv = tokio::spawn(async move {
@@ -567,4 +576,88 @@ async fn a_replayed_certificate_of_a_refused_enclave_fails_as_a_bad_signature_no
     // With the key, the same certificate is refused as what it is.
     let (s, _) = handshake(&good(&root), &party(&genuine, verifier(&policy_json(&root, "")))).await;
     assert!(s.unwrap_err().contains("identity is not allowed"));
+}
+
+// ------------------------------------------------ the composition root
+
+fn sim_setup(dir: &std::path::Path, policy: std::path::PathBuf, root_key: std::path::PathBuf) -> setup::Setup {
+    setup::Setup {
+        evidence: setup::Evidence::Simulated {
+            root_key,
+            claims: setup::SimClaims {
+                mr_enclave: None,
+                mr_signer: None,
+                isv_prod_id: 1,
+                isv_svn: 1,
+            },
+        },
+        policy,
+        collateral: setup::Collateral::None,
+        collateral_cache: dir.join("cache"),
+    }
+}
+
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vfl-ratls-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn composition_root_builds_configs_that_admit_a_peer_the_policy_allows() {
+    let dir = fresh_dir("setup-ok");
+    let (key, policy) = write::self_accepting_sim(&dir).unwrap();
+    let parts = setup::build(&sim_setup(&dir, policy, key), None).unwrap();
+    assert_eq!(parts.mode, vfl_attest::Mode::Simulated);
+    assert!(parts.ours.contains("simulated"), "{}", parts.ours);
+    let (s, c) = handshake_with((*parts.server).clone(), (*parts.client).clone()).await;
+    s.unwrap();
+    c.unwrap();
+}
+
+#[tokio::test]
+async fn composition_root_configs_refuse_a_peer_the_policy_does_not_list() {
+    let dir = fresh_dir("setup-refuse");
+    let (key, policy) = write::self_accepting_sim(&dir).unwrap();
+    let parts = setup::build(&sim_setup(&dir, policy, key.clone()), None).unwrap();
+    // Another enclave under the same development root.
+    let (root, _) = DevRoot::load_or_create(&key).unwrap();
+    let a = attester(&root, &identity([0x77; 32]), &SimPlatformOptions::fresh(now()));
+    // It accepts our composed server (the same policy), so only the server decides.
+    let other = party(
+        &cert::issue(&a).unwrap(),
+        verifier(&std::fs::read_to_string(dir.join("dynamic_config.json")).unwrap()),
+    );
+    let ccfg = tls::client_config(other.key, other.verifier).unwrap();
+    let (s, _) = handshake_with((*parts.server).clone(), ccfg).await;
+    let s = s.expect_err("the composed server accepted an enclave its policy does not list");
+    assert!(s.contains("mr_enclave"), "{s}");
+}
+
+#[test]
+fn composition_root_refuses_a_missing_policy() {
+    let dir = fresh_dir("setup-nopolicy");
+    let e = setup::build(&sim_setup(&dir, dir.join("absent.json"), dir.join("root.pem")), None)
+        .err()
+        .expect("built without a policy");
+    assert!(matches!(e, setup::SetupError::Policy(_)), "{e:?}");
+}
+
+#[test]
+fn composition_root_refuses_sgx_evidence_outside_an_enclave() {
+    let dir = fresh_dir("setup-sgx");
+    let (key, policy) = write::self_accepting_sim(&dir).unwrap();
+    let mut s = sim_setup(&dir, policy, key);
+    s.evidence = setup::Evidence::Sgx {
+        device: dir.join("no-attestation-device"),
+    };
+    let e = setup::build(&s, None).err().expect("SGX evidence without its device");
+    assert!(
+        matches!(
+            e,
+            setup::SetupError::Attest(vfl_attest::AttestError::NotInEnclave { .. })
+        ),
+        "{e:?}"
+    );
 }

@@ -5,16 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use vfl_attest::collateral::{CollateralProvider, FileCollateral};
-#[cfg(feature = "dev")]
-use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
-use vfl_attest::freshness::{Freshness, MarkStore};
+use vfl_attest::collateral::FileCollateral;
+use vfl_attest::freshness::Freshness;
+use vfl_attest::policy::write::{self, TrustOptions};
 use vfl_attest::seal::Sealer;
-use vfl_attest::tls::RaTlsVerifier;
+use vfl_attest::setup::{self, Collateral, Evidence, Setup};
 use vfl_attest::verify::{Root, verify_quote};
-use vfl_attest::{Attester, Clock, Identity, Mode, Policy, SgxAttester, TdxAttester, Verifier};
-#[cfg(feature = "dev")]
-use vfl_attest::{SimAttester, SimIdentity, SimTdIdentity};
+use vfl_attest::{Attester, Clock, Identity, Mode, PartyRole, Policy, SgxAttester, TdxAttester, Verifier};
 use vfl_bridge::{OnReject, RaTls, Security};
 
 /// Where this process's evidence comes from.
@@ -138,53 +135,56 @@ fn hex_n<const N: usize>(s: &str, flag: &str) -> anyhow::Result<[u8; N]> {
     <[u8; N]>::try_from(b.as_slice()).map_err(|_| anyhow::anyhow!("{flag}: need {} hex digits, got {}", 2 * N, s.len()))
 }
 
+/// Where the flags say this process's evidence comes from.
+fn evidence(f: &Flags) -> anyhow::Result<Evidence> {
+    Ok(match f.attestation {
+        Attestation::Sgx => Evidence::Sgx {
+            device: f.attestation_device.clone(),
+        },
+        Attestation::Tdx => Evidence::Tdx {
+            report_root: f.tsm_report_root.clone(),
+        },
+        #[cfg(feature = "dev")]
+        Attestation::Simulated => Evidence::Simulated {
+            root_key: f.sim_root_key.clone(),
+            claims: vfl_attest::setup::SimClaims {
+                mr_enclave: f
+                    .sim_mr_enclave
+                    .as_deref()
+                    .map(|h| hex_n(h, "--sim-mr-enclave"))
+                    .transpose()?,
+                mr_signer: f
+                    .sim_mr_signer
+                    .as_deref()
+                    .map(|h| hex_n(h, "--sim-mr-signer"))
+                    .transpose()?,
+                isv_prod_id: f.sim_isv_prod_id,
+                isv_svn: f.sim_isv_svn,
+            },
+        },
+        #[cfg(feature = "dev")]
+        Attestation::SimulatedTdx => Evidence::SimulatedTdx {
+            root_key: f.sim_root_key.clone(),
+            mr_td: f.sim_mr_td.as_deref().map(|h| hex_n(h, "--sim-mr-td")).transpose()?,
+        },
+    })
+}
+
 /// The attester the flags describe.
 pub fn attester(f: &Flags) -> anyhow::Result<Box<dyn Attester>> {
-    match f.attestation {
-        Attestation::Sgx => Ok(Box::new(SgxAttester::open(&f.attestation_device).context(
+    let a = setup::attester(&evidence(f)?);
+    Ok(match f.attestation {
+        Attestation::Sgx => a.context(
             "--attestation sgx (the default) needs a Gramine SGX enclave; for development without SGX use \
              --attestation simulated (development builds)",
-        )?)),
-        Attestation::Tdx => Ok(Box::new(TdxAttester::open(&f.tsm_report_root).context(
+        )?,
+        Attestation::Tdx => a.context(
             "--attestation tdx needs a TDX guest (configfs-tsm); for development without TDX use \
              --attestation simulated-tdx (development builds)",
-        )?)),
+        )?,
         #[cfg(feature = "dev")]
-        sim @ (Attestation::Simulated | Attestation::SimulatedTdx) => {
-            let (root, created) = DevRoot::load_or_create(&f.sim_root_key)?;
-            if created {
-                eprintln!(
-                    "created development root key {} (keep it private)",
-                    f.sim_root_key.display()
-                );
-            }
-            if sim == Attestation::SimulatedTdx {
-                let mut id = SimTdIdentity::of_running_binary()?;
-                if let Some(h) = &f.sim_mr_td {
-                    id.mr_td = hex_n(h, "--sim-mr-td")?;
-                }
-                return Ok(Box::new(SimAttester::new_tdx(
-                    &root,
-                    &id,
-                    &SimPlatformOptions::fresh_tdx(Clock::System.now()),
-                )?));
-            }
-            let mut id = SimIdentity::of_running_binary()?;
-            if let Some(h) = &f.sim_mr_enclave {
-                id.mr_enclave = hex_n(h, "--sim-mr-enclave")?;
-            }
-            if let Some(h) = &f.sim_mr_signer {
-                id.mr_signer = Some(hex_n(h, "--sim-mr-signer")?);
-            }
-            id.isv_prod_id = f.sim_isv_prod_id;
-            id.isv_svn = f.sim_isv_svn;
-            Ok(Box::new(SimAttester::new(
-                &root,
-                &id,
-                &SimPlatformOptions::fresh(Clock::System.now()),
-            )?))
-        }
-    }
+        Attestation::Simulated | Attestation::SimulatedTdx => a?,
+    })
 }
 
 fn policy_path(f: &Flags) -> anyhow::Result<PathBuf> {
@@ -238,64 +238,20 @@ pub fn preflight(f: &Flags, model_key: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The collateral high-water marks, sealed in the collateral cache.
-struct SealedMarks {
-    path: PathBuf,
-    sealer: Arc<Sealer>,
-    context: vfl_attest::seal::Context,
-}
-
-impl MarkStore for SealedMarks {
-    fn load(&self) -> Result<Option<Vec<u8>>, String> {
-        self.sealer
-            .open_from_file(&self.path, &self.context)
-            .map(|o| o.map(|(_, b)| b))
-            .map_err(|e| e.to_string())
-    }
-    fn save(&self, bytes: &[u8]) -> Result<(), String> {
-        self.sealer
-            .seal_to_file(&self.path, &self.context, bytes)
-            .map_err(|e| e.to_string())
-    }
-    fn describe(&self) -> String {
-        self.path.display().to_string()
-    }
-}
-
-/// Where this party remembers the newest collateral it has seen: sealed
-/// next to the collateral cache when files are sealed, else in memory.
-fn freshness(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Arc<Freshness>> {
-    let Some(sealer) = sealer else {
-        return Ok(Arc::new(Freshness::in_memory()));
-    };
-    let store = SealedMarks {
-        path: f.collateral_cache.join("high-water.sealed"),
-        sealer: sealer.clone(),
-        context: vfl_attest::seal::Context::new("collateral high-water marks"),
-    };
-    Ok(Arc::new(
-        Freshness::with_store(Box::new(store)).map_err(anyhow::Error::msg)?,
-    ))
-}
-
-/// Where collateral for hardware quotes comes from: a file, a PCCS (fetched
-/// on first need, cached, refreshed in the background), or nowhere.
-fn collateral_source(f: &Flags, fresh: &Arc<Freshness>) -> anyhow::Result<Option<Arc<dyn CollateralProvider>>> {
+/// Where the flags say collateral for hardware quotes comes from.
+fn collateral_source(f: &Flags) -> anyhow::Result<Collateral> {
     Ok(match (&f.collateral, &f.pccs_url) {
-        (Some(p), _) => Some(Arc::new(FileCollateral::load(p)?)),
-        (None, Some(url)) => {
-            let ca = match &f.pccs_ca {
+        (Some(p), _) => Collateral::File(p.clone()),
+        (None, Some(url)) => Collateral::Pccs {
+            url: url.clone(),
+            ca_pem: match &f.pccs_ca {
                 Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
                 None => None,
-            };
-            let get = vfl_attest::pccs::http_client(ca.as_deref())?;
-            let refresh = std::time::Duration::from_secs(f.pccs_refresh_secs.max(60));
-            let p = vfl_attest::pccs::PccsCollateral::new(url, &f.collateral_cache, get, refresh)?;
-            p.set_freshness(fresh.clone());
-            p.spawn_refresher();
-            Some(p)
-        }
-        (None, None) => None,
+            },
+            cache: f.collateral_cache.clone(),
+            refresh: std::time::Duration::from_secs(f.pccs_refresh_secs),
+        },
+        (None, None) => Collateral::None,
     })
 }
 
@@ -309,62 +265,21 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
         );
         return Ok(Security::Insecure);
     }
-    let path = policy_path(f)?;
-    let mut policy = Policy::load(&path)?;
-    tracing::info!(policy = %path.display(), digest = %policy.digest_hex(), entries = policy.entries.len(), "attestation policy loaded");
-    if policy.entries.is_empty() && policy.td_entries.is_empty() {
-        tracing::warn!("the policy's sgx_mrs and tdx_mrs are empty: every peer will be refused");
-    }
-    let attester = attester(f)?;
-    policy.check_usable_by(attester.mode(), &path.display().to_string())?;
-    if policy.allows_simulated() {
-        tracing::warn!("the policy accepts SIMULATED peers (allow_simulated): no hardware protection on their side");
-    }
-    if attester.mode() == Mode::Simulated {
+    let setup = Setup {
+        evidence: evidence(f)?,
+        policy: policy_path(f)?,
+        collateral: collateral_source(f)?,
+        collateral_cache: f.collateral_cache.clone(),
+    };
+    let parts = setup::build(&setup, sealer)?;
+    if parts.mode == Mode::Simulated {
         warn_simulated();
     }
-    if !policy.release_exports.is_empty() {
-        let roles: Vec<&str> = policy.release_exports.iter().map(|r| r.as_str()).collect();
-        tracing::warn!(roles = %roles.join(","), "the policy releases exports of these parties in plaintext (if the peer's policy agrees)");
-    }
-    let fresh = freshness(f, sealer)?;
-    let collateral = collateral_source(f, &fresh)?;
-    if let Some(c) = &collateral {
-        tracing::info!(source = %c.describe(), "collateral for hardware quotes");
-    }
-    let cert = vfl_attest::cert::issue(attester.as_ref())?;
-    let ours = format!(
-        "our {} evidence ({}): {}",
-        cert.mode,
-        cert.identity.tee(),
-        cert.identity
-    );
-    tracing::info!("{ours}");
-    if policy.uses_self() {
-        // Bound only to what dcap-qvl verified of our own quote: the host
-        // relays quotes and could alter the identity one claims.
-        let own = vfl_attest::verify::verified_own_identity(
-            &cert,
-            collateral.as_deref(),
-            Clock::System,
-            std::time::Duration::from_secs(30),
-        )
-        .context("verifying our own quote before binding the policy's \"self\" entries")?;
-        policy.bind_self(&own);
-        tracing::info!("policy entries saying \"self\" accept peers with our own (verified) identity");
-    }
-    let verifier = RaTlsVerifier::new(Arc::new(Verifier::with_freshness(
-        policy,
-        collateral,
-        Clock::System,
-        fresh,
-    )));
-    let key = vfl_attest::tls::identity(&cert)?;
     Ok(Security::RaTls(Arc::new(RaTls {
-        server: Arc::new(vfl_attest::tls::server_config(key.clone(), verifier.clone())?),
-        client: Arc::new(vfl_attest::tls::client_config(key, verifier.clone())?),
-        verifier,
-        ours,
+        server: parts.server,
+        client: parts.client,
+        verifier: parts.verifier,
+        ours: parts.ours,
         on_reject: if f.on_reject == "retry" {
             OnReject::Retry
         } else {
@@ -541,31 +456,27 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn role_arg(r: Option<&str>) -> anyhow::Result<Option<PartyRole>> {
+    r.map(|r| r.parse::<PartyRole>().map_err(anyhow::Error::msg))
+        .transpose()
+}
+
 fn self_(a: SelfArgs) -> anyhow::Result<()> {
     let attester = attester(&a.flags)?;
-    if attester.mode() == Mode::Simulated {
+    let simulated = attester.mode() == Mode::Simulated;
+    if simulated {
         warn_simulated();
     }
     let cert = vfl_attest::cert::issue(attester.as_ref())?;
-    let simulated = attester.mode() == Mode::Simulated;
     // A hardware quote came back through the host: print only what dcap-qvl
     // verified when collateral is at hand, and say so when it is not.
     let collateral = match simulated {
         true => None,
-        false => collateral_source(&a.flags, &Arc::new(Freshness::in_memory()))?,
+        false => setup::collateral(&collateral_source(&a.flags)?, &Arc::new(Freshness::in_memory()))?,
     };
-    let verified = match (&collateral, simulated) {
-        (Some(c), false) => {
-            let id = vfl_attest::verify::verified_own_identity(
-                &cert,
-                Some(c.as_ref()),
-                Clock::System,
-                std::time::Duration::from_secs(30),
-            )
-            .context("verifying our own quote")?;
-            Some(id)
-        }
-        _ => None,
+    let verified = match &collateral {
+        Some(c) => Some(setup::verified_own(&cert, Some(c.as_ref())).context("verifying our own quote")?),
+        None => None,
     };
     if !simulated && verified.is_none() {
         eprintln!(
@@ -574,58 +485,31 @@ fn self_(a: SelfArgs) -> anyhow::Result<()> {
         );
     }
     let identity = verified.as_ref().unwrap_or(&cert.identity);
+    let role = role_arg(a.role.as_deref())?;
     let mut out = match identity {
-        Identity::Sgx(id) => {
-            let mut entry = serde_json::json!({
-                "mr_enclave": hex::encode(id.mr_enclave),
-                "mr_signer": hex::encode(id.mr_signer),
-                "isv_prod_id": id.isv_prod_id.to_string(),
-                "isv_svn": id.isv_svn.to_string(),
-            });
-            if let Some(r) = &a.role {
-                entry["role"] = r.clone().into();
-            }
-            if simulated {
-                entry["mode"] = "simulated".into();
-            }
-            serde_json::json!({
-                "mode": cert.mode,
-                "tee_type": "sgx",
-                "mr_enclave": hex::encode(id.mr_enclave),
-                "mr_signer": hex::encode(id.mr_signer),
-                "isv_prod_id": id.isv_prod_id,
-                "isv_svn": id.isv_svn,
-                "debug": id.is_debug(),
-                "sgx_mrs_entry": entry,
-                "verified": verified.is_some(),
-            })
-        }
+        Identity::Sgx(id) => serde_json::json!({
+            "mode": cert.mode,
+            "tee_type": "sgx",
+            "mr_enclave": hex::encode(id.mr_enclave),
+            "mr_signer": hex::encode(id.mr_signer),
+            "isv_prod_id": id.isv_prod_id,
+            "isv_svn": id.isv_svn,
+            "debug": id.is_debug(),
+            "sgx_mrs_entry": write::sgx_entry(id, role, simulated),
+            "verified": verified.is_some(),
+        }),
         Identity::Tdx(id) => {
-            // What a peer pins: firmware, its configuration and ACPI tables,
-            // kernel, initrd and command line.
-            let mut entry = serde_json::json!({
-                "mr_td": hex::encode(id.mr_td),
-                "rtmr0": hex::encode(id.rtmr0),
-                "rtmr1": hex::encode(id.rtmr1),
-                "rtmr2": hex::encode(id.rtmr2),
-            });
-            if let Some(r) = &a.role {
-                entry["role"] = r.clone().into();
-            }
-            if simulated {
-                entry["mode"] = "simulated".into();
-            }
             let mut out = serde_json::to_value(id)?;
             out["mode"] = serde_json::to_value(cert.mode)?;
             out["tee_type"] = "tdx".into();
             out["debug"] = id.is_debug().into();
-            out["tdx_mrs_entry"] = entry;
+            out["tdx_mrs_entry"] = write::td_entry(id, role, simulated);
             out["verified"] = verified.is_some().into();
             out
         }
     };
-    if let Some(r) = &a.role {
-        out["role"] = r.clone().into();
+    if let Some(r) = role {
+        out["role"] = r.as_str().into();
     }
     if let Some(sim) = attester.sim_evidence() {
         out["simulated_root"] = hex::encode(vfl_attest::verify::dev_root_fingerprint(&sim.root_der)?).into();
@@ -637,13 +521,8 @@ fn self_(a: SelfArgs) -> anyhow::Result<()> {
 fn party_identity(a: PartyIdentityArgs) -> anyhow::Result<()> {
     let pem = std::fs::read(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
     let signer = vfl_attest::mrsigner::from_pem(&pem).with_context(|| a.key.display().to_string())?;
-    let out = serde_json::json!({
-        "role": a.role,
-        "mr_signer": hex::encode(signer),
-        "isv_prod_id": a.isv_prod_id.to_string(),
-        "isv_svn": a.isv_svn.to_string(),
-    });
-    let text = serde_json::to_string_pretty(&out)? + "\n";
+    let role: PartyRole = a.role.parse().map_err(anyhow::Error::msg)?;
+    let text = write::party_identity(role, &signer, a.isv_prod_id, a.isv_svn);
     match &a.out {
         Some(p) => {
             vfl_fs::write_atomic(p, |w| w.write_all(text.as_bytes()))
@@ -789,27 +668,11 @@ fn flood_bench_in(dir: &Path, junk: usize, iterations: usize) -> anyhow::Result<
     Ok(())
 }
 
-/// A development root (`<dir>/dev-root.pem`) and a policy
-/// (`<dir>/dynamic_config.json`) accepting this binary in simulated mode, for
-/// runs where both parties are this binary on one machine (demo, bench).
-/// Returns (root key path, policy path).
+/// A development root and a policy accepting this binary in simulated
+/// mode, in `dir` (see [`write::self_accepting_sim`]).
 #[cfg(feature = "dev")]
 pub fn self_accepting_sim_policy(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let key = dir.join("dev-root.pem");
-    let (root, _) = DevRoot::load_or_create(&key)?;
-    let me = SimIdentity::of_running_binary()?;
-    let fp = hex::encode(root.fingerprint());
-    let policy = serde_json::json!({
-        "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-        "sgx_mrs": [{"mr_enclave": hex::encode(me.mr_enclave), "mr_signer": fp, "isv_prod_id": "1", "isv_svn": "1",
-                     "mode": "simulated"}],
-        "allow_simulated": true, "simulated_roots": [fp],
-    });
-    let policy_path = dir.join("dynamic_config.json");
-    let text = serde_json::to_string_pretty(&policy)?;
-    vfl_fs::write_atomic(&policy_path, |w| w.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", policy_path.display()))?;
-    Ok((key, policy_path))
+    Ok(write::self_accepting_sim(dir)?)
 }
 
 #[cfg(feature = "dev")]
@@ -854,196 +717,30 @@ fn bench_in(dir: &Path, iterations: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A policy as canonical JSON: keys in a fixed order, entries one per line
-/// and sorted, a final newline; two parties who trust the same identities
-/// write byte-identical files. Unknown keys are kept after the known ones
-/// (the parser then refuses them, naming them).
-fn canonical_policy(v: &serde_json::Value) -> String {
-    use serde_json::Value;
-    fn ordered<'a>(m: &'a serde_json::Map<String, Value>, order: &[&str]) -> Vec<(&'a String, &'a Value)> {
-        let mut known: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| order.contains(&k.as_str())).collect();
-        known.sort_by_key(|(k, _)| order.iter().position(|o| o == k));
-        let mut rest: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| !order.contains(&k.as_str())).collect();
-        rest.sort_by(|a, b| a.0.cmp(b.0));
-        known.extend(rest);
-        known
-    }
-    let key = |k: &str| Value::String(k.to_string()).to_string();
-    let Some(top) = v.as_object() else {
-        return format!("{v}\n");
-    };
-    let mut lines = Vec::new();
-    for (k, val) in ordered(top, vfl_attest::policy::TOP_KEYS) {
-        let rendered = match (k.as_str(), val.as_array()) {
-            (list_name @ ("sgx_mrs" | "tdx_mrs"), Some(list)) if !list.is_empty() => {
-                let keys = if list_name == "sgx_mrs" {
-                    vfl_attest::policy::ENTRY_KEYS
-                } else {
-                    vfl_attest::policy::TD_ENTRY_KEYS
-                };
-                let mut entries: Vec<String> = list
-                    .iter()
-                    .map(|e| match e.as_object() {
-                        Some(m) => {
-                            let fields: Vec<String> = ordered(m, keys)
-                                .iter()
-                                .map(|(k, v)| format!("{}: {v}", key(k)))
-                                .collect();
-                            format!("{{ {} }}", fields.join(", "))
-                        }
-                        None => e.to_string(),
-                    })
-                    .collect();
-                entries.sort();
-                entries.dedup();
-                format!("[\n    {}\n  ]", entries.join(",\n    "))
-            }
-            _ => val.to_string(),
-        };
-        lines.push(format!("  {}: {rendered}", key(k)));
-    }
-    format!("{{\n{}\n}}\n", lines.join(",\n"))
-}
-
-/// The `tdx_mrs` entry for a TD identity file (from `vfl attest self
-/// --attestation tdx|simulated-tdx`): the measurements it pins (mr_td and
-/// rtmr0-2 at least), its role and mode.
-fn td_entry_of(file: &serde_json::Value, role: &str, name: &str) -> anyhow::Result<serde_json::Value> {
-    let id = file.get("tdx_mrs_entry").unwrap_or(file);
-    let mut entry = serde_json::Map::new();
-    entry.insert("role".into(), role.into());
-    if id.get("mode").and_then(|m| m.as_str()) == Some("simulated") {
-        entry.insert("mode".into(), "simulated".into());
-    }
-    for k in vfl_attest::policy::TD_ENTRY_KEYS
-        .iter()
-        .filter(|k| !["role", "mode"].contains(k))
-    {
-        match id.get(*k) {
-            Some(serde_json::Value::String(v)) => {
-                entry.insert((*k).into(), v.clone().into());
-            }
-            None if ["mr_td", "rtmr0", "rtmr1", "rtmr2"].contains(k) => bail!("{name}: no {k}"),
-            _ => {}
-        }
-    }
-    Ok(serde_json::Value::Object(entry))
-}
-
 fn trust(a: TrustArgs) -> anyhow::Result<()> {
     let name = a.identity.display().to_string();
     let text = std::fs::read(&a.identity).with_context(|| format!("reading {name}"))?;
-    let file: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("{name}: not JSON"))?;
-    let is_td = file.get("tdx_mrs_entry").is_some() || file.get("mr_td").is_some();
-    let id = file.get("sgx_mrs_entry").unwrap_or(&file).clone();
-    let field = |k: &str| -> Option<String> {
-        match id.get(k).or_else(|| file.get(k)) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        }
+    let opts = TrustOptions {
+        role: role_arg(a.role.as_deref())?,
+        min_svn: a.min_svn,
+        pin_enclave: a.pin_enclave,
     };
-    let role = match (&a.role, field("role")) {
-        (Some(r), _) => r.clone(),
-        (None, Some(r)) => r,
-        (None, None) => bail!("{name}: no role: give --role leader|follower (the role this identity is trusted as)"),
-    };
-    role.parse::<vfl_attest::PartyRole>().map_err(anyhow::Error::msg)?;
-    let (list_name, entry, what) = if is_td {
-        let entry = td_entry_of(&file, &role, &name)?;
-        let what = format!("TD mr_td {}", entry["mr_td"].as_str().unwrap_or("?"));
-        ("tdx_mrs", entry, what)
-    } else {
-        let (entry, what) = sgx_entry_of(&a, &role, &name, field)?;
-        ("sgx_mrs", entry, what)
-    };
-    let mut policy: serde_json::Value = match std::fs::read(&a.policy) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", a.policy.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", a.policy.display())),
-    };
-    let Some(top) = policy.as_object_mut() else {
-        bail!("{}: not a JSON object", a.policy.display());
-    };
-    if list_name == "sgx_mrs" && !top.contains_key("sgx_mrs") {
-        // A new enclave list pins enclave, signer, product id and version.
-        for flag in [
-            "verify_mr_enclave",
-            "verify_mr_signer",
-            "verify_isv_prod_id",
-            "verify_isv_svn",
-        ] {
-            top.entry(flag).or_insert_with(|| "on".into());
-        }
-    }
-    let Some(list) = top
-        .entry(list_name)
-        .or_insert_with(|| serde_json::json!([]))
-        .as_array_mut()
-    else {
-        bail!("{}: {list_name} is not a list", a.policy.display());
-    };
-    let known = list.contains(&entry);
-    if !known {
-        list.push(entry);
-    }
-    let out = canonical_policy(&policy);
-    // Refuse to write a policy that would not load.
-    let parsed = Policy::parse(out.as_bytes(), &a.policy.display().to_string())?;
-    vfl_fs::write_atomic(&a.policy, |w| w.write_all(out.as_bytes()))
-        .with_context(|| format!("writing {}", a.policy.display()))?;
-    if known {
-        println!("{} already trusts the {role} {what}", a.policy.display());
-    } else {
-        println!(
-            "{}: now trusts the {role} {what} (policy digest {}; the policy is measured: both parties must hold \
-             this same file, then run `make`)",
-            a.policy.display(),
-            parsed.digest_hex()
+    let t = write::trust(&a.policy, &name, &text, opts)?;
+    if let Some(m) = &t.replaced_enclave {
+        eprintln!(
+            "{name}: names mr_enclave {m}; trusting the peer's copy of our own enclave (\"self\") instead \
+             (--pin-enclave pins the file's value)"
         );
     }
-    Ok(())
-}
-
-/// The `sgx_mrs` entry for an enclave identity file, and how to name it.
-fn sgx_entry_of(
-    a: &TrustArgs,
-    role: &str,
-    name: &str,
-    field: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<(serde_json::Value, String)> {
-    let mut entry = serde_json::Map::new();
-    entry.insert("role".into(), role.into());
-    if field("mode").as_deref() == Some("simulated") {
-        entry.insert("mode".into(), "simulated".into());
+    let (policy, role, what) = (a.policy.display(), t.role, t.what);
+    if t.added {
+        println!(
+            "{policy}: now trusts the {role} {what} (policy digest {}; the policy is measured: both parties must \
+             hold this same file, then run `make`)",
+            t.digest
+        );
+    } else {
+        println!("{policy} already trusts the {role} {what}");
     }
-    // The peer runs this same enclave: its MRENCLAVE is ours ("self"). A
-    // file naming another one is not followed unless asked to, since it
-    // would admit whatever code the peer wrote.
-    let mr_enclave = match field("mr_enclave") {
-        Some(m) if a.pin_enclave => m,
-        Some(m) if m != "self" => {
-            eprintln!(
-                "{name}: names mr_enclave {m}; trusting the peer's copy of our own enclave (\"self\") instead \
-                 (--pin-enclave pins the file's value)"
-            );
-            "self".into()
-        }
-        _ => "self".into(),
-    };
-    let signer = field("mr_signer").ok_or_else(|| anyhow::anyhow!("{name}: no mr_signer"))?;
-    entry.insert("mr_enclave".into(), mr_enclave.clone().into());
-    entry.insert("mr_signer".into(), signer.clone().into());
-    entry.insert(
-        "isv_prod_id".into(),
-        field("isv_prod_id").unwrap_or_else(|| "1".into()).into(),
-    );
-    entry.insert(
-        if a.min_svn { "min_isv_svn" } else { "isv_svn" }.into(),
-        field("isv_svn").unwrap_or_else(|| "1".into()).into(),
-    );
-    Ok((
-        serde_json::Value::Object(entry),
-        format!("running enclave {mr_enclave} signed by {signer}"),
-    ))
+    Ok(())
 }

@@ -29,7 +29,7 @@ pub enum Command {
         #[arg(long)]
         model_key: Option<KeySource>,
         /// Gramine's attestation device (for the sgx-* keys).
-        #[arg(long, default_value = "/dev/attestation")]
+        #[arg(long, default_value = vfl_attest::SgxAttester::DEVICE_ROOT)]
         attestation_device: PathBuf,
     },
     /// Decrypt an exported model into a plain safetensors file (written
@@ -45,7 +45,7 @@ pub enum Command {
         /// The key: sgx-mrenclave, or file:PATH / env:VAR (development builds).
         #[arg(long)]
         model_key: KeySource,
-        #[arg(long, default_value = "/dev/attestation")]
+        #[arg(long, default_value = vfl_attest::SgxAttester::DEVICE_ROOT)]
         attestation_device: PathBuf,
     },
 }

@@ -39,6 +39,8 @@
 //! switch a check off), and a policy that pins neither the enclave nor its
 //! signer is refused instead of accepting enclaves anyone can build.
 
+pub mod write;
+
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
