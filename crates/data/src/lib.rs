@@ -21,8 +21,15 @@ pub use source::{BatchSource, SynthSource};
 /// and the feature (or column) concerned where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{0}")]
-    Schema(String),
+    #[error(
+        "the source has {slots} slots and {dense} dense columns; the batch expects {batch_slots} slots and {batch_dense} dense columns"
+    )]
+    BatchShape {
+        slots: usize,
+        dense: usize,
+        batch_slots: usize,
+        batch_dense: usize,
+    },
     #[error("{file}: {source}")]
     Io {
         file: String,

@@ -39,10 +39,12 @@ impl BatchSource for SynthSource<'_> {
         batch.clear();
         let slots = self.generator.config().slots;
         if batch.slots != slots || batch.dense_cols != 0 {
-            return Err(DataError::Schema(format!(
-                "synthetic data has {slots} slots and no dense columns; batch expects {} slots and {} dense columns",
-                batch.slots, batch.dense_cols
-            )));
+            return Err(DataError::BatchShape {
+                slots,
+                dense: 0,
+                batch_slots: batch.slots,
+                batch_dense: batch.dense_cols,
+            });
         }
         while batch.rows < max_rows && self.next < self.end {
             self.generator.row(self.next, &mut self.row);
@@ -67,5 +69,26 @@ impl BatchSource for SynthSource<'_> {
             self.next += 1;
         }
         Ok(batch.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::SynthConfig;
+
+    #[test]
+    fn a_batch_of_another_shape_is_refused() {
+        let generator = Synth::new(SynthConfig::default());
+        let slots = generator.config().slots;
+        let mut src = SynthSource::new(&generator, true, 0, 10);
+        let mut batch = Batch::new(slots + 1, 0);
+        let e = src.fill(&mut batch, 4).unwrap_err();
+        assert!(
+            matches!(e, DataError::BatchShape { slots: s, dense: 0, batch_slots, batch_dense: 0 } if s == slots && batch_slots == slots + 1),
+            "{e:?}"
+        );
+        let mut batch = Batch::new(slots, 0);
+        assert_eq!(src.fill(&mut batch, 4).unwrap(), 4);
     }
 }

@@ -23,7 +23,7 @@ use vfl_nn::Role;
 use vfl_nn::split::TensorMut;
 
 use crate::TrainError;
-use crate::store::{self, Sealing};
+use crate::store::{self, Sealing, StoreError};
 
 /// What this party's files are bound to: the job (application id), the
 /// party, the model spec and the policy that admits the peer.
@@ -93,7 +93,6 @@ fn record_path(dir: &Path, sealed: bool) -> PathBuf {
 /// Reads the run record; `Ok(None)` when there is none (a fresh start).
 pub fn read_record(dir: &Path, bind: &Binding, sealer: Option<&Sealer>) -> Result<Option<RunRecord>, TrainError> {
     let p = record_path(dir, sealer.is_some());
-    let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
     let bytes = match sealer {
         Some(s) => match s.open_from_file(&p, &bind.run_record())? {
             None => return Ok(None),
@@ -102,23 +101,26 @@ pub fn read_record(dir: &Path, bind: &Binding, sealer: Option<&Sealer>) -> Resul
         None => match std::fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(bad(e.to_string())),
+            Err(e) => return Err(StoreError::io(&p)(e)),
         },
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| bad(format!("not a run record ({e})")))
+    serde_json::from_slice(&bytes).map(Some).map_err(|source| {
+        TrainError::Store(StoreError::Json {
+            path: p.display().to_string(),
+            what: "run record",
+            source,
+        })
+    })
 }
 
 /// Writes the run record atomically.
 pub fn write_record(dir: &Path, bind: &Binding, sealer: Option<&Sealer>, rec: &RunRecord) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::Store(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
     let p = record_path(dir, sealer.is_some());
-    let json = serde_json::to_vec(rec).map_err(|e| TrainError::Store(e.to_string()))?;
+    let json = serde_json::to_vec(rec).map_err(StoreError::encode("run record"))?;
     match sealer {
         Some(s) => s.seal_to_file(&p, &bind.run_record(), &json)?,
-        None => vfl_fs::write_bytes(&p, &json, vfl_fs::Access::Private)
-            .map_err(|e| TrainError::Store(format!("{}: {e}", p.display())))?,
+        None => vfl_fs::write_bytes(&p, &json, vfl_fs::Access::Private).map_err(StoreError::io(&p))?,
     }
     Ok(())
 }
@@ -190,7 +192,7 @@ pub fn save(
     keep: usize,
     sealer: Option<&Sealer>,
 ) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::Store(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
     let list: Vec<(String, Vec<usize>, &[f32])> = tensors
         .iter()
         .map(|t| (t.name.clone(), t.shape.clone(), &*t.data))
@@ -203,7 +205,7 @@ pub fn save(
         ("step".to_string(), step.to_string()),
         (
             "state".to_string(),
-            serde_json::to_string(state).map_err(|e| TrainError::Store(e.to_string()))?,
+            serde_json::to_string(state).map_err(StoreError::encode("run state"))?,
         ),
     ]);
     meta.extend(bind.meta(&ctx));
@@ -241,44 +243,24 @@ pub fn load(
     let p = path(dir, step);
     let ctx = bind.checkpoint(run, step);
     let s = store::read(&p, sealer.map(|sealer| Sealing { sealer, context: &ctx }))?;
-    let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
+    let path = p.display().to_string();
     let meta = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
-    let role = bind.role;
-    if meta("role") != role.as_str() {
-        return Err(bad(format!("written by the {}, not the {role}", meta("role"))));
-    }
-    if meta("model_fingerprint") != bind.model {
-        return Err(bad("written for a different model spec".into()));
-    }
     if meta("step") != step.to_string() {
-        return Err(bad(format!("holds step {}, its name says {step}", meta("step"))));
-    }
-    for (k, v) in bind.meta(&ctx) {
-        if meta(&k) != v {
-            return Err(bad(format!("its {k} is {:?}, expected {v:?}", meta(&k))));
+        return Err(StoreError::Step {
+            path,
+            found: meta("step"),
+            expected: step,
         }
+        .into());
     }
-    let state: RunState = serde_json::from_str(&meta("state")).map_err(|e| bad(format!("bad run state: {e}")))?;
+    check_binding(&s, &path, bind, &bind.meta(&ctx))?;
+    let state: RunState = serde_json::from_str(&meta("state")).map_err(|source| StoreError::Json {
+        path: path.clone(),
+        what: "run state",
+        source,
+    })?;
     // Check everything before changing anything.
-    if s.tensors.len() != tensors.len() {
-        return Err(bad(format!(
-            "holds {} tensors, the model has {}",
-            s.tensors.len(),
-            tensors.len()
-        )));
-    }
-    for t in &tensors {
-        match s.tensors.get(&t.name) {
-            None => return Err(bad(format!("tensor `{}` is missing", t.name))),
-            Some(f) if f.shape != t.shape || f.data.len() != t.data.len() => {
-                return Err(bad(format!(
-                    "tensor `{}` has shape {:?}, the model needs {:?}",
-                    t.name, f.shape, t.shape
-                )));
-            }
-            Some(_) => {}
-        }
-    }
+    check_tensors(&s, &path, &tensors)?;
     for t in tensors {
         if let Some(f) = s.tensors.get(&t.name) {
             t.data.copy_from_slice(&f.data);
@@ -326,8 +308,7 @@ pub fn export(
         });
     }
     let dir = plan.export_path.join(plan.id).join(bind.role.as_str());
-    let io = |e: std::io::Error| TrainError::Store(format!("{}: {e}", dir.display()));
-    std::fs::create_dir_all(&dir).map_err(io)?;
+    std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
     let list: Vec<(String, Vec<usize>, &[f32])> = tensors
         .iter()
         .filter(|t| !t.name.contains('#'))
@@ -353,9 +334,11 @@ pub fn export(
             "both parties' policies release this party's export: model.plain.safetensors is NOT encrypted"
         );
     }
-    vfl_fs::write_atomic(&dir.join("model.toml"), |w| w.write_all(spec.to_toml().as_bytes())).map_err(io)?;
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| TrainError::Store(e.to_string()))?;
-    vfl_fs::write_atomic(&dir.join("manifest.json"), |w| w.write_all(text.as_bytes())).map_err(io)?;
+    let toml = dir.join("model.toml");
+    vfl_fs::write_atomic(&toml, |w| w.write_all(spec.to_toml().as_bytes())).map_err(StoreError::io(&toml))?;
+    let text = serde_json::to_string_pretty(&manifest).map_err(StoreError::encode("export manifest"))?;
+    let mpath = dir.join("manifest.json");
+    vfl_fs::write_atomic(&mpath, |w| w.write_all(text.as_bytes())).map_err(StoreError::io(&mpath))?;
     Ok(dir)
 }
 
@@ -391,42 +374,79 @@ pub fn load_export(
     tensors: Vec<TensorMut<'_>>,
     sealer: Option<&Sealer>,
 ) -> Result<String, TrainError> {
-    let (role, fingerprint) = (bind.role, bind.model.as_str());
-    let p = export_file(dir, role);
+    let p = export_file(dir, bind.role);
     let ctx = bind.export_of_any_run();
     let s = store::read(&p, sealer.map(|sealer| Sealing { sealer, context: &ctx }))?;
-    let bad = |why: String| TrainError::Store(format!("{}: {why}", p.display()));
-    let meta = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
-    if meta("role") != role.as_str() {
-        return Err(bad(format!("exported by the {}, not the {role}", meta("role"))));
-    }
-    if meta("model_fingerprint") != fingerprint {
-        return Err(bad("exported for a different model spec".into()));
-    }
-    for k in ["app", "policy"] {
-        let want = ctx.get(k).unwrap_or_default();
-        if meta(k) != want {
-            return Err(bad(format!("its {k} is {:?}, expected {want:?}", meta(k))));
-        }
-    }
+    let path = p.display().to_string();
+    let bound: Vec<(String, String)> = ["app", "policy"]
+        .into_iter()
+        .map(|k| (k.to_string(), ctx.get(k).unwrap_or_default().to_string()))
+        .collect();
+    check_binding(&s, &path, bind, &bound)?;
     let weights: Vec<TensorMut<'_>> = tensors.into_iter().filter(|t| !t.name.contains('#')).collect();
-    if s.tensors.len() != weights.len() {
-        return Err(bad(format!(
-            "holds {} tensors, the model has {}",
-            s.tensors.len(),
-            weights.len()
-        )));
-    }
-    for t in &weights {
-        match s.tensors.get(&t.name) {
-            Some(f) if f.shape == t.shape && f.data.len() == t.data.len() => {}
-            _ => return Err(bad(format!("tensor `{}` is missing or has the wrong shape", t.name))),
-        }
-    }
+    check_tensors(&s, &path, &weights)?;
     for t in weights {
         if let Some(f) = s.tensors.get(&t.name) {
             t.data.copy_from_slice(&f.data);
         }
     }
-    Ok(meta("run"))
+    Ok(s.meta.get("run").cloned().unwrap_or_default())
+}
+
+/// Checks that a read file was written by this role for this model and
+/// carries the metadata `bound` expects.
+fn check_binding(s: &store::Stored, path: &str, bind: &Binding, bound: &[(String, String)]) -> Result<(), TrainError> {
+    let meta = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
+    let path = || path.to_string();
+    if meta("role") != bind.role.as_str() {
+        return Err(StoreError::Role {
+            path: path(),
+            found: meta("role"),
+            expected: bind.role.as_str(),
+        }
+        .into());
+    }
+    if meta("model_fingerprint") != bind.model {
+        return Err(StoreError::Model { path: path() }.into());
+    }
+    for (k, v) in bound {
+        if &meta(k) != v {
+            return Err(StoreError::Binding {
+                path: path(),
+                key: k.clone(),
+                found: meta(k),
+                expected: v.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a read file holds exactly the model's tensors, each with
+/// its shape.
+fn check_tensors(s: &store::Stored, path: &str, tensors: &[TensorMut<'_>]) -> Result<(), TrainError> {
+    if s.tensors.len() != tensors.len() {
+        return Err(StoreError::TensorCount {
+            path: path.to_string(),
+            found: s.tensors.len(),
+            expected: tensors.len(),
+        }
+        .into());
+    }
+    for t in tensors {
+        match s.tensors.get(&t.name) {
+            Some(f) if f.shape == t.shape && f.data.len() == t.data.len() => {}
+            found => {
+                return Err(StoreError::TensorShape {
+                    path: path.to_string(),
+                    name: t.name.clone(),
+                    found: found.map(|f| f.shape.clone()),
+                    expected: t.shape.clone(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ pub mod wire;
 
 pub use local::{LocalTrainer, PassReport};
 pub use party::{FollowerParty, LeaderParty, StepReport};
+pub use store::StoreError;
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +84,8 @@ pub enum TrainError {
     CheckpointStep { leader: u64, ours: u64 },
     #[error("the leader asks {asked} but this follower has no --checkpoint-path")]
     NoCheckpointPath { asked: &'static str },
-    #[error("model file: {0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error(
         "training diverged at iteration {iteration}: the loss or the gradient for the follower is not finite (lower the learning rate); nothing was sent"
     )]

@@ -16,6 +16,96 @@ use vfl_attest::seal::{self, Context, Sealer};
 
 use crate::TrainError;
 
+/// Why a model file, checkpoint or run record could not be written, read
+/// or used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a {what}: {source}")]
+    Json {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: not a safetensors file: {source}")]
+    Format {
+        path: String,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    #[error("{path}: checksum mismatch: the file is damaged or was altered")]
+    Checksum { path: String },
+    #[error("{path}: tensor `{name}`: only F32 is supported")]
+    Dtype { path: String, name: String },
+    #[error("{path}: not encrypted, but encryption at rest is on (--model-key): refusing a plaintext file")]
+    Plaintext { path: String },
+    #[error("{path}: encrypted: give the key with --model-key (see `vfl model inspect`)")]
+    Encrypted { path: String },
+    #[error("{path}: written by the {found}, not the {expected}")]
+    Role {
+        path: String,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("{path}: written for a different model spec")]
+    Model { path: String },
+    #[error("{path}: holds step {found}, its name says {expected}")]
+    Step { path: String, found: String, expected: u64 },
+    #[error("{path}: its {key} is {found:?}, expected {expected:?}")]
+    Binding {
+        path: String,
+        key: String,
+        found: String,
+        expected: String,
+    },
+    #[error("{path}: holds {found} tensors, the model has {expected}")]
+    TensorCount {
+        path: String,
+        found: usize,
+        expected: usize,
+    },
+    #[error("{path}: tensor `{name}` is missing or has shape {found:?}, the model needs {expected:?}")]
+    TensorShape {
+        path: String,
+        name: String,
+        found: Option<Vec<usize>>,
+        expected: Vec<usize>,
+    },
+    #[error("encoding the {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+        move |source| {
+            TrainError::Store(StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    }
+
+    /// An encoding error of `what`.
+    pub fn encode(what: &'static str) -> impl FnOnce(serde_json::Error) -> TrainError {
+        move |source| TrainError::Store(StoreError::Encode { what, source })
+    }
+}
+
+fn name(path: &Path) -> String {
+    path.display().to_string()
+}
+
 /// Encryption of one file: the key and what the file is (its context,
 /// authenticated with the contents).
 #[derive(Clone, Copy)]
@@ -65,7 +155,7 @@ fn encode(tensors: &[(String, Vec<usize>, &[f32])], meta: &BTreeMap<String, Stri
         .collect();
     m.insert("data_sha256".into(), Value::String(hex::encode(Sha256::digest(&data))));
     header.insert("__metadata__".into(), Value::Object(m));
-    let mut h = serde_json::to_vec(&Value::Object(header)).map_err(|e| TrainError::Store(e.to_string()))?;
+    let mut h = serde_json::to_vec(&Value::Object(header)).map_err(StoreError::encode("model file header"))?;
     while h.len() % 8 != 0 {
         h.push(b' ');
     }
@@ -84,12 +174,11 @@ pub fn write(
     sealing: Option<Sealing<'_>>,
 ) -> Result<(), TrainError> {
     let plain = encode(tensors, meta)?;
-    let io = |e: std::io::Error| TrainError::Store(format!("{}: {e}", path.display()));
     match sealing {
-        None => write_atomic(path, |w| w.write_all(&plain)).map_err(io),
+        None => write_atomic(path, |w| w.write_all(&plain)).map_err(StoreError::io(path)),
         Some(s) => {
             let sealed = s.sealer.seal(s.context, &plain)?;
-            write_atomic(path, |w| w.write_all(&sealed)).map_err(io)
+            write_atomic(path, |w| w.write_all(&sealed)).map_err(StoreError::io(path))
         }
     }
 }
@@ -98,20 +187,11 @@ pub fn write(
 /// offsets, checksum). With `sealing`, only a file sealed with that key and
 /// context is accepted; without, an encrypted file is refused.
 pub fn read(path: &Path, sealing: Option<Sealing<'_>>) -> Result<Stored, TrainError> {
-    let bad = |why: String| TrainError::Store(format!("{}: {why}", path.display()));
-    let raw = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let raw = std::fs::read(path).map_err(StoreError::io(path))?;
     let bytes = match (sealing, seal::is_sealed(&raw)) {
         (Some(s), true) => s.sealer.open_file(&raw, s.context, path)?.1,
-        (Some(_), false) => {
-            return Err(bad(
-                "not encrypted, but encryption at rest is on (--model-key): refusing a plaintext file".into(),
-            ));
-        }
-        (None, true) => {
-            return Err(bad(
-                "encrypted: give the key with --model-key (see `vfl model inspect`)".into(),
-            ));
-        }
+        (Some(_), false) => return Err(StoreError::Plaintext { path: name(path) }.into()),
+        (None, true) => return Err(StoreError::Encrypted { path: name(path) }.into()),
         (None, false) => raw,
     };
     parse(&bytes, path)
@@ -121,8 +201,11 @@ pub fn read(path: &Path, sealing: Option<Sealing<'_>>) -> Result<Stored, TrainEr
 /// `safetensors` crate checks the header and the offsets; the data section
 /// must match its `data_sha256`; only F32 tensors are taken.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Stored, TrainError> {
-    let bad = |why: String| TrainError::Store(format!("{}: {why}", path.display()));
-    let (n, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let format = |source| StoreError::Format {
+        path: name(path),
+        source,
+    };
+    let (n, header) = SafeTensors::read_metadata(bytes).map_err(format)?;
     let mut out = Stored::default();
     if let Some(m) = header.metadata() {
         out.meta = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -130,12 +213,16 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Stored, TrainError> {
     let data = bytes.get(8 + n..).unwrap_or_default();
     let want = out.meta.get("data_sha256").cloned().unwrap_or_default();
     if want != hex::encode(Sha256::digest(data)) {
-        return Err(bad("checksum mismatch: the file is damaged or was altered".into()));
+        return Err(StoreError::Checksum { path: name(path) }.into());
     }
-    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(format)?;
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(bad(format!("tensor `{name}`: only F32 is supported")));
+            return Err(StoreError::Dtype {
+                path: self::name(path),
+                name,
+            }
+            .into());
         }
         let values = view
             .data()
@@ -171,7 +258,9 @@ mod tests {
         let header = br#"{"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]},"__metadata__":{"data_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}"#;
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header);
-        let e = parse(&bytes, Path::new("x")).unwrap_err().to_string();
+        let e = parse(&bytes, Path::new("x")).unwrap_err();
+        assert!(matches!(e, TrainError::Store(StoreError::Format { .. })), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("not a safetensors file") && e.contains("overflow"), "{e}");
     }
 
@@ -239,8 +328,8 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&p, &bytes).unwrap();
-        let e = read(&p, None).unwrap_err().to_string();
-        assert!(e.contains("checksum"), "{e}");
+        let e = read(&p, None).unwrap_err();
+        assert!(matches!(e, TrainError::Store(StoreError::Checksum { .. })), "{e:?}");
         std::fs::write(&p, &bytes[..5]).unwrap();
         assert!(read(&p, None).is_err());
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use vfl_attest::seal::{KeySource, SealError, Sealer};
 use vfl_nn::{ModelSpec, Role};
-use vfl_trainer::TrainError;
 use vfl_trainer::checkpoint::{self, Binding, ExportPlan, RunState};
+use vfl_trainer::{StoreError, TrainError};
 
 const SPEC: &str = r#"
 name = "seal-test"
@@ -218,16 +218,18 @@ fn a_wrong_key_is_refused_naming_both_key_ids() {
 fn a_plaintext_file_is_refused_when_encryption_is_on() {
     let d = dir("plain");
     save(&d, 10, None);
-    let e = load(&d, 10, Some(&key(1))).unwrap_err().to_string();
-    assert!(e.contains("refusing a plaintext file"), "{e}");
+    let e = load(&d, 10, Some(&key(1))).unwrap_err();
+    assert!(matches!(e, TrainError::Store(StoreError::Plaintext { .. })), "{e:?}");
+    assert!(e.to_string().contains("refusing a plaintext file"), "{e}");
 }
 
 #[test]
 fn an_encrypted_file_without_a_key_is_refused_clearly() {
     let d = dir("nokey");
     save(&d, 10, Some(&key(1)));
-    let e = load(&d, 10, None).unwrap_err().to_string();
-    assert!(e.contains("encrypted: give the key with --model-key"), "{e}");
+    let e = load(&d, 10, None).unwrap_err();
+    assert!(matches!(e, TrainError::Store(StoreError::Encrypted { .. })), "{e:?}");
+    assert!(e.to_string().contains("give the key with --model-key"), "{e}");
 }
 
 #[test]
@@ -395,3 +397,92 @@ fn key_files_and_variables() {
 /// Property tests of checkpoint save and load (one test binary).
 #[path = "cases/roundtrip.rs"]
 mod roundtrip;
+
+// Plaintext files (development runs without --model-key) carry the same
+// binding in their metadata, checked on load.
+
+#[test]
+fn a_plaintext_checkpoint_of_the_other_party_is_refused() {
+    let d = dir("plain-role");
+    save(&d, 10, None);
+    let follower = Binding {
+        role: Role::Follower,
+        ..bind()
+    };
+    let e = load_as(&d, 10, &follower, RUN, None).unwrap_err();
+    assert!(
+        matches!(&e, TrainError::Store(StoreError::Role { found, expected: "follower", .. }) if found == "leader"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_plaintext_checkpoint_of_another_model_is_refused() {
+    let d = dir("plain-model");
+    save(&d, 10, None);
+    let other = Binding {
+        model: "another-spec".into(),
+        ..bind()
+    };
+    let e = load_as(&d, 10, &other, RUN, None).unwrap_err();
+    assert!(matches!(e, TrainError::Store(StoreError::Model { .. })), "{e:?}");
+}
+
+#[test]
+fn a_plaintext_checkpoint_of_another_run_is_refused() {
+    let d = dir("plain-run");
+    save(&d, 10, None);
+    let e = load_as(&d, 10, &bind(), "run-b", None).unwrap_err();
+    assert!(
+        matches!(&e, TrainError::Store(StoreError::Binding { key, .. }) if key == "run"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_plaintext_checkpoint_renamed_to_another_step_is_refused() {
+    let d = dir("plain-step");
+    save(&d, 10, None);
+    std::fs::rename(checkpoint::path(&d, 10), checkpoint::path(&d, 20)).unwrap();
+    let e = load(&d, 20, None).unwrap_err();
+    assert!(
+        matches!(e, TrainError::Store(StoreError::Step { expected: 20, .. })),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_checkpoint_of_another_architecture_is_refused_before_anything_loads() {
+    let d = dir("plain-shape");
+    save(&d, 10, None);
+    // Same binding, but a model whose tower is wider: a tensor's shape differs.
+    let wider = spec_with_units(5);
+    let b = Binding {
+        model: bind().model,
+        ..bind()
+    };
+    let mut m = vfl_nn::split::LeaderModel::new(&wider);
+    let e = checkpoint::load(&d, 10, &b, RUN, m.tensors_mut(), None).unwrap_err();
+    assert!(
+        matches!(&e, TrainError::Store(StoreError::TensorShape { found: Some(_), .. })),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_missing_checkpoint_is_an_io_error_naming_the_file() {
+    let d = dir("plain-missing");
+    let e = load(&d, 10, None).unwrap_err();
+    assert!(
+        matches!(&e, TrainError::Store(StoreError::Io { path, .. }) if path.contains("ckpt-")),
+        "{e:?}"
+    );
+}
+
+fn spec_with_units(units: usize) -> ModelSpec {
+    let text = SPEC.replace(
+        "layers = [{ units = 4, activation = \"relu\" }]",
+        &format!("layers = [{{ units = {units}, activation = \"relu\" }}]"),
+    );
+    ModelSpec::from_toml_str(&text, "wider").unwrap()
+}

@@ -528,8 +528,7 @@ async fn evaluate_lead(
         return Err(TrainError::NoData { epoch: 0 });
     }
     if let Some(p) = &ev.predictions_path {
-        vfl_fs::write_atomic(p, |w| w.write_all(predictions.as_bytes()))
-            .map_err(|e| TrainError::Store(format!("{}: {e}", p.display())))?;
+        vfl_fs::write_atomic(p, |w| w.write_all(predictions.as_bytes())).map_err(crate::StoreError::io(p))?;
     }
     link.send(LMsg::Finish(pb::Finish {
         summary: format!("evaluated {examples} examples"),
