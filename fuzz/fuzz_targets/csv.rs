@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use vfl_data::Schema;
 use vfl_data::batch::{Batch, RowSource};
-use vfl_data::csv::CsvLayout;
+use vfl_data::csv::{CsvLayout, Splitter};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -18,13 +18,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(layout) = CsvLayout::from_header("id,y,x_0,x_1,d_0", &schema) else {
         return;
     };
-    let (mut scratch, mut spans) = (String::new(), Vec::new());
+    let mut splitter = Splitter::default();
     let mut batch = Batch::new(2, 1);
     for (i, line) in lines.take(256).enumerate() {
         let _ = layout.parse_into(
             line,
-            &mut scratch,
-            &mut spans,
+            &mut splitter,
             &mut batch,
             RowSource {
                 block: 0,

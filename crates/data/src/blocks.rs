@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::DataError;
 use crate::batch::{Batch, RowSource};
-use crate::csv::{CsvLayout, read_header};
+use crate::csv::{CsvLayout, Splitter, read_header};
 use crate::example::ExampleDecoder;
 use crate::schema::Schema;
 use crate::source::BatchSource;
@@ -255,8 +255,7 @@ pub struct BlockReader {
     /// Example-id hash -> record, for the current block.
     seen: HashMap<u64, u64>,
     line: String,
-    scratch: String,
-    spans: Vec<(usize, usize)>,
+    splitter: Splitter,
 }
 
 impl BlockReader {
@@ -272,8 +271,7 @@ impl BlockReader {
             skip_log: Vec::new(),
             seen: HashMap::new(),
             line: String::new(),
-            scratch: String::new(),
-            spans: Vec::new(),
+            splitter: Splitter::default(),
         }
     }
 
@@ -490,7 +488,7 @@ impl BlockReader {
                 }
                 let line = *line_no;
                 break layout
-                    .parse_into(&self.line, &mut self.scratch, &mut self.spans, batch, source)
+                    .parse_into(&self.line, &mut self.splitter, batch, source)
                     .map(|()| true)
                     .map_err(|e| e.at_line(file, line));
             },

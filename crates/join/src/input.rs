@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 
 use vfl_data::blocks::{BlockFile, DataDir, FileKind};
-use vfl_data::csv::{CsvLayout, read_header, split_line};
+use vfl_data::csv::{CsvLayout, Splitter, header_names, read_header};
 use vfl_data::example::{ExampleDecoder, Value, encode_example};
 use vfl_data::tfrecord::{Compression, RecordReader};
 use vfl_data::{Batch, DataError, RowSource, Schema};
@@ -241,9 +241,9 @@ impl Scanner<'_> {
         let header = line.trim_end_matches(['\n', '\r']).to_string();
         let line_err = |line: u64, e: vfl_data::csv::CsvError| e.at_line(&file, line);
         let layout = CsvLayout::from_header(&header, self.schema).map_err(|e| line_err(line_no, e))?;
-        let names = Cells::names(&header).map_err(|e| line_err(line_no, e))?;
+        let names = header_names(&header).map_err(|e| line_err(line_no, e))?;
         self.note_header(&file, bi, &header, &names)?;
-        let (mut scratch, mut spans) = (String::new(), Vec::new());
+        let mut splitter = Splitter::default();
         loop {
             line.clear();
             if reader.read_line(&mut line).map_err(io)? == 0 {
@@ -259,7 +259,7 @@ impl Scanner<'_> {
                 record: line_no,
             };
             layout
-                .parse_into(&line, &mut scratch, &mut spans, &mut self.batch, source)
+                .parse_into(&line, &mut splitter, &mut self.batch, source)
                 .map_err(|e| line_err(line_no, e))?;
             // The line as it is: converted only if it is joined.
             let text = line.trim_end_matches(['\n', '\r']);
@@ -306,15 +306,13 @@ impl Scanner<'_> {
 /// One CSV data line (under `header`) as the tf.Example a join writes for
 /// it (see [`OutputFormat::TfRecord`]).
 pub fn csv_to_example(header: &str, line: &str, out: &mut Vec<u8>) -> Result<(), vfl_data::csv::CsvError> {
-    let names = Cells::names(header)?;
+    let names = header_names(header)?;
     let id_only = Schema::new(Vec::new(), Vec::new(), false);
     let layout = CsvLayout::from_header(header, &id_only)?;
     let mut batch = Batch::new(0, 0);
-    let (mut scratch, mut spans) = (String::new(), Vec::new());
     layout.parse_into(
         line,
-        &mut scratch,
-        &mut spans,
+        &mut Splitter::default(),
         &mut batch,
         RowSource { block: 0, record: 0 },
     )?;
@@ -333,8 +331,7 @@ fn layout_id(names: &[String]) -> usize {
 /// Scratch space for converting a CSV row into a tf.Example.
 #[derive(Default)]
 struct Cells {
-    scratch: String,
-    spans: Vec<(usize, usize)>,
+    splitter: Splitter,
     ints: Vec<Vec<i64>>,
     floats: Vec<f32>,
 }
@@ -342,16 +339,10 @@ struct Cells {
 enum Cell {
     Ints(usize),
     Float(usize),
-    Bytes(usize, usize),
+    Bytes(usize),
 }
 
 impl Cells {
-    fn names(header: &str) -> Result<Vec<String>, vfl_data::csv::CsvError> {
-        let (mut scratch, mut spans) = (String::new(), Vec::new());
-        let text = split_line(header, &mut scratch, &mut spans)?;
-        Ok(spans.iter().map(|&(a, b)| text[a..b].trim().to_string()).collect())
-    }
-
     /// `text` (a data line) as a tf.Example with the id under `example_id`.
     fn example_of(
         &mut self,
@@ -360,23 +351,23 @@ impl Cells {
         text: &str,
         out: &mut Vec<u8>,
     ) -> Result<(), vfl_data::csv::CsvError> {
-        let line = split_line(text, &mut self.scratch, &mut self.spans)?;
-        if self.spans.len() != names.len() {
+        let fields = self.splitter.split(text)?;
+        if fields.len() != names.len() {
             return Err(vfl_data::csv::CsvError {
                 column: None,
-                message: format!("{} columns, the header has {}", self.spans.len(), names.len()),
+                message: format!("{} columns, the header has {}", fields.len(), names.len()),
             });
         }
         self.ints.resize_with(names.len(), Vec::new);
         self.floats.clear();
         self.floats.resize(names.len(), 0.0);
         let mut kinds = Vec::with_capacity(names.len());
-        for (i, &(a, b)) in self.spans.iter().enumerate() {
-            let cell = line[a..b].trim();
+        for (i, cell) in fields.iter().enumerate() {
+            let cell = cell.trim();
             let ints = &mut self.ints[i];
             ints.clear();
             let kind = if i == id_col {
-                Cell::Bytes(a, b)
+                Cell::Bytes(i)
             } else if cell.is_empty()
                 || cell
                     .split('|')
@@ -387,7 +378,7 @@ impl Cells {
                 self.floats[i] = v;
                 Cell::Float(i)
             } else {
-                Cell::Bytes(a, b)
+                Cell::Bytes(i)
             };
             kinds.push(kind);
         }
@@ -399,7 +390,7 @@ impl Cells {
                 let v = match *k {
                     Cell::Ints(j) => Value::Int64(&self.ints[j]),
                     Cell::Float(j) => Value::Float(std::slice::from_ref(&self.floats[j])),
-                    Cell::Bytes(a, b) => Value::Bytes(line[a..b].trim().as_bytes()),
+                    Cell::Bytes(j) => Value::Bytes(fields.get(j).trim().as_bytes()),
                 };
                 (name, v)
             })
