@@ -550,3 +550,6 @@ async fn restarts_are_capped() {
 /// Re-verification of a connected peer (its own file, one test binary).
 #[path = "cases/reverify.rs"]
 mod reverify;
+
+#[path = "cases/link_machine.rs"]
+mod link_machine;

@@ -779,3 +779,6 @@ fn a_padded_block_with_a_wrong_length_is_refused() {
     p[0] = 200;
     assert!(vfl_data::blocks::unpad_sealed(&p).is_err());
 }
+
+#[path = "cases/props.rs"]
+mod props;

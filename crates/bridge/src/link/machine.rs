@@ -8,7 +8,7 @@
 //! ([`Machine::poll_message`]). The transport (tonic streams in
 //! [`super::Core`]) only carries frames; everything that decides something
 //! is here, so it is tested without sockets (the property tests in
-//! `tests/link_machine.rs` drive two machines through cuts, duplicates,
+//! `tests/cases/link_machine.rs` drive two machines through cuts, duplicates,
 //! reorderings and restarts).
 //!
 //! ```text

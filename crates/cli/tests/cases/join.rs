@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-mod common;
-use common::{MODEL, finish, free_port, spawn as vfl};
+use crate::common;
+use crate::common::{MODEL, finish, free_port, spawn as vfl};
 
 struct Dir(PathBuf);
 

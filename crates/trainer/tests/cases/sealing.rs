@@ -395,7 +395,7 @@ fn key_files_and_variables() {
 }
 
 /// Property tests of checkpoint save and load (one test binary).
-#[path = "cases/roundtrip.rs"]
+#[path = "roundtrip.rs"]
 mod roundtrip;
 
 // Plaintext files (development runs without --model-key) carry the same

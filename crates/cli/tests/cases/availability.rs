@@ -10,9 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{MODEL, finish, free_port};
+use crate::common;
+use crate::common::{MODEL, finish, free_port};
 
 struct Fixture {
     dir: PathBuf,

@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::{MODEL, finish, free_port, spawn};
+use crate::common::{MODEL, finish, free_port, spawn};
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../attest/tests/fixtures/dcap-qvl");
 /// Inside the `tdx_quote` collateral's window.

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use vfl_data::tfrecord::{RecordReader, RecordWriter};
 
-mod common;
-#[path = "../../bridge/tests/common/proxy.rs"]
-mod proxy;
+use crate::proxy;
 use proxy::Proxy;
 
-use common::{MODEL, finish, free_port, spawn};
+use crate::common;
+use crate::common::{MODEL, finish, free_port, spawn};
 
 struct Fixture {
     dir: PathBuf,

@@ -9,10 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::free_port;
-#[path = "../../bridge/tests/common/proxy.rs"]
-mod proxy;
+use crate::common;
+use crate::common::free_port;
+use crate::proxy;
 use proxy::Proxy;
 
 struct Dir(PathBuf);

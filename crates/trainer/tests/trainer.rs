@@ -1,0 +1,11 @@
+//! Integration tests of the training crate, one module per area, all in
+//! one test binary.
+
+#[path = "cases/learning.rs"]
+mod learning;
+#[path = "cases/metrics.rs"]
+mod metrics;
+#[path = "cases/sealing.rs"]
+mod sealing;
+#[path = "cases/split_equals_central.rs"]
+mod split_equals_central;
