@@ -240,6 +240,11 @@ pub fn build(setup: &Setup, sealer: Option<&Arc<Sealer>>) -> Result<RaTlsParts, 
     }
     let attester = attester(&setup.evidence)?;
     policy.check_usable_by(attester.mode(), &source_name)?;
+    if attester.mode() == Mode::Simulated {
+        tracing::warn!(
+            "SIMULATED attestation: this process runs outside any enclave and its quotes are signed by a development key"
+        );
+    }
     if policy.allows_simulated() {
         tracing::warn!("the policy accepts SIMULATED peers (allow_simulated): no hardware protection on their side");
     }

@@ -47,7 +47,7 @@ pub enum StoreError {
     Plaintext { path: String },
     #[error("{path}: encrypted: give the key with --model-key (see `vfl model inspect`)")]
     Encrypted { path: String },
-    #[error("{path}: written by the {found}, not the {expected}")]
+    #[error("{path}: written by the {found:?}, not the {expected}")]
     Role {
         path: String,
         found: String,
@@ -55,7 +55,7 @@ pub enum StoreError {
     },
     #[error("{path}: written for a different model spec")]
     Model { path: String },
-    #[error("{path}: holds step {found}, its name says {expected}")]
+    #[error("{path}: holds step {found:?}, its name says {expected}")]
     Step { path: String, found: String, expected: u64 },
     #[error("{path}: its {key} is {found:?}, expected {expected:?}")]
     Binding {

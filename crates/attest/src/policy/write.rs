@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::{ENTRY_KEYS, PartyRole, Policy, PolicyError, TD_ENTRY_KEYS, TOP_KEYS};
 use crate::sgx::EnclaveIdentity;
+use crate::strict_json::{self, StrictError};
 use crate::tdx::TdIdentity;
 
 /// Errors of writing a policy or an identity file.
@@ -23,12 +24,10 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{name}: not JSON: {source}")]
-    NotJson {
-        name: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("{name}: not JSON: {detail}")]
+    NotJson { name: String, detail: String },
+    #[error("{name}: the key `{key}` appears twice (line {line}): refusing to guess which one is meant")]
+    DuplicateKey { name: String, key: String, line: usize },
     #[error("{name}: not a JSON object")]
     NotObject { name: String },
     #[error("{name}: {list} is not a list")]
@@ -44,6 +43,22 @@ pub enum WriteError {
     #[cfg(feature = "dev")]
     #[error(transparent)]
     Attest(#[from] crate::AttestError),
+}
+
+/// JSON with no repeated keys (`serde_json` would keep the last one, and
+/// the rewritten policy would then load where the original was refused).
+fn strict(bytes: &[u8], name: &str) -> Result<Value, WriteError> {
+    strict_json::parse(bytes).map_err(|e| match e {
+        StrictError::DuplicateKey { key, line } => WriteError::DuplicateKey {
+            name: name.to_string(),
+            key,
+            line,
+        },
+        StrictError::Syntax(detail) => WriteError::NotJson {
+            name: name.to_string(),
+            detail,
+        },
+    })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
@@ -185,10 +200,7 @@ pub struct Trusted {
 /// and rewrites it atomically in the canonical form after checking that
 /// it parses.
 pub fn trust(policy_path: &Path, name: &str, identity: &[u8], opts: TrustOptions) -> Result<Trusted, WriteError> {
-    let file: Value = serde_json::from_slice(identity).map_err(|source| WriteError::NotJson {
-        name: name.to_string(),
-        source,
-    })?;
+    let file = strict(identity, name)?;
     let is_td = file.get("tdx_mrs_entry").is_some() || file.get("mr_td").is_some();
     let id = file.get("sgx_mrs_entry").unwrap_or(&file);
     let field = |k: &str| -> Option<String> {
@@ -216,10 +228,7 @@ pub fn trust(policy_path: &Path, name: &str, identity: &[u8], opts: TrustOptions
     };
     let pname = policy_path.display().to_string();
     let mut policy: Value = match std::fs::read(policy_path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|source| WriteError::NotJson {
-            name: pname.clone(),
-            source,
-        })?,
+        Ok(b) => strict(&b, &pname)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({}),
         Err(e) => return Err(io(policy_path)(e)),
     };
@@ -449,6 +458,20 @@ mod tests {
         let d = tmp("notjson");
         let e = trust(&d.join("p.json"), "x.json", b"\xff{", TrustOptions::default()).unwrap_err();
         assert!(matches!(e, WriteError::NotJson { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn refuses_a_policy_with_a_repeated_key() {
+        let d = tmp("dup");
+        let p = d.join("p.json");
+        let before = br#"{"allow_debug": false, "allow_debug": true}"#;
+        std::fs::write(&p, before).unwrap();
+        let e = trust(&p, "x.json", &ident("leader"), TrustOptions::default()).unwrap_err();
+        assert!(
+            matches!(e, WriteError::DuplicateKey { ref key, .. } if key == "allow_debug"),
+            "{e:?}"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), before);
     }
 
     #[test]

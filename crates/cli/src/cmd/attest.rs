@@ -172,7 +172,8 @@ fn evidence(f: &Flags) -> anyhow::Result<Evidence> {
 
 /// The attester the flags describe.
 pub fn attester(f: &Flags) -> anyhow::Result<Box<dyn Attester>> {
-    let a = setup::attester(&evidence(f)?);
+    let ev = evidence(f)?;
+    let a = with_root_notice(f, || setup::attester(&ev));
     Ok(match f.attestation {
         Attestation::Sgx => a.context(
             "--attestation sgx (the default) needs a Gramine SGX enclave; for development without SGX use \
@@ -185,6 +186,29 @@ pub fn attester(f: &Flags) -> anyhow::Result<Box<dyn Attester>> {
         #[cfg(feature = "dev")]
         Attestation::Simulated | Attestation::SimulatedTdx => a?,
     })
+}
+
+/// Runs `make` (which may create the development root key of simulated
+/// evidence) and says on stderr if the key was created.
+fn with_root_notice<T>(f: &Flags, make: impl FnOnce() -> T) -> T {
+    #[cfg(feature = "dev")]
+    {
+        let simulated = !f.attestation.is_hardware();
+        let existed = f.sim_root_key.exists();
+        let out = make();
+        if simulated && !existed && f.sim_root_key.exists() {
+            eprintln!(
+                "created development root key {} (keep it private)",
+                f.sim_root_key.display()
+            );
+        }
+        out
+    }
+    #[cfg(not(feature = "dev"))]
+    {
+        let _ = f;
+        make()
+    }
 }
 
 fn policy_path(f: &Flags) -> anyhow::Result<PathBuf> {
@@ -271,10 +295,11 @@ pub fn security(f: &Flags, sealer: Option<&Arc<Sealer>>) -> anyhow::Result<Secur
         collateral: collateral_source(f)?,
         collateral_cache: f.collateral_cache.clone(),
     };
-    let parts = setup::build(&setup, sealer)?;
-    if parts.mode == Mode::Simulated {
+    if !f.attestation.is_hardware() {
+        // Before anything is issued or verified, as loud as it can be.
         warn_simulated();
     }
+    let parts = with_root_notice(f, || setup::build(&setup, sealer))?;
     Ok(Security::RaTls(Arc::new(RaTls {
         server: parts.server,
         client: parts.client,

@@ -455,18 +455,46 @@ fn a_plaintext_checkpoint_renamed_to_another_step_is_refused() {
 fn a_checkpoint_of_another_architecture_is_refused_before_anything_loads() {
     let d = dir("plain-shape");
     save(&d, 10, None);
-    // Same binding, but a model whose tower is wider: a tensor's shape differs.
-    let wider = spec_with_units(5);
-    let b = Binding {
-        model: bind().model,
-        ..bind()
-    };
-    let mut m = vfl_nn::split::LeaderModel::new(&wider);
-    let e = checkpoint::load(&d, 10, &b, RUN, m.tensors_mut(), None).unwrap_err();
+    // The same binding (the model fingerprint it names matches), but a
+    // model whose tower is wider: a tensor's shape differs.
+    let mut m = vfl_nn::split::LeaderModel::new(&spec_with_units(5));
+    let before: Vec<Vec<f32>> = m.tensors_mut().iter().map(|t| t.data.to_vec()).collect();
+    let e = checkpoint::load(&d, 10, &bind(), RUN, m.tensors_mut(), None).unwrap_err();
     assert!(
         matches!(&e, TrainError::Store(StoreError::TensorShape { found: Some(_), .. })),
         "{e:?}"
     );
+    let after: Vec<Vec<f32>> = m.tensors_mut().iter().map(|t| t.data.to_vec()).collect();
+    assert_eq!(before, after, "a refused load changed the model");
+}
+
+#[test]
+fn a_plaintext_export_of_another_job_or_policy_is_refused() {
+    let d = dir("plain-export");
+    export(&d, "run1", &bind(), &[], None).unwrap();
+    for (key, other) in [
+        (
+            "app",
+            Binding {
+                app: "other-job".into(),
+                ..bind()
+            },
+        ),
+        (
+            "policy",
+            Binding {
+                policy: "p2".into(),
+                ..bind()
+            },
+        ),
+    ] {
+        let mut m = vfl_nn::split::LeaderModel::new(&spec());
+        let e = checkpoint::load_export(&d.join("run1"), &other, m.tensors_mut(), None).unwrap_err();
+        assert!(
+            matches!(&e, TrainError::Store(StoreError::Binding { key: k, .. }) if k == key),
+            "{key}: {e:?}"
+        );
+    }
 }
 
 #[test]
