@@ -3,6 +3,7 @@
 //! benchmarks and the demo.
 
 #[cfg(feature = "bench")]
+pub mod assign;
 pub mod bench;
 pub mod checkpoint;
 pub mod local;
