@@ -1,6 +1,6 @@
 //! Integration tests of the attestation crate, one module per area, all in
-//! one test binary (`enclave_build.rs` stays apart: it runs without the
-//! `dev` feature).
+//! one test binary. (The checks of the enclave build, without the `dev`
+//! feature, are `crates/cli/tests/enclave_build.rs`.)
 
 #[path = "cases/fuzz_findings.rs"]
 mod fuzz_findings;

@@ -1,8 +1,9 @@
 //! The enclave build (`--no-default-features`, no `dev` feature) can
 //! neither produce nor accept simulated evidence and seals only with the
 //! MRENCLAVE key. These tests exist only in that build:
-//! `cargo test -p vfl-attest --no-default-features --test enclave_build`
-//! (run by `scripts/enclave-build-check.sh` in CI).
+//! `cargo test --release -p vfl-cli --no-default-features --test enclave_build`
+//! (run by `scripts/enclave-build-check.sh` in CI, which builds the enclave
+//! variant of `vfl` in the same invocation and then checks its refusals).
 #![cfg(not(feature = "dev"))]
 
 use std::path::Path;
@@ -13,14 +14,7 @@ use vfl_attest::policy::PolicyErrorKind;
 use vfl_attest::seal::KeySource;
 use vfl_attest::{Clock, Policy, Rejection, Verifier, cert};
 
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn sample_collateral() -> dcap_qvl::QuoteCollateralV3 {
-    FileCollateral::load(Path::new(&format!("{FIX}/dcap-qvl/sgx_quote_collateral.json")))
-        .unwrap()
-        .collateral()
-        .clone()
-}
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../attest/tests/fixtures");
 
 #[test]
 fn a_policy_that_allows_simulation_is_refused() {
@@ -51,7 +45,10 @@ fn a_certificate_with_simulated_evidence_is_refused() {
         tcg: None,
         sim: Some(SimEvidence {
             root_der: vec![0x30, 0x00],
-            collateral: sample_collateral(),
+            collateral: FileCollateral::load(Path::new(&format!("{FIX}/dcap-qvl/sgx_quote_collateral.json")))
+                .unwrap()
+                .collateral()
+                .clone(),
         }),
     };
     let der = cert::build_cert(&key, &evidence).unwrap();
