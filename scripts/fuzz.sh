@@ -3,7 +3,7 @@
 # (RUSTC_BOOTSTRAP=1 lets cargo-fuzz use the sanitizer-coverage flags).
 #
 #   scripts/fuzz.sh smoke [SECONDS]      every target for SECONDS (default 15), an
-#                                        unoptimised build (a minute faster cold): CI
+#                                        unoptimised build (a minute faster cold)
 #   scripts/fuzz.sh campaign [SECONDS]   every target for SECONDS (default 600)
 #   scripts/fuzz.sh run TARGET SECONDS   one target
 #

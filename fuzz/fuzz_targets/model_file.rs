@@ -2,8 +2,7 @@
 //! host's disk.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../bodies/model_file.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = vfl_trainer::store::parse(data, std::path::Path::new("fuzz.safetensors"));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

@@ -2,15 +2,7 @@
 //! and every field rule.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../bodies/policy.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(p) = vfl_attest::Policy::parse(data, "fuzz") {
-        for own in [vfl_attest::Mode::Sgx, vfl_attest::Mode::Tdx] {
-            let _ = p.check_usable_by(own, "fuzz");
-        }
-        let _ = p.roles_of(vfl_attest::TeeType::Sgx, &(0..p.entries.len()).collect::<Vec<_>>());
-        let _ = p.roles_of(vfl_attest::TeeType::Tdx, &(0..p.td_entries.len()).collect::<Vec<_>>());
-    }
-    let _ = vfl_attest::strict_json::parse(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

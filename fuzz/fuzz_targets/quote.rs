@@ -2,22 +2,7 @@
 //! PCK-certificate lookup key and dcap-qvl's own parser.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../bodies/quote.rs"]
+mod body;
 
-fuzz_target!(
-    init: {
-        // Print panics the code under test catches (see ratls_cert.rs);
-        // escaping ones still abort.
-        std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
-    },
-    |data: &[u8]| {
-        let _ = vfl_attest::quote::check_quote_structure(data);
-        if let Ok(v) = vfl_attest::quote::QuoteView::parse(data) {
-            let _ = v.identity();
-            let _ = v.report_data();
-        }
-        let _ = vfl_attest::pccs::CollateralKey::of_quote(data);
-        let _ = vfl_attest::pccs::verify_pck_chain(data, 1_750_377_600);
-        let _ = dcap_qvl::quote::Quote::parse(data);
-    }
-);
+libfuzzer_sys::fuzz_target!(init: body::init(), |data: &[u8]| body::run(data));

@@ -7,48 +7,7 @@
 //! collaterals' validity.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+#[path = "../bodies/ratls_cert.rs"]
+mod body;
 
-use libfuzzer_sys::fuzz_target;
-use vfl_attest::collateral::FileCollateral;
-use vfl_attest::{Clock, Policy, Verifier};
-
-/// 2025-06-20T00:00:00Z: inside the sample collateral's validity (and the
-/// seeds' simulated collateral is issued for it).
-pub const FUZZ_TIME: u64 = 1_750_377_600;
-
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/attest/tests/fixtures");
-
-fn verifier() -> &'static Verifier {
-    static V: OnceLock<Verifier> = OnceLock::new();
-    V.get_or_init(|| {
-        let policy = Policy::parse(
-            include_bytes!("../../crates/attest/tests/fixtures/fuzz/policy.json"),
-            "fuzz",
-        )
-        .expect("the fuzz policy parses");
-        let collateral = FileCollateral::load(std::path::Path::new(&format!(
-            "{FIX}/dcap-qvl/sgx_quote_collateral.json"
-        )))
-        .expect("Intel's sample collateral");
-        Verifier::new(policy, Some(Arc::new(collateral)), Clock::Fixed(FUZZ_TIME))
-    })
-}
-
-fuzz_target!(
-    init: {
-        // libfuzzer-sys's panic hook aborts even on panics that are caught;
-        // the verifier catches its dependencies' panics (as a party does),
-        // so only print them here: a panic escaping the target still aborts
-        // (libfuzzer-sys checks for it around every input).
-        std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
-    },
-    |data: &[u8]| {
-        if let Ok(ev) = vfl_attest::cert::extract(data)
-            && let Ok(view) = vfl_attest::quote::QuoteView::parse(&ev.quote)
-        {
-            let _ = ev.check_binding(&view.report_data());
-        }
-        let _ = verifier().verify_cert(data);
-    }
-);
+libfuzzer_sys::fuzz_target!(init: body::init(), |data: &[u8]| body::run(data));

@@ -2,25 +2,7 @@
 //! file, plain and GZIP-compressed.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use vfl_data::tfrecord::RecordReader;
+#[path = "../bodies/tfrecord.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    let mut r = RecordReader::new(data);
-    for _ in 0..1024 {
-        match r.next_record() {
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-    let mut r = RecordReader::new(data);
-    let _ = r.skip(3);
-    let gz = flate2::read::MultiGzDecoder::new(data);
-    let mut r = RecordReader::new(std::io::Read::take(gz, 1 << 20));
-    for _ in 0..1024 {
-        match r.next_record() {
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

@@ -15,6 +15,8 @@ mod cpu_fallback;
 mod demo;
 #[path = "cases/deploy.rs"]
 mod deploy;
+#[path = "cases/fuzz_corpus.rs"]
+mod fuzz_corpus;
 #[path = "cases/join.rs"]
 mod join;
 #[path = "cases/resume.rs"]
