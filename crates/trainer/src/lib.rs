@@ -2,8 +2,8 @@
 //! messages they exchange, and the in-process loop used by tests,
 //! benchmarks and the demo.
 
-#[cfg(feature = "bench")]
 pub mod assign;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
 pub mod local;
