@@ -200,6 +200,40 @@ pub struct Trusted {
 /// and rewrites it atomically in the canonical form after checking that
 /// it parses.
 pub fn trust(policy_path: &Path, name: &str, identity: &[u8], opts: TrustOptions) -> Result<Trusted, WriteError> {
+    let id = identity_entry(name, identity, opts)?;
+    let pname = policy_path.display().to_string();
+    let existing = match std::fs::read(policy_path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(policy_path)(e)),
+    };
+    let merged = merge(existing.as_deref(), &pname, &id)?;
+    vfl_fs::write_atomic(policy_path, |w| w.write_all(merged.text.as_bytes())).map_err(io(policy_path))?;
+    Ok(Trusted {
+        role: id.role,
+        what: id.what,
+        added: merged.added,
+        digest: merged.policy.digest_hex(),
+        replaced_enclave: id.replaced_enclave,
+    })
+}
+
+/// The policy entry an identity file asks for (no files touched).
+#[derive(Clone, Debug)]
+pub struct IdentityEntry {
+    pub role: PartyRole,
+    /// `sgx_mrs` or `tdx_mrs`.
+    pub list: &'static str,
+    pub entry: Value,
+    /// The identity, in words.
+    pub what: String,
+    /// The MRENCLAVE the file named and that was replaced by `"self"`.
+    pub replaced_enclave: Option<String>,
+}
+
+/// Reads an identity file (`name` names it in errors) into the entry
+/// [`trust`] adds: a bytes-in, value-out parser of a file the peer sent.
+pub fn identity_entry(name: &str, identity: &[u8], opts: TrustOptions) -> Result<IdentityEntry, WriteError> {
     let file = strict(identity, name)?;
     let is_td = file.get("tdx_mrs_entry").is_some() || file.get("mr_td").is_some();
     let id = file.get("sgx_mrs_entry").unwrap_or(&file);
@@ -218,24 +252,48 @@ pub fn trust(policy_path: &Path, name: &str, identity: &[u8], opts: TrustOptions
         })?,
         (None, None) => return Err(WriteError::NoRole { name: name.to_string() }),
     };
-    let (list_name, entry, what, replaced_enclave) = if is_td {
+    if is_td {
         let entry = td_entry_of(&file, role, name)?;
         let what = format!("TD mr_td {}", entry["mr_td"].as_str().unwrap_or("?"));
-        ("tdx_mrs", entry, what, None)
-    } else {
-        let (entry, what, replaced) = sgx_entry_of(opts, role, name, field)?;
-        ("sgx_mrs", entry, what, replaced)
-    };
-    let pname = policy_path.display().to_string();
-    let mut policy: Value = match std::fs::read(policy_path) {
-        Ok(b) => strict(&b, &pname)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({}),
-        Err(e) => return Err(io(policy_path)(e)),
+        return Ok(IdentityEntry {
+            role,
+            list: "tdx_mrs",
+            entry,
+            what,
+            replaced_enclave: None,
+        });
+    }
+    let (entry, what, replaced_enclave) = sgx_entry_of(opts, role, name, field)?;
+    Ok(IdentityEntry {
+        role,
+        list: "sgx_mrs",
+        entry,
+        what,
+        replaced_enclave,
+    })
+}
+
+/// A policy with an entry added, in canonical form, parsed.
+#[derive(Debug)]
+pub struct Merged {
+    pub text: String,
+    pub policy: Policy,
+    /// False if the policy already held the entry.
+    pub added: bool,
+}
+
+/// Adds `id` to the policy `existing` (its bytes, or `None` for a new
+/// policy; `name` names it in errors): strict JSON in, the canonical text
+/// out, refused unless it parses as a policy. No files touched.
+pub fn merge(existing: Option<&[u8]>, name: &str, id: &IdentityEntry) -> Result<Merged, WriteError> {
+    let mut policy = match existing {
+        Some(b) => strict(b, name)?,
+        None => json!({}),
     };
     let Some(top) = policy.as_object_mut() else {
-        return Err(WriteError::NotObject { name: pname });
+        return Err(WriteError::NotObject { name: name.to_string() });
     };
-    if list_name == "sgx_mrs" && !top.contains_key("sgx_mrs") {
+    if id.list == "sgx_mrs" && !top.contains_key("sgx_mrs") {
         // A new enclave list pins enclave, signer, product id and version.
         for flag in [
             "verify_mr_enclave",
@@ -246,26 +304,23 @@ pub fn trust(policy_path: &Path, name: &str, identity: &[u8], opts: TrustOptions
             top.entry(flag).or_insert_with(|| "on".into());
         }
     }
-    let Some(list) = top.entry(list_name).or_insert_with(|| json!([])).as_array_mut() else {
+    let Some(list) = top.entry(id.list).or_insert_with(|| json!([])).as_array_mut() else {
         return Err(WriteError::NotList {
-            name: pname,
-            list: list_name,
+            name: name.to_string(),
+            list: id.list,
         });
     };
-    let added = !list.contains(&entry);
+    let added = !list.contains(&id.entry);
     if added {
-        list.push(entry);
+        list.push(id.entry.clone());
     }
-    let out = canonical(&policy);
+    let text = canonical(&policy);
     // Refuse to write a policy that would not load.
-    let parsed = Policy::parse(out.as_bytes(), &pname)?;
-    vfl_fs::write_atomic(policy_path, |w| w.write_all(out.as_bytes())).map_err(io(policy_path))?;
-    Ok(Trusted {
-        role,
-        what,
+    let parsed = Policy::parse(text.as_bytes(), name)?;
+    Ok(Merged {
+        text,
+        policy: parsed,
         added,
-        digest: parsed.digest_hex(),
-        replaced_enclave,
     })
 }
 
@@ -502,6 +557,19 @@ mod tests {
         let e = trust(&p, "x.json", &ident("leader"), TrustOptions::default()).unwrap_err();
         assert!(matches!(e, WriteError::Invalid(_)), "{e:?}");
         assert_eq!(std::fs::read(&p).unwrap(), before);
+    }
+
+    #[test]
+    fn merge_is_pure_and_refuses_what_trust_refuses() {
+        let id = identity_entry("f.json", &ident("follower"), TrustOptions::default()).unwrap();
+        assert_eq!((id.role, id.list), (PartyRole::Follower, "sgx_mrs"));
+        let first = merge(None, "p", &id).unwrap();
+        assert!(first.added);
+        let again = merge(Some(first.text.as_bytes()), "p", &id).unwrap();
+        assert!(!again.added);
+        assert_eq!(again.text, first.text);
+        let e = merge(Some(b"[]"), "p", &id).unwrap_err();
+        assert!(matches!(e, WriteError::NotObject { .. }), "{e:?}");
     }
 
     #[test]

@@ -14,6 +14,9 @@ mod collateral;
 #[path = "../../../../fuzz/bodies/csv.rs"]
 #[allow(dead_code)]
 mod csv;
+#[path = "../../../../fuzz/bodies/identity.rs"]
+#[allow(dead_code)]
+mod identity;
 #[path = "../../../../fuzz/bodies/join_csv.rs"]
 #[allow(dead_code)]
 mod join_csv;
@@ -56,6 +59,7 @@ type Body = fn(&[u8]);
 const TARGETS: &[(&str, Body)] = &[
     ("collateral", collateral::run),
     ("csv", csv::run),
+    ("identity", identity::run),
     ("join_csv", join_csv::run),
     ("join_frames", join_frames::run),
     ("link", link::run),
