@@ -222,6 +222,38 @@ impl EmbeddingBags {
         g
     }
 
+    /// The rows the last `Update::Collect` backward pass touched, slot by
+    /// slot in first-touch order, each with its gradient (`dim` values).
+    /// The order is a function of the batch only, not of the threads.
+    pub fn touched_grads(&self) -> impl Iterator<Item = (usize, u32, &[f32])> + '_ {
+        let acc = self.acc.as_slice();
+        self.slots
+            .iter()
+            .zip(&self.touched)
+            .enumerate()
+            .flat_map(move |(s, (sl, rows))| {
+                let dim = sl.cfg.dim;
+                rows.iter().map(move |&r| {
+                    let e = sl.elem_off + r as usize * dim;
+                    (s, r, &acc[e..e + dim])
+                })
+            })
+    }
+
+    /// Row `row` of slot `s`'s table, if both exist.
+    pub fn row(&self, s: usize, row: u32) -> Option<&[f32]> {
+        let sl = self.slots.get(s)?;
+        let r = row as usize;
+        (r < sl.cfg.vocab).then(|| &self.tables.as_slice()[sl.elem_off + r * sl.cfg.dim..][..sl.cfg.dim])
+    }
+
+    /// Row `row` of slot `s`'s table, mutably, if both exist.
+    pub fn row_mut(&mut self, s: usize, row: u32) -> Option<&mut [f32]> {
+        let sl = self.slots.get(s)?;
+        let (r, dim, off) = (row as usize, sl.cfg.dim, sl.elem_off);
+        (r < sl.cfg.vocab).then(|| &mut self.tables.as_mut_slice()[off + r * dim..][..dim])
+    }
+
     /// Checks a batch's offsets and slot count once, for the
     /// [`EmbeddingBags::forward_slots`] / [`EmbeddingBags::backward_slots`]
     /// calls that work on it slot range by slot range.

@@ -25,7 +25,7 @@ pub use dense::Update;
 pub use embedding::SparseBatch;
 pub use metrics::{BinaryMetrics, MetricValues};
 pub use spec::{ModelSpec, Role};
-pub use split::{FollowerModel, LeaderModel, TowerInput};
+pub use split::{FollowerModel, LeaderModel, Replica, TowerInput};
 pub use tensor::Matrix;
 
 /// Errors of the numeric core.

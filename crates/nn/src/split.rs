@@ -185,8 +185,16 @@ impl Tower {
         self.emb.as_ref()
     }
 
+    pub fn embeddings_mut(&mut self) -> Option<&mut EmbeddingBags> {
+        self.emb.as_mut()
+    }
+
     pub fn layers(&self) -> &[Dense] {
         &self.layers
+    }
+
+    pub fn layers_mut(&mut self) -> &mut [Dense] {
+        &mut self.layers
     }
 
     /// Output of the last forward pass.
@@ -417,6 +425,10 @@ impl Head {
         &self.layers
     }
 
+    pub fn layers_mut(&mut self) -> &mut [Dense] {
+        &mut self.layers
+    }
+
     /// Logits of the last forward pass.
     pub fn logits(&self) -> &Matrix {
         self.layers.last().map_or(&self.concat, |l| l.output())
@@ -553,6 +565,31 @@ impl LeaderModel {
         Ok(value)
     }
 
+    /// [`LeaderModel::train_step`] without the optimizer: the parameter
+    /// gradients are collected (readable through [`Replica`]) for whoever
+    /// applies them (the parameter shards of a sharded run); the weights
+    /// and the optimizer's state and step are left as they were.
+    pub fn collect_step(
+        &mut self,
+        cx: &Compute,
+        inp: &TowerInput<'_>,
+        follower_act: &Matrix,
+        labels: &[f32],
+        weights: Option<&[f32]>,
+    ) -> Result<LossValue, NnError> {
+        self.tower.forward(cx, inp)?;
+        let value = self.head.step(
+            cx,
+            self.tower.output(),
+            follower_act,
+            labels,
+            weights,
+            Some(Update::Collect),
+        )?;
+        self.tower.backward(cx, inp, self.head.grad_own(), Update::Collect)?;
+        Ok(value)
+    }
+
     /// Forward only (evaluation): the loss; scores in `head.scores()`.
     pub fn eval_step(
         &mut self,
@@ -611,7 +648,62 @@ impl FollowerModel {
         self.tower.backward(cx, inp, grad, Update::Apply(&self.opt))
     }
 
+    /// [`FollowerModel::backward`] without the optimizer: the gradients
+    /// are collected (see [`LeaderModel::collect_step`]).
+    pub fn backward_collect(&mut self, cx: &Compute, inp: &TowerInput<'_>, grad: &Matrix) -> Result<(), NnError> {
+        if grad.first_non_finite().is_some() {
+            return Err(NnError::Input("the leader's gradient holds a non-finite value".into()));
+        }
+        self.tower.backward(cx, inp, grad, Update::Collect)
+    }
+
     pub fn tensors_mut(&mut self) -> Vec<TensorMut<'_>> {
         self.tower.tensors_mut()
+    }
+}
+
+/// A party's trainable parameters as a sharded run addresses them: dense
+/// tensors by index (layer `l`'s weights at `2l`, its bias at `2l + 1`,
+/// counting the tower's layers, then the head's), embedding rows by slot
+/// and row.
+pub trait Replica {
+    /// The dense layers, tower first, then (leader) the head.
+    fn dense_layers(&self) -> Vec<&Dense>;
+    fn dense_layers_mut(&mut self) -> Vec<&mut Dense>;
+    fn embeddings(&self) -> Option<&EmbeddingBags>;
+    fn embeddings_mut(&mut self) -> Option<&mut EmbeddingBags>;
+}
+
+impl Replica for LeaderModel {
+    fn dense_layers(&self) -> Vec<&Dense> {
+        self.tower.layers().iter().chain(self.head.layers()).collect()
+    }
+    fn dense_layers_mut(&mut self) -> Vec<&mut Dense> {
+        self.tower
+            .layers
+            .iter_mut()
+            .chain(self.head.layers.iter_mut())
+            .collect()
+    }
+    fn embeddings(&self) -> Option<&EmbeddingBags> {
+        self.tower.embeddings()
+    }
+    fn embeddings_mut(&mut self) -> Option<&mut EmbeddingBags> {
+        self.tower.embeddings_mut()
+    }
+}
+
+impl Replica for FollowerModel {
+    fn dense_layers(&self) -> Vec<&Dense> {
+        self.tower.layers().iter().collect()
+    }
+    fn dense_layers_mut(&mut self) -> Vec<&mut Dense> {
+        self.tower.layers.iter_mut().collect()
+    }
+    fn embeddings(&self) -> Option<&EmbeddingBags> {
+        self.tower.embeddings()
+    }
+    fn embeddings_mut(&mut self) -> Option<&mut EmbeddingBags> {
+        self.tower.embeddings_mut()
     }
 }

@@ -10,11 +10,12 @@ pub mod local;
 mod party;
 pub mod progress;
 pub mod remote;
+pub mod sharded;
 pub mod store;
 pub mod wire;
 
 pub use local::{LocalTrainer, PassReport};
-pub use party::{FollowerParty, LeaderParty, StepReport};
+pub use party::{FollowerParty, LeaderParty, StepReport, UpdateMode};
 pub use store::StoreError;
 
 /// Errors of training.
@@ -87,6 +88,10 @@ pub enum TrainError {
     NoCheckpointPath { asked: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Shard(#[from] sharded::ShardError),
+    #[error(transparent)]
+    Assign(#[from] assign::AssignError),
     #[error(
         "training diverged at iteration {iteration}: the loss or the gradient for the follower is not finite (lower the learning rate); nothing was sent"
     )]

@@ -31,9 +31,21 @@ pub struct StepReport {
     pub rows: usize,
 }
 
+/// Who applies a training step's parameter gradients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// The party's own optimizer, at once (a single pair).
+    #[default]
+    Apply,
+    /// Nobody here: they are collected for the parameter shards of a
+    /// sharded run ([`crate::sharded`]), which send the new values back.
+    Collect,
+}
+
 /// The follower's side.
 #[derive(Debug)]
 pub struct FollowerParty {
+    mode: UpdateMode,
     model: FollowerModel,
     cx: Compute,
     next_iteration: u64,
@@ -45,6 +57,7 @@ pub struct FollowerParty {
 impl FollowerParty {
     pub fn new(spec: &ModelSpec, threads: usize) -> Result<Self, TrainError> {
         Ok(FollowerParty {
+            mode: UpdateMode::Apply,
             model: FollowerModel::new(spec),
             cx: Compute::new(threads)?,
             next_iteration: 0,
@@ -55,6 +68,11 @@ impl FollowerParty {
 
     pub fn model(&self) -> &FollowerModel {
         &self.model
+    }
+
+    /// Who applies the gradients of the following steps.
+    pub fn set_update_mode(&mut self, mode: UpdateMode) {
+        self.mode = mode;
     }
 
     pub fn model_mut(&mut self) -> &mut FollowerModel {
@@ -112,7 +130,10 @@ impl FollowerParty {
         }
         let shape = (batch.rows, self.model.tower.output_dim());
         wire::decode_into(g.tensor.as_ref(), "gradient from the leader", shape, &mut self.grad)?;
-        self.model.backward(&self.cx, &tower_input(batch), &self.grad)?;
+        match self.mode {
+            UpdateMode::Apply => self.model.backward(&self.cx, &tower_input(batch), &self.grad)?,
+            UpdateMode::Collect => self.model.backward_collect(&self.cx, &tower_input(batch), &self.grad)?,
+        }
         self.pending = None;
         Ok(())
     }
@@ -121,6 +142,7 @@ impl FollowerParty {
 /// The leader's side.
 #[derive(Debug)]
 pub struct LeaderParty {
+    mode: UpdateMode,
     model: LeaderModel,
     cx: Compute,
     peer_cols: usize,
@@ -132,6 +154,7 @@ pub struct LeaderParty {
 impl LeaderParty {
     pub fn new(spec: &ModelSpec, threads: usize) -> Result<Self, TrainError> {
         Ok(LeaderParty {
+            mode: UpdateMode::Apply,
             model: LeaderModel::new(spec),
             cx: Compute::new(threads)?,
             peer_cols: spec.follower.output_dim(),
@@ -143,6 +166,11 @@ impl LeaderParty {
 
     pub fn model(&self) -> &LeaderModel {
         &self.model
+    }
+
+    /// Who applies the gradients of the following steps.
+    pub fn set_update_mode(&mut self, mode: UpdateMode) {
+        self.mode = mode;
     }
 
     pub fn model_mut(&mut self) -> &mut LeaderModel {
@@ -225,9 +253,15 @@ impl LeaderParty {
         }
         self.accept(batch, act)?;
         let weights = (!batch.weights.is_empty()).then_some(&batch.weights[..]);
-        let v = self
-            .model
-            .train_step(&self.cx, &tower_input(batch), &self.act, &batch.labels, weights)?;
+        let inp = tower_input(batch);
+        let v = match self.mode {
+            UpdateMode::Apply => self
+                .model
+                .train_step(&self.cx, &inp, &self.act, &batch.labels, weights)?,
+            UpdateMode::Collect => self
+                .model
+                .collect_step(&self.cx, &inp, &self.act, &batch.labels, weights)?,
+        };
         self.metrics.update(self.model.head.scores(), &batch.labels, weights);
         // A diverged model must not send a gradient whose non-finite entries
         // tell the follower which rows (and labels) blew up.

@@ -1,0 +1,481 @@
+//! A whole sharded run in one process: N worker pairs and S shards per
+//! party, stepped in lockstep, the blocks of every epoch handed out by
+//! [`crate::assign::Assigner`]. Used by tests, `vfl bench --workers` and as
+//! the reference the multi-process roles must equal.
+
+use vfl_bridge::pb;
+use vfl_data::{Batch, BatchSource};
+use vfl_nn::rng::Rng;
+use vfl_nn::{BinaryMetrics, ModelSpec, Role};
+
+use super::{Placement, ShardError, ShardState, replica};
+use crate::assign::{AssignError, AssignState, Assigner, Grant};
+use crate::local::PassReport;
+use crate::party::{FollowerParty, LeaderParty, UpdateMode};
+use crate::sharded::Shard;
+use crate::{TrainError, sharded};
+
+/// Numbered blocks of aligned data: block `i` is a pair of sources (the
+/// leader's, the follower's) over the same examples.
+pub trait BlockData {
+    fn blocks(&self) -> usize;
+    #[allow(clippy::type_complexity)]
+    fn open(&self, index: usize) -> Result<(Box<dyn BatchSource + '_>, Box<dyn BatchSource + '_>), TrainError>;
+}
+
+/// Bytes moved, by link (payload: tensor and parameter values, row keys).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    /// Between the parties: activations and gradients.
+    pub cross: u64,
+    /// Workers to shards: gradients (both parties).
+    pub to_shards: u64,
+    /// Shards to workers: new values, to every worker (both parties).
+    pub from_shards: u64,
+}
+
+/// Where an epoch stands between two steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochPosition {
+    pub epoch: u32,
+    pub assign: AssignState,
+    /// Per worker: rows of its current block already trained.
+    pub rows: Vec<u64>,
+}
+
+/// A coordinated checkpoint of a sharded run: every shard of both parties
+/// and the data position, all of the same step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardedCheckpoint {
+    pub step: u64,
+    pub leader: Vec<ShardState>,
+    pub follower: Vec<ShardState>,
+    /// `None`: at the start of `epoch`.
+    pub position: Option<EpochPosition>,
+    pub epoch: u32,
+}
+
+/// How an epoch ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EpochOutcome {
+    Done(PassReport),
+    /// Stopped after the step asked for (see [`ShardedTrainer::run_epoch`]).
+    Stopped(ShardedCheckpoint),
+}
+
+/// One worker pair and its current block.
+#[derive(Debug)]
+struct Pair {
+    leader: LeaderParty,
+    follower: FollowerParty,
+    lb: Batch,
+    fb: Batch,
+}
+
+/// The block a worker trains, and how far.
+struct Current<'d> {
+    index: usize,
+    lease: u64,
+    rows: u64,
+    leader: Box<dyn BatchSource + 'd>,
+    follower: Box<dyn BatchSource + 'd>,
+}
+
+/// The in-process sharded run.
+#[derive(Debug)]
+pub struct ShardedTrainer {
+    spec: ModelSpec,
+    pairs: Vec<Pair>,
+    placement: Placement,
+    leader_shards: Vec<Shard>,
+    follower_shards: Vec<Shard>,
+    step: u64,
+    traffic: Traffic,
+}
+
+impl ShardedTrainer {
+    /// `workers` pairs, `shards` shards per party, `threads` per worker.
+    pub fn new(spec: &ModelSpec, workers: usize, shards: usize, threads: usize) -> Result<Self, TrainError> {
+        if workers == 0 {
+            return Err(ShardError::NoWorkers.into());
+        }
+        let placement = Placement::new(shards)?;
+        let mut pairs = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let mut leader = LeaderParty::new(spec, threads)?;
+            let mut follower = FollowerParty::new(spec, threads)?;
+            leader.set_update_mode(UpdateMode::Collect);
+            follower.set_update_mode(UpdateMode::Collect);
+            pairs.push(Pair {
+                leader,
+                follower,
+                lb: Batch::new(spec.leader.slots().len(), spec.leader.dense_columns().len()),
+                fb: Batch::new(spec.follower.slots().len(), spec.follower.dense_columns().len()),
+            });
+        }
+        let shards_of = |role| {
+            (0..shards)
+                .map(|s| Shard::new(spec, role, s, placement, workers))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(ShardedTrainer {
+            spec: spec.clone(),
+            pairs,
+            placement,
+            leader_shards: shards_of(Role::Leader)?,
+            follower_shards: shards_of(Role::Follower)?,
+            step: 0,
+            traffic: Traffic::default(),
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Steps trained.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// Every shard's state (both parties), the run's weights as the shards
+    /// hold them.
+    pub fn shard_states(&self) -> (Vec<ShardState>, Vec<ShardState>) {
+        (
+            self.leader_shards.iter().map(Shard::state).collect(),
+            self.follower_shards.iter().map(Shard::state).collect(),
+        )
+    }
+
+    /// The leader's and follower's models of worker `w` (their replicas,
+    /// equal to the shards' values after every step).
+    pub fn replica(&self, w: usize) -> Option<(&vfl_nn::LeaderModel, &vfl_nn::FollowerModel)> {
+        self.pairs.get(w).map(|p| (p.leader.model(), p.follower.model()))
+    }
+
+    /// A checkpoint at the start of `epoch` (between epochs).
+    pub fn checkpoint_at_epoch(&self, epoch: u32) -> ShardedCheckpoint {
+        let (leader, follower) = self.shard_states();
+        ShardedCheckpoint {
+            step: self.step,
+            leader,
+            follower,
+            position: None,
+            epoch,
+        }
+    }
+
+    /// Restores every shard from a checkpoint and rebuilds every worker's
+    /// replica from the shards (a process that restarts does this too).
+    pub fn restore(&mut self, ck: &ShardedCheckpoint) -> Result<(), TrainError> {
+        for (s, st) in self.leader_shards.iter_mut().zip(&ck.leader) {
+            s.restore(st)?;
+        }
+        for (s, st) in self.follower_shards.iter_mut().zip(&ck.follower) {
+            s.restore(st)?;
+        }
+        if ck.leader.len() != self.leader_shards.len() || ck.follower.len() != self.follower_shards.len() {
+            return Err(ShardError::BadState {
+                shard: 0,
+                why: format!(
+                    "a checkpoint of {} + {} shards for {} + {}",
+                    ck.leader.len(),
+                    ck.follower.len(),
+                    self.leader_shards.len(),
+                    self.follower_shards.len()
+                ),
+            }
+            .into());
+        }
+        for (w, p) in self.pairs.iter_mut().enumerate() {
+            for s in &self.leader_shards {
+                replica::apply(p.leader.model_mut(), w, &s.dump())?;
+            }
+            for s in &self.follower_shards {
+                replica::apply(p.follower.model_mut(), w, &s.dump())?;
+            }
+        }
+        self.step = ck.step;
+        Ok(())
+    }
+
+    /// Trains epoch `epoch` over `data` (blocks shuffled from `seed` plus
+    /// the epoch, as a single pair's leader does), from `from` if resuming
+    /// inside it. With `stop_after`, stops after that step and returns its
+    /// checkpoint.
+    pub fn run_epoch(
+        &mut self,
+        data: &dyn BlockData,
+        (epoch, seed): (u32, Option<u64>),
+        batch_size: usize,
+        from: Option<&EpochPosition>,
+        stop_after: Option<u64>,
+    ) -> Result<EpochOutcome, TrainError> {
+        let n = self.pairs.len();
+        let mut order: Vec<String> = (0..data.blocks()).map(|b| b.to_string()).collect();
+        if let Some(seed) = seed {
+            Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
+        }
+        let mut assign = match from {
+            Some(p) => Assigner::restore(order.clone(), n, &p.assign)?,
+            None => Assigner::new(order.clone(), n),
+        };
+        let mut current: Vec<Option<Current<'_>>> = (0..n).map(|_| None).collect();
+        if let Some(p) = from {
+            for (w, cur) in current.iter_mut().enumerate() {
+                if let Some((index, lease)) = assign.held_by(w) {
+                    let mut c = open(data, &order, index, lease)?;
+                    let skip = p.rows.get(w).copied().unwrap_or(0);
+                    skip_rows(&mut c, skip, &mut self.pairs[w], batch_size)?;
+                    *cur = Some(c);
+                }
+            }
+        }
+        let mut metrics = BinaryMetrics::new();
+        let (mut steps, mut examples, mut loss_sum) = (0u64, 0u64, 0f64);
+        loop {
+            let have = self.fill(data, &order, &mut assign, &mut current, batch_size)?;
+            let participants: Vec<usize> = (0..n).filter(|&w| have[w]).collect();
+            if participants.is_empty() {
+                if !assign.epoch_done() {
+                    return Err(TrainError::Unsupported(
+                        "no worker has data but the epoch's blocks are not all done",
+                    ));
+                }
+                break;
+            }
+            let (rows, loss) = self.step(&participants, &mut metrics)?;
+            steps += 1;
+            examples += rows;
+            loss_sum += loss;
+            if stop_after == Some(self.step) {
+                let (leader, follower) = self.shard_states();
+                return Ok(EpochOutcome::Stopped(ShardedCheckpoint {
+                    step: self.step,
+                    leader,
+                    follower,
+                    position: Some(EpochPosition {
+                        epoch,
+                        assign: assign.state(),
+                        rows: current.iter().map(|c| c.as_ref().map_or(0, |c| c.rows)).collect(),
+                    }),
+                    epoch,
+                }));
+            }
+        }
+        if examples == 0 && from.is_none() {
+            return Err(TrainError::NoData { epoch });
+        }
+        Ok(EpochOutcome::Done(PassReport {
+            steps,
+            examples,
+            mean_loss: if examples == 0 { 0.0 } else { loss_sum / examples as f64 },
+            metrics: metrics.values(),
+        }))
+    }
+
+    /// Gives every worker a batch for the next step if it can: from its
+    /// block, else from the blocks granted (by worker index) to those that
+    /// need one. Returns who has a batch.
+    fn fill<'d>(
+        &mut self,
+        data: &'d dyn BlockData,
+        order: &[String],
+        assign: &mut Assigner,
+        current: &mut [Option<Current<'d>>],
+        batch_size: usize,
+    ) -> Result<Vec<bool>, TrainError> {
+        let n = self.pairs.len();
+        let mut have = vec![false; n];
+        let mut idle = vec![false; n];
+        loop {
+            for w in 0..n {
+                let Some(c) = current[w].as_mut() else { continue };
+                if have[w] {
+                    continue;
+                }
+                let p = &mut self.pairs[w];
+                let nl = c.leader.fill(&mut p.lb, batch_size)?;
+                let nf = c.follower.fill(&mut p.fb, batch_size)?;
+                if nl != nf {
+                    return Err(TrainError::LocalRowCounts {
+                        leader: nl,
+                        follower: nf,
+                        step: self.step,
+                    });
+                }
+                if nl == 0 {
+                    assign.finish(w, c.index, c.lease)?;
+                    current[w] = None;
+                } else {
+                    c.rows += nl as u64;
+                    have[w] = true;
+                }
+            }
+            let needing: Vec<usize> = (0..n).filter(|&w| current[w].is_none() && !idle[w]).collect();
+            if needing.is_empty() {
+                return Ok(have);
+            }
+            for (w, g) in assign.grant_in_order(&needing)? {
+                match g {
+                    Grant::Block { index, lease, .. } => current[w] = Some(open(data, order, index, lease)?),
+                    Grant::Wait | Grant::EpochDone => idle[w] = true,
+                }
+            }
+        }
+    }
+
+    /// One synchronous step of `participants` (ascending worker indices,
+    /// each with its batches filled): every pair's exchange, every
+    /// contribution to its shards, the new values into every replica.
+    /// Returns the step's rows and loss sum.
+    fn step(&mut self, participants: &[usize], metrics: &mut BinaryMetrics) -> Result<(u64, f64), TrainError> {
+        let step = self.step + 1;
+        let ids: Vec<u32> = participants.iter().map(|&w| w as u32).collect();
+        for s in self.leader_shards.iter_mut().chain(&mut self.follower_shards) {
+            s.begin(step, &ids)?;
+        }
+        let shards = self.placement.shards();
+        let mut leader_new: Vec<Option<sharded::Params>> = vec![None; shards];
+        let mut follower_new: Vec<Option<sharded::Params>> = vec![None; shards];
+        let (mut rows, mut loss) = (0u64, 0f64);
+        for &w in participants {
+            let p = &mut self.pairs[w];
+            let act = p.follower.forward(&p.fb, true)?;
+            let (report, grad) = p.leader.train_step(&p.lb, &act)?;
+            p.follower.apply_gradient(&p.fb, &grad)?;
+            self.traffic.cross += tensor_bytes(&act.tensor) + tensor_bytes(&grad.tensor);
+            let weights = (!p.lb.weights.is_empty()).then_some(&p.lb.weights[..]);
+            metrics.update(p.leader.scores(), &p.lb.labels, weights);
+            rows += report.rows as u64;
+            loss += f64::from(report.loss) * report.rows as f64;
+            let examples = report.rows as u32;
+            let up = [
+                (
+                    replica::contributions(p.leader.model(), &self.placement, examples),
+                    &mut self.leader_shards,
+                    &mut leader_new,
+                ),
+                (
+                    replica::contributions(p.follower.model(), &self.placement, examples),
+                    &mut self.follower_shards,
+                    &mut follower_new,
+                ),
+            ];
+            for (contributions, shards, new) in up {
+                for (s, c) in contributions.into_iter().enumerate() {
+                    self.traffic.to_shards += c.grads.payload_bytes();
+                    if let Some(values) = shards[s].contribute(w as u32, c)? {
+                        new[s] = Some(values);
+                    }
+                }
+            }
+        }
+        let n = self.pairs.len() as u64;
+        for (w, p) in self.pairs.iter_mut().enumerate() {
+            for v in leader_new.iter().flatten() {
+                replica::apply(p.leader.model_mut(), w, v)?;
+            }
+            for v in follower_new.iter().flatten() {
+                replica::apply(p.follower.model_mut(), w, v)?;
+            }
+        }
+        let down: u64 = leader_new
+            .iter()
+            .chain(&follower_new)
+            .flatten()
+            .map(sharded::Params::payload_bytes)
+            .sum();
+        self.traffic.from_shards += down * n;
+        self.step = step;
+        Ok((rows, loss))
+    }
+
+    /// Evaluates the model (worker 0's replica, equal to the shards') over
+    /// two aligned sources.
+    pub fn evaluate(
+        &mut self,
+        leader: &mut dyn BatchSource,
+        follower: &mut dyn BatchSource,
+        batch_size: usize,
+    ) -> Result<PassReport, TrainError> {
+        let p = &mut self.pairs[0];
+        p.leader.take_metrics();
+        let (mut steps, mut examples, mut loss_sum) = (0u64, 0u64, 0f64);
+        loop {
+            let nl = leader.fill(&mut p.lb, batch_size)?;
+            let nf = follower.fill(&mut p.fb, batch_size)?;
+            if nl != nf {
+                return Err(TrainError::LocalRowCounts {
+                    leader: nl,
+                    follower: nf,
+                    step: steps,
+                });
+            }
+            if nl == 0 {
+                break;
+            }
+            let act = p.follower.forward(&p.fb, false)?;
+            let r = p.leader.eval_step(&p.lb, &act)?;
+            steps += 1;
+            examples += r.rows as u64;
+            loss_sum += f64::from(r.loss) * r.rows as f64;
+        }
+        Ok(PassReport {
+            steps,
+            examples,
+            mean_loss: if examples == 0 { 0.0 } else { loss_sum / examples as f64 },
+            metrics: p.leader.take_metrics().values(),
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+}
+
+fn tensor_bytes(t: &Option<pb::Tensor>) -> u64 {
+    t.as_ref().map_or(0, |t| t.data.len() as u64)
+}
+
+/// Opens block `order[index]` for a grant.
+fn open<'d>(data: &'d dyn BlockData, order: &[String], index: usize, lease: u64) -> Result<Current<'d>, TrainError> {
+    let id = order
+        .get(index)
+        .and_then(|id| id.parse::<usize>().ok())
+        .ok_or(AssignError::BadState {
+            why: "a grant outside the epoch's order",
+        })?;
+    let (leader, follower) = data.open(id)?;
+    Ok(Current {
+        index,
+        lease,
+        rows: 0,
+        leader,
+        follower,
+    })
+}
+
+/// Skips the first `rows` rows of a block being resumed (the batches
+/// trained before the checkpoint).
+fn skip_rows(c: &mut Current<'_>, rows: u64, p: &mut Pair, batch_size: usize) -> Result<(), TrainError> {
+    let mut left = rows;
+    while left > 0 {
+        let want = left.min(batch_size as u64) as usize;
+        let nl = c.leader.fill(&mut p.lb, want)?;
+        let nf = c.follower.fill(&mut p.fb, want)?;
+        if nl != want || nf != want {
+            return Err(AssignError::BadState {
+                why: "a resumed block has fewer rows than the checkpoint trained",
+            }
+            .into());
+        }
+        left -= want as u64;
+    }
+    c.rows = rows;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Synchronous training over sharded parameters: N worker pairs and S
+//! parameter shards per party (docs/scale-out.md).
+//!
+//! Worker *i* of the leader and worker *i* of the follower are a pair as in
+//! a single-pair run (same messages, same checks). Each worker keeps a
+//! replica of its party's model and runs its batch with the gradients
+//! *collected* instead of applied ([`crate::UpdateMode::Collect`]). It sends
+//! each shard the part it owns ([`Contribution`]): embedding rows by a hash
+//! of (slot, row) ([`Placement`]), dense tensors round robin. A shard waits
+//! for every participant of the step, combines their gradients **in worker
+//! order** (weighted by the examples behind each), applies the optimizer to
+//! the parameters it owns and returns their new values ([`Params`]), which
+//! every worker of the party writes into its replica. Fixed order and
+//! lockstep make a run a function of the data, the seed and N.
+//!
+//! This module is the protocol's logic without I/O: [`Shard`] is the
+//! shard's state machine, [`replica`] the worker's side, [`local`] runs the
+//! whole thing in one process.
+
+pub mod local;
+pub mod replica;
+mod shard;
+
+pub use local::{BlockData, EpochOutcome, EpochPosition, ShardedCheckpoint, ShardedTrainer, Traffic};
+pub use shard::{Shard, ShardState};
+
+/// Which shard owns which parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    shards: usize,
+}
+
+impl Placement {
+    /// `shards` parameter shards (at least 1).
+    pub fn new(shards: usize) -> Result<Self, ShardError> {
+        if shards == 0 {
+            return Err(ShardError::NoShards);
+        }
+        Ok(Placement { shards })
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// The shard of embedding row `row` of slot `slot`: a hash of both, so
+    /// that the hot rows of every slot spread over all shards.
+    pub fn row(&self, slot: usize, row: u32) -> usize {
+        let key = ((slot as u64) << 32) | u64::from(row);
+        (vfl_nn::embedding::hash_id(key as i64) % self.shards as u64) as usize
+    }
+
+    /// The shard of dense tensor `index` ([`vfl_nn::Replica`]'s numbering).
+    pub fn dense(&self, index: usize) -> usize {
+        index % self.shards
+    }
+}
+
+/// Parameter values or gradients addressed like [`vfl_nn::Replica`]: dense
+/// tensors by index, embedding rows by (slot, row) with their values packed
+/// in `values` (each row `dim` of its slot long).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params {
+    pub dense: Vec<(u32, Vec<f32>)>,
+    pub rows: Vec<(u32, u32)>,
+    pub values: Vec<f32>,
+}
+
+impl Params {
+    /// Bytes of payload: 4 per value, 8 per row key, 4 per dense index
+    /// (framing and the transport's encryption excluded).
+    pub fn payload_bytes(&self) -> u64 {
+        let dense: usize = self.dense.iter().map(|(_, v)| 4 + 4 * v.len()).sum();
+        (dense + 8 * self.rows.len() + 4 * self.values.len()) as u64
+    }
+}
+
+/// One worker's gradients for one shard and step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Contribution {
+    /// The examples behind the gradients (their weight in the sum).
+    pub examples: u32,
+    pub grads: Params,
+}
+
+/// Refusals of the sharded protocol: a worker or shard that breaks it, or
+/// state that does not fit.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ShardError {
+    #[error("a sharded run needs at least one parameter shard")]
+    NoShards,
+    #[error("a sharded run needs at least one worker pair")]
+    NoWorkers,
+    #[error("shard {shard}: step {got} begun, but the next step is {expected}")]
+    WrongStep { shard: usize, got: u64, expected: u64 },
+    #[error("shard {shard}: step {step} is still waiting for workers {missing:?}")]
+    StepInProgress { shard: usize, step: u64, missing: Vec<u32> },
+    #[error("shard {shard}: a step needs at least one participant")]
+    NoParticipants { shard: usize },
+    #[error("shard {shard}: worker {worker} is not one of the {workers} workers")]
+    UnknownWorker { shard: usize, worker: u32, workers: usize },
+    #[error("shard {shard}: gradients from worker {worker} but no step is begun")]
+    NotBegun { shard: usize, worker: u32 },
+    #[error("shard {shard}: worker {worker} does not take part in step {step}")]
+    NotParticipant { shard: usize, worker: u32, step: u64 },
+    #[error("shard {shard}: worker {worker} sent gradients for step {step} twice")]
+    Duplicate { shard: usize, worker: u32, step: u64 },
+    #[error("shard {shard}: worker {worker} sent a gradient for {what}, which this shard does not own")]
+    NotOwned { shard: usize, worker: u32, what: String },
+    #[error(
+        "shard {shard}: worker {worker}'s gradient for {what} has the wrong size ({got} values, expected {expected})"
+    )]
+    Shape {
+        shard: usize,
+        worker: u32,
+        what: String,
+        got: usize,
+        expected: usize,
+    },
+    #[error("shard {shard}: worker {worker} sent no gradient for dense tensor {index}")]
+    MissingDense { shard: usize, worker: u32, index: u32 },
+    #[error("shard {shard}: worker {worker} sent slot {slot} row {row} twice in one step")]
+    RepeatedRow {
+        shard: usize,
+        worker: u32,
+        slot: u32,
+        row: u32,
+    },
+    #[error("shard {shard}: worker {worker} sent gradients of zero examples")]
+    NoExamples { shard: usize, worker: u32 },
+    #[error("shard {shard}: worker {worker}'s gradient holds a non-finite value")]
+    NonFinite { shard: usize, worker: u32 },
+    #[error("worker {worker}: new values for {what}, which this replica does not have")]
+    NoSuchParam { worker: usize, what: String },
+    #[error("shard {shard}: the checkpoint does not fit this shard ({why})")]
+    BadState { shard: usize, why: String },
+}
