@@ -7,5 +7,7 @@ mod learning;
 mod metrics;
 #[path = "cases/sealing.rs"]
 mod sealing;
+#[path = "cases/sharded.rs"]
+mod sharded;
 #[path = "cases/split_equals_central.rs"]
 mod split_equals_central;

@@ -172,12 +172,6 @@ impl ShardedTrainer {
     /// Restores every shard from a checkpoint and rebuilds every worker's
     /// replica from the shards (a process that restarts does this too).
     pub fn restore(&mut self, ck: &ShardedCheckpoint) -> Result<(), TrainError> {
-        for (s, st) in self.leader_shards.iter_mut().zip(&ck.leader) {
-            s.restore(st)?;
-        }
-        for (s, st) in self.follower_shards.iter_mut().zip(&ck.follower) {
-            s.restore(st)?;
-        }
         if ck.leader.len() != self.leader_shards.len() || ck.follower.len() != self.follower_shards.len() {
             return Err(ShardError::BadState {
                 shard: 0,
@@ -190,6 +184,12 @@ impl ShardedTrainer {
                 ),
             }
             .into());
+        }
+        for (s, st) in self.leader_shards.iter_mut().zip(&ck.leader) {
+            s.restore(st)?;
+        }
+        for (s, st) in self.follower_shards.iter_mut().zip(&ck.follower) {
+            s.restore(st)?;
         }
         for (w, p) in self.pairs.iter_mut().enumerate() {
             for s in &self.leader_shards {
