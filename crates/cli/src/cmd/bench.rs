@@ -22,13 +22,33 @@ pub struct Args {
     /// that noise from other jobs spreads over all of them.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Also measure sharded runs, as WORKERSxSHARDS (e.g. `1x1,2x2`): that
+    /// many worker pairs and parameter shards per party, in this process,
+    /// each pair training a full batch per step. Interleaved with the
+    /// single pair of the same batch size and threads.
+    #[arg(long, value_delimiter = ',', value_parser = parse_sharded)]
+    sharded: Vec<(usize, usize)>,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
 }
 
+fn parse_sharded(s: &str) -> Result<(usize, usize), String> {
+    let (w, sh) = s.split_once('x').ok_or("expected WORKERSxSHARDS, e.g. 2x2")?;
+    let n = |v: &str| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(format!("{v:?} is not a positive count"))
+    };
+    Ok((n(w)?, n(sh)?))
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let spec = ModelSpec::resolve(&a.model)?;
+    if !a.sharded.is_empty() {
+        return sharded(&a, &spec);
+    }
     let n = a.batch_sizes.len() * a.threads.len();
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut per_cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -81,6 +101,81 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 i += 1;
             }
         }
+    }
+    Ok(())
+}
+
+/// A sharded configuration's label, throughputs and ratios to the single
+/// pair over the rounds, and its last measurement.
+type Row = (
+    String,
+    Vec<f64>,
+    Vec<f64>,
+    Option<vfl_trainer::bench::ShardedBenchResult>,
+);
+
+/// Single pair and sharded runs, interleaved round by round; per sharded
+/// configuration its throughput relative to the single pair measured in the
+/// same round (median over rounds), bytes per example and step-time split.
+fn sharded(a: &Args, spec: &ModelSpec) -> anyhow::Result<()> {
+    use vfl_trainer::bench::sharded_throughput;
+    let mut rows: Vec<Row> = Vec::new();
+    for round in 0..a.rounds {
+        let mut i = 0;
+        for &b in &a.batch_sizes {
+            for &t in &a.threads {
+                let steps = a.examples.div_ceil(b as u64).max(1);
+                let single =
+                    train_throughput(spec, b, t, 3, steps).with_context(|| format!("benchmark B={b} threads={t}"))?;
+                for &(w, s) in &a.sharded {
+                    let r = sharded_throughput(spec, (b, t), (w, s), 3, steps.div_ceil(w as u64))
+                        .with_context(|| format!("sharded benchmark B={b} threads={t} {w}x{s}"))?;
+                    if a.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"round": round, "single": single, "sharded": r, "kernel": super::cpu_kernel()})
+                        );
+                    }
+                    if rows.len() <= i {
+                        rows.push((format!("{b:>6} {t:>8} {w:>8} {s:>7}"), Vec::new(), Vec::new(), None));
+                    }
+                    rows[i].1.push(r.result.examples_per_sec);
+                    rows[i].2.push(r.result.examples_per_sec / single.examples_per_sec);
+                    rows[i].3 = Some(r);
+                    i += 1;
+                }
+            }
+        }
+    }
+    if a.json {
+        return Ok(());
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!(
+        "model {} | kernel {} | {} rounds | sharded in one process (pairs stepped one after another), vs the single pair of the same round",
+        spec.name,
+        super::cpu_kernel(),
+        a.rounds
+    );
+    println!(
+        "{:>6} {:>8} {:>8} {:>7} {:>10} {:>8} {:>10} {:>10} {:>10} {:>8}",
+        "batch", "threads", "workers", "shards", "ex/s", "vs 1", "cross B/ex", "up B/ex", "down B/ex", "params"
+    );
+    for (label, eps, ratio, last) in &rows {
+        let Some(r) = last else { continue };
+        println!(
+            "{label} {:>10.0} {:>8.3} {:>10.0} {:>10.0} {:>10.0} {:>7.1}%",
+            median(eps),
+            median(ratio),
+            r.cross_bytes,
+            r.to_shards_bytes,
+            r.from_shards_bytes,
+            100.0 * r.params_share
+        );
     }
     Ok(())
 }

@@ -34,6 +34,16 @@ pub struct Traffic {
     pub from_shards: u64,
 }
 
+/// Where the steps' time went (seconds, summed over the steps).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StepTimes {
+    /// The pairs' forward and backward passes and their exchange.
+    pub compute: f64,
+    /// Splitting the gradients by shard, the shards' combination and
+    /// optimizer, writing the new values into every replica.
+    pub params: f64,
+}
+
 /// Where an epoch stands between two steps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochPosition {
@@ -91,6 +101,7 @@ pub struct ShardedTrainer {
     follower_shards: Vec<Shard>,
     step: u64,
     traffic: Traffic,
+    times: StepTimes,
 }
 
 impl ShardedTrainer {
@@ -126,6 +137,7 @@ impl ShardedTrainer {
             follower_shards: shards_of(Role::Follower)?,
             step: 0,
             traffic: Traffic::default(),
+            times: StepTimes::default(),
         })
     }
 
@@ -140,6 +152,30 @@ impl ShardedTrainer {
 
     pub fn traffic(&self) -> Traffic {
         self.traffic
+    }
+
+    pub fn times(&self) -> StepTimes {
+        self.times
+    }
+
+    /// One synchronous step on given batches: pair `w` trains
+    /// `batches[w]` (leader's, follower's; at most one per pair). The
+    /// batches are lent, not copied (benchmarks).
+    pub fn train_step(&mut self, batches: &mut [(Batch, Batch)]) -> Result<u64, TrainError> {
+        if batches.len() > self.pairs.len() || batches.is_empty() {
+            return Err(ShardError::NoParticipants { shard: 0 }.into());
+        }
+        let swap = |pairs: &mut [Pair], batches: &mut [(Batch, Batch)]| {
+            for (p, (l, f)) in pairs.iter_mut().zip(batches.iter_mut()) {
+                std::mem::swap(&mut p.lb, l);
+                std::mem::swap(&mut p.fb, f);
+            }
+        };
+        swap(&mut self.pairs, batches);
+        let participants: Vec<usize> = (0..batches.len()).collect();
+        let r = self.step(&participants, &mut BinaryMetrics::new());
+        swap(&mut self.pairs, batches);
+        Ok(r?.0)
     }
 
     /// Every shard's state (both parties), the run's weights as the shards
@@ -343,11 +379,13 @@ impl ShardedTrainer {
         let mut leader_new: Vec<Option<sharded::Params>> = vec![None; shards];
         let mut follower_new: Vec<Option<sharded::Params>> = vec![None; shards];
         let (mut rows, mut loss) = (0u64, 0f64);
+        let mut clock = std::time::Instant::now();
         for &w in participants {
             let p = &mut self.pairs[w];
             let act = p.follower.forward(&p.fb, true)?;
             let (report, grad) = p.leader.train_step(&p.lb, &act)?;
             p.follower.apply_gradient(&p.fb, &grad)?;
+            self.times.compute += lap(&mut clock);
             self.traffic.cross += tensor_bytes(&act.tensor) + tensor_bytes(&grad.tensor);
             let weights = (!p.lb.weights.is_empty()).then_some(&p.lb.weights[..]);
             metrics.update(p.leader.scores(), &p.lb.labels, weights);
@@ -374,6 +412,7 @@ impl ShardedTrainer {
                     }
                 }
             }
+            self.times.params += lap(&mut clock);
         }
         let n = self.pairs.len() as u64;
         for (w, p) in self.pairs.iter_mut().enumerate() {
@@ -391,6 +430,7 @@ impl ShardedTrainer {
             .map(sharded::Params::payload_bytes)
             .sum();
         self.traffic.from_shards += down * n;
+        self.times.params += lap(&mut clock);
         self.step = step;
         Ok((rows, loss))
     }
@@ -436,6 +476,14 @@ impl ShardedTrainer {
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
     }
+}
+
+/// Seconds since `clock`, which restarts.
+fn lap(clock: &mut std::time::Instant) -> f64 {
+    let now = std::time::Instant::now();
+    let d = now.duration_since(*clock).as_secs_f64();
+    *clock = now;
+    d
 }
 
 fn tensor_bytes(t: &Option<pb::Tensor>) -> u64 {

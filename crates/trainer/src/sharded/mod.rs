@@ -21,7 +21,7 @@ pub mod local;
 pub mod replica;
 mod shard;
 
-pub use local::{BlockData, EpochOutcome, EpochPosition, ShardedCheckpoint, ShardedTrainer, Traffic};
+pub use local::{BlockData, EpochOutcome, EpochPosition, ShardedCheckpoint, ShardedTrainer, StepTimes, Traffic};
 pub use shard::{Shard, ShardState};
 
 /// Which shard owns which parameter.

@@ -1,12 +1,13 @@
 //! A parameter shard's state machine: the parameters it owns, their
 //! optimizer state, and the step in progress.
 
-use std::collections::HashMap;
-
 use vfl_nn::optim::{Optimizer, ParamState};
 use vfl_nn::{FollowerModel, LeaderModel, ModelSpec, Replica, Role};
 
 use super::{Contribution, Params, Placement, ShardError};
+
+/// A row of a table that this shard does not own.
+const NOT_OWNED: u32 = u32::MAX;
 
 /// A shard's state between steps, for checkpoints: the values and
 /// optimizer state of what it owns (rows in (slot, row) order, dense
@@ -46,8 +47,18 @@ pub struct Shard {
     /// Owned rows in (slot, row) order, their offsets in `values`.
     keys: Vec<(u32, u32)>,
     offs: Vec<usize>,
-    at: HashMap<(u32, u32), usize>,
+    /// Per slot, per row of the table: its number in `keys`, or
+    /// [`NOT_OWNED`] (4 bytes per row of the table).
+    at: Vec<Vec<u32>>,
     values: Vec<f32>,
+    /// The step's combined row gradients (shaped like `values`), which keys
+    /// were touched in this step (`stamp == generation`), and in what order.
+    acc: Vec<f32>,
+    stamp: Vec<u32>,
+    generation: u32,
+    touched: Vec<u32>,
+    /// The dense gradient being combined.
+    dense_acc: Vec<f32>,
     state: ParamState,
     dense: Vec<DenseParam>,
     steps: u64,
@@ -89,27 +100,35 @@ impl Shard {
                 }
             }
         }
-        let (mut dims, mut keys, mut offs, mut values) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut dims, mut keys, mut offs, mut values, mut at) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         if let Some(emb) = model.embeddings() {
             for s in 0..emb.num_slots() {
                 let cfg = emb.slot_config(s);
                 dims.push(cfg.dim);
+                let mut local = vec![NOT_OWNED; cfg.vocab];
                 for r in 0..cfg.vocab as u32 {
                     if placement.row(s, r) == index {
+                        local[r as usize] = keys.len() as u32;
                         keys.push((s as u32, r));
                         offs.push(values.len());
                         values.extend_from_slice(emb.row(s, r).unwrap_or_default());
                     }
                 }
+                at.push(local);
             }
         }
-        let at = keys.iter().enumerate().map(|(i, &k)| (k, i)).collect();
         Ok(Shard {
             index,
             workers,
             state: opt.new_state(values.len()),
             opt,
             dims,
+            acc: vec![0.0; values.len()],
+            stamp: vec![0; keys.len()],
+            generation: 0,
+            touched: Vec::new(),
+            dense_acc: Vec::new(),
             keys,
             offs,
             at,
@@ -220,7 +239,7 @@ impl Shard {
     }
 
     /// Everything a contribution must satisfy before it counts.
-    fn check(&self, worker: u32, c: &Contribution) -> Result<(), ShardError> {
+    fn check(&mut self, worker: u32, c: &Contribution) -> Result<(), ShardError> {
         let shard = self.index;
         if c.examples == 0 {
             return Err(ShardError::NoExamples { shard, worker });
@@ -267,16 +286,16 @@ impl Shard {
             });
         }
         let mut width = 0usize;
-        let mut seen = std::collections::HashSet::with_capacity(g.rows.len());
+        let generation = self.next_generation();
         for &(s, r) in &g.rows {
-            if !self.at.contains_key(&(s, r)) {
+            let Some(i) = self.key(s, r) else {
                 return Err(ShardError::NotOwned {
                     shard,
                     worker,
                     what: format!("slot {s} row {r}"),
                 });
-            }
-            if !seen.insert((s, r)) {
+            };
+            if self.stamp[i] == generation {
                 return Err(ShardError::RepeatedRow {
                     shard,
                     worker,
@@ -284,6 +303,7 @@ impl Shard {
                     row: r,
                 });
             }
+            self.stamp[i] = generation;
             width += self.dims[s as usize];
         }
         if g.values.len() != width {
@@ -295,7 +315,8 @@ impl Shard {
                 expected: width,
             });
         }
-        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        // Without a short cut, so that it vectorizes (one pass at memory speed).
+        let finite = |v: &[f32]| !v.iter().fold(false, |bad, x| bad | !x.is_finite());
         if !finite(&g.values) || !g.dense.iter().all(|(_, v)| finite(v)) {
             return Err(ShardError::NonFinite { shard, worker });
         }
@@ -309,50 +330,98 @@ impl Shard {
         let weights: Vec<f32> = got.iter().map(|c| c.examples as f32 / total as f32).collect();
         self.opt.begin_step();
         let mut out = Params::default();
+        let mut g = std::mem::take(&mut self.dense_acc);
         for (k, d) in self.dense.iter_mut().enumerate() {
-            let mut g = vec![0.0f32; d.w.len()];
-            for (c, &f) in got.iter().zip(&weights) {
-                axpy(&mut g, &c.grads.dense[k].1, f);
-            }
-            self.opt.apply_param(&mut d.w, &g, &mut d.st);
+            // One contribution (weight 1): its gradient as it came.
+            let grad: &[f32] = if let [only] = &got[..] {
+                &only.grads.dense[k].1
+            } else {
+                g.clear();
+                g.resize(d.w.len(), 0.0);
+                for (c, &f) in got.iter().zip(&weights) {
+                    axpy(&mut g, &c.grads.dense[k].1, f);
+                }
+                &g
+            };
+            self.opt.apply_param(&mut d.w, grad, &mut d.st);
             out.dense.push((d.index, d.w.clone()));
         }
-        // Rows: in the order they first appear, worker by worker.
-        let mut order: Vec<usize> = Vec::new();
-        let mut sums: HashMap<usize, Vec<f32>> = HashMap::new();
+        self.dense_acc = g;
+        // Rows: combined in `acc`, in the order they first appear, worker
+        // by worker.
+        let generation = self.next_generation();
+        self.touched.clear();
         for (c, &f) in got.iter().zip(&weights) {
             let mut at = 0;
-            for key in &c.grads.rows {
-                let i = self.at[key];
-                let dim = self.dims[key.0 as usize];
+            for &(s, r) in &c.grads.rows {
+                let Some(i) = self.key(s, r) else { continue };
+                let (off, dim) = (self.offs[i], self.dims[s as usize]);
                 let g = &c.grads.values[at..at + dim];
                 at += dim;
-                let sum = sums.entry(i).or_insert_with(|| {
-                    order.push(i);
-                    vec![0.0; dim]
-                });
+                let sum = &mut self.acc[off..off + dim];
+                if self.stamp[i] != generation {
+                    self.stamp[i] = generation;
+                    self.touched.push(i as u32);
+                    sum.fill(0.0);
+                }
                 axpy(sum, g, f);
             }
         }
-        for i in order {
-            let (off, dim) = (self.offs[i], self.dims[self.keys[i].0 as usize]);
-            let g = &sums[&i];
+        // In key order, runs of consecutive owned rows at once: their
+        // values lie side by side, so that the optimizer sweeps memory.
+        self.touched.sort_unstable();
+        let total: usize = self
+            .touched
+            .iter()
+            .map(|&i| self.dims[self.keys[i as usize].0 as usize])
+            .sum();
+        out.rows.reserve(self.touched.len());
+        out.values.reserve(total);
+        let mut k = 0;
+        while k < self.touched.len() {
+            let first = self.touched[k] as usize;
+            let mut last = first;
+            while self.touched.get(k + 1).is_some_and(|&n| n as usize == last + 1) {
+                last += 1;
+                k += 1;
+            }
+            k += 1;
+            let lo = self.offs[first];
+            let hi = self.offs[last] + self.dims[self.keys[last].0 as usize];
             let a = if self.state.a.is_empty() {
                 &mut [][..]
             } else {
-                &mut self.state.a[off..off + dim]
+                &mut self.state.a[lo..hi]
             };
             let b = if self.state.b.is_empty() {
                 &mut [][..]
             } else {
-                &mut self.state.b[off..off + dim]
+                &mut self.state.b[lo..hi]
             };
-            self.opt.apply(&mut self.values[off..off + dim], g, a, b);
-            out.rows.push(self.keys[i]);
-            out.values.extend_from_slice(&self.values[off..off + dim]);
+            self.opt.apply(&mut self.values[lo..hi], &self.acc[lo..hi], a, b);
+            out.rows.extend_from_slice(&self.keys[first..=last]);
+            out.values.extend_from_slice(&self.values[lo..hi]);
         }
         self.steps += 1;
         out
+    }
+
+    /// The number of an owned row in `keys`.
+    fn key(&self, slot: u32, row: u32) -> Option<usize> {
+        match self.at.get(slot as usize)?.get(row as usize) {
+            Some(&i) if i != NOT_OWNED => Some(i as usize),
+            _ => None,
+        }
+    }
+
+    /// A fresh stamp for `stamp` (all stamps cleared when it wraps).
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamp.fill(0);
+            self.generation = 1;
+        }
+        self.generation
     }
 
     /// Every value this shard owns (for a replica that (re)joins).
@@ -585,7 +654,7 @@ mod tests {
     fn row_not_owned() {
         let mut s = shard();
         let mut c = good(&s);
-        let foreign = (0..101).find(|&r| !s.at.contains_key(&(0, r))).unwrap();
+        let foreign = (0..101).find(|&r| s.key(0, r).is_none()).unwrap();
         c.grads.rows = vec![(0, foreign)];
         assert!(matches!(s.contribute(0, c), Err(ShardError::NotOwned { .. })));
         // Refused contributions do not count: the worker may still send.
