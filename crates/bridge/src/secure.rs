@@ -543,6 +543,23 @@ pub type LastFailure = Arc<Mutex<Option<String>>>;
 /// The peer of the client connector's newest connection.
 pub type PeerSlot = Arc<Mutex<Option<PeerInfo>>>;
 
+/// The name a client sends in its ClientHello (SNI) when it dials `addr`:
+/// the host when it is a DNS name, so that a TLS passthrough can route by
+/// it (one name per worker index, deploy/k8s), else the RA-TLS
+/// placeholder. The name authenticates nothing: the peer is admitted by
+/// its evidence and the policy alone.
+pub fn server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>, std::io::Error> {
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => addr,
+    };
+    match rustls::pki_types::ServerName::try_from(host.to_string()) {
+        Ok(n @ rustls::pki_types::ServerName::DnsName(_)) => Ok(n),
+        _ => rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME)
+            .map_err(|e| std::io::Error::other(e.to_string())),
+    }
+}
+
 /// Dial `addr` (the leader) and handshake as a client; verified streams of
 /// a peer the policy admits as the leader only.
 pub async fn dial(
@@ -555,8 +572,7 @@ pub async fn dial(
     let verified_before = tls.verifier.verified_count();
     let sock = TcpStream::connect(&addr).await?;
     sock.set_nodelay(true)?;
-    let name = rustls::pki_types::ServerName::try_from(ratls::SERVER_NAME)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let name = server_name(&addr)?;
     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, sock)).await {
         Ok(Ok(stream)) => {
@@ -678,4 +694,29 @@ pub async fn loopback_handshake(tls: &RaTls) -> Result<Duration, String> {
     let elapsed = start.elapsed();
     server.await.map_err(|e| e.to_string())??;
     Ok(elapsed)
+}
+
+#[cfg(test)]
+mod sni_tests {
+    use super::server_name;
+
+    fn name(addr: &str) -> String {
+        match server_name(addr).unwrap() {
+            rustls::pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dns_host_is_sent_for_passthrough_routing() {
+        assert_eq!(name("worker-1.leader.vfl.example:443"), "worker-1.leader.vfl.example");
+        assert_eq!(name("localhost:50051"), "localhost");
+    }
+
+    #[test]
+    fn addresses_without_a_dns_name_send_the_placeholder() {
+        for addr in ["127.0.0.1:50051", "[::1]:50051", "10.0.0.7:443", "not a name:1", ""] {
+            assert_eq!(name(addr), "RATLS", "{addr}");
+        }
+    }
 }
