@@ -166,7 +166,14 @@ async fn attempt(
             let (lf, ps, cl) = (slots.last_failure.clone(), slots.peer.clone(), slots.closed.clone());
             endpoint
                 .connect_with_connector(tower::service_fn(move |_uri| {
-                    secure::dial(addr.clone(), tls.clone(), lf.clone(), ps.clone(), cl.clone())
+                    secure::dial(
+                        vfl_attest::PartyRole::Leader,
+                        addr.clone(),
+                        tls.clone(),
+                        lf.clone(),
+                        ps.clone(),
+                        cl.clone(),
+                    )
                 }))
                 .await
         }

@@ -11,6 +11,7 @@
 mod client;
 pub mod handshake;
 pub mod link;
+pub mod party;
 pub mod secure;
 pub mod server;
 
@@ -18,6 +19,12 @@ pub mod server;
 pub mod pb {
     #![allow(clippy::all)]
     tonic::include_proto!("vfl.bridge.v1");
+}
+
+/// Generated types of the party-internal protocol (workers and shards).
+pub mod party_pb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("vfl.party.v1");
 }
 
 pub use handshake::{Checkpoints, PROTOCOL_VERSION, Settings};

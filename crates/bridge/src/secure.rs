@@ -560,9 +560,11 @@ pub fn server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>,
     }
 }
 
-/// Dial `addr` (the leader) and handshake as a client; verified streams of
-/// a peer the policy admits as the leader only.
+/// Dial `addr` and handshake as a client; verified streams of a peer the
+/// policy admits as `role` only (the leader, for the follower; our own
+/// role, inside a party).
 pub async fn dial(
+    role: PartyRole,
     addr: String,
     tls: Arc<RaTls>,
     last_failure: LastFailure,
@@ -580,7 +582,7 @@ pub async fn dial(
             if let Some(report) = &info.report {
                 tracing::info!(peer = %addr, peer_identity = %report, "RA-TLS: peer attested");
             }
-            if let Err(why) = info.check_role(PartyRole::Leader) {
+            if let Err(why) = info.check_role(role) {
                 let reason = format!("peer rejected: {why}");
                 tracing::error!(peer = %addr, %reason, "RA-TLS peer refused");
                 if let Ok(mut slot) = last_failure.lock() {

@@ -80,7 +80,16 @@ pub async fn connect(
         let failure: secure::LastFailure = Default::default();
         let slot: secure::PeerSlot = Default::default();
         let closed: secure::LastFailure = Default::default();
-        let last = match secure::dial(addr.to_string(), tls.clone(), failure, slot, closed).await {
+        let last = match secure::dial(
+            vfl_attest::PartyRole::Leader,
+            addr.to_string(),
+            tls.clone(),
+            failure,
+            slot,
+            closed,
+        )
+        .await
+        {
             Ok(io) => {
                 let stream = io.into_inner();
                 let key = TagKey::from_connection(stream.get_ref().1)

@@ -9,5 +9,7 @@ mod metrics;
 mod sealing;
 #[path = "cases/sharded.rs"]
 mod sharded;
+#[path = "cases/sharded_remote.rs"]
+mod sharded_remote;
 #[path = "cases/split_equals_central.rs"]
 mod split_equals_central;

@@ -8,12 +8,15 @@ use vfl_data::{Batch, BatchSource};
 use vfl_nn::rng::Rng;
 use vfl_nn::{BinaryMetrics, ModelSpec, Role};
 
-use super::{Placement, ShardError, ShardState, replica};
+use std::sync::Arc;
+
+use super::remote::{RemoteShards, ShardAddrs};
+use super::{Contribution, Params, Placement, ShardError, ShardState, replica};
+use crate::TrainError;
 use crate::assign::{AssignError, AssignState, Assigner, Grant};
 use crate::local::PassReport;
 use crate::party::{FollowerParty, LeaderParty, UpdateMode};
 use crate::sharded::Shard;
-use crate::{TrainError, sharded};
 
 /// Numbered blocks of aligned data: block `i` is a pair of sources (the
 /// leader's, the follower's) over the same examples.
@@ -91,14 +94,83 @@ struct Current<'d> {
     follower: Box<dyn BatchSource + 'd>,
 }
 
-/// The in-process sharded run.
+/// One party's shards: in this process, or served by shard processes.
+#[derive(Debug)]
+enum Shards {
+    Local {
+        shards: Vec<Shard>,
+        /// The step begun, and each shard's new values once applied.
+        begun: u64,
+        applied: Vec<Option<Arc<Params>>>,
+    },
+    Remote(RemoteShards),
+}
+
+impl Shards {
+    fn local(shards: Vec<Shard>, step: u64) -> Self {
+        Shards::Local {
+            applied: vec![None; shards.len()],
+            shards,
+            begun: step,
+        }
+    }
+
+    /// Worker `worker`'s contributions (one per shard) to `step`.
+    fn send(&mut self, worker: usize, step: u64, ids: &[u32], cs: Vec<Contribution>) -> Result<(), TrainError> {
+        match self {
+            Shards::Local { shards, begun, applied } => {
+                if *begun != step {
+                    for s in shards.iter_mut() {
+                        s.begin(step, ids)?;
+                    }
+                    *begun = step;
+                    applied.iter_mut().for_each(|a| *a = None);
+                }
+                for (s, c) in cs.into_iter().enumerate() {
+                    if let Some(v) = shards[s].contribute(worker as u32, c)? {
+                        applied[s] = Some(Arc::new(v));
+                    }
+                }
+                Ok(())
+            }
+            Shards::Remote(r) => r.send(worker, step, ids, cs),
+        }
+    }
+
+    /// The step's new values, as worker `worker` receives them.
+    fn receive(&mut self, worker: usize, step: u64) -> Result<Vec<Arc<Params>>, TrainError> {
+        match self {
+            Shards::Local { applied, .. } => applied
+                .iter()
+                .map(|a| {
+                    a.clone().ok_or(TrainError::Unsupported(
+                        "a shard has not applied the step (a participant did not contribute)",
+                    ))
+                })
+                .collect(),
+            Shards::Remote(r) => r.receive(worker, step),
+        }
+    }
+
+    fn shards(&self) -> Result<&[Shard], TrainError> {
+        match self {
+            Shards::Local { shards, .. } => Ok(shards),
+            Shards::Remote(_) => Err(TrainError::Unsupported(
+                "the shards are remote: their state is in their processes",
+            )),
+        }
+    }
+}
+
+/// A sharded run: N worker pairs in this process, stepped in lockstep,
+/// with their shards in this process too or remote.
 #[derive(Debug)]
 pub struct ShardedTrainer {
     spec: ModelSpec,
     pairs: Vec<Pair>,
     placement: Placement,
-    leader_shards: Vec<Shard>,
-    follower_shards: Vec<Shard>,
+    leader_shards: Shards,
+    follower_shards: Shards,
     step: u64,
     traffic: Traffic,
     times: StepTimes,
@@ -111,19 +183,7 @@ impl ShardedTrainer {
             return Err(ShardError::NoWorkers.into());
         }
         let placement = Placement::new(shards)?;
-        let mut pairs = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let mut leader = LeaderParty::new(spec, threads)?;
-            let mut follower = FollowerParty::new(spec, threads)?;
-            leader.set_update_mode(UpdateMode::Collect);
-            follower.set_update_mode(UpdateMode::Collect);
-            pairs.push(Pair {
-                leader,
-                follower,
-                lb: Batch::new(spec.leader.slots().len(), spec.leader.dense_columns().len()),
-                fb: Batch::new(spec.follower.slots().len(), spec.follower.dense_columns().len()),
-            });
-        }
+        let pairs = new_pairs(spec, workers, threads)?;
         let shards_of = |role| {
             (0..shards)
                 .map(|s| Shard::new(spec, role, s, placement, workers))
@@ -133,9 +193,56 @@ impl ShardedTrainer {
             spec: spec.clone(),
             pairs,
             placement,
-            leader_shards: shards_of(Role::Leader)?,
-            follower_shards: shards_of(Role::Follower)?,
+            leader_shards: Shards::local(shards_of(Role::Leader)?, 0),
+            follower_shards: Shards::local(shards_of(Role::Follower)?, 0),
             step: 0,
+            traffic: Traffic::default(),
+            times: StepTimes::default(),
+        })
+    }
+
+    /// `workers` pairs in this process whose shards are served elsewhere
+    /// (`vfl shard`, [`super::serve`]): every worker joins every shard of
+    /// its party and its replica takes their values. Blocks on `rt`.
+    pub fn remote(
+        spec: &ModelSpec,
+        (workers, threads): (usize, usize),
+        rt: &tokio::runtime::Handle,
+        leader: &ShardAddrs,
+        follower: &ShardAddrs,
+    ) -> Result<Self, TrainError> {
+        if workers == 0 {
+            return Err(ShardError::NoWorkers.into());
+        }
+        if leader.addrs.len() != follower.addrs.len() {
+            return Err(TrainError::Unsupported("both parties need the same number of shards"));
+        }
+        let placement = Placement::new(leader.addrs.len())?;
+        let mut pairs = new_pairs(spec, workers, threads)?;
+        let fp = spec.fingerprint();
+        let (l, ldump, lsteps) = RemoteShards::connect(rt.clone(), leader, workers, &fp)?;
+        let (f, fdump, fsteps) = RemoteShards::connect(rt.clone(), follower, workers, &fp)?;
+        if lsteps != fsteps {
+            return Err(TrainError::CheckpointStep {
+                leader: lsteps,
+                ours: fsteps,
+            });
+        }
+        for (w, p) in pairs.iter_mut().enumerate() {
+            for v in &ldump[w] {
+                replica::apply(p.leader.model_mut(), w, v)?;
+            }
+            for v in &fdump[w] {
+                replica::apply(p.follower.model_mut(), w, v)?;
+            }
+        }
+        Ok(ShardedTrainer {
+            spec: spec.clone(),
+            pairs,
+            placement,
+            leader_shards: Shards::Remote(l),
+            follower_shards: Shards::Remote(f),
+            step: lsteps,
             traffic: Traffic::default(),
             times: StepTimes::default(),
         })
@@ -179,12 +286,12 @@ impl ShardedTrainer {
     }
 
     /// Every shard's state (both parties), the run's weights as the shards
-    /// hold them.
-    pub fn shard_states(&self) -> (Vec<ShardState>, Vec<ShardState>) {
-        (
-            self.leader_shards.iter().map(Shard::state).collect(),
-            self.follower_shards.iter().map(Shard::state).collect(),
-        )
+    /// hold them (shards in this process only).
+    pub fn shard_states(&self) -> Result<(Vec<ShardState>, Vec<ShardState>), TrainError> {
+        Ok((
+            self.leader_shards.shards()?.iter().map(Shard::state).collect(),
+            self.follower_shards.shards()?.iter().map(Shard::state).collect(),
+        ))
     }
 
     /// The leader's and follower's models of worker `w` (their replicas,
@@ -194,44 +301,47 @@ impl ShardedTrainer {
     }
 
     /// A checkpoint at the start of `epoch` (between epochs).
-    pub fn checkpoint_at_epoch(&self, epoch: u32) -> ShardedCheckpoint {
-        let (leader, follower) = self.shard_states();
-        ShardedCheckpoint {
+    pub fn checkpoint_at_epoch(&self, epoch: u32) -> Result<ShardedCheckpoint, TrainError> {
+        let (leader, follower) = self.shard_states()?;
+        Ok(ShardedCheckpoint {
             step: self.step,
             leader,
             follower,
             position: None,
             epoch,
-        }
+        })
     }
 
     /// Restores every shard from a checkpoint and rebuilds every worker's
     /// replica from the shards (a process that restarts does this too).
     pub fn restore(&mut self, ck: &ShardedCheckpoint) -> Result<(), TrainError> {
-        if ck.leader.len() != self.leader_shards.len() || ck.follower.len() != self.follower_shards.len() {
-            return Err(ShardError::BadState {
-                shard: 0,
-                why: format!(
-                    "a checkpoint of {} + {} shards for {} + {}",
-                    ck.leader.len(),
-                    ck.follower.len(),
-                    self.leader_shards.len(),
-                    self.follower_shards.len()
-                ),
+        for (shards, states) in [
+            (&mut self.leader_shards, &ck.leader),
+            (&mut self.follower_shards, &ck.follower),
+        ] {
+            let Shards::Local { shards, begun, applied } = shards else {
+                return Err(TrainError::Unsupported(
+                    "the shards are remote: each restores its own checkpoint",
+                ));
+            };
+            if states.len() != shards.len() {
+                return Err(ShardError::BadState {
+                    shard: 0,
+                    why: format!("a checkpoint of {} shards for {}", states.len(), shards.len()),
+                }
+                .into());
             }
-            .into());
-        }
-        for (s, st) in self.leader_shards.iter_mut().zip(&ck.leader) {
-            s.restore(st)?;
-        }
-        for (s, st) in self.follower_shards.iter_mut().zip(&ck.follower) {
-            s.restore(st)?;
+            for (s, st) in shards.iter_mut().zip(states) {
+                s.restore(st)?;
+            }
+            *begun = ck.step;
+            applied.iter_mut().for_each(|a| *a = None);
         }
         for (w, p) in self.pairs.iter_mut().enumerate() {
-            for s in &self.leader_shards {
+            for s in self.leader_shards.shards()? {
                 replica::apply(p.leader.model_mut(), w, &s.dump())?;
             }
-            for s in &self.follower_shards {
+            for s in self.follower_shards.shards()? {
                 replica::apply(p.follower.model_mut(), w, &s.dump())?;
             }
         }
@@ -289,7 +399,7 @@ impl ShardedTrainer {
             examples += rows;
             loss_sum += loss;
             if stop_after == Some(self.step) {
-                let (leader, follower) = self.shard_states();
+                let (leader, follower) = self.shard_states()?;
                 return Ok(EpochOutcome::Stopped(ShardedCheckpoint {
                     step: self.step,
                     leader,
@@ -372,12 +482,6 @@ impl ShardedTrainer {
     fn step(&mut self, participants: &[usize], metrics: &mut BinaryMetrics) -> Result<(u64, f64), TrainError> {
         let step = self.step + 1;
         let ids: Vec<u32> = participants.iter().map(|&w| w as u32).collect();
-        for s in self.leader_shards.iter_mut().chain(&mut self.follower_shards) {
-            s.begin(step, &ids)?;
-        }
-        let shards = self.placement.shards();
-        let mut leader_new: Vec<Option<sharded::Params>> = vec![None; shards];
-        let mut follower_new: Vec<Option<sharded::Params>> = vec![None; shards];
         let (mut rows, mut loss) = (0u64, 0f64);
         let mut clock = std::time::Instant::now();
         for &w in participants {
@@ -392,44 +496,24 @@ impl ShardedTrainer {
             rows += report.rows as u64;
             loss += f64::from(report.loss) * report.rows as f64;
             let examples = report.rows as u32;
-            let up = [
-                (
-                    replica::contributions(p.leader.model(), &self.placement, examples),
-                    &mut self.leader_shards,
-                    &mut leader_new,
-                ),
-                (
-                    replica::contributions(p.follower.model(), &self.placement, examples),
-                    &mut self.follower_shards,
-                    &mut follower_new,
-                ),
-            ];
-            for (contributions, shards, new) in up {
-                for (s, c) in contributions.into_iter().enumerate() {
-                    self.traffic.to_shards += c.grads.payload_bytes();
-                    if let Some(values) = shards[s].contribute(w as u32, c)? {
-                        new[s] = Some(values);
-                    }
-                }
-            }
+            let lc = replica::contributions(p.leader.model(), &self.placement, examples);
+            let fc = replica::contributions(p.follower.model(), &self.placement, examples);
+            self.traffic.to_shards += lc.iter().chain(&fc).map(|c| c.grads.payload_bytes()).sum::<u64>();
+            self.leader_shards.send(w, step, &ids, lc)?;
+            self.follower_shards.send(w, step, &ids, fc)?;
             self.times.params += lap(&mut clock);
         }
-        let n = self.pairs.len() as u64;
+        // Every worker, participant or not, takes the step's new values.
         for (w, p) in self.pairs.iter_mut().enumerate() {
-            for v in leader_new.iter().flatten() {
-                replica::apply(p.leader.model_mut(), w, v)?;
+            for v in self.leader_shards.receive(w, step)? {
+                self.traffic.from_shards += v.payload_bytes();
+                replica::apply(p.leader.model_mut(), w, &v)?;
             }
-            for v in follower_new.iter().flatten() {
-                replica::apply(p.follower.model_mut(), w, v)?;
+            for v in self.follower_shards.receive(w, step)? {
+                self.traffic.from_shards += v.payload_bytes();
+                replica::apply(p.follower.model_mut(), w, &v)?;
             }
         }
-        let down: u64 = leader_new
-            .iter()
-            .chain(&follower_new)
-            .flatten()
-            .map(sharded::Params::payload_bytes)
-            .sum();
-        self.traffic.from_shards += down * n;
         self.times.params += lap(&mut clock);
         self.step = step;
         Ok((rows, loss))
@@ -488,6 +572,24 @@ fn lap(clock: &mut std::time::Instant) -> f64 {
 
 fn tensor_bytes(t: &Option<pb::Tensor>) -> u64 {
     t.as_ref().map_or(0, |t| t.data.len() as u64)
+}
+
+/// `workers` pairs whose parties collect their gradients.
+fn new_pairs(spec: &ModelSpec, workers: usize, threads: usize) -> Result<Vec<Pair>, TrainError> {
+    let mut pairs = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let mut leader = LeaderParty::new(spec, threads)?;
+        let mut follower = FollowerParty::new(spec, threads)?;
+        leader.set_update_mode(UpdateMode::Collect);
+        follower.set_update_mode(UpdateMode::Collect);
+        pairs.push(Pair {
+            leader,
+            follower,
+            lb: Batch::new(spec.leader.slots().len(), spec.leader.dense_columns().len()),
+            fb: Batch::new(spec.follower.slots().len(), spec.follower.dense_columns().len()),
+        });
+    }
+    Ok(pairs)
 }
 
 /// Opens block `order[index]` for a grant.

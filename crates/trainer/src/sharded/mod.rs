@@ -18,8 +18,11 @@
 //! whole thing in one process.
 
 pub mod local;
+pub mod remote;
 pub mod replica;
+pub mod serve;
 mod shard;
+pub mod wire;
 
 pub use local::{BlockData, EpochOutcome, EpochPosition, ShardedCheckpoint, ShardedTrainer, StepTimes, Traffic};
 pub use shard::{Shard, ShardState};

@@ -10,7 +10,7 @@ use vfl_trainer::{LocalTrainer, TrainError};
 
 const SLOTS: usize = 32;
 
-fn small_wide_n_deep() -> ModelSpec {
+pub fn small_wide_n_deep() -> ModelSpec {
     let mut spec = ModelSpec::preset("wide_n_deep_adam").unwrap();
     for tower in [&mut spec.leader, &mut spec.follower] {
         tower.sparse[0].count = Some(SLOTS);
@@ -23,10 +23,10 @@ fn small_wide_n_deep() -> ModelSpec {
 }
 
 /// Synthetic rows cut into equal blocks.
-struct SynthBlocks<'a> {
-    generator: &'a Synth,
-    per_block: u64,
-    blocks: usize,
+pub struct SynthBlocks<'a> {
+    pub generator: &'a Synth,
+    pub per_block: u64,
+    pub blocks: usize,
 }
 
 impl BlockData for SynthBlocks<'_> {
@@ -42,7 +42,7 @@ impl BlockData for SynthBlocks<'_> {
     }
 }
 
-fn generator() -> Synth {
+pub fn generator() -> Synth {
     Synth::new(SynthConfig {
         seed: 1,
         slots: SLOTS,
@@ -107,7 +107,7 @@ fn one_two_and_four_pairs_reach_the_same_held_out_auc() {
 
 /// Every weight of both parties as the shards hold them.
 fn weights(t: &ShardedTrainer) -> Vec<u32> {
-    let (l, f) = t.shard_states();
+    let (l, f) = t.shard_states().unwrap();
     l.iter()
         .chain(&f)
         .flat_map(|s| {

@@ -1,0 +1,211 @@
+//! Shards as network services: workers in this process, every party's
+//! shards behind the party-internal transport over RA-TLS (simulated
+//! evidence). The run equals the in-process one bitwise, and a shard admits
+//! only its own party's processes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vfl_attest::devpki::{DevRoot, SimPlatformOptions};
+use vfl_attest::tls::{self, RaTlsVerifier};
+use vfl_attest::{Clock, PartyRole, Policy, SimAttester, SimIdentity, Verifier, cert};
+use vfl_bridge::party::{dial_shard, listen_shard};
+use vfl_bridge::{BridgeError, OnReject, RaTls, Security};
+use vfl_data::synth::Synth;
+use vfl_nn::{ModelSpec, Replica, Role};
+use vfl_trainer::TrainError;
+use vfl_trainer::sharded::remote::ShardAddrs;
+use vfl_trainer::sharded::serve::{self, ShardConfig};
+use vfl_trainer::sharded::{EpochOutcome, Placement, Shard, ShardedTrainer};
+
+use super::sharded::{SynthBlocks, generator, small_wide_n_deep};
+
+/// Both parties' RA-TLS settings: one simulated enclave each (MRENCLAVE 7
+/// for the leader, 8 for the follower), one policy admitting both.
+fn parties() -> (Security, Security) {
+    let root = DevRoot::generate().unwrap();
+    let fp = hex::encode(root.fingerprint());
+    let entry = |mr: u8, role: &str| {
+        format!(
+            r#"{{"mr_enclave":"{}","mr_signer":"{fp}","isv_prod_id":"1","isv_svn":"1","mode":"simulated","role":"{role}"}}"#,
+            hex::encode([mr; 32])
+        )
+    };
+    let policy = format!(
+        r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
+            "sgx_mrs":[{},{}],"allow_simulated":true,"simulated_roots":["{fp}"]}}"#,
+        entry(7, "leader"),
+        entry(8, "follower")
+    );
+    let party = |mr: u8| {
+        let id = SimIdentity {
+            mr_enclave: [mr; 32],
+            mr_signer: None,
+            isv_prod_id: 1,
+            isv_svn: 1,
+            debug: false,
+        };
+        let a = SimAttester::new(&root, &id, &SimPlatformOptions::fresh(Clock::System.now())).unwrap();
+        let verifier = RaTlsVerifier::new(Arc::new(Verifier::new(
+            Policy::parse(policy.as_bytes(), "p").unwrap(),
+            None,
+            Clock::System,
+        )));
+        let key = tls::identity(&cert::issue(&a).unwrap()).unwrap();
+        Security::RaTls(Arc::new(RaTls {
+            server: Arc::new(tls::server_config(key.clone(), verifier.clone()).unwrap()),
+            client: Arc::new(tls::client_config(key, verifier.clone()).unwrap()),
+            verifier,
+            ours: String::new(),
+            on_reject: OnReject::Exit,
+        }))
+    };
+    (party(7), party(8))
+}
+
+const MAX: usize = 64 << 20;
+
+/// Starts `shards` shard services of `role` for `workers` workers.
+fn start_shards(
+    rt: &tokio::runtime::Runtime,
+    spec: &ModelSpec,
+    (role, security): (Role, &Security),
+    shards: usize,
+    workers: usize,
+) -> (ShardAddrs, Vec<tokio::task::JoinHandle<Result<u64, TrainError>>>) {
+    let own = match role {
+        Role::Leader => PartyRole::Leader,
+        Role::Follower => PartyRole::Follower,
+    };
+    let placement = Placement::new(shards).unwrap();
+    let (mut addrs, mut tasks) = (Vec::new(), Vec::new());
+    for s in 0..shards {
+        let listener = rt
+            .block_on(listen_shard("127.0.0.1:0", own, MAX, security.clone()))
+            .unwrap();
+        addrs.push(listener.local_addr.to_string());
+        let cfg = ShardConfig {
+            index: s,
+            shards,
+            workers,
+            model_fingerprint: spec.fingerprint(),
+            peer_timeout: Duration::from_secs(30),
+        };
+        let shard = Shard::new(spec, role, s, placement, workers).unwrap();
+        tasks.push(rt.spawn(serve::run(cfg, shard, listener)));
+    }
+    let at = ShardAddrs {
+        own,
+        addrs,
+        security: security.clone(),
+        max_message: MAX,
+        wait: Duration::from_secs(10),
+    };
+    (at, tasks)
+}
+
+fn weights(t: &ShardedTrainer) -> Vec<u32> {
+    let (l, f) = t.replica(0).unwrap();
+    let mut v = Vec::new();
+    for m in [l as &dyn Replica, f as &dyn Replica] {
+        v.extend(m.embeddings().map(|e| e.tables().to_vec()).unwrap_or_default());
+        for layer in m.dense_layers() {
+            v.extend_from_slice(layer.weights());
+            v.extend_from_slice(layer.bias());
+        }
+    }
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn train(t: &mut ShardedTrainer, g: &Synth) {
+    let data = SynthBlocks {
+        generator: g,
+        per_block: 300,
+        blocks: 7,
+    };
+    for e in 0..2 {
+        match t.run_epoch(&data, (e, Some(3)), 32, None, None).unwrap() {
+            EpochOutcome::Done(_) => {}
+            EpochOutcome::Stopped(_) => panic!("stopped"),
+        }
+    }
+}
+
+#[test]
+fn remote_shards_over_ratls_train_bitwise_like_in_process_shards() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let spec = small_wide_n_deep();
+    let (leader_tls, follower_tls) = parties();
+    let (la, ltasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 2, 3);
+    let (fa, ftasks) = start_shards(&rt, &spec, (Role::Follower, &follower_tls), 2, 3);
+    let g = generator();
+    let mut remote = ShardedTrainer::remote(&spec, (3, 1), rt.handle(), &la, &fa).unwrap();
+    train(&mut remote, &g);
+    let mut local = ShardedTrainer::new(&spec, 3, 2, 1).unwrap();
+    train(&mut local, &g);
+    assert_eq!(remote.steps(), local.steps());
+    assert!(
+        weights(&remote) == weights(&local),
+        "remote and in-process shards differ"
+    );
+    let traffic = remote.traffic();
+    assert_eq!(traffic, local.traffic());
+    // The workers leave: every shard ends, having applied every step.
+    let steps = remote.steps();
+    drop(remote);
+    for t in ltasks.into_iter().chain(ftasks) {
+        assert_eq!(rt.block_on(t).unwrap().unwrap(), steps);
+    }
+}
+
+#[test]
+fn a_shard_refuses_a_process_of_the_other_party() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (leader_tls, follower_tls) = parties();
+    let (la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 1);
+    // A follower process whose host claims it is the leader's: the shard's
+    // policy admits its enclave only as the follower.
+    let e = rt
+        .block_on(dial_shard(
+            &la.addrs[0],
+            PartyRole::Leader,
+            MAX,
+            &follower_tls,
+            Duration::from_secs(5),
+        ))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&e, BridgeError::Rejected(why) if why.contains("not a leader process")),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_worker_refuses_a_shard_of_the_other_party() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (leader_tls, follower_tls) = parties();
+    let (fa, _tasks) = start_shards(&rt, &spec, (Role::Follower, &follower_tls), 1, 1);
+    // A leader worker sent to the follower's shard: our verdict on its
+    // evidence (admitted as the follower, not as our own party).
+    let e = rt
+        .block_on(dial_shard(
+            &fa.addrs[0],
+            PartyRole::Leader,
+            MAX,
+            &leader_tls,
+            Duration::from_secs(5),
+        ))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&e, BridgeError::Rejected(why) if why.contains("allow it only as follower")),
+        "{e}"
+    );
+}
