@@ -24,6 +24,23 @@ use crate::party_pb::shard_server::{Shard, ShardServer};
 use crate::party_pb::{ShardMessage, WorkerMessage};
 use crate::secure::{self, PeerInfo, Security};
 
+/// Whether `peer` is a process of our own party: admitted as `own`, and
+/// by entries that admit it as nothing else. An enclave that the policy
+/// admits as both roles (both parties share a signer and measurement)
+/// cannot be told from the other party's processes, so it is not trusted
+/// with the party's internal traffic (docs/scale-out.md, "Trust").
+pub fn check_own_party(peer: &PeerInfo, own: PartyRole) -> Result<(), String> {
+    peer.check_role(own)?;
+    match &peer.report {
+        Some(r) if r.admitted_as.iter().any(|&role| role != own) => Err(format!(
+            "the policy admits this enclave as both leader and follower, so a process of the other party \
+             could pass for one of ours; give each party its own signer ({})",
+            r.admitted_as.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// One worker's stream, admitted.
 pub struct WorkerStream {
     pub peer: PeerInfo,
@@ -67,7 +84,7 @@ impl Shard for Service {
         let peer = req.extensions().get::<PeerInfo>().cloned().unwrap_or_default();
         // Only our own party's processes: the other party's enclave is
         // admitted by the policy too, but as the other role.
-        if let Err(why) = peer.check_role(self.own) {
+        if let Err(why) = check_own_party(&peer, self.own) {
             tracing::error!(%why, "refusing a worker: not of this party");
             return Err(Status::permission_denied(format!("not a {} process: {why}", self.own)));
         }
@@ -223,6 +240,7 @@ async fn attempt(
         })?
         .into_inner();
     let peer = slot.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
+    check_own_party(&peer, own).map_err(BridgeError::Rejected)?;
     Ok(ShardStream {
         peer,
         inbound,

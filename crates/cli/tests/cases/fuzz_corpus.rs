@@ -29,6 +29,9 @@ mod link;
 #[path = "../../../../fuzz/bodies/model_file.rs"]
 #[allow(dead_code)]
 mod model_file;
+#[path = "../../../../fuzz/bodies/party.rs"]
+#[allow(dead_code)]
+mod party;
 #[path = "../../../../fuzz/bodies/policy.rs"]
 #[allow(dead_code)]
 mod policy;
@@ -64,6 +67,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("join_frames", join_frames::run),
     ("link", link::run),
     ("model_file", model_file::run),
+    ("party", party::run),
     ("policy", policy::run),
     ("quote", quote::run),
     ("ratls_cert", ratls_cert::run),

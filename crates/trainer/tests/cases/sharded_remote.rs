@@ -23,6 +23,12 @@ use super::sharded::{SynthBlocks, generator, small_wide_n_deep};
 /// Both parties' RA-TLS settings: one simulated enclave each (MRENCLAVE 7
 /// for the leader, 8 for the follower), one policy admitting both.
 fn parties() -> (Security, Security) {
+    parties_with(8)
+}
+
+/// [`parties`] with the follower's MRENCLAVE `follower` (7: the same
+/// enclave as the leader's, which the policy then admits as both roles).
+fn parties_with(follower: u8) -> (Security, Security) {
     let root = DevRoot::generate().unwrap();
     let fp = hex::encode(root.fingerprint());
     let entry = |mr: u8, role: &str| {
@@ -35,7 +41,7 @@ fn parties() -> (Security, Security) {
         r#"{{"verify_mr_enclave":"on","verify_mr_signer":"on","verify_isv_prod_id":"on","verify_isv_svn":"on",
             "sgx_mrs":[{},{}],"allow_simulated":true,"simulated_roots":["{fp}"]}}"#,
         entry(7, "leader"),
-        entry(8, "follower")
+        entry(follower, "follower")
     );
     let party = |mr: u8| {
         let id = SimIdentity {
@@ -60,7 +66,7 @@ fn parties() -> (Security, Security) {
             on_reject: OnReject::Exit,
         }))
     };
-    (party(7), party(8))
+    (party(7), party(follower))
 }
 
 const MAX: usize = 64 << 20;
@@ -206,6 +212,30 @@ fn a_worker_refuses_a_shard_of_the_other_party() {
         .expect("refused");
     assert!(
         matches!(&e, BridgeError::Rejected(why) if why.contains("allow it only as follower")),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_enclave_admitted_as_both_roles_is_not_trusted_inside_a_party() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    // Both parties run the same enclave: the policy admits it as leader and
+    // as follower, so the follower's processes could pass for the leader's.
+    let (leader_tls, _) = parties_with(7);
+    let (la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 1);
+    let e = rt
+        .block_on(dial_shard(
+            &la.addrs[0],
+            PartyRole::Leader,
+            MAX,
+            &leader_tls,
+            Duration::from_secs(5),
+        ))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&e, BridgeError::Rejected(why) if why.contains("as both leader and follower")),
         "{e}"
     );
 }

@@ -1,0 +1,54 @@
+//! Party-internal messages (protobuf, after RA-TLS between a party's own
+//! processes): a worker's contribution as a shard takes it (decode, then
+//! the shard's checks and its combination), and a shard's values as a
+//! worker's replica takes them.
+
+use prost::Message;
+use vfl_bridge::party_pb::{self, shard_message::Msg as SMsg, worker_message::Msg as WMsg};
+use vfl_nn::{ModelSpec, Role};
+use vfl_trainer::sharded::{Contribution, Placement, Shard, replica, wire};
+
+/// A small model: 2 slots of [101, 16] per party, narrow layers.
+fn spec() -> ModelSpec {
+    let mut spec = ModelSpec::preset("wide_n_deep").expect("preset");
+    for tower in [&mut spec.leader, &mut spec.follower] {
+        tower.sparse[0].count = Some(2);
+    }
+    spec.leader.layers[0].units = 4;
+    spec.leader.layers[1].units = 2;
+    spec.follower.layers[0].units = 2;
+    spec.head.input_dim = Some(4);
+    spec
+}
+
+/// One input.
+pub fn run(data: &[u8]) {
+    let spec = spec();
+    if let Ok(m) = party_pb::WorkerMessage::decode(data)
+        && let Some(WMsg::Contribute(c)) = m.msg
+        && let Ok(grads) = wire::decode_opt(c.grads.as_ref(), "gradients")
+        && let Ok(placement) = Placement::new(1)
+        && let Ok(mut shard) = Shard::new(&spec, Role::Follower, 0, placement, 2)
+        && shard.begin(c.step, &c.participants).is_ok()
+    {
+        let worker = c.participants.first().copied().unwrap_or(0);
+        let _ = shard.contribute(
+            worker,
+            Contribution {
+                examples: c.examples,
+                grads,
+            },
+        );
+    }
+    if let Ok(m) = party_pb::ShardMessage::decode(data) {
+        let params = match m.msg {
+            Some(SMsg::Changes(c)) => wire::decode_opt(c.params.as_ref(), "changes"),
+            Some(SMsg::Joined(j)) => wire::decode_opt(j.values.as_ref(), "values"),
+            _ => return,
+        };
+        if let Ok(p) = params {
+            let mut model = vfl_nn::LeaderModel::new(&spec);
+            let _ = replica::apply(&mut model, 0, &p);
+        }
+    }
+}
