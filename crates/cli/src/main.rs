@@ -34,6 +34,8 @@ enum Command {
     /// Run either party, the role from --role or VFL_ROLE (one command line
     /// for both, as an SGX manifest fixes it).
     Party(cmd::party::PartyArgs),
+    /// Run one parameter shard of a party (scale-out, docs/scale-out.md).
+    Shard(cmd::shard::Args),
     /// Align the two parties' rows: a private set intersection of example
     /// ids between the enclaves, writing joined blocks both can train on.
     #[command(subcommand)]
@@ -67,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Leader(a) => cmd::party::leader(a),
         Command::Follower(a) => cmd::party::follower(a),
         Command::Party(a) => cmd::party::party(a),
+        Command::Shard(a) => cmd::shard::run(a),
         Command::Join(c) => cmd::join::run(c),
         Command::Model(c) => cmd::model::run(c),
         Command::Attest(c) => cmd::attest::run(c),

@@ -416,6 +416,53 @@ pub fn self_accepting_sim(dir: &Path) -> Result<(std::path::PathBuf, std::path::
     Ok((key, path))
 }
 
+/// A simulated set-up for both parties on one machine, as a scale-out run
+/// needs it (`vfl demo --workers`): a development root under `dir` and a
+/// policy with one entry per role, this binary's mr_enclave under two
+/// distinct signers, so that each party's processes can tell their own
+/// from the other party's. Returns the root key, the policy and the
+/// signers (hex) the leader's and the follower's processes claim
+/// (`--sim-mr-signer`).
+#[cfg(feature = "dev")]
+pub fn two_party_sim(dir: &Path) -> Result<TwoPartySim, WriteError> {
+    use sha2::{Digest, Sha256};
+    let key = dir.join("dev-root.pem");
+    let (root, _) = crate::devpki::DevRoot::load_or_create(&key)?;
+    let me = crate::SimIdentity::of_running_binary()?;
+    let fp = hex::encode(root.fingerprint());
+    let signer = |role: &str| hex::encode(Sha256::digest(format!("enclave-vfl simulated signer of the {role}")));
+    let (leader_signer, follower_signer) = (signer("leader"), signer("follower"));
+    let entry = |signer: &str, role: &str| {
+        json!({"mr_enclave": hex::encode(me.mr_enclave), "mr_signer": signer, "isv_prod_id": "1", "isv_svn": "1",
+               "mode": "simulated", "role": role})
+    };
+    let policy = json!({
+        "verify_mr_enclave": "on", "verify_mr_signer": "on", "verify_isv_prod_id": "on", "verify_isv_svn": "on",
+        "sgx_mrs": [entry(&leader_signer, "leader"), entry(&follower_signer, "follower")],
+        "allow_simulated": true, "simulated_roots": [fp],
+    });
+    let path = dir.join("dynamic_config.json");
+    let text = canonical(&policy);
+    Policy::parse(text.as_bytes(), &path.display().to_string())?;
+    vfl_fs::write_atomic(&path, |w| w.write_all(text.as_bytes())).map_err(io(&path))?;
+    Ok(TwoPartySim {
+        root_key: key,
+        policy: path,
+        leader_signer,
+        follower_signer,
+    })
+}
+
+/// What [`two_party_sim`] set up.
+#[cfg(feature = "dev")]
+#[derive(Clone, Debug)]
+pub struct TwoPartySim {
+    pub root_key: std::path::PathBuf,
+    pub policy: std::path::PathBuf,
+    pub leader_signer: String,
+    pub follower_signer: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -580,25 +580,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 #[cfg(feature = "dev")]
 fn bench_security(dir: &Path) -> anyhow::Result<Arc<RaTls>> {
     let (key, policy_path) = self_accepting_sim_policy(dir)?;
-    let flags = Flags {
-        attestation: Attestation::Simulated,
-        policy: Some(policy_path),
-        collateral: None,
-        pccs_url: None,
-        pccs_ca: None,
-        collateral_cache: dir.join("cache"),
-        pccs_refresh_secs: 3600,
-        attestation_device: PathBuf::from(SgxAttester::DEVICE_ROOT),
-        tsm_report_root: PathBuf::from(TdxAttester::REPORT_ROOT),
-        sim_root_key: key,
-        sim_mr_enclave: None,
-        sim_mr_signer: None,
-        sim_isv_prod_id: 1,
-        sim_isv_svn: 1,
-        sim_mr_td: None,
-        on_reject: "exit".into(),
-        insecure_no_tls: false,
-    };
+    let flags = sim_flags(&key, &policy_path, None);
     match security(&flags, None)? {
         Security::RaTls(tls) => Ok(tls),
         Security::Insecure => bail!("expected RA-TLS"),
@@ -698,6 +680,39 @@ fn flood_bench_in(dir: &Path, junk: usize, iterations: usize) -> anyhow::Result<
 #[cfg(feature = "dev")]
 pub fn self_accepting_sim_policy(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok(write::self_accepting_sim(dir)?)
+}
+
+/// RA-TLS of a process claiming simulated evidence from `key` under
+/// `signer` (hex), admitted by `policy`: the in-process side of a demo whose
+/// other processes run with the same flags (`--sim-mr-signer`).
+#[cfg(feature = "dev")]
+pub fn sim_security(key: &Path, policy: &Path, signer: &str) -> anyhow::Result<Security> {
+    security(&sim_flags(key, policy, Some(signer)), None)
+}
+
+/// The flags of simulated evidence from `key`, admitted by `policy`,
+/// claiming `signer` (default: the root's).
+#[cfg(feature = "dev")]
+fn sim_flags(key: &Path, policy: &Path, signer: Option<&str>) -> Flags {
+    Flags {
+        attestation: Attestation::Simulated,
+        policy: Some(policy.to_path_buf()),
+        collateral: None,
+        pccs_url: None,
+        pccs_ca: None,
+        collateral_cache: policy.with_file_name("cache"),
+        pccs_refresh_secs: 3600,
+        attestation_device: PathBuf::from(SgxAttester::DEVICE_ROOT),
+        tsm_report_root: PathBuf::from(TdxAttester::REPORT_ROOT),
+        sim_root_key: key.to_path_buf(),
+        sim_mr_enclave: None,
+        sim_mr_signer: signer.map(str::to_string),
+        sim_isv_prod_id: 1,
+        sim_isv_svn: 1,
+        sim_mr_td: None,
+        on_reject: "exit".into(),
+        insecure_no_tls: false,
+    }
 }
 
 #[cfg(feature = "dev")]

@@ -52,6 +52,16 @@ pub struct Args {
     /// processes talking gRPC on loopback.
     #[arg(long)]
     in_process: bool,
+    /// Scale-out: train with this many worker pairs and --shards
+    /// parameter shards per party, synchronously (docs/scale-out.md). The
+    /// shards run as `vfl shard` processes over RA-TLS (two simulated
+    /// signers, one per party); the workers of both parties run in this
+    /// process (the multi-process workers are being built).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Parameter shards per party (with --workers).
+    #[arg(long, default_value_t = 2, requires = "workers")]
+    shards: usize,
 }
 
 const EVAL_FIRST_ROW: u64 = 1_000_000_000;
@@ -104,11 +114,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         threads,
         super::cpu_kernel()
     );
-    if a.in_process {
+    if let Some(workers) = a.workers {
+        sharded(&a, &spec, &work, (workers, threads), &synth)
+    } else if a.in_process {
         in_process(&a, &spec, &work, threads, &synth)
     } else {
         two_processes(&a, &work, threads, &synth, eval_rows)
     }
+}
+
+/// Whether the demo trains on aligned data (no join first).
+fn aligned(a: &Args) -> bool {
+    a.in_process || a.workers.is_some()
 }
 
 /// Writes the planted training and held-out data under `work`; the number
@@ -130,8 +147,8 @@ fn write_data(a: &Args, work: &std::path::Path, synth: &SynthConfig) -> anyhow::
         synth: synth.clone(),
         gzip: false,
         // Two processes: unaligned, for `vfl join` to align first.
-        shared: (!a.in_process).then_some(SHARED),
-        shuffle_follower: !a.in_process,
+        shared: (!aligned(a)).then_some(SHARED),
+        shuffle_follower: !aligned(a),
         ..Default::default()
     })?;
     let eval_files = a.eval_rows.div_ceil(a.rows_per_file).max(1);
@@ -144,7 +161,7 @@ fn write_data(a: &Args, work: &std::path::Path, synth: &SynthConfig) -> anyhow::
         gzip: false,
         ..Default::default()
     })?;
-    if a.in_process {
+    if aligned(a) {
         println!(
             "enclave-vfl demo: planted data in {} ({} training rows per party in {} blocks, written in {:.1} s)",
             work.display(),
@@ -207,6 +224,185 @@ fn in_process(
     println!(
         "training: {examples} examples in {secs:.1} s = {:.0} examples/s",
         examples as f64 / secs
+    );
+    println!(
+        "held-out evaluation ({} rows): AUC {}, log loss {:.4}, KS {}",
+        m.count,
+        super::four(m.auc),
+        m.log_loss,
+        super::four(m.ks)
+    );
+    println!("{}", best_possible(synth, eval.examples));
+    Ok(())
+}
+
+/// The data blocks of both parties, paired by position (aligned data: the
+/// same block names on both sides).
+struct Blocks {
+    leader: Vec<vfl_data::BlockFile>,
+    follower: Vec<vfl_data::BlockFile>,
+    schemas: (Schema, Schema),
+}
+
+impl vfl_trainer::sharded::local::BlockData for Blocks {
+    fn blocks(&self) -> usize {
+        self.leader.len()
+    }
+    fn open(
+        &self,
+        i: usize,
+    ) -> Result<(Box<dyn vfl_data::BatchSource + '_>, Box<dyn vfl_data::BatchSource + '_>), vfl_trainer::TrainError>
+    {
+        let one = |b: &[vfl_data::BlockFile], schema: &Schema| {
+            BlockReader::new(b.get(i).cloned().into_iter().collect(), schema.clone(), ReadOptions::default())
+        };
+        Ok((
+            Box::new(one(&self.leader, &self.schemas.0)),
+            Box::new(one(&self.follower, &self.schemas.1)),
+        ))
+    }
+}
+
+/// A `vfl shard` child process and the address it serves.
+struct ShardProcess {
+    child: std::process::Child,
+    addr: String,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+/// Starts `vfl shard` for `role`, shard `index` of `shards`, and waits for
+/// the address it listens on.
+fn start_shard(
+    a: &Args,
+    (role, index, shards, workers): (&str, usize, usize, usize),
+    attest: &[String],
+) -> anyhow::Result<ShardProcess> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().context("locating the vfl executable")?;
+    let mut child = std::process::Command::new(&exe)
+        .args(["--loglevel", "warn", "shard", "--role", role, "--model", &a.model])
+        .args(["--index", &index.to_string(), "--shards", &shards.to_string()])
+        .args(["--workers", &workers.to_string(), "--local-addr", "127.0.0.1:0"])
+        .args(["--peer-timeout", "60"])
+        .args(attest)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting vfl shard {index} of the {role}"))?;
+    let out = child.stdout.take().context("the shard's stdout")?;
+    let mut lines = std::io::BufReader::new(out).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    let Some((_, addr)) = first.rsplit_once("listening on ") else {
+        let _ = child.kill();
+        anyhow::bail!("vfl shard {index} of the {role} did not start: {first:?}");
+    };
+    Ok(ShardProcess {
+        addr: addr.trim().to_string(),
+        child,
+        lines,
+    })
+}
+
+/// Scale-out: N worker pairs, S shard processes per party over RA-TLS;
+/// train, evaluate on the held-out rows, report.
+fn sharded(
+    a: &Args,
+    spec: &ModelSpec,
+    work: &std::path::Path,
+    (workers, threads): (usize, usize),
+    synth: &SynthConfig,
+) -> anyhow::Result<()> {
+    use vfl_trainer::sharded::{EpochOutcome, ShardedTrainer, remote::ShardAddrs};
+    anyhow::ensure!(workers > 0 && a.shards > 0, "--workers and --shards must be > 0");
+    let sim = vfl_attest::policy::write::two_party_sim(&work.join("attestation-two-signers"))?;
+    let attest = |signer: &str| -> Vec<String> {
+        vec![
+            "--attestation".into(),
+            "simulated".into(),
+            "--sim-root-key".into(),
+            sim.root_key.display().to_string(),
+            "--policy".into(),
+            sim.policy.display().to_string(),
+            "--sim-mr-signer".into(),
+            signer.into(),
+        ]
+    };
+    let mut procs = Vec::new();
+    for (role, signer) in [("leader", &sim.leader_signer), ("follower", &sim.follower_signer)] {
+        for s in 0..a.shards {
+            procs.push((role, start_shard(a, (role, s, a.shards, workers), &attest(signer))?));
+        }
+    }
+    println!(
+        "scale-out: {workers} worker pair(s), {} shard process(es) per party (vfl shard, RA-TLS admitting only the \
+         party's own signer); synchronous steps, each pair {} rows",
+        a.shards, a.batch_size
+    );
+    let addrs = |role: &str, own: vfl_attest::PartyRole, signer: &str| -> anyhow::Result<ShardAddrs> {
+        Ok(ShardAddrs {
+            own,
+            addrs: procs.iter().filter(|(r, _)| *r == role).map(|(_, p)| p.addr.clone()).collect(),
+            security: super::attest::sim_security(&sim.root_key, &sim.policy, signer)?,
+            max_message: vfl_trainer::sharded::message_limit(
+                spec,
+                if own == vfl_attest::PartyRole::Leader { Role::Leader } else { Role::Follower },
+            ),
+            wait: std::time::Duration::from_secs(30),
+        })
+    };
+    let leader_at = addrs("leader", vfl_attest::PartyRole::Leader, &sim.leader_signer)?;
+    let follower_at = addrs("follower", vfl_attest::PartyRole::Follower, &sim.follower_signer)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (train_dir, eval_dir) = (work.join("train"), work.join("eval"));
+    let (ls, fs) = (schema_for(spec, Role::Leader), schema_for(spec, Role::Follower));
+    let data = Blocks {
+        leader: DataDir::scan(&train_dir.join("leader"), None)?.blocks().to_vec(),
+        follower: DataDir::scan(&train_dir.join("follower"), None)?.blocks().to_vec(),
+        schemas: (ls.clone(), fs.clone()),
+    };
+    anyhow::ensure!(data.leader.len() == data.follower.len(), "the parties' block counts differ");
+    let mut t = ShardedTrainer::remote(spec, (workers, threads), rt.handle(), &leader_at, &follower_at)?;
+    let start = Instant::now();
+    let mut examples = 0;
+    for epoch in 0..a.epoch_num as u32 {
+        let r = match t.run_epoch(&data, (epoch, Some(a.seed)), a.batch_size, None, None)? {
+            EpochOutcome::Done(r) => r,
+            EpochOutcome::Stopped(_) => anyhow::bail!("the epoch stopped early"),
+        };
+        examples += r.examples;
+        println!(
+            "epoch {}: {} synchronous steps, mean loss {:.4}, train AUC {}",
+            epoch + 1,
+            r.steps,
+            r.mean_loss,
+            super::four(r.metrics.auc)
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let traffic = t.traffic();
+    let mut l = reader(&eval_dir.join("leader"), ls)?;
+    let mut f = reader(&eval_dir.join("follower"), fs)?;
+    let eval = t.evaluate(&mut l, &mut f, 256)?;
+    let steps = t.steps();
+    drop(t);
+    for (role, mut p) in procs {
+        let done = p.lines.find_map(|l| l.ok().filter(|l| l.contains("done after")));
+        let status = p.child.wait()?;
+        anyhow::ensure!(
+            status.success() && done.as_deref().is_some_and(|d| d.ends_with(&format!("after {steps} steps"))),
+            "a shard of the {role} failed ({status}; {done:?})"
+        );
+    }
+    let m = eval.metrics;
+    println!(
+        "training: {examples} examples in {secs:.1} s = {:.0} examples/s; bytes per example: {:.0} between the \
+         parties, {:.0} to the shards, {:.0} from them",
+        examples as f64 / secs,
+        traffic.cross as f64 / examples.max(1) as f64,
+        traffic.to_shards as f64 / examples.max(1) as f64,
+        traffic.from_shards as f64 / examples.max(1) as f64
     );
     println!(
         "held-out evaluation ({} rows): AUC {}, log loss {:.4}, KS {}",

@@ -10,6 +10,7 @@ pub mod join;
 pub mod model;
 pub mod party;
 pub mod selfcheck;
+pub mod shard;
 
 /// A metric with four decimals, or `n/a`.
 pub(crate) fn four(v: Option<f64>) -> String {

@@ -40,3 +40,40 @@ fn demo_trains_two_processes_and_beats_the_leader_only_ceiling() {
     assert!(work.join("predictions.csv").is_file(), "no predictions written");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+#[test]
+fn demo_with_worker_pairs_and_shard_processes_learns() {
+    let work = std::env::temp_dir().join(format!("vfl-demo-sharded-test-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let model = work.join("model.toml");
+    std::fs::write(&model, crate::common::MODEL).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(["--loglevel", "warn", "demo", "--workers", "2", "--shards", "2", "--files", "6"])
+        .args(["--rows-per-file", "1000", "--eval-rows", "2000", "--batch-size", "64", "--model"])
+        .arg(&model)
+        .arg("--work-dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("2 worker pair(s), 2 shard process(es) per party"), "{text}");
+    let held_out = number_after(&text[text.find("held-out evaluation").unwrap()..], "AUC ");
+    let leader_only = number_after(&text, "with the leader's features alone ");
+    assert!(
+        held_out > leader_only + 0.02,
+        "held-out AUC {held_out} does not beat the leader-only ceiling {leader_only}:\n{text}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn a_shard_index_outside_the_shards_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(["shard", "--role", "leader", "--index", "2", "--shards", "2", "--workers", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--index 2 is not below --shards 2"), "{err}");
+}

@@ -27,6 +27,30 @@ pub mod wire;
 pub use local::{BlockData, EpochOutcome, EpochPosition, ShardedCheckpoint, ShardedTrainer, StepTimes, Traffic};
 pub use shard::{Shard, ShardState};
 
+/// Largest party-internal message for `role`'s parameters of `spec`: a
+/// shard's values when a worker joins, at most every parameter of the
+/// party (4 bytes a value, 8 a row key), plus room for the envelope.
+pub fn message_limit(spec: &vfl_nn::ModelSpec, role: vfl_nn::Role) -> usize {
+    let tower = spec.tower(role);
+    let rows: usize = tower.slots().iter().map(|s| s.vocab).sum();
+    let values: usize = tower.slots().iter().map(|s| s.vocab * s.dim).sum();
+    let mut width = tower.input_dim();
+    let mut dense = 0usize;
+    let head = (role == vfl_nn::Role::Leader).then(|| spec.head.layers.iter());
+    let mut layers: Vec<usize> = tower.layers.iter().map(|l| l.units).collect();
+    if let Some(h) = head {
+        layers.extend(h.map(|l| l.units));
+    }
+    for (i, units) in layers.into_iter().enumerate() {
+        if i == tower.layers.len() {
+            width = spec.leader.output_dim() + spec.follower.output_dim();
+        }
+        dense += width * units + units;
+        width = units;
+    }
+    (4 * (values + dense) + 8 * rows + (64 << 10)).max(4 << 20)
+}
+
 /// Which shard owns which parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
