@@ -158,7 +158,8 @@ pub struct ShardedBenchResult {
 
 /// [`train_throughput`] of a sharded run: `workers` pairs (each
 /// `threads` threads, stepped one after the other in this process) and
-/// `shards` shards per party, each pair training `batch_size` rows a step.
+/// `shards` shards per party in this process, each pair training
+/// `batch_size` rows a step.
 pub fn sharded_throughput(
     spec: &ModelSpec,
     (batch_size, threads): (usize, usize),
@@ -166,9 +167,22 @@ pub fn sharded_throughput(
     warmup: u64,
     steps: u64,
 ) -> Result<ShardedBenchResult, TrainError> {
+    let t = crate::sharded::ShardedTrainer::new(spec, workers, shards, threads)?;
+    sharded_throughput_of(t, spec, (batch_size, threads, shards), warmup, steps)
+}
+
+/// [`sharded_throughput`] of a given trainer (its shards local or
+/// remote).
+pub fn sharded_throughput_of(
+    mut t: crate::sharded::ShardedTrainer,
+    spec: &ModelSpec,
+    (batch_size, threads, shards): (usize, usize, usize),
+    warmup: u64,
+    steps: u64,
+) -> Result<ShardedBenchResult, TrainError> {
+    let workers = t.workers();
     let (generator, slots) = synth_for(spec)?;
     let mut pool = batch_pool(&generator, slots, batch_size, 8.max(workers))?;
-    let mut t = crate::sharded::ShardedTrainer::new(spec, workers, shards, threads)?;
     let mut next = 0;
     let mut run = |t: &mut crate::sharded::ShardedTrainer, n: u64| -> Result<(), TrainError> {
         for _ in 0..n {

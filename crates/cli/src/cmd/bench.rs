@@ -28,6 +28,10 @@ pub struct Args {
     /// single pair of the same batch size and threads.
     #[arg(long, value_delimiter = ',', value_parser = parse_sharded)]
     sharded: Vec<(usize, usize)>,
+    /// With --sharded: the shards as `vfl shard` processes over RA-TLS on
+    /// loopback (simulated evidence), not in this process.
+    #[arg(long, requires = "sharded")]
+    remote: bool,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -105,6 +109,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One sharded measurement, its shards in this process or (--remote) in
+/// `vfl shard` processes.
+fn measure_sharded(
+    a: &Args,
+    spec: &ModelSpec,
+    (b, t): (usize, usize),
+    (w, s): (usize, usize),
+    steps: u64,
+) -> anyhow::Result<vfl_trainer::bench::ShardedBenchResult> {
+    const WARMUP: u64 = 3;
+    if !a.remote {
+        return Ok(vfl_trainer::bench::sharded_throughput(spec, (b, t), (w, s), WARMUP, steps)?);
+    }
+    let work = std::env::temp_dir().join(format!("vfl-bench-shards-{}", std::process::id()));
+    let shards = super::scale::ShardProcesses::start(&work, &a.model, spec, (w, s))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let trainer = vfl_trainer::sharded::ShardedTrainer::remote(spec, (w, t), rt.handle(), &shards.leader, &shards.follower)?;
+    let r = vfl_trainer::bench::sharded_throughput_of(trainer, spec, (b, t, s), WARMUP, steps)?;
+    shards.finish(WARMUP + steps)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(r)
+}
+
 /// A sharded configuration's label, throughputs and ratios to the single
 /// pair over the rounds, and its last measurement.
 type Row = (
@@ -118,7 +148,6 @@ type Row = (
 /// configuration its throughput relative to the single pair measured in the
 /// same round (median over rounds), bytes per example and step-time split.
 fn sharded(a: &Args, spec: &ModelSpec) -> anyhow::Result<()> {
-    use vfl_trainer::bench::sharded_throughput;
     let mut rows: Vec<Row> = Vec::new();
     for round in 0..a.rounds {
         let mut i = 0;
@@ -128,7 +157,7 @@ fn sharded(a: &Args, spec: &ModelSpec) -> anyhow::Result<()> {
                 let single =
                     train_throughput(spec, b, t, 3, steps).with_context(|| format!("benchmark B={b} threads={t}"))?;
                 for &(w, s) in &a.sharded {
-                    let r = sharded_throughput(spec, (b, t), (w, s), 3, steps.div_ceil(w as u64))
+                    let r = measure_sharded(a, spec, (b, t), (w, s), steps.div_ceil(w as u64))
                         .with_context(|| format!("sharded benchmark B={b} threads={t} {w}x{s}"))?;
                     if a.json {
                         println!(

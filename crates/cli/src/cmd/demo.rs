@@ -263,45 +263,6 @@ impl vfl_trainer::sharded::local::BlockData for Blocks {
     }
 }
 
-/// A `vfl shard` child process and the address it serves.
-struct ShardProcess {
-    child: std::process::Child,
-    addr: String,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-}
-
-/// Starts `vfl shard` for `role`, shard `index` of `shards`, and waits for
-/// the address it listens on.
-fn start_shard(
-    a: &Args,
-    (role, index, shards, workers): (&str, usize, usize, usize),
-    attest: &[String],
-) -> anyhow::Result<ShardProcess> {
-    use std::io::BufRead;
-    let exe = std::env::current_exe().context("locating the vfl executable")?;
-    let mut child = std::process::Command::new(&exe)
-        .args(["--loglevel", "warn", "shard", "--role", role, "--model", &a.model])
-        .args(["--index", &index.to_string(), "--shards", &shards.to_string()])
-        .args(["--workers", &workers.to_string(), "--local-addr", "127.0.0.1:0"])
-        .args(["--peer-timeout", "60"])
-        .args(attest)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting vfl shard {index} of the {role}"))?;
-    let out = child.stdout.take().context("the shard's stdout")?;
-    let mut lines = std::io::BufReader::new(out).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
-    let Some((_, addr)) = first.rsplit_once("listening on ") else {
-        let _ = child.kill();
-        anyhow::bail!("vfl shard {index} of the {role} did not start: {first:?}");
-    };
-    Ok(ShardProcess {
-        addr: addr.trim().to_string(),
-        child,
-        lines,
-    })
-}
-
 /// Scale-out: N worker pairs, S shard processes per party over RA-TLS;
 /// train, evaluate on the held-out rows, report.
 fn sharded(
@@ -311,46 +272,14 @@ fn sharded(
     (workers, threads): (usize, usize),
     synth: &SynthConfig,
 ) -> anyhow::Result<()> {
-    use vfl_trainer::sharded::{EpochOutcome, ShardedTrainer, remote::ShardAddrs};
+    use vfl_trainer::sharded::{EpochOutcome, ShardedTrainer};
     anyhow::ensure!(workers > 0 && a.shards > 0, "--workers and --shards must be > 0");
-    let sim = vfl_attest::policy::write::two_party_sim(&work.join("attestation-two-signers"))?;
-    let attest = |signer: &str| -> Vec<String> {
-        vec![
-            "--attestation".into(),
-            "simulated".into(),
-            "--sim-root-key".into(),
-            sim.root_key.display().to_string(),
-            "--policy".into(),
-            sim.policy.display().to_string(),
-            "--sim-mr-signer".into(),
-            signer.into(),
-        ]
-    };
-    let mut procs = Vec::new();
-    for (role, signer) in [("leader", &sim.leader_signer), ("follower", &sim.follower_signer)] {
-        for s in 0..a.shards {
-            procs.push((role, start_shard(a, (role, s, a.shards, workers), &attest(signer))?));
-        }
-    }
+    let shards = super::scale::ShardProcesses::start(work, &a.model, spec, (workers, a.shards))?;
     println!(
         "scale-out: {workers} worker pair(s), {} shard process(es) per party (vfl shard, RA-TLS admitting only the \
          party's own signer); synchronous steps, each pair {} rows",
         a.shards, a.batch_size
     );
-    let addrs = |role: &str, own: vfl_attest::PartyRole, signer: &str| -> anyhow::Result<ShardAddrs> {
-        Ok(ShardAddrs {
-            own,
-            addrs: procs.iter().filter(|(r, _)| *r == role).map(|(_, p)| p.addr.clone()).collect(),
-            security: super::attest::sim_security(&sim.root_key, &sim.policy, signer)?,
-            max_message: vfl_trainer::sharded::message_limit(
-                spec,
-                if own == vfl_attest::PartyRole::Leader { Role::Leader } else { Role::Follower },
-            ),
-            wait: std::time::Duration::from_secs(30),
-        })
-    };
-    let leader_at = addrs("leader", vfl_attest::PartyRole::Leader, &sim.leader_signer)?;
-    let follower_at = addrs("follower", vfl_attest::PartyRole::Follower, &sim.follower_signer)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -363,7 +292,7 @@ fn sharded(
         schemas: (ls.clone(), fs.clone()),
     };
     anyhow::ensure!(data.leader.len() == data.follower.len(), "the parties' block counts differ");
-    let mut t = ShardedTrainer::remote(spec, (workers, threads), rt.handle(), &leader_at, &follower_at)?;
+    let mut t = ShardedTrainer::remote(spec, (workers, threads), rt.handle(), &shards.leader, &shards.follower)?;
     let start = Instant::now();
     let mut examples = 0;
     for epoch in 0..a.epoch_num as u32 {
@@ -387,14 +316,7 @@ fn sharded(
     let eval = t.evaluate(&mut l, &mut f, 256)?;
     let steps = t.steps();
     drop(t);
-    for (role, mut p) in procs {
-        let done = p.lines.find_map(|l| l.ok().filter(|l| l.contains("done after")));
-        let status = p.child.wait()?;
-        anyhow::ensure!(
-            status.success() && done.as_deref().is_some_and(|d| d.ends_with(&format!("after {steps} steps"))),
-            "a shard of the {role} failed ({status}; {done:?})"
-        );
-    }
+    shards.finish(steps)?;
     let m = eval.metrics;
     println!(
         "training: {examples} examples in {secs:.1} s = {:.0} examples/s; bytes per example: {:.0} between the \

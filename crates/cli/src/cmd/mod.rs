@@ -9,6 +9,8 @@ pub mod demo;
 pub mod join;
 pub mod model;
 pub mod party;
+#[cfg(feature = "dev")]
+pub mod scale;
 pub mod selfcheck;
 pub mod shard;
 
