@@ -8,7 +8,8 @@ what the schemas check (scripts/k8s-check.sh validates those first):
   `worker-<i>.<domain>` for every worker index to the matching pod's
   stable name and RA-TLS port, and the follower dials that domain;
 - every enclave pod requests SGX EPC through the device plugin, is not
-  privileged and is probed on its metrics port, never on the RA-TLS port;
+  privileged, is probed on its metrics port, never on the RA-TLS port, and
+  is selected by the party-only NetworkPolicy;
 - docs/sgx.md documents the same names, domain and ports.
 
 Usage: k8s-check.py LEADER.yaml FOLLOWER.yaml DOCS.md, or --self-test
@@ -44,9 +45,17 @@ def party_config(docs, party):
     return one(docs, "ConfigMap", "party-", party)["data"]
 
 
+def selects(policy, labels):
+    want = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(k) == v for k, v in want.items())
+
+
 def check_pods(docs, party, errors):
+    policy = one(docs, "NetworkPolicy", "party-only", party)
     for ss in find(docs, "StatefulSet", ""):
         name = ss["metadata"]["name"]
+        if not selects(policy, ss["spec"]["template"]["metadata"].get("labels", {})):
+            errors.append(f"{party}/{name}: its pods are not selected by the party-only NetworkPolicy")
         pod = ss["spec"]["template"]["spec"]
         if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
             errors.append(f"{party}/{name}: shares a host namespace")
@@ -153,6 +162,7 @@ def self_test(leader, follower, docs_text):
         "privileged": lambda l, f: one(f, "StatefulSet", "worker", "f")["spec"]["template"]["spec"]["containers"][0]["securityContext"].update({"privileged": True}),
         "no EPC": lambda l, f: one(l, "StatefulSet", "coordinator", "l")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].pop("sgx.intel.com/epc"),
         "other peer domain": lambda l, f: party_config(f, "f").update({"peer_domain": "elsewhere.example"}),
+        "pods outside the policy": lambda l, f: one(f, "StatefulSet", "shard", "f")["spec"]["template"]["metadata"]["labels"].pop("app.kubernetes.io/name"),
     }
     for name, fn in cases.items():
         if not tampered(fn):

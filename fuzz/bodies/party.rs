@@ -27,7 +27,7 @@ pub fn run(data: &[u8]) {
     if let Ok(m) = party_pb::WorkerMessage::decode(data)
         && let Some(WMsg::Contribute(c)) = m.msg
         && let Ok(grads) = wire::decode_opt(c.grads.as_ref(), "gradients")
-        && let Ok(placement) = Placement::new(1)
+        && let Ok(placement) = Placement::new(2)
         && let Ok(mut shard) = Shard::new(&spec, Role::Follower, 0, placement, 2)
         && shard.begin(c.step, &c.participants).is_ok()
     {

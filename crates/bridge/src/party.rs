@@ -71,6 +71,8 @@ impl ShardListener {
 #[derive(Clone)]
 struct Service {
     own: PartyRole,
+    /// RA-TLS: every connection must come with a verified report.
+    attested_only: bool,
     streams: mpsc::Sender<WorkerStream>,
 }
 
@@ -82,6 +84,9 @@ impl Shard for Service {
 
     async fn steps(&self, req: Request<Streaming<WorkerMessage>>) -> Result<Response<OutStream>, Status> {
         let peer = req.extensions().get::<PeerInfo>().cloned().unwrap_or_default();
+        if self.attested_only && !peer.attested {
+            return Err(Status::permission_denied("no attested connection"));
+        }
         // Only our own party's processes: the other party's enclave is
         // admitted by the policy too, but as the other role.
         if let Err(why) = check_own_party(&peer, self.own) {
@@ -102,11 +107,13 @@ impl Shard for Service {
     }
 }
 
-/// Binds `addr` and serves a shard of party `own`.
+/// Binds `addr` and serves a shard of party `own` to at most `workers`
+/// workers (attested connections beyond them, plus two for reconnects, are
+/// closed).
 pub async fn listen_shard(
     addr: &str,
     own: PartyRole,
-    max_message: usize,
+    (max_message, workers): (usize, usize),
     security: Security,
 ) -> Result<ShardListener, BridgeError> {
     let listen_err = |reason: String| BridgeError::Listen {
@@ -118,9 +125,13 @@ pub async fn listen_shard(
         .map_err(|e| listen_err(e.to_string()))?;
     let local_addr = tcp.local_addr().map_err(|e| listen_err(e.to_string()))?;
     let (stx, srx) = mpsc::channel(8);
-    let svc = ShardServer::new(Service { own, streams: stx })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let svc = ShardServer::new(Service {
+        own,
+        attested_only: matches!(security, Security::RaTls(_)),
+        streams: stx,
+    })
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (rej_tx, rej_rx) = mpsc::channel(8);
     let router = tonic::transport::Server::builder()
@@ -143,7 +154,11 @@ pub async fn listen_shard(
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
         Security::RaTls(tls) => {
-            let incoming = ReceiverStream::new(secure::accept_loop(tcp, tls, rej_tx, secure::Limits::default()));
+            let limits = secure::Limits {
+                connections: workers + 2,
+                ..secure::Limits::default()
+            };
+            let incoming = ReceiverStream::new(secure::accept_loop(tcp, tls, rej_tx, limits));
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };

@@ -120,7 +120,13 @@ fn measure_sharded(
 ) -> anyhow::Result<vfl_trainer::bench::ShardedBenchResult> {
     const WARMUP: u64 = 3;
     if !a.remote {
-        return Ok(vfl_trainer::bench::sharded_throughput(spec, (b, t), (w, s), WARMUP, steps)?);
+        return Ok(vfl_trainer::bench::sharded_throughput(
+            spec,
+            (b, t),
+            (w, s),
+            WARMUP,
+            steps,
+        )?);
     }
     let work = std::env::temp_dir().join(format!("vfl-bench-shards-{}", std::process::id()));
     let shards = super::scale::ShardProcesses::start(&work, &a.model, spec, (w, s))?;
@@ -128,7 +134,8 @@ fn measure_sharded(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let trainer = vfl_trainer::sharded::ShardedTrainer::remote(spec, (w, t), rt.handle(), &shards.leader, &shards.follower)?;
+    let trainer =
+        vfl_trainer::sharded::ShardedTrainer::remote(spec, (w, t), rt.handle(), &shards.leader, &shards.follower)?;
     let r = vfl_trainer::bench::sharded_throughput_of(trainer, spec, (b, t, s), WARMUP, steps)?;
     shards.finish(WARMUP + steps)?;
     let _ = std::fs::remove_dir_all(&work);

@@ -254,7 +254,11 @@ impl vfl_trainer::sharded::local::BlockData for Blocks {
     ) -> Result<(Box<dyn vfl_data::BatchSource + '_>, Box<dyn vfl_data::BatchSource + '_>), vfl_trainer::TrainError>
     {
         let one = |b: &[vfl_data::BlockFile], schema: &Schema| {
-            BlockReader::new(b.get(i).cloned().into_iter().collect(), schema.clone(), ReadOptions::default())
+            BlockReader::new(
+                b.get(i).cloned().into_iter().collect(),
+                schema.clone(),
+                ReadOptions::default(),
+            )
         };
         Ok((
             Box::new(one(&self.leader, &self.schemas.0)),
@@ -291,7 +295,10 @@ fn sharded(
         follower: DataDir::scan(&train_dir.join("follower"), None)?.blocks().to_vec(),
         schemas: (ls.clone(), fs.clone()),
     };
-    anyhow::ensure!(data.leader.len() == data.follower.len(), "the parties' block counts differ");
+    anyhow::ensure!(
+        data.leader.len() == data.follower.len(),
+        "the parties' block counts differ"
+    );
     let mut t = ShardedTrainer::remote(spec, (workers, threads), rt.handle(), &shards.leader, &shards.follower)?;
     let start = Instant::now();
     let mut examples = 0;

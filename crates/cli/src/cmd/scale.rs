@@ -30,7 +30,12 @@ impl ShardProcesses {
     /// Starts `shards` shard processes per party for `workers` worker pairs
     /// of `model` (its preset name or file, as given), with a simulated
     /// two-signer set-up under `work`.
-    pub fn start(work: &Path, model: &str, spec: &ModelSpec, (workers, shards): (usize, usize)) -> anyhow::Result<Self> {
+    pub fn start(
+        work: &Path,
+        model: &str,
+        spec: &ModelSpec,
+        (workers, shards): (usize, usize),
+    ) -> anyhow::Result<Self> {
         let sim = vfl_attest::policy::write::two_party_sim(&work.join("attestation-two-signers"))?;
         let attest = |signer: &str| -> Vec<String> {
             vec![
@@ -51,10 +56,18 @@ impl ShardProcesses {
             }
         }
         let at = |role: &str, own: PartyRole, signer: &str| -> anyhow::Result<ShardAddrs> {
-            let party = if own == PartyRole::Leader { Role::Leader } else { Role::Follower };
+            let party = if own == PartyRole::Leader {
+                Role::Leader
+            } else {
+                Role::Follower
+            };
             Ok(ShardAddrs {
                 own,
-                addrs: procs.iter().filter(|p| p.role == role).map(|p| p.addr.clone()).collect(),
+                addrs: procs
+                    .iter()
+                    .filter(|p| p.role == role)
+                    .map(|p| p.addr.clone())
+                    .collect(),
                 security: super::attest::sim_security(&sim.root_key, &sim.policy, signer)?,
                 max_message: vfl_trainer::sharded::message_limit(spec, party),
                 wait: std::time::Duration::from_secs(30),
@@ -62,22 +75,39 @@ impl ShardProcesses {
         };
         let leader = at("leader", PartyRole::Leader, &sim.leader_signer)?;
         let follower = at("follower", PartyRole::Follower, &sim.follower_signer)?;
-        Ok(ShardProcesses { procs, leader, follower })
+        Ok(ShardProcesses {
+            procs,
+            leader,
+            follower,
+        })
     }
 
     /// After the workers left: every shard exited successfully, having
     /// applied `steps` steps.
-    pub fn finish(self, steps: u64) -> anyhow::Result<()> {
-        for mut p in self.procs {
+    pub fn finish(mut self, steps: u64) -> anyhow::Result<()> {
+        for mut p in std::mem::take(&mut self.procs) {
             let done = p.lines.find_map(|l| l.ok().filter(|l| l.contains("done after")));
             let status = p.child.wait()?;
             anyhow::ensure!(
-                status.success() && done.as_deref().is_some_and(|d| d.ends_with(&format!("after {steps} steps"))),
+                status.success()
+                    && done
+                        .as_deref()
+                        .is_some_and(|d| d.ends_with(&format!("after {steps} steps"))),
                 "a shard of the {} failed ({status}; {done:?})",
                 p.role
             );
         }
         Ok(())
+    }
+}
+
+/// On an error before [`ShardProcesses::finish`], no shard is left behind.
+impl Drop for ShardProcesses {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
     }
 }
 

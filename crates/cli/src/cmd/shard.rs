@@ -45,7 +45,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "leader" => (Role::Leader, PartyRole::Leader),
         _ => (Role::Follower, PartyRole::Follower),
     };
-    anyhow::ensure!(a.index < a.shards, "--index {} is not below --shards {}", a.index, a.shards);
+    anyhow::ensure!(
+        a.index < a.shards,
+        "--index {} is not below --shards {}",
+        a.index,
+        a.shards
+    );
     super::attest::preflight(&a.attest, None)?;
     let spec = ModelSpec::resolve(&a.model)?;
     let security = super::attest::security(&a.attest, None)?;
@@ -71,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             tracing::info!(addr = %bound, "liveness at /healthz");
         }
         let max = vfl_trainer::sharded::message_limit(&spec, role);
-        let listener = vfl_bridge::party::listen_shard(&a.local_addr, own, max, security).await?;
+        let listener = vfl_bridge::party::listen_shard(&a.local_addr, own, (max, a.workers), security).await?;
         println!(
             "shard {}/{} of the {}: {} embedding rows, listening on {}",
             a.index, a.shards, a.role, rows, listener.local_addr

@@ -48,8 +48,26 @@ fn demo_with_worker_pairs_and_shard_processes_learns() {
     let model = work.join("model.toml");
     std::fs::write(&model, crate::common::MODEL).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
-        .args(["--loglevel", "warn", "demo", "--workers", "2", "--shards", "2", "--files", "6"])
-        .args(["--rows-per-file", "1000", "--eval-rows", "2000", "--batch-size", "64", "--model"])
+        .args([
+            "--loglevel",
+            "warn",
+            "demo",
+            "--workers",
+            "2",
+            "--shards",
+            "2",
+            "--files",
+            "6",
+        ])
+        .args([
+            "--rows-per-file",
+            "1000",
+            "--eval-rows",
+            "2000",
+            "--batch-size",
+            "64",
+            "--model",
+        ])
         .arg(&model)
         .arg("--work-dir")
         .arg(&work)
@@ -57,7 +75,10 @@ fn demo_with_worker_pairs_and_shard_processes_learns() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("2 worker pair(s), 2 shard process(es) per party"), "{text}");
+    assert!(
+        text.contains("2 worker pair(s), 2 shard process(es) per party"),
+        "{text}"
+    );
     let held_out = number_after(&text[text.find("held-out evaluation").unwrap()..], "AUC ");
     let leader_only = number_after(&text, "with the leader's features alone ");
     assert!(
@@ -70,7 +91,17 @@ fn demo_with_worker_pairs_and_shard_processes_learns() {
 #[test]
 fn a_shard_index_outside_the_shards_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
-        .args(["shard", "--role", "leader", "--index", "2", "--shards", "2", "--workers", "1"])
+        .args([
+            "shard",
+            "--role",
+            "leader",
+            "--index",
+            "2",
+            "--shards",
+            "2",
+            "--workers",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

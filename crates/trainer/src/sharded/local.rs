@@ -228,6 +228,13 @@ impl ShardedTrainer {
                 ours: fsteps,
             });
         }
+        // Resuming needs the data position of that step, which only an
+        // in-process checkpoint holds so far.
+        if lsteps != 0 {
+            return Err(TrainError::Unsupported(
+                "the shards have trained already; resuming a run over remote shards is not built yet",
+            ));
+        }
         for (w, p) in pairs.iter_mut().enumerate() {
             for v in &ldump[w] {
                 replica::apply(p.leader.model_mut(), w, v)?;
@@ -315,11 +322,8 @@ impl ShardedTrainer {
     /// Restores every shard from a checkpoint and rebuilds every worker's
     /// replica from the shards (a process that restarts does this too).
     pub fn restore(&mut self, ck: &ShardedCheckpoint) -> Result<(), TrainError> {
-        for (shards, states) in [
-            (&mut self.leader_shards, &ck.leader),
-            (&mut self.follower_shards, &ck.follower),
-        ] {
-            let Shards::Local { shards, begun, applied } = shards else {
+        for (shards, states) in [(&self.leader_shards, &ck.leader), (&self.follower_shards, &ck.follower)] {
+            let Shards::Local { shards, .. } = shards else {
                 return Err(TrainError::Unsupported(
                     "the shards are remote: each restores its own checkpoint",
                 ));
@@ -331,6 +335,25 @@ impl ShardedTrainer {
                 }
                 .into());
             }
+            for (s, st) in shards.iter().zip(states) {
+                s.check_state(st)?;
+                if st.steps != ck.step {
+                    return Err(ShardError::BadState {
+                        shard: s.index(),
+                        why: format!("its state is of step {}, the checkpoint's is {}", st.steps, ck.step),
+                    }
+                    .into());
+                }
+            }
+        }
+        // Everything fits: only now is anything changed.
+        for (shards, states) in [
+            (&mut self.leader_shards, &ck.leader),
+            (&mut self.follower_shards, &ck.follower),
+        ] {
+            let Shards::Local { shards, begun, applied } = shards else {
+                continue;
+            };
             for (s, st) in shards.iter_mut().zip(states) {
                 s.restore(st)?;
             }
@@ -362,6 +385,11 @@ impl ShardedTrainer {
         stop_after: Option<u64>,
     ) -> Result<EpochOutcome, TrainError> {
         let n = self.pairs.len();
+        if stop_after.is_some() && matches!(self.leader_shards, Shards::Remote(_)) {
+            return Err(TrainError::Unsupported(
+                "a checkpoint of remote shards is taken by the shards (not built yet)",
+            ));
+        }
         let mut order: Vec<String> = (0..data.blocks()).map(|b| b.to_string()).collect();
         if let Some(seed) = seed {
             Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);

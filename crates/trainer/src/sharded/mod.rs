@@ -86,11 +86,25 @@ impl Placement {
 /// Parameter values or gradients addressed like [`vfl_nn::Replica`]: dense
 /// tensors by index, embedding rows by (slot, row) with their values packed
 /// in `values` (each row `dim` of its slot long).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Params {
     pub dense: Vec<(u32, Vec<f32>)>,
     pub rows: Vec<(u32, u32)>,
     pub values: Vec<f32>,
+}
+
+// Values are gradients or parameters derived from the parties' data: Debug
+// says sizes only.
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Params {{ dense: {}, rows: {}, values: {} }}",
+            self.dense.len(),
+            self.rows.len(),
+            self.values.len()
+        )
+    }
 }
 
 impl Params {

@@ -29,6 +29,11 @@ pub struct RemoteShards {
     rt: tokio::runtime::Handle,
     /// `[worker][shard]`.
     streams: Vec<Vec<ShardStream>>,
+    /// Where each shard is (for errors), whose it is, and how long a step's
+    /// values may take before the run fails.
+    addrs: Vec<String>,
+    own: PartyRole,
+    wait: Duration,
 }
 
 impl std::fmt::Debug for RemoteShards {
@@ -63,9 +68,19 @@ impl RemoteShards {
                     shard: s as u32,
                 });
                 rt.block_on(send(&mut stream, join))?;
-                let joined = match rt.block_on(recv(&mut stream))? {
-                    SMsg::Joined(j) => j,
-                    other => return Err(unexpected("Joined", &other)),
+                let joined = match rt.block_on(async { tokio::time::timeout(at.wait, recv(&mut stream)).await }) {
+                    Ok(r) => match r? {
+                        SMsg::Joined(j) => j,
+                        other => return Err(unexpected("Joined", &other)),
+                    },
+                    Err(_) => {
+                        return Err(BridgeError::Lost(format!(
+                            "shard {s} of the {} at {addr}: no answer to Join within {} s",
+                            at.own,
+                            at.wait.as_secs()
+                        ))
+                        .into());
+                    }
                 };
                 if *steps.get_or_insert(joined.steps) != joined.steps {
                     return Err(TrainError::Unexpected {
@@ -79,7 +94,14 @@ impl RemoteShards {
             streams.push(row);
             dumps.push(values);
         }
-        Ok((RemoteShards { rt, streams }, dumps, steps.unwrap_or(0)))
+        let remote = RemoteShards {
+            rt,
+            streams,
+            addrs: at.addrs.clone(),
+            own: at.own,
+            wait: at.wait,
+        };
+        Ok((remote, dumps, steps.unwrap_or(0)))
     }
 
     /// Worker `worker`'s contributions (one per shard) to `step`.
@@ -106,21 +128,42 @@ impl RemoteShards {
         Ok(())
     }
 
-    /// Step `step`'s new values as worker `worker` receives them.
+    /// Step `step`'s new values as worker `worker` receives them. A shard
+    /// that sends nothing within the wait fails the run, named (no silent
+    /// hang when a shard or another participant is gone).
     pub fn receive(&mut self, worker: usize, step: u64) -> Result<Vec<Arc<Params>>, TrainError> {
         let row = self
             .streams
             .get_mut(worker)
             .ok_or(TrainError::Unsupported("no such worker"))?;
         let mut out = Vec::with_capacity(row.len());
-        for stream in row.iter_mut() {
-            match self.rt.block_on(recv(stream))? {
-                SMsg::Changes(c) if c.step == step => {
+        for (s, stream) in row.iter_mut().enumerate() {
+            let got = self
+                .rt
+                .block_on(async { tokio::time::timeout(self.wait, recv(stream)).await });
+            let named = |why: String| {
+                BridgeError::Lost(format!(
+                    "shard {s} of the {} at {} (worker {worker}, step {step}): {why}",
+                    self.own,
+                    self.addrs.get(s).map_or("?", String::as_str)
+                ))
+            };
+            match got {
+                Err(_) => {
+                    return Err(named(format!(
+                        "no values within {} s (a shard or a participant is gone)",
+                        self.wait.as_secs()
+                    ))
+                    .into());
+                }
+                Ok(Err(TrainError::Bridge(BridgeError::Lost(why)))) => return Err(named(why).into()),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(SMsg::Changes(c))) if c.step == step => {
                     out.push(Arc::new(
                         wire::decode_opt(c.params.as_ref(), "the step's values").map_err(bad)?,
                     ));
                 }
-                other => return Err(unexpected("the step's Changes", &other)),
+                Ok(Ok(other)) => return Err(unexpected("the step's Changes", &other)),
             }
         }
         Ok(out)

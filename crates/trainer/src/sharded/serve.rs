@@ -33,67 +33,129 @@ enum Event {
 }
 
 /// Serves `shard` on `listener` until every worker that joined has left
-/// (the job is over), or no worker came within the peer timeout.
+/// (the job is over). Fails when no worker joins within the peer timeout,
+/// when a step begun is not complete within it (a participant is gone or
+/// was refused: every worker is told), and drops a worker that does not
+/// read what it is sent (it must not stall the others).
 pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener) -> Result<u64, TrainError> {
     let (ev_tx, mut events) = mpsc::channel::<Event>(64);
     let mut conns: Conns = BTreeMap::new();
     let mut next_conn = 0u64;
     let mut ever_joined = false;
     let mut participants: Option<(u64, Vec<u32>)> = None;
+    // Until the first worker joins, then while a step is in progress.
     let deadline = tokio::time::sleep(cfg.peer_timeout);
     tokio::pin!(deadline);
-    loop {
+    let mut step_open = false;
+    let result = loop {
         tokio::select! {
             s = listener.streams.recv() => {
-                let Some(WorkerStream { mut inbound, outbound, .. }) = s else { break };
+                let Some(WorkerStream { mut inbound, outbound, .. }) = s else { break Ok(()) };
                 next_conn += 1;
                 let conn = next_conn;
-                conns.insert(conn, (None, outbound));
                 let tx = ev_tx.clone();
-                tokio::spawn(async move {
+                let reader = tokio::spawn(async move {
                     loop {
-                        match inbound.message().await {
-                            Ok(Some(m)) => match m.msg {
-                                Some(msg) => if tx.send(Event::Message(conn, msg)).await.is_err() { return },
-                                None => { let _ = tx.send(Event::Closed(conn, "an empty message".into())).await; return }
-                            },
-                            Ok(None) => { let _ = tx.send(Event::Closed(conn, "closed".into())).await; return }
-                            Err(s) => { let _ = tx.send(Event::Closed(conn, s.message().to_string())).await; return }
+                        let ev = match inbound.message().await {
+                            Ok(Some(party_pb::WorkerMessage { msg: Some(msg) })) => Event::Message(conn, msg),
+                            Ok(Some(_)) => Event::Closed(conn, "an empty message".into()),
+                            Ok(None) => Event::Closed(conn, "closed".into()),
+                            Err(s) => Event::Closed(conn, vfl_bridge::sanitize(s.message(), 300)),
+                        };
+                        let last = matches!(ev, Event::Closed(..));
+                        if tx.send(ev).await.is_err() || last {
+                            return;
                         }
                     }
                 });
+                conns.insert(conn, Conn { worker: None, tx: outbound, reader });
             }
             Some(reason) = listener.rejections.recv() => {
                 tracing::warn!(%reason, "refused a connection's evidence");
             }
             Some(ev) = events.recv() => match ev {
                 Event::Closed(conn, why) => {
-                    if let Some((Some(w), _)) = conns.remove(&conn) {
+                    if let Some(c) = conns.remove(&conn)
+                        && let Some(w) = c.worker
+                    {
                         tracing::info!(worker = w, %why, "worker left");
                     }
-                    if ever_joined && conns.values().all(|(w, _)| w.is_none()) {
-                        break;
+                    if ever_joined && conns.values().all(|c| c.worker.is_none()) {
+                        break Ok(());
                     }
                 }
                 Event::Message(conn, msg) => {
-                    if let Err(e) = handle(&cfg, &mut shard, &mut conns, &mut participants, conn, msg).await {
-                        tracing::error!(error = %e, "refusing a worker");
-                        if let Some((_, tx)) = conns.remove(&conn) {
-                            let _ = tx.send(Ok(failure(&e.to_string()))).await;
+                    match handle(&cfg, &mut shard, &mut conns, &mut participants, conn, msg) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "refusing a worker");
+                            let joined = conns.get(&conn).is_some_and(|c| c.worker.is_some());
+                            if let Some(c) = conns.remove(&conn) {
+                                let _ = c.tx.try_send(Ok(failure(&e.to_string())));
+                                c.reader.abort();
+                            }
+                            // A joined worker refused while a step waits for
+                            // it: the step cannot complete.
+                            if joined && participants.as_ref().is_some_and(|(step, _)| *step > shard.steps()) {
+                                break Err(e);
+                            }
                         }
-                    } else {
-                        ever_joined |= conns.values().any(|(w, _)| w.is_some());
                     }
+                    ever_joined |= conns.values().any(|c| c.worker.is_some());
+                    let open = participants.as_ref().is_some_and(|(step, _)| *step > shard.steps());
+                    if open && !step_open {
+                        deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                    }
+                    step_open = open;
                 }
             },
-            () = &mut deadline, if !ever_joined => {
-                listener.shutdown().await;
-                return Err(TrainError::Unsupported("no worker joined this shard within --peer-timeout"));
+            () = &mut deadline, if !ever_joined || step_open => {
+                break Err(if ever_joined {
+                    TrainError::Bridge(vfl_bridge::BridgeError::Lost(format!(
+                        "shard {}: step {} incomplete after {} s (a participant is gone)",
+                        cfg.index,
+                        shard.steps() + 1,
+                        cfg.peer_timeout.as_secs()
+                    )))
+                } else {
+                    TrainError::Unsupported("no worker joined this shard within --peer-timeout")
+                });
             }
         }
+    };
+    if let Err(e) = &result {
+        for c in conns.values() {
+            let _ = c.tx.try_send(Ok(failure(&e.to_string())));
+        }
     }
+    for c in conns.values() {
+        c.reader.abort();
+    }
+    // The response streams end with their senders, so that the server's
+    // graceful shutdown does not wait for workers that are still connected.
+    drop(conns);
     listener.shutdown().await;
-    Ok(shard.steps())
+    result.map(|()| shard.steps())
+}
+
+/// One worker's connection: who it is once joined, where its messages go,
+/// the task reading it.
+struct Conn {
+    worker: Option<u32>,
+    tx: mpsc::Sender<Result<party_pb::ShardMessage, Status>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Sends without waiting: a worker whose queue is full does not read and
+/// is dropped (a stalled worker must not stall the shard).
+fn deliver(conns: &mut Conns, conn: u64, msg: party_pb::ShardMessage) {
+    let Some(c) = conns.get(&conn) else { return };
+    if let Err(e) = c.tx.try_send(Ok(msg)) {
+        tracing::warn!(worker = ?c.worker, error = %e, "dropping a worker that does not read");
+        if let Some(c) = conns.remove(&conn) {
+            c.reader.abort();
+        }
+    }
 }
 
 fn failure(reason: &str) -> party_pb::ShardMessage {
@@ -102,10 +164,10 @@ fn failure(reason: &str) -> party_pb::ShardMessage {
     }
 }
 
-type Conns = BTreeMap<u64, (Option<u32>, mpsc::Sender<Result<party_pb::ShardMessage, Status>>)>;
+type Conns = BTreeMap<u64, Conn>;
 
 /// One message of connection `conn`.
-async fn handle(
+fn handle(
     cfg: &ShardConfig,
     shard: &mut Shard,
     conns: &mut Conns,
@@ -113,7 +175,7 @@ async fn handle(
     conn: u64,
     msg: WMsg,
 ) -> Result<(), TrainError> {
-    let joined = conns.get(&conn).and_then(|(w, _)| *w);
+    let joined = conns.get(&conn).and_then(|c| c.worker);
     match (msg, joined) {
         (WMsg::Join(j), None) => {
             let want = (
@@ -129,7 +191,7 @@ async fn handle(
                     got: format!("model {}, {} workers, {} shards, shard {}", got.0, got.1, got.2, got.3),
                 });
             }
-            if j.worker as usize >= cfg.workers || conns.values().any(|(w, _)| *w == Some(j.worker)) {
+            if j.worker as usize >= cfg.workers || conns.values().any(|c| c.worker == Some(j.worker)) {
                 return Err(TrainError::Unexpected {
                     expected: "a worker index not taken",
                     got: format!("worker {}", j.worker),
@@ -144,12 +206,20 @@ async fn handle(
             let entry = conns
                 .get_mut(&conn)
                 .ok_or(TrainError::Unsupported("a connection that is gone"))?;
-            entry.0 = Some(j.worker);
-            let _ = entry.1.send(Ok(reply)).await;
+            entry.worker = Some(j.worker);
+            deliver(conns, conn, reply);
             tracing::info!(worker = j.worker, steps = shard.steps(), "worker joined");
             Ok(())
         }
         (WMsg::Contribute(c), Some(worker)) => {
+            if c.participants.len() > cfg.workers {
+                return Err(ShardError::UnknownWorker {
+                    shard: cfg.index,
+                    worker: u32::MAX,
+                    workers: cfg.workers,
+                }
+                .into());
+            }
             // Every contribution of a step names the same participants.
             match participants {
                 Some((step, ids)) if *step == c.step => {
@@ -189,10 +259,13 @@ async fn handle(
                         params: Some(wire::encode(&changes)),
                     })),
                 };
-                for (w, tx) in conns.values() {
-                    if w.is_some() {
-                        let _ = tx.send(Ok(msg.clone())).await;
-                    }
+                let joined: Vec<u64> = conns
+                    .iter()
+                    .filter(|(_, c)| c.worker.is_some())
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in joined {
+                    deliver(conns, k, msg.clone());
                 }
             }
             Ok(())

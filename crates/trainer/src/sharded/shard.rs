@@ -12,7 +12,7 @@ const NOT_OWNED: u32 = u32::MAX;
 /// A shard's state between steps, for checkpoints: the values and
 /// optimizer state of what it owns (rows in (slot, row) order, dense
 /// tensors by index) and the steps applied.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ShardState {
     pub steps: u64,
     pub values: Vec<f32>,
@@ -21,7 +21,7 @@ pub struct ShardState {
 }
 
 /// One dense tensor this shard owns.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct DenseParam {
     index: u32,
     w: Vec<f32>,
@@ -29,7 +29,6 @@ struct DenseParam {
 }
 
 /// The step in progress: who takes part (in worker order) and what came.
-#[derive(Debug)]
 struct Pending {
     step: u64,
     participants: Vec<u32>,
@@ -37,7 +36,6 @@ struct Pending {
 }
 
 /// Shard `index` of one party's parameters.
-#[derive(Debug)]
 pub struct Shard {
     index: usize,
     workers: usize,
@@ -447,9 +445,9 @@ impl Shard {
         }
     }
 
-    /// Resumes from [`Shard::state`] of the same shard of the same model;
-    /// a step in progress is dropped.
-    pub fn restore(&mut self, st: &ShardState) -> Result<(), ShardError> {
+    /// Whether `st` is a state of this shard (sizes and tensors), without
+    /// changing anything.
+    pub fn check_state(&self, st: &ShardState) -> Result<(), ShardError> {
         let bad = |why: String| ShardError::BadState { shard: self.index, why };
         let fits = |s: &ParamState, want: &ParamState| s.a.len() == want.a.len() && s.b.len() == want.b.len();
         if st.values.len() != self.values.len() || !fits(&st.state, &self.state) {
@@ -471,6 +469,14 @@ impl Shard {
                 return Err(bad(format!("dense tensor {i} does not match tensor {}", d.index)));
             }
         }
+        Ok(())
+    }
+
+    /// Resumes from [`Shard::state`] of the same shard of the same model;
+    /// a step in progress is dropped. Nothing changes when `st` does not
+    /// fit.
+    pub fn restore(&mut self, st: &ShardState) -> Result<(), ShardError> {
+        self.check_state(st)?;
         self.values.clone_from(&st.values);
         self.state = st.state.clone();
         for ((_, w, s), d) in st.dense.iter().zip(&mut self.dense) {
@@ -481,6 +487,34 @@ impl Shard {
         self.opt.set_step(st.steps);
         self.pending = None;
         Ok(())
+    }
+}
+
+// Parameters and gradients are derived from the parties' data (on the
+// follower, from the leader's labels): Debug says sizes, never values.
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Shard {{ index: {}, workers: {}, rows: {}, dense: {}, steps: {} }}",
+            self.index,
+            self.workers,
+            self.keys.len(),
+            self.dense.len(),
+            self.steps
+        )
+    }
+}
+
+impl std::fmt::Debug for ShardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ShardState {{ steps: {}, values: {}, dense: {} }}",
+            self.steps,
+            self.values.len(),
+            self.dense.len()
+        )
     }
 }
 

@@ -246,3 +246,19 @@ fn a_checkpoint_of_another_shard_count_is_refused() {
         Err(TrainError::Shard(vfl_trainer::sharded::ShardError::BadState { .. }))
     ));
 }
+
+#[test]
+fn a_checkpoint_with_one_bad_shard_changes_no_shard() {
+    let (_, mut ck) = interrupted(5);
+    ck.follower[1].steps = 4;
+    let mut t = ShardedTrainer::new(&small_wide_n_deep(), 3, 2, 1).unwrap();
+    let before = weights(&t);
+    assert!(matches!(
+        t.restore(&ck),
+        Err(TrainError::Shard(vfl_trainer::sharded::ShardError::BadState {
+            shard: 1,
+            ..
+        }))
+    ));
+    assert!(weights(&t) == before, "a shard was restored before the refusal");
+}

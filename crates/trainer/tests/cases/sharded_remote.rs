@@ -79,6 +79,17 @@ fn start_shards(
     shards: usize,
     workers: usize,
 ) -> (ShardAddrs, Vec<tokio::task::JoinHandle<Result<u64, TrainError>>>) {
+    start_shards_waiting(rt, spec, (role, security), (shards, workers), Duration::from_secs(30))
+}
+
+/// [`start_shards`] whose shards wait `wait` for workers and steps.
+fn start_shards_waiting(
+    rt: &tokio::runtime::Runtime,
+    spec: &ModelSpec,
+    (role, security): (Role, &Security),
+    (shards, workers): (usize, usize),
+    wait: Duration,
+) -> (ShardAddrs, Vec<tokio::task::JoinHandle<Result<u64, TrainError>>>) {
     let own = match role {
         Role::Leader => PartyRole::Leader,
         Role::Follower => PartyRole::Follower,
@@ -87,7 +98,7 @@ fn start_shards(
     let (mut addrs, mut tasks) = (Vec::new(), Vec::new());
     for s in 0..shards {
         let listener = rt
-            .block_on(listen_shard("127.0.0.1:0", own, MAX, security.clone()))
+            .block_on(listen_shard("127.0.0.1:0", own, (MAX, workers), security.clone()))
             .unwrap();
         addrs.push(listener.local_addr.to_string());
         let cfg = ShardConfig {
@@ -95,7 +106,7 @@ fn start_shards(
             shards,
             workers,
             model_fingerprint: spec.fingerprint(),
-            peer_timeout: Duration::from_secs(30),
+            peer_timeout: wait,
         };
         let shard = Shard::new(spec, role, s, placement, workers).unwrap();
         tasks.push(rt.spawn(serve::run(cfg, shard, listener)));
@@ -238,4 +249,72 @@ fn an_enclave_admitted_as_both_roles_is_not_trusted_inside_a_party() {
         matches!(&e, BridgeError::Rejected(why) if why.contains("as both leader and follower")),
         "{e}"
     );
+}
+
+#[test]
+fn a_shard_that_dies_fails_the_run_naming_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (leader_tls, follower_tls) = parties();
+    let (la, ltasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 2, 1);
+    let (fa, _ftasks) = start_shards(&rt, &spec, (Role::Follower, &follower_tls), 2, 1);
+    let mut t = ShardedTrainer::remote(&spec, (1, 1), rt.handle(), &la, &fa).unwrap();
+    ltasks[1].abort();
+    let g = generator();
+    let data = SynthBlocks {
+        generator: &g,
+        per_block: 300,
+        blocks: 2,
+    };
+    let e = t.run_epoch(&data, (0, None), 32, None, None).unwrap_err().to_string();
+    assert!(e.contains("shard 1 of the leader"), "{e}");
+}
+
+#[test]
+fn a_missing_participant_fails_the_step_within_the_wait() {
+    use vfl_trainer::sharded::remote::RemoteShards;
+    use vfl_trainer::sharded::{Contribution, Params};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (leader_tls, _) = parties();
+    let (mut la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 2);
+    la.wait = Duration::from_secs(1);
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, 2, &spec.fingerprint()).unwrap();
+    // Worker 0 takes part in step 1 with worker 1, which never sends.
+    let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
+    let c = Contribution {
+        examples: 1,
+        grads: Params {
+            values: vec![0.0; like.dump().values.len()],
+            ..like.dump()
+        },
+    };
+    let e = r.send(0, 1, &[0, 1], vec![c]);
+    assert!(e.is_ok(), "{e:?}");
+    let e = r.receive(0, 1).unwrap_err().to_string();
+    assert!(e.contains("no values within 1 s"), "{e}");
+}
+
+#[test]
+fn a_shard_fails_a_step_that_stays_incomplete_and_tells_the_workers() {
+    use vfl_trainer::sharded::Contribution;
+    use vfl_trainer::sharded::remote::RemoteShards;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (leader_tls, _) = parties();
+    let (mut la, mut tasks) =
+        start_shards_waiting(&rt, &spec, (Role::Leader, &leader_tls), (1, 2), Duration::from_secs(1));
+    la.wait = Duration::from_secs(10);
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, 2, &spec.fingerprint()).unwrap();
+    let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
+    let c = Contribution {
+        examples: 1,
+        grads: like.dump(),
+    };
+    r.send(0, 1, &[0, 1], vec![c]).unwrap();
+    // The shard gives up after its 1 s and tells worker 0 why.
+    let e = r.receive(0, 1).unwrap_err().to_string();
+    assert!(e.contains("step 1 incomplete after 1 s"), "{e}");
+    let ended = rt.block_on(tasks.remove(0)).unwrap().unwrap_err().to_string();
+    assert!(ended.contains("step 1 incomplete"), "{ended}");
 }
