@@ -132,42 +132,17 @@ pub async fn listen_shard(
     })
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (rej_tx, rej_rx) = mpsc::channel(8);
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(crate::server::WINDOW)
-        .initial_connection_window_size(crate::server::WINDOW)
-        .max_concurrent_streams(Some(crate::server::MAX_STREAMS))
-        .http2_keepalive_interval(Some(crate::client::KEEPALIVE))
-        .http2_keepalive_timeout(Some(crate::client::KEEPALIVE * 2))
-        .add_service(svc);
-    let stop = async {
-        let _ = rx.await;
+    let limits = secure::Limits {
+        connections: workers + 2,
+        ..secure::Limits::default()
     };
-    let task = match security {
-        Security::Insecure => {
-            let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(tcp), |s| {
-                s.and_then(|s| s.set_nodelay(true).map(|()| s))
-            });
-            drop(rej_tx);
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
-        }
-        Security::RaTls(tls) => {
-            let limits = secure::Limits {
-                connections: workers + 2,
-                ..secure::Limits::default()
-            };
-            let incoming = ReceiverStream::new(secure::accept_loop(tcp, tls, rej_tx, limits));
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
-        }
-    };
+    let serving = crate::server::serve(crate::server::builder().add_service(svc), tcp, security, limits);
     Ok(ShardListener {
         local_addr,
         streams: srx,
-        rejections: rej_rx,
-        shutdown: Some(tx),
-        task,
+        rejections: serving.rejections,
+        shutdown: Some(serving.shutdown),
+        task: serving.task,
     })
 }
 

@@ -255,9 +255,19 @@ pub async fn listen(
     })
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (rej_tx, rej_rx) = mpsc::channel(8);
-    let router = tonic::transport::Server::builder()
+    let serving = serve(builder().add_service(svc), tcp, security, secure::Limits::default());
+    Ok(Listener {
+        local_addr,
+        sessions: srx,
+        rejections: serving.rejections,
+        shutdown: Some(serving.shutdown),
+        task: serving.task,
+    })
+}
+
+/// The gRPC server settings of every enclave-vfl endpoint.
+pub(crate) fn builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Tensors of 64 KiB and more would stall on HTTP/2's default
         // 64 KiB flow-control window (one round trip per message).
@@ -270,7 +280,26 @@ pub async fn listen(
         // noticed and gives its place back.
         .http2_keepalive_interval(Some(crate::client::KEEPALIVE))
         .http2_keepalive_timeout(Some(crate::client::KEEPALIVE * 2))
-        .add_service(svc);
+}
+
+/// A server started by [`serve`]: its task, its stop switch, and the
+/// verdicts on refused evidence (RA-TLS only).
+pub(crate) struct Serving {
+    pub task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    pub shutdown: tokio::sync::oneshot::Sender<()>,
+    pub rejections: mpsc::Receiver<String>,
+}
+
+/// Serves `router` on `tcp`: plaintext, or RA-TLS through the accept loop
+/// and its `limits`.
+pub(crate) fn serve(
+    router: tonic::transport::server::Router,
+    tcp: tokio::net::TcpListener,
+    security: Security,
+    limits: secure::Limits,
+) -> Serving {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (rej_tx, rej_rx) = mpsc::channel(8);
     let stop = async {
         let _ = rx.await;
     };
@@ -286,15 +315,13 @@ pub async fn listen(
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
         Security::RaTls(tls) => {
-            let incoming = ReceiverStream::new(secure::accept_loop(tcp, tls, rej_tx, secure::Limits::default()));
+            let incoming = ReceiverStream::new(secure::accept_loop(tcp, tls, rej_tx, limits));
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };
-    Ok(Listener {
-        local_addr,
-        sessions: srx,
-        rejections: rej_rx,
-        shutdown: Some(tx),
+    Serving {
         task,
-    })
+        shutdown: tx,
+        rejections: rej_rx,
+    }
 }

@@ -225,14 +225,7 @@ fn in_process(
         "training: {examples} examples in {secs:.1} s = {:.0} examples/s",
         examples as f64 / secs
     );
-    println!(
-        "held-out evaluation ({} rows): AUC {}, log loss {:.4}, KS {}",
-        m.count,
-        super::four(m.auc),
-        m.log_loss,
-        super::four(m.ks)
-    );
-    println!("{}", best_possible(synth, eval.examples));
+    held_out(&m, synth, eval.examples);
     Ok(())
 }
 
@@ -333,6 +326,12 @@ fn sharded(
         traffic.to_shards as f64 / examples.max(1) as f64,
         traffic.from_shards as f64 / examples.max(1) as f64
     );
+    held_out(&m, synth, eval.examples);
+    Ok(())
+}
+
+/// The held-out metrics and the best possible AUCs on those rows.
+fn held_out(m: &vfl_nn::MetricValues, synth: &SynthConfig, rows: u64) {
     println!(
         "held-out evaluation ({} rows): AUC {}, log loss {:.4}, KS {}",
         m.count,
@@ -340,8 +339,7 @@ fn sharded(
         m.log_loss,
         super::four(m.ks)
     );
-    println!("{}", best_possible(synth, eval.examples));
-    Ok(())
+    println!("{}", best_possible(synth, rows));
 }
 
 /// The best possible AUCs on the evaluation rows, as a printable line: of a

@@ -4,25 +4,12 @@
 
 use vfl_data::SynthSource;
 use vfl_data::synth::{Synth, SynthConfig, SynthRow};
-use vfl_nn::{BinaryMetrics, ModelSpec};
+use vfl_nn::BinaryMetrics;
 use vfl_trainer::LocalTrainer;
 
-/// The smallest model that shows it: wide_n_deep_adam's shape with 32
-/// slots per party (8 of them informative, as in the default data) and
-/// narrower layers.
-fn small_wide_n_deep() -> ModelSpec {
-    let mut spec = ModelSpec::preset("wide_n_deep_adam").unwrap();
-    for tower in [&mut spec.leader, &mut spec.follower] {
-        tower.sparse[0].count = Some(SLOTS);
-    }
-    spec.leader.layers[0].units = 64;
-    spec.leader.layers[1].units = 16;
-    spec.follower.layers[0].units = 16;
-    spec.head.input_dim = Some(32);
-    spec
-}
-
-const SLOTS: usize = 32;
+// The smallest model that shows it: wide_n_deep_adam's shape with 32 slots
+// per party (8 of them informative, as in the default data), narrower layers.
+use super::sharded::{SLOTS, small_wide_n_deep};
 
 #[test]
 fn wide_n_deep_learns_planted_labels_beyond_leader_only_oracle() {

@@ -8,8 +8,9 @@ use vfl_nn::{BinaryMetrics, ModelSpec, Replica};
 use vfl_trainer::sharded::{BlockData, EpochOutcome, ShardedCheckpoint, ShardedTrainer};
 use vfl_trainer::{LocalTrainer, TrainError};
 
-const SLOTS: usize = 32;
+pub const SLOTS: usize = 32;
 
+/// wide_n_deep_adam's shape with 32 slots per party and narrower layers.
 pub fn small_wide_n_deep() -> ModelSpec {
     let mut spec = ModelSpec::preset("wide_n_deep_adam").unwrap();
     for tower in [&mut spec.leader, &mut spec.follower] {

@@ -179,24 +179,22 @@ fn remote_shards_over_ratls_train_bitwise_like_in_process_shards() {
     }
 }
 
+/// What a process with `dialer`'s evidence, claiming to be of party
+/// `claims`, gets from a shard of `role` (run with `shard_tls`).
+fn dial_refused(role: Role, shard_tls: &Security, claims: PartyRole, dialer: &Security) -> BridgeError {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (at, _tasks) = start_shards(&rt, &small_wide_n_deep(), (role, shard_tls), 1, 1);
+    rt.block_on(dial_shard(&at.addrs[0], claims, MAX, dialer, Duration::from_secs(5)))
+        .err()
+        .expect("refused")
+}
+
 #[test]
 fn a_shard_refuses_a_process_of_the_other_party() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let spec = small_wide_n_deep();
     let (leader_tls, follower_tls) = parties();
-    let (la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 1);
     // A follower process whose host claims it is the leader's: the shard's
     // policy admits its enclave only as the follower.
-    let e = rt
-        .block_on(dial_shard(
-            &la.addrs[0],
-            PartyRole::Leader,
-            MAX,
-            &follower_tls,
-            Duration::from_secs(5),
-        ))
-        .err()
-        .expect("refused");
+    let e = dial_refused(Role::Leader, &leader_tls, PartyRole::Leader, &follower_tls);
     assert!(
         matches!(&e, BridgeError::Rejected(why) if why.contains("not a leader process")),
         "{e}"
@@ -205,22 +203,10 @@ fn a_shard_refuses_a_process_of_the_other_party() {
 
 #[test]
 fn a_worker_refuses_a_shard_of_the_other_party() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let spec = small_wide_n_deep();
     let (leader_tls, follower_tls) = parties();
-    let (fa, _tasks) = start_shards(&rt, &spec, (Role::Follower, &follower_tls), 1, 1);
     // A leader worker sent to the follower's shard: our verdict on its
     // evidence (admitted as the follower, not as our own party).
-    let e = rt
-        .block_on(dial_shard(
-            &fa.addrs[0],
-            PartyRole::Leader,
-            MAX,
-            &leader_tls,
-            Duration::from_secs(5),
-        ))
-        .err()
-        .expect("refused");
+    let e = dial_refused(Role::Follower, &follower_tls, PartyRole::Leader, &leader_tls);
     assert!(
         matches!(&e, BridgeError::Rejected(why) if why.contains("allow it only as follower")),
         "{e}"
@@ -229,22 +215,10 @@ fn a_worker_refuses_a_shard_of_the_other_party() {
 
 #[test]
 fn an_enclave_admitted_as_both_roles_is_not_trusted_inside_a_party() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let spec = small_wide_n_deep();
     // Both parties run the same enclave: the policy admits it as leader and
     // as follower, so the follower's processes could pass for the leader's.
     let (leader_tls, _) = parties_with(7);
-    let (la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 1);
-    let e = rt
-        .block_on(dial_shard(
-            &la.addrs[0],
-            PartyRole::Leader,
-            MAX,
-            &leader_tls,
-            Duration::from_secs(5),
-        ))
-        .err()
-        .expect("refused");
+    let e = dial_refused(Role::Leader, &leader_tls, PartyRole::Leader, &leader_tls);
     assert!(
         matches!(&e, BridgeError::Rejected(why) if why.contains("as both leader and follower")),
         "{e}"
