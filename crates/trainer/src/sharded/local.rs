@@ -360,6 +360,7 @@ impl ShardedTrainer {
             *begun = ck.step;
             applied.iter_mut().for_each(|a| *a = None);
         }
+        self.step = ck.step;
         for (w, p) in self.pairs.iter_mut().enumerate() {
             for s in self.leader_shards.shards()? {
                 replica::apply(p.leader.model_mut(), w, &s.dump())?;
@@ -368,7 +369,6 @@ impl ShardedTrainer {
                 replica::apply(p.follower.model_mut(), w, &s.dump())?;
             }
         }
-        self.step = ck.step;
         Ok(())
     }
 

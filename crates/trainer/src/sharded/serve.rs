@@ -80,10 +80,12 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                     {
                         tracing::info!(worker = w, %why, "worker left");
                     }
-                    if ever_joined && conns.values().all(|c| c.worker.is_none()) {
-                        break Ok(());
+                    if let Some(end) = all_left(ever_joined, step_open, &conns, &cfg, &shard) {
+                        break end;
                     }
                 }
+                // Left over from a connection already dropped.
+                Event::Message(conn, _) if !conns.contains_key(&conn) => {}
                 Event::Message(conn, msg) => {
                     match handle(&cfg, &mut shard, &mut conns, &mut participants, conn, msg) {
                         Ok(()) => {}
@@ -101,12 +103,17 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                             }
                         }
                     }
-                    ever_joined |= conns.values().any(|c| c.worker.is_some());
                     let open = participants.as_ref().is_some_and(|(step, _)| *step > shard.steps());
                     if open && !step_open {
                         deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                     }
                     step_open = open;
+                    // A refusal or a dropped reader may have removed the last
+                    // worker (no Closed event comes for it).
+                    if let Some(end) = all_left(ever_joined, step_open, &conns, &cfg, &shard) {
+                        break end;
+                    }
+                    ever_joined |= conns.values().any(|c| c.worker.is_some());
                 }
             },
             () = &mut deadline, if !ever_joined || step_open => {
@@ -134,8 +141,36 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     // The response streams end with their senders, so that the server's
     // graceful shutdown does not wait for workers that are still connected.
     drop(conns);
-    listener.shutdown().await;
+    if tokio::time::timeout(cfg.peer_timeout, listener.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("a worker did not take the last messages; stopped without it");
+    }
     result.map(|()| shard.steps())
+}
+
+/// When every worker that joined has left: the end of the job, or, with
+/// a step still open, a failure (the step can never complete).
+fn all_left(
+    ever_joined: bool,
+    step_open: bool,
+    conns: &Conns,
+    cfg: &ShardConfig,
+    shard: &Shard,
+) -> Option<Result<(), TrainError>> {
+    if !ever_joined || conns.values().any(|c| c.worker.is_some()) {
+        return None;
+    }
+    Some(if step_open {
+        Err(TrainError::Bridge(vfl_bridge::BridgeError::Lost(format!(
+            "shard {}: every worker left during step {}",
+            cfg.index,
+            shard.steps() + 1
+        ))))
+    } else {
+        Ok(())
+    })
 }
 
 /// One worker's connection: who it is once joined, where its messages go,

@@ -292,3 +292,27 @@ fn a_shard_fails_a_step_that_stays_incomplete_and_tells_the_workers() {
     let ended = rt.block_on(tasks.remove(0)).unwrap().unwrap_err().to_string();
     assert!(ended.contains("step 1 incomplete"), "{ended}");
 }
+
+#[test]
+fn a_shard_whose_workers_all_leave_mid_step_fails() {
+    use vfl_trainer::sharded::Contribution;
+    use vfl_trainer::sharded::remote::RemoteShards;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (leader_tls, _) = parties();
+    let (la, mut tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 2);
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, 2, &spec.fingerprint()).unwrap();
+    let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
+    let c = Contribution {
+        examples: 1,
+        grads: like.dump(),
+    };
+    r.send(0, 1, &[0, 1], vec![c]).unwrap();
+    // The workers' process ends before worker 1 sent: not a finished job.
+    // (Give worker 0's message time to reach the shard before the streams
+    // close.)
+    std::thread::sleep(Duration::from_millis(500));
+    drop(r);
+    let ended = rt.block_on(tasks.remove(0)).unwrap().unwrap_err().to_string();
+    assert!(ended.contains("every worker left during step 1"), "{ended}");
+}
