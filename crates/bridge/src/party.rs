@@ -54,17 +54,13 @@ pub struct ShardListener {
     pub streams: mpsc::Receiver<WorkerStream>,
     /// Verdicts on genuine evidence that was refused (RA-TLS only).
     pub rejections: mpsc::Receiver<String>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: crate::server::Server,
 }
 
 impl ShardListener {
     /// Stops serving and waits for the server task.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
+    pub async fn shutdown(self) {
+        self.server.stop().await;
     }
 }
 
@@ -141,8 +137,7 @@ pub async fn listen_shard(
         local_addr,
         streams: srx,
         rejections: serving.rejections,
-        shutdown: Some(serving.shutdown),
-        task: serving.task,
+        server: serving.server,
     })
 }
 

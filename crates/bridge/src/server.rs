@@ -207,17 +207,13 @@ pub struct Listener {
     pub sessions: mpsc::Receiver<Session>,
     /// Reasons of refused RA-TLS handshakes (ours of the peer, or the peer's of us).
     pub rejections: mpsc::Receiver<String>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: Server,
 }
 
 impl Listener {
     /// Stops the server and waits for it.
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        let _ = self.task.await;
+    pub async fn shutdown(self) {
+        self.server.stop().await;
     }
 }
 
@@ -260,8 +256,7 @@ pub async fn listen(
         local_addr,
         sessions: srx,
         rejections: serving.rejections,
-        shutdown: Some(serving.shutdown),
-        task: serving.task,
+        server: serving.server,
     })
 }
 
@@ -282,12 +277,25 @@ pub(crate) fn builder() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(crate::client::KEEPALIVE * 2))
 }
 
-/// A server started by [`serve`]: its task, its stop switch, and the
-/// verdicts on refused evidence (RA-TLS only).
+/// A server started by [`serve`] and the verdicts on refused evidence
+/// (RA-TLS only).
 pub(crate) struct Serving {
-    pub task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    pub shutdown: tokio::sync::oneshot::Sender<()>,
+    pub server: Server,
     pub rejections: mpsc::Receiver<String>,
+}
+
+/// A running gRPC server: its task and its stop switch.
+pub(crate) struct Server {
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    /// Stops serving and waits for the server task.
+    pub(crate) async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// Serves `router` on `tcp`: plaintext, or RA-TLS through the accept loop
@@ -320,8 +328,7 @@ pub(crate) fn serve(
         }
     };
     Serving {
-        task,
-        shutdown: tx,
+        server: Server { task, shutdown: tx },
         rejections: rej_rx,
     }
 }

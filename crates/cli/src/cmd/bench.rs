@@ -86,11 +86,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "{:>6} {:>8} {:>10} {:>10} {:>10} {:>12}",
             "batch", "threads", "median", "min", "max", "per-cpu-s"
         );
-        let median = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied()
-        };
         let mut i = 0;
         for &b in &a.batch_sizes {
             for &t in &a.threads {
@@ -186,11 +181,6 @@ fn sharded(a: &Args, spec: &ModelSpec) -> anyhow::Result<()> {
     if a.json {
         return Ok(());
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
     println!(
         "model {} | kernel {} | {} rounds | sharded in one process (pairs stepped one after another), vs the single pair of the same round",
         spec.name,
@@ -205,8 +195,8 @@ fn sharded(a: &Args, spec: &ModelSpec) -> anyhow::Result<()> {
         let Some(r) = last else { continue };
         println!(
             "{label} {:>10.0} {:>8.3} {:>10.0} {:>10.0} {:>10.0} {:>7.1}%",
-            median(eps),
-            median(ratio),
+            median(eps).unwrap_or(0.0),
+            median(ratio).unwrap_or(0.0),
             r.cross_bytes,
             r.to_shards_bytes,
             r.from_shards_bytes,
@@ -214,4 +204,11 @@ fn sharded(a: &Args, spec: &ModelSpec) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The median of `v`, if any.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }

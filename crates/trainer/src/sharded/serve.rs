@@ -42,7 +42,6 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     let mut conns: Conns = BTreeMap::new();
     let mut next_conn = 0u64;
     let mut ever_joined = false;
-    let mut participants: Option<(u64, Vec<u32>)> = None;
     // Until the first worker joins, then while a step is in progress.
     let deadline = tokio::time::sleep(cfg.peer_timeout);
     tokio::pin!(deadline);
@@ -87,7 +86,7 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                 // Left over from a connection already dropped.
                 Event::Message(conn, _) if !conns.contains_key(&conn) => {}
                 Event::Message(conn, msg) => {
-                    match handle(&cfg, &mut shard, &mut conns, &mut participants, conn, msg) {
+                    match handle(&cfg, &mut shard, &mut conns, conn, msg) {
                         Ok(()) => {}
                         Err(e) => {
                             tracing::error!(error = %e, "refusing a worker");
@@ -98,12 +97,12 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                             }
                             // A joined worker refused while a step waits for
                             // it: the step cannot complete.
-                            if joined && participants.as_ref().is_some_and(|(step, _)| *step > shard.steps()) {
+                            if joined && shard.pending().is_some() {
                                 break Err(e);
                             }
                         }
                     }
-                    let open = participants.as_ref().is_some_and(|(step, _)| *step > shard.steps());
+                    let open = shard.pending().is_some();
                     if open && !step_open {
                         deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                     }
@@ -202,14 +201,7 @@ fn failure(reason: &str) -> party_pb::ShardMessage {
 type Conns = BTreeMap<u64, Conn>;
 
 /// One message of connection `conn`.
-fn handle(
-    cfg: &ShardConfig,
-    shard: &mut Shard,
-    conns: &mut Conns,
-    participants: &mut Option<(u64, Vec<u32>)>,
-    conn: u64,
-    msg: WMsg,
-) -> Result<(), TrainError> {
+fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, msg: WMsg) -> Result<(), TrainError> {
     let joined = conns.get(&conn).and_then(|c| c.worker);
     match (msg, joined) {
         (WMsg::Join(j), None) => {
@@ -256,25 +248,19 @@ fn handle(
                 .into());
             }
             // Every contribution of a step names the same participants.
-            match participants {
-                Some((step, ids)) if *step == c.step => {
+            match shard.pending() {
+                Some((step, ids)) if step == c.step => {
                     let mut named = c.participants.clone();
                     named.sort_unstable();
                     named.dedup();
-                    if &named != ids {
+                    if named != ids {
                         return Err(TrainError::Unexpected {
                             expected: "the step's participants",
                             got: format!("{named:?} from worker {worker}, {ids:?} before"),
                         });
                     }
                 }
-                _ => {
-                    shard.begin(c.step, &c.participants)?;
-                    let mut ids = c.participants.clone();
-                    ids.sort_unstable();
-                    ids.dedup();
-                    *participants = Some((c.step, ids));
-                }
+                _ => shard.begin(c.step, &c.participants)?,
             }
             let grads = wire::decode_opt(c.grads.as_ref(), "gradients").map_err(|e| TrainError::Unexpected {
                 expected: "gradients",

@@ -146,6 +146,11 @@ impl Shard {
         self.steps
     }
 
+    /// The step begun and not yet applied, with its participants (sorted).
+    pub fn pending(&self) -> Option<(u64, &[u32])> {
+        self.pending.as_ref().map(|p| (p.step, &p.participants[..]))
+    }
+
     /// Embedding rows owned.
     pub fn rows(&self) -> usize {
         self.keys.len()
