@@ -15,17 +15,31 @@ pub mod party;
 pub mod secure;
 pub mod server;
 
-/// Generated protocol types and service stubs.
-pub mod pb {
-    #![allow(clippy::all)]
-    tonic::include_proto!("vfl.bridge.v1");
+/// Generated code, nested like the proto packages (the scale-out protocol
+/// refers to the bridge's messages).
+mod generated {
+    pub mod vfl {
+        pub mod bridge {
+            pub mod v1 {
+                #![allow(clippy::all)]
+                tonic::include_proto!("vfl.bridge.v1");
+            }
+        }
+        pub mod party {
+            pub mod v1 {
+                #![allow(clippy::all)]
+                tonic::include_proto!("vfl.party.v1");
+            }
+        }
+    }
 }
 
-/// Generated types of the party-internal protocol (workers and shards).
-pub mod party_pb {
-    #![allow(clippy::all)]
-    tonic::include_proto!("vfl.party.v1");
-}
+/// Generated protocol types and service stubs.
+pub use generated::vfl::bridge::v1 as pb;
+
+/// Generated types of the scale-out protocol (workers, shards, the
+/// coordinator, and the pair link).
+pub use generated::vfl::party::v1 as party_pb;
 
 pub use handshake::{Checkpoints, PROTOCOL_VERSION, Settings};
 pub use link::{FollowerLink, LeaderLink, LinkOptions, Meter};

@@ -92,6 +92,8 @@ pub enum TrainError {
     Shard(#[from] sharded::ShardError),
     #[error(transparent)]
     Assign(#[from] assign::AssignError),
+    #[error(transparent)]
+    Coord(#[from] sharded::coordinator::CoordError),
     #[error(
         "training diverged at iteration {iteration}: the loss or the gradient for the follower is not finite (lower the learning rate); nothing was sent"
     )]

@@ -9,6 +9,8 @@ mod metrics;
 mod sealing;
 #[path = "cases/sharded.rs"]
 mod sharded;
+#[path = "cases/sharded_procs.rs"]
+mod sharded_procs;
 #[path = "cases/sharded_remote.rs"]
 mod sharded_remote;
 #[path = "cases/split_equals_central.rs"]

@@ -17,12 +17,14 @@
 //! shard's state machine, [`replica`] the worker's side, [`local`] runs the
 //! whole thing in one process.
 
+pub mod coordinator;
 pub mod local;
 pub mod remote;
 pub mod replica;
 pub mod serve;
 mod shard;
 pub mod wire;
+pub mod worker;
 
 pub use local::{BlockData, EpochOutcome, EpochPosition, ShardedCheckpoint, ShardedTrainer, StepTimes, Traffic};
 pub use shard::{Shard, ShardState};

@@ -27,8 +27,10 @@ pub struct ShardAddrs {
 /// Every worker's streams to every shard of one party.
 pub struct RemoteShards {
     rt: tokio::runtime::Handle,
-    /// `[worker][shard]`.
+    /// `[worker - first][shard]`.
     streams: Vec<Vec<ShardStream>>,
+    /// The first worker index of this process.
+    first: usize,
     /// Where each shard is (for errors), whose it is, and how long a step's
     /// values may take before the run fails.
     addrs: Vec<String>,
@@ -43,20 +45,21 @@ impl std::fmt::Debug for RemoteShards {
 }
 
 impl RemoteShards {
-    /// Connects `workers` workers (indices `0..workers`) to every shard and
+    /// Connects workers `ours` (of `workers` in the run) to every shard and
     /// joins them; returns per worker the shards' values (in shard order)
     /// and the steps the shards have applied. Blocks on `rt` (call it from
     /// outside the runtime).
     pub fn connect(
         rt: tokio::runtime::Handle,
         at: &ShardAddrs,
-        workers: usize,
+        (ours, workers): (std::ops::Range<usize>, usize),
         model_fingerprint: &str,
     ) -> Result<(Self, Vec<Vec<Params>>, u64), TrainError> {
-        let mut streams = Vec::with_capacity(workers);
-        let mut dumps = Vec::with_capacity(workers);
+        let first = ours.start;
+        let mut streams = Vec::with_capacity(ours.len());
+        let mut dumps = Vec::with_capacity(ours.len());
         let mut steps = None;
-        for w in 0..workers {
+        for w in ours {
             let (mut row, mut values) = (Vec::new(), Vec::new());
             for (s, addr) in at.addrs.iter().enumerate() {
                 let mut stream = rt.block_on(dial_shard(addr, at.own, at.max_message, &at.security, at.wait))?;
@@ -97,11 +100,17 @@ impl RemoteShards {
         let remote = RemoteShards {
             rt,
             streams,
+            first,
             addrs: at.addrs.clone(),
             own: at.own,
             wait: at.wait,
         };
         Ok((remote, dumps, steps.unwrap_or(0)))
+    }
+
+    /// The party's shards.
+    pub fn shards(&self) -> usize {
+        self.addrs.len()
     }
 
     /// Worker `worker`'s contributions (one per shard) to `step`.
@@ -112,9 +121,9 @@ impl RemoteShards {
         participants: &[u32],
         contributions: Vec<Contribution>,
     ) -> Result<(), TrainError> {
-        let row = self
-            .streams
-            .get_mut(worker)
+        let row = worker
+            .checked_sub(self.first)
+            .and_then(|i| self.streams.get_mut(i))
             .ok_or(TrainError::Unsupported("no such worker"))?;
         for (stream, c) in row.iter_mut().zip(contributions) {
             let msg = WMsg::Contribute(party_pb::Contribute {
@@ -132,9 +141,9 @@ impl RemoteShards {
     /// that sends nothing within the wait fails the run, named (no silent
     /// hang when a shard or another participant is gone).
     pub fn receive(&mut self, worker: usize, step: u64) -> Result<Vec<Arc<Params>>, TrainError> {
-        let row = self
-            .streams
-            .get_mut(worker)
+        let row = worker
+            .checked_sub(self.first)
+            .and_then(|i| self.streams.get_mut(i))
             .ok_or(TrainError::Unsupported("no such worker"))?;
         let mut out = Vec::with_capacity(row.len());
         for (s, stream) in row.iter_mut().enumerate() {

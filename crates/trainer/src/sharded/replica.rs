@@ -76,3 +76,24 @@ pub fn apply(model: &mut dyn Replica, worker: usize, changes: &Params) -> Result
     }
     Ok(())
 }
+
+/// SHA-256 of a replica's parameters (embedding tables, then every dense
+/// layer's weights and bias, as little-endian f32 bits): equal digests are
+/// bitwise-equal models, and the digest says nothing about the values.
+pub fn digest(model: &dyn Replica) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut put = |v: &[f32]| {
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+    };
+    if let Some(e) = model.embeddings() {
+        put(e.tables());
+    }
+    for layer in model.dense_layers() {
+        put(layer.weights());
+        put(layer.bias());
+    }
+    hex::encode(h.finalize())
+}

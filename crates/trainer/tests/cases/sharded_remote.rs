@@ -22,13 +22,13 @@ use super::sharded::{SynthBlocks, generator, small_wide_n_deep};
 
 /// Both parties' RA-TLS settings: one simulated enclave each (MRENCLAVE 7
 /// for the leader, 8 for the follower), one policy admitting both.
-fn parties() -> (Security, Security) {
+pub fn parties() -> (Security, Security) {
     parties_with(8)
 }
 
 /// [`parties`] with the follower's MRENCLAVE `follower` (7: the same
 /// enclave as the leader's, which the policy then admits as both roles).
-fn parties_with(follower: u8) -> (Security, Security) {
+pub fn parties_with(follower: u8) -> (Security, Security) {
     let root = DevRoot::generate().unwrap();
     let fp = hex::encode(root.fingerprint());
     let entry = |mr: u8, role: &str| {
@@ -69,10 +69,10 @@ fn parties_with(follower: u8) -> (Security, Security) {
     (party(7), party(follower))
 }
 
-const MAX: usize = 64 << 20;
+pub const MAX: usize = 64 << 20;
 
 /// Starts `shards` shard services of `role` for `workers` workers.
-fn start_shards(
+pub fn start_shards(
     rt: &tokio::runtime::Runtime,
     spec: &ModelSpec,
     (role, security): (Role, &Security),
@@ -83,7 +83,7 @@ fn start_shards(
 }
 
 /// [`start_shards`] whose shards wait `wait` for workers and steps.
-fn start_shards_waiting(
+pub fn start_shards_waiting(
     rt: &tokio::runtime::Runtime,
     spec: &ModelSpec,
     (role, security): (Role, &Security),
@@ -134,7 +134,7 @@ fn weights(t: &ShardedTrainer) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-fn train(t: &mut ShardedTrainer, g: &Synth) {
+pub fn train(t: &mut ShardedTrainer, g: &Synth) {
     let data = SynthBlocks {
         generator: g,
         per_block: 300,
@@ -253,7 +253,7 @@ fn a_missing_participant_fails_the_step_within_the_wait() {
     let (leader_tls, _) = parties();
     let (mut la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 2);
     la.wait = Duration::from_secs(1);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, 2, &spec.fingerprint()).unwrap();
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), &spec.fingerprint()).unwrap();
     // Worker 0 takes part in step 1 with worker 1, which never sends.
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
@@ -279,7 +279,7 @@ fn a_shard_fails_a_step_that_stays_incomplete_and_tells_the_workers() {
     let (mut la, mut tasks) =
         start_shards_waiting(&rt, &spec, (Role::Leader, &leader_tls), (1, 2), Duration::from_secs(1));
     la.wait = Duration::from_secs(10);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, 2, &spec.fingerprint()).unwrap();
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), &spec.fingerprint()).unwrap();
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
         examples: 1,
@@ -301,7 +301,7 @@ fn a_shard_whose_workers_all_leave_mid_step_fails() {
     let spec = small_wide_n_deep();
     let (leader_tls, _) = parties();
     let (la, mut tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 2);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, 2, &spec.fingerprint()).unwrap();
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), &spec.fingerprint()).unwrap();
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
         examples: 1,

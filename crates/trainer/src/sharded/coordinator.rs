@@ -1,0 +1,754 @@
+//! The leader's coordinator (`vfl coordinator`): hands each epoch's data
+//! blocks to the worker pairs on demand and paces the synchronous steps.
+//!
+//! [`Coordination`] is the protocol without I/O. Before every step each
+//! leader worker reports where it stands ([`party_pb::Ready`]): it filled a
+//! batch from its block, or its block ran out (and which), or it holds
+//! none. When every awaited report is in, the coordinator finishes the
+//! blocks that ran out and grants new ones **by worker index**
+//! ([`Assigner::grant_in_order`]); a worker granted a block reports again.
+//! When no worker waits for a block, the workers holding a batch are the
+//! step's participants ([`party_pb::Go`]). No participant and every block
+//! done ends the epoch. This is the in-process [`super::ShardedTrainer`]'s
+//! loop step for step, so a run over processes equals it bitwise.
+//!
+//! [`run`] serves it to the leader's workers over RA-TLS (admitting only
+//! the leader's own processes): a worker that leaves, or reports nothing
+//! within the peer timeout, fails the job, named.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use vfl_bridge::Status;
+use vfl_bridge::party::{CoordinatorListener, StatusStream};
+use vfl_bridge::party_pb::{self, assignment::Msg as AMsg, worker_status::Msg as WMsg};
+use vfl_nn::rng::Rng;
+
+use crate::TrainError;
+use crate::assign::{AssignError, Assigner, Grant};
+
+/// Refusals of the coordination protocol.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum CoordError {
+    #[error("a sharded run needs at least one worker pair and one epoch")]
+    Empty,
+    #[error("worker {worker}: there are only {workers} workers")]
+    UnknownWorker { worker: usize, workers: usize },
+    #[error("worker {worker} reported for step {got}, but the next step is {expected}")]
+    WrongStep { worker: usize, got: u64, expected: u64 },
+    #[error("worker {worker} reported, but no report of it is awaited in this round")]
+    NotAwaited { worker: usize },
+    #[error("worker {worker} has a batch but holds no block")]
+    BatchWithoutBlock { worker: usize },
+    #[error("worker {worker} holds block {index} but neither filled a batch from it nor finished it")]
+    Stalled { worker: usize, index: usize },
+    #[error("epoch {epoch}: no worker has data, but not every block is done")]
+    EpochStalled { epoch: u32 },
+    #[error("epoch {epoch}: no data (refusing to train on zero examples)")]
+    NoData { epoch: u32 },
+    #[error("worker {worker} reported after the run finished")]
+    Finished { worker: usize },
+    #[error(transparent)]
+    Assign(#[from] AssignError),
+}
+
+/// Whom a coordinator's message is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum To {
+    One(usize),
+    All,
+}
+
+/// One epoch's totals, as the workers reported them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EpochTotals {
+    pub epoch: u32,
+    pub steps: u64,
+    pub examples: u64,
+    pub loss_sum: f64,
+}
+
+/// The coordinator's state machine.
+#[derive(Debug)]
+pub struct Coordination {
+    workers: usize,
+    epochs: u32,
+    seed: Option<u64>,
+    ids: Vec<String>,
+    epoch: u32,
+    assign: Assigner,
+    /// Steps applied.
+    steps: u64,
+    totals: EpochTotals,
+    /// Reports awaited in this round, and those in.
+    awaiting: BTreeSet<usize>,
+    round: BTreeMap<usize, party_pb::Ready>,
+    /// Within the step being prepared: who has a batch, who got no block.
+    has: Vec<bool>,
+    idle: Vec<bool>,
+    done: bool,
+}
+
+impl Coordination {
+    /// A run of `epochs` epochs over the blocks `ids` (each epoch shuffled
+    /// from `seed` plus the epoch, as a single pair's leader does) for
+    /// `workers` worker pairs.
+    pub fn new(workers: usize, epochs: u32, seed: Option<u64>, ids: Vec<String>) -> Result<Self, CoordError> {
+        if workers == 0 || epochs == 0 {
+            return Err(CoordError::Empty);
+        }
+        let assign = Assigner::new(order(&ids, seed, 0), workers);
+        Ok(Coordination {
+            workers,
+            epochs,
+            seed,
+            ids,
+            epoch: 0,
+            assign,
+            steps: 0,
+            totals: EpochTotals::default(),
+            awaiting: (0..workers).collect(),
+            round: BTreeMap::new(),
+            has: vec![false; workers],
+            idle: vec![false; workers],
+            done: false,
+        })
+    }
+
+    /// Steps applied.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The workers whose report is awaited.
+    pub fn awaiting(&self) -> Vec<usize> {
+        self.awaiting.iter().copied().collect()
+    }
+
+    /// Worker `worker`'s report; returns what to send, in order.
+    pub fn ready(&mut self, worker: usize, r: &party_pb::Ready) -> Result<Vec<(To, AMsg)>, CoordError> {
+        if self.done {
+            return Err(CoordError::Finished { worker });
+        }
+        if worker >= self.workers {
+            return Err(CoordError::UnknownWorker {
+                worker,
+                workers: self.workers,
+            });
+        }
+        if r.step != self.steps + 1 {
+            return Err(CoordError::WrongStep {
+                worker,
+                got: r.step,
+                expected: self.steps + 1,
+            });
+        }
+        if !self.awaiting.remove(&worker) {
+            return Err(CoordError::NotAwaited { worker });
+        }
+        self.totals.examples += r.rows;
+        self.totals.loss_sum += r.loss_sum;
+        self.round.insert(worker, *r);
+        if self.awaiting.is_empty() {
+            self.resolve()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Every awaited report is in: finish, grant, or decide the step.
+    fn resolve(&mut self) -> Result<Vec<(To, AMsg)>, CoordError> {
+        let round = std::mem::take(&mut self.round);
+        for (&w, r) in &round {
+            if r.finished {
+                self.assign.finish(w, r.index as usize, r.lease)?;
+            }
+        }
+        let mut needing = Vec::new();
+        for (&w, r) in &round {
+            match (r.has_batch, self.assign.held_by(w)) {
+                (true, Some(_)) => self.has[w] = true,
+                (true, None) => return Err(CoordError::BatchWithoutBlock { worker: w }),
+                (false, Some((index, _))) => return Err(CoordError::Stalled { worker: w, index }),
+                (false, None) if !self.idle[w] => needing.push(w),
+                (false, None) => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (w, g) in self.assign.grant_in_order(&needing)? {
+            match g {
+                Grant::Block { index, id, lease } => {
+                    self.awaiting.insert(w);
+                    out.push((
+                        To::One(w),
+                        AMsg::Grant(party_pb::BlockGrant {
+                            epoch: self.epoch,
+                            index: index as u64,
+                            lease,
+                            block_id: id,
+                        }),
+                    ));
+                }
+                Grant::Wait | Grant::EpochDone => {
+                    self.idle[w] = true;
+                    out.push((To::One(w), AMsg::None(party_pb::NoBlock {})));
+                }
+            }
+        }
+        if !self.awaiting.is_empty() {
+            return Ok(out);
+        }
+        // Nobody waits for a block: the step, or the epoch's end.
+        let participants: Vec<u32> = (0..self.workers).filter(|&w| self.has[w]).map(|w| w as u32).collect();
+        self.has.iter_mut().for_each(|h| *h = false);
+        self.idle.iter_mut().for_each(|i| *i = false);
+        self.awaiting = (0..self.workers).collect();
+        if !participants.is_empty() {
+            self.steps += 1;
+            self.totals.steps += 1;
+            out.push((
+                To::All,
+                AMsg::Go(party_pb::Go {
+                    step: self.steps,
+                    participants,
+                }),
+            ));
+            return Ok(out);
+        }
+        if !self.assign.epoch_done() {
+            return Err(CoordError::EpochStalled { epoch: self.epoch });
+        }
+        if self.totals.steps == 0 {
+            return Err(CoordError::NoData { epoch: self.epoch });
+        }
+        out.push((
+            To::All,
+            AMsg::EpochEnd(party_pb::EpochEnd {
+                epoch: self.epoch,
+                steps: self.totals.steps,
+            }),
+        ));
+        self.epoch += 1;
+        if self.epoch == self.epochs {
+            self.done = true;
+            self.awaiting.clear();
+            out.push((To::All, AMsg::Finished(party_pb::Finished { steps: self.steps })));
+        } else {
+            self.assign = Assigner::new(order(&self.ids, self.seed, self.epoch), self.workers);
+        }
+        Ok(out)
+    }
+
+    /// The totals of the epoch that ended last (or is running), reset for
+    /// the next.
+    pub fn take_totals(&mut self) -> EpochTotals {
+        let next = EpochTotals {
+            epoch: self.epoch,
+            ..EpochTotals::default()
+        };
+        std::mem::replace(&mut self.totals, next)
+    }
+}
+
+/// Epoch `epoch`'s block order: `ids` shuffled from `seed` plus the epoch.
+fn order(ids: &[String], seed: Option<u64>, epoch: u32) -> Vec<String> {
+    let mut order = ids.to_vec();
+    if let Some(seed) = seed {
+        Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
+    }
+    order
+}
+
+/// What the coordinator serves.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub workers: usize,
+    pub epochs: u32,
+    pub seed: Option<u64>,
+    /// The leader's data blocks (the follower's have the same ids).
+    pub block_ids: Vec<String>,
+    pub model_fingerprint: String,
+    pub batch_size: usize,
+    /// How long to wait for the workers to register, and for a report.
+    pub peer_timeout: Duration,
+}
+
+enum Event {
+    Message(u64, WMsg),
+    Closed(u64, String),
+}
+
+struct Conn {
+    worker: Option<usize>,
+    tx: mpsc::Sender<Result<party_pb::Assignment, Status>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+fn fail(why: String) -> TrainError {
+    TrainError::Bridge(vfl_bridge::BridgeError::Lost(why))
+}
+
+/// Serves the run on `listener` until it is finished; returns its steps
+/// and every epoch's totals. Fails, telling every worker, when a worker
+/// leaves before the end, breaks the protocol, or reports nothing within
+/// the peer timeout.
+pub async fn run(
+    cfg: CoordinatorConfig,
+    mut listener: CoordinatorListener,
+) -> Result<(u64, Vec<EpochTotals>), TrainError> {
+    let mut machine = Coordination::new(cfg.workers, cfg.epochs, cfg.seed, cfg.block_ids.clone())?;
+    let (ev_tx, mut events) = mpsc::channel::<Event>(64);
+    let mut conns: BTreeMap<u64, Conn> = BTreeMap::new();
+    let mut next_conn = 0u64;
+    let mut registered = 0usize;
+    let mut epochs = Vec::new();
+    let deadline = tokio::time::sleep(cfg.peer_timeout);
+    tokio::pin!(deadline);
+    let result: Result<(), TrainError> = loop {
+        if machine.is_done() {
+            break Ok(());
+        }
+        tokio::select! {
+            s = listener.streams.recv() => {
+                let Some(StatusStream { mut inbound, outbound, .. }) = s else {
+                    break Err(fail("the coordinator's listener stopped".into()));
+                };
+                next_conn += 1;
+                let conn = next_conn;
+                let tx = ev_tx.clone();
+                let reader = tokio::spawn(async move {
+                    loop {
+                        let ev = match inbound.message().await {
+                            Ok(Some(party_pb::WorkerStatus { msg: Some(m) })) => Event::Message(conn, m),
+                            Ok(Some(_)) => Event::Closed(conn, "an empty message".into()),
+                            Ok(None) => Event::Closed(conn, "closed its stream".into()),
+                            Err(s) => Event::Closed(conn, vfl_bridge::sanitize(s.message(), 300)),
+                        };
+                        let last = matches!(ev, Event::Closed(..));
+                        if tx.send(ev).await.is_err() || last {
+                            return;
+                        }
+                    }
+                });
+                conns.insert(conn, Conn { worker: None, tx: outbound, reader });
+            }
+            Some(reason) = listener.rejections.recv() => {
+                tracing::warn!(%reason, "refused a connection's evidence");
+            }
+            Some(ev) = events.recv() => match ev {
+                Event::Closed(conn, why) => {
+                    if let Some(c) = conns.remove(&conn) && let Some(w) = c.worker {
+                        break Err(fail(format!("worker {w} left before the run finished ({why})")));
+                    }
+                }
+                Event::Message(conn, _) if !conns.contains_key(&conn) => {}
+                Event::Message(conn, WMsg::Register(r)) => {
+                    match check_register(&cfg, &conns, conn, &r) {
+                        Ok(w) => {
+                            if let Some(c) = conns.get_mut(&conn) {
+                                c.worker = Some(w);
+                            }
+                            registered += 1;
+                            tracing::info!(worker = w, "worker registered");
+                            if registered == cfg.workers {
+                                let plan = AMsg::Plan(party_pb::RunPlan { epochs: cfg.epochs });
+                                for c in conns.values() {
+                                    let _ = c.tx.try_send(Ok(party_pb::Assignment { msg: Some(plan.clone()) }));
+                                }
+                                deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                            }
+                        }
+                        Err(why) => {
+                            tracing::error!(%why, "refusing a worker");
+                            if let Some(c) = conns.remove(&conn) {
+                                let _ = c.tx.try_send(Ok(failure(&why)));
+                                c.reader.abort();
+                            }
+                        }
+                    }
+                }
+                Event::Message(conn, WMsg::Ready(r)) => {
+                    let Some(w) = conns.get(&conn).and_then(|c| c.worker) else {
+                        tracing::error!("a Ready before Register; dropping the connection");
+                        if let Some(c) = conns.remove(&conn) {
+                            c.reader.abort();
+                        }
+                        continue;
+                    };
+                    if registered < cfg.workers {
+                        break Err(fail(format!("worker {w} reported before every worker registered")));
+                    }
+                    let outs = match machine.ready(w, &r) {
+                        Ok(o) => o,
+                        Err(e) => break Err(e.into()),
+                    };
+                    deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                    if let Err(e) = deliver(&conns, outs, &mut machine, &mut epochs) {
+                        break Err(e);
+                    }
+                }
+            },
+            () = &mut deadline => {
+                break Err(fail(if registered < cfg.workers {
+                    format!(
+                        "{} of {} workers registered within {} s",
+                        registered,
+                        cfg.workers,
+                        cfg.peer_timeout.as_secs()
+                    )
+                } else {
+                    format!(
+                        "no report from workers {:?} for step {} within {} s",
+                        machine.awaiting(),
+                        machine.steps() + 1,
+                        cfg.peer_timeout.as_secs()
+                    )
+                }));
+            }
+        }
+    };
+    if let Err(e) = &result {
+        for c in conns.values() {
+            let _ = c.tx.try_send(Ok(failure(&e.to_string())));
+        }
+    } else {
+        // Every worker has its Finished: wait (bounded) until they close.
+        let wait = async {
+            while conns.values().any(|c| c.worker.is_some()) {
+                match events.recv().await {
+                    Some(Event::Closed(conn, _)) => {
+                        conns.remove(&conn);
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        };
+        if tokio::time::timeout(cfg.peer_timeout, wait).await.is_err() {
+            tracing::warn!("a worker did not close its stream after the run; stopping without it");
+        }
+    }
+    for c in conns.values() {
+        c.reader.abort();
+    }
+    drop(conns);
+    if tokio::time::timeout(cfg.peer_timeout, listener.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the coordinator's server did not stop in time");
+    }
+    result.map(|()| (machine.steps(), epochs))
+}
+
+/// Sends the machine's messages; a worker that does not read fails the
+/// job (the steps cannot go on without it).
+fn deliver(
+    conns: &BTreeMap<u64, Conn>,
+    outs: Vec<(To, AMsg)>,
+    machine: &mut Coordination,
+    epochs: &mut Vec<EpochTotals>,
+) -> Result<(), TrainError> {
+    for (to, msg) in outs {
+        if let AMsg::EpochEnd(e) = &msg {
+            let t = machine.take_totals();
+            tracing::info!(
+                epoch = e.epoch,
+                steps = t.steps,
+                examples = t.examples,
+                mean_loss = t.loss_sum / t.examples.max(1) as f64,
+                "epoch done"
+            );
+            epochs.push(t);
+        }
+        for c in conns.values() {
+            let Some(w) = c.worker else { continue };
+            if to != To::All && to != To::One(w) {
+                continue;
+            }
+            if c.tx
+                .try_send(Ok(party_pb::Assignment { msg: Some(msg.clone()) }))
+                .is_err()
+            {
+                return Err(fail(format!("worker {w} does not read its assignments")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn failure(reason: &str) -> party_pb::Assignment {
+    party_pb::Assignment {
+        msg: Some(AMsg::Failure(vfl_bridge::sanitize(reason, 1000))),
+    }
+}
+
+/// The worker index a registration takes, or why it is refused.
+fn check_register(
+    cfg: &CoordinatorConfig,
+    conns: &BTreeMap<u64, Conn>,
+    conn: u64,
+    r: &party_pb::Register,
+) -> Result<usize, String> {
+    if conns.get(&conn).is_some_and(|c| c.worker.is_some()) {
+        return Err("registered twice".into());
+    }
+    if r.model_fingerprint != cfg.model_fingerprint {
+        return Err(format!(
+            "model {} but this run's is {}",
+            r.model_fingerprint, cfg.model_fingerprint
+        ));
+    }
+    if r.workers as usize != cfg.workers || r.batch_size as usize != cfg.batch_size {
+        return Err(format!(
+            "{} workers with batch {}, but this run has {} with batch {}",
+            r.workers, r.batch_size, cfg.workers, cfg.batch_size
+        ));
+    }
+    let w = r.worker as usize;
+    if w >= cfg.workers || conns.values().any(|c| c.worker == Some(w)) {
+        return Err(format!("worker index {w} is out of range or taken"));
+    }
+    if r.steps != 0 {
+        return Err(format!(
+            "its shards have applied {} steps; resuming a multi-process run is not built yet",
+            r.steps
+        ));
+    }
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("b{i}")).collect()
+    }
+
+    fn ready(step: u64) -> party_pb::Ready {
+        party_pb::Ready {
+            step,
+            ..Default::default()
+        }
+    }
+
+    fn with_batch(step: u64) -> party_pb::Ready {
+        party_pb::Ready {
+            step,
+            has_batch: true,
+            ..Default::default()
+        }
+    }
+
+    fn finished(step: u64, index: u64, lease: u64) -> party_pb::Ready {
+        party_pb::Ready {
+            step,
+            finished: true,
+            index,
+            lease,
+            ..Default::default()
+        }
+    }
+
+    fn grant(m: &AMsg) -> (u64, u64) {
+        match m {
+            AMsg::Grant(g) => (g.index, g.lease),
+            other => panic!("not a grant: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn grants_by_worker_index_whatever_the_report_order() {
+        let mut c = Coordination::new(2, 1, None, ids(3)).unwrap();
+        assert!(c.ready(1, &ready(1)).unwrap().is_empty());
+        let out = c.ready(0, &ready(1)).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].0, grant(&out[0].1)), (To::One(0), (0, 1)));
+        assert_eq!((out[1].0, grant(&out[1].1)), (To::One(1), (1, 2)));
+        assert!(c.ready(1, &with_batch(1)).unwrap().is_empty());
+        let out = c.ready(0, &with_batch(1)).unwrap();
+        assert_eq!(
+            out,
+            vec![(
+                To::All,
+                AMsg::Go(party_pb::Go {
+                    step: 1,
+                    participants: vec![0, 1]
+                })
+            )]
+        );
+        assert_eq!(c.steps(), 1);
+    }
+
+    /// Uneven speeds: worker 1's blocks run out at once, worker 0's later;
+    /// every block is trained exactly once and the epoch ends when all are.
+    #[test]
+    fn every_block_once_under_uneven_speeds() {
+        let mut c = Coordination::new(2, 1, Some(7), ids(5)).unwrap();
+        let mut held: [Option<(u64, u64)>; 2] = [None, None];
+        let mut trained = Vec::new();
+        // Worker 0's blocks last 3 steps, worker 1's 1 step.
+        let mut left = [0u32; 2];
+        let mut step = 1;
+        let mut out = {
+            c.ready(0, &ready(1)).unwrap();
+            c.ready(1, &ready(1)).unwrap()
+        };
+        loop {
+            let mut reports = Vec::new();
+            let mut go = None;
+            for (to, m) in out {
+                match (to, m) {
+                    (To::One(w), AMsg::Grant(g)) => {
+                        trained.push(g.block_id.clone());
+                        held[w] = Some((g.index, g.lease));
+                        left[w] = if w == 0 { 3 } else { 1 };
+                        reports.push((w, with_batch(step)));
+                    }
+                    (To::One(_), AMsg::None(_)) => {}
+                    (To::All, AMsg::Go(g)) => go = Some(g),
+                    (To::All, AMsg::EpochEnd(_)) => {}
+                    (To::All, AMsg::Finished(_)) => {
+                        let mut sorted = trained.clone();
+                        sorted.sort();
+                        assert_eq!(sorted, ids(5));
+                        return;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out = Vec::new();
+            for (w, r) in reports {
+                out.extend(c.ready(w, &r).unwrap());
+            }
+            if let Some(g) = go {
+                step = g.step + 1;
+                // After the step: each participant used one batch.
+                for w in 0..2 {
+                    let r = match held[w] {
+                        Some((index, lease)) => {
+                            left[w] -= 1;
+                            if left[w] == 0 {
+                                held[w] = None;
+                                finished(step, index, lease)
+                            } else {
+                                with_batch(step)
+                            }
+                        }
+                        None => ready(step),
+                    };
+                    out.extend(c.ready(w, &r).unwrap());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_round_ends_the_epoch_then_the_run() {
+        let mut c = Coordination::new(1, 2, None, ids(1)).unwrap();
+        let out = c.ready(0, &ready(1)).unwrap();
+        let (index, lease) = grant(&out[0].1);
+        c.ready(0, &with_batch(1)).unwrap();
+        let out = c.ready(0, &finished(2, index, lease)).unwrap();
+        // Epoch 0 ends (the block is done, nobody has a batch); epoch 1's
+        // first round starts at the same step.
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(out[0].1, AMsg::None(_)));
+        assert!(matches!(
+            out[1].1,
+            AMsg::EpochEnd(party_pb::EpochEnd { epoch: 0, steps: 1 })
+        ));
+        let out = c.ready(0, &ready(2)).unwrap();
+        let (index, lease) = grant(&out[0].1);
+        c.ready(0, &with_batch(2)).unwrap();
+        let out = c.ready(0, &finished(3, index, lease)).unwrap();
+        assert!(matches!(
+            out.last().unwrap().1,
+            AMsg::Finished(party_pb::Finished { steps: 2 })
+        ));
+        assert!(c.is_done());
+        assert_eq!(c.ready(0, &ready(3)), Err(CoordError::Finished { worker: 0 }));
+    }
+
+    #[test]
+    fn refuses_an_unknown_worker() {
+        let mut c = Coordination::new(2, 1, None, ids(2)).unwrap();
+        assert_eq!(
+            c.ready(2, &ready(1)),
+            Err(CoordError::UnknownWorker { worker: 2, workers: 2 })
+        );
+    }
+
+    #[test]
+    fn refuses_a_report_for_another_step() {
+        let mut c = Coordination::new(1, 1, None, ids(2)).unwrap();
+        assert_eq!(
+            c.ready(0, &ready(2)),
+            Err(CoordError::WrongStep {
+                worker: 0,
+                got: 2,
+                expected: 1
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_a_report_not_awaited() {
+        let mut c = Coordination::new(2, 1, None, ids(2)).unwrap();
+        c.ready(0, &ready(1)).unwrap();
+        assert_eq!(c.ready(0, &ready(1)), Err(CoordError::NotAwaited { worker: 0 }));
+    }
+
+    #[test]
+    fn refuses_a_batch_without_a_block() {
+        let mut c = Coordination::new(1, 1, None, ids(2)).unwrap();
+        assert_eq!(
+            c.ready(0, &with_batch(1)),
+            Err(CoordError::BatchWithoutBlock { worker: 0 })
+        );
+    }
+
+    #[test]
+    fn refuses_a_held_block_neither_used_nor_finished() {
+        let mut c = Coordination::new(1, 1, None, ids(2)).unwrap();
+        c.ready(0, &ready(1)).unwrap();
+        assert_eq!(c.ready(0, &ready(1)), Err(CoordError::Stalled { worker: 0, index: 0 }));
+    }
+
+    #[test]
+    fn refuses_finishing_a_block_not_held() {
+        let mut c = Coordination::new(1, 1, None, ids(2)).unwrap();
+        assert!(matches!(
+            c.ready(0, &finished(1, 1, 0)),
+            Err(CoordError::Assign(AssignError::NotHeld {
+                worker: 0,
+                index: 1,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn refuses_an_epoch_without_data() {
+        let mut c = Coordination::new(1, 1, None, ids(1)).unwrap();
+        let out = c.ready(0, &ready(1)).unwrap();
+        let (index, lease) = grant(&out[0].1);
+        // The only block is empty.
+        assert_eq!(
+            c.ready(0, &finished(1, index, lease)),
+            Err(CoordError::NoData { epoch: 0 })
+        );
+    }
+
+    #[test]
+    fn refuses_an_empty_run() {
+        assert_eq!(Coordination::new(0, 1, None, ids(1)).err(), Some(CoordError::Empty));
+        assert_eq!(Coordination::new(1, 0, None, ids(1)).err(), Some(CoordError::Empty));
+    }
+}

@@ -1,0 +1,681 @@
+//! A worker process of a sharded run (`vfl worker`): one party's half of
+//! worker pair *i*.
+//!
+//! The **leader worker** serves its follower worker over RA-TLS (the pair
+//! link, admitting only the follower), reports to the leader's coordinator
+//! before every step ([`super::coordinator`]), and reads the blocks it is
+//! granted. It names each block to its follower worker, which reads the
+//! same block of its own data; per step it tells the follower the step's
+//! participants and its rows, takes the activations, and returns the
+//! gradient as a single pair does (same messages, same alignment checks).
+//! Both workers then send their gradients to their own party's shards and
+//! write the step's new values into their replicas; the follower confirms
+//! before the leader reports for the next step. Non-participants take the
+//! new values too.
+//!
+//! After the last epoch, worker pair 0 evaluates the model on held-out data
+//! if both were given some. A failure of any peer fails the worker, named;
+//! restarting a sharded run from a checkpoint is not built yet
+//! (docs/scale-out.md).
+
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use vfl_bridge::party::{LeaderPairStream, PairListener, dial_coordinator, dial_pair};
+use vfl_bridge::party_pb::{
+    self, assignment::Msg as AMsg, follower_worker_message::Msg as FMsg, leader_worker_message::Msg as LMsg,
+    worker_status::Msg as SMsg,
+};
+use vfl_bridge::{BridgeError, Security, Streaming};
+use vfl_data::{Batch, BatchSource};
+use vfl_nn::ModelSpec;
+
+use super::remote::{RemoteShards, ShardAddrs};
+use super::{Placement, replica};
+use crate::TrainError;
+use crate::local::PassReport;
+use crate::party::{FollowerParty, LeaderParty, UpdateMode};
+
+/// One party's data blocks, opened by id (the ids the coordinator hands
+/// out are the leader's; the follower's blocks have the same ids).
+pub trait PartyBlocks {
+    fn open(&self, id: &str) -> Result<Box<dyn BatchSource + '_>, TrainError>;
+}
+
+/// What a worker is.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// This worker's index, 0..workers.
+    pub worker: usize,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub threads: usize,
+    /// How long to wait for a peer (connect, register, each message).
+    pub peer_timeout: Duration,
+}
+
+/// How a worker's run ended.
+#[derive(Debug)]
+pub struct WorkerOutcome {
+    /// Steps of the run.
+    pub steps: u64,
+    /// This worker's rows and loss sum over the run.
+    pub examples: u64,
+    pub loss_sum: f64,
+    /// Held-out evaluation (worker pair 0, when given eval data).
+    pub eval: Option<PassReport>,
+    /// [`replica::digest`] of this worker's replica at the end: equal on
+    /// every worker of the party, and across runs that are bitwise equal.
+    pub digest: String,
+}
+
+/// Largest message on the pair link: activations or a gradient of
+/// `batch_size` rows (evaluation uses at most [`EVAL_BATCH`]).
+pub fn pair_message_limit(spec: &ModelSpec, batch_size: usize) -> usize {
+    vfl_bridge::message_limit(batch_size.max(EVAL_BATCH), spec.follower.output_dim())
+}
+
+/// Rows per evaluation batch.
+pub const EVAL_BATCH: usize = 256;
+
+/// A blocking view of one stream: `recv` waits at most the peer timeout
+/// and names the peer.
+struct Chan<In, T> {
+    rt: Handle,
+    inbound: Streaming<In>,
+    outbound: tokio::sync::mpsc::Sender<T>,
+    wait: Duration,
+    name: String,
+}
+
+impl<In, T> Chan<In, T> {
+    fn send(&self, msg: T) -> Result<(), TrainError> {
+        self.rt
+            .block_on(self.outbound.send(msg))
+            .map_err(|_| lost(format!("{}: the stream closed", self.name)))
+    }
+
+    fn recv(&mut self) -> Result<In, TrainError> {
+        let got = self
+            .rt
+            .block_on(async { tokio::time::timeout(self.wait, self.inbound.message()).await });
+        match got {
+            Err(_) => Err(lost(format!(
+                "{}: nothing within {} s (--peer-timeout)",
+                self.name,
+                self.wait.as_secs()
+            ))),
+            Ok(Ok(Some(m))) => Ok(m),
+            Ok(Ok(None)) => Err(lost(format!("{}: closed the stream", self.name))),
+            Ok(Err(s)) => Err(lost(format!(
+                "{}: {}",
+                self.name,
+                vfl_bridge::sanitize(s.message(), 300)
+            ))),
+        }
+    }
+
+    /// Waits (bounded) until the peer closes its stream.
+    fn await_close(&mut self) {
+        let wait = self.wait;
+        let _ = self.rt.block_on(async {
+            tokio::time::timeout(wait, async { while let Ok(Some(_)) = self.inbound.message().await {} }).await
+        });
+    }
+}
+
+fn lost(why: String) -> TrainError {
+    BridgeError::Lost(why).into()
+}
+
+fn unexpected(expected: &'static str, got: String) -> TrainError {
+    TrainError::Unexpected { expected, got }
+}
+
+/// The block a worker reads, and its grant.
+struct Held<'d> {
+    index: u64,
+    lease: u64,
+    source: Box<dyn BatchSource + 'd>,
+}
+
+/// Runs leader worker `cfg.worker`: waits for its follower worker on
+/// `pair`, joins its party's shards, registers at the coordinator at
+/// `coordinator`, and trains until the coordinator says the run is
+/// finished. With `eval` (worker 0), evaluates on it with the follower.
+/// Blocks on `rt` (call it from outside the runtime).
+#[allow(clippy::too_many_arguments)]
+pub fn run_leader(
+    spec: &ModelSpec,
+    cfg: &WorkerConfig,
+    rt: Handle,
+    shards: &ShardAddrs,
+    (coordinator, security): (&str, &Security),
+    mut pair: PairListener,
+    data: &dyn PartyBlocks,
+    eval: Option<&mut dyn BatchSource>,
+) -> Result<WorkerOutcome, TrainError> {
+    let w = cfg.worker;
+    let fp = spec.fingerprint();
+    let mut party = LeaderParty::new(spec, cfg.threads)?;
+    party.set_update_mode(UpdateMode::Collect);
+    let (mut own, dumps, steps) = RemoteShards::connect(rt.clone(), shards, (w..w + 1, cfg.workers), &fp)?;
+    for v in &dumps[0] {
+        replica::apply(party.model_mut(), w, v)?;
+    }
+    // The follower worker of the same index.
+    let incoming = rt
+        .block_on(async { tokio::time::timeout(cfg.peer_timeout, pair.streams.recv()).await })
+        .map_err(|_| {
+            lost(format!(
+                "follower worker {w} did not connect within {} s",
+                cfg.peer_timeout.as_secs()
+            ))
+        })?
+        .ok_or_else(|| lost("the pair listener stopped".into()))?;
+    let mut peer = Chan {
+        rt: rt.clone(),
+        inbound: incoming.inbound,
+        outbound: incoming.outbound,
+        wait: cfg.peer_timeout,
+        name: format!("follower worker {w}"),
+    };
+    let result = lead(
+        spec,
+        cfg,
+        (&mut party, &mut own, steps),
+        &mut peer,
+        (coordinator, security),
+        data,
+        eval,
+    );
+    if let Err(e) = &result {
+        let _ = peer.outbound.try_send(Ok(party_pb::LeaderWorkerMessage {
+            msg: Some(LMsg::Failure(vfl_bridge::sanitize(&e.to_string(), 1000))),
+        }));
+    } else {
+        peer.await_close();
+    }
+    drop(peer);
+    let _ = rt.block_on(async { tokio::time::timeout(cfg.peer_timeout, pair.shutdown()).await });
+    result
+}
+
+type LeaderPeer = Chan<party_pb::FollowerWorkerMessage, Result<party_pb::LeaderWorkerMessage, vfl_bridge::Status>>;
+
+fn to_follower(peer: &LeaderPeer, msg: LMsg) -> Result<(), TrainError> {
+    peer.send(Ok(party_pb::LeaderWorkerMessage { msg: Some(msg) }))
+}
+
+fn from_follower(peer: &mut LeaderPeer) -> Result<FMsg, TrainError> {
+    match peer.recv()?.msg {
+        Some(FMsg::Failure(f)) => Err(BridgeError::PeerFailed(vfl_bridge::sanitize(&f, 1000)).into()),
+        Some(m) => Ok(m),
+        None => Err(unexpected("a follower worker message", "an empty message".into())),
+    }
+}
+
+fn lead(
+    spec: &ModelSpec,
+    cfg: &WorkerConfig,
+    (party, own, steps): (&mut LeaderParty, &mut RemoteShards, u64),
+    peer: &mut LeaderPeer,
+    (coordinator, security): (&str, &Security),
+    data: &dyn PartyBlocks,
+    eval: Option<&mut dyn BatchSource>,
+) -> Result<WorkerOutcome, TrainError> {
+    let w = cfg.worker;
+    match from_follower(peer)? {
+        FMsg::Hello(h) => {
+            let want = (w as u32, cfg.workers as u32, spec.fingerprint(), cfg.batch_size as u32);
+            let got = (h.worker, h.workers, h.model_fingerprint.clone(), h.batch_size);
+            if got != want {
+                return Err(unexpected(
+                    "the follower worker of this index and run (worker, workers, model, batch size)",
+                    format!("{got:?}, expected {want:?}"),
+                ));
+            }
+        }
+        other => return Err(unexpected("Hello", name_f(&other))),
+    }
+    to_follower(peer, LMsg::Welcome(party_pb::PairWelcome { steps }))?;
+    let stream = peer
+        .rt
+        .block_on(dial_coordinator(coordinator, security, cfg.peer_timeout))?;
+    let mut coord = Chan {
+        rt: peer.rt.clone(),
+        inbound: stream.inbound,
+        outbound: stream.outbound,
+        wait: cfg.peer_timeout,
+        name: "the coordinator".to_string(),
+    };
+    let status = |m: SMsg| party_pb::WorkerStatus { msg: Some(m) };
+    coord.send(status(SMsg::Register(party_pb::Register {
+        worker: w as u32,
+        workers: cfg.workers as u32,
+        model_fingerprint: spec.fingerprint(),
+        batch_size: cfg.batch_size as u32,
+        steps,
+    })))?;
+    let from_coord = |coord: &mut Chan<party_pb::Assignment, party_pb::WorkerStatus>| -> Result<AMsg, TrainError> {
+        match coord.recv()?.msg {
+            Some(AMsg::Failure(f)) => Err(BridgeError::PeerFailed(vfl_bridge::sanitize(&f, 1000)).into()),
+            Some(m) => Ok(m),
+            None => Err(unexpected("a coordinator message", "an empty message".into())),
+        }
+    };
+    match from_coord(&mut coord)? {
+        AMsg::Plan(_) => {}
+        other => return Err(unexpected("the run's plan", name_a(&other))),
+    }
+    let placement = Placement::new(own.shards())?;
+    let mut batch = Batch::new(spec.leader.slots().len(), spec.leader.dense_columns().len());
+    let mut held: Option<Held<'_>> = None;
+    let mut step = steps;
+    let (mut rows, mut loss_sum) = (0u64, 0f64);
+    let (mut examples, mut run_loss) = (0u64, 0f64);
+    let mut has_batch;
+    'steps: loop {
+        // Where this worker stands for the next step.
+        let mut report = fill(&mut held, &mut batch, cfg.batch_size, step + 1, peer)?;
+        has_batch = report.has_batch;
+        report.rows = rows;
+        report.loss_sum = loss_sum;
+        (rows, loss_sum) = (0, 0.0);
+        coord.send(status(SMsg::Ready(report)))?;
+        loop {
+            match from_coord(&mut coord)? {
+                AMsg::Grant(g) => {
+                    if held.is_some() {
+                        return Err(unexpected(
+                            "no grant while holding a block",
+                            format!("block {}", g.index),
+                        ));
+                    }
+                    to_follower(
+                        peer,
+                        LMsg::Open(party_pb::OpenBlock {
+                            epoch: g.epoch,
+                            block_id: g.block_id.clone(),
+                        }),
+                    )?;
+                    held = Some(Held {
+                        index: g.index,
+                        lease: g.lease,
+                        source: data.open(&g.block_id)?,
+                    });
+                    let report = fill(&mut held, &mut batch, cfg.batch_size, step + 1, peer)?;
+                    has_batch = report.has_batch;
+                    coord.send(status(SMsg::Ready(report)))?;
+                }
+                AMsg::None(_) => {}
+                AMsg::Go(go) => {
+                    let participates = go.participants.contains(&(w as u32));
+                    if participates != has_batch || go.step != step + 1 {
+                        return Err(unexpected(
+                            "a step naming this worker exactly when it has a batch",
+                            format!("step {} with participants {:?}", go.step, go.participants),
+                        ));
+                    }
+                    step = go.step;
+                    let n = if participates { batch.rows } else { 0 };
+                    to_follower(
+                        peer,
+                        LMsg::Step(party_pb::PairStep {
+                            step,
+                            participants: go.participants.clone(),
+                            rows: n as u32,
+                        }),
+                    )?;
+                    if participates {
+                        let act = match from_follower(peer)? {
+                            FMsg::Activations(a) => a,
+                            other => return Err(unexpected("activations", name_f(&other))),
+                        };
+                        let (r, grad) = party.train_step(&batch, &act)?;
+                        to_follower(peer, LMsg::Gradient(grad))?;
+                        rows = r.rows as u64;
+                        loss_sum = f64::from(r.loss) * r.rows as f64;
+                        examples += rows;
+                        run_loss += loss_sum;
+                        let cs = replica::contributions(party.model(), &placement, r.rows as u32);
+                        own.send(w, step, &go.participants, cs)?;
+                    }
+                    for v in own.receive(w, step)? {
+                        replica::apply(party.model_mut(), w, &v)?;
+                    }
+                    match from_follower(peer)? {
+                        FMsg::Done(d) if d.step == step => {}
+                        other => return Err(unexpected("the follower's StepDone", name_f(&other))),
+                    }
+                    continue 'steps;
+                }
+                AMsg::EpochEnd(e) => {
+                    tracing::info!(epoch = e.epoch, steps = e.steps, "epoch done");
+                    continue 'steps;
+                }
+                AMsg::Finished(f) => {
+                    if f.steps != step {
+                        return Err(unexpected(
+                            "the run's end at this worker's step",
+                            format!("step {}", f.steps),
+                        ));
+                    }
+                    break 'steps;
+                }
+                AMsg::Plan(_) => return Err(unexpected("an assignment", "a second plan".into())),
+                AMsg::Failure(_) => unreachable!("mapped to an error by from_coord"),
+            }
+        }
+    }
+    let eval = match eval {
+        Some(src) => Some(evaluate(spec, party, peer, src)?),
+        None => None,
+    };
+    to_follower(peer, LMsg::Finished(party_pb::Finished { steps: step }))?;
+    Ok(WorkerOutcome {
+        steps: step,
+        examples,
+        loss_sum: run_loss,
+        eval,
+        digest: replica::digest(party.model()),
+    })
+}
+
+/// Fills the next batch from the block held; a block that ran out is
+/// closed (on the follower too) and reported.
+fn fill(
+    held: &mut Option<Held<'_>>,
+    batch: &mut Batch,
+    batch_size: usize,
+    step: u64,
+    peer: &LeaderPeer,
+) -> Result<party_pb::Ready, TrainError> {
+    let mut r = party_pb::Ready {
+        step,
+        ..Default::default()
+    };
+    let Some(h) = held.as_mut() else { return Ok(r) };
+    if h.source.fill(batch, batch_size)? > 0 {
+        r.has_batch = true;
+        return Ok(r);
+    }
+    to_follower(peer, LMsg::Close(party_pb::CloseBlock {}))?;
+    (r.finished, r.index, r.lease) = (true, h.index, h.lease);
+    *held = None;
+    Ok(r)
+}
+
+/// Worker pair 0's held-out pass: the follower streams its activations,
+/// the leader scores them against its labels.
+fn evaluate(
+    spec: &ModelSpec,
+    party: &mut LeaderParty,
+    peer: &mut LeaderPeer,
+    src: &mut dyn BatchSource,
+) -> Result<PassReport, TrainError> {
+    to_follower(
+        peer,
+        LMsg::Evaluate(party_pb::Evaluate {
+            batch_size: EVAL_BATCH as u32,
+        }),
+    )?;
+    party.take_metrics();
+    let mut batch = Batch::new(spec.leader.slots().len(), spec.leader.dense_columns().len());
+    let (mut steps, mut examples, mut loss_sum) = (0u64, 0u64, 0f64);
+    loop {
+        match from_follower(peer)? {
+            FMsg::Activations(act) => {
+                let n = src.fill(&mut batch, EVAL_BATCH)?;
+                if n == 0 {
+                    return Err(TrainError::LocalRowCounts {
+                        leader: 0,
+                        follower: EVAL_BATCH,
+                        step: steps,
+                    });
+                }
+                let r = party.eval_step(&batch, &act)?;
+                steps += 1;
+                examples += r.rows as u64;
+                loss_sum += f64::from(r.loss) * r.rows as f64;
+            }
+            FMsg::EvalEnd(e) => {
+                let n = src.fill(&mut batch, EVAL_BATCH)?;
+                if n != 0 || e.rows != examples {
+                    return Err(TrainError::LocalRowCounts {
+                        leader: examples as usize + n,
+                        follower: e.rows as usize,
+                        step: steps,
+                    });
+                }
+                break;
+            }
+            other => return Err(unexpected("evaluation activations", name_f(&other))),
+        }
+    }
+    Ok(PassReport {
+        steps,
+        examples,
+        mean_loss: if examples == 0 { 0.0 } else { loss_sum / examples as f64 },
+        metrics: party.take_metrics().values(),
+    })
+}
+
+type FollowerPeer = Chan<party_pb::LeaderWorkerMessage, party_pb::FollowerWorkerMessage>;
+
+fn to_leader(peer: &FollowerPeer, msg: FMsg) -> Result<(), TrainError> {
+    peer.send(party_pb::FollowerWorkerMessage { msg: Some(msg) })
+}
+
+/// Runs follower worker `cfg.worker`: joins its party's shards, dials
+/// leader worker `cfg.worker` at `leader` (admitted only as the leader),
+/// and follows it until the run is finished. With `eval`, takes part in
+/// the held-out pass the leader asks for. Blocks on `rt`.
+pub fn run_follower(
+    spec: &ModelSpec,
+    cfg: &WorkerConfig,
+    rt: Handle,
+    shards: &ShardAddrs,
+    (leader, security): (&str, &Security),
+    data: &dyn PartyBlocks,
+    mut eval: Option<&mut dyn BatchSource>,
+) -> Result<WorkerOutcome, TrainError> {
+    let w = cfg.worker;
+    let fp = spec.fingerprint();
+    let mut party = FollowerParty::new(spec, cfg.threads)?;
+    party.set_update_mode(UpdateMode::Collect);
+    let (mut own, dumps, steps) = RemoteShards::connect(rt.clone(), shards, (w..w + 1, cfg.workers), &fp)?;
+    for v in &dumps[0] {
+        replica::apply(party.model_mut(), w, v)?;
+    }
+    let max = pair_message_limit(spec, cfg.batch_size);
+    let LeaderPairStream { inbound, outbound, .. } = rt.block_on(dial_pair(leader, max, security, cfg.peer_timeout))?;
+    let mut peer = Chan {
+        rt: rt.clone(),
+        inbound,
+        outbound,
+        wait: cfg.peer_timeout,
+        name: format!("leader worker {w}"),
+    };
+    to_leader(
+        &peer,
+        FMsg::Hello(party_pb::PairHello {
+            worker: w as u32,
+            workers: cfg.workers as u32,
+            model_fingerprint: fp,
+            batch_size: cfg.batch_size as u32,
+        }),
+    )?;
+    let result = follow(spec, cfg, (&mut party, &mut own, steps), &mut peer, data, &mut eval);
+    if let Err(e) = &result {
+        let _ = peer.outbound.try_send(party_pb::FollowerWorkerMessage {
+            msg: Some(FMsg::Failure(vfl_bridge::sanitize(&e.to_string(), 1000))),
+        });
+    }
+    result
+}
+
+fn from_leader(peer: &mut FollowerPeer) -> Result<LMsg, TrainError> {
+    match peer.recv()?.msg {
+        Some(LMsg::Failure(f)) => Err(BridgeError::PeerFailed(vfl_bridge::sanitize(&f, 1000)).into()),
+        Some(m) => Ok(m),
+        None => Err(unexpected("a leader worker message", "an empty message".into())),
+    }
+}
+
+fn follow(
+    spec: &ModelSpec,
+    cfg: &WorkerConfig,
+    (party, own, steps): (&mut FollowerParty, &mut RemoteShards, u64),
+    peer: &mut FollowerPeer,
+    data: &dyn PartyBlocks,
+    eval: &mut Option<&mut dyn BatchSource>,
+) -> Result<WorkerOutcome, TrainError> {
+    let w = cfg.worker;
+    match from_leader(peer)? {
+        LMsg::Welcome(p) if p.steps == steps => {}
+        LMsg::Welcome(p) => {
+            return Err(TrainError::CheckpointStep {
+                leader: p.steps,
+                ours: steps,
+            });
+        }
+        other => return Err(unexpected("Welcome", name_l(&other))),
+    }
+    let placement = Placement::new(own.shards())?;
+    let mut batch = Batch::new(spec.follower.slots().len(), spec.follower.dense_columns().len());
+    let mut held: Option<Box<dyn BatchSource + '_>> = None;
+    let mut step = steps;
+    let mut examples = 0u64;
+    loop {
+        match from_leader(peer)? {
+            LMsg::Open(o) => {
+                if held.is_some() {
+                    return Err(unexpected("a block opened after the last one closed", o.block_id));
+                }
+                held = Some(data.open(&o.block_id)?);
+            }
+            LMsg::Close(_) => {
+                let mut h = held
+                    .take()
+                    .ok_or_else(|| unexpected("a block to close", "none open".into()))?;
+                let n = h.fill(&mut batch, cfg.batch_size)?;
+                if n != 0 {
+                    return Err(TrainError::LocalRowCounts {
+                        leader: 0,
+                        follower: n,
+                        step: step + 1,
+                    });
+                }
+            }
+            LMsg::Step(s) => {
+                if s.step != step + 1 {
+                    return Err(TrainError::WrongIteration {
+                        got: s.step,
+                        expected: step + 1,
+                    });
+                }
+                step = s.step;
+                if s.rows > 0 {
+                    let h = held
+                        .as_mut()
+                        .ok_or_else(|| unexpected("an open block for a step's rows", "none open".into()))?;
+                    let n = h.fill(&mut batch, cfg.batch_size)?;
+                    if n != s.rows as usize {
+                        return Err(TrainError::LocalRowCounts {
+                            leader: s.rows as usize,
+                            follower: n,
+                            step,
+                        });
+                    }
+                    let act = party.forward(&batch, true)?;
+                    to_leader(peer, FMsg::Activations(act))?;
+                    let grad = match from_leader(peer)? {
+                        LMsg::Gradient(g) => g,
+                        other => return Err(unexpected("the gradient", name_l(&other))),
+                    };
+                    party.apply_gradient(&batch, &grad)?;
+                    examples += n as u64;
+                    let cs = replica::contributions(party.model(), &placement, n as u32);
+                    own.send(w, step, &s.participants, cs)?;
+                }
+                for v in own.receive(w, step)? {
+                    replica::apply(party.model_mut(), w, &v)?;
+                }
+                to_leader(peer, FMsg::Done(party_pb::StepDone { step }))?;
+            }
+            LMsg::Evaluate(e) => {
+                let src = eval.as_mut().ok_or(TrainError::Unsupported(
+                    "the leader asks to evaluate but this worker has no eval data",
+                ))?;
+                let rows = e.batch_size.clamp(1, EVAL_BATCH as u32) as usize;
+                let mut eb = Batch::new(spec.follower.slots().len(), spec.follower.dense_columns().len());
+                let mut total = 0u64;
+                loop {
+                    let n = src.fill(&mut eb, rows)?;
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                    let act = party.forward(&eb, false)?;
+                    to_leader(peer, FMsg::Activations(act))?;
+                }
+                to_leader(peer, FMsg::EvalEnd(party_pb::EvalEnd { rows: total }))?;
+            }
+            LMsg::Finished(f) => {
+                if f.steps != step {
+                    return Err(unexpected(
+                        "the run's end at this worker's step",
+                        format!("step {}", f.steps),
+                    ));
+                }
+                return Ok(WorkerOutcome {
+                    steps: step,
+                    examples,
+                    loss_sum: 0.0,
+                    eval: None,
+                    digest: replica::digest(party.model()),
+                });
+            }
+            other => return Err(unexpected("the leader worker's next message", name_l(&other))),
+        }
+    }
+}
+
+fn name_f(m: &FMsg) -> String {
+    match m {
+        FMsg::Hello(_) => "Hello",
+        FMsg::Activations(_) => "Activations",
+        FMsg::Done(_) => "StepDone",
+        FMsg::EvalEnd(_) => "EvalEnd",
+        FMsg::Failure(_) => "Failure",
+    }
+    .to_string()
+}
+
+fn name_l(m: &LMsg) -> String {
+    match m {
+        LMsg::Welcome(_) => "Welcome",
+        LMsg::Open(_) => "OpenBlock",
+        LMsg::Close(_) => "CloseBlock",
+        LMsg::Step(_) => "PairStep",
+        LMsg::Gradient(_) => "Gradient",
+        LMsg::Evaluate(_) => "Evaluate",
+        LMsg::Finished(_) => "Finished",
+        LMsg::Failure(_) => "Failure",
+    }
+    .to_string()
+}
+
+fn name_a(m: &AMsg) -> String {
+    match m {
+        AMsg::Plan(_) => "RunPlan",
+        AMsg::Grant(_) => "BlockGrant",
+        AMsg::None(_) => "NoBlock",
+        AMsg::Go(_) => "Go",
+        AMsg::EpochEnd(_) => "EpochEnd",
+        AMsg::Finished(_) => "Finished",
+        AMsg::Failure(_) => "Failure",
+    }
+    .to_string()
+}

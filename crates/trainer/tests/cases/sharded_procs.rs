@@ -1,0 +1,243 @@
+//! Every role of a sharded run as a service over RA-TLS (simulated
+//! evidence), as `vfl coordinator`, `vfl worker` and `vfl shard` run them:
+//! the run equals the in-process one bitwise, a worker that never comes
+//! fails the job within the peer timeout, and each link admits only its
+//! party.
+
+use std::time::Duration;
+
+use vfl_bridge::BridgeError;
+use vfl_bridge::party::{dial_coordinator, dial_pair, listen_coordinator, listen_pair};
+use vfl_data::synth::Synth;
+use vfl_data::{BatchSource, SynthSource};
+use vfl_nn::{ModelSpec, Role};
+use vfl_trainer::TrainError;
+use vfl_trainer::sharded::coordinator::{self, CoordinatorConfig, EpochTotals};
+use vfl_trainer::sharded::worker::{self, PartyBlocks, WorkerConfig, WorkerOutcome};
+use vfl_trainer::sharded::{ShardedTrainer, replica};
+
+use super::sharded::{generator, small_wide_n_deep};
+use super::sharded_remote::{parties, start_shards_waiting, train};
+
+/// One party's half of the synthetic blocks of [`train`] (ids are block
+/// numbers).
+struct SynthParty<'a> {
+    generator: &'a Synth,
+    leader: bool,
+}
+
+const PER_BLOCK: u64 = 300;
+const BLOCKS: usize = 7;
+const HELD_OUT: (u64, u64) = (1_000_000, 1_001_000);
+
+impl PartyBlocks for SynthParty<'_> {
+    fn open(&self, id: &str) -> Result<Box<dyn BatchSource + '_>, TrainError> {
+        let i: u64 = id.parse().map_err(|_| TrainError::Unsupported("not a block id"))?;
+        let (a, b) = (i * PER_BLOCK, (i + 1) * PER_BLOCK);
+        Ok(Box::new(SynthSource::new(self.generator, self.leader, a, b)))
+    }
+}
+
+struct Run {
+    coordinator: Result<(u64, Vec<EpochTotals>), TrainError>,
+    leaders: Vec<Result<WorkerOutcome, TrainError>>,
+    followers: Vec<Result<WorkerOutcome, TrainError>>,
+}
+
+/// A run of `workers` pairs over 2 shards per party, 2 epochs, batch 32,
+/// seed 3 (as [`train`]); follower worker `absent` never starts.
+fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: Duration) -> Run {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ltls, ftls) = parties();
+    let (la, _ltasks) = start_shards_waiting(&rt, spec, (Role::Leader, &ltls), (2, workers), wait);
+    let (fa, _ftasks) = start_shards_waiting(&rt, spec, (Role::Follower, &ftls), (2, workers), wait);
+    let listener = rt
+        .block_on(listen_coordinator("127.0.0.1:0", workers, ltls.clone()))
+        .unwrap();
+    let coord_addr = listener.local_addr.to_string();
+    let cfg = CoordinatorConfig {
+        workers,
+        epochs: 2,
+        seed: Some(3),
+        block_ids: (0..BLOCKS).map(|b| b.to_string()).collect(),
+        model_fingerprint: spec.fingerprint(),
+        batch_size: 32,
+        peer_timeout: wait,
+    };
+    let coordinator = rt.spawn(coordinator::run(cfg, listener));
+    let g = generator();
+    let (leaders, followers) = std::thread::scope(|s| {
+        let mut lh = Vec::new();
+        let mut fh = Vec::new();
+        for w in 0..workers {
+            let pair = rt
+                .block_on(listen_pair(
+                    "127.0.0.1:0",
+                    worker::pair_message_limit(spec, 32),
+                    ltls.clone(),
+                ))
+                .unwrap();
+            let pair_addr = pair.local_addr.to_string();
+            let cfg = WorkerConfig {
+                worker: w,
+                workers,
+                batch_size: 32,
+                threads: 1,
+                peer_timeout: wait,
+            };
+            let (g, la, ltls, coord_addr, handle) = (&g, &la, &ltls, coord_addr.clone(), rt.handle().clone());
+            let lcfg = cfg.clone();
+            lh.push(s.spawn(move || {
+                let mut eval = SynthSource::new(g, true, HELD_OUT.0, HELD_OUT.1);
+                let eval = (w == 0).then_some(&mut eval as &mut dyn BatchSource);
+                let data = SynthParty {
+                    generator: g,
+                    leader: true,
+                };
+                worker::run_leader(spec, &lcfg, handle, la, (&coord_addr, ltls), pair, &data, eval)
+            }));
+            if absent == Some(w) {
+                continue;
+            }
+            let (fa, ftls, handle) = (&fa, &ftls, rt.handle().clone());
+            fh.push(s.spawn(move || {
+                let mut eval = SynthSource::new(g, false, HELD_OUT.0, HELD_OUT.1);
+                let eval = (w == 0).then_some(&mut eval as &mut dyn BatchSource);
+                let data = SynthParty {
+                    generator: g,
+                    leader: false,
+                };
+                worker::run_follower(spec, &cfg, handle, fa, (&pair_addr, ftls), &data, eval)
+            }));
+        }
+        let join =
+            |h: Vec<std::thread::ScopedJoinHandle<'_, _>>| h.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>();
+        (join(lh), join(fh))
+    });
+    let coordinator = rt.block_on(coordinator).unwrap();
+    Run {
+        coordinator,
+        leaders,
+        followers,
+    }
+}
+
+#[test]
+fn workers_and_a_coordinator_over_ratls_train_bitwise_like_in_process() {
+    let spec = small_wide_n_deep();
+    let run = run_services(&spec, 2, None, Duration::from_secs(30));
+    let (steps, epochs) = run.coordinator.unwrap();
+    let leaders: Vec<WorkerOutcome> = run.leaders.into_iter().map(Result::unwrap).collect();
+    let followers: Vec<WorkerOutcome> = run.followers.into_iter().map(Result::unwrap).collect();
+
+    let mut local = ShardedTrainer::new(&spec, 2, 2, 1).unwrap();
+    train(&mut local, &generator());
+    assert_eq!(steps, local.steps());
+    assert_eq!(epochs.len(), 2);
+    assert!(
+        epochs.iter().all(|e| e.examples == PER_BLOCK * BLOCKS as u64),
+        "{epochs:?}"
+    );
+    let (l, f) = local.replica(0).unwrap();
+    for (w, (lo, fo)) in leaders.iter().zip(&followers).enumerate() {
+        assert_eq!((lo.steps, fo.steps), (steps, steps));
+        assert_eq!(
+            lo.digest,
+            replica::digest(l),
+            "leader worker {w} differs from the in-process run"
+        );
+        assert_eq!(
+            fo.digest,
+            replica::digest(f),
+            "follower worker {w} differs from the in-process run"
+        );
+    }
+    // Held-out evaluation by pair 0 equals the in-process one.
+    let g = generator();
+    let want = local
+        .evaluate(
+            &mut SynthSource::new(&g, true, HELD_OUT.0, HELD_OUT.1),
+            &mut SynthSource::new(&g, false, HELD_OUT.0, HELD_OUT.1),
+            worker::EVAL_BATCH,
+        )
+        .unwrap();
+    let got = leaders[0].eval.as_ref().expect("worker 0 evaluates");
+    assert_eq!(got.examples, HELD_OUT.1 - HELD_OUT.0);
+    assert_eq!(got.metrics.auc.map(f64::to_bits), want.metrics.auc.map(f64::to_bits));
+    assert!(leaders[1].eval.is_none());
+}
+
+#[test]
+fn a_worker_that_never_comes_fails_the_job_within_the_peer_timeout() {
+    let spec = small_wide_n_deep();
+    let start = std::time::Instant::now();
+    let run = run_services(&spec, 2, Some(1), Duration::from_secs(3));
+    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    let e = run.leaders[1].as_ref().err().expect("leader worker 1 fails");
+    assert!(
+        e.to_string().contains("follower worker 1 did not connect within 3 s"),
+        "{e}"
+    );
+    let e = run.coordinator.err().expect("the coordinator fails");
+    assert!(e.to_string().contains("1 of 2 workers registered within 3 s"), "{e}");
+    // Pair 0 is told and fails too, naming the cause.
+    let e = run.leaders[0].as_ref().err().expect("leader worker 0 fails");
+    assert!(e.to_string().contains("registered"), "{e}");
+    assert!(run.followers[0].is_err());
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+#[test]
+fn a_leader_worker_admits_only_the_follower() {
+    let (ltls, _) = parties();
+    let rt = rt();
+    let pair = rt.block_on(listen_pair("127.0.0.1:0", 1 << 20, ltls.clone())).unwrap();
+    let addr = pair.local_addr.to_string();
+    // A process of the leader's own party is not the follower.
+    let e = rt
+        .block_on(dial_pair(&addr, 1 << 20, &ltls, Duration::from_secs(5)))
+        .err()
+        .expect("refused");
+    assert!(matches!(&e, BridgeError::Rejected(_)), "{e}");
+}
+
+#[test]
+fn a_coordinator_admits_only_the_leaders_processes() {
+    let (ltls, ftls) = parties();
+    let rt = rt();
+    let l = rt.block_on(listen_coordinator("127.0.0.1:0", 1, ltls)).unwrap();
+    let e = rt
+        .block_on(dial_coordinator(
+            &l.local_addr.to_string(),
+            &ftls,
+            Duration::from_secs(5),
+        ))
+        .err()
+        .expect("refused");
+    assert!(matches!(&e, BridgeError::Rejected(_)), "{e}");
+}
+
+#[test]
+fn a_follower_worker_admits_only_the_leader() {
+    let (_, ftls) = parties();
+    let rt = rt();
+    // A "leader worker" run by a follower process.
+    let pair = rt.block_on(listen_pair("127.0.0.1:0", 1 << 20, ftls.clone())).unwrap();
+    let e = rt
+        .block_on(dial_pair(
+            &pair.local_addr.to_string(),
+            1 << 20,
+            &ftls,
+            Duration::from_secs(5),
+        ))
+        .err()
+        .expect("refused");
+    assert!(matches!(&e, BridgeError::Rejected(_)), "{e}");
+}
