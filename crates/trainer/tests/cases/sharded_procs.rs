@@ -177,15 +177,15 @@ fn a_worker_that_never_comes_fails_the_job_within_the_peer_timeout() {
     let start = std::time::Instant::now();
     let run = run_services(&spec, 2, Some(1), Duration::from_secs(3));
     assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
-    let e = run.leaders[1].as_ref().err().expect("leader worker 1 fails");
+    let e = run.leaders[1].as_ref().expect_err("leader worker 1 fails");
     assert!(
         e.to_string().contains("follower worker 1 did not connect within 3 s"),
         "{e}"
     );
-    let e = run.coordinator.err().expect("the coordinator fails");
+    let e = run.coordinator.expect_err("the coordinator fails");
     assert!(e.to_string().contains("1 of 2 workers registered within 3 s"), "{e}");
     // Pair 0 is told and fails too, naming the cause.
-    let e = run.leaders[0].as_ref().err().expect("leader worker 0 fails");
+    let e = run.leaders[0].as_ref().expect_err("leader worker 0 fails");
     assert!(e.to_string().contains("registered"), "{e}");
     assert!(run.followers[0].is_err());
 }
