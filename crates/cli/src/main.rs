@@ -36,6 +36,12 @@ enum Command {
     Party(cmd::party::PartyArgs),
     /// Run one parameter shard of a party (scale-out, docs/scale-out.md).
     Shard(cmd::shard::Args),
+    /// Run one worker of a party (scale-out): leader worker i serves
+    /// follower worker i.
+    Worker(cmd::worker::WorkerArgs),
+    /// Run the leader's coordinator (scale-out): hands out the data blocks
+    /// and paces the synchronous steps.
+    Coordinator(cmd::worker::CoordinatorArgs),
     /// Align the two parties' rows: a private set intersection of example
     /// ids between the enclaves, writing joined blocks both can train on.
     #[command(subcommand)]
@@ -70,6 +76,8 @@ fn main() -> std::process::ExitCode {
         Command::Follower(a) => cmd::party::follower(a),
         Command::Party(a) => cmd::party::party(a),
         Command::Shard(a) => cmd::shard::run(a),
+        Command::Worker(a) => cmd::worker::worker(a),
+        Command::Coordinator(a) => cmd::worker::coordinator(a),
         Command::Join(c) => cmd::join::run(c),
         Command::Model(c) => cmd::model::run(c),
         Command::Attest(c) => cmd::attest::run(c),

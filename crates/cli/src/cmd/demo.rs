@@ -53,10 +53,9 @@ pub struct Args {
     #[arg(long)]
     in_process: bool,
     /// Scale-out: train with this many worker pairs and --shards
-    /// parameter shards per party, synchronously (docs/scale-out.md). The
-    /// shards run as `vfl shard` processes over RA-TLS (two simulated
-    /// signers, one per party); the workers of both parties run in this
-    /// process (the multi-process workers are being built).
+    /// parameter shards per party, synchronously (docs/scale-out.md). Every
+    /// role runs as its own process (`vfl shard`, `vfl coordinator`, `vfl
+    /// worker`) over RA-TLS, with two simulated signers, one per party.
     #[arg(long)]
     workers: Option<usize>,
     /// Parameter shards per party (with --workers).
@@ -115,7 +114,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         super::cpu_kernel()
     );
     if let Some(workers) = a.workers {
-        sharded(&a, &spec, &work, (workers, threads), &synth)
+        sharded(&a, &spec, &work, (workers, threads), (&synth, eval_rows))
     } else if a.in_process {
         in_process(&a, &spec, &work, threads, &synth)
     } else {
@@ -229,104 +228,64 @@ fn in_process(
     Ok(())
 }
 
-/// The data blocks of both parties, paired by position (aligned data: the
-/// same block names on both sides).
-struct Blocks {
-    leader: Vec<vfl_data::BlockFile>,
-    follower: Vec<vfl_data::BlockFile>,
-    schemas: (Schema, Schema),
-}
-
-impl vfl_trainer::sharded::local::BlockData for Blocks {
-    fn blocks(&self) -> usize {
-        self.leader.len()
-    }
-    fn open(
-        &self,
-        i: usize,
-    ) -> Result<(Box<dyn vfl_data::BatchSource + '_>, Box<dyn vfl_data::BatchSource + '_>), vfl_trainer::TrainError>
-    {
-        let one = |b: &[vfl_data::BlockFile], schema: &Schema| {
-            BlockReader::new(
-                b.get(i).cloned().into_iter().collect(),
-                schema.clone(),
-                ReadOptions::default(),
-            )
-        };
-        Ok((
-            Box::new(one(&self.leader, &self.schemas.0)),
-            Box::new(one(&self.follower, &self.schemas.1)),
-        ))
-    }
-}
-
-/// Scale-out: N worker pairs, S shard processes per party over RA-TLS;
-/// train, evaluate on the held-out rows, report.
+/// Scale-out: the whole job as processes of this binary (`vfl shard` x 2S,
+/// the leader's `vfl coordinator`, `vfl worker` x 2N) over RA-TLS with one
+/// simulated signer per party; train, evaluate on the held-out rows (worker
+/// pair 0), report.
 fn sharded(
     a: &Args,
     spec: &ModelSpec,
     work: &std::path::Path,
     (workers, threads): (usize, usize),
-    synth: &SynthConfig,
+    (synth, eval_rows): (&SynthConfig, u64),
 ) -> anyhow::Result<()> {
-    use vfl_trainer::sharded::{EpochOutcome, ShardedTrainer};
     anyhow::ensure!(workers > 0 && a.shards > 0, "--workers and --shards must be > 0");
-    let shards = super::scale::ShardProcesses::start(work, &a.model, spec, (workers, a.shards))?;
     println!(
-        "scale-out: {workers} worker pair(s), {} shard process(es) per party (vfl shard, RA-TLS admitting only the \
-         party's own signer); synchronous steps, each pair {} rows",
-        a.shards, a.batch_size
+        "scale-out: {workers} worker pair(s), {} shard process(es) per party, the leader's coordinator: \
+         {} processes over RA-TLS (one simulated signer per party); synchronous steps, each pair {} rows",
+        a.shards,
+        2 * workers + 2 * a.shards + 1,
+        a.batch_size
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let (train_dir, eval_dir) = (work.join("train"), work.join("eval"));
-    let (ls, fs) = (schema_for(spec, Role::Leader), schema_for(spec, Role::Follower));
-    let data = Blocks {
-        leader: DataDir::scan(&train_dir.join("leader"), None)?.blocks().to_vec(),
-        follower: DataDir::scan(&train_dir.join("follower"), None)?.blocks().to_vec(),
-        schemas: (ls.clone(), fs.clone()),
-    };
-    anyhow::ensure!(
-        data.leader.len() == data.follower.len(),
-        "the parties' block counts differ"
+    let (tl, tf, el, ef) = (
+        train_dir.join("leader"),
+        train_dir.join("follower"),
+        eval_dir.join("leader"),
+        eval_dir.join("follower"),
     );
-    let mut t = ShardedTrainer::remote(spec, (workers, threads), rt.handle(), &shards.leader, &shards.follower)?;
     let start = Instant::now();
-    let mut examples = 0;
-    for epoch in 0..a.epoch_num as u32 {
-        let r = match t.run_epoch(&data, (epoch, Some(a.seed)), a.batch_size, None, None)? {
-            EpochOutcome::Done(r) => r,
-            EpochOutcome::Stopped(_) => anyhow::bail!("the epoch stopped early"),
-        };
-        examples += r.examples;
-        println!(
-            "epoch {}: {} synchronous steps, mean loss {:.4}, train AUC {}",
-            epoch + 1,
-            r.steps,
-            r.mean_loss,
-            super::four(r.metrics.auc)
-        );
-    }
+    let out = super::scale::run_job(
+        work,
+        spec,
+        &super::scale::Job {
+            model: &a.model,
+            workers,
+            shards: a.shards,
+            epochs: a.epoch_num,
+            batch_size: a.batch_size,
+            threads,
+            seed: a.seed,
+            train: (&tl, &tf),
+            eval: (&el, &ef),
+        },
+    )?;
     let secs = start.elapsed().as_secs_f64();
-    let traffic = t.traffic();
-    let mut l = reader(&eval_dir.join("leader"), ls)?;
-    let mut f = reader(&eval_dir.join("follower"), fs)?;
-    let eval = t.evaluate(&mut l, &mut f, 256)?;
-    let steps = t.steps();
-    drop(t);
-    shards.finish(steps)?;
-    let m = eval.metrics;
+    for e in &out.epochs {
+        println!("{e}");
+    }
+    let examples = (a.files * a.rows_per_file * a.epoch_num) as f64;
     println!(
-        "training: {examples} examples in {secs:.1} s = {:.0} examples/s; bytes per example: {:.0} between the \
-         parties, {:.0} to the shards, {:.0} from them",
-        examples as f64 / secs,
-        traffic.cross as f64 / examples.max(1) as f64,
-        traffic.to_shards as f64 / examples.max(1) as f64,
-        traffic.from_shards as f64 / examples.max(1) as f64
+        "training: {} synchronous steps, {examples:.0} examples in {secs:.1} s = {:.0} examples/s (all processes, \
+         start-up included); every worker of a party ends with the same model (leader {}, follower {})",
+        out.steps,
+        examples / secs,
+        &out.digests.0[..12],
+        &out.digests.1[..12]
     );
-    held_out(&m, synth, eval.examples);
+    anyhow::ensure!(!out.held_out.is_empty(), "worker pair 0 reported no held-out evaluation");
+    println!("{}", out.held_out);
+    println!("{}", best_possible(synth, eval_rows));
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub mod party;
 pub mod scale;
 pub mod selfcheck;
 pub mod shard;
+pub mod worker;
 
 /// A metric with four decimals, or `n/a`.
 pub(crate) fn four(v: Option<f64>) -> String {

@@ -1,7 +1,7 @@
-//! Shard processes for local scale-out runs (`vfl demo --workers`,
-//! `vfl bench --sharded --remote`): `vfl shard` children of this process,
-//! one simulated signer per party so that each party's processes admit
-//! only their own.
+//! Processes for local scale-out runs: `vfl shard` children for `vfl bench
+//! --sharded --remote`, and the whole job (`vfl demo --workers`: shards,
+//! the leader's coordinator, both parties' workers), with one simulated
+//! signer per party so that each party's processes admit only their own.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -11,7 +11,7 @@ use vfl_attest::PartyRole;
 use vfl_nn::{ModelSpec, Role};
 use vfl_trainer::sharded::remote::ShardAddrs;
 
-/// A `vfl shard` child process and the address it serves.
+/// A `vfl` child process and the address it serves.
 struct ShardProcess {
     role: &'static str,
     child: std::process::Child,
@@ -24,6 +24,8 @@ pub struct ShardProcesses {
     procs: Vec<ShardProcess>,
     pub leader: ShardAddrs,
     pub follower: ShardAddrs,
+    /// Each party's attestation flags (leader's, follower's).
+    attest: (Vec<String>, Vec<String>),
 }
 
 impl ShardProcesses {
@@ -79,6 +81,7 @@ impl ShardProcesses {
             procs,
             leader,
             follower,
+            attest: (attest(&sim.leader_signer), attest(&sim.follower_signer)),
         })
     }
 
@@ -118,27 +121,162 @@ fn start(
     (role, index, shards, workers): (&'static str, usize, usize, usize),
     attest: &[String],
 ) -> anyhow::Result<ShardProcess> {
+    let args: Vec<String> = ["shard", "--role", role, "--model", model, "--index"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([index.to_string(), "--shards".into(), shards.to_string()])
+        .chain(["--workers".into(), workers.to_string(), "--local-addr".into(), "127.0.0.1:0".into()])
+        .chain(["--peer-timeout".into(), "60".into()])
+        .chain(attest.iter().cloned())
+        .collect();
+    spawn(role, &args, true)
+}
+
+/// Starts `vfl ARGS` and, with `listens`, waits for the address its first
+/// line says it listens on.
+fn spawn(role: &'static str, args: &[String], listens: bool) -> anyhow::Result<ShardProcess> {
     let exe = std::env::current_exe().context("locating the vfl executable")?;
+    let what = args.iter().take(5).cloned().collect::<Vec<_>>().join(" ");
     let mut child = std::process::Command::new(&exe)
-        .args(["--loglevel", "warn", "shard", "--role", role, "--model", model])
-        .args(["--index", &index.to_string(), "--shards", &shards.to_string()])
-        .args(["--workers", &workers.to_string(), "--local-addr", "127.0.0.1:0"])
-        .args(["--peer-timeout", "60"])
-        .args(attest)
+        .args(["--loglevel", "warn"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting vfl shard {index} of the {role}"))?;
-    let out = child.stdout.take().context("the shard's stdout")?;
+        .with_context(|| format!("starting vfl {what}"))?;
+    let out = child.stdout.take().context("the child's stdout")?;
     let mut lines = std::io::BufReader::new(out).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
-    let Some((_, addr)) = first.rsplit_once("listening on ") else {
-        let _ = child.kill();
-        anyhow::bail!("vfl shard {index} of the {role} did not start: {first:?}");
-    };
+    let mut addr = String::new();
+    if listens {
+        let first = lines.next().transpose()?.unwrap_or_default();
+        let Some((_, a)) = first.rsplit_once(" on ") else {
+            let _ = child.kill();
+            anyhow::bail!("vfl {what} did not start: {first:?}");
+        };
+        addr = a.trim().to_string();
+    }
     Ok(ShardProcess {
         role,
-        addr: addr.trim().to_string(),
+        addr,
         child,
         lines,
+    })
+}
+
+/// A scale-out job's shape and run.
+pub struct Job<'a> {
+    pub model: &'a str,
+    pub workers: usize,
+    pub shards: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub seed: u64,
+    /// Each party's training data and held-out data directories (leader's,
+    /// follower's).
+    pub train: (&'a Path, &'a Path),
+    pub eval: (&'a Path, &'a Path),
+}
+
+/// What the job's processes printed.
+pub struct JobOutput {
+    /// The coordinator's per-epoch lines.
+    pub epochs: Vec<String>,
+    /// Leader worker 0's held-out line.
+    pub held_out: String,
+    pub steps: u64,
+    /// Each party's model digest (equal on all its workers).
+    pub digests: (String, String),
+}
+
+/// Runs a whole scale-out job as processes of this binary: 2 x `shards`
+/// `vfl shard`, the leader's `vfl coordinator`, and `workers` `vfl worker`
+/// per party; waits for all of them and checks that each party's workers
+/// end with the same model.
+pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<JobOutput> {
+    let mut shards = ShardProcesses::start(work, job.model, spec, (job.workers, job.shards))?;
+    let (lattest, fattest) = shards.attest.clone();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+    let common = |dir: &Path| {
+        s(&["--model", job.model, "--batch-size"])
+            .into_iter()
+            .chain([job.batch_size.to_string(), "--data-path".into(), dir.display().to_string()])
+            .chain(s(&["--peer-timeout", "60", "--local-addr", "127.0.0.1:0"]))
+            .collect::<Vec<_>>()
+    };
+    let mut args = s(&["coordinator", "--workers"]);
+    args.push(job.workers.to_string());
+    args.extend(common(job.train.0));
+    args.extend(["--epoch-num".into(), job.epochs.to_string(), "--shuffle".into(), "--seed".into()]);
+    args.push(job.seed.to_string());
+    args.extend(lattest.iter().cloned());
+    let coordinator = spawn("coordinator", &args, true)?;
+    let coord_addr = coordinator.addr.clone();
+    shards.procs.push(coordinator);
+    let worker_args = |role: &str, w: usize, addrs: &ShardAddrs, dirs: (&Path, &Path)| {
+        let mut a = s(&["worker", "--role", role, "--index"]);
+        a.extend([w.to_string(), "--workers".into(), job.workers.to_string()]);
+        a.extend(["--shards".into(), job.shards.to_string(), "--shard-addr".into(), addrs.addrs.join(",")]);
+        a.extend(["--threads".into(), job.threads.to_string()]);
+        a.extend(common(dirs.0));
+        a.extend(["--eval-data-path".into(), dirs.1.display().to_string()]);
+        a
+    };
+    let mut leader_addrs = Vec::new();
+    for w in 0..job.workers {
+        let mut a = worker_args("leader", w, &shards.leader, (job.train.0, job.eval.0));
+        a.extend(["--coordinator-addr".into(), coord_addr.clone()]);
+        a.extend(lattest.iter().cloned());
+        let p = spawn("leader worker", &a, true)?;
+        leader_addrs.push(p.addr.clone());
+        shards.procs.push(p);
+    }
+    for (w, peer) in leader_addrs.iter().enumerate() {
+        let mut a = worker_args("follower", w, &shards.follower, (job.train.1, job.eval.1));
+        a.extend(["--peer-addr".into(), peer.clone()]);
+        a.extend(fattest.iter().cloned());
+        shards.procs.push(spawn("follower worker", &a, false)?);
+    }
+    // Every process runs to its end; their outputs tell how it went.
+    let mut outputs = Vec::new();
+    let mut failed = Vec::new();
+    for mut p in std::mem::take(&mut shards.procs) {
+        let lines: Vec<String> = p.lines.by_ref().map_while(Result::ok).collect();
+        let status = p.child.wait()?;
+        if !status.success() {
+            failed.push(format!("{} ({status})", p.role));
+        }
+        outputs.push((p.role, lines));
+    }
+    anyhow::ensure!(failed.is_empty(), "scale-out processes failed: {}", failed.join(", "));
+    let find = |role: &str, prefix: &str| -> Vec<String> {
+        outputs
+            .iter()
+            .filter(|(r, _)| *r == role)
+            .flat_map(|(_, l)| l.iter().filter(|l| l.starts_with(prefix)).cloned())
+            .collect()
+    };
+    let digest = |role: &str| -> anyhow::Result<(u64, String)> {
+        let done = find(role, "worker ");
+        let parsed: Vec<(u64, String)> = done
+            .iter()
+            .filter_map(|l| {
+                let rest = l.split_once("done after ")?.1;
+                let steps = rest.split_whitespace().next()?.parse().ok()?;
+                Some((steps, rest.rsplit_once("model ")?.1.to_string()))
+            })
+            .collect();
+        anyhow::ensure!(
+            parsed.len() == job.workers && parsed.windows(2).all(|p| p[0] == p[1]),
+            "the {role}s do not end alike: {done:?}"
+        );
+        Ok(parsed[0].clone())
+    };
+    let (steps, ldigest) = digest("leader worker")?;
+    let (_, fdigest) = digest("follower worker")?;
+    Ok(JobOutput {
+        epochs: find("coordinator", "epoch "),
+        held_out: find("leader worker", "held-out").into_iter().next().unwrap_or_default(),
+        steps,
+        digests: (ldigest, fdigest),
     })
 }

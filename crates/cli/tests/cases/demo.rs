@@ -42,7 +42,7 @@ fn demo_trains_two_processes_and_beats_the_leader_only_ceiling() {
 }
 
 #[test]
-fn demo_with_worker_pairs_and_shard_processes_learns() {
+fn demo_with_worker_coordinator_and_shard_processes_learns() {
     let work = std::env::temp_dir().join(format!("vfl-demo-sharded-test-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     let model = work.join("model.toml");
@@ -76,9 +76,12 @@ fn demo_with_worker_pairs_and_shard_processes_learns() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        text.contains("2 worker pair(s), 2 shard process(es) per party"),
+        text.contains("2 worker pair(s), 2 shard process(es) per party, the leader's coordinator: 9 processes"),
         "{text}"
     );
+    // The coordinator's epochs, and one model per party on all its workers.
+    assert!(text.contains("epoch 2: "), "{text}");
+    assert!(text.contains("every worker of a party ends with the same model"), "{text}");
     let held_out = number_after(&text[text.find("held-out evaluation").unwrap()..], "AUC ");
     let leader_only = number_after(&text, "with the leader's features alone ");
     assert!(

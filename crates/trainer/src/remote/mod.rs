@@ -178,21 +178,29 @@ impl RunConfig {
     fn block_reader(&self, role: Role, blocks: Vec<vfl_data::BlockFile>, schema: vfl_data::Schema) -> BlockReader {
         let mut r = BlockReader::new(blocks, schema, self.read_options());
         if let Some(sealer) = &self.seal {
-            let mut context = vfl_attest::seal::Context::joined_block(
-                &self.application_id,
-                role.as_str(),
-                &self.security.policy_digest(),
-            );
-            if let Some(join) = &self.join_id {
-                context = context.with("join", join);
-            }
-            r.set_unseal(std::sync::Arc::new(JoinedBlocks {
-                sealer: sealer.clone(),
-                context,
-            }));
+            r.set_unseal(joined_blocks(
+                sealer.clone(),
+                (&self.application_id, role, &self.security.policy_digest()),
+                self.join_id.as_deref(),
+            ));
         }
         r
     }
+}
+
+/// How a party opens sealed joined blocks (`vfl join` under a model key):
+/// with its key, bound to the job, its role, the policy, the join and the
+/// block asked for.
+pub fn joined_blocks(
+    sealer: std::sync::Arc<vfl_attest::seal::Sealer>,
+    (app, role, policy_digest): (&str, Role, &str),
+    join_id: Option<&str>,
+) -> std::sync::Arc<dyn vfl_data::Unseal> {
+    let mut context = vfl_attest::seal::Context::joined_block(app, role.as_str(), policy_digest);
+    if let Some(join) = join_id {
+        context = context.with("join", join);
+    }
+    std::sync::Arc::new(JoinedBlocks { sealer, context })
 }
 
 /// Opens sealed joined blocks (`vfl join` under a model key).

@@ -42,6 +42,26 @@ pub trait PartyBlocks {
     fn open(&self, id: &str) -> Result<Box<dyn BatchSource + '_>, TrainError>;
 }
 
+/// A party's data directory, its blocks opened by id (sealed joined
+/// blocks with `unseal`).
+pub struct DirBlocks {
+    pub dir: vfl_data::DataDir,
+    pub schema: vfl_data::Schema,
+    pub options: vfl_data::blocks::ReadOptions,
+    pub unseal: Option<std::sync::Arc<dyn vfl_data::Unseal>>,
+}
+
+impl PartyBlocks for DirBlocks {
+    fn open(&self, id: &str) -> Result<Box<dyn BatchSource + '_>, TrainError> {
+        let blocks = self.dir.select(&[id.to_string()])?;
+        let mut r = vfl_data::BlockReader::new(blocks, self.schema.clone(), self.options);
+        if let Some(u) = &self.unseal {
+            r.set_unseal(u.clone());
+        }
+        Ok(Box::new(r))
+    }
+}
+
 /// What a worker is.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {

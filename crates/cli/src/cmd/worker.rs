@@ -1,0 +1,281 @@
+//! `vfl worker` and `vfl coordinator`: the scale-out roles besides the
+//! shards (docs/scale-out.md). Leader worker i serves follower worker i
+//! over RA-TLS and reports to the leader's coordinator; each worker joins
+//! its own party's shards. Addresses default to the Kubernetes names of
+//! deploy/k8s (`shard-{index}.shard:50051`, `coordinator-0.coordinator:50051`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use vfl_attest::PartyRole;
+use vfl_nn::{ModelSpec, Role};
+use vfl_trainer::sharded::coordinator::{self, CoordinatorConfig};
+use vfl_trainer::sharded::remote::ShardAddrs;
+use vfl_trainer::sharded::worker::{self, DirBlocks, WorkerConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// The party: leader or follower.
+    #[arg(long, env = "VFL_ROLE", value_parser = ["leader", "follower"])]
+    role: String,
+    /// This worker's index, 0..--workers (pairs with the other party's
+    /// worker of the same index).
+    #[arg(long, env = "VFL_INDEX")]
+    index: usize,
+    /// Worker pairs of the run.
+    #[arg(long, env = "VFL_WORKERS")]
+    workers: usize,
+    /// Parameter shards of this party.
+    #[arg(long, env = "VFL_SHARDS")]
+    shards: usize,
+    /// This party's data blocks (the same block ids on both sides, as `vfl
+    /// join` writes them).
+    #[arg(long, env = "VFL_DATA_PATH", default_value = "/srv/vfl/data")]
+    data_path: PathBuf,
+    #[arg(long)]
+    data_path_wildcard: Option<String>,
+    /// Held-out data: worker pair 0 evaluates the trained model on it
+    /// (both workers of pair 0 need it).
+    #[arg(long)]
+    eval_data_path: Option<PathBuf>,
+    /// Model preset name or spec file (every process's must be the same).
+    #[arg(long, default_value = "wide_n_deep")]
+    model: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The party's shards: a comma-separated list, or one address with
+    /// `{index}` for the shard's index.
+    #[arg(long, env = "VFL_SHARD_ADDR", default_value = "shard-{index}.shard:50051")]
+    shard_addr: String,
+    /// Leader: the coordinator's address.
+    #[arg(long, env = "VFL_COORDINATOR_ADDR", default_value = "coordinator-0.coordinator:50051")]
+    coordinator_addr: String,
+    /// Leader: where to serve the follower worker (host:port; port 0 picks one).
+    #[arg(long, env = "VFL_LOCAL_ADDR", default_value = "0.0.0.0:50051")]
+    local_addr: String,
+    /// Follower: the leader worker of this index (`{index}` is replaced).
+    #[arg(long, env = "VFL_PEER_ADDR")]
+    peer_addr: Option<String>,
+    /// Seconds to wait for a peer (connect, and each message).
+    #[arg(long, default_value_t = 120)]
+    peer_timeout: u64,
+    /// Serve liveness at http://ADDR/healthz (Kubernetes probes).
+    #[arg(long, env = "VFL_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Key that opens sealed joined blocks (as for `vfl party`).
+    #[arg(long)]
+    model_key: Option<String>,
+    #[arg(long, default_value = "vfl")]
+    application_id: String,
+    #[command(flatten)]
+    attest: super::attest::Flags,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Worker pairs of the run.
+    #[arg(long, env = "VFL_WORKERS")]
+    workers: usize,
+    /// The leader's data blocks (the coordinator reads only their ids).
+    #[arg(long, env = "VFL_DATA_PATH", default_value = "/srv/vfl/data")]
+    data_path: PathBuf,
+    #[arg(long)]
+    data_path_wildcard: Option<String>,
+    #[arg(long, default_value = "wide_n_deep")]
+    model: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    epoch_num: u32,
+    /// Shuffle the block order at every epoch, from --seed.
+    #[arg(long)]
+    shuffle: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to serve the leader's workers (host:port; port 0 picks one).
+    #[arg(long, env = "VFL_LOCAL_ADDR", default_value = "0.0.0.0:50051")]
+    local_addr: String,
+    /// Seconds to wait for the workers to register, and for each report.
+    #[arg(long, default_value_t = 120)]
+    peer_timeout: u64,
+    #[arg(long, env = "VFL_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    #[command(flatten)]
+    attest: super::attest::Flags,
+}
+
+/// The addresses `spec` names for `n` shards.
+fn shard_addrs(spec: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let addrs: Vec<String> = if spec.contains("{index}") {
+        (0..n).map(|i| spec.replace("{index}", &i.to_string())).collect()
+    } else {
+        spec.split(',').map(|s| s.trim().to_string()).collect()
+    };
+    anyhow::ensure!(
+        addrs.len() == n && addrs.iter().all(|a| !a.is_empty()),
+        "--shard-addr names {} shards, but --shards is {n}",
+        addrs.len()
+    );
+    Ok(addrs)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn liveness(addr: Option<&str>, role: &'static str) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let progress = vfl_trainer::progress::Progress::new(role);
+        let bound = crate::metrics::serve(addr, progress.registry()).await?;
+        tracing::info!(addr = %bound, "liveness at /healthz");
+    }
+    Ok(())
+}
+
+pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let (role, own) = match a.role.as_str() {
+        "leader" => (Role::Leader, PartyRole::Leader),
+        _ => (Role::Follower, PartyRole::Follower),
+    };
+    anyhow::ensure!(
+        a.index < a.workers && a.shards > 0 && a.batch_size > 0,
+        "--index {} must be below --workers {}, and --shards and --batch-size above 0",
+        a.index,
+        a.workers
+    );
+    super::attest::preflight(&a.attest, a.model_key.as_deref())?;
+    let spec = ModelSpec::resolve(&a.model)?;
+    let sealer = super::party::sealer_for(&a.attest, a.model_key.as_deref())?;
+    let security = super::attest::security(&a.attest, sealer.as_ref())?;
+    let schema = vfl_trainer::schema_for(&spec, role);
+    let unseal = sealer.map(|s| {
+        vfl_trainer::remote::joined_blocks(s, (&a.application_id, role, &security.policy_digest()), None)
+    });
+    let data = DirBlocks {
+        dir: vfl_data::DataDir::scan(&a.data_path, a.data_path_wildcard.as_deref())?,
+        schema: schema.clone(),
+        options: Default::default(),
+        unseal: unseal.clone(),
+    };
+    let mut eval = match &a.eval_data_path {
+        Some(p) if a.index == 0 => {
+            let dir = vfl_data::DataDir::scan(p, None)?;
+            let mut r = vfl_data::BlockReader::new(dir.blocks().to_vec(), schema, Default::default());
+            if let Some(u) = unseal {
+                r.set_unseal(u);
+            }
+            Some(r)
+        }
+        _ => None,
+    };
+    let eval = eval.as_mut().map(|r| r as &mut dyn vfl_data::BatchSource);
+    let shards = ShardAddrs {
+        own,
+        addrs: shard_addrs(&a.shard_addr, a.shards)?,
+        security: security.clone(),
+        max_message: vfl_trainer::sharded::message_limit(&spec, role),
+        wait: Duration::from_secs(a.peer_timeout),
+    };
+    let cfg = WorkerConfig {
+        worker: a.index,
+        workers: a.workers,
+        batch_size: a.batch_size,
+        threads: a.threads.max(1),
+        peer_timeout: Duration::from_secs(a.peer_timeout),
+    };
+    let rt = runtime()?;
+    rt.block_on(liveness(a.metrics_addr.as_deref(), "worker"))?;
+    let outcome = match role {
+        Role::Leader => {
+            let max = worker::pair_message_limit(&spec, a.batch_size);
+            let pair = rt.block_on(vfl_bridge::party::listen_pair(&a.local_addr, max, security.clone()))?;
+            println!(
+                "worker {}/{} of the leader: listening for follower worker {} on {}",
+                a.index, a.workers, a.index, pair.local_addr
+            );
+            worker::run_leader(
+                &spec,
+                &cfg,
+                rt.handle().clone(),
+                &shards,
+                (&a.coordinator_addr, &security),
+                pair,
+                &data,
+                eval,
+            )?
+        }
+        Role::Follower => {
+            let peer = a
+                .peer_addr
+                .as_deref()
+                .context("a follower worker needs --peer-addr (its leader worker)")?
+                .replace("{index}", &a.index.to_string());
+            println!("worker {}/{} of the follower: dialing {peer}", a.index, a.workers);
+            worker::run_follower(&spec, &cfg, rt.handle().clone(), &shards, (&peer, &security), &data, eval)?
+        }
+    };
+    if let Some(e) = &outcome.eval {
+        let m = &e.metrics;
+        println!(
+            "held-out evaluation ({} rows): AUC {}, log loss {:.4}, KS {}",
+            m.count,
+            super::four(m.auc),
+            m.log_loss,
+            super::four(m.ks)
+        );
+    }
+    println!(
+        "worker {}: done after {} steps ({} examples here), model {}",
+        a.index,
+        outcome.steps,
+        outcome.examples,
+        &outcome.digest[..16]
+    );
+    Ok(())
+}
+
+pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.workers > 0 && a.batch_size > 0, "--workers and --batch-size must be > 0");
+    super::attest::preflight(&a.attest, None)?;
+    let spec = ModelSpec::resolve(&a.model)?;
+    let security = super::attest::security(&a.attest, None)?;
+    let dir = vfl_data::DataDir::scan(&a.data_path, a.data_path_wildcard.as_deref())?;
+    let cfg = CoordinatorConfig {
+        workers: a.workers,
+        epochs: a.epoch_num,
+        seed: a.shuffle.then_some(a.seed),
+        block_ids: dir.ids(),
+        model_fingerprint: spec.fingerprint(),
+        batch_size: a.batch_size,
+        peer_timeout: Duration::from_secs(a.peer_timeout),
+    };
+    let blocks = cfg.block_ids.len();
+    let rt = runtime()?;
+    let (steps, epochs) = rt.block_on(async {
+        liveness(a.metrics_addr.as_deref(), "coordinator").await?;
+        let listener = vfl_bridge::party::listen_coordinator(&a.local_addr, a.workers, security).await?;
+        println!(
+            "coordinator of the leader: {} worker pairs, {blocks} blocks, listening on {}",
+            a.workers, listener.local_addr
+        );
+        Ok::<_, anyhow::Error>(coordinator::run(cfg, listener).await?)
+    })?;
+    for e in &epochs {
+        println!(
+            "epoch {}: {} synchronous steps, {} examples, mean loss {:.4}",
+            e.epoch + 1,
+            e.steps,
+            e.examples,
+            e.loss_sum / e.examples.max(1) as f64
+        );
+    }
+    println!("coordinator: done after {steps} steps");
+    Ok(())
+}
