@@ -19,6 +19,9 @@
 #   vfl-sgx.sh follower ADDR              run the follower enclave against the leader at ADDR
 #   vfl-sgx.sh eval-leader EXPORT-DIR     evaluate a (sealed) export, leader side
 #   vfl-sgx.sh eval-follower ADDR EXPORT-DIR   the same, follower side
+#   vfl-sgx.sh shard|worker|coordinator   a scale-out process of this party (VFL_ROLE,
+#                                         VFL_INDEX, VFL_WORKERS, VFL_SHARDS; follower
+#                                         workers VFL_PEER_ADDR; see docs/scale-out.md)
 #
 # Settings (environment; both parties must use the same values, since they
 # are measured into the enclave): VFL_MODEL (wide_n_deep), VFL_BATCH_SIZE (32),
@@ -203,6 +206,15 @@ cmd_eval_follower() {
   cmd_follower "$1"
 }
 
+# Scale-out: the same enclave, the role picked by VFL_PROCESS (the measured
+# command line stays `vfl party`); deploy/k8s passes the rest as VFL_*.
+cmd_scale() {
+  [ -n "${VFL_ROLE:-}" ] || die "VFL_ROLE (leader or follower) is not set"
+  export VFL_PROCESS=$1
+  export VFL_LOCAL_ADDR=${VFL_LOCAL_ADDR:-0.0.0.0:50051}
+  run_enclave
+}
+
 case "${1:-}" in
   data) shift; cmd_data "$@" ;;
   keygen) shift; cmd_keygen "$@" ;;
@@ -215,5 +227,6 @@ case "${1:-}" in
   follower) shift; cmd_follower "$@" ;;
   eval-leader) shift; cmd_eval_leader "$@" ;;
   eval-follower) shift; cmd_eval_follower "$@" ;;
+  shard|worker|coordinator) cmd_scale "$1" ;;
   *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -4,9 +4,10 @@ what the schemas check (scripts/k8s-check.sh validates those first):
 
 - the two parties run the same number of worker pairs, and each its
   configured number of workers and shards;
-- the leader's SNI passthrough routes exactly `coordinator.<domain>` and
-  `worker-<i>.<domain>` for every worker index to the matching pod's
-  stable name and RA-TLS port, and the follower dials that domain;
+- the leader's SNI passthrough routes exactly `worker-<i>.<domain>` for
+  every worker index to the matching pod's stable name and RA-TLS port,
+  and the follower's workers dial `worker-{index}.<domain>:<peer_port>`;
+- exactly the leader runs a coordinator;
 - every enclave pod requests SGX EPC through the device plugin, is not
   privileged, is probed on its metrics port, never on the RA-TLS port, and
   is selected by the party-only NetworkPolicy;
@@ -39,6 +40,11 @@ def one(docs, kind, name_prefix, party):
     if len(found) != 1:
         raise ValueError(f"{party}: expected one {kind} {name_prefix}*, found {len(found)}")
     return found[0]
+
+
+def env_of(statefulset):
+    env = statefulset["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    return {e["name"]: e.get("value") for e in env}
 
 
 def party_config(docs, party):
@@ -125,7 +131,7 @@ def check_all(leader, follower, docs_text):
     domain = fc.get("peer_domain", "")
     conf = one(leader, "ConfigMap", "passthrough-", "leader")["data"]["nginx.conf"]
     got = routes(conf)
-    want = {f"coordinator.{domain}": f"coordinator-0.coordinator.{ns}.svc.cluster.local:{RATLS_PORT}"}
+    want = {}
     for i in range(int(lc.get("workers", "0"))):
         want[f"worker-{i}.{domain}"] = f"worker-{i}.worker.{ns}.svc.cluster.local:{RATLS_PORT}"
     default = got.pop("default", None)
@@ -136,7 +142,14 @@ def check_all(leader, follower, docs_text):
     svc = one(leader, "Service", "passthrough", "leader")
     if svc["spec"].get("type") != "LoadBalancer" or [p["port"] for p in svc["spec"]["ports"]] != [int(fc.get("peer_port", 0))]:
         errors.append(f"the passthrough Service must be a LoadBalancer on the follower's peer_port {fc.get('peer_port')}")
-    for needle in (f"worker-<i>.{domain}", f"coordinator.{domain}", str(RATLS_PORT), str(METRICS_PORT), "SNI"):
+    peer = env_of(one(follower, "StatefulSet", "worker", "follower")).get("VFL_PEER_ADDR")
+    if peer != f"worker-{{index}}.{domain}:{fc.get('peer_port')}":
+        errors.append(f"follower workers dial {peer!r}, not worker-{{index}}.{domain}:{fc.get('peer_port')}")
+    for party, docs in (("leader", leader), ("follower", follower)):
+        have = [d["metadata"]["name"] for d in docs if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == "coordinator"]
+        if have != (["coordinator"] if party == "leader" else []):
+            errors.append(f"{party}: coordinators {have}; exactly the leader runs one")
+    for needle in (f"worker-<i>.{domain}", str(RATLS_PORT), str(METRICS_PORT), "SNI"):
         if needle not in docs_text:
             errors.append(f"docs/sgx.md does not mention {needle!r}")
     return errors
@@ -162,6 +175,8 @@ def self_test(leader, follower, docs_text):
         "privileged": lambda l, f: one(f, "StatefulSet", "worker", "f")["spec"]["template"]["spec"]["containers"][0]["securityContext"].update({"privileged": True}),
         "no EPC": lambda l, f: one(l, "StatefulSet", "coordinator", "l")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].pop("sgx.intel.com/epc"),
         "other peer domain": lambda l, f: party_config(f, "f").update({"peer_domain": "elsewhere.example"}),
+        "follower dials elsewhere": lambda l, f: [e.update({"value": "worker-0.leader.vfl.example:443"}) for e in one(f, "StatefulSet", "worker", "f")["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "VFL_PEER_ADDR"],
+        "a follower coordinator": lambda l, f: f.append(copy.deepcopy(one(l, "StatefulSet", "coordinator", "l"))),
         "pods outside the policy": lambda l, f: one(f, "StatefulSet", "shard", "f")["spec"]["template"]["metadata"]["labels"].pop("app.kubernetes.io/name"),
     }
     for name, fn in cases.items():

@@ -283,7 +283,10 @@ fn sharded(
         &out.digests.0[..12],
         &out.digests.1[..12]
     );
-    anyhow::ensure!(!out.held_out.is_empty(), "worker pair 0 reported no held-out evaluation");
+    anyhow::ensure!(
+        !out.held_out.is_empty(),
+        "worker pair 0 reported no held-out evaluation"
+    );
     println!("{}", out.held_out);
     println!("{}", best_possible(synth, eval_rows));
     Ok(())

@@ -174,6 +174,96 @@ pub struct PartyArgs {
     /// Used by the leader; the follower ignores them (the leader decides).
     #[command(flatten)]
     lead: LeaderOnly,
+    /// Run this process as a scale-out role instead of a single party
+    /// (docs/scale-out.md). The enclave's measured command line is `vfl
+    /// party`, so an SGX deployment picks the role with VFL_PROCESS; the
+    /// role's own settings come from its VFL_* variables, everything that
+    /// matters for trust (attestation, policy, model key) from this command
+    /// line.
+    #[arg(long, env = "VFL_PROCESS", value_enum, default_value_t = Process::Party)]
+    process: Process,
+}
+
+/// What `vfl party` runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Process {
+    /// One party of a single pair.
+    Party,
+    /// `vfl shard`.
+    Shard,
+    /// `vfl worker`.
+    Worker,
+    /// `vfl coordinator` (leader only).
+    Coordinator,
+}
+
+/// A scale-out role's arguments from its environment alone.
+#[derive(clap::Parser)]
+#[command(no_binary_name = true)]
+struct FromEnv<T: clap::Args> {
+    #[command(flatten)]
+    args: T,
+}
+
+/// Runs the scale-out role `process` with this `vfl party` command line's
+/// model, data, timeouts, key and attestation.
+fn scale_process(process: Process, a: &PartyArgs) -> anyhow::Result<()> {
+    use clap::Parser;
+    let c = &a.common;
+    anyhow::ensure!(
+        c.mode == PartyMode::Train,
+        "VFL_PROCESS={process:?} trains; VFL_MODE must be train"
+    );
+    let none = std::iter::empty::<String>();
+    // The role as `vfl party` took it (flag or VFL_ROLE).
+    let role = ["--role".to_string(), a.role.clone()];
+    let env_err = |e: clap::Error| anyhow::anyhow!("VFL_PROCESS={process:?}: {e}");
+    match process {
+        Process::Party => unreachable!("not a scale-out role"),
+        Process::Shard => {
+            let mut s = FromEnv::<super::shard::Args>::try_parse_from(role)
+                .map_err(env_err)?
+                .args;
+            s.model.clone_from(&c.model);
+            s.peer_timeout = c.peer_timeout;
+            s.attest = c.attest.clone();
+            s.metrics_addr = s.metrics_addr.or(c.metrics_addr.clone());
+            super::shard::run(s)
+        }
+        Process::Worker => {
+            let mut w = FromEnv::<super::worker::WorkerArgs>::try_parse_from(role)
+                .map_err(env_err)?
+                .args;
+            w.data_path.clone_from(&c.data_path);
+            w.data_path_wildcard.clone_from(&c.data_path_wildcard);
+            w.model.clone_from(&c.model);
+            w.batch_size = c.batch_size;
+            w.threads = c.threads.unwrap_or(1);
+            w.peer_timeout = c.peer_timeout;
+            w.model_key.clone_from(&c.model_key);
+            w.application_id.clone_from(&c.application_id);
+            w.attest = c.attest.clone();
+            w.metrics_addr = w.metrics_addr.or(c.metrics_addr.clone());
+            super::worker::worker(w)
+        }
+        Process::Coordinator => {
+            anyhow::ensure!(a.role == "leader", "only the leader runs a coordinator");
+            let mut k = FromEnv::<super::worker::CoordinatorArgs>::try_parse_from(none)
+                .map_err(env_err)?
+                .args;
+            k.data_path.clone_from(&c.data_path);
+            k.data_path_wildcard.clone_from(&c.data_path_wildcard);
+            k.model.clone_from(&c.model);
+            k.batch_size = c.batch_size;
+            k.epoch_num = a.lead.epoch_num;
+            k.shuffle = a.lead.shuffle;
+            k.seed = a.lead.seed;
+            k.peer_timeout = c.peer_timeout;
+            k.attest = c.attest.clone();
+            k.metrics_addr = k.metrics_addr.or(c.metrics_addr.clone());
+            super::worker::coordinator(k)
+        }
+    }
 }
 
 fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunConfig> {
@@ -219,7 +309,11 @@ fn config(c: &Common, addr: String, role: &'static str) -> anyhow::Result<RunCon
 /// When `path` holds a join's sealed output (its join-report.json says so):
 /// the join id every block must carry, after checking that there is a key
 /// and that no block is plaintext.
-fn joined_blocks(path: &std::path::Path, wildcard: Option<&str>, have_key: bool) -> anyhow::Result<Option<String>> {
+pub(crate) fn joined_blocks(
+    path: &std::path::Path,
+    wildcard: Option<&str>,
+    have_key: bool,
+) -> anyhow::Result<Option<String>> {
     let report = path.join(vfl_join::output::REPORT);
     let Ok(bytes) = std::fs::read(&report) else {
         return Ok(None);
@@ -461,6 +555,15 @@ fn run_as_follower(common: &Common, peer_addr: String) -> anyhow::Result<()> {
 }
 
 pub fn party(mut a: PartyArgs) -> anyhow::Result<()> {
+    if a.process != Process::Party {
+        if let Some(j) = &a.join_path
+            && j.join(vfl_join::output::REPORT).is_file()
+        {
+            a.common.data_path = j.clone();
+            a.common.data_path_wildcard = None;
+        }
+        return scale_process(a.process, &a);
+    }
     let leader = a.role == "leader";
     let addr = match (leader, &a.peer_addr) {
         (true, _) => a.local_addr.clone(),

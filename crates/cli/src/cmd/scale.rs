@@ -125,7 +125,12 @@ fn start(
         .iter()
         .map(|s| s.to_string())
         .chain([index.to_string(), "--shards".into(), shards.to_string()])
-        .chain(["--workers".into(), workers.to_string(), "--local-addr".into(), "127.0.0.1:0".into()])
+        .chain([
+            "--workers".into(),
+            workers.to_string(),
+            "--local-addr".into(),
+            "127.0.0.1:0".into(),
+        ])
         .chain(["--peer-timeout".into(), "60".into()])
         .chain(attest.iter().cloned())
         .collect();
@@ -199,14 +204,23 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
     let common = |dir: &Path| {
         s(&["--model", job.model, "--batch-size"])
             .into_iter()
-            .chain([job.batch_size.to_string(), "--data-path".into(), dir.display().to_string()])
+            .chain([
+                job.batch_size.to_string(),
+                "--data-path".into(),
+                dir.display().to_string(),
+            ])
             .chain(s(&["--peer-timeout", "60", "--local-addr", "127.0.0.1:0"]))
             .collect::<Vec<_>>()
     };
     let mut args = s(&["coordinator", "--workers"]);
     args.push(job.workers.to_string());
     args.extend(common(job.train.0));
-    args.extend(["--epoch-num".into(), job.epochs.to_string(), "--shuffle".into(), "--seed".into()]);
+    args.extend([
+        "--epoch-num".into(),
+        job.epochs.to_string(),
+        "--shuffle".into(),
+        "--seed".into(),
+    ]);
     args.push(job.seed.to_string());
     args.extend(lattest.iter().cloned());
     let coordinator = spawn("coordinator", &args, true)?;
@@ -215,7 +229,12 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
     let worker_args = |role: &str, w: usize, addrs: &ShardAddrs, dirs: (&Path, &Path)| {
         let mut a = s(&["worker", "--role", role, "--index"]);
         a.extend([w.to_string(), "--workers".into(), job.workers.to_string()]);
-        a.extend(["--shards".into(), job.shards.to_string(), "--shard-addr".into(), addrs.addrs.join(",")]);
+        a.extend([
+            "--shards".into(),
+            job.shards.to_string(),
+            "--shard-addr".into(),
+            addrs.addrs.join(","),
+        ]);
         a.extend(["--threads".into(), job.threads.to_string()]);
         a.extend(common(dirs.0));
         a.extend(["--eval-data-path".into(), dirs.1.display().to_string()]);

@@ -14,30 +14,30 @@ use vfl_trainer::sharded::{Placement, Shard};
 pub struct Args {
     /// The party this shard belongs to: leader or follower.
     #[arg(long, env = "VFL_ROLE", value_parser = ["leader", "follower"])]
-    role: String,
+    pub(crate) role: String,
     /// This shard's index, 0..--shards.
     #[arg(long, env = "VFL_INDEX")]
-    index: usize,
+    pub(crate) index: usize,
     /// Parameter shards of the party.
     #[arg(long, env = "VFL_SHARDS")]
-    shards: usize,
+    pub(crate) shards: usize,
     /// Worker pairs of the run.
     #[arg(long, env = "VFL_WORKERS")]
-    workers: usize,
+    pub(crate) workers: usize,
     /// Model preset name or spec file (the workers' must be the same).
     #[arg(long, default_value = "wide_n_deep")]
-    model: String,
+    pub(crate) model: String,
     /// Address to serve the party's workers on (host:port; port 0 picks one).
     #[arg(long, env = "VFL_LOCAL_ADDR", default_value = "0.0.0.0:50051")]
-    local_addr: String,
+    pub(crate) local_addr: String,
     /// Seconds to wait for the first worker.
     #[arg(long, default_value_t = 120)]
-    peer_timeout: u64,
+    pub(crate) peer_timeout: u64,
     /// Serve liveness at http://ADDR/healthz (Kubernetes probes).
     #[arg(long, env = "VFL_METRICS_ADDR")]
-    metrics_addr: Option<String>,
+    pub(crate) metrics_addr: Option<String>,
     #[command(flatten)]
-    attest: super::attest::Flags,
+    pub(crate) attest: super::attest::Flags,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

@@ -18,93 +18,97 @@ use vfl_trainer::sharded::worker::{self, DirBlocks, WorkerConfig};
 pub struct WorkerArgs {
     /// The party: leader or follower.
     #[arg(long, env = "VFL_ROLE", value_parser = ["leader", "follower"])]
-    role: String,
+    pub(crate) role: String,
     /// This worker's index, 0..--workers (pairs with the other party's
     /// worker of the same index).
     #[arg(long, env = "VFL_INDEX")]
-    index: usize,
+    pub(crate) index: usize,
     /// Worker pairs of the run.
     #[arg(long, env = "VFL_WORKERS")]
-    workers: usize,
+    pub(crate) workers: usize,
     /// Parameter shards of this party.
     #[arg(long, env = "VFL_SHARDS")]
-    shards: usize,
+    pub(crate) shards: usize,
     /// This party's data blocks (the same block ids on both sides, as `vfl
     /// join` writes them).
     #[arg(long, env = "VFL_DATA_PATH", default_value = "/srv/vfl/data")]
-    data_path: PathBuf,
+    pub(crate) data_path: PathBuf,
     #[arg(long)]
-    data_path_wildcard: Option<String>,
+    pub(crate) data_path_wildcard: Option<String>,
     /// Held-out data: worker pair 0 evaluates the trained model on it
     /// (both workers of pair 0 need it).
     #[arg(long)]
-    eval_data_path: Option<PathBuf>,
+    pub(crate) eval_data_path: Option<PathBuf>,
     /// Model preset name or spec file (every process's must be the same).
     #[arg(long, default_value = "wide_n_deep")]
-    model: String,
+    pub(crate) model: String,
     #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     #[arg(long, default_value_t = 1)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// The party's shards: a comma-separated list, or one address with
     /// `{index}` for the shard's index.
     #[arg(long, env = "VFL_SHARD_ADDR", default_value = "shard-{index}.shard:50051")]
-    shard_addr: String,
+    pub(crate) shard_addr: String,
     /// Leader: the coordinator's address.
-    #[arg(long, env = "VFL_COORDINATOR_ADDR", default_value = "coordinator-0.coordinator:50051")]
-    coordinator_addr: String,
+    #[arg(
+        long,
+        env = "VFL_COORDINATOR_ADDR",
+        default_value = "coordinator-0.coordinator:50051"
+    )]
+    pub(crate) coordinator_addr: String,
     /// Leader: where to serve the follower worker (host:port; port 0 picks one).
     #[arg(long, env = "VFL_LOCAL_ADDR", default_value = "0.0.0.0:50051")]
-    local_addr: String,
+    pub(crate) local_addr: String,
     /// Follower: the leader worker of this index (`{index}` is replaced).
     #[arg(long, env = "VFL_PEER_ADDR")]
-    peer_addr: Option<String>,
+    pub(crate) peer_addr: Option<String>,
     /// Seconds to wait for a peer (connect, and each message).
     #[arg(long, default_value_t = 120)]
-    peer_timeout: u64,
+    pub(crate) peer_timeout: u64,
     /// Serve liveness at http://ADDR/healthz (Kubernetes probes).
     #[arg(long, env = "VFL_METRICS_ADDR")]
-    metrics_addr: Option<String>,
+    pub(crate) metrics_addr: Option<String>,
     /// Key that opens sealed joined blocks (as for `vfl party`).
     #[arg(long)]
-    model_key: Option<String>,
+    pub(crate) model_key: Option<String>,
     #[arg(long, default_value = "vfl")]
-    application_id: String,
+    pub(crate) application_id: String,
     #[command(flatten)]
-    attest: super::attest::Flags,
+    pub(crate) attest: super::attest::Flags,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct CoordinatorArgs {
     /// Worker pairs of the run.
     #[arg(long, env = "VFL_WORKERS")]
-    workers: usize,
+    pub(crate) workers: usize,
     /// The leader's data blocks (the coordinator reads only their ids).
     #[arg(long, env = "VFL_DATA_PATH", default_value = "/srv/vfl/data")]
-    data_path: PathBuf,
+    pub(crate) data_path: PathBuf,
     #[arg(long)]
-    data_path_wildcard: Option<String>,
+    pub(crate) data_path_wildcard: Option<String>,
     #[arg(long, default_value = "wide_n_deep")]
-    model: String,
+    pub(crate) model: String,
     #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     #[arg(long, default_value_t = 1)]
-    epoch_num: u32,
+    pub(crate) epoch_num: u32,
     /// Shuffle the block order at every epoch, from --seed.
     #[arg(long)]
-    shuffle: bool,
+    pub(crate) shuffle: bool,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Where to serve the leader's workers (host:port; port 0 picks one).
     #[arg(long, env = "VFL_LOCAL_ADDR", default_value = "0.0.0.0:50051")]
-    local_addr: String,
+    pub(crate) local_addr: String,
     /// Seconds to wait for the workers to register, and for each report.
     #[arg(long, default_value_t = 120)]
-    peer_timeout: u64,
+    pub(crate) peer_timeout: u64,
     #[arg(long, env = "VFL_METRICS_ADDR")]
-    metrics_addr: Option<String>,
+    pub(crate) metrics_addr: Option<String>,
     #[command(flatten)]
-    attest: super::attest::Flags,
+    pub(crate) attest: super::attest::Flags,
 }
 
 /// The addresses `spec` names for `n` shards.
@@ -155,8 +159,13 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let sealer = super::party::sealer_for(&a.attest, a.model_key.as_deref())?;
     let security = super::attest::security(&a.attest, sealer.as_ref())?;
     let schema = vfl_trainer::schema_for(&spec, role);
+    let join_id = super::party::joined_blocks(&a.data_path, a.data_path_wildcard.as_deref(), sealer.is_some())?;
     let unseal = sealer.map(|s| {
-        vfl_trainer::remote::joined_blocks(s, (&a.application_id, role, &security.policy_digest()), None)
+        vfl_trainer::remote::joined_blocks(
+            s,
+            (&a.application_id, role, &security.policy_digest()),
+            join_id.as_deref(),
+        )
     });
     let data = DirBlocks {
         dir: vfl_data::DataDir::scan(&a.data_path, a.data_path_wildcard.as_deref())?,
@@ -218,7 +227,15 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
                 .context("a follower worker needs --peer-addr (its leader worker)")?
                 .replace("{index}", &a.index.to_string());
             println!("worker {}/{} of the follower: dialing {peer}", a.index, a.workers);
-            worker::run_follower(&spec, &cfg, rt.handle().clone(), &shards, (&peer, &security), &data, eval)?
+            worker::run_follower(
+                &spec,
+                &cfg,
+                rt.handle().clone(),
+                &shards,
+                (&peer, &security),
+                &data,
+                eval,
+            )?
         }
     };
     if let Some(e) = &outcome.eval {
@@ -242,7 +259,10 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
 }
 
 pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.workers > 0 && a.batch_size > 0, "--workers and --batch-size must be > 0");
+    anyhow::ensure!(
+        a.workers > 0 && a.batch_size > 0,
+        "--workers and --batch-size must be > 0"
+    );
     super::attest::preflight(&a.attest, None)?;
     let spec = ModelSpec::resolve(&a.model)?;
     let security = super::attest::security(&a.attest, None)?;

@@ -81,7 +81,10 @@ fn demo_with_worker_coordinator_and_shard_processes_learns() {
     );
     // The coordinator's epochs, and one model per party on all its workers.
     assert!(text.contains("epoch 2: "), "{text}");
-    assert!(text.contains("every worker of a party ends with the same model"), "{text}");
+    assert!(
+        text.contains("every worker of a party ends with the same model"),
+        "{text}"
+    );
     let held_out = number_after(&text[text.find("held-out evaluation").unwrap()..], "AUC ");
     let leader_only = number_after(&text, "with the leader's features alone ");
     assert!(
@@ -110,4 +113,61 @@ fn a_shard_index_outside_the_shards_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--index 2 is not below --shards 2"), "{err}");
+}
+
+/// The SGX entrypoint: the enclave's command line is `vfl party`, and
+/// VFL_PROCESS picks the scale-out role, its settings from VFL_* variables.
+#[test]
+fn vfl_party_runs_a_shard_when_vfl_process_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(["party", "--role", "leader", "--data-path", "/nonexistent"])
+        .env("VFL_PROCESS", "shard")
+        .env("VFL_INDEX", "2")
+        .env("VFL_SHARDS", "2")
+        .env("VFL_WORKERS", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--index 2 is not below --shards 2"), "{err}");
+}
+
+#[test]
+fn vfl_party_runs_the_coordinator_when_vfl_process_says_so() {
+    let work = std::env::temp_dir().join(format!("vfl-party-coordinator-{}", std::process::id()));
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("part-0.csv"), "example_id,label\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(["party", "--role", "leader", "--data-path"])
+        .arg(&data)
+        .args(["--peer-timeout", "1", "--insecure-no-tls"])
+        .env("VFL_PROCESS", "coordinator")
+        .env("VFL_WORKERS", "2")
+        .env("VFL_LOCAL_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("coordinator of the leader: 2 worker pairs, 1 blocks"),
+        "{text}\n{err}"
+    );
+    assert!(err.contains("0 of 2 workers registered within 1 s"), "{err}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn vfl_party_refuses_an_unknown_process() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(["party", "--role", "leader", "--data-path", "/nonexistent"])
+        .env("VFL_PROCESS", "scheduler")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'scheduler'"), "{err}");
 }

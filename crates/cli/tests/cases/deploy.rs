@@ -124,19 +124,27 @@ fn the_fixed_command_line_is_secure_and_accepted_by_vfl() {
     ] {
         assert!(!joined.contains(bad), "{joined}");
     }
-    // Only role, addresses, PCCS and mode come from the host.
+    // Only role, addresses, PCCS, mode and the scale-out process's role,
+    // index and run shape come from the host.
     let env: Vec<&String> = get(&m, "loader.env").as_table().unwrap().keys().collect();
     assert_eq!(
         env,
         [
             "LD_LIBRARY_PATH",
             "MALLOC_ARENA_MAX",
+            "VFL_COORDINATOR_ADDR",
+            "VFL_INDEX",
             "VFL_LOAD_MODEL",
             "VFL_LOCAL_ADDR",
+            "VFL_METRICS_ADDR",
             "VFL_MODE",
             "VFL_PCCS_URL",
             "VFL_PEER_ADDR",
-            "VFL_ROLE"
+            "VFL_PROCESS",
+            "VFL_ROLE",
+            "VFL_SHARDS",
+            "VFL_SHARD_ADDR",
+            "VFL_WORKERS"
         ]
     );
     // Run it outside an enclave: clap must accept every flag (a usage error
@@ -154,6 +162,26 @@ fn the_fixed_command_line_is_secure_and_accepted_by_vfl() {
         err.contains("/dev/attestation") && err.contains("not running inside a Gramine SGX enclave"),
         "{err}"
     );
+    // The scale-out roles run from the same command line (VFL_PROCESS), as
+    // vfl-sgx.sh and deploy/k8s start them, and stop at the same device.
+    for process in ["shard", "worker", "coordinator"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+            .args(&argv[1..])
+            .env("VFL_ROLE", "leader")
+            .env("VFL_PROCESS", process)
+            .env("VFL_INDEX", "0")
+            .env("VFL_WORKERS", "1")
+            .env("VFL_SHARDS", "1")
+            .env("VFL_LOCAL_ADDR", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{process}: {err}");
+        assert!(
+            err.contains("not running inside a Gramine SGX enclave"),
+            "{process}: {err}"
+        );
+    }
 }
 
 /// The shipped policy admits nobody until both parties' identities are
