@@ -1,11 +1,16 @@
-//! Party-internal messages (protobuf, after RA-TLS between a party's own
-//! processes): a worker's contribution as a shard takes it (decode, then
-//! the shard's checks and its combination), and a shard's values as a
-//! worker's replica takes them.
+//! Scale-out messages (protobuf, after RA-TLS): a worker's contribution as
+//! a shard takes it (decode, then the shard's checks and its combination),
+//! a shard's values as a worker's replica takes them, a worker's report as
+//! the coordinator's state machine takes it, and the coordinator's and the
+//! pair link's messages as the workers decode them (their tensors go
+//! through the `wire` target's decoder).
 
 use prost::Message;
-use vfl_bridge::party_pb::{self, shard_message::Msg as SMsg, worker_message::Msg as WMsg};
+use vfl_bridge::party_pb::{
+    self, shard_message::Msg as SMsg, worker_message::Msg as WMsg, worker_status::Msg as StMsg,
+};
 use vfl_nn::{ModelSpec, Role};
+use vfl_trainer::sharded::coordinator::Coordination;
 use vfl_trainer::sharded::{Contribution, Placement, Shard, replica, wire};
 
 /// A small model: 2 slots of [101, 16] per party, narrow layers.
@@ -40,6 +45,25 @@ pub fn run(data: &[u8]) {
             },
         );
     }
+    if let Ok(m) = party_pb::WorkerStatus::decode(data)
+        && let Some(StMsg::Ready(r)) = m.msg
+        && let Ok(mut c) = Coordination::new(2, 1, Some(1), vec!["a".into(), "b".into(), "c".into()])
+    {
+        // Worker 0 asked for a block; the input reports for worker 1, then
+        // (granted or not) again for whichever worker its lease names.
+        let _ = c.ready(
+            0,
+            &party_pb::Ready {
+                step: 1,
+                ..Default::default()
+            },
+        );
+        let _ = c.ready(1, &r);
+        let _ = c.ready((r.lease % 3) as usize, &r);
+    }
+    let _ = party_pb::Assignment::decode(data);
+    let _ = party_pb::LeaderWorkerMessage::decode(data);
+    let _ = party_pb::FollowerWorkerMessage::decode(data);
     if let Ok(m) = party_pb::ShardMessage::decode(data) {
         let params = match m.msg {
             Some(SMsg::Changes(c)) => wire::decode_opt(c.params.as_ref(), "changes"),

@@ -1,7 +1,6 @@
-//! Party-internal messages (protobuf, after RA-TLS between a party's own
-//! processes): a worker's contribution as a shard takes it (decode, then
-//! the shard's checks and its combination), and a shard's values as a
-//! worker's replica takes them.
+//! Scale-out messages (protobuf, after RA-TLS): contributions through a
+//! shard, values into a replica, reports through the coordinator's state
+//! machine, the workers' messages decoded.
 #![no_main]
 
 #[path = "../bodies/party.rs"]
