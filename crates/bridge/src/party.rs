@@ -156,10 +156,12 @@ impl<In: Send + 'static, Out: Send + 'static> Acceptor<In, Out> {
             inbound: req.into_inner(),
             outbound: tx,
         };
-        self.streams
-            .send(stream)
-            .await
-            .map_err(|_| Status::unavailable("the service is stopping"))?;
+        // Never waits: a process that does not take its streams must not
+        // pile up connections here.
+        self.streams.try_send(stream).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Status::unavailable("too many streams waiting"),
+            mpsc::error::TrySendError::Closed(_) => Status::unavailable("the service is stopping"),
+        })?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -272,6 +274,9 @@ pub async fn listen_pair(addr: &str, max_message: usize, security: Security) -> 
     })
     .await
 }
+
+/// How long an attested server may take to answer a stream's opening.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The coordinator's messages are small: block ids and worker indices.
 pub const CONTROL_LIMIT: usize = 1 << 20;
@@ -436,14 +441,22 @@ where
         )),
     })?;
     let (tx, rx) = mpsc::channel(4);
-    let inbound = open(channel, ReceiverStream::new(rx))
+    let inbound = tokio::time::timeout(OPEN_TIMEOUT, open(channel, ReceiverStream::new(rx)))
         .await
+        .map_err(|_| BridgeError::Lost(format!("{addr}: no answer to opening the stream")))?
         .map_err(|s| match s.code() {
             tonic::Code::PermissionDenied => BridgeError::Rejected(s.message().to_string()),
             _ => BridgeError::Lost(s.message().to_string()),
         })?
         .into_inner();
     let peer = slot.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
+    // Under RA-TLS a peer without a verified report is refused, whatever
+    // the admission check would make of it.
+    if matches!(security, Security::RaTls(_)) && peer.report.is_none() {
+        return Err(BridgeError::Rejected(
+            "no verified attestation report for this connection".into(),
+        ));
+    }
     admit.check(&peer).map_err(BridgeError::Rejected)?;
     Ok(Outgoing {
         peer,

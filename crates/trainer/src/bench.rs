@@ -201,6 +201,7 @@ pub fn sharded_throughput_of(
     let examples = (steps * (workers * batch_size) as u64) as f64;
     let (tr, ti) = (t.traffic(), t.times());
     let (compute, params) = (ti.compute - times0.compute, ti.params - times0.params);
+    t.finish()?;
     Ok(ShardedBenchResult {
         workers,
         shards,

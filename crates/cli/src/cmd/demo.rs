@@ -61,6 +61,16 @@ pub struct Args {
     /// Parameter shards per party (with --workers).
     #[arg(long, default_value_t = 2, requires = "workers")]
     shards: usize,
+    /// With --workers: a coordinated checkpoint every N steps (shards and
+    /// the coordinator save their state under the work directory).
+    #[arg(long, default_value_t = 0, requires = "workers")]
+    checkpoint_steps: u64,
+    /// With --workers and --checkpoint-steps: after the first checkpoint,
+    /// kill this process with SIGKILL and restart it alone (`coordinator`,
+    /// `leader-shard-1`, `follower-worker-0`, ...); the job resumes from
+    /// its checkpoint and ends with the weights of an uninterrupted run.
+    #[arg(long, requires = "checkpoint_steps")]
+    kill: Option<String>,
 }
 
 const EVAL_FIRST_ROW: u64 = 1_000_000_000;
@@ -268,6 +278,8 @@ fn sharded(
             seed: a.seed,
             train: (&tl, &tf),
             eval: (&el, &ef),
+            checkpoint_steps: a.checkpoint_steps,
+            kill: a.kill.as_deref(),
         },
     )?;
     let secs = start.elapsed().as_secs_f64();
@@ -280,8 +292,8 @@ fn sharded(
          start-up included); every worker of a party ends with the same model (leader {}, follower {})",
         out.steps,
         examples / secs,
-        &out.digests.0[..12],
-        &out.digests.1[..12]
+        &out.digests.0,
+        &out.digests.1
     );
     anyhow::ensure!(
         !out.held_out.is_empty(),

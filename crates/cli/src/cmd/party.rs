@@ -227,6 +227,10 @@ fn scale_process(process: Process, a: &PartyArgs) -> anyhow::Result<()> {
             s.model.clone_from(&c.model);
             s.peer_timeout = c.peer_timeout;
             s.attest = c.attest.clone();
+            s.model_key.clone_from(&c.model_key);
+            s.application_id.clone_from(&c.application_id);
+            s.state_path.clone_from(&c.checkpoint_path);
+            s.checkpoint_steps = a.lead.save_checkpoint_steps.unwrap_or(0);
             s.metrics_addr = s.metrics_addr.or(c.metrics_addr.clone());
             super::shard::run(s)
         }
@@ -243,6 +247,7 @@ fn scale_process(process: Process, a: &PartyArgs) -> anyhow::Result<()> {
             w.model_key.clone_from(&c.model_key);
             w.application_id.clone_from(&c.application_id);
             w.attest = c.attest.clone();
+            w.max_restarts = c.max_restarts;
             w.metrics_addr = w.metrics_addr.or(c.metrics_addr.clone());
             super::worker::worker(w)
         }
@@ -260,6 +265,11 @@ fn scale_process(process: Process, a: &PartyArgs) -> anyhow::Result<()> {
             k.seed = a.lead.seed;
             k.peer_timeout = c.peer_timeout;
             k.attest = c.attest.clone();
+            k.model_key.clone_from(&c.model_key);
+            k.application_id.clone_from(&c.application_id);
+            k.state_path.clone_from(&c.checkpoint_path);
+            k.checkpoint_steps = a.lead.save_checkpoint_steps.unwrap_or(0);
+            k.max_restarts = c.max_restarts;
             k.metrics_addr = k.metrics_addr.or(c.metrics_addr.clone());
             super::worker::coordinator(k)
         }

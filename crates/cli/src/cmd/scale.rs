@@ -14,6 +14,10 @@ use vfl_trainer::sharded::remote::ShardAddrs;
 /// A `vfl` child process and the address it serves.
 struct ShardProcess {
     role: &'static str,
+    /// Which process (`leader-shard-1`, `coordinator`, `follower-worker-0`).
+    label: String,
+    /// Its arguments, to restart it as it was.
+    args: Vec<String>,
     child: std::process::Child,
     addr: String,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
@@ -38,6 +42,18 @@ impl ShardProcesses {
         spec: &ModelSpec,
         (workers, shards): (usize, usize),
     ) -> anyhow::Result<Self> {
+        Self::start_saving(work, model, spec, (workers, shards), None)
+    }
+
+    /// [`ShardProcesses::start`] whose shards save their state under
+    /// `state` every so many steps.
+    fn start_saving(
+        work: &Path,
+        model: &str,
+        spec: &ModelSpec,
+        (workers, shards): (usize, usize),
+        state: Option<(&Path, u64)>,
+    ) -> anyhow::Result<Self> {
         let sim = vfl_attest::policy::write::two_party_sim(&work.join("attestation-two-signers"))?;
         let attest = |signer: &str| -> Vec<String> {
             vec![
@@ -54,7 +70,12 @@ impl ShardProcesses {
         let mut procs = Vec::new();
         for (role, signer) in [("leader", &sim.leader_signer), ("follower", &sim.follower_signer)] {
             for s in 0..shards {
-                procs.push(start(model, (role, s, shards, workers), &attest(signer))?);
+                let mut extra = attest(signer);
+                if let Some((dir, every)) = state {
+                    extra.extend(["--state-path".into(), dir.join(role).display().to_string()]);
+                    extra.extend(["--checkpoint-steps".into(), every.to_string()]);
+                }
+                procs.push(start(model, (role, s, shards, workers), &extra)?);
             }
         }
         let at = |role: &str, own: PartyRole, signer: &str| -> anyhow::Result<ShardAddrs> {
@@ -134,12 +155,12 @@ fn start(
         .chain(["--peer-timeout".into(), "60".into()])
         .chain(attest.iter().cloned())
         .collect();
-    spawn(role, &args, true)
+    spawn(role, &format!("{role}-shard-{index}"), &args, true)
 }
 
 /// Starts `vfl ARGS` and, with `listens`, waits for the address its first
 /// line says it listens on.
-fn spawn(role: &'static str, args: &[String], listens: bool) -> anyhow::Result<ShardProcess> {
+fn spawn(role: &'static str, label: &str, args: &[String], listens: bool) -> anyhow::Result<ShardProcess> {
     let exe = std::env::current_exe().context("locating the vfl executable")?;
     let what = args.iter().take(5).cloned().collect::<Vec<_>>().join(" ");
     let mut child = std::process::Command::new(&exe)
@@ -161,10 +182,35 @@ fn spawn(role: &'static str, args: &[String], listens: bool) -> anyhow::Result<S
     }
     Ok(ShardProcess {
         role,
+        label: label.to_string(),
+        args: args.to_vec(),
         addr,
         child,
         lines,
     })
+}
+
+/// Kills `p` (SIGKILL: no clean-up of any kind) and starts it again with
+/// the same arguments, listening on the same address.
+fn kill_and_restart(p: &mut ShardProcess) -> anyhow::Result<()> {
+    p.child.kill()?;
+    p.child.wait()?;
+    let mut args = p.args.clone();
+    if let Some(i) = args.iter().position(|a| a == "--local-addr")
+        && !p.addr.is_empty()
+    {
+        args[i + 1].clone_from(&p.addr);
+    }
+    let again = spawn(p.role, &p.label, &args, !p.addr.is_empty())?;
+    anyhow::ensure!(
+        again.addr == p.addr,
+        "{} came back on {} instead of {}",
+        p.label,
+        again.addr,
+        p.addr
+    );
+    *p = again;
+    Ok(())
 }
 
 /// A scale-out job's shape and run.
@@ -180,6 +226,11 @@ pub struct Job<'a> {
     /// follower's).
     pub train: (&'a Path, &'a Path),
     pub eval: (&'a Path, &'a Path),
+    /// A coordinated checkpoint every so many steps (0: none).
+    pub checkpoint_steps: u64,
+    /// The process to kill (SIGKILL) and restart alone after the first
+    /// checkpoint (`coordinator`, `leader-shard-1`, `follower-worker-0`, ...).
+    pub kill: Option<&'a str>,
 }
 
 /// What the job's processes printed.
@@ -198,7 +249,12 @@ pub struct JobOutput {
 /// per party; waits for all of them and checks that each party's workers
 /// end with the same model.
 pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<JobOutput> {
-    let mut shards = ShardProcesses::start(work, job.model, spec, (job.workers, job.shards))?;
+    let state = work.join("state");
+    if state.exists() {
+        std::fs::remove_dir_all(&state).with_context(|| format!("clearing {}", state.display()))?;
+    }
+    let saving = (job.checkpoint_steps > 0).then_some((state.as_path(), job.checkpoint_steps));
+    let mut shards = ShardProcesses::start_saving(work, job.model, spec, (job.workers, job.shards), saving)?;
     let (lattest, fattest) = shards.attest.clone();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     let common = |dir: &Path| {
@@ -222,8 +278,12 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
         "--seed".into(),
     ]);
     args.push(job.seed.to_string());
+    if job.checkpoint_steps > 0 {
+        args.extend(["--state-path".into(), state.join("leader").display().to_string()]);
+        args.extend(["--checkpoint-steps".into(), job.checkpoint_steps.to_string()]);
+    }
     args.extend(lattest.iter().cloned());
-    let coordinator = spawn("coordinator", &args, true)?;
+    let coordinator = spawn("coordinator", "coordinator", &args, true)?;
     let coord_addr = coordinator.addr.clone();
     shards.procs.push(coordinator);
     let worker_args = |role: &str, w: usize, addrs: &ShardAddrs, dirs: (&Path, &Path)| {
@@ -245,7 +305,7 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
         let mut a = worker_args("leader", w, &shards.leader, (job.train.0, job.eval.0));
         a.extend(["--coordinator-addr".into(), coord_addr.clone()]);
         a.extend(lattest.iter().cloned());
-        let p = spawn("leader worker", &a, true)?;
+        let p = spawn("leader worker", &format!("leader-worker-{w}"), &a, true)?;
         leader_addrs.push(p.addr.clone());
         shards.procs.push(p);
     }
@@ -253,7 +313,29 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
         let mut a = worker_args("follower", w, &shards.follower, (job.train.1, job.eval.1));
         a.extend(["--peer-addr".into(), peer.clone()]);
         a.extend(fattest.iter().cloned());
-        shards.procs.push(spawn("follower worker", &a, false)?);
+        shards
+            .procs
+            .push(spawn("follower worker", &format!("follower-worker-{w}"), &a, false)?);
+    }
+    if let Some(victim) = job.kill {
+        // After the first checkpoint: kill the victim, restart it alone.
+        let coordinator = shards
+            .procs
+            .iter_mut()
+            .find(|p| p.label == "coordinator")
+            .context("no coordinator")?;
+        let saved = coordinator
+            .lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("checkpoint: step"));
+        anyhow::ensure!(saved.is_some(), "the job ended before its first checkpoint");
+        let p =
+            shards.procs.iter_mut().find(|p| p.label == victim).with_context(|| {
+                format!("no process {victim} (coordinator, leader-shard-0, follower-worker-1, ...)")
+            })?;
+        kill_and_restart(p)?;
+        println!("killed {victim} (SIGKILL) after the first checkpoint, and restarted it alone");
     }
     // Every process runs to its end; their outputs tell how it went.
     let mut outputs = Vec::new();

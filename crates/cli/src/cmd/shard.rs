@@ -36,6 +36,19 @@ pub struct Args {
     /// Serve liveness at http://ADDR/healthz (Kubernetes probes).
     #[arg(long, env = "VFL_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<String>,
+    /// Where this shard saves its state at the checkpoint steps (under
+    /// `<path>/shard-<index>`); it loads the newest on start.
+    #[arg(long)]
+    pub(crate) state_path: Option<std::path::PathBuf>,
+    /// Save the state every N steps (the coordinator's --checkpoint-steps;
+    /// every process of the job must use the same N).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) checkpoint_steps: u64,
+    /// Key that seals the saved state (as for `vfl party`).
+    #[arg(long)]
+    pub(crate) model_key: Option<String>,
+    #[arg(long, default_value = "vfl")]
+    pub(crate) application_id: String,
     #[command(flatten)]
     pub(crate) attest: super::attest::Flags,
 }
@@ -51,9 +64,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.index,
         a.shards
     );
-    super::attest::preflight(&a.attest, None)?;
+    super::attest::preflight(&a.attest, a.model_key.as_deref())?;
     let spec = ModelSpec::resolve(&a.model)?;
-    let security = super::attest::security(&a.attest, None)?;
+    let sealer = super::party::sealer_for(&a.attest, a.model_key.as_deref())?;
+    // The sealer also keeps the collateral's high-water marks across
+    // restarts (no older collateral after a restart).
+    let security = super::attest::security(&a.attest, sealer.as_ref())?;
+    let state = a.state_path.as_ref().map(|root| {
+        vfl_trainer::sharded::state::StateDir::new(
+            root,
+            (&a.application_id, role, &spec.fingerprint(), &security.policy_digest()),
+            &format!("shard-{}", a.index),
+            sealer.clone(),
+        )
+    });
     let placement = Placement::new(a.shards)?;
     let shard = Shard::new(&spec, role, a.index, placement, a.workers)?;
     let cfg = ShardConfig {
@@ -62,6 +86,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         workers: a.workers,
         model_fingerprint: spec.fingerprint(),
         peer_timeout: Duration::from_secs(a.peer_timeout),
+        state,
+        checkpoint_every: a.checkpoint_steps,
     };
     let rows = shard.rows();
     let rt = tokio::runtime::Builder::new_multi_thread()

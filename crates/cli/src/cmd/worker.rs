@@ -74,6 +74,10 @@ pub struct WorkerArgs {
     pub(crate) model_key: Option<String>,
     #[arg(long, default_value = "vfl")]
     pub(crate) application_id: String,
+    /// How often this worker starts over after a lost peer (the job
+    /// restarts from its last checkpoint) before it fails.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) max_restarts: u32,
     #[command(flatten)]
     pub(crate) attest: super::attest::Flags,
 }
@@ -107,6 +111,23 @@ pub struct CoordinatorArgs {
     pub(crate) peer_timeout: u64,
     #[arg(long, env = "VFL_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<String>,
+    /// Where the coordinator saves its position at the checkpoint steps
+    /// (under `<path>/coordinator`); it resumes from the newest on start.
+    #[arg(long)]
+    pub(crate) state_path: Option<PathBuf>,
+    /// A coordinated checkpoint every N steps (every shard's
+    /// --checkpoint-steps must be the same; 0: none, a lost process then
+    /// fails the job).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) checkpoint_steps: u64,
+    /// How often a lost worker may restart the job before it fails.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) max_restarts: u32,
+    /// Key that seals the saved position (as for `vfl party`).
+    #[arg(long)]
+    pub(crate) model_key: Option<String>,
+    #[arg(long, default_value = "vfl")]
+    pub(crate) application_id: String,
     #[command(flatten)]
     pub(crate) attest: super::attest::Flags,
 }
@@ -173,18 +194,20 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         options: Default::default(),
         unseal: unseal.clone(),
     };
-    let mut eval = match &a.eval_data_path {
-        Some(p) if a.index == 0 => {
-            let dir = vfl_data::DataDir::scan(p, None)?;
-            let mut r = vfl_data::BlockReader::new(dir.blocks().to_vec(), schema, Default::default());
-            if let Some(u) = unseal {
-                r.set_unseal(u);
-            }
-            Some(r)
-        }
+    let eval_blocks = match &a.eval_data_path {
+        Some(p) if a.index == 0 => Some(vfl_data::DataDir::scan(p, None)?.blocks().to_vec()),
         _ => None,
     };
-    let eval = eval.as_mut().map(|r| r as &mut dyn vfl_data::BatchSource);
+    // A fresh reader of the held-out data for every attempt.
+    let eval_reader = || {
+        eval_blocks.as_ref().map(|b| {
+            let mut r = vfl_data::BlockReader::new(b.clone(), schema.clone(), Default::default());
+            if let Some(u) = &unseal {
+                r.set_unseal(u.clone());
+            }
+            r
+        })
+    };
     let shards = ShardAddrs {
         own,
         addrs: shard_addrs(&a.shard_addr, a.shards)?,
@@ -201,7 +224,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     };
     let rt = runtime()?;
     rt.block_on(liveness(a.metrics_addr.as_deref(), "worker"))?;
-    let outcome = match role {
+    let mut pair = match role {
         Role::Leader => {
             let max = worker::pair_message_limit(&spec, a.batch_size);
             let pair = rt.block_on(vfl_bridge::party::listen_pair(&a.local_addr, max, security.clone()))?;
@@ -209,7 +232,30 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
                 "worker {}/{} of the leader: listening for follower worker {} on {}",
                 a.index, a.workers, a.index, pair.local_addr
             );
-            worker::run_leader(
+            Some(pair)
+        }
+        Role::Follower => None,
+    };
+    let peer = match role {
+        Role::Leader => String::new(),
+        Role::Follower => {
+            let peer = a
+                .peer_addr
+                .as_deref()
+                .context("a follower worker needs --peer-addr (its leader worker)")?
+                .replace("{index}", &a.index.to_string());
+            println!("worker {}/{} of the follower: dialing {peer}", a.index, a.workers);
+            peer
+        }
+    };
+    // A lost peer (another process of the job died) fails the attempt; the
+    // job then restarts from its last checkpoint, this worker with it.
+    let mut restarts = 0;
+    let outcome = loop {
+        let mut eval = eval_reader();
+        let eval = eval.as_mut().map(|r| r as &mut dyn vfl_data::BatchSource);
+        let attempt = match pair.as_mut() {
+            Some(pair) => worker::run_leader(
                 &spec,
                 &cfg,
                 rt.handle().clone(),
@@ -218,16 +264,8 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
                 pair,
                 &data,
                 eval,
-            )?
-        }
-        Role::Follower => {
-            let peer = a
-                .peer_addr
-                .as_deref()
-                .context("a follower worker needs --peer-addr (its leader worker)")?
-                .replace("{index}", &a.index.to_string());
-            println!("worker {}/{} of the follower: dialing {peer}", a.index, a.workers);
-            worker::run_follower(
+            ),
+            None => worker::run_follower(
                 &spec,
                 &cfg,
                 rt.handle().clone(),
@@ -235,9 +273,21 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
                 (&peer, &security),
                 &data,
                 eval,
-            )?
+            ),
+        };
+        match attempt {
+            Ok(o) => break o,
+            Err(e) if worker::restartable(&e) && restarts < a.max_restarts => {
+                restarts += 1;
+                tracing::warn!(error = %e, restarts, "the job's attempt failed; starting over from its last checkpoint");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(e) => return Err(e.into()),
         }
     };
+    if let Some(pair) = pair {
+        let _ = rt.block_on(async { tokio::time::timeout(cfg.peer_timeout, pair.shutdown()).await });
+    }
     if let Some(e) = &outcome.eval {
         let m = &e.metrics;
         println!(
@@ -250,10 +300,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     }
     println!(
         "worker {}: done after {} steps ({} examples here), model {}",
-        a.index,
-        outcome.steps,
-        outcome.examples,
-        &outcome.digest[..16]
+        a.index, outcome.steps, outcome.examples, outcome.digest
     );
     Ok(())
 }
@@ -263,10 +310,24 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         a.workers > 0 && a.batch_size > 0,
         "--workers and --batch-size must be > 0"
     );
-    super::attest::preflight(&a.attest, None)?;
+    super::attest::preflight(&a.attest, a.model_key.as_deref())?;
     let spec = ModelSpec::resolve(&a.model)?;
-    let security = super::attest::security(&a.attest, None)?;
+    let sealer = super::party::sealer_for(&a.attest, a.model_key.as_deref())?;
+    let security = super::attest::security(&a.attest, sealer.as_ref())?;
     let dir = vfl_data::DataDir::scan(&a.data_path, a.data_path_wildcard.as_deref())?;
+    let state = a.state_path.as_ref().map(|root| {
+        vfl_trainer::sharded::state::StateDir::new(
+            root,
+            (
+                &a.application_id,
+                Role::Leader,
+                &spec.fingerprint(),
+                &security.policy_digest(),
+            ),
+            "coordinator",
+            sealer.clone(),
+        )
+    });
     let cfg = CoordinatorConfig {
         workers: a.workers,
         epochs: a.epoch_num,
@@ -275,6 +336,10 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         model_fingerprint: spec.fingerprint(),
         batch_size: a.batch_size,
         peer_timeout: Duration::from_secs(a.peer_timeout),
+        state,
+        checkpoint_every: a.checkpoint_steps,
+        max_restarts: a.max_restarts,
+        on_checkpoint: Some(std::sync::Arc::new(|step| println!("checkpoint: step {step} saved"))),
     };
     let blocks = cfg.block_ids.len();
     let rt = runtime()?;

@@ -25,8 +25,10 @@ use vfl_bridge::party::{CoordinatorListener, StatusStream};
 use vfl_bridge::party_pb::{self, assignment::Msg as AMsg, worker_status::Msg as WMsg};
 use vfl_nn::rng::Rng;
 
+use super::state::StateDir;
 use crate::TrainError;
 use crate::assign::{AssignError, Assigner, Grant};
+use crate::store::StoreError;
 
 /// Refusals of the coordination protocol.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -49,6 +51,8 @@ pub enum CoordError {
     NoData { epoch: u32 },
     #[error("worker {worker} reported after the run finished")]
     Finished { worker: usize },
+    #[error("the coordinator's saved position: {why}")]
+    BadState { why: String },
     #[error(transparent)]
     Assign(#[from] AssignError),
 }
@@ -88,6 +92,28 @@ pub struct Coordination {
     has: Vec<bool>,
     idle: Vec<bool>,
     done: bool,
+    /// The epoch's block order.
+    order: Vec<String>,
+    /// Per worker: rows of its current block trained so far.
+    rows: Vec<u64>,
+    /// Save the position every this many steps (0: never).
+    every: u64,
+    /// No grant yet in the step being prepared.
+    first_round: bool,
+    /// The position to save before anything of this round is sent.
+    checkpoint: Option<CoordState>,
+}
+
+/// The coordinator's saved position: after step `steps`, before the next
+/// step's blocks are finished or granted. With every shard's state of the
+/// same step it is the job's checkpoint.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CoordState {
+    pub steps: u64,
+    pub epoch: u32,
+    pub assign: crate::assign::AssignState,
+    /// Per worker: rows of its block trained through step `steps`.
+    pub rows: Vec<u64>,
 }
 
 impl Coordination {
@@ -98,7 +124,8 @@ impl Coordination {
         if workers == 0 || epochs == 0 {
             return Err(CoordError::Empty);
         }
-        let assign = Assigner::new(order(&ids, seed, 0), workers);
+        let first = order(&ids, seed, 0);
+        let assign = Assigner::new(first.clone(), workers);
         Ok(Coordination {
             workers,
             epochs,
@@ -113,7 +140,68 @@ impl Coordination {
             has: vec![false; workers],
             idle: vec![false; workers],
             done: false,
+            order: first,
+            rows: vec![0; workers],
+            every: 0,
+            first_round: true,
+            checkpoint: None,
         })
+    }
+
+    /// Saves the position every `every` steps (0: never); see
+    /// [`Coordination::take_checkpoint`].
+    pub fn with_checkpoints(mut self, every: u64) -> Self {
+        self.every = every;
+        self
+    }
+
+    /// Resumes from a saved position (of a run of the same shape).
+    pub fn restore(mut self, st: &CoordState) -> Result<Self, CoordError> {
+        if st.rows.len() != self.workers || st.epoch >= self.epochs {
+            return Err(CoordError::BadState {
+                why: format!(
+                    "a position of {} workers in epoch {}, for a run of {} workers and {} epochs",
+                    st.rows.len(),
+                    st.epoch,
+                    self.workers,
+                    self.epochs
+                ),
+            });
+        }
+        self.order = order(&self.ids, self.seed, st.epoch);
+        self.assign = Assigner::restore(self.order.clone(), self.workers, &st.assign)?;
+        self.epoch = st.epoch;
+        self.steps = st.steps;
+        self.rows.clone_from(&st.rows);
+        self.totals = EpochTotals {
+            epoch: st.epoch,
+            ..EpochTotals::default()
+        };
+        Ok(self)
+    }
+
+    /// What worker `worker` resumes with: the step, the block it held and
+    /// the rows of it already trained.
+    pub fn plan(&self, worker: usize) -> party_pb::RunPlan {
+        let block = self.assign.held_by(worker).map(|(index, lease)| party_pb::BlockGrant {
+            epoch: self.epoch,
+            index: index as u64,
+            lease,
+            block_id: self.order[index].clone(),
+        });
+        party_pb::RunPlan {
+            epochs: self.epochs,
+            resume_step: self.steps,
+            skip_rows: if block.is_some() { self.rows[worker] } else { 0 },
+            block,
+        }
+    }
+
+    /// The position to save now, before this round's messages go out (a
+    /// checkpoint step's every report is in: every shard of both parties
+    /// holds that step).
+    pub fn take_checkpoint(&mut self) -> Option<CoordState> {
+        self.checkpoint.take()
     }
 
     /// Steps applied.
@@ -151,14 +239,23 @@ impl Coordination {
         if !self.awaiting.remove(&worker) {
             return Err(CoordError::NotAwaited { worker });
         }
-        self.totals.examples += r.rows;
+        self.totals.examples = self.totals.examples.saturating_add(r.rows);
         self.totals.loss_sum += r.loss_sum;
+        self.rows[worker] = self.rows[worker].saturating_add(r.rows);
         self.round.insert(worker, *r);
-        if self.awaiting.is_empty() {
-            self.resolve()
-        } else {
-            Ok(Vec::new())
+        if !self.awaiting.is_empty() {
+            return Ok(Vec::new());
         }
+        if self.first_round && self.every > 0 && self.steps > 0 && self.steps % self.every == 0 {
+            self.checkpoint = Some(CoordState {
+                steps: self.steps,
+                epoch: self.epoch,
+                assign: self.assign.state(),
+                rows: self.rows.clone(),
+            });
+        }
+        self.first_round = false;
+        self.resolve()
     }
 
     /// Every awaited report is in: finish, grant, or decide the step.
@@ -184,6 +281,7 @@ impl Coordination {
             match g {
                 Grant::Block { index, id, lease } => {
                     self.awaiting.insert(w);
+                    self.rows[w] = 0;
                     out.push((
                         To::One(w),
                         AMsg::Grant(party_pb::BlockGrant {
@@ -208,6 +306,7 @@ impl Coordination {
         self.has.iter_mut().for_each(|h| *h = false);
         self.idle.iter_mut().for_each(|i| *i = false);
         self.awaiting = (0..self.workers).collect();
+        self.first_round = true;
         if !participants.is_empty() {
             self.steps += 1;
             self.totals.steps += 1;
@@ -239,7 +338,8 @@ impl Coordination {
             self.awaiting.clear();
             out.push((To::All, AMsg::Finished(party_pb::Finished { steps: self.steps })));
         } else {
-            self.assign = Assigner::new(order(&self.ids, self.seed, self.epoch), self.workers);
+            self.order = order(&self.ids, self.seed, self.epoch);
+            self.assign = Assigner::new(self.order.clone(), self.workers);
         }
         Ok(out)
     }
@@ -265,7 +365,7 @@ fn order(ids: &[String], seed: Option<u64>, epoch: u32) -> Vec<String> {
 }
 
 /// What the coordinator serves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CoordinatorConfig {
     pub workers: usize,
     pub epochs: u32,
@@ -276,6 +376,14 @@ pub struct CoordinatorConfig {
     pub batch_size: usize,
     /// How long to wait for the workers to register, and for a report.
     pub peer_timeout: Duration,
+    /// Where the position is saved, and every how many steps (0: never;
+    /// the shards' `--checkpoint-steps` must be the same).
+    pub state: Option<StateDir>,
+    pub checkpoint_every: u64,
+    /// How often a lost worker may restart the job before it fails.
+    pub max_restarts: u32,
+    /// Called with each checkpoint step once it is saved.
+    pub on_checkpoint: Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 enum Event {
@@ -293,19 +401,49 @@ fn fail(why: String) -> TrainError {
     TrainError::Bridge(vfl_bridge::BridgeError::Lost(why))
 }
 
+/// The machine at the newest saved position, or at the start.
+fn resume(cfg: &CoordinatorConfig) -> Result<Coordination, TrainError> {
+    let fresh = Coordination::new(cfg.workers, cfg.epochs, cfg.seed, cfg.block_ids.clone())?
+        .with_checkpoints(cfg.checkpoint_every);
+    let Some(sd) = &cfg.state else { return Ok(fresh) };
+    let Some(&step) = sd.steps().last() else {
+        return Ok(fresh);
+    };
+    let bytes = sd.load_bytes(step)?.ok_or_else(|| CoordError::BadState {
+        why: format!("its saved position of step {step} disappeared"),
+    })?;
+    let st: CoordState = serde_json::from_slice(&bytes).map_err(|e| CoordError::BadState {
+        why: format!("step {step}: {e}"),
+    })?;
+    if st.steps != step {
+        return Err(CoordError::BadState {
+            why: format!("the file of step {step} holds step {}", st.steps),
+        }
+        .into());
+    }
+    Ok(fresh.restore(&st)?)
+}
+
 /// Serves the run on `listener` until it is finished; returns its steps
-/// and every epoch's totals. Fails, telling every worker, when a worker
-/// leaves before the end, breaks the protocol, or reports nothing within
-/// the peer timeout.
+/// and every epoch's totals. A worker that leaves before the end restarts
+/// the job from its last checkpoint: every worker is told, the position is
+/// reloaded, and all N must register again within the peer timeout (at
+/// most `max_restarts` times). Fails, telling every worker, when a worker
+/// breaks the protocol, when the workers do not (re)register in time, or
+/// when none reports within the peer timeout.
 pub async fn run(
     cfg: CoordinatorConfig,
     mut listener: CoordinatorListener,
 ) -> Result<(u64, Vec<EpochTotals>), TrainError> {
-    let mut machine = Coordination::new(cfg.workers, cfg.epochs, cfg.seed, cfg.block_ids.clone())?;
+    let mut machine = resume(&cfg)?;
+    if machine.steps() > 0 {
+        tracing::info!(step = machine.steps(), "resuming from the saved position");
+    }
     let (ev_tx, mut events) = mpsc::channel::<Event>(64);
     let mut conns: BTreeMap<u64, Conn> = BTreeMap::new();
     let mut next_conn = 0u64;
     let mut registered = 0usize;
+    let mut restarts = 0u32;
     let mut epochs = Vec::new();
     let deadline = tokio::time::sleep(cfg.peer_timeout);
     tokio::pin!(deadline);
@@ -343,7 +481,37 @@ pub async fn run(
             Some(ev) = events.recv() => match ev {
                 Event::Closed(conn, why) => {
                     if let Some(c) = conns.remove(&conn) && let Some(w) = c.worker {
-                        break Err(fail(format!("worker {w} left before the run finished ({why})")));
+                        // A lost worker: the job restarts from its checkpoint.
+                        restarts += 1;
+                        if restarts > cfg.max_restarts {
+                            break Err(fail(format!(
+                                "worker {w} was lost ({why}) after {} restarts of the job; giving up",
+                                cfg.max_restarts
+                            )));
+                        }
+                        let msg = failure(&format!(
+                            "worker {w} was lost ({why}); the job restarts from its last checkpoint"
+                        ));
+                        let joined: Vec<u64> =
+                            conns.iter().filter(|(_, c)| c.worker.is_some()).map(|(k, _)| *k).collect();
+                        for k in joined {
+                            if let Some(c) = conns.remove(&k) {
+                                let _ = c.tx.try_send(Ok(msg.clone()));
+                                c.reader.abort();
+                            }
+                        }
+                        registered = 0;
+                        machine = match resume(&cfg) {
+                            Ok(m) => m,
+                            Err(e) => break Err(e),
+                        };
+                        tracing::warn!(
+                            worker = w,
+                            %why,
+                            step = machine.steps(),
+                            "worker lost: the job restarts from its last checkpoint"
+                        );
+                        deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                     }
                 }
                 Event::Message(conn, _) if !conns.contains_key(&conn) => {}
@@ -355,12 +523,13 @@ pub async fn run(
                             }
                             registered += 1;
                             tracing::info!(worker = w, "worker registered");
+                            deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                             if registered == cfg.workers {
-                                let plan = AMsg::Plan(party_pb::RunPlan { epochs: cfg.epochs });
                                 for c in conns.values() {
-                                    let _ = c.tx.try_send(Ok(party_pb::Assignment { msg: Some(plan.clone()) }));
+                                    let Some(w) = c.worker else { continue };
+                                    let plan = AMsg::Plan(machine.plan(w));
+                                    let _ = c.tx.try_send(Ok(party_pb::Assignment { msg: Some(plan) }));
                                 }
-                                deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                             }
                         }
                         Err(why) => {
@@ -387,6 +556,19 @@ pub async fn run(
                         Ok(o) => o,
                         Err(e) => break Err(e.into()),
                     };
+                    // The position is saved before anything of this round
+                    // goes out.
+                    if let Some(ck) = machine.take_checkpoint()
+                        && let Some(sd) = &cfg.state
+                    {
+                        let json = serde_json::to_vec(&ck).map_err(StoreError::encode("coordinator position"));
+                        if let Err(e) = json.map_err(TrainError::from).and_then(|j| sd.save_bytes(ck.steps, &j)) {
+                            break Err(e);
+                        }
+                        if let Some(f) = &cfg.on_checkpoint {
+                            f(ck.steps);
+                        }
+                    }
                     deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                     if let Err(e) = deliver(&conns, outs, &mut machine, &mut epochs) {
                         break Err(e);
@@ -501,7 +683,8 @@ fn check_register(
     if r.model_fingerprint != cfg.model_fingerprint {
         return Err(format!(
             "model {} but this run's is {}",
-            r.model_fingerprint, cfg.model_fingerprint
+            vfl_bridge::sanitize(&r.model_fingerprint, 64),
+            cfg.model_fingerprint
         ));
     }
     if r.workers as usize != cfg.workers || r.batch_size as usize != cfg.batch_size {
@@ -513,12 +696,6 @@ fn check_register(
     let w = r.worker as usize;
     if w >= cfg.workers || conns.values().any(|c| c.worker == Some(w)) {
         return Err(format!("worker index {w} is out of range or taken"));
-    }
-    if r.steps != 0 {
-        return Err(format!(
-            "its shards have applied {} steps; resuming a multi-process run is not built yet",
-            r.steps
-        ));
     }
     Ok(w)
 }

@@ -220,8 +220,8 @@ impl ShardedTrainer {
         let placement = Placement::new(leader.addrs.len())?;
         let mut pairs = new_pairs(spec, workers, threads)?;
         let fp = spec.fingerprint();
-        let (l, ldump, lsteps) = RemoteShards::connect(rt.clone(), leader, (0..workers, workers), &fp)?;
-        let (f, fdump, fsteps) = RemoteShards::connect(rt.clone(), follower, (0..workers, workers), &fp)?;
+        let (l, ldump, lsteps) = RemoteShards::connect(rt.clone(), leader, (0..workers, workers), (&fp, 0))?;
+        let (f, fdump, fsteps) = RemoteShards::connect(rt.clone(), follower, (0..workers, workers), (&fp, 0))?;
         if lsteps != fsteps {
             return Err(TrainError::CheckpointStep {
                 leader: lsteps,
@@ -257,6 +257,18 @@ impl ShardedTrainer {
 
     pub fn workers(&self) -> usize {
         self.pairs.len()
+    }
+
+    /// Ends the run: remote shards are told it is finished (they end;
+    /// a trainer dropped without this is a lost worker to them). Returns
+    /// the steps trained.
+    pub fn finish(mut self) -> Result<u64, TrainError> {
+        for shards in [&mut self.leader_shards, &mut self.follower_shards] {
+            if let Shards::Remote(r) = shards {
+                r.done(self.step)?;
+            }
+        }
+        Ok(self.step)
     }
 
     /// Steps trained.

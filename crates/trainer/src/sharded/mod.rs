@@ -23,6 +23,7 @@ pub mod remote;
 pub mod replica;
 pub mod serve;
 mod shard;
+pub mod state;
 pub mod wire;
 pub mod worker;
 

@@ -53,7 +53,7 @@ impl RemoteShards {
         rt: tokio::runtime::Handle,
         at: &ShardAddrs,
         (ours, workers): (std::ops::Range<usize>, usize),
-        model_fingerprint: &str,
+        (model_fingerprint, resume_step): (&str, u64),
     ) -> Result<(Self, Vec<Vec<Params>>, u64), TrainError> {
         let first = ours.start;
         let mut streams = Vec::with_capacity(ours.len());
@@ -69,6 +69,7 @@ impl RemoteShards {
                     workers: workers as u32,
                     shards: at.addrs.len() as u32,
                     shard: s as u32,
+                    resume_step,
                 });
                 rt.block_on(send(&mut stream, join))?;
                 let joined = match rt.block_on(async { tokio::time::timeout(at.wait, recv(&mut stream)).await }) {
@@ -111,6 +112,31 @@ impl RemoteShards {
     /// The party's shards.
     pub fn shards(&self) -> usize {
         self.addrs.len()
+    }
+
+    /// Tells every shard the job is finished after `steps` steps (the
+    /// workers then leave for good; without it a shard takes a worker's
+    /// departure for a loss).
+    pub fn done(&mut self, steps: u64) -> Result<(), TrainError> {
+        for row in &mut self.streams {
+            for stream in row.iter_mut() {
+                self.rt.block_on(send(stream, WMsg::Done(party_pb::Done { steps })))?;
+            }
+        }
+        // Each shard ends the stream once it has taken the Done (a process
+        // that exits first would lose it, and the shard a worker).
+        let wait = self.wait;
+        for row in &mut self.streams {
+            for stream in row.iter_mut() {
+                let _ = self.rt.block_on(async {
+                    tokio::time::timeout(wait, async {
+                        while let Ok(Some(_)) = stream.inbound.message().await {}
+                    })
+                    .await
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Worker `worker`'s contributions (one per shard) to `step`.

@@ -3,6 +3,15 @@
 //! ([`vfl_bridge::party`]). Workers join (their replica takes the shard's
 //! values), contribute per step, and every joined worker receives every
 //! step's new values.
+//!
+//! With a state directory the shard saves its state at every checkpoint
+//! step before it sends that step's values, and loads its newest state
+//! when it starts. A worker joins naming the step the job resumes at; a
+//! shard elsewhere loads its saved state of that step (or refuses). A
+//! worker that leaves without `Done` is lost: the shard drops the step in
+//! progress, tells the other workers (their job restarts from its last
+//! checkpoint) and waits, within the peer timeout, for the workers to
+//! rejoin.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +21,7 @@ use vfl_bridge::Status;
 use vfl_bridge::party::{ShardListener, WorkerStream};
 use vfl_bridge::party_pb::{self, shard_message::Msg as SMsg, worker_message::Msg as WMsg};
 
+use super::state::StateDir;
 use super::{Contribution, Shard, ShardError, wire};
 use crate::TrainError;
 
@@ -24,6 +34,10 @@ pub struct ShardConfig {
     pub model_fingerprint: String,
     /// How long to wait for the first worker, and for a missing one.
     pub peer_timeout: Duration,
+    /// Where the shard saves its state, and every how many steps (0:
+    /// never).
+    pub state: Option<StateDir>,
+    pub checkpoint_every: u64,
 }
 
 /// What one worker's connection said.
@@ -38,6 +52,16 @@ enum Event {
 /// was refused: every worker is told), and drops a worker that does not
 /// read what it is sent (it must not stall the others).
 pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener) -> Result<u64, TrainError> {
+    if let Some(sd) = &cfg.state
+        && let Some(&last) = sd.steps().last()
+    {
+        let st = sd.load_shard(last)?.ok_or(ShardError::BadState {
+            shard: cfg.index,
+            why: format!("its saved state of step {last} disappeared"),
+        })?;
+        shard.restore(&st)?;
+        tracing::info!(step = last, "loaded the saved state");
+    }
     let (ev_tx, mut events) = mpsc::channel::<Event>(64);
     let mut conns: Conns = BTreeMap::new();
     let mut next_conn = 0u64;
@@ -46,6 +70,9 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     let deadline = tokio::time::sleep(cfg.peer_timeout);
     tokio::pin!(deadline);
     let mut step_open = false;
+    // A worker was lost: the others were told, and the shard waits for the
+    // job to rejoin (restarted from its checkpoint).
+    let mut restarting = false;
     let result = loop {
         tokio::select! {
             s = listener.streams.recv() => {
@@ -77,9 +104,11 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                     if let Some(c) = conns.remove(&conn)
                         && let Some(w) = c.worker
                     {
-                        tracing::info!(worker = w, %why, "worker left");
+                        lost(&mut shard, &mut conns, w, &why);
+                        (step_open, restarting) = (false, true);
+                        deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                     }
-                    if let Some(end) = all_left(ever_joined, step_open, &conns, &cfg, &shard) {
+                    if !restarting && let Some(end) = all_left(ever_joined, step_open, &conns, &cfg, &shard) {
                         break end;
                     }
                 }
@@ -88,19 +117,29 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                 Event::Message(conn, msg) => {
                     match handle(&cfg, &mut shard, &mut conns, conn, msg) {
                         Ok(()) => {}
+                        // The shard's own state could not be saved.
+                        Err(e @ (TrainError::Store(_) | TrainError::Seal(_))) => break Err(e),
                         Err(e) => {
                             tracing::error!(error = %e, "refusing a worker");
-                            let joined = conns.get(&conn).is_some_and(|c| c.worker.is_some());
+                            let joined = conns.get(&conn).and_then(|c| c.worker);
                             if let Some(c) = conns.remove(&conn) {
                                 let _ = c.tx.try_send(Ok(failure(&e.to_string())));
                                 c.reader.abort();
                             }
                             // A joined worker refused while a step waits for
                             // it: the step cannot complete.
-                            if joined && shard.pending().is_some() {
+                            if joined.is_some() && shard.pending().is_some() {
                                 break Err(e);
                             }
+                            if let Some(w) = joined {
+                                lost(&mut shard, &mut conns, w, "refused");
+                                restarting = true;
+                                deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                            }
                         }
+                    }
+                    if conns.values().any(|c| c.worker.is_some()) {
+                        restarting = false;
                     }
                     let open = shard.pending().is_some();
                     if open && !step_open {
@@ -109,18 +148,24 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                     step_open = open;
                     // A refusal or a dropped reader may have removed the last
                     // worker (no Closed event comes for it).
-                    if let Some(end) = all_left(ever_joined, step_open, &conns, &cfg, &shard) {
+                    if !restarting && let Some(end) = all_left(ever_joined, step_open, &conns, &cfg, &shard) {
                         break end;
                     }
                     ever_joined |= conns.values().any(|c| c.worker.is_some());
                 }
             },
-            () = &mut deadline, if !ever_joined || step_open => {
-                break Err(if ever_joined {
+            () = &mut deadline, if !ever_joined || step_open || !conns.values().any(|c| c.worker.is_some()) => {
+                break Err(if step_open {
                     TrainError::Bridge(vfl_bridge::BridgeError::Lost(format!(
                         "shard {}: step {} incomplete after {} s (a participant is gone)",
                         cfg.index,
                         shard.steps() + 1,
+                        cfg.peer_timeout.as_secs()
+                    )))
+                } else if ever_joined {
+                    TrainError::Bridge(vfl_bridge::BridgeError::Lost(format!(
+                        "shard {}: its workers were lost and did not rejoin within {} s",
+                        cfg.index,
                         cfg.peer_timeout.as_secs()
                     )))
                 } else {
@@ -170,6 +215,33 @@ fn all_left(
     } else {
         Ok(())
     })
+}
+
+/// A joined worker was lost (it left without `Done`, or was refused): the
+/// step in progress is dropped and every other joined worker is told and
+/// dropped; the job restarts from its last checkpoint and rejoins.
+fn lost(shard: &mut Shard, conns: &mut Conns, worker: u32, why: &str) {
+    tracing::warn!(
+        worker,
+        %why,
+        step = shard.steps(),
+        "worker lost: waiting for the job to restart from its last checkpoint"
+    );
+    shard.abort();
+    let msg = failure(&format!(
+        "worker {worker} was lost ({why}); the job restarts from its last checkpoint"
+    ));
+    let joined: Vec<u64> = conns
+        .iter()
+        .filter(|(_, c)| c.worker.is_some())
+        .map(|(k, _)| *k)
+        .collect();
+    for k in joined {
+        if let Some(c) = conns.remove(&k) {
+            let _ = c.tx.try_send(Ok(msg.clone()));
+            c.reader.abort();
+        }
+    }
 }
 
 /// One worker's connection: who it is once joined, where its messages go,
@@ -224,6 +296,35 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
                     got: format!("worker {}", j.worker),
                 });
             }
+            if j.resume_step != shard.steps() {
+                // The first worker of a restarted job rolls the shard to the
+                // job's checkpoint; the others must name the same step.
+                if conns.values().any(|c| c.worker.is_some()) || shard.pending().is_some() {
+                    return Err(TrainError::Unexpected {
+                        expected: "the step the joined workers resumed at",
+                        got: format!(
+                            "worker {} resumes at step {}, the shard is at {}",
+                            j.worker,
+                            j.resume_step,
+                            shard.steps()
+                        ),
+                    });
+                }
+                let st = match &cfg.state {
+                    Some(sd) => sd.load_shard(j.resume_step)?,
+                    None => None,
+                };
+                let st = st.ok_or_else(|| ShardError::BadState {
+                    shard: cfg.index,
+                    why: format!(
+                        "the job resumes at step {} but this shard is at {} and has no saved state of that step",
+                        j.resume_step,
+                        shard.steps()
+                    ),
+                })?;
+                shard.restore(&st)?;
+                tracing::info!(step = j.resume_step, "rolled back to the job's checkpoint");
+            }
             let reply = party_pb::ShardMessage {
                 msg: Some(SMsg::Joined(party_pb::Joined {
                     steps: shard.steps(),
@@ -274,6 +375,14 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
                 },
             )?;
             if let Some(changes) = applied {
+                // Saved before anyone sees the step's values: a worker that
+                // has them knows every shard holds this checkpoint.
+                if let Some(sd) = &cfg.state
+                    && cfg.checkpoint_every > 0
+                    && shard.steps() % cfg.checkpoint_every == 0
+                {
+                    sd.save_shard(&shard.state())?;
+                }
                 let msg = party_pb::ShardMessage {
                     msg: Some(SMsg::Changes(party_pb::Changes {
                         step: c.step,
@@ -291,6 +400,19 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
             }
             Ok(())
         }
+        (WMsg::Done(_), Some(w)) => {
+            // The worker leaves for good: its stream ends here, which tells
+            // it the shard has taken its Done.
+            if let Some(c) = conns.remove(&conn) {
+                c.reader.abort();
+            }
+            tracing::info!(worker = w, "worker finished");
+            Ok(())
+        }
+        (WMsg::Done(_), None) => Err(TrainError::Unexpected {
+            expected: "Join first",
+            got: "Done".into(),
+        }),
         (WMsg::Join(_), Some(w)) => Err(ShardError::Duplicate {
             shard: cfg.index,
             worker: w,

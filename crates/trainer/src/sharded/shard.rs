@@ -151,6 +151,12 @@ impl Shard {
         self.pending.as_ref().map(|p| (p.step, &p.participants[..]))
     }
 
+    /// Drops the step begun, if any (its contributions were never applied):
+    /// a participant was lost and the job restarts from a checkpoint.
+    pub fn abort(&mut self) {
+        self.pending = None;
+    }
+
     /// Embedding rows owned.
     pub fn rows(&self) -> usize {
         self.keys.len()

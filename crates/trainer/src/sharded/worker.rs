@@ -109,10 +109,21 @@ struct Chan<In, T> {
 }
 
 impl<In, T> Chan<In, T> {
+    /// Sends, waiting at most the peer timeout for room (a peer that stops
+    /// reading must not hang this worker).
     fn send(&self, msg: T) -> Result<(), TrainError> {
-        self.rt
-            .block_on(self.outbound.send(msg))
-            .map_err(|_| lost(format!("{}: the stream closed", self.name)))
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(self.wait, self.outbound.send(msg)).await })
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(lost(format!("{}: the stream closed", self.name))),
+            Err(_) => Err(lost(format!(
+                "{}: does not read (nothing taken within {} s)",
+                self.name,
+                self.wait.as_secs()
+            ))),
+        }
     }
 
     fn recv(&mut self) -> Result<In, TrainError> {
@@ -144,6 +155,22 @@ impl<In, T> Chan<In, T> {
     }
 }
 
+/// Whether a worker's attempt failed because another process of the job
+/// was lost (the job restarts from its last checkpoint and the worker
+/// starts over), rather than for a reason a restart does not change (a
+/// refused peer, bad data, a protocol violation).
+pub fn restartable(e: &TrainError) -> bool {
+    matches!(
+        e,
+        TrainError::Bridge(
+            BridgeError::Lost(_)
+                | BridgeError::PeerFailed(_)
+                | BridgeError::Unreachable { .. }
+                | BridgeError::Gone { .. }
+        )
+    )
+}
+
 fn lost(why: String) -> TrainError {
     BridgeError::Lost(why).into()
 }
@@ -159,11 +186,13 @@ struct Held<'d> {
     source: Box<dyn BatchSource + 'd>,
 }
 
-/// Runs leader worker `cfg.worker`: waits for its follower worker on
-/// `pair`, joins its party's shards, registers at the coordinator at
-/// `coordinator`, and trains until the coordinator says the run is
-/// finished. With `eval` (worker 0), evaluates on it with the follower.
-/// Blocks on `rt` (call it from outside the runtime).
+/// Runs leader worker `cfg.worker` once: takes its follower worker's
+/// stream from `pair`, registers at the coordinator at `coordinator`,
+/// joins its party's shards at the step the job resumes from, and trains
+/// until the coordinator says the run is finished. With `eval` (worker 0),
+/// evaluates on it with the follower. Blocks on `rt` (call it from outside
+/// the runtime). A lost peer fails the attempt; the caller starts it over
+/// (the job restarts from its checkpoint), keeping `pair`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_leader(
     spec: &ModelSpec,
@@ -171,18 +200,11 @@ pub fn run_leader(
     rt: Handle,
     shards: &ShardAddrs,
     (coordinator, security): (&str, &Security),
-    mut pair: PairListener,
+    pair: &mut PairListener,
     data: &dyn PartyBlocks,
     eval: Option<&mut dyn BatchSource>,
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
-    let fp = spec.fingerprint();
-    let mut party = LeaderParty::new(spec, cfg.threads)?;
-    party.set_update_mode(UpdateMode::Collect);
-    let (mut own, dumps, steps) = RemoteShards::connect(rt.clone(), shards, (w..w + 1, cfg.workers), &fp)?;
-    for v in &dumps[0] {
-        replica::apply(party.model_mut(), w, v)?;
-    }
     // The follower worker of the same index.
     let incoming = rt
         .block_on(async { tokio::time::timeout(cfg.peer_timeout, pair.streams.recv()).await })
@@ -200,15 +222,7 @@ pub fn run_leader(
         wait: cfg.peer_timeout,
         name: format!("follower worker {w}"),
     };
-    let result = lead(
-        spec,
-        cfg,
-        (&mut party, &mut own, steps),
-        &mut peer,
-        (coordinator, security),
-        data,
-        eval,
-    );
+    let result = lead(spec, cfg, shards, &mut peer, (coordinator, security), data, eval);
     if let Err(e) = &result {
         let _ = peer.outbound.try_send(Ok(party_pb::LeaderWorkerMessage {
             msg: Some(LMsg::Failure(vfl_bridge::sanitize(&e.to_string(), 1000))),
@@ -216,8 +230,6 @@ pub fn run_leader(
     } else {
         peer.await_close();
     }
-    drop(peer);
-    let _ = rt.block_on(async { tokio::time::timeout(cfg.peer_timeout, pair.shutdown()).await });
     result
 }
 
@@ -238,7 +250,7 @@ fn from_follower(peer: &mut LeaderPeer) -> Result<FMsg, TrainError> {
 fn lead(
     spec: &ModelSpec,
     cfg: &WorkerConfig,
-    (party, own, steps): (&mut LeaderParty, &mut RemoteShards, u64),
+    shards: &ShardAddrs,
     peer: &mut LeaderPeer,
     (coordinator, security): (&str, &Security),
     data: &dyn PartyBlocks,
@@ -248,7 +260,12 @@ fn lead(
     match from_follower(peer)? {
         FMsg::Hello(h) => {
             let want = (w as u32, cfg.workers as u32, spec.fingerprint(), cfg.batch_size as u32);
-            let got = (h.worker, h.workers, h.model_fingerprint.clone(), h.batch_size);
+            let got = (
+                h.worker,
+                h.workers,
+                vfl_bridge::sanitize(&h.model_fingerprint, 64),
+                h.batch_size,
+            );
             if got != want {
                 return Err(unexpected(
                     "the follower worker of this index and run (worker, workers, model, batch size)",
@@ -258,7 +275,6 @@ fn lead(
         }
         other => return Err(unexpected("Hello", name_f(&other))),
     }
-    to_follower(peer, LMsg::Welcome(party_pb::PairWelcome { steps }))?;
     let stream = peer
         .rt
         .block_on(dial_coordinator(coordinator, security, cfg.peer_timeout))?;
@@ -275,7 +291,7 @@ fn lead(
         workers: cfg.workers as u32,
         model_fingerprint: spec.fingerprint(),
         batch_size: cfg.batch_size as u32,
-        steps,
+        steps: 0,
     })))?;
     let from_coord = |coord: &mut Chan<party_pb::Assignment, party_pb::WorkerStatus>| -> Result<AMsg, TrainError> {
         match coord.recv()?.msg {
@@ -284,13 +300,44 @@ fn lead(
             None => Err(unexpected("a coordinator message", "an empty message".into())),
         }
     };
-    match from_coord(&mut coord)? {
-        AMsg::Plan(_) => {}
+    let plan = match from_coord(&mut coord)? {
+        AMsg::Plan(p) => p,
         other => return Err(unexpected("the run's plan", name_a(&other))),
+    };
+    // The shards at the step the job resumes from, the replica from them.
+    let steps = plan.resume_step;
+    let fp = spec.fingerprint();
+    let mut party = LeaderParty::new(spec, cfg.threads)?;
+    party.set_update_mode(UpdateMode::Collect);
+    let party = &mut party;
+    let (mut own, dumps, _) = RemoteShards::connect(peer.rt.clone(), shards, (w..w + 1, cfg.workers), (&fp, steps))?;
+    let own = &mut own;
+    for v in &dumps[0] {
+        replica::apply(party.model_mut(), w, v)?;
     }
+    to_follower(peer, LMsg::Welcome(party_pb::PairWelcome { steps }))?;
     let placement = Placement::new(own.shards())?;
     let mut batch = Batch::new(spec.leader.slots().len(), spec.leader.dense_columns().len());
     let mut held: Option<Held<'_>> = None;
+    // The block held at the checkpoint, its trained rows skipped (on the
+    // follower too).
+    if let Some(g) = &plan.block {
+        to_follower(
+            peer,
+            LMsg::Open(party_pb::OpenBlock {
+                epoch: g.epoch,
+                block_id: g.block_id.clone(),
+                skip_rows: plan.skip_rows,
+            }),
+        )?;
+        let mut source = data.open(&g.block_id)?;
+        skip(&mut *source, &mut batch, plan.skip_rows, cfg.batch_size)?;
+        held = Some(Held {
+            index: g.index,
+            lease: g.lease,
+            source,
+        });
+    }
     let mut step = steps;
     let (mut rows, mut loss_sum) = (0u64, 0f64);
     let (mut examples, mut run_loss) = (0u64, 0f64);
@@ -317,6 +364,7 @@ fn lead(
                         LMsg::Open(party_pb::OpenBlock {
                             epoch: g.epoch,
                             block_id: g.block_id.clone(),
+                            skip_rows: 0,
                         }),
                     )?;
                     held = Some(Held {
@@ -388,6 +436,8 @@ fn lead(
             }
         }
     }
+    // The shards may end: the job is finished.
+    own.done(step)?;
     let eval = match eval {
         Some(src) => Some(evaluate(spec, party, peer, src)?),
         None => None,
@@ -400,6 +450,23 @@ fn lead(
         eval,
         digest: replica::digest(party.model()),
     })
+}
+
+/// Skips the first `rows` rows of a block being resumed (trained before the
+/// checkpoint).
+fn skip(source: &mut dyn BatchSource, batch: &mut Batch, rows: u64, batch_size: usize) -> Result<(), TrainError> {
+    let mut left = rows;
+    while left > 0 {
+        let want = left.min(batch_size as u64) as usize;
+        if source.fill(batch, want)? != want {
+            return Err(crate::assign::AssignError::BadState {
+                why: "a resumed block has fewer rows than the checkpoint trained",
+            }
+            .into());
+        }
+        left -= want as u64;
+    }
+    Ok(())
 }
 
 /// Fills the next batch from the block held; a block that ran out is
@@ -502,12 +569,6 @@ pub fn run_follower(
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
     let fp = spec.fingerprint();
-    let mut party = FollowerParty::new(spec, cfg.threads)?;
-    party.set_update_mode(UpdateMode::Collect);
-    let (mut own, dumps, steps) = RemoteShards::connect(rt.clone(), shards, (w..w + 1, cfg.workers), &fp)?;
-    for v in &dumps[0] {
-        replica::apply(party.model_mut(), w, v)?;
-    }
     let max = pair_message_limit(spec, cfg.batch_size);
     let LeaderPairStream { inbound, outbound, .. } = rt.block_on(dial_pair(leader, max, security, cfg.peer_timeout))?;
     let mut peer = Chan {
@@ -526,7 +587,7 @@ pub fn run_follower(
             batch_size: cfg.batch_size as u32,
         }),
     )?;
-    let result = follow(spec, cfg, (&mut party, &mut own, steps), &mut peer, data, &mut eval);
+    let result = follow(spec, cfg, shards, &mut peer, data, &mut eval);
     if let Err(e) = &result {
         let _ = peer.outbound.try_send(party_pb::FollowerWorkerMessage {
             msg: Some(FMsg::Failure(vfl_bridge::sanitize(&e.to_string(), 1000))),
@@ -546,21 +607,25 @@ fn from_leader(peer: &mut FollowerPeer) -> Result<LMsg, TrainError> {
 fn follow(
     spec: &ModelSpec,
     cfg: &WorkerConfig,
-    (party, own, steps): (&mut FollowerParty, &mut RemoteShards, u64),
+    shards: &ShardAddrs,
     peer: &mut FollowerPeer,
     data: &dyn PartyBlocks,
     eval: &mut Option<&mut dyn BatchSource>,
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
-    match from_leader(peer)? {
-        LMsg::Welcome(p) if p.steps == steps => {}
-        LMsg::Welcome(p) => {
-            return Err(TrainError::CheckpointStep {
-                leader: p.steps,
-                ours: steps,
-            });
-        }
+    // The step the job resumes from, as the leader's coordinator decided.
+    let steps = match from_leader(peer)? {
+        LMsg::Welcome(p) => p.steps,
         other => return Err(unexpected("Welcome", name_l(&other))),
+    };
+    let fp = spec.fingerprint();
+    let mut party = FollowerParty::new(spec, cfg.threads)?;
+    party.set_update_mode(UpdateMode::Collect);
+    let party = &mut party;
+    let (mut own, dumps, _) = RemoteShards::connect(peer.rt.clone(), shards, (w..w + 1, cfg.workers), (&fp, steps))?;
+    let own = &mut own;
+    for v in &dumps[0] {
+        replica::apply(party.model_mut(), w, v)?;
     }
     let placement = Placement::new(own.shards())?;
     let mut batch = Batch::new(spec.follower.slots().len(), spec.follower.dense_columns().len());
@@ -571,9 +636,14 @@ fn follow(
         match from_leader(peer)? {
             LMsg::Open(o) => {
                 if held.is_some() {
-                    return Err(unexpected("a block opened after the last one closed", o.block_id));
+                    return Err(unexpected(
+                        "a block opened after the last one closed",
+                        vfl_bridge::sanitize(&o.block_id, 64),
+                    ));
                 }
-                held = Some(data.open(&o.block_id)?);
+                let mut source = data.open(&o.block_id)?;
+                skip(&mut *source, &mut batch, o.skip_rows, cfg.batch_size)?;
+                held = Some(source);
             }
             LMsg::Close(_) => {
                 let mut h = held
@@ -649,6 +719,8 @@ fn follow(
                         format!("step {}", f.steps),
                     ));
                 }
+                // The shards may end: the job is finished.
+                own.done(step)?;
                 return Ok(WorkerOutcome {
                     steps: step,
                     examples,

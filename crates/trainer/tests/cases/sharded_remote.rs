@@ -107,6 +107,8 @@ pub fn start_shards_waiting(
             workers,
             model_fingerprint: spec.fingerprint(),
             peer_timeout: wait,
+            state: None,
+            checkpoint_every: 0,
         };
         let shard = Shard::new(spec, role, s, placement, workers).unwrap();
         tasks.push(rt.spawn(serve::run(cfg, shard, listener)));
@@ -172,8 +174,7 @@ fn remote_shards_over_ratls_train_bitwise_like_in_process_shards() {
     let traffic = remote.traffic();
     assert_eq!(traffic, local.traffic());
     // The workers leave: every shard ends, having applied every step.
-    let steps = remote.steps();
-    drop(remote);
+    let steps = remote.finish().unwrap();
     for t in ltasks.into_iter().chain(ftasks) {
         assert_eq!(rt.block_on(t).unwrap().unwrap(), steps);
     }
@@ -253,7 +254,7 @@ fn a_missing_participant_fails_the_step_within_the_wait() {
     let (leader_tls, _) = parties();
     let (mut la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 2);
     la.wait = Duration::from_secs(1);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), &spec.fingerprint()).unwrap();
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0)).unwrap();
     // Worker 0 takes part in step 1 with worker 1, which never sends.
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
@@ -279,7 +280,7 @@ fn a_shard_fails_a_step_that_stays_incomplete_and_tells_the_workers() {
     let (mut la, mut tasks) =
         start_shards_waiting(&rt, &spec, (Role::Leader, &leader_tls), (1, 2), Duration::from_secs(1));
     la.wait = Duration::from_secs(10);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), &spec.fingerprint()).unwrap();
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0)).unwrap();
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
         examples: 1,
@@ -294,25 +295,29 @@ fn a_shard_fails_a_step_that_stays_incomplete_and_tells_the_workers() {
 }
 
 #[test]
-fn a_shard_whose_workers_all_leave_mid_step_fails() {
+fn a_shard_whose_workers_are_lost_mid_step_waits_for_them_then_fails() {
     use vfl_trainer::sharded::Contribution;
     use vfl_trainer::sharded::remote::RemoteShards;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let spec = small_wide_n_deep();
     let (leader_tls, _) = parties();
-    let (la, mut tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 2);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), &spec.fingerprint()).unwrap();
+    let (mut la, mut tasks) =
+        start_shards_waiting(&rt, &spec, (Role::Leader, &leader_tls), (1, 2), Duration::from_secs(1));
+    la.wait = Duration::from_secs(10);
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0)).unwrap();
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
         examples: 1,
         grads: like.dump(),
     };
     r.send(0, 1, &[0, 1], vec![c]).unwrap();
-    // The workers' process ends before worker 1 sent: not a finished job.
+    // The workers' process ends before worker 1 sent, without Done: lost
+    // workers, not a finished job. The shard drops the step and waits for
+    // the job to rejoin, for its peer timeout (1 s).
     // (Give worker 0's message time to reach the shard before the streams
     // close.)
     std::thread::sleep(Duration::from_millis(500));
     drop(r);
     let ended = rt.block_on(tasks.remove(0)).unwrap().unwrap_err().to_string();
-    assert!(ended.contains("every worker left during step 1"), "{ended}");
+    assert!(ended.contains("were lost and did not rejoin within 1 s"), "{ended}");
 }

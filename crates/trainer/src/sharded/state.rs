@@ -1,0 +1,290 @@
+//! The saved state of a scale-out process (a shard's slice, the
+//! coordinator's position) at the run's checkpoint steps: one file per
+//! step under the process's own directory, written atomically, the newest
+//! two kept, sealed when the party seals (`--model-key`; always in an
+//! enclave build). A file is bound to its job, party, model, policy, the
+//! process it belongs to (`shard-3`, `coordinator`) and its step, so one
+//! process's file cannot be loaded by another, another run's by this one,
+//! or a file renamed to another step.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vfl_attest::seal::{Context, Sealer};
+use vfl_nn::Role;
+use vfl_nn::optim::ParamState;
+
+use super::ShardState;
+use crate::TrainError;
+use crate::store::{self, Sealing, StoreError};
+
+/// Where and how a process saves its state.
+#[derive(Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+    sealer: Option<Arc<Sealer>>,
+    app: String,
+    role: Role,
+    model: String,
+    policy: String,
+    process: String,
+}
+
+impl std::fmt::Debug for StateDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateDir({}, {})", self.dir.display(), self.process)
+    }
+}
+
+/// Saved states kept per process: the coordinator's newest step is the
+/// run's commit point, and the shards may be one checkpoint ahead of it.
+pub const KEEP: usize = 2;
+
+impl StateDir {
+    /// Process `process` of party `role` saves under `root/<process>`.
+    pub fn new(
+        root: &Path,
+        (app, role, model, policy): (&str, Role, &str, &str),
+        process: &str,
+        sealer: Option<Arc<Sealer>>,
+    ) -> Self {
+        StateDir {
+            dir: root.join(process),
+            sealer,
+            app: app.to_string(),
+            role,
+            model: model.to_string(),
+            policy: policy.to_string(),
+            process: process.to_string(),
+        }
+    }
+
+    fn context(&self, step: u64) -> Context {
+        Context::new("scale-out state")
+            .with("app", &self.app)
+            .with("role", self.role)
+            .with("model", &self.model)
+            .with("policy", &self.policy)
+            .with("process", &self.process)
+            .with("step", step)
+    }
+
+    fn path(&self, step: u64) -> PathBuf {
+        self.dir.join(format!("state-{step:012}.bin"))
+    }
+
+    /// The steps saved, oldest first.
+    pub fn steps(&self) -> Vec<u64> {
+        let mut steps: Vec<u64> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("state-")?.strip_suffix(".bin")?.parse().ok()
+            })
+            .collect();
+        steps.sort_unstable();
+        steps
+    }
+
+    /// Saves a shard's state (its step is the file's) and removes all but
+    /// the newest [`KEEP`].
+    pub fn save_shard(&self, st: &ShardState) -> Result<(), TrainError> {
+        std::fs::create_dir_all(&self.dir).map_err(StoreError::io(&self.dir))?;
+        fn put(name: String, v: &[f32]) -> (String, Vec<usize>, &[f32]) {
+            (name, vec![v.len()], v)
+        }
+        let mut tensors = vec![
+            put("values".into(), &st.values),
+            put("state.a".into(), &st.state.a),
+            put("state.b".into(), &st.state.b),
+        ];
+        for (i, w, s) in &st.dense {
+            tensors.push(put(format!("dense.{i}.w"), w));
+            tensors.push(put(format!("dense.{i}.a"), &s.a));
+            tensors.push(put(format!("dense.{i}.b"), &s.b));
+        }
+        let meta = std::collections::BTreeMap::from([
+            ("format".to_string(), "enclave-vfl shard state v1".to_string()),
+            ("process".to_string(), self.process.clone()),
+            ("step".to_string(), st.steps.to_string()),
+            (
+                "dense".to_string(),
+                st.dense
+                    .iter()
+                    .map(|(i, ..)| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]);
+        let ctx = self.context(st.steps);
+        store::write(
+            &self.path(st.steps),
+            &tensors,
+            &meta,
+            self.sealer.as_deref().map(|sealer| Sealing { sealer, context: &ctx }),
+        )?;
+        self.prune();
+        Ok(())
+    }
+
+    /// Loads the shard state saved at `step`, if there is one.
+    pub fn load_shard(&self, step: u64) -> Result<Option<ShardState>, TrainError> {
+        let path = self.path(step);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let ctx = self.context(step);
+        let stored = store::read(
+            &path,
+            self.sealer.as_deref().map(|sealer| Sealing { sealer, context: &ctx }),
+        )?;
+        let bad = |why: String| -> TrainError {
+            StoreError::Binding {
+                path: path.display().to_string(),
+                key: "shard state".into(),
+                found: why,
+                expected: format!("the state of {} at step {step}", self.process),
+            }
+            .into()
+        };
+        let meta = |k: &str| stored.meta.get(k).cloned().unwrap_or_default();
+        if meta("process") != self.process || meta("step") != step.to_string() {
+            return Err(bad(format!("process {:?}, step {:?}", meta("process"), meta("step"))));
+        }
+        let take = |name: &str| -> Result<Vec<f32>, TrainError> {
+            stored
+                .tensors
+                .get(name)
+                .map(|t| t.data.clone())
+                .ok_or_else(|| bad(format!("no tensor {name}")))
+        };
+        let mut dense = Vec::new();
+        let list = meta("dense");
+        for i in list.split(',').filter(|s| !s.is_empty()) {
+            let index: u32 = i.parse().map_err(|_| bad(format!("dense index {i:?}")))?;
+            dense.push((
+                index,
+                take(&format!("dense.{index}.w"))?,
+                ParamState {
+                    a: take(&format!("dense.{index}.a"))?,
+                    b: take(&format!("dense.{index}.b"))?,
+                },
+            ));
+        }
+        Ok(Some(ShardState {
+            steps: step,
+            values: take("values")?,
+            state: ParamState {
+                a: take("state.a")?,
+                b: take("state.b")?,
+            },
+            dense,
+        }))
+    }
+
+    /// Saves `bytes` (the coordinator's position) as step `step`'s state.
+    pub fn save_bytes(&self, step: u64, bytes: &[u8]) -> Result<(), TrainError> {
+        std::fs::create_dir_all(&self.dir).map_err(StoreError::io(&self.dir))?;
+        let path = self.path(step);
+        match &self.sealer {
+            Some(s) => s.seal_to_file(&path, &self.context(step), bytes)?,
+            None => vfl_fs::write_bytes(&path, bytes, vfl_fs::Access::Private).map_err(StoreError::io(&path))?,
+        }
+        self.prune();
+        Ok(())
+    }
+
+    /// The bytes saved at `step`, if any.
+    pub fn load_bytes(&self, step: u64) -> Result<Option<Vec<u8>>, TrainError> {
+        let path = self.path(step);
+        match &self.sealer {
+            Some(s) => Ok(s.open_from_file(&path, &self.context(step))?.map(|(_, b)| b)),
+            None => match std::fs::read(&path) {
+                Ok(b) if vfl_attest::seal::is_sealed(&b) => Err(StoreError::Encrypted {
+                    path: path.display().to_string(),
+                }
+                .into()),
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::io(&path)(e)),
+            },
+        }
+    }
+
+    fn prune(&self) {
+        let steps = self.steps();
+        for s in &steps[..steps.len().saturating_sub(KEEP)] {
+            let _ = std::fs::remove_file(self.path(*s));
+        }
+        vfl_fs::remove_stale_temps(&self.dir, "state-");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tmp: &Path, process: &str) -> StateDir {
+        StateDir::new(tmp, ("app", Role::Follower, "m", "p"), process, None)
+    }
+
+    fn state(steps: u64) -> ShardState {
+        ShardState {
+            steps,
+            values: vec![1.0, 2.0, steps as f32],
+            state: ParamState {
+                a: vec![0.5; 3],
+                b: vec![],
+            },
+            dense: vec![(
+                1,
+                vec![3.0; 4],
+                ParamState {
+                    a: vec![1.0; 4],
+                    b: vec![2.0; 4],
+                },
+            )],
+        }
+    }
+
+    #[test]
+    fn a_shard_state_round_trips_and_the_newest_two_are_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path(), "shard-1");
+        for s in [5, 10, 15] {
+            d.save_shard(&state(s)).unwrap();
+        }
+        assert_eq!(d.steps(), vec![10, 15]);
+        assert_eq!(d.load_shard(15).unwrap(), Some(state(15)));
+        assert_eq!(d.load_shard(5).unwrap(), None);
+    }
+
+    #[test]
+    fn another_process_does_not_load_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        dir(tmp.path(), "shard-1").save_shard(&state(5)).unwrap();
+        std::fs::rename(tmp.path().join("shard-1"), tmp.path().join("shard-2")).unwrap();
+        let e = dir(tmp.path(), "shard-2").load_shard(5).unwrap_err();
+        assert!(matches!(e, TrainError::Store(StoreError::Binding { .. })), "{e}");
+    }
+
+    #[test]
+    fn a_file_renamed_to_another_step_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path(), "shard-0");
+        d.save_shard(&state(5)).unwrap();
+        std::fs::rename(d.path(5), d.path(10)).unwrap();
+        let e = d.load_shard(10).unwrap_err();
+        assert!(matches!(e, TrainError::Store(StoreError::Binding { .. })), "{e}");
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path(), "coordinator");
+        d.save_bytes(20, b"{}").unwrap();
+        assert_eq!(d.load_bytes(20).unwrap().as_deref(), Some(&b"{}"[..]));
+        assert_eq!(d.load_bytes(30).unwrap(), None);
+    }
+}
