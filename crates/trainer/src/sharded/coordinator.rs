@@ -246,7 +246,7 @@ impl Coordination {
         if !self.awaiting.is_empty() {
             return Ok(Vec::new());
         }
-        if self.first_round && self.every > 0 && self.steps > 0 && self.steps % self.every == 0 {
+        if self.first_round && self.every > 0 && self.steps > 0 && self.steps.is_multiple_of(self.every) {
             self.checkpoint = Some(CoordState {
                 steps: self.steps,
                 epoch: self.epoch,
@@ -562,7 +562,7 @@ pub async fn run(
                         && let Some(sd) = &cfg.state
                     {
                         let json = serde_json::to_vec(&ck).map_err(StoreError::encode("coordinator position"));
-                        if let Err(e) = json.map_err(TrainError::from).and_then(|j| sd.save_bytes(ck.steps, &j)) {
+                        if let Err(e) = json.and_then(|j| sd.save_bytes(ck.steps, &j)) {
                             break Err(e);
                         }
                         if let Some(f) = &cfg.on_checkpoint {

@@ -379,7 +379,7 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
                 // has them knows every shard holds this checkpoint.
                 if let Some(sd) = &cfg.state
                     && cfg.checkpoint_every > 0
-                    && shard.steps() % cfg.checkpoint_every == 0
+                    && shard.steps().is_multiple_of(cfg.checkpoint_every)
                 {
                     sd.save_shard(&shard.state())?;
                 }
