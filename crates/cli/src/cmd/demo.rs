@@ -299,6 +299,7 @@ fn sharded(
         !out.held_out.is_empty(),
         "worker pair 0 reported no held-out evaluation"
     );
+    println!("{}", out.done);
     println!("{}", out.held_out);
     println!("{}", best_possible(synth, eval_rows));
     Ok(())

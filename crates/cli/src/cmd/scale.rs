@@ -242,6 +242,8 @@ pub struct JobOutput {
     pub steps: u64,
     /// Each party's model digest (equal on all its workers).
     pub digests: (String, String),
+    /// The coordinator's last line (steps and restarts).
+    pub done: String,
 }
 
 /// Runs a whole scale-out job as processes of this binary: 2 x `shards`
@@ -379,5 +381,9 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
         held_out: find("leader worker", "held-out").into_iter().next().unwrap_or_default(),
         steps,
         digests: (ldigest, fdigest),
+        done: find("coordinator", "coordinator: done")
+            .into_iter()
+            .next()
+            .unwrap_or_default(),
     })
 }

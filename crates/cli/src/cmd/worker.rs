@@ -343,7 +343,7 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     };
     let blocks = cfg.block_ids.len();
     let rt = runtime()?;
-    let (steps, epochs) = rt.block_on(async {
+    let out = rt.block_on(async {
         liveness(a.metrics_addr.as_deref(), "coordinator").await?;
         let listener = vfl_bridge::party::listen_coordinator(&a.local_addr, a.workers, security).await?;
         println!(
@@ -352,7 +352,7 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         );
         Ok::<_, anyhow::Error>(coordinator::run(cfg, listener).await?)
     })?;
-    for e in &epochs {
+    for e in &out.epochs {
         println!(
             "epoch {}: {} synchronous steps, {} examples, mean loss {:.4}",
             e.epoch + 1,
@@ -361,6 +361,9 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
             e.loss_sum / e.examples.max(1) as f64
         );
     }
-    println!("coordinator: done after {steps} steps");
+    println!(
+        "coordinator: done after {} steps, {} restart(s) from a checkpoint",
+        out.steps, out.restarts
+    );
     Ok(())
 }

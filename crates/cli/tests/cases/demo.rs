@@ -171,3 +171,87 @@ fn vfl_party_refuses_an_unknown_process() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid value 'scheduler'"), "{err}");
 }
+
+/// The scale-out demo (2 pairs, 2 shards per party, small model) with a
+/// coordinated checkpoint every 10 of its 96 steps; with `kill`, that
+/// process is killed (SIGKILL) after the first checkpoint and restarted
+/// alone. Returns each party's final model digest.
+fn scale_out_run(tag: &str, kill: Option<&str>) -> (String, String) {
+    let work = std::env::temp_dir().join(format!("vfl-demo-kill-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let model = work.join("model.toml");
+    std::fs::write(&model, crate::common::MODEL).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vfl"));
+    cmd.args(["--loglevel", "warn", "demo", "--workers", "2", "--shards", "2"])
+        .args(["--files", "6", "--rows-per-file", "1000", "--eval-rows", "1000"])
+        .args(["--batch-size", "64", "--checkpoint-steps", "10", "--model"])
+        .arg(&model)
+        .arg("--work-dir")
+        .arg(&work);
+    if let Some(k) = kill {
+        cmd.args(["--kill", k]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    if let Some(k) = kill {
+        assert!(
+            text.contains(&format!("killed {k} (SIGKILL) after the first checkpoint")),
+            "{text}"
+        );
+        // The job did restart from its checkpoint (the kill was not after
+        // the end).
+        assert!(
+            !text.contains(" 0 restart(s)") && text.contains("restart(s) from a checkpoint"),
+            "{text}"
+        );
+    } else {
+        assert!(text.contains("done after 96 steps, 0 restart(s)"), "{text}");
+    }
+    let digest = |key: &str| {
+        let at = text.find(key).unwrap_or_else(|| panic!("no `{key}` in {text}")) + key.len();
+        text[at..at + 64].to_string()
+    };
+    let digests = (digest("same model (leader "), digest(", follower "));
+    assert!(
+        digests.0 != digests.1
+            && digests
+                .0
+                .bytes()
+                .chain(digests.1.bytes())
+                .all(|b| b.is_ascii_hexdigit())
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    digests
+}
+
+/// The uninterrupted run's digests (computed once per test binary).
+fn uninterrupted() -> &'static (String, String) {
+    static RUN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| scale_out_run("none", None))
+}
+
+#[test]
+fn a_shard_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
+    assert_eq!(&scale_out_run("shard", Some("leader-shard-1")), uninterrupted());
+}
+
+#[test]
+fn a_follower_worker_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
+    assert_eq!(&scale_out_run("fworker", Some("follower-worker-0")), uninterrupted());
+}
+
+#[test]
+fn a_leader_worker_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
+    assert_eq!(&scale_out_run("lworker", Some("leader-worker-1")), uninterrupted());
+}
+
+#[test]
+fn the_coordinator_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
+    assert_eq!(&scale_out_run("coordinator", Some("coordinator")), uninterrupted());
+}
+
+#[test]
+fn a_follower_shard_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
+    assert_eq!(&scale_out_run("fshard", Some("follower-shard-0")), uninterrupted());
+}

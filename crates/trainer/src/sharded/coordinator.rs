@@ -386,6 +386,18 @@ pub struct CoordinatorConfig {
     pub on_checkpoint: Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
+/// How a coordinated run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoordOutcome {
+    pub steps: u64,
+    /// The epochs' totals (an epoch interrupted by a restart counts from
+    /// the checkpoint it resumed at).
+    pub epochs: Vec<EpochTotals>,
+    /// How often the job restarted from a checkpoint (a lost worker, or
+    /// this coordinator starting from its saved position).
+    pub restarts: u32,
+}
+
 enum Event {
     Message(u64, WMsg),
     Closed(u64, String),
@@ -424,17 +436,14 @@ fn resume(cfg: &CoordinatorConfig) -> Result<Coordination, TrainError> {
     Ok(fresh.restore(&st)?)
 }
 
-/// Serves the run on `listener` until it is finished; returns its steps
-/// and every epoch's totals. A worker that leaves before the end restarts
+/// Serves the run on `listener` until it is finished; returns its steps,
+/// every epoch's totals and the restarts. A worker that leaves before the end restarts
 /// the job from its last checkpoint: every worker is told, the position is
 /// reloaded, and all N must register again within the peer timeout (at
 /// most `max_restarts` times). Fails, telling every worker, when a worker
 /// breaks the protocol, when the workers do not (re)register in time, or
 /// when none reports within the peer timeout.
-pub async fn run(
-    cfg: CoordinatorConfig,
-    mut listener: CoordinatorListener,
-) -> Result<(u64, Vec<EpochTotals>), TrainError> {
+pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> Result<CoordOutcome, TrainError> {
     let mut machine = resume(&cfg)?;
     if machine.steps() > 0 {
         tracing::info!(step = machine.steps(), "resuming from the saved position");
@@ -443,7 +452,8 @@ pub async fn run(
     let mut conns: BTreeMap<u64, Conn> = BTreeMap::new();
     let mut next_conn = 0u64;
     let mut registered = 0usize;
-    let mut restarts = 0u32;
+    // A coordinator that starts from a saved position restarts the job.
+    let mut restarts = u32::from(machine.steps() > 0);
     let mut epochs = Vec::new();
     let deadline = tokio::time::sleep(cfg.peer_timeout);
     tokio::pin!(deadline);
@@ -481,36 +491,11 @@ pub async fn run(
             Some(ev) = events.recv() => match ev {
                 Event::Closed(conn, why) => {
                     if let Some(c) = conns.remove(&conn) && let Some(w) = c.worker {
-                        // A lost worker: the job restarts from its checkpoint.
-                        restarts += 1;
-                        if restarts > cfg.max_restarts {
-                            break Err(fail(format!(
-                                "worker {w} was lost ({why}) after {} restarts of the job; giving up",
-                                cfg.max_restarts
-                            )));
-                        }
-                        let msg = failure(&format!(
-                            "worker {w} was lost ({why}); the job restarts from its last checkpoint"
-                        ));
-                        let joined: Vec<u64> =
-                            conns.iter().filter(|(_, c)| c.worker.is_some()).map(|(k, _)| *k).collect();
-                        for k in joined {
-                            if let Some(c) = conns.remove(&k) {
-                                let _ = c.tx.try_send(Ok(msg.clone()));
-                                c.reader.abort();
-                            }
+                        match restart(&cfg, &mut conns, &mut restarts, (w, &why)) {
+                            Ok(m) => machine = m,
+                            Err(e) => break Err(e),
                         }
                         registered = 0;
-                        machine = match resume(&cfg) {
-                            Ok(m) => m,
-                            Err(e) => break Err(e),
-                        };
-                        tracing::warn!(
-                            worker = w,
-                            %why,
-                            step = machine.steps(),
-                            "worker lost: the job restarts from its last checkpoint"
-                        );
                         deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                     }
                 }
@@ -570,8 +555,21 @@ pub async fn run(
                         }
                     }
                     deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
-                    if let Err(e) = deliver(&conns, outs, &mut machine, &mut epochs) {
-                        break Err(e);
+                    match deliver(&conns, outs, &mut machine, &mut epochs) {
+                        Ok(()) => {}
+                        // Its process is gone (its Closed event is still on
+                        // the way): a lost worker.
+                        Err(Undelivered::Gone(w)) => {
+                            match restart(&cfg, &mut conns, &mut restarts, (w, "its stream is closed")) {
+                                Ok(m) => machine = m,
+                                Err(e) => break Err(e),
+                            }
+                            registered = 0;
+                            deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                        }
+                        Err(Undelivered::Stalled(w)) => {
+                            break Err(fail(format!("worker {w} does not read its assignments")));
+                        }
                     }
                 }
             },
@@ -625,17 +623,28 @@ pub async fn run(
     {
         tracing::warn!("the coordinator's server did not stop in time");
     }
-    result.map(|()| (machine.steps(), epochs))
+    result.map(|()| CoordOutcome {
+        steps: machine.steps(),
+        epochs,
+        restarts,
+    })
 }
 
-/// Sends the machine's messages; a worker that does not read fails the
-/// job (the steps cannot go on without it).
+/// Why a message did not reach a worker.
+enum Undelivered {
+    /// Its stream is closed: the worker's process is gone.
+    Gone(usize),
+    /// Its queue is full: it does not read.
+    Stalled(usize),
+}
+
+/// Sends the machine's messages, without waiting.
 fn deliver(
     conns: &BTreeMap<u64, Conn>,
     outs: Vec<(To, AMsg)>,
     machine: &mut Coordination,
     epochs: &mut Vec<EpochTotals>,
-) -> Result<(), TrainError> {
+) -> Result<(), Undelivered> {
     for (to, msg) in outs {
         if let AMsg::EpochEnd(e) = &msg {
             let t = machine.take_totals();
@@ -653,15 +662,54 @@ fn deliver(
             if to != To::All && to != To::One(w) {
                 continue;
             }
-            if c.tx
-                .try_send(Ok(party_pb::Assignment { msg: Some(msg.clone()) }))
-                .is_err()
-            {
-                return Err(fail(format!("worker {w} does not read its assignments")));
+            match c.tx.try_send(Ok(party_pb::Assignment { msg: Some(msg.clone()) })) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Undelivered::Gone(w)),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(Undelivered::Stalled(w)),
             }
         }
     }
     Ok(())
+}
+
+/// Worker `lost` is gone: every other registered worker is told and
+/// dropped, and the job restarts from the newest saved position (all N
+/// must register again). Fails after `max_restarts`.
+fn restart(
+    cfg: &CoordinatorConfig,
+    conns: &mut BTreeMap<u64, Conn>,
+    restarts: &mut u32,
+    (lost, why): (usize, &str),
+) -> Result<Coordination, TrainError> {
+    *restarts += 1;
+    if *restarts > cfg.max_restarts {
+        return Err(fail(format!(
+            "worker {lost} was lost ({why}) after {} restarts of the job; giving up",
+            cfg.max_restarts
+        )));
+    }
+    let msg = failure(&format!(
+        "worker {lost} was lost ({why}); the job restarts from its last checkpoint"
+    ));
+    let registered: Vec<u64> = conns
+        .iter()
+        .filter(|(_, c)| c.worker.is_some())
+        .map(|(k, _)| *k)
+        .collect();
+    for k in registered {
+        if let Some(c) = conns.remove(&k) {
+            let _ = c.tx.try_send(Ok(msg.clone()));
+            c.reader.abort();
+        }
+    }
+    let machine = resume(cfg)?;
+    tracing::warn!(
+        worker = lost,
+        %why,
+        step = machine.steps(),
+        "worker lost: the job restarts from its last checkpoint"
+    );
+    Ok(machine)
 }
 
 fn failure(reason: &str) -> party_pb::Assignment {
@@ -921,6 +969,75 @@ mod tests {
             c.ready(0, &finished(1, index, lease)),
             Err(CoordError::NoData { epoch: 0 })
         );
+    }
+
+    /// Drives one worker through `steps` steps of a run over `blocks`
+    /// blocks of 2 batches each; returns the position saved last.
+    fn drive(c: &mut Coordination, steps: u64) -> Option<CoordState> {
+        let mut saved = None;
+        let mut held: Option<(u64, u64, u32)> = None;
+        let mut out = c.ready(0, &ready(c.steps() + 1)).unwrap();
+        while c.steps() < steps {
+            saved = c.take_checkpoint().or(saved);
+            match out.pop().map(|(_, m)| m) {
+                Some(AMsg::Grant(g)) => {
+                    held = Some((g.index, g.lease, 2));
+                    out = c.ready(0, &with_batch(c.steps() + 1)).unwrap();
+                }
+                Some(AMsg::Go(_)) => {
+                    let (index, lease, left) = held.expect("a block");
+                    let next = c.steps() + 1;
+                    let mut r = if left == 1 {
+                        held = None;
+                        finished(next, index, lease)
+                    } else {
+                        held = Some((index, lease, left - 1));
+                        with_batch(next)
+                    };
+                    r.rows = 10;
+                    out = c.ready(0, &r).unwrap();
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        c.take_checkpoint().or(saved)
+    }
+
+    #[test]
+    fn a_checkpoint_step_saves_the_position_once_its_reports_are_in() {
+        let mut c = Coordination::new(1, 1, None, ids(4)).unwrap().with_checkpoints(3);
+        let st = drive(&mut c, 4).expect("step 3 saved");
+        assert_eq!(st.steps, 3);
+        // Steps 1 and 2 trained block 0, step 3 the first batch of block 1:
+        // held, with its 10 rows trained.
+        assert_eq!(st.assign.held.get(&0).map(|&(i, _)| i), Some(1));
+        assert_eq!(st.assign.done, 1);
+        assert_eq!(st.rows, vec![10]);
+    }
+
+    #[test]
+    fn a_restored_coordinator_replans_the_block_and_its_rows() {
+        let mut c = Coordination::new(1, 1, None, ids(4)).unwrap().with_checkpoints(3);
+        let st = drive(&mut c, 4).unwrap();
+        let r = Coordination::new(1, 1, None, ids(4)).unwrap().restore(&st).unwrap();
+        assert_eq!(r.steps(), 3);
+        let plan = r.plan(0);
+        assert_eq!(plan.resume_step, 3);
+        assert_eq!(plan.block.map(|b| (b.index, b.block_id)), Some((1, "b1".to_string())));
+        assert_eq!(plan.skip_rows, 10);
+        // A fresh run plans nothing held.
+        let fresh = Coordination::new(1, 1, None, ids(4)).unwrap().plan(0);
+        assert_eq!((fresh.resume_step, fresh.block, fresh.skip_rows), (0, None, 0));
+    }
+
+    #[test]
+    fn refuses_a_saved_position_of_another_run_shape() {
+        let mut c = Coordination::new(1, 1, None, ids(4)).unwrap().with_checkpoints(3);
+        let st = drive(&mut c, 4).unwrap();
+        let e = Coordination::new(2, 1, None, ids(4)).unwrap().restore(&st).unwrap_err();
+        assert!(matches!(e, CoordError::BadState { .. }), "{e}");
+        let e = Coordination::new(1, 1, None, ids(2)).unwrap().restore(&st).unwrap_err();
+        assert!(matches!(e, CoordError::Assign(AssignError::BadState { .. })), "{e}");
     }
 
     #[test]

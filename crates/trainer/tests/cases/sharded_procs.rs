@@ -12,7 +12,7 @@ use vfl_data::synth::Synth;
 use vfl_data::{BatchSource, SynthSource};
 use vfl_nn::{ModelSpec, Role};
 use vfl_trainer::TrainError;
-use vfl_trainer::sharded::coordinator::{self, CoordinatorConfig, EpochTotals};
+use vfl_trainer::sharded::coordinator::{self, CoordinatorConfig};
 use vfl_trainer::sharded::worker::{self, PartyBlocks, WorkerConfig, WorkerOutcome};
 use vfl_trainer::sharded::{ShardedTrainer, replica};
 
@@ -39,7 +39,7 @@ impl PartyBlocks for SynthParty<'_> {
 }
 
 struct Run {
-    coordinator: Result<(u64, Vec<EpochTotals>), TrainError>,
+    coordinator: Result<coordinator::CoordOutcome, TrainError>,
     leaders: Vec<Result<WorkerOutcome, TrainError>>,
     followers: Vec<Result<WorkerOutcome, TrainError>>,
 }
@@ -134,7 +134,12 @@ fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: D
 fn workers_and_a_coordinator_over_ratls_train_bitwise_like_in_process() {
     let spec = small_wide_n_deep();
     let run = run_services(&spec, 2, None, Duration::from_secs(30));
-    let (steps, epochs) = run.coordinator.unwrap();
+    let coordinator::CoordOutcome {
+        steps,
+        epochs,
+        restarts,
+    } = run.coordinator.unwrap();
+    assert_eq!(restarts, 0);
     let leaders: Vec<WorkerOutcome> = run.leaders.into_iter().map(Result::unwrap).collect();
     let followers: Vec<WorkerOutcome> = run.followers.into_iter().map(Result::unwrap).collect();
 

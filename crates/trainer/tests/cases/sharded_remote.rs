@@ -321,3 +321,83 @@ fn a_shard_whose_workers_are_lost_mid_step_waits_for_them_then_fails() {
     let ended = rt.block_on(tasks.remove(0)).unwrap().unwrap_err().to_string();
     assert!(ended.contains("were lost and did not rejoin within 1 s"), "{ended}");
 }
+
+/// A shard with a state directory saves every checkpoint step; a job that
+/// rejoins after a lost worker names the step it resumes at, and the
+/// shard rolls back to its saved state of that step (or refuses a step it
+/// has none of).
+#[test]
+fn a_shard_rolls_back_to_the_step_a_rejoining_job_names() {
+    use vfl_trainer::sharded::remote::RemoteShards;
+    use vfl_trainer::sharded::state::StateDir;
+    use vfl_trainer::sharded::{Contribution, Params};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let fp = spec.fingerprint();
+    let (leader_tls, _) = parties();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = StateDir::new(tmp.path(), ("app", Role::Leader, &fp, "policy"), "shard-0", None);
+    let listener = rt
+        .block_on(listen_shard(
+            "127.0.0.1:0",
+            PartyRole::Leader,
+            (MAX, 1),
+            leader_tls.clone(),
+        ))
+        .unwrap();
+    let at = ShardAddrs {
+        own: PartyRole::Leader,
+        addrs: vec![listener.local_addr.to_string()],
+        security: leader_tls,
+        max_message: MAX,
+        wait: Duration::from_secs(10),
+    };
+    let cfg = ShardConfig {
+        index: 0,
+        shards: 1,
+        workers: 1,
+        model_fingerprint: fp.clone(),
+        peer_timeout: Duration::from_secs(10),
+        state: Some(state.clone()),
+        checkpoint_every: 1,
+    };
+    let shard = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 1).unwrap();
+    let task = rt.spawn(serve::run(cfg, shard, listener));
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0)).unwrap();
+    let all = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 1)
+        .unwrap()
+        .dump();
+    let grads = Params {
+        dense: all.dense.iter().map(|(i, v)| (*i, vec![0.5; v.len()])).collect(),
+        rows: all.rows.clone(),
+        values: vec![0.5; all.values.len()],
+    };
+    let mut after = Vec::new();
+    for step in 1..=2 {
+        let c = Contribution {
+            examples: 1,
+            grads: grads.clone(),
+        };
+        r.send(0, step, &[0], vec![c]).unwrap();
+        after.push(r.receive(0, step).unwrap().remove(0));
+    }
+    assert_eq!(state.steps(), vec![1, 2]);
+    // The worker is lost (no Done).
+    drop(r);
+    // A step the shard has no state of is refused.
+    let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 5))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("no saved state of that step"), "{e}");
+    // The job resumes at step 1: the shard is back at step 1's values.
+    let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 1)).unwrap();
+    assert_eq!(steps, 1);
+    assert!(
+        values[0][0] == *after[0],
+        "the values after the rollback are not step 1's"
+    );
+    assert!(values[0][0] != *after[1]);
+    r.done(1).unwrap();
+    assert_eq!(rt.block_on(task).unwrap().unwrap(), 1);
+}
