@@ -386,8 +386,7 @@ fn a_shard_rolls_back_to_the_step_a_rejoining_job_names() {
     drop(r);
     // A step the shard has no state of is refused.
     let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 5))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("no saved state of that step"), "{e}");
     // The job resumes at step 1: the shard is back at step 1's values.
