@@ -73,6 +73,8 @@ pub enum BridgeError {
     },
     #[error("peer reported a failure: {0}")]
     PeerFailed(String),
+    #[error("the job cannot go on: {0}")]
+    Stopped(String),
     #[error("the {peer} restarted more than {max} times; giving up (--max-restarts)")]
     TooManyRestarts { peer: &'static str, max: u32 },
     #[error("protocol error: {0}")]

@@ -108,7 +108,7 @@ impl Assigner {
         }
         let n = a.order.len();
         let bad = |why| Err(AssignError::BadState { why });
-        if st.done + st.queue.len() + st.held.len() != n {
+        if st.done.saturating_add(st.queue.len()).saturating_add(st.held.len()) != n {
             return bad("its done, queued and held blocks do not add up to the epoch's blocks");
         }
         let mut seen = BTreeSet::new();

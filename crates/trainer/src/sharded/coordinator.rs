@@ -25,6 +25,7 @@ use vfl_bridge::party::{CoordinatorListener, StatusStream};
 use vfl_bridge::party_pb::{self, assignment::Msg as AMsg, worker_status::Msg as WMsg};
 use vfl_nn::rng::Rng;
 
+use super::Event;
 use super::state::StateDir;
 use crate::TrainError;
 use crate::assign::{AssignError, Assigner, Grant};
@@ -194,6 +195,7 @@ impl Coordination {
             resume_step: self.steps,
             skip_rows: if block.is_some() { self.rows[worker] } else { 0 },
             block,
+            checkpoint_steps: self.every,
         }
     }
 
@@ -398,11 +400,6 @@ pub struct CoordOutcome {
     pub restarts: u32,
 }
 
-enum Event {
-    Message(u64, WMsg),
-    Closed(u64, String),
-}
-
 struct Conn {
     worker: Option<usize>,
     tx: mpsc::Sender<Result<party_pb::Assignment, Status>>,
@@ -448,7 +445,7 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
     if machine.steps() > 0 {
         tracing::info!(step = machine.steps(), "resuming from the saved position");
     }
-    let (ev_tx, mut events) = mpsc::channel::<Event>(64);
+    let (ev_tx, mut events) = mpsc::channel::<Event<WMsg>>(64);
     let mut conns: BTreeMap<u64, Conn> = BTreeMap::new();
     let mut next_conn = 0u64;
     let mut registered = 0usize;
@@ -463,26 +460,12 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
         }
         tokio::select! {
             s = listener.streams.recv() => {
-                let Some(StatusStream { mut inbound, outbound, .. }) = s else {
+                let Some(StatusStream { inbound, outbound, .. }) = s else {
                     break Err(fail("the coordinator's listener stopped".into()));
                 };
                 next_conn += 1;
                 let conn = next_conn;
-                let tx = ev_tx.clone();
-                let reader = tokio::spawn(async move {
-                    loop {
-                        let ev = match inbound.message().await {
-                            Ok(Some(party_pb::WorkerStatus { msg: Some(m) })) => Event::Message(conn, m),
-                            Ok(Some(_)) => Event::Closed(conn, "an empty message".into()),
-                            Ok(None) => Event::Closed(conn, "closed its stream".into()),
-                            Err(s) => Event::Closed(conn, vfl_bridge::sanitize(s.message(), 300)),
-                        };
-                        let last = matches!(ev, Event::Closed(..));
-                        if tx.send(ev).await.is_err() || last {
-                            return;
-                        }
-                    }
-                });
+                let reader = super::spawn_reader(conn, inbound, ev_tx.clone(), |m: party_pb::WorkerStatus| m.msg);
                 conns.insert(conn, Conn { worker: None, tx: outbound, reader });
             }
             Some(reason) = listener.rejections.recv() => {
@@ -517,10 +500,17 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
                                 }
                             }
                         }
-                        Err(why) => {
+                        Err((why, fatal)) => {
                             tracing::error!(%why, "refusing a worker");
                             if let Some(c) = conns.remove(&conn) {
-                                let _ = c.tx.try_send(Ok(failure(&why)));
+                                let msg = if fatal {
+                                    party_pb::Assignment {
+                                        msg: Some(AMsg::Fatal(vfl_bridge::sanitize(&why, 1000))),
+                                    }
+                                } else {
+                                    failure(&why)
+                                };
+                                let _ = c.tx.try_send(Ok(msg));
                                 c.reader.abort();
                             }
                         }
@@ -593,8 +583,12 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
         }
     };
     if let Err(e) = &result {
+        // The job has failed: retrying cannot help.
+        let msg = party_pb::Assignment {
+            msg: Some(AMsg::Fatal(vfl_bridge::sanitize(&e.to_string(), 1000))),
+        };
         for c in conns.values() {
-            let _ = c.tx.try_send(Ok(failure(&e.to_string())));
+            let _ = c.tx.try_send(Ok(msg.clone()));
         }
     } else {
         // Every worker has its Finished: wait (bounded) until they close.
@@ -718,32 +712,40 @@ fn failure(reason: &str) -> party_pb::Assignment {
     }
 }
 
-/// The worker index a registration takes, or why it is refused.
+/// The worker index a registration takes, or why it is refused and
+/// whether retrying cannot help (a worker of another run's shape).
 fn check_register(
     cfg: &CoordinatorConfig,
     conns: &BTreeMap<u64, Conn>,
     conn: u64,
     r: &party_pb::Register,
-) -> Result<usize, String> {
+) -> Result<usize, (String, bool)> {
     if conns.get(&conn).is_some_and(|c| c.worker.is_some()) {
-        return Err("registered twice".into());
+        return Err(("registered twice".into(), true));
     }
     if r.model_fingerprint != cfg.model_fingerprint {
-        return Err(format!(
-            "model {} but this run's is {}",
-            vfl_bridge::sanitize(&r.model_fingerprint, 64),
-            cfg.model_fingerprint
+        return Err((
+            format!(
+                "model {} but this run's is {}",
+                vfl_bridge::sanitize(&r.model_fingerprint, 64),
+                cfg.model_fingerprint
+            ),
+            true,
         ));
     }
     if r.workers as usize != cfg.workers || r.batch_size as usize != cfg.batch_size {
-        return Err(format!(
-            "{} workers with batch {}, but this run has {} with batch {}",
-            r.workers, r.batch_size, cfg.workers, cfg.batch_size
+        return Err((
+            format!(
+                "{} workers with batch {}, but this run has {} with batch {}",
+                r.workers, r.batch_size, cfg.workers, cfg.batch_size
+            ),
+            true,
         ));
     }
     let w = r.worker as usize;
     if w >= cfg.workers || conns.values().any(|c| c.worker == Some(w)) {
-        return Err(format!("worker index {w} is out of range or taken"));
+        // Taken: perhaps by its own previous connection, not yet closed.
+        return Err((format!("worker index {w} is out of range or taken"), w >= cfg.workers));
     }
     Ok(w)
 }

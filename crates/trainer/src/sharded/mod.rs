@@ -30,6 +30,44 @@ pub mod worker;
 pub use local::{BlockData, EpochOutcome, EpochPosition, ShardedCheckpoint, ShardedTrainer, StepTimes, Traffic};
 pub use shard::{Shard, ShardState};
 
+/// What one client's connection said, in the event loops of the shard and
+/// the coordinator.
+pub(crate) enum Event<M> {
+    Message(u64, M),
+    /// The connection ended, and why.
+    Closed(u64, String),
+}
+
+/// Reads connection `conn`'s messages (their oneof, taken by `msg`) into
+/// `events` until it ends; the last event says why it ended.
+pub(crate) fn spawn_reader<T, M>(
+    conn: u64,
+    mut inbound: vfl_bridge::Streaming<T>,
+    events: tokio::sync::mpsc::Sender<Event<M>>,
+    msg: fn(T) -> Option<M>,
+) -> tokio::task::JoinHandle<()>
+where
+    T: Send + 'static,
+    M: Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let ev = match inbound.message().await {
+                Ok(Some(m)) => match msg(m) {
+                    Some(m) => Event::Message(conn, m),
+                    None => Event::Closed(conn, "an empty message".into()),
+                },
+                Ok(None) => Event::Closed(conn, "closed its stream".into()),
+                Err(s) => Event::Closed(conn, vfl_bridge::sanitize(s.message(), 300)),
+            };
+            let last = matches!(ev, Event::Closed(..));
+            if events.send(ev).await.is_err() || last {
+                return;
+            }
+        }
+    })
+}
+
 /// Largest party-internal message for `role`'s parameters of `spec`: a
 /// shard's values when a worker joins, at most every parameter of the
 /// party (4 bytes a value, 8 a row key), plus room for the envelope.

@@ -53,7 +53,7 @@ impl RemoteShards {
         rt: tokio::runtime::Handle,
         at: &ShardAddrs,
         (ours, workers): (std::ops::Range<usize>, usize),
-        (model_fingerprint, resume_step): (&str, u64),
+        (model_fingerprint, resume_step, checkpoint_steps): (&str, u64, u64),
     ) -> Result<(Self, Vec<Vec<Params>>, u64), TrainError> {
         let first = ours.start;
         let mut streams = Vec::with_capacity(ours.len());
@@ -70,6 +70,7 @@ impl RemoteShards {
                     shards: at.addrs.len() as u32,
                     shard: s as u32,
                     resume_step,
+                    checkpoint_steps,
                 });
                 rt.block_on(send(&mut stream, join))?;
                 let joined = match rt.block_on(async { tokio::time::timeout(at.wait, recv(&mut stream)).await }) {
@@ -215,6 +216,7 @@ fn bad(e: wire::ParamsError) -> TrainError {
 fn unexpected(expected: &'static str, got: &SMsg) -> TrainError {
     match got {
         SMsg::Failure(f) => BridgeError::PeerFailed(vfl_bridge::sanitize(f, 1000)).into(),
+        SMsg::Fatal(f) => BridgeError::Stopped(vfl_bridge::sanitize(f, 1000)).into(),
         SMsg::Joined(j) => TrainError::Unexpected {
             expected,
             got: format!("Joined (step {})", j.steps),

@@ -21,6 +21,7 @@ use vfl_bridge::Status;
 use vfl_bridge::party::{ShardListener, WorkerStream};
 use vfl_bridge::party_pb::{self, shard_message::Msg as SMsg, worker_message::Msg as WMsg};
 
+use super::Event;
 use super::state::StateDir;
 use super::{Contribution, Shard, ShardError, wire};
 use crate::TrainError;
@@ -40,29 +41,28 @@ pub struct ShardConfig {
     pub checkpoint_every: u64,
 }
 
-/// What one worker's connection said.
-enum Event {
-    Message(u64, WMsg),
-    Closed(u64, String),
-}
-
 /// Serves `shard` on `listener` until every worker that joined has left
 /// (the job is over). Fails when no worker joins within the peer timeout,
 /// when a step begun is not complete within it (a participant is gone or
 /// was refused: every worker is told), and drops a worker that does not
 /// read what it is sent (it must not stall the others).
 pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener) -> Result<u64, TrainError> {
-    if let Some(sd) = &cfg.state
-        && let Some(&last) = sd.steps().last()
-    {
-        let st = sd.load_shard(last)?.ok_or(ShardError::BadState {
-            shard: cfg.index,
-            why: format!("its saved state of step {last} disappeared"),
-        })?;
-        shard.restore(&st)?;
-        tracing::info!(step = last, "loaded the saved state");
+    if let Some(sd) = &cfg.state {
+        match sd.steps().last() {
+            Some(&last) => {
+                let st = sd.load_shard(last)?.ok_or(ShardError::BadState {
+                    shard: cfg.index,
+                    why: format!("its saved state of step {last} disappeared"),
+                })?;
+                shard.restore(&st)?;
+                tracing::info!(step = last, "loaded the saved state");
+            }
+            // The start is a checkpoint too: a job lost before its first
+            // checkpoint restarts from it.
+            None => sd.save_shard(&shard.state())?,
+        }
     }
-    let (ev_tx, mut events) = mpsc::channel::<Event>(64);
+    let (ev_tx, mut events) = mpsc::channel::<Event<WMsg>>(64);
     let mut conns: Conns = BTreeMap::new();
     let mut next_conn = 0u64;
     let mut ever_joined = false;
@@ -76,25 +76,11 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     let result = loop {
         tokio::select! {
             s = listener.streams.recv() => {
-                let Some(WorkerStream { mut inbound, outbound, .. }) = s else { break Ok(()) };
+                let Some(WorkerStream { inbound, outbound, .. }) = s else { break Ok(()) };
                 next_conn += 1;
                 let conn = next_conn;
-                let tx = ev_tx.clone();
-                let reader = tokio::spawn(async move {
-                    loop {
-                        let ev = match inbound.message().await {
-                            Ok(Some(party_pb::WorkerMessage { msg: Some(msg) })) => Event::Message(conn, msg),
-                            Ok(Some(_)) => Event::Closed(conn, "an empty message".into()),
-                            Ok(None) => Event::Closed(conn, "closed".into()),
-                            Err(s) => Event::Closed(conn, vfl_bridge::sanitize(s.message(), 300)),
-                        };
-                        let last = matches!(ev, Event::Closed(..));
-                        if tx.send(ev).await.is_err() || last {
-                            return;
-                        }
-                    }
-                });
-                conns.insert(conn, Conn { worker: None, tx: outbound, reader });
+                let reader = super::spawn_reader(conn, inbound, ev_tx.clone(), |m: party_pb::WorkerMessage| m.msg);
+                conns.insert(conn, Conn { gone: false, worker: None, tx: outbound, reader });
             }
             Some(reason) = listener.rejections.recv() => {
                 tracing::warn!(%reason, "refused a connection's evidence");
@@ -123,7 +109,7 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                             tracing::error!(error = %e, "refusing a worker");
                             let joined = conns.get(&conn).and_then(|c| c.worker);
                             if let Some(c) = conns.remove(&conn) {
-                                let _ = c.tx.try_send(Ok(failure(&e.to_string())));
+                                let _ = c.tx.try_send(Ok(refusal(&e)));
                                 c.reader.abort();
                             }
                             // A joined worker refused while a step waits for
@@ -137,6 +123,13 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                                 deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                             }
                         }
+                    }
+                    // A worker that could not take what it was sent is gone
+                    // (its process died, or it does not read): lost.
+                    if let Some(w) = sweep_gone(&mut conns) {
+                        lost(&mut shard, &mut conns, w, "does not take its messages");
+                        restarting = true;
+                        deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                     }
                     if conns.values().any(|c| c.worker.is_some()) {
                         restarting = false;
@@ -175,8 +168,12 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
         }
     };
     if let Err(e) = &result {
+        // The shard stops: retrying it cannot help.
+        let msg = party_pb::ShardMessage {
+            msg: Some(SMsg::Fatal(vfl_bridge::sanitize(&e.to_string(), 1000))),
+        };
         for c in conns.values() {
-            let _ = c.tx.try_send(Ok(failure(&e.to_string())));
+            let _ = c.tx.try_send(Ok(msg.clone()));
         }
     }
     for c in conns.values() {
@@ -247,6 +244,8 @@ fn lost(shard: &mut Shard, conns: &mut Conns, worker: u32, why: &str) {
 /// One worker's connection: who it is once joined, where its messages go,
 /// the task reading it.
 struct Conn {
+    /// A message could not be queued for it.
+    gone: bool,
     worker: Option<u32>,
     tx: mpsc::Sender<Result<party_pb::ShardMessage, Status>>,
     reader: tokio::task::JoinHandle<()>,
@@ -255,12 +254,37 @@ struct Conn {
 /// Sends without waiting: a worker whose queue is full does not read and
 /// is dropped (a stalled worker must not stall the shard).
 fn deliver(conns: &mut Conns, conn: u64, msg: party_pb::ShardMessage) {
-    let Some(c) = conns.get(&conn) else { return };
+    let Some(c) = conns.get_mut(&conn) else { return };
     if let Err(e) = c.tx.try_send(Ok(msg)) {
-        tracing::warn!(worker = ?c.worker, error = %e, "dropping a worker that does not read");
-        if let Some(c) = conns.remove(&conn) {
+        tracing::warn!(worker = ?c.worker, error = %e, "dropping a worker that does not take its messages");
+        c.gone = true;
+    }
+}
+
+/// Removes the connections [`deliver`] could not reach; returns a joined
+/// worker among them (its loss restarts the job).
+fn sweep_gone(conns: &mut Conns) -> Option<u32> {
+    let gone: Vec<u64> = conns.iter().filter(|(_, c)| c.gone).map(|(k, _)| *k).collect();
+    let mut joined = None;
+    for k in gone {
+        if let Some(c) = conns.remove(&k) {
             c.reader.abort();
+            joined = joined.or(c.worker);
         }
+    }
+    joined
+}
+
+/// The message refusing a worker for `e`: fatal when retrying cannot help
+/// (a worker of another run's shape or cadence, no saved state of the step
+/// it resumes at), a failure otherwise (e.g. its index is still held by its
+/// previous connection).
+fn refusal(e: &TrainError) -> party_pb::ShardMessage {
+    let fatal = matches!(e, TrainError::Shard(ShardError::BadState { .. }))
+        || matches!(e, TrainError::Unexpected { expected, .. } if expected.starts_with("a worker of this run"));
+    let why = vfl_bridge::sanitize(&e.to_string(), 1000);
+    party_pb::ShardMessage {
+        msg: Some(if fatal { SMsg::Fatal(why) } else { SMsg::Failure(why) }),
     }
 }
 
@@ -282,12 +306,26 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
                 cfg.workers as u32,
                 cfg.shards as u32,
                 cfg.index as u32,
+                cfg.checkpoint_every,
             );
-            let got = (j.model_fingerprint.as_str(), j.workers, j.shards, j.shard);
+            let got = (
+                j.model_fingerprint.as_str(),
+                j.workers,
+                j.shards,
+                j.shard,
+                j.checkpoint_steps,
+            );
             if got != want {
                 return Err(TrainError::Unexpected {
-                    expected: "a worker of this run (model, workers, shards, shard index)",
-                    got: format!("model {}, {} workers, {} shards, shard {}", got.0, got.1, got.2, got.3),
+                    expected: "a worker of this run (model, workers, shards, shard index, checkpoint steps)",
+                    got: format!(
+                        "model {}, {} workers, {} shards, shard {}, checkpoints every {} steps",
+                        vfl_bridge::sanitize(got.0, 64),
+                        got.1,
+                        got.2,
+                        got.3,
+                        got.4
+                    ),
                 });
             }
             if j.worker as usize >= cfg.workers || conns.values().any(|c| c.worker == Some(j.worker)) {

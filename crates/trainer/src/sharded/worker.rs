@@ -14,9 +14,9 @@
 //! new values too.
 //!
 //! After the last epoch, worker pair 0 evaluates the model on held-out data
-//! if both were given some. A failure of any peer fails the worker, named;
-//! restarting a sharded run from a checkpoint is not built yet
-//! (docs/scale-out.md).
+//! if both were given some. A lost peer fails the worker's attempt, named;
+//! the caller starts it over and the job resumes from its last checkpoint
+//! ([`restartable`], docs/scale-out.md).
 
 use std::time::Duration;
 
@@ -215,6 +215,12 @@ pub fn run_leader(
             ))
         })?
         .ok_or_else(|| lost("the pair listener stopped".into()))?;
+    // Streams left by the follower's earlier attempts are stale: the newest
+    // is its current one.
+    let mut incoming = incoming;
+    while let Ok(newer) = pair.streams.try_recv() {
+        incoming = newer;
+    }
     let mut peer = Chan {
         rt: rt.clone(),
         inbound: incoming.inbound,
@@ -224,9 +230,15 @@ pub fn run_leader(
     };
     let result = lead(spec, cfg, shards, &mut peer, (coordinator, security), data, eval);
     if let Err(e) = &result {
-        let _ = peer.outbound.try_send(Ok(party_pb::LeaderWorkerMessage {
-            msg: Some(LMsg::Failure(vfl_bridge::sanitize(&e.to_string(), 1000))),
-        }));
+        let why = vfl_bridge::sanitize(&e.to_string(), 1000);
+        let msg = if restartable(e) {
+            LMsg::Failure(why)
+        } else {
+            LMsg::Fatal(why)
+        };
+        let _ = peer
+            .outbound
+            .try_send(Ok(party_pb::LeaderWorkerMessage { msg: Some(msg) }));
     } else {
         peer.await_close();
     }
@@ -296,6 +308,7 @@ fn lead(
     let from_coord = |coord: &mut Chan<party_pb::Assignment, party_pb::WorkerStatus>| -> Result<AMsg, TrainError> {
         match coord.recv()?.msg {
             Some(AMsg::Failure(f)) => Err(BridgeError::PeerFailed(vfl_bridge::sanitize(&f, 1000)).into()),
+            Some(AMsg::Fatal(f)) => Err(BridgeError::Stopped(vfl_bridge::sanitize(&f, 1000)).into()),
             Some(m) => Ok(m),
             None => Err(unexpected("a coordinator message", "an empty message".into())),
         }
@@ -305,17 +318,24 @@ fn lead(
         other => return Err(unexpected("the run's plan", name_a(&other))),
     };
     // The shards at the step the job resumes from, the replica from them.
-    let steps = plan.resume_step;
+    let (steps, cadence) = (plan.resume_step, plan.checkpoint_steps);
     let fp = spec.fingerprint();
     let mut party = LeaderParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
     let party = &mut party;
-    let (mut own, dumps, _) = RemoteShards::connect(peer.rt.clone(), shards, (w..w + 1, cfg.workers), (&fp, steps))?;
+    let (mut own, dumps, _) =
+        RemoteShards::connect(peer.rt.clone(), shards, (w..w + 1, cfg.workers), (&fp, steps, cadence))?;
     let own = &mut own;
     for v in &dumps[0] {
         replica::apply(party.model_mut(), w, v)?;
     }
-    to_follower(peer, LMsg::Welcome(party_pb::PairWelcome { steps }))?;
+    to_follower(
+        peer,
+        LMsg::Welcome(party_pb::PairWelcome {
+            steps,
+            checkpoint_steps: cadence,
+        }),
+    )?;
     let placement = Placement::new(own.shards())?;
     let mut batch = Batch::new(spec.leader.slots().len(), spec.leader.dense_columns().len());
     let mut held: Option<Held<'_>> = None;
@@ -432,7 +452,7 @@ fn lead(
                     break 'steps;
                 }
                 AMsg::Plan(_) => return Err(unexpected("an assignment", "a second plan".into())),
-                AMsg::Failure(_) => unreachable!("mapped to an error by from_coord"),
+                AMsg::Failure(_) | AMsg::Fatal(_) => unreachable!("mapped to an error by from_coord"),
             }
         }
     }
@@ -599,6 +619,7 @@ pub fn run_follower(
 fn from_leader(peer: &mut FollowerPeer) -> Result<LMsg, TrainError> {
     match peer.recv()?.msg {
         Some(LMsg::Failure(f)) => Err(BridgeError::PeerFailed(vfl_bridge::sanitize(&f, 1000)).into()),
+        Some(LMsg::Fatal(f)) => Err(BridgeError::Stopped(vfl_bridge::sanitize(&f, 1000)).into()),
         Some(m) => Ok(m),
         None => Err(unexpected("a leader worker message", "an empty message".into())),
     }
@@ -614,15 +635,16 @@ fn follow(
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
     // The step the job resumes from, as the leader's coordinator decided.
-    let steps = match from_leader(peer)? {
-        LMsg::Welcome(p) => p.steps,
+    let (steps, cadence) = match from_leader(peer)? {
+        LMsg::Welcome(p) => (p.steps, p.checkpoint_steps),
         other => return Err(unexpected("Welcome", name_l(&other))),
     };
     let fp = spec.fingerprint();
     let mut party = FollowerParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
     let party = &mut party;
-    let (mut own, dumps, _) = RemoteShards::connect(peer.rt.clone(), shards, (w..w + 1, cfg.workers), (&fp, steps))?;
+    let (mut own, dumps, _) =
+        RemoteShards::connect(peer.rt.clone(), shards, (w..w + 1, cfg.workers), (&fp, steps, cadence))?;
     let own = &mut own;
     for v in &dumps[0] {
         replica::apply(party.model_mut(), w, v)?;
@@ -755,6 +777,7 @@ fn name_l(m: &LMsg) -> String {
         LMsg::Evaluate(_) => "Evaluate",
         LMsg::Finished(_) => "Finished",
         LMsg::Failure(_) => "Failure",
+        LMsg::Fatal(_) => "Fatal",
     }
     .to_string()
 }
@@ -768,6 +791,7 @@ fn name_a(m: &AMsg) -> String {
         AMsg::EpochEnd(_) => "EpochEnd",
         AMsg::Finished(_) => "Finished",
         AMsg::Failure(_) => "Failure",
+        AMsg::Fatal(_) => "Fatal",
     }
     .to_string()
 }

@@ -254,7 +254,8 @@ fn a_missing_participant_fails_the_step_within_the_wait() {
     let (leader_tls, _) = parties();
     let (mut la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 2);
     la.wait = Duration::from_secs(1);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0)).unwrap();
+    let (mut r, _, _) =
+        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0)).unwrap();
     // Worker 0 takes part in step 1 with worker 1, which never sends.
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
@@ -280,7 +281,8 @@ fn a_shard_fails_a_step_that_stays_incomplete_and_tells_the_workers() {
     let (mut la, mut tasks) =
         start_shards_waiting(&rt, &spec, (Role::Leader, &leader_tls), (1, 2), Duration::from_secs(1));
     la.wait = Duration::from_secs(10);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0)).unwrap();
+    let (mut r, _, _) =
+        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0)).unwrap();
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
         examples: 1,
@@ -304,7 +306,8 @@ fn a_shard_whose_workers_are_lost_mid_step_waits_for_them_then_fails() {
     let (mut la, mut tasks) =
         start_shards_waiting(&rt, &spec, (Role::Leader, &leader_tls), (1, 2), Duration::from_secs(1));
     la.wait = Duration::from_secs(10);
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0)).unwrap();
+    let (mut r, _, _) =
+        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0)).unwrap();
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
         examples: 1,
@@ -363,7 +366,7 @@ fn a_shard_rolls_back_to_the_step_a_rejoining_job_names() {
     };
     let shard = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 1).unwrap();
     let task = rt.spawn(serve::run(cfg, shard, listener));
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0)).unwrap();
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 1)).unwrap();
     let all = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 1)
         .unwrap()
         .dump();
@@ -385,12 +388,12 @@ fn a_shard_rolls_back_to_the_step_a_rejoining_job_names() {
     // The worker is lost (no Done).
     drop(r);
     // A step the shard has no state of is refused.
-    let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 5))
+    let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 5, 1))
         .expect_err("refused")
         .to_string();
     assert!(e.contains("no saved state of that step"), "{e}");
     // The job resumes at step 1: the shard is back at step 1's values.
-    let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 1)).unwrap();
+    let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 1, 1)).unwrap();
     assert_eq!(steps, 1);
     assert!(
         values[0][0] == *after[0],
@@ -399,4 +402,88 @@ fn a_shard_rolls_back_to_the_step_a_rejoining_job_names() {
     assert!(values[0][0] != *after[1]);
     r.done(1).unwrap();
     assert_eq!(rt.block_on(task).unwrap().unwrap(), 1);
+}
+
+/// One leader shard (of one) saving its state every `every` steps under
+/// `dir`, for one worker.
+fn shard_saving(
+    rt: &tokio::runtime::Runtime,
+    spec: &ModelSpec,
+    dir: &std::path::Path,
+    every: u64,
+) -> (ShardAddrs, tokio::task::JoinHandle<Result<u64, TrainError>>) {
+    use vfl_trainer::sharded::state::StateDir;
+    let (leader_tls, _) = parties();
+    let fp = spec.fingerprint();
+    let state = StateDir::new(dir, ("app", Role::Leader, &fp, "policy"), "shard-0", None);
+    let listener = rt
+        .block_on(listen_shard(
+            "127.0.0.1:0",
+            PartyRole::Leader,
+            (MAX, 1),
+            leader_tls.clone(),
+        ))
+        .unwrap();
+    let at = ShardAddrs {
+        own: PartyRole::Leader,
+        addrs: vec![listener.local_addr.to_string()],
+        security: leader_tls,
+        max_message: MAX,
+        wait: Duration::from_secs(10),
+    };
+    let cfg = ShardConfig {
+        index: 0,
+        shards: 1,
+        workers: 1,
+        model_fingerprint: fp,
+        peer_timeout: Duration::from_secs(10),
+        state: Some(state),
+        checkpoint_every: every,
+    };
+    let shard = Shard::new(spec, Role::Leader, 0, Placement::new(1).unwrap(), 1).unwrap();
+    (at, rt.spawn(serve::run(cfg, shard, listener)))
+}
+
+#[test]
+fn a_job_lost_before_its_first_checkpoint_restarts_from_the_start() {
+    use vfl_trainer::sharded::remote::RemoteShards;
+    use vfl_trainer::sharded::{Contribution, Params};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let fp = spec.fingerprint();
+    let tmp = tempfile::tempdir().unwrap();
+    let (at, task) = shard_saving(&rt, &spec, tmp.path(), 5);
+    let (mut r, start, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 5)).unwrap();
+    let all = start[0][0].clone();
+    let grads = Params {
+        dense: all.dense.iter().map(|(i, v)| (*i, vec![0.5; v.len()])).collect(),
+        rows: all.rows.clone(),
+        values: vec![0.5; all.values.len()],
+    };
+    r.send(0, 1, &[0], vec![Contribution { examples: 1, grads }]).unwrap();
+    let after = r.receive(0, 1).unwrap().remove(0);
+    assert!(*after != all);
+    drop(r);
+    // Step 1 is no checkpoint: the job resumes at step 0, the start.
+    let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 5)).unwrap();
+    assert_eq!(steps, 0);
+    assert!(values[0][0] == all, "the shard is not back at its start");
+    r.done(0).unwrap();
+    assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
+}
+
+#[test]
+fn a_shard_refuses_a_job_of_another_checkpoint_cadence_for_good() {
+    use vfl_trainer::sharded::remote::RemoteShards;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let tmp = tempfile::tempdir().unwrap();
+    let (at, _task) = shard_saving(&rt, &spec, tmp.path(), 5);
+    let e =
+        RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&spec.fingerprint(), 0, 10)).expect_err("refused");
+    assert!(
+        matches!(&e, TrainError::Bridge(BridgeError::Stopped(why)) if why.contains("checkpoint steps")),
+        "{e}"
+    );
+    assert!(!vfl_trainer::sharded::worker::restartable(&e));
 }
