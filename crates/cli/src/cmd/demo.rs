@@ -300,6 +300,9 @@ fn sharded(
         "worker pair 0 reported no held-out evaluation"
     );
     println!("{}", out.done);
+    for e in &out.exports {
+        println!("{e}");
+    }
     println!("{}", out.held_out);
     println!("{}", best_possible(synth, eval_rows));
     Ok(())

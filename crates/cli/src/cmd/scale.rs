@@ -244,6 +244,8 @@ pub struct JobOutput {
     pub digests: (String, String),
     /// The coordinator's last line (steps and restarts).
     pub done: String,
+    /// Worker pair 0's lines saying where each party's model went.
+    pub exports: Vec<String>,
 }
 
 /// Runs a whole scale-out job as processes of this binary: 2 x `shards`
@@ -300,6 +302,7 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
         a.extend(["--threads".into(), job.threads.to_string()]);
         a.extend(common(dirs.0));
         a.extend(["--eval-data-path".into(), dirs.1.display().to_string()]);
+        a.extend(["--export-path".into(), work.join("export").display().to_string()]);
         a
     };
     let mut leader_addrs = Vec::new();
@@ -385,5 +388,6 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
             .into_iter()
             .next()
             .unwrap_or_default(),
+        exports: [find("leader worker", "exported"), find("follower worker", "exported")].concat(),
     })
 }

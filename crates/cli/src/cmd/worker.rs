@@ -74,6 +74,10 @@ pub struct WorkerArgs {
     pub(crate) model_key: Option<String>,
     #[arg(long, default_value = "vfl")]
     pub(crate) application_id: String,
+    /// Worker 0: export the trained model here, as `vfl party` does
+    /// (`<path>/<run>/<role>/`; sealed unless both policies release it).
+    #[arg(long)]
+    pub(crate) export_path: Option<PathBuf>,
     /// How often this worker starts over after a lost peer (the job
     /// restarts from its last checkpoint) before it fails.
     #[arg(long, default_value_t = 10)]
@@ -181,7 +185,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let security = super::attest::security(&a.attest, sealer.as_ref())?;
     let schema = vfl_trainer::schema_for(&spec, role);
     let join_id = super::party::joined_blocks(&a.data_path, a.data_path_wildcard.as_deref(), sealer.is_some())?;
-    let unseal = sealer.map(|s| {
+    let unseal = sealer.clone().map(|s| {
         vfl_trainer::remote::joined_blocks(
             s,
             (&a.application_id, role, &security.policy_digest()),
@@ -221,6 +225,19 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         batch_size: a.batch_size,
         threads: a.threads.max(1),
         peer_timeout: Duration::from_secs(a.peer_timeout),
+    };
+    let export = match &a.export_path {
+        Some(path) if a.index == 0 => Some(worker::ExportTo {
+            path: path.clone(),
+            bind: vfl_trainer::checkpoint::Binding {
+                app: a.application_id.clone(),
+                role,
+                model: spec.fingerprint(),
+                policy: security.policy_digest(),
+            },
+            sealer: sealer.clone(),
+        }),
+        _ => None,
     };
     let rt = runtime()?;
     rt.block_on(liveness(a.metrics_addr.as_deref(), "worker"))?;
@@ -262,7 +279,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
                 &shards,
                 (&a.coordinator_addr, &security),
                 pair,
-                &data,
+                (&data, export.as_ref()),
                 eval,
             ),
             None => worker::run_follower(
@@ -271,7 +288,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
                 rt.handle().clone(),
                 &shards,
                 (&peer, &security),
-                &data,
+                (&data, export.as_ref()),
                 eval,
             ),
         };
@@ -297,6 +314,9 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
             m.log_loss,
             super::four(m.ks)
         );
+    }
+    if let Some(dir) = &outcome.export {
+        println!("exported the {} model to {}", a.role, dir.display());
     }
     println!(
         "worker {}: done after {} steps ({} examples here), model {}",

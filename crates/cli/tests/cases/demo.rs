@@ -85,6 +85,20 @@ fn demo_with_worker_coordinator_and_shard_processes_learns() {
         text.contains("every worker of a party ends with the same model"),
         "{text}"
     );
+    // Worker pair 0 exported each party's model, as a single pair does.
+    for role in ["leader", "follower"] {
+        let key = format!("exported the {role} model to ");
+        let at = text.find(&key).unwrap_or_else(|| panic!("no `{key}` in {text}")) + key.len();
+        let dir = std::path::PathBuf::from(text[at..].lines().next().unwrap());
+        assert!(
+            dir.starts_with(work.join("export")) && dir.ends_with(role),
+            "{}",
+            dir.display()
+        );
+        for file in ["model.safetensors", "model.toml", "manifest.json"] {
+            assert!(dir.join(file).is_file(), "{} has no {file}", dir.display());
+        }
+    }
     let held_out = number_after(&text[text.find("held-out evaluation").unwrap()..], "AUC ");
     let leader_only = number_after(&text, "with the leader's features alone ");
     assert!(
@@ -254,4 +268,110 @@ fn the_coordinator_killed_and_restarted_alone_ends_with_the_uninterrupted_weight
 #[test]
 fn a_follower_shard_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
     assert_eq!(&scale_out_run("fshard", Some("follower-shard-0")), uninterrupted());
+}
+
+/// A scale-out run's export is the single pair's format: `vfl leader` and
+/// `vfl follower --mode eval` load it and score the held-out rows exactly
+/// as worker pair 0 did.
+#[test]
+fn a_scale_out_export_evaluates_as_a_single_pair_model() {
+    let work = std::env::temp_dir().join(format!("vfl-demo-export-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let model = work.join("model.toml");
+    std::fs::write(&model, crate::common::MODEL).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vfl"))
+        .args(["--loglevel", "warn", "demo", "--workers", "2", "--shards", "2"])
+        .args(["--files", "4", "--rows-per-file", "1000", "--eval-rows", "1000"])
+        .args(["--batch-size", "64", "--model"])
+        .arg(&model)
+        .arg("--work-dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let key = "exported the leader model to ";
+    let at = text.find(key).unwrap_or_else(|| panic!("{text}")) + key.len();
+    let export = std::path::PathBuf::from(text[at..].lines().next().unwrap());
+    let export = export.parent().unwrap().to_path_buf();
+    let held_out = &text[text.find("held-out evaluation").unwrap()..];
+    let auc = &held_out[held_out.find("AUC ").unwrap()..][..10];
+    // The demo's two simulated signers, from its policy.
+    let dir = work.join("attestation-two-signers");
+    let policy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("dynamic_config.json")).unwrap()).unwrap();
+    let signer = |role: &str| {
+        policy["sgx_mrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["role"] == role)
+            .unwrap()["mr_signer"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let attest = |role: &str| -> Vec<String> {
+        [
+            "--attestation",
+            "simulated",
+            "--sim-root-key",
+            &dir.join("dev-root.pem").display().to_string(),
+            "--policy",
+            &dir.join("dynamic_config.json").display().to_string(),
+            "--sim-mr-signer",
+            &signer(role),
+            "--model",
+            &model.display().to_string(),
+            "--load-model",
+            &export.display().to_string(),
+            "--data-path",
+            &work.join("eval").join(role).display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let addr = format!("127.0.0.1:{}", crate::common::free_port());
+    let leader = crate::common::spawn(
+        &[
+            "--loglevel",
+            "warn",
+            "leader",
+            "--mode",
+            "eval",
+            "--batch-size",
+            "256",
+            "--local-addr",
+            &addr,
+        ],
+        &attest("leader"),
+    );
+    let follower = crate::common::spawn(
+        &[
+            "--loglevel",
+            "warn",
+            "follower",
+            "--mode",
+            "eval",
+            "--batch-size",
+            "256",
+            "--peer-addr",
+            &addr,
+        ],
+        &attest("follower"),
+    );
+    let (lo, fo) = (leader.wait_with_output().unwrap(), follower.wait_with_output().unwrap());
+    let ltext = String::from_utf8_lossy(&lo.stdout).into_owned();
+    assert!(
+        lo.status.success() && fo.status.success(),
+        "{ltext}\n{}\n{}",
+        String::from_utf8_lossy(&lo.stderr),
+        String::from_utf8_lossy(&fo.stderr)
+    );
+    assert!(
+        ltext.contains(auc),
+        "the single pair's {ltext} differs from pair 0's {auc}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
 }

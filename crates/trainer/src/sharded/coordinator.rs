@@ -103,6 +103,8 @@ pub struct Coordination {
     first_round: bool,
     /// The position to save before anything of this round is sent.
     checkpoint: Option<CoordState>,
+    /// The run's id (exports are bound to it).
+    run: String,
 }
 
 /// The coordinator's saved position: after step `steps`, before the next
@@ -115,6 +117,8 @@ pub struct CoordState {
     pub assign: crate::assign::AssignState,
     /// Per worker: rows of its block trained through step `steps`.
     pub rows: Vec<u64>,
+    /// The run's id.
+    pub run: String,
 }
 
 impl Coordination {
@@ -146,7 +150,14 @@ impl Coordination {
             every: 0,
             first_round: true,
             checkpoint: None,
+            run: String::new(),
         })
+    }
+
+    /// The run's id (a fresh run draws one; a restored one keeps its own).
+    pub fn with_run(mut self, run: String) -> Self {
+        self.run = run;
+        self
     }
 
     /// Saves the position every `every` steps (0: never); see
@@ -174,6 +185,7 @@ impl Coordination {
         self.epoch = st.epoch;
         self.steps = st.steps;
         self.rows.clone_from(&st.rows);
+        self.run.clone_from(&st.run);
         self.totals = EpochTotals {
             epoch: st.epoch,
             ..EpochTotals::default()
@@ -196,6 +208,7 @@ impl Coordination {
             skip_rows: if block.is_some() { self.rows[worker] } else { 0 },
             block,
             checkpoint_steps: self.every,
+            run_id: self.run.clone(),
         }
     }
 
@@ -254,6 +267,7 @@ impl Coordination {
                 epoch: self.epoch,
                 assign: self.assign.state(),
                 rows: self.rows.clone(),
+                run: self.run.clone(),
             });
         }
         self.first_round = false;
@@ -413,7 +427,8 @@ fn fail(why: String) -> TrainError {
 /// The machine at the newest saved position, or at the start.
 fn resume(cfg: &CoordinatorConfig) -> Result<Coordination, TrainError> {
     let fresh = Coordination::new(cfg.workers, cfg.epochs, cfg.seed, cfg.block_ids.clone())?
-        .with_checkpoints(cfg.checkpoint_every);
+        .with_checkpoints(cfg.checkpoint_every)
+        .with_run(vfl_bridge::handshake::new_run_id());
     let Some(sd) = &cfg.state else { return Ok(fresh) };
     let Some(&step) = sd.steps().last() else {
         return Ok(fresh);

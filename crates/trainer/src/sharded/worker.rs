@@ -74,6 +74,14 @@ pub struct WorkerConfig {
     pub peer_timeout: Duration,
 }
 
+/// Where and how worker pair 0 exports its party's trained model (the
+/// single pair's export format, `checkpoint::export`).
+pub struct ExportTo {
+    pub path: std::path::PathBuf,
+    pub bind: crate::checkpoint::Binding,
+    pub sealer: Option<std::sync::Arc<vfl_attest::seal::Sealer>>,
+}
+
 /// How a worker's run ended.
 #[derive(Debug)]
 pub struct WorkerOutcome {
@@ -87,6 +95,8 @@ pub struct WorkerOutcome {
     /// [`replica::digest`] of this worker's replica at the end: equal on
     /// every worker of the party, and across runs that are bitwise equal.
     pub digest: String,
+    /// Where the model was exported (with an [`ExportTo`]).
+    pub export: Option<std::path::PathBuf>,
 }
 
 /// Largest message on the pair link: activations or a gradient of
@@ -201,7 +211,7 @@ pub fn run_leader(
     shards: &ShardAddrs,
     (coordinator, security): (&str, &Security),
     pair: &mut PairListener,
-    data: &dyn PartyBlocks,
+    (data, export): (&dyn PartyBlocks, Option<&ExportTo>),
     eval: Option<&mut dyn BatchSource>,
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
@@ -228,7 +238,15 @@ pub fn run_leader(
         wait: cfg.peer_timeout,
         name: format!("follower worker {w}"),
     };
-    let result = lead(spec, cfg, shards, &mut peer, (coordinator, security), data, eval);
+    let result = lead(
+        spec,
+        cfg,
+        shards,
+        &mut peer,
+        (coordinator, security),
+        (data, export),
+        eval,
+    );
     if let Err(e) = &result {
         let why = vfl_bridge::sanitize(&e.to_string(), 1000);
         let msg = if restartable(e) {
@@ -265,7 +283,7 @@ fn lead(
     shards: &ShardAddrs,
     peer: &mut LeaderPeer,
     (coordinator, security): (&str, &Security),
-    data: &dyn PartyBlocks,
+    (data, export): (&dyn PartyBlocks, Option<&ExportTo>),
     eval: Option<&mut dyn BatchSource>,
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
@@ -334,6 +352,8 @@ fn lead(
         LMsg::Welcome(party_pb::PairWelcome {
             steps,
             checkpoint_steps: cadence,
+            run_id: plan.run_id.clone(),
+            release_exports: security.release_exports(),
         }),
     )?;
     let placement = Placement::new(own.shards())?;
@@ -462,6 +482,19 @@ fn lead(
         Some(src) => Some(evaluate(spec, party, peer, src)?),
         None => None,
     };
+    let exported = match export {
+        Some(x) => {
+            let manifest = export_manifest(spec, (&plan.run_id, step), cfg);
+            Some(write_export(
+                x,
+                (&plan.run_id, &security.release_exports()),
+                spec,
+                party.model_mut().tensors_mut(),
+                manifest,
+            )?)
+        }
+        None => None,
+    };
     to_follower(peer, LMsg::Finished(party_pb::Finished { steps: step }))?;
     Ok(WorkerOutcome {
         steps: step,
@@ -469,7 +502,38 @@ fn lead(
         loss_sum: run_loss,
         eval,
         digest: replica::digest(party.model()),
+        export: exported,
     })
+}
+
+/// The export manifest of a scale-out run.
+fn export_manifest(spec: &ModelSpec, (run, steps): (&str, u64), cfg: &WorkerConfig) -> serde_json::Value {
+    serde_json::json!({
+        "run": run,
+        "step": steps,
+        "model": spec.name,
+        "model_fingerprint": spec.fingerprint(),
+        "scale_out": { "workers": cfg.workers },
+    })
+}
+
+/// Writes this worker's replica (equal to its party's shards) as the
+/// run's export `<path>/<run>/<role>/`, sealed unless both policies
+/// release it.
+fn write_export(
+    x: &ExportTo,
+    (run, release): (&str, &[String]),
+    spec: &ModelSpec,
+    tensors: Vec<vfl_nn::split::TensorMut<'_>>,
+    manifest: serde_json::Value,
+) -> Result<std::path::PathBuf, TrainError> {
+    let plan = crate::checkpoint::ExportPlan {
+        export_path: &x.path,
+        id: run,
+        run,
+        release,
+    };
+    crate::checkpoint::export(&plan, &x.bind, spec, tensors, manifest, x.sealer.as_deref())
 }
 
 /// Skips the first `rows` rows of a block being resumed (trained before the
@@ -584,7 +648,7 @@ pub fn run_follower(
     rt: Handle,
     shards: &ShardAddrs,
     (leader, security): (&str, &Security),
-    data: &dyn PartyBlocks,
+    (data, export): (&dyn PartyBlocks, Option<&ExportTo>),
     mut eval: Option<&mut dyn BatchSource>,
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
@@ -607,7 +671,7 @@ pub fn run_follower(
             batch_size: cfg.batch_size as u32,
         }),
     )?;
-    let result = follow(spec, cfg, shards, &mut peer, data, &mut eval);
+    let result = follow(spec, cfg, shards, &mut peer, (data, export, security), &mut eval);
     if let Err(e) = &result {
         let _ = peer.outbound.try_send(party_pb::FollowerWorkerMessage {
             msg: Some(FMsg::Failure(vfl_bridge::sanitize(&e.to_string(), 1000))),
@@ -630,15 +694,28 @@ fn follow(
     cfg: &WorkerConfig,
     shards: &ShardAddrs,
     peer: &mut FollowerPeer,
-    data: &dyn PartyBlocks,
+    (data, export, security): (&dyn PartyBlocks, Option<&ExportTo>, &Security),
     eval: &mut Option<&mut dyn BatchSource>,
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
     // The step the job resumes from, as the leader's coordinator decided.
-    let (steps, cadence) = match from_leader(peer)? {
-        LMsg::Welcome(p) => (p.steps, p.checkpoint_steps),
+    let welcome = match from_leader(peer)? {
+        LMsg::Welcome(p) => p,
         other => return Err(unexpected("Welcome", name_l(&other))),
     };
+    let (steps, cadence) = (welcome.steps, welcome.checkpoint_steps);
+    // Both policies must release the same exports (as for a single pair).
+    let release = security.release_exports();
+    if welcome.release_exports != release {
+        return Err(TrainError::ReleaseMismatch {
+            leader: welcome
+                .release_exports
+                .iter()
+                .map(|r| vfl_bridge::sanitize(r, 32))
+                .collect(),
+            follower: release,
+        });
+    }
     let fp = spec.fingerprint();
     let mut party = FollowerParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
@@ -743,12 +820,26 @@ fn follow(
                 }
                 // The shards may end: the job is finished.
                 own.done(step)?;
+                let exported = match export {
+                    Some(x) => {
+                        let manifest = export_manifest(spec, (&welcome.run_id, step), cfg);
+                        Some(write_export(
+                            x,
+                            (&welcome.run_id, &release),
+                            spec,
+                            party.model_mut().tensors_mut(),
+                            manifest,
+                        )?)
+                    }
+                    None => None,
+                };
                 return Ok(WorkerOutcome {
                     steps: step,
                     examples,
                     loss_sum: 0.0,
                     eval: None,
                     digest: replica::digest(party.model()),
+                    export: exported,
                 });
             }
             other => return Err(unexpected("the leader worker's next message", name_l(&other))),

@@ -102,7 +102,16 @@ fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: D
                     generator: g,
                     leader: true,
                 };
-                worker::run_leader(spec, &lcfg, handle, la, (&coord_addr, ltls), &mut pair, &data, eval)
+                worker::run_leader(
+                    spec,
+                    &lcfg,
+                    handle,
+                    la,
+                    (&coord_addr, ltls),
+                    &mut pair,
+                    (&data, None),
+                    eval,
+                )
             }));
             if absent == Some(w) {
                 continue;
@@ -115,7 +124,7 @@ fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: D
                     generator: g,
                     leader: false,
                 };
-                worker::run_follower(spec, &cfg, handle, fa, (&pair_addr, ftls), &data, eval)
+                worker::run_follower(spec, &cfg, handle, fa, (&pair_addr, ftls), (&data, None), eval)
             }));
         }
         let join =
