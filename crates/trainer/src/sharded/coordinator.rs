@@ -193,6 +193,18 @@ impl Coordination {
         Ok(self)
     }
 
+    /// The position now (saved at a fresh start, so that a restarted
+    /// coordinator keeps the run's id).
+    pub fn position(&self) -> CoordState {
+        CoordState {
+            steps: self.steps,
+            epoch: self.epoch,
+            assign: self.assign.state(),
+            rows: self.rows.clone(),
+            run: self.run.clone(),
+        }
+    }
+
     /// What worker `worker` resumes with: the step, the block it held and
     /// the rows of it already trained.
     pub fn plan(&self, worker: usize) -> party_pb::RunPlan {
@@ -459,6 +471,14 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
     let mut machine = resume(&cfg)?;
     if machine.steps() > 0 {
         tracing::info!(step = machine.steps(), "resuming from the saved position");
+    }
+    // A fresh run's start is a checkpoint too (its run id survives a
+    // restart of this process before the first one).
+    if let Some(sd) = &cfg.state
+        && sd.steps().is_empty()
+    {
+        let json = serde_json::to_vec(&machine.position()).map_err(StoreError::encode("coordinator position"))?;
+        sd.save_bytes(0, &json)?;
     }
     let (ev_tx, mut events) = mpsc::channel::<Event<WMsg>>(64);
     let mut conns: BTreeMap<u64, Conn> = BTreeMap::new();

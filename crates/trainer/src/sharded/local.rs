@@ -220,8 +220,8 @@ impl ShardedTrainer {
         let placement = Placement::new(leader.addrs.len())?;
         let mut pairs = new_pairs(spec, workers, threads)?;
         let fp = spec.fingerprint();
-        let (l, ldump, lsteps) = RemoteShards::connect(rt.clone(), leader, (0..workers, workers), (&fp, 0, 0))?;
-        let (f, fdump, fsteps) = RemoteShards::connect(rt.clone(), follower, (0..workers, workers), (&fp, 0, 0))?;
+        let (l, ldump, lsteps) = RemoteShards::connect(rt.clone(), leader, (0..workers, workers), (&fp, 0, 0, ""))?;
+        let (f, fdump, fsteps) = RemoteShards::connect(rt.clone(), follower, (0..workers, workers), (&fp, 0, 0, ""))?;
         if lsteps != fsteps {
             return Err(TrainError::CheckpointStep {
                 leader: lsteps,

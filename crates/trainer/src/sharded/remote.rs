@@ -53,7 +53,7 @@ impl RemoteShards {
         rt: tokio::runtime::Handle,
         at: &ShardAddrs,
         (ours, workers): (std::ops::Range<usize>, usize),
-        (model_fingerprint, resume_step, checkpoint_steps): (&str, u64, u64),
+        (model_fingerprint, resume_step, checkpoint_steps, run_id): (&str, u64, u64, &str),
     ) -> Result<(Self, Vec<Vec<Params>>, u64), TrainError> {
         let first = ours.start;
         let mut streams = Vec::with_capacity(ours.len());
@@ -71,6 +71,7 @@ impl RemoteShards {
                     shard: s as u32,
                     resume_step,
                     checkpoint_steps,
+                    run_id: run_id.to_string(),
                 });
                 rt.block_on(send(&mut stream, join))?;
                 let joined = match rt.block_on(async { tokio::time::timeout(at.wait, recv(&mut stream)).await }) {

@@ -47,21 +47,9 @@ pub struct ShardConfig {
 /// was refused: every worker is told), and drops a worker that does not
 /// read what it is sent (it must not stall the others).
 pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener) -> Result<u64, TrainError> {
-    if let Some(sd) = &cfg.state {
-        match sd.steps().last() {
-            Some(&last) => {
-                let st = sd.load_shard(last)?.ok_or(ShardError::BadState {
-                    shard: cfg.index,
-                    why: format!("its saved state of step {last} disappeared"),
-                })?;
-                shard.restore(&st)?;
-                tracing::info!(step = last, "loaded the saved state");
-            }
-            // The start is a checkpoint too: a job lost before its first
-            // checkpoint restarts from it.
-            None => sd.save_shard(&shard.state())?,
-        }
-    }
+    // The run the joined workers are of (its id binds the saved state;
+    // the first Join names it, and the step to load).
+    let mut run: Option<String> = None;
     let (ev_tx, mut events) = mpsc::channel::<Event<WMsg>>(64);
     let mut conns: Conns = BTreeMap::new();
     let mut next_conn = 0u64;
@@ -101,7 +89,7 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                 // Left over from a connection already dropped.
                 Event::Message(conn, _) if !conns.contains_key(&conn) => {}
                 Event::Message(conn, msg) => {
-                    match handle(&cfg, &mut shard, &mut conns, conn, msg) {
+                    match handle(&cfg, (&mut shard, &mut run), &mut conns, conn, msg) {
                         Ok(()) => {}
                         // The shard's own state could not be saved.
                         Err(e @ (TrainError::Store(_) | TrainError::Seal(_))) => break Err(e),
@@ -297,7 +285,13 @@ fn failure(reason: &str) -> party_pb::ShardMessage {
 type Conns = BTreeMap<u64, Conn>;
 
 /// One message of connection `conn`.
-fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, msg: WMsg) -> Result<(), TrainError> {
+fn handle(
+    cfg: &ShardConfig,
+    (shard, run): (&mut Shard, &mut Option<String>),
+    conns: &mut Conns,
+    conn: u64,
+    msg: WMsg,
+) -> Result<(), TrainError> {
     let joined = conns.get(&conn).and_then(|c| c.worker);
     match (msg, joined) {
         (WMsg::Join(j), None) => {
@@ -334,10 +328,34 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
                     got: format!("worker {}", j.worker),
                 });
             }
+            // The run: the coordinator's id, which binds the saved state
+            // (and names its files).
+            if j.run_id.len() > 64 || (cfg.state.is_some() && !crate::checkpoint::is_safe_component(&j.run_id)) {
+                return Err(ShardError::BadState {
+                    shard: cfg.index,
+                    why: "the run id is not one short safe name".into(),
+                }
+                .into());
+            }
+            let others = conns.values().any(|c| c.worker.is_some()) || shard.pending().is_some();
+            if run.as_deref() != Some(j.run_id.as_str()) {
+                if others {
+                    return Err(TrainError::Unexpected {
+                        expected: "a worker of the run the joined workers are of",
+                        got: format!("worker {} of another run", j.worker),
+                    });
+                }
+                *run = Some(j.run_id.clone());
+                if let Some(sd) = &cfg.state
+                    && j.resume_step == 0
+                {
+                    sd.forget_other_runs(&j.run_id);
+                }
+            }
             if j.resume_step != shard.steps() {
                 // The first worker of a restarted job rolls the shard to the
                 // job's checkpoint; the others must name the same step.
-                if conns.values().any(|c| c.worker.is_some()) || shard.pending().is_some() {
+                if others {
                     return Err(TrainError::Unexpected {
                         expected: "the step the joined workers resumed at",
                         got: format!(
@@ -349,7 +367,7 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
                     });
                 }
                 let st = match &cfg.state {
-                    Some(sd) => sd.load_shard(j.resume_step)?,
+                    Some(sd) => sd.load_shard(&j.run_id, j.resume_step)?,
                     None => None,
                 };
                 let st = st.ok_or_else(|| ShardError::BadState {
@@ -362,6 +380,14 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
                 })?;
                 shard.restore(&st)?;
                 tracing::info!(step = j.resume_step, "rolled back to the job's checkpoint");
+            }
+            // The start is a checkpoint too: a job lost before its first
+            // checkpoint restarts from it.
+            if let Some(sd) = &cfg.state
+                && shard.steps() == 0
+                && sd.shard_steps(&j.run_id).is_empty()
+            {
+                sd.save_shard(&j.run_id, &shard.state())?;
             }
             let reply = party_pb::ShardMessage {
                 msg: Some(SMsg::Joined(party_pb::Joined {
@@ -419,7 +445,7 @@ fn handle(cfg: &ShardConfig, shard: &mut Shard, conns: &mut Conns, conn: u64, ms
                     && cfg.checkpoint_every > 0
                     && shard.steps().is_multiple_of(cfg.checkpoint_every)
                 {
-                    sd.save_shard(&shard.state())?;
+                    sd.save_shard(run.as_deref().unwrap_or_default(), &shard.state())?;
                 }
                 let msg = party_pb::ShardMessage {
                     msg: Some(SMsg::Changes(party_pb::Changes {

@@ -3,9 +3,10 @@
 //! step under the process's own directory, written atomically, the newest
 //! two kept, sealed when the party seals (`--model-key`; always in an
 //! enclave build). A file is bound to its job, party, model, policy, the
-//! process it belongs to (`shard-3`, `coordinator`) and its step, so one
-//! process's file cannot be loaded by another, another run's by this one,
-//! or a file renamed to another step.
+//! process it belongs to (`shard-3`, `coordinator`) and its step, and a
+//! shard's also to the run (the coordinator's run id, which its own
+//! position holds), so one process's file cannot be loaded by another,
+//! another run's by this one, or a file renamed to another step.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,37 +60,69 @@ impl StateDir {
         }
     }
 
-    fn context(&self, step: u64) -> Context {
-        Context::new("scale-out state")
+    fn context(&self, run: Option<&str>, step: u64) -> Context {
+        let c = Context::new("scale-out state")
             .with("app", &self.app)
             .with("role", self.role)
             .with("model", &self.model)
             .with("policy", &self.policy)
-            .with("process", &self.process)
-            .with("step", step)
+            .with("process", &self.process);
+        match run {
+            Some(r) => c.with("run", r),
+            None => c,
+        }
+        .with("step", step)
     }
 
-    fn path(&self, step: u64) -> PathBuf {
-        self.dir.join(format!("state-{step:012}.bin"))
+    fn path(&self, run: Option<&str>, step: u64) -> PathBuf {
+        match run {
+            Some(r) => self.dir.join(format!("state-{r}-{step:012}.bin")),
+            None => self.dir.join(format!("state-{step:012}.bin")),
+        }
     }
 
-    /// The steps saved, oldest first.
-    pub fn steps(&self) -> Vec<u64> {
+    /// The steps saved (of run `run`, for a shard), oldest first.
+    fn steps_of(&self, run: Option<&str>) -> Vec<u64> {
+        let prefix = match run {
+            Some(r) => format!("state-{r}-"),
+            None => "state-".to_string(),
+        };
         let mut steps: Vec<u64> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .filter_map(|e| {
                 let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_prefix("state-")?.strip_suffix(".bin")?.parse().ok()
+                name.strip_prefix(&prefix)?.strip_suffix(".bin")?.parse().ok()
             })
             .collect();
         steps.sort_unstable();
         steps
     }
 
-    /// Saves a shard's state (its step is the file's) and removes all but
-    /// the newest [`KEEP`].
-    pub fn save_shard(&self, st: &ShardState) -> Result<(), TrainError> {
+    /// The steps the coordinator saved, oldest first.
+    pub fn steps(&self) -> Vec<u64> {
+        self.steps_of(None)
+    }
+
+    /// The steps a shard saved of run `run`, oldest first.
+    pub fn shard_steps(&self, run: &str) -> Vec<u64> {
+        self.steps_of(Some(run))
+    }
+
+    /// Removes the files of every run but `run` (a new run starts).
+    pub fn forget_other_runs(&self, run: &str) {
+        let keep = format!("state-{run}-");
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("state-") && name.ends_with(".bin") && !name.starts_with(&keep) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Saves a shard's state of run `run` (its step is the file's) and
+    /// removes all but the run's newest [`KEEP`].
+    pub fn save_shard(&self, run: &str, st: &ShardState) -> Result<(), TrainError> {
         std::fs::create_dir_all(&self.dir).map_err(StoreError::io(&self.dir))?;
         fn put(name: String, v: &[f32]) -> (String, Vec<usize>, &[f32]) {
             (name, vec![v.len()], v)
@@ -107,6 +140,7 @@ impl StateDir {
         let meta = std::collections::BTreeMap::from([
             ("format".to_string(), "enclave-vfl shard state v1".to_string()),
             ("process".to_string(), self.process.clone()),
+            ("run".to_string(), run.to_string()),
             ("step".to_string(), st.steps.to_string()),
             (
                 "dense".to_string(),
@@ -117,24 +151,24 @@ impl StateDir {
                     .join(","),
             ),
         ]);
-        let ctx = self.context(st.steps);
+        let ctx = self.context(Some(run), st.steps);
         store::write(
-            &self.path(st.steps),
+            &self.path(Some(run), st.steps),
             &tensors,
             &meta,
             self.sealer.as_deref().map(|sealer| Sealing { sealer, context: &ctx }),
         )?;
-        self.prune();
+        self.prune(Some(run));
         Ok(())
     }
 
-    /// Loads the shard state saved at `step`, if there is one.
-    pub fn load_shard(&self, step: u64) -> Result<Option<ShardState>, TrainError> {
-        let path = self.path(step);
+    /// Loads the shard state of run `run` saved at `step`, if there is one.
+    pub fn load_shard(&self, run: &str, step: u64) -> Result<Option<ShardState>, TrainError> {
+        let path = self.path(Some(run), step);
         if !path.is_file() {
             return Ok(None);
         }
-        let ctx = self.context(step);
+        let ctx = self.context(Some(run), step);
         let stored = store::read(
             &path,
             self.sealer.as_deref().map(|sealer| Sealing { sealer, context: &ctx }),
@@ -144,13 +178,18 @@ impl StateDir {
                 path: path.display().to_string(),
                 key: "shard state".into(),
                 found: why,
-                expected: format!("the state of {} at step {step}", self.process),
+                expected: format!("the state of {} at step {step} of run {run}", self.process),
             }
             .into()
         };
         let meta = |k: &str| stored.meta.get(k).cloned().unwrap_or_default();
-        if meta("process") != self.process || meta("step") != step.to_string() {
-            return Err(bad(format!("process {:?}, step {:?}", meta("process"), meta("step"))));
+        if meta("process") != self.process || meta("step") != step.to_string() || meta("run") != run {
+            return Err(bad(format!(
+                "process {:?}, step {:?}, run {:?}",
+                vfl_bridge::sanitize(&meta("process"), 64),
+                vfl_bridge::sanitize(&meta("step"), 32),
+                vfl_bridge::sanitize(&meta("run"), 64)
+            )));
         }
         let take = |name: &str| -> Result<Vec<f32>, TrainError> {
             stored
@@ -186,20 +225,20 @@ impl StateDir {
     /// Saves `bytes` (the coordinator's position) as step `step`'s state.
     pub fn save_bytes(&self, step: u64, bytes: &[u8]) -> Result<(), TrainError> {
         std::fs::create_dir_all(&self.dir).map_err(StoreError::io(&self.dir))?;
-        let path = self.path(step);
+        let path = self.path(None, step);
         match &self.sealer {
-            Some(s) => s.seal_to_file(&path, &self.context(step), bytes)?,
+            Some(s) => s.seal_to_file(&path, &self.context(None, step), bytes)?,
             None => vfl_fs::write_bytes(&path, bytes, vfl_fs::Access::Private).map_err(StoreError::io(&path))?,
         }
-        self.prune();
+        self.prune(None);
         Ok(())
     }
 
     /// The bytes saved at `step`, if any.
     pub fn load_bytes(&self, step: u64) -> Result<Option<Vec<u8>>, TrainError> {
-        let path = self.path(step);
+        let path = self.path(None, step);
         match &self.sealer {
-            Some(s) => Ok(s.open_from_file(&path, &self.context(step))?.map(|(_, b)| b)),
+            Some(s) => Ok(s.open_from_file(&path, &self.context(None, step))?.map(|(_, b)| b)),
             None => match std::fs::read(&path) {
                 Ok(b) if vfl_attest::seal::is_sealed(&b) => Err(StoreError::Encrypted {
                     path: path.display().to_string(),
@@ -212,10 +251,10 @@ impl StateDir {
         }
     }
 
-    fn prune(&self) {
-        let steps = self.steps();
+    fn prune(&self, run: Option<&str>) {
+        let steps = self.steps_of(run);
         for s in &steps[..steps.len().saturating_sub(KEEP)] {
-            let _ = std::fs::remove_file(self.path(*s));
+            let _ = std::fs::remove_file(self.path(run, *s));
         }
         vfl_fs::remove_stale_temps(&self.dir, "state-");
     }
@@ -253,19 +292,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = dir(tmp.path(), "shard-1");
         for s in [5, 10, 15] {
-            d.save_shard(&state(s)).unwrap();
+            d.save_shard("r1", &state(s)).unwrap();
         }
-        assert_eq!(d.steps(), vec![10, 15]);
-        assert_eq!(d.load_shard(15).unwrap(), Some(state(15)));
-        assert_eq!(d.load_shard(5).unwrap(), None);
+        assert_eq!(d.shard_steps("r1"), vec![10, 15]);
+        assert_eq!(d.load_shard("r1", 15).unwrap(), Some(state(15)));
+        assert_eq!(d.load_shard("r1", 5).unwrap(), None);
+        // Another run has none of them.
+        assert_eq!(d.load_shard("r2", 15).unwrap(), None);
     }
 
     #[test]
     fn another_process_does_not_load_the_file() {
         let tmp = tempfile::tempdir().unwrap();
-        dir(tmp.path(), "shard-1").save_shard(&state(5)).unwrap();
+        dir(tmp.path(), "shard-1").save_shard("r1", &state(5)).unwrap();
         std::fs::rename(tmp.path().join("shard-1"), tmp.path().join("shard-2")).unwrap();
-        let e = dir(tmp.path(), "shard-2").load_shard(5).unwrap_err();
+        let e = dir(tmp.path(), "shard-2").load_shard("r1", 5).unwrap_err();
         assert!(matches!(e, TrainError::Store(StoreError::Binding { .. })), "{e}");
     }
 
@@ -273,10 +314,30 @@ mod tests {
     fn a_file_renamed_to_another_step_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let d = dir(tmp.path(), "shard-0");
-        d.save_shard(&state(5)).unwrap();
-        std::fs::rename(d.path(5), d.path(10)).unwrap();
-        let e = d.load_shard(10).unwrap_err();
+        d.save_shard("r1", &state(5)).unwrap();
+        std::fs::rename(d.path(Some("r1"), 5), d.path(Some("r1"), 10)).unwrap();
+        let e = d.load_shard("r1", 10).unwrap_err();
         assert!(matches!(e, TrainError::Store(StoreError::Binding { .. })), "{e}");
+    }
+
+    #[test]
+    fn a_file_of_another_run_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path(), "shard-0");
+        d.save_shard("r1", &state(5)).unwrap();
+        std::fs::rename(d.path(Some("r1"), 5), d.path(Some("r2"), 5)).unwrap();
+        let e = d.load_shard("r2", 5).unwrap_err();
+        assert!(matches!(e, TrainError::Store(StoreError::Binding { .. })), "{e}");
+    }
+
+    #[test]
+    fn a_new_run_forgets_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path(), "shard-0");
+        d.save_shard("r1", &state(5)).unwrap();
+        d.save_shard("r2", &state(0)).unwrap();
+        d.forget_other_runs("r2");
+        assert_eq!((d.shard_steps("r1"), d.shard_steps("r2")), (vec![], vec![0]));
     }
 
     #[test]

@@ -341,8 +341,12 @@ fn lead(
     let mut party = LeaderParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
     let party = &mut party;
-    let (mut own, dumps, _) =
-        RemoteShards::connect(peer.rt.clone(), shards, (w..w + 1, cfg.workers), (&fp, steps, cadence))?;
+    let (mut own, dumps, _) = RemoteShards::connect(
+        peer.rt.clone(),
+        shards,
+        (w..w + 1, cfg.workers),
+        (&fp, steps, cadence, &plan.run_id),
+    )?;
     let own = &mut own;
     for v in &dumps[0] {
         replica::apply(party.model_mut(), w, v)?;
@@ -482,19 +486,12 @@ fn lead(
         Some(src) => Some(evaluate(spec, party, peer, src)?),
         None => None,
     };
-    let exported = match export {
-        Some(x) => {
-            let manifest = export_manifest(spec, (&plan.run_id, step), cfg);
-            Some(write_export(
-                x,
-                (&plan.run_id, &security.release_exports()),
-                spec,
-                party.model_mut().tensors_mut(),
-                manifest,
-            )?)
-        }
-        None => None,
-    };
+    let exported = write_export(
+        export,
+        (&plan.run_id, step, &security.release_exports()),
+        (spec, cfg),
+        party.model_mut().tensors_mut(),
+    )?;
     to_follower(peer, LMsg::Finished(party_pb::Finished { steps: step }))?;
     Ok(WorkerOutcome {
         steps: step,
@@ -506,34 +503,30 @@ fn lead(
     })
 }
 
-/// The export manifest of a scale-out run.
-fn export_manifest(spec: &ModelSpec, (run, steps): (&str, u64), cfg: &WorkerConfig) -> serde_json::Value {
-    serde_json::json!({
+/// With `export` (worker pair 0), writes this worker's replica (equal to
+/// its party's shards) as run `run`'s export `<path>/<run>/<role>/` after
+/// `steps` steps, sealed unless both policies release it.
+fn write_export(
+    export: Option<&ExportTo>,
+    (run, steps, release): (&str, u64, &[String]),
+    (spec, cfg): (&ModelSpec, &WorkerConfig),
+    tensors: Vec<vfl_nn::split::TensorMut<'_>>,
+) -> Result<Option<std::path::PathBuf>, TrainError> {
+    let Some(x) = export else { return Ok(None) };
+    let manifest = serde_json::json!({
         "run": run,
         "step": steps,
         "model": spec.name,
         "model_fingerprint": spec.fingerprint(),
         "scale_out": { "workers": cfg.workers },
-    })
-}
-
-/// Writes this worker's replica (equal to its party's shards) as the
-/// run's export `<path>/<run>/<role>/`, sealed unless both policies
-/// release it.
-fn write_export(
-    x: &ExportTo,
-    (run, release): (&str, &[String]),
-    spec: &ModelSpec,
-    tensors: Vec<vfl_nn::split::TensorMut<'_>>,
-    manifest: serde_json::Value,
-) -> Result<std::path::PathBuf, TrainError> {
+    });
     let plan = crate::checkpoint::ExportPlan {
         export_path: &x.path,
         id: run,
         run,
         release,
     };
-    crate::checkpoint::export(&plan, &x.bind, spec, tensors, manifest, x.sealer.as_deref())
+    crate::checkpoint::export(&plan, &x.bind, spec, tensors, manifest, x.sealer.as_deref()).map(Some)
 }
 
 /// Skips the first `rows` rows of a block being resumed (trained before the
@@ -720,8 +713,12 @@ fn follow(
     let mut party = FollowerParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
     let party = &mut party;
-    let (mut own, dumps, _) =
-        RemoteShards::connect(peer.rt.clone(), shards, (w..w + 1, cfg.workers), (&fp, steps, cadence))?;
+    let (mut own, dumps, _) = RemoteShards::connect(
+        peer.rt.clone(),
+        shards,
+        (w..w + 1, cfg.workers),
+        (&fp, steps, cadence, &welcome.run_id),
+    )?;
     let own = &mut own;
     for v in &dumps[0] {
         replica::apply(party.model_mut(), w, v)?;
@@ -820,19 +817,12 @@ fn follow(
                 }
                 // The shards may end: the job is finished.
                 own.done(step)?;
-                let exported = match export {
-                    Some(x) => {
-                        let manifest = export_manifest(spec, (&welcome.run_id, step), cfg);
-                        Some(write_export(
-                            x,
-                            (&welcome.run_id, &release),
-                            spec,
-                            party.model_mut().tensors_mut(),
-                            manifest,
-                        )?)
-                    }
-                    None => None,
-                };
+                let exported = write_export(
+                    export,
+                    (&welcome.run_id, step, &release),
+                    (spec, cfg),
+                    party.model_mut().tensors_mut(),
+                )?;
                 return Ok(WorkerOutcome {
                     steps: step,
                     examples,

@@ -200,8 +200,13 @@ fn a_worker_that_never_comes_fails_the_job_within_the_peer_timeout() {
         e.to_string().contains("follower worker 1 did not connect within 3 s"),
         "{e}"
     );
-    let e = run.coordinator.expect_err("the coordinator fails");
-    assert!(e.to_string().contains("1 of 2 workers registered within 3 s"), "{e}");
+    // The coordinator gives up: on its own deadline, or when registered
+    // worker 0 leaves (it waited as long), with no restart allowed here.
+    let e = run.coordinator.expect_err("the coordinator fails").to_string();
+    assert!(
+        e.contains("1 of 2 workers registered within 3 s") || e.contains("worker 0 was lost"),
+        "{e}"
+    );
     // Pair 0 is told and fails too, naming the cause.
     let e = run.leaders[0].as_ref().expect_err("leader worker 0 fails");
     // (the coordinator's failure, or its silence, whichever comes first)

@@ -255,7 +255,7 @@ fn a_missing_participant_fails_the_step_within_the_wait() {
     let (mut la, _tasks) = start_shards(&rt, &spec, (Role::Leader, &leader_tls), 1, 2);
     la.wait = Duration::from_secs(1);
     let (mut r, _, _) =
-        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0)).unwrap();
+        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0, "")).unwrap();
     // Worker 0 takes part in step 1 with worker 1, which never sends.
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
@@ -282,7 +282,7 @@ fn a_shard_fails_a_step_that_stays_incomplete_and_tells_the_workers() {
         start_shards_waiting(&rt, &spec, (Role::Leader, &leader_tls), (1, 2), Duration::from_secs(1));
     la.wait = Duration::from_secs(10);
     let (mut r, _, _) =
-        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0)).unwrap();
+        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0, "")).unwrap();
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
         examples: 1,
@@ -307,7 +307,7 @@ fn a_shard_whose_workers_are_lost_mid_step_waits_for_them_then_fails() {
         start_shards_waiting(&rt, &spec, (Role::Leader, &leader_tls), (1, 2), Duration::from_secs(1));
     la.wait = Duration::from_secs(10);
     let (mut r, _, _) =
-        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0)).unwrap();
+        RemoteShards::connect(rt.handle().clone(), &la, (0..2, 2), (&spec.fingerprint(), 0, 0, "")).unwrap();
     let like = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 2).unwrap();
     let c = Contribution {
         examples: 1,
@@ -337,36 +337,11 @@ fn a_shard_rolls_back_to_the_step_a_rejoining_job_names() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let spec = small_wide_n_deep();
     let fp = spec.fingerprint();
-    let (leader_tls, _) = parties();
     let tmp = tempfile::tempdir().unwrap();
+    // The shard's own state directory, as shard_saving makes it.
     let state = StateDir::new(tmp.path(), ("app", Role::Leader, &fp, "policy"), "shard-0", None);
-    let listener = rt
-        .block_on(listen_shard(
-            "127.0.0.1:0",
-            PartyRole::Leader,
-            (MAX, 1),
-            leader_tls.clone(),
-        ))
-        .unwrap();
-    let at = ShardAddrs {
-        own: PartyRole::Leader,
-        addrs: vec![listener.local_addr.to_string()],
-        security: leader_tls,
-        max_message: MAX,
-        wait: Duration::from_secs(10),
-    };
-    let cfg = ShardConfig {
-        index: 0,
-        shards: 1,
-        workers: 1,
-        model_fingerprint: fp.clone(),
-        peer_timeout: Duration::from_secs(10),
-        state: Some(state.clone()),
-        checkpoint_every: 1,
-    };
-    let shard = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 1).unwrap();
-    let task = rt.spawn(serve::run(cfg, shard, listener));
-    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 1)).unwrap();
+    let (at, task) = shard_saving(&rt, &spec, tmp.path(), 1);
+    let (mut r, _, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 1, "r1")).unwrap();
     let all = Shard::new(&spec, Role::Leader, 0, Placement::new(1).unwrap(), 1)
         .unwrap()
         .dump();
@@ -384,16 +359,22 @@ fn a_shard_rolls_back_to_the_step_a_rejoining_job_names() {
         r.send(0, step, &[0], vec![c]).unwrap();
         after.push(r.receive(0, step).unwrap().remove(0));
     }
-    assert_eq!(state.steps(), vec![1, 2]);
+    assert_eq!(state.shard_steps("r1"), vec![1, 2]);
     // The worker is lost (no Done).
     drop(r);
     // A step the shard has no state of is refused.
-    let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 5, 1))
+    let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 5, 1, "r1"))
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("no saved state of that step"), "{e}");
+    // Nor does it load another run's state of a step it has (the host
+    // cannot resume this shard into an earlier job's files or vice versa).
+    let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 1, 1, "r2"))
         .expect_err("refused")
         .to_string();
     assert!(e.contains("no saved state of that step"), "{e}");
     // The job resumes at step 1: the shard is back at step 1's values.
-    let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 1, 1)).unwrap();
+    let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 1, 1, "r1")).unwrap();
     assert_eq!(steps, 1);
     assert!(
         values[0][0] == *after[0],
@@ -453,7 +434,7 @@ fn a_job_lost_before_its_first_checkpoint_restarts_from_the_start() {
     let fp = spec.fingerprint();
     let tmp = tempfile::tempdir().unwrap();
     let (at, task) = shard_saving(&rt, &spec, tmp.path(), 5);
-    let (mut r, start, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 5)).unwrap();
+    let (mut r, start, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 5, "r1")).unwrap();
     let all = start[0][0].clone();
     let grads = Params {
         dense: all.dense.iter().map(|(i, v)| (*i, vec![0.5; v.len()])).collect(),
@@ -465,7 +446,7 @@ fn a_job_lost_before_its_first_checkpoint_restarts_from_the_start() {
     assert!(*after != all);
     drop(r);
     // Step 1 is no checkpoint: the job resumes at step 0, the start.
-    let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 5)).unwrap();
+    let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 5, "r1")).unwrap();
     assert_eq!(steps, 0);
     assert!(values[0][0] == all, "the shard is not back at its start");
     r.done(0).unwrap();
@@ -479,8 +460,8 @@ fn a_shard_refuses_a_job_of_another_checkpoint_cadence_for_good() {
     let spec = small_wide_n_deep();
     let tmp = tempfile::tempdir().unwrap();
     let (at, _task) = shard_saving(&rt, &spec, tmp.path(), 5);
-    let e =
-        RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&spec.fingerprint(), 0, 10)).expect_err("refused");
+    let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&spec.fingerprint(), 0, 10, "r1"))
+        .expect_err("refused");
     assert!(
         matches!(&e, TrainError::Bridge(BridgeError::Stopped(why)) if why.contains("checkpoint steps")),
         "{e}"
