@@ -23,7 +23,6 @@ use tokio::sync::mpsc;
 use vfl_bridge::Status;
 use vfl_bridge::party::{CoordinatorListener, StatusStream};
 use vfl_bridge::party_pb::{self, assignment::Msg as AMsg, worker_status::Msg as WMsg};
-use vfl_nn::rng::Rng;
 
 use super::Event;
 use super::state::StateDir;
@@ -129,7 +128,7 @@ impl Coordination {
         if workers == 0 || epochs == 0 {
             return Err(CoordError::Empty);
         }
-        let first = order(&ids, seed, 0);
+        let first = super::block_order(&ids, seed, 0);
         let assign = Assigner::new(first.clone(), workers);
         Ok(Coordination {
             workers,
@@ -180,7 +179,7 @@ impl Coordination {
                 ),
             });
         }
-        self.order = order(&self.ids, self.seed, st.epoch);
+        self.order = super::block_order(&self.ids, self.seed, st.epoch);
         self.assign = Assigner::restore(self.order.clone(), self.workers, &st.assign)?;
         self.epoch = st.epoch;
         self.steps = st.steps;
@@ -366,7 +365,7 @@ impl Coordination {
             self.awaiting.clear();
             out.push((To::All, AMsg::Finished(party_pb::Finished { steps: self.steps })));
         } else {
-            self.order = order(&self.ids, self.seed, self.epoch);
+            self.order = super::block_order(&self.ids, self.seed, self.epoch);
             self.assign = Assigner::new(self.order.clone(), self.workers);
         }
         Ok(out)
@@ -381,15 +380,6 @@ impl Coordination {
         };
         std::mem::replace(&mut self.totals, next)
     }
-}
-
-/// Epoch `epoch`'s block order: `ids` shuffled from `seed` plus the epoch.
-fn order(ids: &[String], seed: Option<u64>, epoch: u32) -> Vec<String> {
-    let mut order = ids.to_vec();
-    if let Some(seed) = seed {
-        Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
-    }
-    order
 }
 
 /// What the coordinator serves.
@@ -720,16 +710,9 @@ fn restart(
     let msg = failure(&format!(
         "worker {lost} was lost ({why}); the job restarts from its last checkpoint"
     ));
-    let registered: Vec<u64> = conns
-        .iter()
-        .filter(|(_, c)| c.worker.is_some())
-        .map(|(k, _)| *k)
-        .collect();
-    for k in registered {
-        if let Some(c) = conns.remove(&k) {
-            let _ = c.tx.try_send(Ok(msg.clone()));
-            c.reader.abort();
-        }
+    for c in super::drain(conns, |c| c.worker.is_some()) {
+        let _ = c.tx.try_send(Ok(msg.clone()));
+        c.reader.abort();
     }
     let machine = resume(cfg)?;
     tracing::warn!(

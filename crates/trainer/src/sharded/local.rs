@@ -5,7 +5,6 @@
 
 use vfl_bridge::pb;
 use vfl_data::{Batch, BatchSource};
-use vfl_nn::rng::Rng;
 use vfl_nn::{BinaryMetrics, ModelSpec, Role};
 
 use std::sync::Arc;
@@ -402,10 +401,8 @@ impl ShardedTrainer {
                 "a checkpoint of remote shards is taken by the shards (not built yet)",
             ));
         }
-        let mut order: Vec<String> = (0..data.blocks()).map(|b| b.to_string()).collect();
-        if let Some(seed) = seed {
-            Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
-        }
+        let ids: Vec<String> = (0..data.blocks()).map(|b| b.to_string()).collect();
+        let order = super::block_order(&ids, seed, epoch);
         let mut assign = match from {
             Some(p) => Assigner::restore(order.clone(), n, &p.assign)?,
             None => Assigner::new(order.clone(), n),
@@ -653,19 +650,8 @@ fn open<'d>(data: &'d dyn BlockData, order: &[String], index: usize, lease: u64)
 /// Skips the first `rows` rows of a block being resumed (the batches
 /// trained before the checkpoint).
 fn skip_rows(c: &mut Current<'_>, rows: u64, p: &mut Pair, batch_size: usize) -> Result<(), TrainError> {
-    let mut left = rows;
-    while left > 0 {
-        let want = left.min(batch_size as u64) as usize;
-        let nl = c.leader.fill(&mut p.lb, want)?;
-        let nf = c.follower.fill(&mut p.fb, want)?;
-        if nl != want || nf != want {
-            return Err(AssignError::BadState {
-                why: "a resumed block has fewer rows than the checkpoint trained",
-            }
-            .into());
-        }
-        left -= want as u64;
-    }
+    super::skip_rows(&mut *c.leader, &mut p.lb, rows, batch_size)?;
+    super::skip_rows(&mut *c.follower, &mut p.fb, rows, batch_size)?;
     c.rows = rows;
     Ok(())
 }

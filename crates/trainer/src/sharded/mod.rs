@@ -30,6 +30,46 @@ pub mod worker;
 pub use local::{BlockData, EpochOutcome, EpochPosition, ShardedCheckpoint, ShardedTrainer, StepTimes, Traffic};
 pub use shard::{Shard, ShardState};
 
+/// Epoch `epoch`'s block order: `ids` shuffled from `seed` plus the epoch,
+/// as a single pair's leader does (the coordinator and the in-process
+/// trainer share it, so that their runs are equal).
+pub(crate) fn block_order(ids: &[String], seed: Option<u64>, epoch: u32) -> Vec<String> {
+    let mut order = ids.to_vec();
+    if let Some(seed) = seed {
+        vfl_nn::rng::Rng::new(seed.wrapping_add(u64::from(epoch))).shuffle(&mut order);
+    }
+    order
+}
+
+/// Skips the first `rows` rows of a block being resumed (the batches
+/// trained before the checkpoint).
+pub(crate) fn skip_rows(
+    source: &mut dyn vfl_data::BatchSource,
+    batch: &mut vfl_data::Batch,
+    rows: u64,
+    batch_size: usize,
+) -> Result<(), crate::TrainError> {
+    let mut left = rows;
+    while left > 0 {
+        let want = left.min(batch_size as u64) as usize;
+        if source.fill(batch, want)? != want {
+            return Err(crate::assign::AssignError::BadState {
+                why: "a resumed block has fewer rows than the checkpoint trained",
+            }
+            .into());
+        }
+        left -= want as u64;
+    }
+    Ok(())
+}
+
+/// Removes and returns the connections `pick` chooses (the shard's and the
+/// coordinator's event loops dropping workers).
+pub(crate) fn drain<C>(conns: &mut std::collections::BTreeMap<u64, C>, pick: impl Fn(&C) -> bool) -> Vec<C> {
+    let keys: Vec<u64> = conns.iter().filter(|(_, c)| pick(c)).map(|(k, _)| *k).collect();
+    keys.into_iter().filter_map(|k| conns.remove(&k)).collect()
+}
+
 /// What one client's connection said, in the event loops of the shard and
 /// the coordinator.
 pub(crate) enum Event<M> {

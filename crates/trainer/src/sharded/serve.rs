@@ -216,16 +216,9 @@ fn lost(shard: &mut Shard, conns: &mut Conns, worker: u32, why: &str) {
     let msg = failure(&format!(
         "worker {worker} was lost ({why}); the job restarts from its last checkpoint"
     ));
-    let joined: Vec<u64> = conns
-        .iter()
-        .filter(|(_, c)| c.worker.is_some())
-        .map(|(k, _)| *k)
-        .collect();
-    for k in joined {
-        if let Some(c) = conns.remove(&k) {
-            let _ = c.tx.try_send(Ok(msg.clone()));
-            c.reader.abort();
-        }
+    for c in super::drain(conns, |c| c.worker.is_some()) {
+        let _ = c.tx.try_send(Ok(msg.clone()));
+        c.reader.abort();
     }
 }
 
@@ -252,13 +245,10 @@ fn deliver(conns: &mut Conns, conn: u64, msg: party_pb::ShardMessage) {
 /// Removes the connections [`deliver`] could not reach; returns a joined
 /// worker among them (its loss restarts the job).
 fn sweep_gone(conns: &mut Conns) -> Option<u32> {
-    let gone: Vec<u64> = conns.iter().filter(|(_, c)| c.gone).map(|(k, _)| *k).collect();
     let mut joined = None;
-    for k in gone {
-        if let Some(c) = conns.remove(&k) {
-            c.reader.abort();
-            joined = joined.or(c.worker);
-        }
+    for c in super::drain(conns, |c| c.gone) {
+        c.reader.abort();
+        joined = joined.or(c.worker);
     }
     joined
 }

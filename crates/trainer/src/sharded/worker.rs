@@ -337,20 +337,16 @@ fn lead(
     };
     // The shards at the step the job resumes from, the replica from them.
     let (steps, cadence) = (plan.resume_step, plan.checkpoint_steps);
-    let fp = spec.fingerprint();
     let mut party = LeaderParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
     let party = &mut party;
-    let (mut own, dumps, _) = RemoteShards::connect(
-        peer.rt.clone(),
+    let own = &mut join_shards(
+        &peer.rt,
+        (spec, cfg),
         shards,
-        (w..w + 1, cfg.workers),
-        (&fp, steps, cadence, &plan.run_id),
+        (steps, cadence, &plan.run_id),
+        party.model_mut(),
     )?;
-    let own = &mut own;
-    for v in &dumps[0] {
-        replica::apply(party.model_mut(), w, v)?;
-    }
     to_follower(
         peer,
         LMsg::Welcome(party_pb::PairWelcome {
@@ -375,7 +371,7 @@ fn lead(
             }),
         )?;
         let mut source = data.open(&g.block_id)?;
-        skip(&mut *source, &mut batch, plan.skip_rows, cfg.batch_size)?;
+        super::skip_rows(&mut *source, &mut batch, plan.skip_rows, cfg.batch_size)?;
         held = Some(Held {
             index: g.index,
             lease: g.lease,
@@ -529,21 +525,26 @@ fn write_export(
     crate::checkpoint::export(&plan, &x.bind, spec, tensors, manifest, x.sealer.as_deref()).map(Some)
 }
 
-/// Skips the first `rows` rows of a block being resumed (trained before the
-/// checkpoint).
-fn skip(source: &mut dyn BatchSource, batch: &mut Batch, rows: u64, batch_size: usize) -> Result<(), TrainError> {
-    let mut left = rows;
-    while left > 0 {
-        let want = left.min(batch_size as u64) as usize;
-        if source.fill(batch, want)? != want {
-            return Err(crate::assign::AssignError::BadState {
-                why: "a resumed block has fewer rows than the checkpoint trained",
-            }
-            .into());
-        }
-        left -= want as u64;
+/// Joins worker `cfg.worker` to its party's shards at step `steps` of run
+/// `run` and writes their values into `model` (its replica).
+fn join_shards(
+    rt: &Handle,
+    (spec, cfg): (&ModelSpec, &WorkerConfig),
+    shards: &ShardAddrs,
+    (steps, cadence, run): (u64, u64, &str),
+    model: &mut dyn vfl_nn::Replica,
+) -> Result<RemoteShards, TrainError> {
+    let w = cfg.worker;
+    let (own, dumps, _) = RemoteShards::connect(
+        rt.clone(),
+        shards,
+        (w..w + 1, cfg.workers),
+        (&spec.fingerprint(), steps, cadence, run),
+    )?;
+    for v in &dumps[0] {
+        replica::apply(model, w, v)?;
     }
-    Ok(())
+    Ok(own)
 }
 
 /// Fills the next batch from the block held; a block that ran out is
@@ -709,20 +710,16 @@ fn follow(
             follower: release,
         });
     }
-    let fp = spec.fingerprint();
     let mut party = FollowerParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
     let party = &mut party;
-    let (mut own, dumps, _) = RemoteShards::connect(
-        peer.rt.clone(),
+    let own = &mut join_shards(
+        &peer.rt,
+        (spec, cfg),
         shards,
-        (w..w + 1, cfg.workers),
-        (&fp, steps, cadence, &welcome.run_id),
+        (steps, cadence, &welcome.run_id),
+        party.model_mut(),
     )?;
-    let own = &mut own;
-    for v in &dumps[0] {
-        replica::apply(party.model_mut(), w, v)?;
-    }
     let placement = Placement::new(own.shards())?;
     let mut batch = Batch::new(spec.follower.slots().len(), spec.follower.dense_columns().len());
     let mut held: Option<Box<dyn BatchSource + '_>> = None;
@@ -738,7 +735,7 @@ fn follow(
                     ));
                 }
                 let mut source = data.open(&o.block_id)?;
-                skip(&mut *source, &mut batch, o.skip_rows, cfg.batch_size)?;
+                super::skip_rows(&mut *source, &mut batch, o.skip_rows, cfg.batch_size)?;
                 held = Some(source);
             }
             LMsg::Close(_) => {
