@@ -1,7 +1,8 @@
 //! Scale-out messages (protobuf, after RA-TLS): a worker's contribution as
 //! a shard takes it (decode, then the shard's checks and its combination),
 //! a shard's values as a worker's replica takes them, a worker's report as
-//! the coordinator's state machine takes it, and the coordinator's and the
+//! the coordinator's state machine takes it, a saved coordinator position
+//! as a restarted coordinator takes it, and the coordinator's and the
 //! pair link's messages as the workers decode them (their tensors go
 //! through the `wire` target's decoder).
 
@@ -10,7 +11,7 @@ use vfl_bridge::party_pb::{
     self, shard_message::Msg as SMsg, worker_message::Msg as WMsg, worker_status::Msg as StMsg,
 };
 use vfl_nn::{ModelSpec, Role};
-use vfl_trainer::sharded::coordinator::Coordination;
+use vfl_trainer::sharded::coordinator::{CoordState, Coordination};
 use vfl_trainer::sharded::{Contribution, Placement, Shard, replica, wire};
 
 /// A small model: 2 slots of [101, 16] per party, narrow layers.
@@ -60,6 +61,22 @@ pub fn run(data: &[u8]) {
         );
         let _ = c.ready(1, &r);
         let _ = c.ready((r.lease % 3) as usize, &r);
+    }
+    // A coordinator's saved position (plaintext in development builds,
+    // where the host can write it): restored only when it fits the run,
+    // then planned and driven.
+    if let Ok(st) = serde_json::from_slice::<CoordState>(data)
+        && let Ok(c) = Coordination::new(2, 2, Some(1), vec!["a".into(), "b".into(), "c".into()])
+        && let Ok(mut c) = c.restore(&st)
+    {
+        let _ = (c.plan(0), c.plan(1));
+        let _ = c.ready(
+            0,
+            &party_pb::Ready {
+                step: c.steps() + 1,
+                ..Default::default()
+            },
+        );
     }
     let _ = party_pb::Assignment::decode(data);
     let _ = party_pb::LeaderWorkerMessage::decode(data);
