@@ -249,6 +249,7 @@ fn scale_process(process: Process, a: &PartyArgs) -> anyhow::Result<()> {
             w.attest = c.attest.clone();
             w.max_restarts = c.max_restarts;
             w.export_path.clone_from(&c.export_path);
+            w.state_path.clone_from(&c.checkpoint_path);
             w.metrics_addr = w.metrics_addr.or(c.metrics_addr.clone());
             super::worker::worker(w)
         }

@@ -21,6 +21,8 @@ struct ShardProcess {
     child: std::process::Child,
     addr: String,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// What its killed earlier incarnations printed.
+    before: Vec<String>,
 }
 
 /// Both parties' shard processes and how the workers reach them.
@@ -187,6 +189,7 @@ fn spawn(role: &'static str, label: &str, args: &[String], listens: bool) -> any
         addr,
         child,
         lines,
+        before: Vec::new(),
     })
 }
 
@@ -195,6 +198,9 @@ fn spawn(role: &'static str, label: &str, args: &[String], listens: bool) -> any
 fn kill_and_restart(p: &mut ShardProcess) -> anyhow::Result<()> {
     p.child.kill()?;
     p.child.wait()?;
+    // What it printed before it died.
+    let mut before = std::mem::take(&mut p.before);
+    before.extend(p.lines.by_ref().map_while(Result::ok));
     let mut args = p.args.clone();
     if let Some(i) = args.iter().position(|a| a == "--local-addr")
         && !p.addr.is_empty()
@@ -210,6 +216,7 @@ fn kill_and_restart(p: &mut ShardProcess) -> anyhow::Result<()> {
         p.addr
     );
     *p = again;
+    p.before = before;
     Ok(())
 }
 
@@ -228,9 +235,34 @@ pub struct Job<'a> {
     pub eval: (&'a Path, &'a Path),
     /// A coordinated checkpoint every so many steps (0: none).
     pub checkpoint_steps: u64,
-    /// The process to kill (SIGKILL) and restart alone after the first
-    /// checkpoint (`coordinator`, `leader-shard-1`, `follower-worker-0`, ...).
-    pub kill: Option<&'a str>,
+    /// The process to kill (SIGKILL) and restart alone (`coordinator`,
+    /// `leader-shard-1`, `follower-worker-0`, ...), and when.
+    pub kill: Option<(&'a str, KillAt)>,
+}
+
+/// When the demo's fault strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KillAt {
+    /// Once the coordinator saved the first checkpoint.
+    Checkpoint,
+    /// Once training ended (the coordinator sent `Finished`): during the
+    /// pairs' end-of-job work, before the job's end is recorded.
+    Finish,
+    /// Once the job's end is recorded (the coordinator's commit point):
+    /// during the goodbyes. The victim may have ended just before; started
+    /// again, it finds its record of the end and ends at once.
+    Commit,
+}
+
+impl KillAt {
+    /// The coordinator's line that triggers it, and how the demo says it.
+    fn trigger(self) -> (&'static str, &'static str) {
+        match self {
+            KillAt::Checkpoint => ("checkpoint: step", "after the first checkpoint"),
+            KillAt::Finish => ("finished:", "once training ended"),
+            KillAt::Commit => ("committed:", "once the job's end was recorded"),
+        }
+    }
 }
 
 /// What the job's processes printed.
@@ -303,6 +335,9 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
         a.extend(common(dirs.0));
         a.extend(["--eval-data-path".into(), dirs.1.display().to_string()]);
         a.extend(["--export-path".into(), work.join("export").display().to_string()]);
+        if job.checkpoint_steps > 0 {
+            a.extend(["--state-path".into(), state.join(role).display().to_string()]);
+        }
         a
     };
     let mut leader_addrs = Vec::new();
@@ -322,31 +357,46 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
             .procs
             .push(spawn("follower worker", &format!("follower-worker-{w}"), &a, false)?);
     }
-    if let Some(victim) = job.kill {
-        // After the first checkpoint: kill the victim, restart it alone.
+    let mut coordinator_lines = Vec::new();
+    if let Some((victim, at)) = job.kill {
+        // At the trigger: kill the victim, restart it alone.
+        let (trigger, when) = at.trigger();
         let coordinator = shards
             .procs
             .iter_mut()
             .find(|p| p.label == "coordinator")
             .context("no coordinator")?;
-        let saved = coordinator
-            .lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|l| l.starts_with("checkpoint: step"));
-        anyhow::ensure!(saved.is_some(), "the job ended before its first checkpoint");
+        let mut hit = false;
+        for l in coordinator.lines.by_ref().map_while(Result::ok) {
+            hit = l.starts_with(trigger);
+            coordinator_lines.push(l);
+            if hit {
+                break;
+            }
+        }
+        anyhow::ensure!(hit, "the job ended before the kill's trigger ({when})");
         let p =
             shards.procs.iter_mut().find(|p| p.label == victim).with_context(|| {
                 format!("no process {victim} (coordinator, leader-shard-0, follower-worker-1, ...)")
             })?;
+        if p.label == "coordinator" {
+            // The lines before the kill are the first process's.
+            p.before = std::mem::take(&mut coordinator_lines);
+        }
+        let ended = p.child.try_wait()?.is_some();
         kill_and_restart(p)?;
-        println!("killed {victim} (SIGKILL) after the first checkpoint, and restarted it alone");
+        let note = if ended { " (it had just ended)" } else { "" };
+        println!("killed {victim} (SIGKILL) {when}{note}, and restarted it alone");
     }
     // Every process runs to its end; their outputs tell how it went.
     let mut outputs = Vec::new();
     let mut failed = Vec::new();
     for mut p in std::mem::take(&mut shards.procs) {
-        let lines: Vec<String> = p.lines.by_ref().map_while(Result::ok).collect();
+        let mut lines = std::mem::take(&mut p.before);
+        if p.label == "coordinator" {
+            lines.append(&mut coordinator_lines);
+        }
+        lines.extend(p.lines.by_ref().map_while(Result::ok));
         let status = p.child.wait()?;
         if !status.success() {
             failed.push(format!("{} ({status})", p.role));
@@ -371,8 +421,14 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
                 Some((steps, rest.rsplit_once("model ")?.1.to_string()))
             })
             .collect();
+        // A worker restarted after the job's end was recorded trains
+        // nothing and holds no model (its killed incarnation may have
+        // printed its own).
+        let ended = done.iter().filter(|l| l.contains("the job had ended")).count();
         anyhow::ensure!(
-            parsed.len() == job.workers && parsed.windows(2).all(|p| p[0] == p[1]),
+            !parsed.is_empty()
+                && (job.workers..=job.workers + 1).contains(&(parsed.len() + ended))
+                && parsed.windows(2).all(|p| p[0] == p[1]),
             "the {role}s do not end alike: {done:?}"
         );
         Ok(parsed[0].clone())
@@ -381,12 +437,12 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
     let (_, fdigest) = digest("follower worker")?;
     Ok(JobOutput {
         epochs: find("coordinator", "epoch "),
-        held_out: find("leader worker", "held-out").into_iter().next().unwrap_or_default(),
+        held_out: find("leader worker", "held-out").into_iter().last().unwrap_or_default(),
         steps,
         digests: (ldigest, fdigest),
-        done: find("coordinator", "coordinator: done")
+        done: find("coordinator", "coordinator: ")
             .into_iter()
-            .next()
+            .last()
             .unwrap_or_default(),
         exports: [find("leader worker", "exported"), find("follower worker", "exported")].concat(),
     })

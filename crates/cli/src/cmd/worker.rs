@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use vfl_attest::PartyRole;
 use vfl_nn::{ModelSpec, Role};
-use vfl_trainer::sharded::coordinator::{self, CoordinatorConfig};
+use vfl_trainer::sharded::coordinator::{self, CoordinatorConfig, Milestone};
 use vfl_trainer::sharded::remote::ShardAddrs;
 use vfl_trainer::sharded::worker::{self, DirBlocks, WorkerConfig};
 
@@ -82,6 +82,11 @@ pub struct WorkerArgs {
     /// restarts from its last checkpoint) before it fails.
     #[arg(long, default_value_t = 10)]
     pub(crate) max_restarts: u32,
+    /// Where the worker records the job's end (under `<path>/worker-<index>`;
+    /// started again after it, the worker trains nothing). One job per
+    /// directory.
+    #[arg(long)]
+    pub(crate) state_path: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) attest: super::attest::Flags,
 }
@@ -225,6 +230,14 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         batch_size: a.batch_size,
         threads: a.threads.max(1),
         peer_timeout: Duration::from_secs(a.peer_timeout),
+        state: a.state_path.as_ref().map(|root| {
+            vfl_trainer::sharded::state::StateDir::new(
+                root,
+                (&a.application_id, role, &spec.fingerprint(), &security.policy_digest()),
+                &format!("worker-{}", a.index),
+                sealer.clone(),
+            )
+        }),
     };
     let export = match &a.export_path {
         Some(path) if a.index == 0 => Some(worker::ExportTo {
@@ -318,10 +331,16 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     if let Some(dir) = &outcome.export {
         println!("exported the {} model to {}", a.role, dir.display());
     }
-    println!(
-        "worker {}: done after {} steps ({} examples here), model {}",
-        a.index, outcome.steps, outcome.examples, outcome.digest
-    );
+    match &outcome.digest {
+        Some(digest) => println!(
+            "worker {}: done after {} steps ({} examples here), model {digest}",
+            a.index, outcome.steps, outcome.examples
+        ),
+        None => println!(
+            "worker {}: the job had ended after {} steps before this attempt (its end is recorded); nothing to train",
+            a.index, outcome.steps
+        ),
+    }
     Ok(())
 }
 
@@ -359,7 +378,13 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         state,
         checkpoint_every: a.checkpoint_steps,
         max_restarts: a.max_restarts,
-        on_checkpoint: Some(std::sync::Arc::new(|step| println!("checkpoint: step {step} saved"))),
+        on_milestone: Some(std::sync::Arc::new(|m| match m {
+            Milestone::Checkpoint(step) => println!("checkpoint: step {step} saved"),
+            Milestone::Finished(step) => {
+                println!("finished: training ended after step {step}; the pairs' end-of-job work follows")
+            }
+            Milestone::Committed(step) => println!("committed: the job's end after step {step} is recorded"),
+        })),
     };
     let blocks = cfg.block_ids.len();
     let rt = runtime()?;
@@ -381,9 +406,16 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
             e.loss_sum / e.examples.max(1) as f64
         );
     }
-    println!(
-        "coordinator: done after {} steps, {} restart(s) from a checkpoint",
-        out.steps, out.restarts
-    );
+    if out.ended_before {
+        println!(
+            "coordinator: the job had ended after {} steps before this start (its end is recorded)",
+            out.steps
+        );
+    } else {
+        println!(
+            "coordinator: done after {} steps, {} restart(s) from a checkpoint",
+            out.steps, out.restarts
+        );
+    }
     Ok(())
 }

@@ -188,9 +188,9 @@ fn vfl_party_refuses_an_unknown_process() {
 
 /// The scale-out demo (2 pairs, 2 shards per party, small model) with a
 /// coordinated checkpoint every 10 of its 96 steps; with `kill`, that
-/// process is killed (SIGKILL) after the first checkpoint and restarted
-/// alone. Returns each party's final model digest.
-fn scale_out_run(tag: &str, kill: Option<&str>) -> (String, String) {
+/// process is killed (SIGKILL) at that point (`--kill-at`) and restarted
+/// alone. Returns each party's final model digest and the demo's output.
+fn scale_out_run(tag: &str, kill: Option<(&str, &str)>) -> ((String, String), String) {
     let work = std::env::temp_dir().join(format!("vfl-demo-kill-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     let model = work.join("model.toml");
@@ -202,25 +202,15 @@ fn scale_out_run(tag: &str, kill: Option<&str>) -> (String, String) {
         .arg(&model)
         .arg("--work-dir")
         .arg(&work);
-    if let Some(k) = kill {
-        cmd.args(["--kill", k]);
+    if let Some((k, at)) = kill {
+        cmd.args(["--kill", k, "--kill-at", at]);
     }
     let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    if let Some(k) = kill {
-        assert!(
-            text.contains(&format!("killed {k} (SIGKILL) after the first checkpoint")),
-            "{text}"
-        );
-        // The job did restart from its checkpoint (the kill was not after
-        // the end).
-        assert!(
-            !text.contains(" 0 restart(s)") && text.contains("restart(s) from a checkpoint"),
-            "{text}"
-        );
-    } else {
-        assert!(text.contains("done after 96 steps, 0 restart(s)"), "{text}");
+    match kill {
+        Some((k, _)) => assert!(text.contains(&format!("killed {k} (SIGKILL) ")), "{text}"),
+        None => assert!(text.contains("done after 96 steps, 0 restart(s)"), "{text}"),
     }
     let digest = |key: &str| {
         let at = text.find(key).unwrap_or_else(|| panic!("no `{key}` in {text}")) + key.len();
@@ -236,38 +226,111 @@ fn scale_out_run(tag: &str, kill: Option<&str>) -> (String, String) {
                 .all(|b| b.is_ascii_hexdigit())
     );
     let _ = std::fs::remove_dir_all(&work);
-    digests
+    (digests, text)
 }
 
 /// The uninterrupted run's digests (computed once per test binary).
 fn uninterrupted() -> &'static (String, String) {
     static RUN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    RUN.get_or_init(|| scale_out_run("none", None))
+    RUN.get_or_init(|| scale_out_run("none", None).0)
+}
+
+/// `victim` killed after the first checkpoint and restarted alone: the job
+/// restarted from its checkpoint (the kill was not after the end) and
+/// ended with the uninterrupted run's weights.
+fn killed_after_a_checkpoint(tag: &str, victim: &str) {
+    let (digests, text) = scale_out_run(tag, Some((victim, "checkpoint")));
+    assert!(
+        text.contains(&format!("killed {victim} (SIGKILL) after the first checkpoint")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(" 0 restart(s)") && text.contains("restart(s) from a checkpoint"),
+        "{text}"
+    );
+    assert_eq!(&digests, uninterrupted());
 }
 
 #[test]
 fn a_shard_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
-    assert_eq!(&scale_out_run("shard", Some("leader-shard-1")), uninterrupted());
+    killed_after_a_checkpoint("shard", "leader-shard-1");
 }
 
 #[test]
 fn a_follower_worker_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
-    assert_eq!(&scale_out_run("fworker", Some("follower-worker-0")), uninterrupted());
+    killed_after_a_checkpoint("fworker", "follower-worker-0");
 }
 
 #[test]
 fn a_leader_worker_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
-    assert_eq!(&scale_out_run("lworker", Some("leader-worker-1")), uninterrupted());
+    killed_after_a_checkpoint("lworker", "leader-worker-1");
 }
 
 #[test]
 fn the_coordinator_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
-    assert_eq!(&scale_out_run("coordinator", Some("coordinator")), uninterrupted());
+    killed_after_a_checkpoint("coordinator", "coordinator");
 }
 
 #[test]
 fn a_follower_shard_killed_and_restarted_alone_ends_with_the_uninterrupted_weights() {
-    assert_eq!(&scale_out_run("fshard", Some("follower-shard-0")), uninterrupted());
+    killed_after_a_checkpoint("fshard", "follower-shard-0");
+}
+
+/// `victim` killed once training ended (`finish`: during the held-out pass
+/// and the export, before the job's end is recorded) or once the end is
+/// recorded (`commit`), and restarted alone: every process ends well and
+/// the weights are the uninterrupted run's. Returns the demo's output.
+fn killed_at_the_end(tag: &str, victim: &str, at: &str) -> String {
+    let (digests, text) = scale_out_run(tag, Some((victim, at)));
+    assert_eq!(&digests, uninterrupted(), "{text}");
+    text
+}
+
+#[test]
+fn the_coordinator_killed_during_the_end_of_job_work_ends_alike() {
+    let text = killed_at_the_end("end-coordinator", "coordinator", "finish");
+    // The end was not recorded yet: the job restarted from its checkpoint
+    // (or, on a slow machine, the kill landed just after the record).
+    assert!(
+        text.contains("done after 96 steps, 1 restart(s)") || text.contains("the job had ended after 96 steps"),
+        "{text}"
+    );
+}
+
+#[test]
+fn worker_pair_0_killed_during_its_export_ends_alike() {
+    killed_at_the_end("end-lworker0", "leader-worker-0", "finish");
+}
+
+#[test]
+fn a_follower_worker_killed_during_the_end_of_job_work_ends_alike() {
+    killed_at_the_end("end-fworker", "follower-worker-1", "finish");
+}
+
+#[test]
+fn a_shard_killed_during_the_end_of_job_work_ends_alike() {
+    // Shards hold nothing the end needs: no restart of the job.
+    let text = killed_at_the_end("end-shard", "leader-shard-1", "finish");
+    assert!(text.contains("done after 96 steps, 0 restart(s)"), "{text}");
+}
+
+#[test]
+fn the_coordinator_killed_after_recording_the_end_trains_nothing_again() {
+    let text = killed_at_the_end("commit-coordinator", "coordinator", "commit");
+    assert!(
+        text.contains("coordinator: the job had ended after 96 steps before this start"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_leader_worker_killed_after_the_recorded_end_ends_alike() {
+    killed_at_the_end("commit-lworker", "leader-worker-1", "commit");
+}
+
+#[test]
+fn a_follower_shard_killed_after_the_recorded_end_ends_alike() {
+    killed_at_the_end("commit-fshard", "follower-shard-0", "commit");
 }
 
 /// A scale-out run's export is the single pair's format: `vfl leader` and

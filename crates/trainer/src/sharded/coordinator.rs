@@ -51,6 +51,12 @@ pub enum CoordError {
     NoData { epoch: u32 },
     #[error("worker {worker} reported after the run finished")]
     Finished { worker: usize },
+    #[error("worker {worker} reported its end-of-job work before the run finished")]
+    NotFinished { worker: usize },
+    #[error("worker {worker} ended at step {got}, but the run finished at step {expected}")]
+    WrongEnd { worker: usize, got: u64, expected: u64 },
+    #[error("worker {worker} said goodbye before the job's end was recorded")]
+    NotCommitted { worker: usize },
     #[error("the coordinator's saved position: {why}")]
     BadState { why: String },
     #[error(transparent)]
@@ -104,6 +110,21 @@ pub struct Coordination {
     checkpoint: Option<CoordState>,
     /// The run's id (exports are bound to it).
     run: String,
+    /// After the last step: each pair's end-of-job work, then the commit.
+    end: End,
+}
+
+/// Where a run is after its last step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum End {
+    /// Training (the last step is not known yet).
+    Training,
+    /// `Finished` is out: the pairs that did their end-of-job work (the
+    /// held-out pass and the export, for pair 0).
+    Finishing(BTreeSet<usize>),
+    /// The job's end is recorded (`Committed` is out): the pairs that have
+    /// nothing left to do.
+    Committed(BTreeSet<usize>),
 }
 
 /// The coordinator's saved position: after step `steps`, before the next
@@ -118,6 +139,11 @@ pub struct CoordState {
     pub rows: Vec<u64>,
     /// The run's id.
     pub run: String,
+    /// The job's end: every pair's end-of-job work was done after step
+    /// `steps` (nothing is trained again; a restarted coordinator answers
+    /// with `Committed`).
+    #[serde(default)]
+    pub finished: bool,
 }
 
 impl Coordination {
@@ -150,6 +176,7 @@ impl Coordination {
             first_round: true,
             checkpoint: None,
             run: String::new(),
+            end: End::Training,
         })
     }
 
@@ -168,6 +195,28 @@ impl Coordination {
 
     /// Resumes from a saved position (of a run of the same shape).
     pub fn restore(mut self, st: &CoordState) -> Result<Self, CoordError> {
+        if st.finished {
+            // The job's end: only its step and run matter.
+            if st.rows.len() != self.workers || st.epoch != self.epochs {
+                return Err(CoordError::BadState {
+                    why: format!(
+                        "the end of a run of {} workers and {} epochs, for a run of {} workers and {} epochs",
+                        st.rows.len(),
+                        st.epoch,
+                        self.workers,
+                        self.epochs
+                    ),
+                });
+            }
+            self.epoch = st.epoch;
+            self.steps = st.steps;
+            self.rows.clone_from(&st.rows);
+            self.run.clone_from(&st.run);
+            self.done = true;
+            self.awaiting.clear();
+            self.end = End::Committed(BTreeSet::new());
+            return Ok(self);
+        }
         if st.rows.len() != self.workers || st.epoch >= self.epochs {
             return Err(CoordError::BadState {
                 why: format!(
@@ -201,6 +250,7 @@ impl Coordination {
             assign: self.assign.state(),
             rows: self.rows.clone(),
             run: self.run.clone(),
+            finished: matches!(self.end, End::Committed(_)),
         }
     }
 
@@ -237,6 +287,84 @@ impl Coordination {
 
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Worker `worker`'s pair did its end-of-job work after `steps` steps.
+    /// With every pair's in, the job's end is decided: returns the record
+    /// to save (the commit point) before [`Coordination::committed`] goes
+    /// to every worker.
+    pub fn end_of_pair(&mut self, worker: usize, steps: u64) -> Result<Option<CoordState>, CoordError> {
+        if worker >= self.workers {
+            return Err(CoordError::UnknownWorker {
+                worker,
+                workers: self.workers,
+            });
+        }
+        let End::Finishing(ended) = &mut self.end else {
+            return Err(if matches!(self.end, End::Training) {
+                CoordError::NotFinished { worker }
+            } else {
+                CoordError::NotAwaited { worker }
+            });
+        };
+        if steps != self.steps {
+            return Err(CoordError::WrongEnd {
+                worker,
+                got: steps,
+                expected: self.steps,
+            });
+        }
+        if !ended.insert(worker) {
+            return Err(CoordError::NotAwaited { worker });
+        }
+        if ended.len() < self.workers {
+            return Ok(None);
+        }
+        self.end = End::Committed(BTreeSet::new());
+        Ok(Some(self.position()))
+    }
+
+    /// The job's end is recorded.
+    pub fn is_committed(&self) -> bool {
+        matches!(self.end, End::Committed(_))
+    }
+
+    /// The message that ends every worker's job once it is recorded.
+    pub fn committed(&self) -> party_pb::Committed {
+        party_pb::Committed {
+            steps: self.steps,
+            run_id: self.run.clone(),
+        }
+    }
+
+    /// Worker `worker`'s pair has nothing left to do (again, after a
+    /// restart: that is no error). Returns whether every pair is over.
+    pub fn bye(&mut self, worker: usize) -> Result<bool, CoordError> {
+        if worker >= self.workers {
+            return Err(CoordError::UnknownWorker {
+                worker,
+                workers: self.workers,
+            });
+        }
+        let End::Committed(byes) = &mut self.end else {
+            return Err(CoordError::NotCommitted { worker });
+        };
+        byes.insert(worker);
+        Ok(byes.len() == self.workers)
+    }
+
+    /// Every pair is over: the coordinator may end.
+    pub fn is_over(&self) -> bool {
+        matches!(&self.end, End::Committed(b) if b.len() == self.workers)
+    }
+
+    /// The workers still owing their end-of-job report or their goodbye.
+    pub fn owing(&self) -> Vec<usize> {
+        let has = match &self.end {
+            End::Training => return self.awaiting(),
+            End::Finishing(s) | End::Committed(s) => s,
+        };
+        (0..self.workers).filter(|w| !has.contains(w)).collect()
     }
 
     /// The workers whose report is awaited.
@@ -279,6 +407,7 @@ impl Coordination {
                 assign: self.assign.state(),
                 rows: self.rows.clone(),
                 run: self.run.clone(),
+                finished: false,
             });
         }
         self.first_round = false;
@@ -363,6 +492,7 @@ impl Coordination {
         if self.epoch == self.epochs {
             self.done = true;
             self.awaiting.clear();
+            self.end = End::Finishing(BTreeSet::new());
             out.push((To::All, AMsg::Finished(party_pb::Finished { steps: self.steps })));
         } else {
             self.order = super::block_order(&self.ids, self.seed, self.epoch);
@@ -400,8 +530,21 @@ pub struct CoordinatorConfig {
     pub checkpoint_every: u64,
     /// How often a lost worker may restart the job before it fails.
     pub max_restarts: u32,
-    /// Called with each checkpoint step once it is saved.
-    pub on_checkpoint: Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Called at each milestone (a checkpoint once it is saved, the end of
+    /// training once `Finished` is out, the job's end once it is saved).
+    pub on_milestone: Option<std::sync::Arc<dyn Fn(Milestone) + Send + Sync>>,
+}
+
+/// A point of a coordinated run worth telling (the CLI prints them; the
+/// demo's fault injection waits for them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Milestone {
+    /// The position after this step is saved: a checkpoint of the job.
+    Checkpoint(u64),
+    /// Training ended after this step; the pairs do their end-of-job work.
+    Finished(u64),
+    /// The job's end after this step is saved (the commit point).
+    Committed(u64),
 }
 
 /// How a coordinated run ended.
@@ -414,6 +557,9 @@ pub struct CoordOutcome {
     /// How often the job restarted from a checkpoint (a lost worker, or
     /// this coordinator starting from its saved position).
     pub restarts: u32,
+    /// The job's end was already recorded when this coordinator started
+    /// (it only answered the workers that came).
+    pub ended_before: bool,
 }
 
 struct Conn {
@@ -450,16 +596,46 @@ fn resume(cfg: &CoordinatorConfig) -> Result<Coordination, TrainError> {
     Ok(fresh.restore(&st)?)
 }
 
-/// Serves the run on `listener` until it is finished; returns its steps,
-/// every epoch's totals and the restarts. A worker that leaves before the end restarts
-/// the job from its last checkpoint: every worker is told, the position is
-/// reloaded, and all N must register again within the peer timeout (at
-/// most `max_restarts` times). Fails, telling every worker, when a worker
-/// breaks the protocol, when the workers do not (re)register in time, or
-/// when none reports within the peer timeout.
+/// Serves the run on `listener` until it is over; returns its steps,
+/// every epoch's totals and the restarts.
+///
+/// Training: a worker that leaves restarts the job from its last
+/// checkpoint (every worker is told, the position is reloaded, and all N
+/// must register again within the peer timeout; at most `max_restarts`
+/// times). After the last step (`Finished`) every pair does its end-of-job
+/// work (the held-out pass and the export, for pair 0) and reports it; a
+/// worker lost before every report is in still restarts the job. With
+/// every report in, the job's end is saved (the commit point: nothing is
+/// trained again, a restarted coordinator answers every registration with
+/// `Committed`) and `Committed` goes out; the coordinator then waits (each
+/// time at most the peer timeout) for every pair's goodbye, answering a
+/// worker that registers again with `Committed`. Fails, telling every
+/// worker, when a worker breaks the protocol, when the workers do not
+/// (re)register in time, or when none reports within the peer timeout.
 pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> Result<CoordOutcome, TrainError> {
+    // Started again after the job ended and every pair said goodbye:
+    // nothing is left to do.
+    if let Some(sd) = &cfg.state
+        && let Some(end) = sd.load_end()?
+        && end.complete
+    {
+        tracing::info!(step = end.steps, "the job had ended, every pair's part too");
+        let _ = tokio::time::timeout(cfg.peer_timeout, listener.shutdown()).await;
+        return Ok(CoordOutcome {
+            steps: end.steps,
+            epochs: Vec::new(),
+            restarts: 0,
+            ended_before: true,
+        });
+    }
     let mut machine = resume(&cfg)?;
-    if machine.steps() > 0 {
+    let ended_before = machine.is_committed();
+    if ended_before {
+        tracing::info!(
+            step = machine.steps(),
+            "the job's end is recorded: answering the workers that come"
+        );
+    } else if machine.steps() > 0 {
         tracing::info!(step = machine.steps(), "resuming from the saved position");
     }
     // A fresh run's start is a checkpoint too (its run id survives a
@@ -475,12 +651,12 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
     let mut next_conn = 0u64;
     let mut registered = 0usize;
     // A coordinator that starts from a saved position restarts the job.
-    let mut restarts = u32::from(machine.steps() > 0);
+    let mut restarts = u32::from(machine.steps() > 0 && !ended_before);
     let mut epochs = Vec::new();
     let deadline = tokio::time::sleep(cfg.peer_timeout);
     tokio::pin!(deadline);
     let result: Result<(), TrainError> = loop {
-        if machine.is_done() {
+        if machine.is_over() {
             break Ok(());
         }
         tokio::select! {
@@ -499,6 +675,12 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
             Some(ev) = events.recv() => match ev {
                 Event::Closed(conn, why) => {
                     if let Some(c) = conns.remove(&conn) && let Some(w) = c.worker {
+                        if machine.is_committed() {
+                            // Nothing is trained again: it may come back for
+                            // the end, or not.
+                            tracing::info!(worker = w, %why, "a worker left after the job's end");
+                            continue;
+                        }
                         match restart(&cfg, &mut conns, &mut restarts, (w, &why)) {
                             Ok(m) => machine = m,
                             Err(e) => break Err(e),
@@ -508,15 +690,31 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
                     }
                 }
                 Event::Message(conn, _) if !conns.contains_key(&conn) => {}
+                Event::Message(conn, WMsg::Register(r)) if r.if_ended && !machine.is_committed() => {
+                    // Only asking whether the job has ended: it has not.
+                    if let Some(c) = conns.remove(&conn) {
+                        let _ = c.tx.try_send(Ok(failure("the job's end is not recorded")));
+                        c.reader.abort();
+                    }
+                }
                 Event::Message(conn, WMsg::Register(r)) => {
                     match check_register(&cfg, &conns, conn, &r) {
                         Ok(w) => {
                             if let Some(c) = conns.get_mut(&conn) {
                                 c.worker = Some(w);
                             }
+                            deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                            if machine.is_committed() {
+                                tracing::info!(worker = w, "worker registered after the job's end");
+                                if let Some(c) = conns.get(&conn) {
+                                    let _ = c.tx.try_send(Ok(party_pb::Assignment {
+                                        msg: Some(AMsg::Committed(machine.committed())),
+                                    }));
+                                }
+                                continue;
+                            }
                             registered += 1;
                             tracing::info!(worker = w, "worker registered");
-                            deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                             if registered == cfg.workers {
                                 for c in conns.values() {
                                     let Some(w) = c.worker else { continue };
@@ -541,39 +739,67 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
                         }
                     }
                 }
-                Event::Message(conn, WMsg::Ready(r)) => {
+                Event::Message(conn, msg) => {
                     let Some(w) = conns.get(&conn).and_then(|c| c.worker) else {
-                        tracing::error!("a Ready before Register; dropping the connection");
+                        tracing::error!("a report before Register; dropping the connection");
                         if let Some(c) = conns.remove(&conn) {
                             c.reader.abort();
                         }
                         continue;
                     };
-                    if registered < cfg.workers {
+                    if registered < cfg.workers && !machine.is_committed() {
                         break Err(fail(format!("worker {w} reported before every worker registered")));
                     }
-                    let outs = match machine.ready(w, &r) {
-                        Ok(o) => o,
-                        Err(e) => break Err(e.into()),
+                    deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                    let outs = match msg {
+                        WMsg::Ready(r) => match machine.ready(w, &r) {
+                            Ok(o) => o,
+                            Err(e) => break Err(e.into()),
+                        },
+                        WMsg::Finished(f) => match machine.end_of_pair(w, f.steps) {
+                            Ok(None) => continue,
+                            Ok(Some(end)) => {
+                                // The commit point: saved before anyone hears of it.
+                                if let Err(e) = save_position(&cfg, &end) {
+                                    break Err(e);
+                                }
+                                tracing::info!(step = end.steps, "the job's end is recorded");
+                                milestone(&cfg, Milestone::Committed(end.steps));
+                                vec![(To::All, AMsg::Committed(machine.committed()))]
+                            }
+                            Err(e) => break Err(e.into()),
+                        },
+                        WMsg::Bye(_) => {
+                            if let Err(e) = machine.bye(w) {
+                                break Err(e.into());
+                            }
+                            // Ending its stream tells it the goodbye is taken.
+                            if let Some(c) = conns.remove(&conn) {
+                                c.reader.abort();
+                            }
+                            continue;
+                        }
+                        WMsg::Register(_) => unreachable!("matched above"),
                     };
                     // The position is saved before anything of this round
                     // goes out.
-                    if let Some(ck) = machine.take_checkpoint()
-                        && let Some(sd) = &cfg.state
-                    {
-                        let json = serde_json::to_vec(&ck).map_err(StoreError::encode("coordinator position"));
-                        if let Err(e) = json.and_then(|j| sd.save_bytes(ck.steps, &j)) {
+                    if let Some(ck) = machine.take_checkpoint() {
+                        if let Err(e) = save_position(&cfg, &ck) {
                             break Err(e);
                         }
-                        if let Some(f) = &cfg.on_checkpoint {
-                            f(ck.steps);
+                        if cfg.state.is_some() {
+                            milestone(&cfg, Milestone::Checkpoint(ck.steps));
                         }
                     }
-                    deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                    let ends = outs.iter().find_map(|(_, m)| match m {
+                        AMsg::Finished(f) => Some(f.steps),
+                        _ => None,
+                    });
                     match deliver(&conns, outs, &mut machine, &mut epochs) {
                         Ok(()) => {}
                         // Its process is gone (its Closed event is still on
-                        // the way): a lost worker.
+                        // the way): a lost worker, unless the end is recorded.
+                        Err(Undelivered::Gone(_)) if machine.is_committed() => {}
                         Err(Undelivered::Gone(w)) => {
                             match restart(&cfg, &mut conns, &mut restarts, (w, "its stream is closed")) {
                                 Ok(m) => machine = m,
@@ -581,19 +807,36 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
                             }
                             registered = 0;
                             deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                            continue;
                         }
                         Err(Undelivered::Stalled(w)) => {
                             break Err(fail(format!("worker {w} does not read its assignments")));
                         }
                     }
+                    if let Some(t) = ends {
+                        milestone(&cfg, Milestone::Finished(t));
+                    }
                 }
             },
             () = &mut deadline => {
+                if machine.is_committed() {
+                    tracing::warn!(
+                        workers = ?machine.owing(),
+                        "no goodbye from these workers within the peer timeout; the job's end is recorded, stopping"
+                    );
+                    break Ok(());
+                }
                 break Err(fail(if registered < cfg.workers {
                     format!(
                         "{} of {} workers registered within {} s",
                         registered,
                         cfg.workers,
+                        cfg.peer_timeout.as_secs()
+                    )
+                } else if machine.is_done() {
+                    format!(
+                        "no end-of-job report from workers {:?} within {} s",
+                        machine.owing(),
                         cfg.peer_timeout.as_secs()
                     )
                 } else {
@@ -615,27 +858,24 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
         for c in conns.values() {
             let _ = c.tx.try_send(Ok(msg.clone()));
         }
-    } else {
-        // Every worker has its Finished: wait (bounded) until they close.
-        let wait = async {
-            while conns.values().any(|c| c.worker.is_some()) {
-                match events.recv().await {
-                    Some(Event::Closed(conn, _)) => {
-                        conns.remove(&conn);
-                    }
-                    Some(_) => {}
-                    None => break,
-                }
-            }
-        };
-        if tokio::time::timeout(cfg.peer_timeout, wait).await.is_err() {
-            tracing::warn!("a worker did not close its stream after the run; stopping without it");
-        }
     }
     for c in conns.values() {
         c.reader.abort();
     }
     drop(conns);
+    if result.is_ok()
+        && let Some(sd) = &cfg.state
+    {
+        // Its part of the ending is done: started again, it ends at once.
+        let end = crate::sharded::state::JobEnd {
+            run: machine.committed().run_id,
+            steps: machine.steps(),
+            complete: true,
+        };
+        if let Err(e) = sd.save_end(&end) {
+            tracing::warn!(error = %e, "could not record the job's end");
+        }
+    }
     if tokio::time::timeout(cfg.peer_timeout, listener.shutdown())
         .await
         .is_err()
@@ -646,7 +886,21 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
         steps: machine.steps(),
         epochs,
         restarts,
+        ended_before,
     })
+}
+
+/// Saves the coordinator's position (a checkpoint, or the job's end).
+fn save_position(cfg: &CoordinatorConfig, st: &CoordState) -> Result<(), TrainError> {
+    let Some(sd) = &cfg.state else { return Ok(()) };
+    let json = serde_json::to_vec(st).map_err(StoreError::encode("coordinator position"))?;
+    sd.save_bytes(st.steps, &json)
+}
+
+fn milestone(cfg: &CoordinatorConfig, m: Milestone) {
+    if let Some(f) = &cfg.on_milestone {
+        f(m);
+    }
 }
 
 /// Why a message did not reach a worker.
@@ -919,6 +1173,118 @@ mod tests {
         ));
         assert!(c.is_done());
         assert_eq!(c.ready(0, &ready(3)), Err(CoordError::Finished { worker: 0 }));
+    }
+
+    /// Two workers, one block of one batch: training ends after step 1.
+    fn finished_run() -> Coordination {
+        let mut c = Coordination::new(2, 1, None, ids(1)).unwrap().with_run("r1".into());
+        c.ready(0, &ready(1)).unwrap();
+        let out = c.ready(1, &ready(1)).unwrap();
+        let (index, lease) = grant(&out[0].1);
+        c.ready(0, &with_batch(1)).unwrap();
+        c.ready(0, &finished(2, index, lease)).unwrap();
+        let out = c.ready(1, &ready(2)).unwrap();
+        assert!(matches!(
+            out.last().unwrap().1,
+            AMsg::Finished(party_pb::Finished { steps: 1 })
+        ));
+        c
+    }
+
+    #[test]
+    fn the_end_is_recorded_once_every_pair_did_its_end_of_job_work() {
+        let mut c = finished_run();
+        assert!(!c.is_committed());
+        assert_eq!(c.end_of_pair(1, 1), Ok(None));
+        assert_eq!(c.owing(), vec![0]);
+        let end = c.end_of_pair(0, 1).unwrap().expect("the record to save");
+        assert!(end.finished && end.steps == 1 && end.run == "r1");
+        assert!(c.is_committed() && !c.is_over());
+        assert_eq!(
+            c.committed(),
+            party_pb::Committed {
+                steps: 1,
+                run_id: "r1".into()
+            }
+        );
+        assert_eq!(c.bye(0), Ok(false));
+        // A worker restarted after its goodbye says it again.
+        assert_eq!(c.bye(0), Ok(false));
+        assert_eq!(c.bye(1), Ok(true));
+        assert!(c.is_over());
+    }
+
+    #[test]
+    fn a_restored_end_answers_with_committed_and_trains_nothing() {
+        let mut c = finished_run();
+        c.end_of_pair(0, 1).unwrap();
+        let end = c.end_of_pair(1, 1).unwrap().unwrap();
+        let json = serde_json::to_vec(&end).unwrap();
+        let back: CoordState = serde_json::from_slice(&json).unwrap();
+        let mut r = Coordination::new(2, 1, None, ids(1)).unwrap().restore(&back).unwrap();
+        assert!(r.is_committed() && r.is_done());
+        assert_eq!(
+            r.committed(),
+            party_pb::Committed {
+                steps: 1,
+                run_id: "r1".into()
+            }
+        );
+        assert_eq!(r.ready(0, &ready(2)), Err(CoordError::Finished { worker: 0 }));
+        assert_eq!(r.bye(1), Ok(false));
+    }
+
+    #[test]
+    fn refuses_an_end_of_another_run_shape() {
+        let mut c = finished_run();
+        c.end_of_pair(0, 1).unwrap();
+        let end = c.end_of_pair(1, 1).unwrap().unwrap();
+        assert!(matches!(
+            Coordination::new(2, 2, None, ids(1)).unwrap().restore(&end),
+            Err(CoordError::BadState { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_an_end_of_job_report_while_training() {
+        let mut c = Coordination::new(2, 1, None, ids(2)).unwrap();
+        assert_eq!(c.end_of_pair(0, 0), Err(CoordError::NotFinished { worker: 0 }));
+    }
+
+    #[test]
+    fn refuses_an_end_at_another_step() {
+        let mut c = finished_run();
+        assert_eq!(
+            c.end_of_pair(0, 2),
+            Err(CoordError::WrongEnd {
+                worker: 0,
+                got: 2,
+                expected: 1
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_a_second_end_of_job_report() {
+        let mut c = finished_run();
+        c.end_of_pair(0, 1).unwrap();
+        assert_eq!(c.end_of_pair(0, 1), Err(CoordError::NotAwaited { worker: 0 }));
+    }
+
+    #[test]
+    fn refuses_an_end_of_job_report_of_an_unknown_worker() {
+        let mut c = finished_run();
+        assert_eq!(
+            c.end_of_pair(2, 1),
+            Err(CoordError::UnknownWorker { worker: 2, workers: 2 })
+        );
+    }
+
+    #[test]
+    fn refuses_a_goodbye_before_the_end_is_recorded() {
+        let mut c = finished_run();
+        c.end_of_pair(0, 1).unwrap();
+        assert_eq!(c.bye(0), Err(CoordError::NotCommitted { worker: 0 }));
     }
 
     #[test]

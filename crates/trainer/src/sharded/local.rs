@@ -264,7 +264,7 @@ impl ShardedTrainer {
     pub fn finish(mut self) -> Result<u64, TrainError> {
         for shards in [&mut self.leader_shards, &mut self.follower_shards] {
             if let Shards::Remote(r) = shards {
-                r.done(self.step)?;
+                r.done(self.step, "")?;
             }
         }
         Ok(self.step)

@@ -31,11 +31,10 @@ pub struct RemoteShards {
     streams: Vec<Vec<ShardStream>>,
     /// The first worker index of this process.
     first: usize,
-    /// Where each shard is (for errors), whose it is, and how long a step's
-    /// values may take before the run fails.
-    addrs: Vec<String>,
-    own: PartyRole,
-    wait: Duration,
+    /// Where the shards are and how to reach them (for errors, and for a
+    /// new stream when a joined one broke), and how long a step's values
+    /// may take before the run fails.
+    at: ShardAddrs,
 }
 
 impl std::fmt::Debug for RemoteShards {
@@ -104,41 +103,47 @@ impl RemoteShards {
             rt,
             streams,
             first,
-            addrs: at.addrs.clone(),
-            own: at.own,
-            wait: at.wait,
+            at: at.clone(),
         };
         Ok((remote, dumps, steps.unwrap_or(0)))
     }
 
     /// The party's shards.
     pub fn shards(&self) -> usize {
-        self.addrs.len()
+        self.at.addrs.len()
     }
 
-    /// Tells every shard the job is finished after `steps` steps (the
-    /// workers then leave for good; without it a shard takes a worker's
-    /// departure for a loss).
-    pub fn done(&mut self, steps: u64) -> Result<(), TrainError> {
-        for row in &mut self.streams {
-            for stream in row.iter_mut() {
-                self.rt.block_on(send(stream, WMsg::Done(party_pb::Done { steps })))?;
-            }
-        }
-        // Each shard ends the stream once it has taken the Done (a process
-        // that exits first would lose it, and the shard a worker).
-        let wait = self.wait;
-        for row in &mut self.streams {
-            for stream in row.iter_mut() {
-                let _ = self.rt.block_on(async {
-                    tokio::time::timeout(wait, async {
-                        while let Ok(Some(_)) = stream.inbound.message().await {}
-                    })
-                    .await
+    /// Tells every shard that the job's end after `steps` steps of run
+    /// `run` is recorded (the workers then leave for good; before it a
+    /// shard takes a worker's departure for a loss). A joined stream that
+    /// broke is replaced by a new one ([`tell_done`]). Every shard is
+    /// tried; returns the first failure.
+    pub fn done(&mut self, steps: u64, run: &str) -> Result<(), TrainError> {
+        let mut first_err = None;
+        for (i, row) in self.streams.iter_mut().enumerate() {
+            let worker = self.first + i;
+            for (s, stream) in row.iter_mut().enumerate() {
+                let msg = done_msg(worker, steps, run);
+                let taken = self.rt.block_on(async {
+                    match send(stream, msg).await {
+                        Ok(()) => acknowledged(stream, self.at.wait).await,
+                        Err(e) => Err(e),
+                    }
                 });
+                if taken.is_ok() {
+                    continue;
+                }
+                // The joined stream broke (the shard restarted, or dropped
+                // this worker when another was lost before the end): a new
+                // stream, where a refusal is final.
+                let again = self.rt.block_on(done_at(&self.at, s, worker, (steps, run)));
+                if let Err(e) = again {
+                    tracing::warn!(shard = s, worker, error = %e, "a shard did not take the job's end");
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Worker `worker`'s contributions (one per shard) to `step`.
@@ -177,19 +182,19 @@ impl RemoteShards {
         for (s, stream) in row.iter_mut().enumerate() {
             let got = self
                 .rt
-                .block_on(async { tokio::time::timeout(self.wait, recv(stream)).await });
+                .block_on(async { tokio::time::timeout(self.at.wait, recv(stream)).await });
             let named = |why: String| {
                 BridgeError::Lost(format!(
                     "shard {s} of the {} at {} (worker {worker}, step {step}): {why}",
-                    self.own,
-                    self.addrs.get(s).map_or("?", String::as_str)
+                    self.at.own,
+                    self.at.addrs.get(s).map_or("?", String::as_str)
                 ))
             };
             match got {
                 Err(_) => {
                     return Err(named(format!(
                         "no values within {} s (a shard or a participant is gone)",
-                        self.wait.as_secs()
+                        self.at.wait.as_secs()
                     ))
                     .into());
                 }
@@ -205,6 +210,71 @@ impl RemoteShards {
         }
         Ok(out)
     }
+}
+
+fn done_msg(worker: usize, steps: u64, run: &str) -> WMsg {
+    WMsg::Done(party_pb::Done {
+        steps,
+        worker: worker as u32,
+        run_id: run.to_string(),
+    })
+}
+
+/// Whether the shard took the Done: it ends the stream cleanly once it
+/// has (a process that exits first could lose it); a message is its
+/// refusal.
+async fn acknowledged(stream: &mut ShardStream, wait: Duration) -> Result<(), TrainError> {
+    match tokio::time::timeout(wait, stream.inbound.message()).await {
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(party_pb::ShardMessage { msg: Some(m) }))) => Err(unexpected("the end of the stream", &m)),
+        Ok(Ok(Some(_))) => Err(TrainError::Unexpected {
+            expected: "the end of the stream",
+            got: "an empty message".into(),
+        }),
+        Ok(Err(s)) => Err(BridgeError::Lost(vfl_bridge::sanitize(s.message(), 1000)).into()),
+        Err(_) => Err(BridgeError::Lost(format!(
+            "the job's end was not acknowledged within {} s",
+            wait.as_secs()
+        ))
+        .into()),
+    }
+}
+
+/// Tells shard `s` on a new stream (without joining) that the job's end
+/// after `steps` steps of run `run` is recorded, as worker `worker`.
+async fn done_at(at: &ShardAddrs, s: usize, worker: usize, (steps, run): (u64, &str)) -> Result<(), TrainError> {
+    let addr = at.addrs.get(s).ok_or(TrainError::Unsupported("no such shard"))?;
+    let mut stream = dial_shard(addr, at.own, at.max_message, &at.security, at.wait).await?;
+    send(&mut stream, done_msg(worker, steps, run)).await?;
+    acknowledged(&mut stream, at.wait).await
+}
+
+/// Tells every shard of a party, each on a new stream, that the job's end
+/// after `steps` steps of run `run` is recorded, as worker `worker` (one
+/// that restarted after the end and did not join). Every shard is tried,
+/// at once; returns the first failure.
+pub fn tell_done(
+    rt: &tokio::runtime::Handle,
+    at: &ShardAddrs,
+    worker: usize,
+    (steps, run): (u64, &str),
+) -> Result<(), TrainError> {
+    rt.block_on(async {
+        let mut all = tokio::task::JoinSet::new();
+        for s in 0..at.addrs.len() {
+            let (at, run) = (at.clone(), run.to_string());
+            all.spawn(async move { (s, done_at(&at, s, worker, (steps, &run)).await) });
+        }
+        let mut first_err = None;
+        while let Some(r) = all.join_next().await {
+            let (s, r) = r.map_err(|_| TrainError::Unsupported("a task telling a shard the end panicked"))?;
+            if let Err(e) = r {
+                tracing::warn!(shard = s, worker, error = %e, "a shard did not take the job's end");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    })
 }
 
 fn bad(e: wire::ParamsError) -> TrainError {

@@ -12,6 +12,13 @@
 //! progress, tells the other workers (their job restarts from its last
 //! checkpoint) and waits, within the peer timeout, for the workers to
 //! rejoin.
+//!
+//! Workers send `Done` only once the job's end is recorded (the
+//! coordinator's commit point): from then on nothing is trained again, a
+//! worker that leaves is no loss, and the shard ends once every worker's
+//! `Done` is in (a worker whose joined stream broke, or that restarted,
+//! sends it on a new stream without joining), or after the peer timeout
+//! without one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,12 +48,24 @@ pub struct ShardConfig {
     pub checkpoint_every: u64,
 }
 
-/// Serves `shard` on `listener` until every worker that joined has left
-/// (the job is over). Fails when no worker joins within the peer timeout,
+/// Serves `shard` on `listener` until the job is over (every worker's
+/// `Done` is in; before the end, every worker that joined has left);
+/// returns the job's steps. Fails when no worker joins within the peer timeout,
 /// when a step begun is not complete within it (a participant is gone or
 /// was refused: every worker is told), and drops a worker that does not
 /// read what it is sent (it must not stall the others).
 pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener) -> Result<u64, TrainError> {
+    // What this shard recorded of the job's end before a restart.
+    let known = match &cfg.state {
+        Some(sd) => sd.load_end()?,
+        None => None,
+    };
+    if let Some(end) = known.as_ref().filter(|e| e.complete) {
+        // Every worker's Done was in: nothing is left to do.
+        tracing::info!(step = end.steps, "the job had ended, every worker's Done was in");
+        let _ = tokio::time::timeout(cfg.peer_timeout, listener.shutdown()).await;
+        return Ok(end.steps);
+    }
     // The run the joined workers are of (its id binds the saved state;
     // the first Join names it, and the step to load).
     let mut run: Option<String> = None;
@@ -61,6 +80,8 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     // A worker was lost: the others were told, and the shard waits for the
     // job to rejoin (restarted from its checkpoint).
     let mut restarting = false;
+    // The job's end, once a worker said it is recorded.
+    let mut end: Option<JobEnd> = None;
     let result = loop {
         tokio::select! {
             s = listener.streams.recv() => {
@@ -78,6 +99,11 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                     if let Some(c) = conns.remove(&conn)
                         && let Some(w) = c.worker
                     {
+                        if end.is_some() {
+                            // After the end nothing is trained again.
+                            tracing::info!(worker = w, %why, "a worker left after the job's end");
+                            continue;
+                        }
                         lost(&mut shard, &mut conns, w, &why);
                         (step_open, restarting) = (false, true);
                         deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
@@ -88,6 +114,39 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                 }
                 // Left over from a connection already dropped.
                 Event::Message(conn, _) if !conns.contains_key(&conn) => {}
+                Event::Message(conn, WMsg::Done(d)) => {
+                    let joined = conns.get(&conn).and_then(|c| c.worker);
+                    let Some(c) = conns.remove(&conn) else { continue };
+                    c.reader.abort();
+                    match job_end(&cfg, &mut run, &mut end, joined, &d) {
+                        // Ending its stream (dropping `c`) acknowledges it.
+                        Ok(ended) => {
+                            tracing::info!(worker = d.worker, steps = d.steps, "worker done: the job's end is recorded");
+                            if ended == 1 {
+                                record_end(&cfg, run.as_deref(), d.steps, false);
+                            }
+                            // No step is open after the end: one open here
+                            // belonged to an attempt that restarted.
+                            shard.abort();
+                            step_open = false;
+                            if ended == cfg.workers {
+                                break Ok(());
+                            }
+                            deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "refusing a worker's Done");
+                            let _ = c.tx.try_send(Ok(refusal(&e)));
+                        }
+                    }
+                }
+                // After the end only `Done` is taken.
+                Event::Message(conn, _) if end.is_some() => {
+                    if let Some(c) = conns.remove(&conn) {
+                        let _ = c.tx.try_send(Ok(failure("the job has ended")));
+                        c.reader.abort();
+                    }
+                }
                 Event::Message(conn, msg) => {
                     match handle(&cfg, (&mut shard, &mut run), &mut conns, conn, msg) {
                         Ok(()) => {}
@@ -135,7 +194,23 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                     ever_joined |= conns.values().any(|c| c.worker.is_some());
                 }
             },
-            () = &mut deadline, if !ever_joined || step_open || !conns.values().any(|c| c.worker.is_some()) => {
+            () = &mut deadline, if end.is_some() || !ever_joined || step_open || !conns.values().any(|c| c.worker.is_some()) => {
+                if let Some(e) = &end {
+                    tracing::warn!(
+                        done = e.workers.len(),
+                        workers = cfg.workers,
+                        "not every worker's Done came within the peer timeout; the job's end is recorded, stopping"
+                    );
+                    break Ok(());
+                }
+                if let Some(k) = known.as_ref().filter(|_| !ever_joined) {
+                    // Started again after the end; the workers' Done came
+                    // to the shard before this one.
+                    tracing::warn!(step = k.steps, "no worker within the peer timeout; the job had ended, stopping");
+                    end = Some(JobEnd { steps: k.steps, workers: Default::default() });
+                    run = Some(k.run.clone());
+                    break Ok(());
+                }
                 break Err(if step_open {
                     TrainError::Bridge(vfl_bridge::BridgeError::Lost(format!(
                         "shard {}: step {} incomplete after {} s (a participant is gone)",
@@ -176,7 +251,80 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     {
         tracing::warn!("a worker did not take the last messages; stopped without it");
     }
-    result.map(|()| shard.steps())
+    if result.is_ok()
+        && let Some(e) = &end
+    {
+        record_end(&cfg, run.as_deref(), e.steps, true);
+    }
+    result.map(|()| end.map_or(shard.steps(), |e| e.steps))
+}
+
+/// Records the job's end (`complete`: every worker's Done is in, or no
+/// more is awaited). A record that cannot be written only costs a later
+/// restart its shortcut: warned, not failed.
+fn record_end(cfg: &ShardConfig, run: Option<&str>, steps: u64, complete: bool) {
+    let Some(sd) = &cfg.state else { return };
+    let end = super::state::JobEnd {
+        run: run.unwrap_or_default().to_string(),
+        steps,
+        complete,
+    };
+    if let Err(e) = sd.save_end(&end) {
+        tracing::warn!(error = %e, "could not record the job's end");
+    }
+}
+
+/// The job's end as the workers' `Done` tell it.
+struct JobEnd {
+    steps: u64,
+    workers: std::collections::BTreeSet<u32>,
+}
+
+/// Takes worker `d.worker`'s `Done` (on its joined stream, `joined`, or on
+/// a new one); returns how many workers' are in.
+fn job_end(
+    cfg: &ShardConfig,
+    run: &mut Option<String>,
+    end: &mut Option<JobEnd>,
+    joined: Option<u32>,
+    d: &party_pb::Done,
+) -> Result<usize, TrainError> {
+    if d.worker as usize >= cfg.workers || joined.is_some_and(|w| w != d.worker) {
+        return Err(TrainError::Unexpected {
+            expected: "the Done of this worker, of a worker of the run",
+            got: format!("the Done of worker {} (joined as {joined:?})", d.worker),
+        });
+    }
+    match run.as_deref() {
+        Some(r) if r != d.run_id => {
+            return Err(TrainError::Unexpected {
+                expected: "the Done of the run the joined workers are of",
+                got: format!("the Done of another run (worker {})", d.worker),
+            });
+        }
+        Some(_) => {}
+        // A shard restarted after the last step: the run's workers tell it
+        // the end.
+        None if d.run_id.len() > 64 => {
+            return Err(TrainError::Unexpected {
+                expected: "a run id of at most 64 bytes",
+                got: format!("{} bytes", d.run_id.len()),
+            });
+        }
+        None => *run = Some(d.run_id.clone()),
+    }
+    let e = end.get_or_insert_with(|| JobEnd {
+        steps: d.steps,
+        workers: Default::default(),
+    });
+    if e.steps != d.steps {
+        return Err(TrainError::Unexpected {
+            expected: "the job's end at the step the other workers named",
+            got: format!("worker {} ends at step {}, others at {}", d.worker, d.steps, e.steps),
+        });
+    }
+    e.workers.insert(d.worker);
+    Ok(e.workers.len())
 }
 
 /// When every worker that joined has left: the end of the job, or, with
@@ -454,19 +602,8 @@ fn handle(
             }
             Ok(())
         }
-        (WMsg::Done(_), Some(w)) => {
-            // The worker leaves for good: its stream ends here, which tells
-            // it the shard has taken its Done.
-            if let Some(c) = conns.remove(&conn) {
-                c.reader.abort();
-            }
-            tracing::info!(worker = w, "worker finished");
-            Ok(())
-        }
-        (WMsg::Done(_), None) => Err(TrainError::Unexpected {
-            expected: "Join first",
-            got: "Done".into(),
-        }),
+        // Taken by the serving loop.
+        (WMsg::Done(_), _) => Err(TrainError::Unsupported("a Done outside the serving loop")),
         (WMsg::Join(_), Some(w)) => Err(ShardError::Duplicate {
             shard: cfg.index,
             worker: w,

@@ -37,6 +37,17 @@ impl std::fmt::Debug for StateDir {
     }
 }
 
+/// What a process of a scale-out job knows of the job's end.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobEnd {
+    /// The run and its steps.
+    pub run: String,
+    pub steps: u64,
+    /// This process's part of the ending is done too: started again, it
+    /// ends at once. Otherwise it finishes that part (every wait bounded).
+    pub complete: bool,
+}
+
 /// Saved states kept per process: the coordinator's newest step is the
 /// run's commit point, and the shards may be one checkpoint ahead of it.
 pub const KEEP: usize = 2;
@@ -249,6 +260,60 @@ impl StateDir {
                 Err(e) => Err(StoreError::io(&path)(e)),
             },
         }
+    }
+
+    fn end_path(&self) -> PathBuf {
+        self.dir.join("end.json")
+    }
+
+    fn end_context(&self) -> Context {
+        Context::new("scale-out end")
+            .with("app", &self.app)
+            .with("role", self.role)
+            .with("model", &self.model)
+            .with("policy", &self.policy)
+            .with("process", &self.process)
+    }
+
+    /// Records what this process knows of the job's end (written
+    /// atomically, sealed when the party seals). A state directory holds
+    /// one job: once its end is recorded the process does not train again.
+    pub fn save_end(&self, end: &JobEnd) -> Result<(), TrainError> {
+        std::fs::create_dir_all(&self.dir).map_err(StoreError::io(&self.dir))?;
+        let path = self.end_path();
+        let bytes = serde_json::to_vec(end).map_err(StoreError::encode("the job's end"))?;
+        match &self.sealer {
+            Some(s) => s.seal_to_file(&path, &self.end_context(), &bytes)?,
+            None => vfl_fs::write_bytes(&path, &bytes, vfl_fs::Access::Private).map_err(StoreError::io(&path))?,
+        }
+        Ok(())
+    }
+
+    /// The job's end as this process recorded it, if it did.
+    pub fn load_end(&self) -> Result<Option<JobEnd>, TrainError> {
+        let path = self.end_path();
+        let bytes = match &self.sealer {
+            Some(s) => s.open_from_file(&path, &self.end_context())?.map(|(_, b)| b),
+            None => match std::fs::read(&path) {
+                Ok(b) if vfl_attest::seal::is_sealed(&b) => {
+                    return Err(StoreError::Encrypted {
+                        path: path.display().to_string(),
+                    }
+                    .into());
+                }
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(StoreError::io(&path)(e)),
+            },
+        };
+        let Some(bytes) = bytes else { return Ok(None) };
+        let end: JobEnd = serde_json::from_slice(&bytes).map_err(|e| StoreError::Binding {
+            path: path.display().to_string(),
+            key: "the job's end".into(),
+            found: vfl_bridge::sanitize(&e.to_string(), 200),
+            expected: "a recorded end".into(),
+        })?;
+        Ok(Some(end))
     }
 
     fn prune(&self, run: Option<&str>) {

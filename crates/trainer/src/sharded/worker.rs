@@ -13,10 +13,17 @@
 //! before the leader reports for the next step. Non-participants take the
 //! new values too.
 //!
-//! After the last epoch, worker pair 0 evaluates the model on held-out data
-//! if both were given some. A lost peer fails the worker's attempt, named;
-//! the caller starts it over and the job resumes from its last checkpoint
-//! ([`restartable`], docs/scale-out.md).
+//! After the last epoch (`Finished`), worker pair 0 evaluates the model on
+//! held-out data if both were given some and exports it; every pair then
+//! reports its end-of-job work to the coordinator, which records the job's
+//! end (the commit point) and answers `Committed`. Only then does a worker
+//! tell its shards (`Done`) and leave; the leader worker waits for its
+//! follower's `Finished` and says goodbye to the coordinator last. A lost
+//! peer before the commit fails the worker's attempt, named; the caller
+//! starts it over and the job resumes from its last checkpoint
+//! ([`restartable`], docs/scale-out.md). After it nothing fails: a worker
+//! that restarted after the end learns it from the coordinator (or its
+//! leader worker) and only finishes its part of the ending.
 
 use std::time::Duration;
 
@@ -72,6 +79,10 @@ pub struct WorkerConfig {
     pub threads: usize,
     /// How long to wait for a peer (connect, register, each message).
     pub peer_timeout: Duration,
+    /// Where the worker records the job's end (a worker started again
+    /// after it trains nothing; None: it asks the coordinator or its
+    /// leader worker).
+    pub state: Option<super::state::StateDir>,
 }
 
 /// Where and how worker pair 0 exports its party's trained model (the
@@ -94,7 +105,9 @@ pub struct WorkerOutcome {
     pub eval: Option<PassReport>,
     /// [`replica::digest`] of this worker's replica at the end: equal on
     /// every worker of the party, and across runs that are bitwise equal.
-    pub digest: String,
+    /// None: the job's end was recorded before this attempt (a worker that
+    /// restarted after it trains nothing and holds no replica).
+    pub digest: Option<String>,
     /// Where the model was exported (with an [`ExportTo`]).
     pub export: Option<std::path::PathBuf>,
 }
@@ -215,16 +228,41 @@ pub fn run_leader(
     eval: Option<&mut dyn BatchSource>,
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
+    // The job's end as this worker recorded it before a restart.
+    let known = recorded_end(cfg)?;
+    if let Some(end) = known.as_ref().filter(|e| e.complete) {
+        tracing::info!(step = end.steps, "the job had ended, this worker's part too");
+        return Ok(ended_before(&committed_of(end)));
+    }
     // The follower worker of the same index.
-    let incoming = rt
-        .block_on(async { tokio::time::timeout(cfg.peer_timeout, pair.streams.recv()).await })
-        .map_err(|_| {
-            lost(format!(
+    let incoming = match rt.block_on(async { tokio::time::timeout(cfg.peer_timeout, pair.streams.recv()).await }) {
+        Ok(s) => s.ok_or_else(|| lost("the pair listener stopped".into()))?,
+        Err(_) => {
+            // This worker may have restarted after the job's end, its
+            // follower worker ended: its record or the coordinator knows.
+            let why = lost(format!(
                 "follower worker {w} did not connect within {} s",
                 cfg.peer_timeout.as_secs()
-            ))
-        })?
-        .ok_or_else(|| lost("the pair listener stopped".into()))?;
+            ));
+            let (coord, end) = match &known {
+                Some(end) => (None, committed_of(end)),
+                None => match ask_end(spec, cfg, &rt, (coordinator, security)) {
+                    Some((coord, end)) => (Some(coord), end),
+                    None => return Err(why),
+                },
+            };
+            tracing::info!(step = end.steps, "the job's end was recorded before this attempt");
+            let outcome = ended_before(&end);
+            let ending = Ending {
+                coord,
+                own: None,
+                tell: None,
+                end,
+            };
+            finish_leader((spec, cfg), &rt, (None, pair), ending, shards, (coordinator, security));
+            return Ok(outcome);
+        }
+    };
     // Streams left by the follower's earlier attempts are stale: the newest
     // is its current one.
     let mut incoming = incoming;
@@ -238,29 +276,279 @@ pub fn run_leader(
         wait: cfg.peer_timeout,
         name: format!("follower worker {w}"),
     };
-    let result = lead(
-        spec,
-        cfg,
-        shards,
-        &mut peer,
-        (coordinator, security),
-        (data, export),
-        eval,
-    );
-    if let Err(e) = &result {
-        let why = vfl_bridge::sanitize(&e.to_string(), 1000);
-        let msg = if restartable(e) {
-            LMsg::Failure(why)
-        } else {
-            LMsg::Fatal(why)
-        };
-        let _ = peer
-            .outbound
-            .try_send(Ok(party_pb::LeaderWorkerMessage { msg: Some(msg) }));
-    } else {
-        peer.await_close();
+    let result = match &known {
+        // The end is recorded here: the follower worker that came is
+        // welcomed with it.
+        Some(end) => match from_follower(&mut peer) {
+            Ok(FMsg::Hello(h)) if h.worker as usize == w => {
+                let end = committed_of(end);
+                let tell = Some(end_welcome(&end, security));
+                Ok((
+                    ended_before(&end),
+                    Ending {
+                        coord: None,
+                        own: None,
+                        tell,
+                        end,
+                    },
+                ))
+            }
+            Ok(other) => Err(unexpected("Hello", name_f(&other))),
+            Err(e) => Err(e),
+        },
+        None => lead(
+            spec,
+            cfg,
+            shards,
+            &mut peer,
+            (coordinator, security),
+            (data, export),
+            eval,
+        ),
+    };
+    match result {
+        Ok((outcome, ending)) => {
+            finish_leader(
+                (spec, cfg),
+                &rt,
+                (Some(&mut peer), pair),
+                ending,
+                shards,
+                (coordinator, security),
+            );
+            Ok(outcome)
+        }
+        Err(e) => {
+            let why = vfl_bridge::sanitize(&e.to_string(), 1000);
+            let msg = if restartable(&e) {
+                LMsg::Failure(why)
+            } else {
+                LMsg::Fatal(why)
+            };
+            let _ = peer
+                .outbound
+                .try_send(Ok(party_pb::LeaderWorkerMessage { msg: Some(msg) }));
+            Err(e)
+        }
     }
-    result
+}
+
+type CoordChan = Chan<party_pb::Assignment, party_pb::WorkerStatus>;
+
+/// A leader worker's attempt after the job's end is recorded: what is
+/// left to do.
+struct Ending {
+    /// The stream to the coordinator, if open (the goodbye goes there).
+    coord: Option<CoordChan>,
+    /// Its joined shards (None: this attempt did not join; its `Done` goes
+    /// on new streams).
+    own: Option<RemoteShards>,
+    /// What tells the follower worker the end: `Committed` after training,
+    /// a `Welcome` with the end to one that has just said Hello, or
+    /// nothing (it is not there).
+    tell: Option<LMsg>,
+    end: party_pb::Committed,
+}
+
+/// The outcome of an attempt that found the job's end recorded.
+fn ended_before(end: &party_pb::Committed) -> WorkerOutcome {
+    WorkerOutcome {
+        steps: end.steps,
+        examples: 0,
+        loss_sum: 0.0,
+        eval: None,
+        digest: None,
+        export: None,
+    }
+}
+
+/// The welcome of a follower worker that comes after the job's end.
+fn end_welcome(end: &party_pb::Committed, security: &Security) -> LMsg {
+    LMsg::Welcome(party_pb::PairWelcome {
+        steps: end.steps,
+        checkpoint_steps: 0,
+        run_id: end.run_id.clone(),
+        release_exports: security.release_exports(),
+        committed: true,
+    })
+}
+
+/// Asks the coordinator whether the job's end is recorded (a registration
+/// it answers only then, without counting the worker in otherwise).
+fn ask_end(
+    spec: &ModelSpec,
+    cfg: &WorkerConfig,
+    rt: &Handle,
+    (coordinator, security): (&str, &Security),
+) -> Option<(CoordChan, party_pb::Committed)> {
+    let stream = rt
+        .block_on(dial_coordinator(coordinator, security, cfg.peer_timeout))
+        .ok()?;
+    let mut coord = Chan {
+        rt: rt.clone(),
+        inbound: stream.inbound,
+        outbound: stream.outbound,
+        wait: cfg.peer_timeout,
+        name: "the coordinator".to_string(),
+    };
+    coord.send(register(spec, cfg, true)).ok()?;
+    match coord.recv().ok()?.msg {
+        Some(AMsg::Committed(end)) => Some((coord, end)),
+        _ => None,
+    }
+}
+
+fn register(spec: &ModelSpec, cfg: &WorkerConfig, if_ended: bool) -> party_pb::WorkerStatus {
+    party_pb::WorkerStatus {
+        msg: Some(SMsg::Register(party_pb::Register {
+            worker: cfg.worker as u32,
+            workers: cfg.workers as u32,
+            model_fingerprint: spec.fingerprint(),
+            batch_size: cfg.batch_size as u32,
+            steps: 0,
+            if_ended,
+        })),
+    }
+}
+
+/// After the job's end: the follower worker is told and its `Finished`
+/// awaited (one that restarted reconnects and is welcomed with the end),
+/// the shards are told, and the coordinator hears the goodbye. Nothing
+/// here fails the worker: each wait is bounded by the peer timeout, and
+/// what does not answer is taken to have ended.
+fn finish_leader(
+    (spec, cfg): (&ModelSpec, &WorkerConfig),
+    rt: &Handle,
+    (peer, pair): (Option<&mut LeaderPeer>, &mut PairListener),
+    mut ending: Ending,
+    shards: &ShardAddrs,
+    (coordinator, security): (&str, &Security),
+) {
+    let (steps, run) = (ending.end.steps, ending.end.run_id.clone());
+    record_end(cfg, &ending.end, false);
+    if let Some(peer) = peer {
+        end_follower(
+            cfg,
+            peer,
+            pair,
+            ending.tell.take(),
+            end_welcome(&ending.end, security),
+            steps,
+        );
+    }
+    let told = match ending.own.as_mut() {
+        Some(own) => own.done(steps, &run),
+        None => super::remote::tell_done(rt, shards, cfg.worker, (steps, &run)),
+    };
+    if let Err(e) = told {
+        tracing::warn!(error = %e, "not every shard took the job's end");
+    }
+    say_bye(spec, cfg, rt, ending.coord, (coordinator, security), steps);
+    record_end(cfg, &ending.end, true);
+}
+
+/// The goodbye to the coordinator (on `coord`, or on a new stream when
+/// that broke: a coordinator restarted after the end answers again).
+fn say_bye(
+    spec: &ModelSpec,
+    cfg: &WorkerConfig,
+    rt: &Handle,
+    coord: Option<CoordChan>,
+    (coordinator, security): (&str, &Security),
+    steps: u64,
+) {
+    let bye = party_pb::WorkerStatus {
+        msg: Some(SMsg::Bye(party_pb::Finished { steps })),
+    };
+    let mut coord = match coord {
+        Some(c) if c.send(bye.clone()).is_ok() => c,
+        _ => {
+            let Some((again, _)) = ask_end(spec, cfg, rt, (coordinator, security)) else {
+                tracing::warn!("the coordinator is gone; the job's end is recorded, ending without a goodbye");
+                return;
+            };
+            if again.send(bye).is_err() {
+                tracing::warn!("the coordinator did not take the goodbye; the job's end is recorded");
+                return;
+            }
+            again
+        }
+    };
+    // It ends the stream once it has taken the goodbye.
+    coord.await_close();
+}
+
+/// The job's end this worker recorded, if it did.
+fn recorded_end(cfg: &WorkerConfig) -> Result<Option<super::state::JobEnd>, TrainError> {
+    match &cfg.state {
+        Some(sd) => sd.load_end(),
+        None => Ok(None),
+    }
+}
+
+/// Records the job's end (`complete`: this worker's part of it done too).
+/// A record that cannot be written only costs a later restart its
+/// shortcut: warned, not failed.
+fn record_end(cfg: &WorkerConfig, end: &party_pb::Committed, complete: bool) {
+    let Some(sd) = &cfg.state else { return };
+    let rec = super::state::JobEnd {
+        run: end.run_id.clone(),
+        steps: end.steps,
+        complete,
+    };
+    if let Err(e) = sd.save_end(&rec) {
+        tracing::warn!(error = %e, "could not record the job's end");
+    }
+}
+
+fn committed_of(end: &super::state::JobEnd) -> party_pb::Committed {
+    party_pb::Committed {
+        steps: end.steps,
+        run_id: end.run.clone(),
+    }
+}
+
+/// Tells follower worker `cfg.worker` the job's end with `tell` on `peer`
+/// and waits for its `Finished`. A follower whose stream breaks may come
+/// back (it restarted): it is welcomed with the end. Bounded by the peer
+/// timeout; a follower that does not come back is taken to have ended.
+fn end_follower(
+    cfg: &WorkerConfig,
+    peer: &mut LeaderPeer,
+    pair: &mut PairListener,
+    mut tell: Option<LMsg>,
+    welcome: LMsg,
+    steps: u64,
+) {
+    let w = cfg.worker;
+    let until = tokio::time::Instant::now() + cfg.peer_timeout;
+    loop {
+        if let Some(msg) = tell.take()
+            && to_follower(peer, msg).is_ok()
+        {
+            match from_follower(peer) {
+                Ok(FMsg::Finished(f)) if f.steps == steps => return,
+                Ok(other) => tracing::warn!(got = name_f(&other), "follower worker's answer to the job's end"),
+                Err(e) => tracing::info!(error = %e, "follower worker left before its Finished"),
+            }
+        }
+        let next = peer
+            .rt
+            .block_on(async { tokio::time::timeout_at(until, pair.streams.recv()).await });
+        let Ok(Some(incoming)) = next else {
+            tracing::warn!(
+                worker = w,
+                "follower worker did not come back after the job's end; taking it as ended"
+            );
+            return;
+        };
+        peer.inbound = incoming.inbound;
+        peer.outbound = incoming.outbound;
+        match from_follower(peer) {
+            Ok(FMsg::Hello(h)) if h.worker as usize == w => tell = Some(welcome.clone()),
+            _ => tracing::warn!(worker = w, "a follower stream after the end without its Hello"),
+        }
+    }
 }
 
 type LeaderPeer = Chan<party_pb::FollowerWorkerMessage, Result<party_pb::LeaderWorkerMessage, vfl_bridge::Status>>;
@@ -285,7 +573,7 @@ fn lead(
     (coordinator, security): (&str, &Security),
     (data, export): (&dyn PartyBlocks, Option<&ExportTo>),
     eval: Option<&mut dyn BatchSource>,
-) -> Result<WorkerOutcome, TrainError> {
+) -> Result<(WorkerOutcome, Ending), TrainError> {
     let w = cfg.worker;
     match from_follower(peer)? {
         FMsg::Hello(h) => {
@@ -316,14 +604,8 @@ fn lead(
         name: "the coordinator".to_string(),
     };
     let status = |m: SMsg| party_pb::WorkerStatus { msg: Some(m) };
-    coord.send(status(SMsg::Register(party_pb::Register {
-        worker: w as u32,
-        workers: cfg.workers as u32,
-        model_fingerprint: spec.fingerprint(),
-        batch_size: cfg.batch_size as u32,
-        steps: 0,
-    })))?;
-    let from_coord = |coord: &mut Chan<party_pb::Assignment, party_pb::WorkerStatus>| -> Result<AMsg, TrainError> {
+    coord.send(register(spec, cfg, false))?;
+    let from_coord = |coord: &mut CoordChan| -> Result<AMsg, TrainError> {
         match coord.recv()?.msg {
             Some(AMsg::Failure(f)) => Err(BridgeError::PeerFailed(vfl_bridge::sanitize(&f, 1000)).into()),
             Some(AMsg::Fatal(f)) => Err(BridgeError::Stopped(vfl_bridge::sanitize(&f, 1000)).into()),
@@ -333,6 +615,20 @@ fn lead(
     };
     let plan = match from_coord(&mut coord)? {
         AMsg::Plan(p) => p,
+        // The job's end was recorded before this attempt (it restarted
+        // after it): nothing to train.
+        AMsg::Committed(end) => {
+            tracing::info!(step = end.steps, "the job's end was recorded before this attempt");
+            let outcome = ended_before(&end);
+            let tell = Some(end_welcome(&end, security));
+            let ending = Ending {
+                coord: Some(coord),
+                own: None,
+                tell,
+                end,
+            };
+            return Ok((outcome, ending));
+        }
         other => return Err(unexpected("the run's plan", name_a(&other))),
     };
     // The shards at the step the job resumes from, the replica from them.
@@ -340,7 +636,7 @@ fn lead(
     let mut party = LeaderParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
     let party = &mut party;
-    let own = &mut join_shards(
+    let mut own = join_shards(
         &peer.rt,
         (spec, cfg),
         shards,
@@ -354,6 +650,7 @@ fn lead(
             checkpoint_steps: cadence,
             run_id: plan.run_id.clone(),
             release_exports: security.release_exports(),
+            committed: false,
         }),
     )?;
     let placement = Placement::new(own.shards())?;
@@ -460,7 +757,10 @@ fn lead(
                 }
                 AMsg::EpochEnd(e) => {
                     tracing::info!(epoch = e.epoch, steps = e.steps, "epoch done");
-                    continue 'steps;
+                    // After the last epoch `Finished` follows: no report.
+                    if e.epoch.saturating_add(1) < plan.epochs {
+                        continue 'steps;
+                    }
                 }
                 AMsg::Finished(f) => {
                     if f.steps != step {
@@ -471,13 +771,13 @@ fn lead(
                     }
                     break 'steps;
                 }
-                AMsg::Plan(_) => return Err(unexpected("an assignment", "a second plan".into())),
+                other @ (AMsg::Plan(_) | AMsg::Committed(_)) => {
+                    return Err(unexpected("an assignment", name_a(&other)));
+                }
                 AMsg::Failure(_) | AMsg::Fatal(_) => unreachable!("mapped to an error by from_coord"),
             }
         }
     }
-    // The shards may end: the job is finished.
-    own.done(step)?;
     let eval = match eval {
         Some(src) => Some(evaluate(spec, party, peer, src)?),
         None => None,
@@ -488,15 +788,46 @@ fn lead(
         (spec, cfg),
         party.model_mut().tensors_mut(),
     )?;
+    // The follower worker's end-of-job work (its export), then this
+    // pair's report; the coordinator records the job's end once every
+    // pair's is in.
     to_follower(peer, LMsg::Finished(party_pb::Finished { steps: step }))?;
-    Ok(WorkerOutcome {
+    match from_follower(peer)? {
+        FMsg::Done(d) if d.step == step => {}
+        other => return Err(unexpected("the follower's end-of-job StepDone", name_f(&other))),
+    }
+    coord.send(status(SMsg::Finished(party_pb::Finished { steps: step })))?;
+    let is_this_end = |c: &party_pb::Committed| c.steps == step && c.run_id == plan.run_id;
+    let end = match from_coord(&mut coord) {
+        Ok(AMsg::Committed(c)) if is_this_end(&c) => c,
+        Ok(other) => return Err(unexpected("the job's end (Committed)", name_a(&other))),
+        // The coordinator may have died after recording the end: started
+        // again, it answers with it (and this replica is kept).
+        Err(e) if restartable(&e) => match ask_end(spec, cfg, &peer.rt, (coordinator, security)) {
+            Some((again, c)) if is_this_end(&c) => {
+                coord = again;
+                c
+            }
+            _ => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    let outcome = WorkerOutcome {
         steps: step,
         examples,
         loss_sum: run_loss,
         eval,
-        digest: replica::digest(party.model()),
+        digest: Some(replica::digest(party.model())),
         export: exported,
-    })
+    };
+    let tell = Some(LMsg::Committed(end.clone()));
+    let ending = Ending {
+        coord: Some(coord),
+        own: Some(own),
+        tell,
+        end,
+    };
+    Ok((outcome, ending))
 }
 
 /// With `export` (worker pair 0), writes this worker's replica (equal to
@@ -648,7 +979,28 @@ pub fn run_follower(
     let w = cfg.worker;
     let fp = spec.fingerprint();
     let max = pair_message_limit(spec, cfg.batch_size);
-    let LeaderPairStream { inbound, outbound, .. } = rt.block_on(dial_pair(leader, max, security, cfg.peer_timeout))?;
+    // The job's end as this worker recorded it before a restart.
+    let known = recorded_end(cfg)?;
+    if let Some(end) = known.as_ref().filter(|e| e.complete) {
+        tracing::info!(step = end.steps, "the job had ended, this worker's part too");
+        return Ok(ended_before(&committed_of(end)));
+    }
+    let LeaderPairStream { inbound, outbound, .. } =
+        match rt.block_on(dial_pair(leader, max, security, cfg.peer_timeout)) {
+            Ok(s) => s,
+            // Its leader worker ended after the end this worker recorded: only
+            // the shards are left to tell.
+            Err(e) => {
+                let Some(end) = &known else { return Err(e.into()) };
+                let told = super::remote::tell_done(&rt, shards, w, (end.steps, &end.run));
+                if let Err(e) = told {
+                    tracing::warn!(error = %e, "not every shard took the job's end");
+                }
+                let end = committed_of(end);
+                record_end(cfg, &end, true);
+                return Ok(ended_before(&end));
+            }
+        };
     let mut peer = Chan {
         rt: rt.clone(),
         inbound,
@@ -710,10 +1062,35 @@ fn follow(
             follower: release,
         });
     }
+    if welcome.committed {
+        // The job's end was recorded before this attempt (it restarted
+        // after it): nothing to train; the shards are told on new streams.
+        tracing::info!(step = steps, "the job's end was recorded before this attempt");
+        let end = party_pb::Committed {
+            steps,
+            run_id: welcome.run_id.clone(),
+        };
+        record_end(cfg, &end, false);
+        let told = super::remote::tell_done(&peer.rt, shards, w, (steps, &welcome.run_id));
+        end_follower_part(peer, told, steps);
+        record_end(cfg, &end, true);
+        return Ok(ended_before(&end));
+    }
+    if let Some(end) = recorded_end(cfg)? {
+        // A state directory holds one job.
+        return Err(TrainError::Unexpected {
+            expected: "the end of the job this worker's state records",
+            got: format!(
+                "a job resuming at step {steps} (this worker recorded the end of run {} after step {}; a new job needs a new state directory)",
+                vfl_bridge::sanitize(&end.run, 64),
+                end.steps
+            ),
+        });
+    }
     let mut party = FollowerParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
     let party = &mut party;
-    let own = &mut join_shards(
+    let mut own = join_shards(
         &peer.rt,
         (spec, cfg),
         shards,
@@ -812,25 +1189,46 @@ fn follow(
                         format!("step {}", f.steps),
                     ));
                 }
-                // The shards may end: the job is finished.
-                own.done(step)?;
                 let exported = write_export(
                     export,
                     (&welcome.run_id, step, &release),
                     (spec, cfg),
                     party.model_mut().tensors_mut(),
                 )?;
+                // This worker's end-of-job work is done; the job's end is
+                // recorded once every pair's is in.
+                to_leader(peer, FMsg::Done(party_pb::StepDone { step }))?;
+                let end = match from_leader(peer)? {
+                    LMsg::Committed(c) if c.steps == step && c.run_id == welcome.run_id => c,
+                    other => return Err(unexpected("the job's end (Committed)", name_l(&other))),
+                };
+                record_end(cfg, &end, false);
+                let told = own.done(step, &welcome.run_id);
+                end_follower_part(peer, told, step);
+                record_end(cfg, &end, true);
                 return Ok(WorkerOutcome {
                     steps: step,
                     examples,
                     loss_sum: 0.0,
                     eval: None,
-                    digest: replica::digest(party.model()),
+                    digest: Some(replica::digest(party.model())),
                     export: exported,
                 });
             }
             other => return Err(unexpected("the leader worker's next message", name_l(&other))),
         }
+    }
+}
+
+/// A follower worker's last part after the job's end: its shards were
+/// told (`told`), its leader worker hears `Finished` and ends the stream.
+/// Nothing here fails the worker (the end is recorded).
+fn end_follower_part(peer: &mut FollowerPeer, told: Result<(), TrainError>, steps: u64) {
+    if let Err(e) = told {
+        tracing::warn!(error = %e, "not every shard took the job's end");
+    }
+    if to_leader(peer, FMsg::Finished(party_pb::Finished { steps })).is_ok() {
+        peer.await_close();
     }
 }
 
@@ -841,6 +1239,7 @@ fn name_f(m: &FMsg) -> String {
         FMsg::Done(_) => "StepDone",
         FMsg::EvalEnd(_) => "EvalEnd",
         FMsg::Failure(_) => "Failure",
+        FMsg::Finished(_) => "Finished",
     }
     .to_string()
 }
@@ -856,6 +1255,7 @@ fn name_l(m: &LMsg) -> String {
         LMsg::Finished(_) => "Finished",
         LMsg::Failure(_) => "Failure",
         LMsg::Fatal(_) => "Fatal",
+        LMsg::Committed(_) => "Committed",
     }
     .to_string()
 }
@@ -870,6 +1270,7 @@ fn name_a(m: &AMsg) -> String {
         AMsg::Finished(_) => "Finished",
         AMsg::Failure(_) => "Failure",
         AMsg::Fatal(_) => "Fatal",
+        AMsg::Committed(_) => "Committed",
     }
     .to_string()
 }

@@ -42,19 +42,33 @@ struct Run {
     coordinator: Result<coordinator::CoordOutcome, TrainError>,
     leaders: Vec<Result<WorkerOutcome, TrainError>>,
     followers: Vec<Result<WorkerOutcome, TrainError>>,
+    /// Both parties' shards' results (leader's first).
+    shards: Vec<Result<u64, TrainError>>,
 }
 
 /// A run of `workers` pairs over 2 shards per party, 2 epochs, batch 32,
 /// seed 3 (as [`train`]); follower worker `absent` never starts.
 fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: Duration) -> Run {
+    run_services_saving(spec, workers, absent, wait, None)
+}
+
+/// [`run_services`] whose coordinator saves its position under `state`
+/// (and starts from what is there).
+fn run_services_saving(
+    spec: &ModelSpec,
+    workers: usize,
+    absent: Option<usize>,
+    wait: Duration,
+    state: Option<&std::path::Path>,
+) -> Run {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let (ltls, ftls) = parties();
-    let (la, _ltasks) = start_shards_waiting(&rt, spec, (Role::Leader, &ltls), (2, workers), wait);
-    let (fa, _ftasks) = start_shards_waiting(&rt, spec, (Role::Follower, &ftls), (2, workers), wait);
+    let (la, ltasks) = start_shards_waiting(&rt, spec, (Role::Leader, &ltls), (2, workers), wait);
+    let (fa, ftasks) = start_shards_waiting(&rt, spec, (Role::Follower, &ftls), (2, workers), wait);
     let listener = rt
         .block_on(listen_coordinator("127.0.0.1:0", workers, ltls.clone()))
         .unwrap();
@@ -67,10 +81,17 @@ fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: D
         model_fingerprint: spec.fingerprint(),
         batch_size: 32,
         peer_timeout: wait,
-        state: None,
+        state: state.map(|dir| {
+            vfl_trainer::sharded::state::StateDir::new(
+                dir,
+                ("app", Role::Leader, &spec.fingerprint(), "policy"),
+                "coordinator",
+                None,
+            )
+        }),
         checkpoint_every: 0,
         max_restarts: 0,
-        on_checkpoint: None,
+        on_milestone: None,
     };
     let coordinator = rt.spawn(coordinator::run(cfg, listener));
     let g = generator();
@@ -92,6 +113,7 @@ fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: D
                 batch_size: 32,
                 threads: 1,
                 peer_timeout: wait,
+                state: None,
             };
             let (g, la, ltls, coord_addr, handle) = (&g, &la, &ltls, coord_addr.clone(), rt.handle().clone());
             let lcfg = cfg.clone();
@@ -132,10 +154,16 @@ fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: D
         (join(lh), join(fh))
     });
     let coordinator = rt.block_on(coordinator).unwrap();
+    let shards = ltasks
+        .into_iter()
+        .chain(ftasks)
+        .map(|t| rt.block_on(t).unwrap())
+        .collect();
     Run {
         coordinator,
         leaders,
         followers,
+        shards,
     }
 }
 
@@ -147,8 +175,10 @@ fn workers_and_a_coordinator_over_ratls_train_bitwise_like_in_process() {
         steps,
         epochs,
         restarts,
+        ended_before,
     } = run.coordinator.unwrap();
     assert_eq!(restarts, 0);
+    assert!(!ended_before);
     let leaders: Vec<WorkerOutcome> = run.leaders.into_iter().map(Result::unwrap).collect();
     let followers: Vec<WorkerOutcome> = run.followers.into_iter().map(Result::unwrap).collect();
 
@@ -165,12 +195,12 @@ fn workers_and_a_coordinator_over_ratls_train_bitwise_like_in_process() {
         assert_eq!((lo.steps, fo.steps), (steps, steps));
         assert_eq!(
             lo.digest,
-            replica::digest(l),
+            Some(replica::digest(l)),
             "leader worker {w} differs from the in-process run"
         );
         assert_eq!(
             fo.digest,
-            replica::digest(f),
+            Some(replica::digest(f)),
             "follower worker {w} differs from the in-process run"
         );
     }
@@ -268,4 +298,36 @@ fn a_follower_worker_admits_only_the_leader() {
         .err()
         .expect("refused");
     assert!(matches!(&e, BridgeError::Rejected(_)), "{e}");
+}
+
+/// The job's end is recorded: a coordinator started again from it trains
+/// nothing and answers every worker with the end; workers and fresh shards
+/// (restarted after the end, never joined) all end without training.
+#[test]
+fn after_the_recorded_end_every_restarted_process_ends_without_training() {
+    let spec = small_wide_n_deep();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = run_services_saving(&spec, 2, None, Duration::from_secs(30), Some(tmp.path()));
+    let first_out = first.coordinator.unwrap();
+    assert!(!first_out.ended_before);
+    for r in first.leaders.iter().chain(&first.followers) {
+        assert!(r.as_ref().unwrap().digest.is_some());
+    }
+    for r in &first.shards {
+        assert_eq!(r.as_ref().unwrap(), &first_out.steps);
+    }
+    // Every process again, the coordinator from its saved end.
+    let again = run_services_saving(&spec, 2, None, Duration::from_secs(30), Some(tmp.path()));
+    let out = again.coordinator.unwrap();
+    assert!(out.ended_before, "{out:?}");
+    assert_eq!((out.steps, out.restarts), (first_out.steps, 0));
+    assert!(out.epochs.is_empty(), "trained again: {:?}", out.epochs);
+    for r in again.leaders.iter().chain(&again.followers) {
+        let o = r.as_ref().unwrap();
+        assert_eq!((o.steps, o.examples, o.digest.as_deref()), (first_out.steps, 0, None));
+    }
+    // The shards took the end from workers that never joined them.
+    for r in &again.shards {
+        assert_eq!(r.as_ref().unwrap(), &first_out.steps);
+    }
 }

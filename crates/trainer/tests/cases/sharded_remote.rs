@@ -381,7 +381,7 @@ fn a_shard_rolls_back_to_the_step_a_rejoining_job_names() {
         "the values after the rollback are not step 1's"
     );
     assert!(values[0][0] != *after[1]);
-    r.done(1).unwrap();
+    r.done(1, "r1").unwrap();
     assert_eq!(rt.block_on(task).unwrap().unwrap(), 1);
 }
 
@@ -449,7 +449,7 @@ fn a_job_lost_before_its_first_checkpoint_restarts_from_the_start() {
     let (mut r, values, steps) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&fp, 0, 5, "r1")).unwrap();
     assert_eq!(steps, 0);
     assert!(values[0][0] == all, "the shard is not back at its start");
-    r.done(0).unwrap();
+    r.done(0, "r1").unwrap();
     assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
 }
 
@@ -467,4 +467,89 @@ fn a_shard_refuses_a_job_of_another_checkpoint_cadence_for_good() {
         "{e}"
     );
     assert!(!vfl_trainer::sharded::worker::restartable(&e));
+}
+
+/// One leader shard (of one) for `workers` workers, without saved state.
+fn one_shard(
+    rt: &tokio::runtime::Runtime,
+    spec: &ModelSpec,
+    workers: usize,
+) -> (ShardAddrs, tokio::task::JoinHandle<Result<u64, TrainError>>) {
+    let (leader_tls, _) = parties();
+    let (at, mut tasks) = start_shards_waiting(
+        rt,
+        spec,
+        (Role::Leader, &leader_tls),
+        (1, workers),
+        Duration::from_secs(10),
+    );
+    (at, tasks.remove(0))
+}
+
+#[test]
+fn after_the_end_a_shard_waits_for_every_workers_done_even_on_a_new_stream() {
+    use vfl_trainer::sharded::remote::{RemoteShards, tell_done};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (at, task) = one_shard(&rt, &spec, 2);
+    let (mut r, _, _) =
+        RemoteShards::connect(rt.handle().clone(), &at, (0..1, 2), (&spec.fingerprint(), 0, 0, "r1")).unwrap();
+    r.done(0, "r1").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!task.is_finished(), "the shard ended before worker 1's Done");
+    // Worker 1 never joined (it restarted after the end): a new stream.
+    tell_done(rt.handle(), &at, 1, (0, "r1")).unwrap();
+    assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
+}
+
+#[test]
+fn after_the_end_a_worker_leaving_without_done_is_no_loss() {
+    use vfl_trainer::sharded::remote::{RemoteShards, tell_done};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let fp = spec.fingerprint();
+    let (at, task) = one_shard(&rt, &spec, 2);
+    let (mut r0, _, _) = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 2), (&fp, 0, 0, "r1")).unwrap();
+    let (r1, _, _) = RemoteShards::connect(rt.handle().clone(), &at, (1..2, 2), (&fp, 0, 0, "r1")).unwrap();
+    r0.done(0, "r1").unwrap();
+    // Worker 1 dies after the end, before its Done: the shard does not
+    // restart the job; the restarted worker's Done ends it.
+    drop(r1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!task.is_finished());
+    tell_done(rt.handle(), &at, 1, (0, "r1")).unwrap();
+    assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
+}
+
+#[test]
+fn a_shard_refuses_the_done_of_another_run() {
+    use vfl_trainer::sharded::remote::{RemoteShards, tell_done};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (at, task) = one_shard(&rt, &spec, 1);
+    let (mut r, _, _) =
+        RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&spec.fingerprint(), 0, 0, "r1")).unwrap();
+    let e = tell_done(rt.handle(), &at, 0, (0, "r2")).expect_err("refused");
+    assert!(
+        matches!(&e, TrainError::Bridge(BridgeError::PeerFailed(why)) if why.contains("another run")),
+        "{e}"
+    );
+    assert!(!task.is_finished());
+    r.done(0, "r1").unwrap();
+    assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
+}
+
+#[test]
+fn a_shard_refuses_the_done_of_a_worker_outside_the_run() {
+    use vfl_trainer::sharded::remote::tell_done;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let (at, task) = one_shard(&rt, &spec, 1);
+    let e = tell_done(rt.handle(), &at, 1, (0, "r1")).expect_err("refused");
+    assert!(
+        matches!(&e, TrainError::Bridge(BridgeError::PeerFailed(why)) if why.contains("worker 1")),
+        "{e}"
+    );
+    tell_done(rt.handle(), &at, 0, (0, "r1")).unwrap();
+    assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
 }
