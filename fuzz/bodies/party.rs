@@ -1,17 +1,20 @@
 //! Scale-out messages (protobuf, after RA-TLS): a worker's contribution as
 //! a shard takes it (decode, then the shard's checks and its combination),
 //! a shard's values as a worker's replica takes them, a worker's report as
-//! the coordinator's state machine takes it, a saved coordinator position
-//! as a restarted coordinator takes it, and the coordinator's and the
-//! pair link's messages as the workers decode them (their tensors go
-//! through the `wire` target's decoder).
+//! the coordinator's state machine takes it (during training, and its
+//! end-of-job reports and goodbyes at the end), a saved coordinator
+//! position and a process's record of the job's end as a restarted process
+//! takes them, and the coordinator's and the pair link's messages as the
+//! workers decode them (their tensors go through the `wire` target's
+//! decoder).
 
 use prost::Message;
 use vfl_bridge::party_pb::{
-    self, shard_message::Msg as SMsg, worker_message::Msg as WMsg, worker_status::Msg as StMsg,
+    self, assignment::Msg as AMsg, shard_message::Msg as SMsg, worker_message::Msg as WMsg, worker_status::Msg as StMsg,
 };
 use vfl_nn::{ModelSpec, Role};
-use vfl_trainer::sharded::coordinator::{CoordState, Coordination};
+use vfl_trainer::sharded::coordinator::{CoordError, CoordState, Coordination};
+use vfl_trainer::sharded::state::JobEnd;
 use vfl_trainer::sharded::{Contribution, Placement, Shard, replica, wire};
 
 /// A small model: 2 slots of [101, 16] per party, narrow layers.
@@ -25,6 +28,33 @@ fn spec() -> ModelSpec {
     spec.follower.layers[0].units = 2;
     spec.head.input_dim = Some(4);
     spec
+}
+
+/// Two workers over one block of one batch, trained to the end.
+fn ended() -> Result<Coordination, CoordError> {
+    let mut c = Coordination::new(2, 1, None, vec!["a".into()])?;
+    let ready = |step, has_batch, (index, lease): (u64, u64)| party_pb::Ready {
+        step,
+        has_batch,
+        finished: index != u64::MAX,
+        index,
+        lease,
+        ..Default::default()
+    };
+    let none = (u64::MAX, 0);
+    c.ready(0, &ready(1, false, none))?;
+    let grant = c
+        .ready(1, &ready(1, false, none))?
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            AMsg::Grant(g) => Some((g.index, g.lease)),
+            _ => None,
+        })
+        .ok_or(CoordError::Empty)?;
+    c.ready(0, &ready(1, true, none))?;
+    c.ready(0, &ready(2, false, grant))?;
+    c.ready(1, &ready(2, false, none))?;
+    Ok(c)
 }
 
 /// One input.
@@ -62,6 +92,19 @@ pub fn run(data: &[u8]) {
         let _ = c.ready(1, &r);
         let _ = c.ready((r.lease % 3) as usize, &r);
     }
+    // End-of-job reports and goodbyes, for any worker and step, through a
+    // coordinator whose training has ended.
+    if let Ok(m) = party_pb::WorkerStatus::decode(data)
+        && let Some(StMsg::Finished(f) | StMsg::Bye(f)) = m.msg
+        && let Ok(mut c) = ended()
+    {
+        let w = (f.steps % 3) as usize;
+        let _ = c.end_of_pair(w, f.steps);
+        let _ = c.bye(w);
+        let _ = c.end_of_pair(1 - w.min(1), c.steps());
+        let _ = (c.bye(0), c.bye(1), c.is_over(), c.owing());
+    }
+    let _ = serde_json::from_slice::<JobEnd>(data);
     // A coordinator's saved position (plaintext in development builds,
     // where the host can write it): restored only when it fits the run,
     // then planned and driven.
