@@ -52,6 +52,35 @@ fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: D
     run_services_saving(spec, workers, absent, wait, None)
 }
 
+/// The coordinator of [`run_services_saving`].
+fn coordinator_config(
+    spec: &ModelSpec,
+    workers: usize,
+    wait: Duration,
+    state: Option<&std::path::Path>,
+) -> CoordinatorConfig {
+    CoordinatorConfig {
+        workers,
+        epochs: 2,
+        seed: Some(3),
+        block_ids: (0..BLOCKS).map(|b| b.to_string()).collect(),
+        model_fingerprint: spec.fingerprint(),
+        batch_size: 32,
+        peer_timeout: wait,
+        state: state.map(|dir| {
+            vfl_trainer::sharded::state::StateDir::new(
+                dir,
+                ("app", Role::Leader, &spec.fingerprint(), "policy"),
+                "coordinator",
+                None,
+            )
+        }),
+        checkpoint_every: 0,
+        max_restarts: 0,
+        on_milestone: None,
+    }
+}
+
 /// [`run_services`] whose coordinator saves its position under `state`
 /// (and starts from what is there).
 fn run_services_saving(
@@ -73,26 +102,7 @@ fn run_services_saving(
         .block_on(listen_coordinator("127.0.0.1:0", workers, ltls.clone()))
         .unwrap();
     let coord_addr = listener.local_addr.to_string();
-    let cfg = CoordinatorConfig {
-        workers,
-        epochs: 2,
-        seed: Some(3),
-        block_ids: (0..BLOCKS).map(|b| b.to_string()).collect(),
-        model_fingerprint: spec.fingerprint(),
-        batch_size: 32,
-        peer_timeout: wait,
-        state: state.map(|dir| {
-            vfl_trainer::sharded::state::StateDir::new(
-                dir,
-                ("app", Role::Leader, &spec.fingerprint(), "policy"),
-                "coordinator",
-                None,
-            )
-        }),
-        checkpoint_every: 0,
-        max_restarts: 0,
-        on_milestone: None,
-    };
+    let cfg = coordinator_config(spec, workers, wait, state);
     let coordinator = rt.spawn(coordinator::run(cfg, listener));
     let g = generator();
     let (leaders, followers) = std::thread::scope(|s| {
@@ -316,6 +326,19 @@ fn after_the_recorded_end_every_restarted_process_ends_without_training() {
     for r in &first.shards {
         assert_eq!(r.as_ref().unwrap(), &first_out.steps);
     }
+    // The coordinator recorded its own part done too: started again, it
+    // ends at once, waiting for nobody.
+    let (ltls, _) = parties();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let alone = rt.block_on(async {
+        let listener = listen_coordinator("127.0.0.1:0", 2, ltls).await.unwrap();
+        let cfg = coordinator_config(&spec, 2, Duration::from_secs(30), Some(tmp.path()));
+        tokio::time::timeout(Duration::from_secs(10), coordinator::run(cfg, listener)).await
+    });
+    let alone = alone.expect("ended at once").unwrap();
+    assert!(alone.ended_before && alone.steps == first_out.steps && alone.epochs.is_empty());
+    // Without that record it answers the workers that come.
+    std::fs::remove_file(tmp.path().join("coordinator").join("end.json")).unwrap();
     // Every process again, the coordinator from its saved end.
     let again = run_services_saving(&spec, 2, None, Duration::from_secs(30), Some(tmp.path()));
     let out = again.coordinator.unwrap();
