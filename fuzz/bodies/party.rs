@@ -2,7 +2,7 @@
 //! a shard takes it (decode, then the shard's checks and its combination),
 //! a shard's values as a worker's replica takes them, a worker's report as
 //! the coordinator's state machine takes it (during training, and its
-//! end-of-job reports and goodbyes at the end), a saved coordinator
+//! end-of-job reports, heartbeats and goodbyes at the end), a saved coordinator
 //! position and a process's record of the job's end as a restarted process
 //! takes them, and the coordinator's and the pair link's messages as the
 //! workers decode them (their tensors go through the `wire` target's
@@ -95,10 +95,11 @@ pub fn run(data: &[u8]) {
     // End-of-job reports and goodbyes, for any worker and step, through a
     // coordinator whose training has ended.
     if let Ok(m) = party_pb::WorkerStatus::decode(data)
-        && let Some(StMsg::Finished(f) | StMsg::Bye(f)) = m.msg
+        && let Some(StMsg::Finished(f) | StMsg::Bye(f) | StMsg::Working(f)) = m.msg
         && let Ok(mut c) = ended()
     {
         let w = (f.steps % 3) as usize;
+        let _ = c.working(w);
         let _ = c.end_of_pair(w, f.steps);
         let _ = c.bye(w);
         let _ = c.end_of_pair(1 - w.min(1), c.steps());

@@ -324,6 +324,21 @@ impl Coordination {
         Ok(Some(self.position()))
     }
 
+    /// Worker `worker`'s pair is still at its end-of-job work (a
+    /// heartbeat, after `Finished`).
+    pub fn working(&self, worker: usize) -> Result<(), CoordError> {
+        if worker >= self.workers {
+            return Err(CoordError::UnknownWorker {
+                worker,
+                workers: self.workers,
+            });
+        }
+        match self.end {
+            End::Training => Err(CoordError::NotFinished { worker }),
+            End::Finishing(_) | End::Committed(_) => Ok(()),
+        }
+    }
+
     /// The job's end is recorded.
     pub fn is_committed(&self) -> bool {
         matches!(self.end, End::Committed(_))
@@ -752,10 +767,7 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
                     }
                     deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                     let outs = match msg {
-                        WMsg::Ready(r) => match machine.ready(w, &r) {
-                            Ok(o) => o,
-                            Err(e) => break Err(e.into()),
-                        },
+                        WMsg::Ready(r) => machine.ready(w, &r),
                         WMsg::Finished(f) => match machine.end_of_pair(w, f.steps) {
                             Ok(None) => continue,
                             Ok(Some(end)) => {
@@ -765,21 +777,49 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
                                 }
                                 tracing::info!(step = end.steps, "the job's end is recorded");
                                 milestone(&cfg, Milestone::Committed(end.steps));
-                                vec![(To::All, AMsg::Committed(machine.committed()))]
+                                Ok(vec![(To::All, AMsg::Committed(machine.committed()))])
                             }
-                            Err(e) => break Err(e.into()),
+                            Err(e) => Err(e),
                         },
-                        WMsg::Bye(_) => {
-                            if let Err(e) = machine.bye(w) {
-                                break Err(e.into());
+                        WMsg::Working(f) => match machine.working(w) {
+                            Ok(()) => {
+                                // Relayed to the workers waiting for the end
+                                // (a heartbeat: one that cannot take it now
+                                // will take the next).
+                                let msg = party_pb::Assignment { msg: Some(AMsg::Working(f)) };
+                                for c in conns.values().filter(|c| c.worker.is_some_and(|o| o != w)) {
+                                    let _ = c.tx.try_send(Ok(msg.clone()));
+                                }
+                                continue;
                             }
-                            // Ending its stream tells it the goodbye is taken.
+                            Err(e) => Err(e),
+                        },
+                        WMsg::Bye(_) => match machine.bye(w) {
+                            Ok(_) => {
+                                // Ending its stream tells it the goodbye is taken.
+                                if let Some(c) = conns.remove(&conn) {
+                                    c.reader.abort();
+                                }
+                                continue;
+                            }
+                            Err(e) => Err(e),
+                        },
+                        // Both kinds are matched above.
+                        WMsg::Register(_) => Err(CoordError::NotAwaited { worker: w }),
+                    };
+                    let outs = match outs {
+                        Ok(o) => o,
+                        // After the end is recorded nothing fails the job:
+                        // only the connection that broke the protocol goes.
+                        Err(e) if machine.is_committed() => {
+                            tracing::warn!(worker = w, error = %e, "dropping a worker that broke the protocol after the job's end");
                             if let Some(c) = conns.remove(&conn) {
+                                let _ = c.tx.try_send(Ok(failure(&e.to_string())));
                                 c.reader.abort();
                             }
                             continue;
                         }
-                        WMsg::Register(_) => unreachable!("matched above"),
+                        Err(e) => break Err(e.into()),
                     };
                     // The position is saved before anything of this round
                     // goes out.
@@ -864,9 +904,11 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
     }
     drop(conns);
     if result.is_ok()
+        && machine.is_over()
         && let Some(sd) = &cfg.state
     {
-        // Its part of the ending is done: started again, it ends at once.
+        // Every pair said goodbye: started again, it ends at once (with
+        // goodbyes owed it answers the workers again).
         let end = crate::sharded::state::JobEnd {
             run: machine.committed().run_id,
             steps: machine.steps(),
@@ -1278,6 +1320,13 @@ mod tests {
             c.end_of_pair(2, 1),
             Err(CoordError::UnknownWorker { worker: 2, workers: 2 })
         );
+    }
+
+    #[test]
+    fn refuses_a_heartbeat_while_training() {
+        let c = Coordination::new(2, 1, None, ids(2)).unwrap();
+        assert_eq!(c.working(1), Err(CoordError::NotFinished { worker: 1 }));
+        assert_eq!(finished_run().working(1), Ok(()));
     }
 
     #[test]

@@ -80,8 +80,16 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     // A worker was lost: the others were told, and the shard waits for the
     // job to rejoin (restarted from its checkpoint).
     let mut restarting = false;
-    // The job's end, once a worker said it is recorded.
+    // The job's end, once a worker said it is recorded (or this shard did
+    // before a restart: it then takes only the remaining Done).
     let mut end: Option<JobEnd> = None;
+    if let Some(k) = &known {
+        run = Some(k.run.clone());
+        end = Some(JobEnd {
+            steps: k.steps,
+            workers: Default::default(),
+        });
+    }
     let result = loop {
         tokio::select! {
             s = listener.streams.recv() => {
@@ -118,7 +126,7 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                     let joined = conns.get(&conn).and_then(|c| c.worker);
                     let Some(c) = conns.remove(&conn) else { continue };
                     c.reader.abort();
-                    match job_end(&cfg, &mut run, &mut end, joined, &d) {
+                    match job_end(&cfg, (&mut run, &mut end), joined, &d) {
                         // Ending its stream (dropping `c`) acknowledges it.
                         Ok(ended) => {
                             tracing::info!(worker = d.worker, steps = d.steps, "worker done: the job's end is recorded");
@@ -203,14 +211,6 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                     );
                     break Ok(());
                 }
-                if let Some(k) = known.as_ref().filter(|_| !ever_joined) {
-                    // Started again after the end; the workers' Done came
-                    // to the shard before this one.
-                    tracing::warn!(step = k.steps, "no worker within the peer timeout; the job had ended, stopping");
-                    end = Some(JobEnd { steps: k.steps, workers: Default::default() });
-                    run = Some(k.run.clone());
-                    break Ok(());
-                }
                 break Err(if step_open {
                     TrainError::Bridge(vfl_bridge::BridgeError::Lost(format!(
                         "shard {}: step {} incomplete after {} s (a participant is gone)",
@@ -284,8 +284,7 @@ struct JobEnd {
 /// a new one); returns how many workers' are in.
 fn job_end(
     cfg: &ShardConfig,
-    run: &mut Option<String>,
-    end: &mut Option<JobEnd>,
+    (run, end): (&mut Option<String>, &mut Option<JobEnd>),
     joined: Option<u32>,
     d: &party_pb::Done,
 ) -> Result<usize, TrainError> {
@@ -309,6 +308,16 @@ fn job_end(
             return Err(TrainError::Unexpected {
                 expected: "a run id of at most 64 bytes",
                 got: format!("{} bytes", d.run_id.len()),
+            });
+        }
+        // With saved state, only a run it took part in.
+        None if cfg.state.as_ref().is_some_and(|sd| {
+            !crate::checkpoint::is_safe_component(&d.run_id) || sd.shard_steps(&d.run_id).is_empty()
+        }) =>
+        {
+            return Err(TrainError::Unexpected {
+                expected: "the Done of a run this shard has state of",
+                got: format!("the Done of another run (worker {})", d.worker),
             });
         }
         None => *run = Some(d.run_id.clone()),

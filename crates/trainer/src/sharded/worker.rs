@@ -293,7 +293,11 @@ pub fn run_leader(
                     },
                 ))
             }
-            Ok(other) => Err(unexpected("Hello", name_f(&other))),
+            // Perhaps a stale stream: the follower worker comes again.
+            Ok(other) => Err(lost(format!(
+                "a follower stream began with {}, not its Hello",
+                name_f(&other)
+            ))),
             Err(e) => Err(e),
         },
         None => lead(
@@ -771,46 +775,72 @@ fn lead(
                     }
                     break 'steps;
                 }
-                other @ (AMsg::Plan(_) | AMsg::Committed(_)) => {
+                other @ (AMsg::Plan(_) | AMsg::Committed(_) | AMsg::Working(_)) => {
                     return Err(unexpected("an assignment", name_a(&other)));
                 }
                 AMsg::Failure(_) | AMsg::Fatal(_) => unreachable!("mapped to an error by from_coord"),
             }
         }
     }
+    // The end-of-job work keeps the coordinator (and through it the
+    // workers waiting for the end) and this pair's follower worker from
+    // taking this worker for lost: a heartbeat every quarter of the peer
+    // timeout.
+    let every = (cfg.peer_timeout / 4).max(Duration::from_millis(100));
+    let mut last = std::time::Instant::now();
+    let mut beat = |peer: &LeaderPeer| -> Result<(), TrainError> {
+        if last.elapsed() >= every {
+            last = std::time::Instant::now();
+            let working = party_pb::Finished { steps: step };
+            coord.send(status(SMsg::Working(working)))?;
+            to_follower(peer, LMsg::Working(working))?;
+        }
+        Ok(())
+    };
     let eval = match eval {
-        Some(src) => Some(evaluate(spec, party, peer, src)?),
+        Some(src) => Some(evaluate(spec, party, peer, src, &mut beat)?),
         None => None,
     };
+    beat(peer)?;
     let exported = write_export(
         export,
         (&plan.run_id, step, &security.release_exports()),
         (spec, cfg),
         party.model_mut().tensors_mut(),
     )?;
+    beat(peer)?;
     // The follower worker's end-of-job work (its export), then this
     // pair's report; the coordinator records the job's end once every
     // pair's is in.
     to_follower(peer, LMsg::Finished(party_pb::Finished { steps: step }))?;
     match from_follower(peer)? {
-        FMsg::Done(d) if d.step == step => {}
-        other => return Err(unexpected("the follower's end-of-job StepDone", name_f(&other))),
+        FMsg::Exported(f) if f.steps == step => {}
+        other => return Err(unexpected("the follower's end-of-job work", name_f(&other))),
     }
     coord.send(status(SMsg::Finished(party_pb::Finished { steps: step })))?;
     let is_this_end = |c: &party_pb::Committed| c.steps == step && c.run_id == plan.run_id;
-    let end = match from_coord(&mut coord) {
-        Ok(AMsg::Committed(c)) if is_this_end(&c) => c,
-        Ok(other) => return Err(unexpected("the job's end (Committed)", name_a(&other))),
-        // The coordinator may have died after recording the end: started
-        // again, it answers with it (and this replica is kept).
-        Err(e) if restartable(&e) => match ask_end(spec, cfg, &peer.rt, (coordinator, security)) {
-            Some((again, c)) if is_this_end(&c) => {
-                coord = again;
-                c
+    let end = loop {
+        match from_coord(&mut coord) {
+            // Worker pair 0 is still at its end-of-job work: so is this
+            // pair's follower worker, waiting.
+            Ok(AMsg::Working(f)) => to_follower(peer, LMsg::Working(f))?,
+            Ok(AMsg::Committed(c)) if is_this_end(&c) => break c,
+            Ok(other) => return Err(unexpected("the job's end (Committed)", name_a(&other))),
+            // The coordinator may have died after recording the end:
+            // started again, it answers with it (and this replica is kept).
+            // This stream goes first (its index would be taken).
+            Err(e) if restartable(&e) => {
+                coord.outbound = tokio::sync::mpsc::channel(1).0;
+                match ask_end(spec, cfg, &peer.rt, (coordinator, security)) {
+                    Some((again, c)) if is_this_end(&c) => {
+                        coord = again;
+                        break c;
+                    }
+                    _ => return Err(e),
+                }
             }
-            _ => return Err(e),
-        },
-        Err(e) => return Err(e),
+            Err(e) => return Err(e),
+        }
     };
     let outcome = WorkerOutcome {
         steps: step,
@@ -909,6 +939,7 @@ fn evaluate(
     party: &mut LeaderParty,
     peer: &mut LeaderPeer,
     src: &mut dyn BatchSource,
+    beat: &mut dyn FnMut(&LeaderPeer) -> Result<(), TrainError>,
 ) -> Result<PassReport, TrainError> {
     to_follower(
         peer,
@@ -931,6 +962,7 @@ fn evaluate(
                     });
                 }
                 let r = party.eval_step(&batch, &act)?;
+                beat(peer)?;
                 steps += 1;
                 examples += r.rows as u64;
                 loss_sum += f64::from(r.loss) * r.rows as f64;
@@ -1065,6 +1097,19 @@ fn follow(
     if welcome.committed {
         // The job's end was recorded before this attempt (it restarted
         // after it): nothing to train; the shards are told on new streams.
+        if let Some(own) = recorded_end(cfg)?
+            && (own.run != welcome.run_id || own.steps != steps)
+        {
+            return Err(TrainError::Unexpected {
+                expected: "the end of the job this worker's state records",
+                got: format!(
+                    "the end of run {} after step {steps} (this worker recorded run {} after step {})",
+                    vfl_bridge::sanitize(&welcome.run_id, 64),
+                    vfl_bridge::sanitize(&own.run, 64),
+                    own.steps
+                ),
+            });
+        }
         tracing::info!(step = steps, "the job's end was recorded before this attempt");
         let end = party_pb::Committed {
             steps,
@@ -1182,6 +1227,8 @@ fn follow(
                 }
                 to_leader(peer, FMsg::EvalEnd(party_pb::EvalEnd { rows: total }))?;
             }
+            // The leader worker's end-of-job work goes on (a heartbeat).
+            LMsg::Working(_) => {}
             LMsg::Finished(f) => {
                 if f.steps != step {
                     return Err(unexpected(
@@ -1197,10 +1244,14 @@ fn follow(
                 )?;
                 // This worker's end-of-job work is done; the job's end is
                 // recorded once every pair's is in.
-                to_leader(peer, FMsg::Done(party_pb::StepDone { step }))?;
-                let end = match from_leader(peer)? {
-                    LMsg::Committed(c) if c.steps == step && c.run_id == welcome.run_id => c,
-                    other => return Err(unexpected("the job's end (Committed)", name_l(&other))),
+                to_leader(peer, FMsg::Exported(party_pb::Finished { steps: step }))?;
+                let end = loop {
+                    match from_leader(peer)? {
+                        // Worker pair 0 is still at its end-of-job work.
+                        LMsg::Working(_) => {}
+                        LMsg::Committed(c) if c.steps == step && c.run_id == welcome.run_id => break c,
+                        other => return Err(unexpected("the job's end (Committed)", name_l(&other))),
+                    }
                 };
                 record_end(cfg, &end, false);
                 let told = own.done(step, &welcome.run_id);
@@ -1240,6 +1291,7 @@ fn name_f(m: &FMsg) -> String {
         FMsg::EvalEnd(_) => "EvalEnd",
         FMsg::Failure(_) => "Failure",
         FMsg::Finished(_) => "Finished",
+        FMsg::Exported(_) => "Exported",
     }
     .to_string()
 }
@@ -1256,6 +1308,7 @@ fn name_l(m: &LMsg) -> String {
         LMsg::Failure(_) => "Failure",
         LMsg::Fatal(_) => "Fatal",
         LMsg::Committed(_) => "Committed",
+        LMsg::Working(_) => "Working",
     }
     .to_string()
 }
@@ -1271,6 +1324,7 @@ fn name_a(m: &AMsg) -> String {
         AMsg::Failure(_) => "Failure",
         AMsg::Fatal(_) => "Fatal",
         AMsg::Committed(_) => "Committed",
+        AMsg::Working(_) => "Working",
     }
     .to_string()
 }

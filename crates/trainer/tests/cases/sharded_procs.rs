@@ -49,7 +49,20 @@ struct Run {
 /// A run of `workers` pairs over 2 shards per party, 2 epochs, batch 32,
 /// seed 3 (as [`train`]); follower worker `absent` never starts.
 fn run_services(spec: &ModelSpec, workers: usize, absent: Option<usize>, wait: Duration) -> Run {
-    run_services_saving(spec, workers, absent, wait, None)
+    run_services_saving(spec, workers, absent, wait, (None, Duration::ZERO))
+}
+
+/// A held-out source that takes `pause` for every batch.
+struct Slow<'a> {
+    inner: SynthSource<'a>,
+    pause: Duration,
+}
+
+impl BatchSource for Slow<'_> {
+    fn fill(&mut self, batch: &mut vfl_data::Batch, max_rows: usize) -> Result<usize, vfl_data::DataError> {
+        std::thread::sleep(self.pause);
+        self.inner.fill(batch, max_rows)
+    }
 }
 
 /// The coordinator of [`run_services_saving`].
@@ -82,13 +95,14 @@ fn coordinator_config(
 }
 
 /// [`run_services`] whose coordinator saves its position under `state`
-/// (and starts from what is there).
+/// (and starts from what is there), and whose leader worker 0 takes
+/// `slow_eval` for each held-out batch.
 fn run_services_saving(
     spec: &ModelSpec,
     workers: usize,
     absent: Option<usize>,
     wait: Duration,
-    state: Option<&std::path::Path>,
+    (state, slow_eval): (Option<&std::path::Path>, Duration),
 ) -> Run {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -128,7 +142,10 @@ fn run_services_saving(
             let (g, la, ltls, coord_addr, handle) = (&g, &la, &ltls, coord_addr.clone(), rt.handle().clone());
             let lcfg = cfg.clone();
             lh.push(s.spawn(move || {
-                let mut eval = SynthSource::new(g, true, HELD_OUT.0, HELD_OUT.1);
+                let mut eval = Slow {
+                    inner: SynthSource::new(g, true, HELD_OUT.0, HELD_OUT.1),
+                    pause: slow_eval,
+                };
                 let eval = (w == 0).then_some(&mut eval as &mut dyn BatchSource);
                 let data = SynthParty {
                     generator: g,
@@ -317,7 +334,13 @@ fn a_follower_worker_admits_only_the_leader() {
 fn after_the_recorded_end_every_restarted_process_ends_without_training() {
     let spec = small_wide_n_deep();
     let tmp = tempfile::tempdir().unwrap();
-    let first = run_services_saving(&spec, 2, None, Duration::from_secs(30), Some(tmp.path()));
+    let first = run_services_saving(
+        &spec,
+        2,
+        None,
+        Duration::from_secs(30),
+        (Some(tmp.path()), Duration::ZERO),
+    );
     let first_out = first.coordinator.unwrap();
     assert!(!first_out.ended_before);
     for r in first.leaders.iter().chain(&first.followers) {
@@ -340,7 +363,13 @@ fn after_the_recorded_end_every_restarted_process_ends_without_training() {
     // Without that record it answers the workers that come.
     std::fs::remove_file(tmp.path().join("coordinator").join("end.json")).unwrap();
     // Every process again, the coordinator from its saved end.
-    let again = run_services_saving(&spec, 2, None, Duration::from_secs(30), Some(tmp.path()));
+    let again = run_services_saving(
+        &spec,
+        2,
+        None,
+        Duration::from_secs(30),
+        (Some(tmp.path()), Duration::ZERO),
+    );
     let out = again.coordinator.unwrap();
     assert!(out.ended_before, "{out:?}");
     assert_eq!((out.steps, out.restarts), (first_out.steps, 0));
@@ -352,5 +381,26 @@ fn after_the_recorded_end_every_restarted_process_ends_without_training() {
     // The shards took the end from workers that never joined them.
     for r in &again.shards {
         assert_eq!(r.as_ref().unwrap(), &first_out.steps);
+    }
+}
+
+/// Worker pair 0's held-out pass takes longer than the peer timeout: its
+/// heartbeats keep the coordinator and the workers waiting for the end
+/// from taking it for lost, and the run ends as usual.
+#[test]
+fn a_held_out_pass_longer_than_the_peer_timeout_does_not_fail_the_job() {
+    let spec = small_wide_n_deep();
+    let wait = Duration::from_secs(2);
+    // 4 held-out batches of 256 rows, 0.9 s each: 3.6 s in all.
+    let run = run_services_saving(&spec, 2, None, wait, (None, Duration::from_millis(900)));
+    let out = run.coordinator.unwrap();
+    assert!(!out.ended_before && out.restarts == 0);
+    let leader0 = run.leaders.into_iter().next().unwrap().unwrap();
+    assert_eq!(
+        leader0.eval.expect("the held-out pass").examples,
+        HELD_OUT.1 - HELD_OUT.0
+    );
+    for r in run.followers {
+        assert!(r.unwrap().digest.is_some());
     }
 }

@@ -553,3 +553,70 @@ fn a_shard_refuses_the_done_of_a_worker_outside_the_run() {
     tell_done(rt.handle(), &at, 0, (0, "r1")).unwrap();
     assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
 }
+
+/// The record a shard of [`shard_saving`] keeps of the job's end.
+fn shard_end_record(spec: &ModelSpec, dir: &std::path::Path, complete: bool) {
+    use vfl_trainer::sharded::state::{JobEnd, StateDir};
+    let state = StateDir::new(
+        dir,
+        ("app", Role::Leader, &spec.fingerprint(), "policy"),
+        "shard-0",
+        None,
+    );
+    state
+        .save_end(&JobEnd {
+            run: "r1".into(),
+            steps: 0,
+            complete,
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_shard_that_recorded_the_whole_end_ends_at_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let tmp = tempfile::tempdir().unwrap();
+    shard_end_record(&spec, tmp.path(), true);
+    let (_, task) = shard_saving(&rt, &spec, tmp.path(), 5);
+    let ended = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+    assert_eq!(ended.expect("ended at once").unwrap().unwrap(), 0);
+}
+
+#[test]
+fn a_shard_that_recorded_the_end_refuses_a_join_and_takes_the_rest_of_the_done() {
+    use vfl_trainer::sharded::remote::{RemoteShards, tell_done};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let tmp = tempfile::tempdir().unwrap();
+    shard_end_record(&spec, tmp.path(), false);
+    let (at, task) = shard_saving(&rt, &spec, tmp.path(), 5);
+    let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&spec.fingerprint(), 0, 5, "r1"))
+        .expect_err("nothing trains after the end")
+        .to_string();
+    assert!(e.contains("the job has ended"), "{e}");
+    tell_done(rt.handle(), &at, 0, (0, "r1")).unwrap();
+    assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
+}
+
+#[test]
+fn a_restarted_shard_refuses_the_done_of_a_run_it_has_no_state_of() {
+    use vfl_trainer::sharded::remote::{RemoteShards, tell_done};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let tmp = tempfile::tempdir().unwrap();
+    let (at, task) = shard_saving(&rt, &spec, tmp.path(), 5);
+    // Run r1 joins (the shard saves its start), and the shard dies.
+    let (r, _, _) =
+        RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&spec.fingerprint(), 0, 5, "r1")).unwrap();
+    task.abort();
+    drop(r);
+    let (at, task) = shard_saving(&rt, &spec, tmp.path(), 5);
+    let e = tell_done(rt.handle(), &at, 0, (0, "r9")).expect_err("refused");
+    assert!(
+        matches!(&e, TrainError::Bridge(BridgeError::PeerFailed(why)) if why.contains("has state of")),
+        "{e}"
+    );
+    tell_done(rt.handle(), &at, 0, (0, "r1")).unwrap();
+    assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
+}
