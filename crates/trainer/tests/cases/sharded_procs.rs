@@ -404,3 +404,165 @@ fn a_held_out_pass_longer_than_the_peer_timeout_does_not_fail_the_job() {
         assert!(r.unwrap().digest.is_some());
     }
 }
+
+/// A leader worker (index 0 of 2, batch 32) whose follower says `hello`:
+/// what the leader worker returns and what the follower receives.
+fn leader_worker_greeted(hello: vfl_bridge::party_pb::PairHello) -> (TrainError, Option<String>) {
+    use vfl_bridge::party_pb::{self, follower_worker_message::Msg as FMsg, leader_worker_message::Msg as LMsg};
+    use vfl_trainer::sharded::remote::ShardAddrs;
+    let spec = small_wide_n_deep();
+    let (ltls, ftls) = parties();
+    let rt = rt();
+    let mut pair = rt.block_on(listen_pair("127.0.0.1:0", 1 << 20, ltls.clone())).unwrap();
+    let addr = pair.local_addr.to_string();
+    let cfg = WorkerConfig {
+        worker: 0,
+        workers: 2,
+        batch_size: 32,
+        threads: 1,
+        peer_timeout: Duration::from_secs(10),
+        state: None,
+    };
+    // Nothing past the Hello is reached: no shards, no coordinator.
+    let shards = ShardAddrs {
+        own: vfl_attest::PartyRole::Leader,
+        addrs: Vec::new(),
+        security: ltls.clone(),
+        max_message: 1 << 20,
+        wait: Duration::from_secs(1),
+    };
+    let g = generator();
+    let data = SynthParty {
+        generator: &g,
+        leader: true,
+    };
+    let handle = rt.handle().clone();
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| {
+            worker::run_leader(
+                &spec,
+                &cfg,
+                handle,
+                &shards,
+                ("127.0.0.1:1", &ltls),
+                &mut pair,
+                (&data, None),
+                None,
+            )
+        });
+        let mut stream = rt
+            .block_on(dial_pair(&addr, 1 << 20, &ftls, Duration::from_secs(5)))
+            .unwrap();
+        rt.block_on(stream.outbound.send(party_pb::FollowerWorkerMessage {
+            msg: Some(FMsg::Hello(hello)),
+        }))
+        .unwrap();
+        let told = match rt.block_on(stream.inbound.message()) {
+            Ok(Some(party_pb::LeaderWorkerMessage {
+                msg: Some(LMsg::Fatal(why)),
+            })) => Some(why),
+            _ => None,
+        };
+        (leader.join().unwrap().expect_err("refused"), told)
+    })
+}
+
+fn hello() -> vfl_bridge::party_pb::PairHello {
+    vfl_bridge::party_pb::PairHello {
+        worker: 0,
+        workers: 2,
+        model_fingerprint: small_wide_n_deep().fingerprint(),
+        batch_size: 32,
+    }
+}
+
+/// Refused for good, named to both sides.
+fn assert_hello_refused(hello: vfl_bridge::party_pb::PairHello) {
+    let (e, told) = leader_worker_greeted(hello);
+    assert!(
+        matches!(&e, TrainError::Unexpected { expected, .. } if expected.starts_with("the follower worker of this index")),
+        "{e}"
+    );
+    assert!(!worker::restartable(&e));
+    assert!(told.is_some_and(|t| t.contains("follower worker of this index")));
+}
+
+#[test]
+fn a_leader_worker_refuses_the_follower_worker_of_another_index() {
+    assert_hello_refused(vfl_bridge::party_pb::PairHello { worker: 1, ..hello() });
+}
+
+#[test]
+fn a_leader_worker_refuses_a_follower_worker_of_another_model() {
+    assert_hello_refused(vfl_bridge::party_pb::PairHello {
+        model_fingerprint: "another".into(),
+        ..hello()
+    });
+}
+
+#[test]
+fn a_leader_worker_refuses_a_follower_worker_of_another_batch_size() {
+    assert_hello_refused(vfl_bridge::party_pb::PairHello {
+        batch_size: 64,
+        ..hello()
+    });
+}
+
+#[test]
+fn a_leader_worker_refuses_a_follower_worker_of_another_pair_count() {
+    assert_hello_refused(vfl_bridge::party_pb::PairHello { workers: 3, ..hello() });
+}
+
+/// The follower's policy must release the same exports as the leader's:
+/// a welcome naming others is refused before anything is joined.
+#[test]
+fn a_follower_worker_refuses_another_release_list() {
+    use vfl_bridge::party_pb::{self, follower_worker_message::Msg as FMsg, leader_worker_message::Msg as LMsg};
+    use vfl_trainer::sharded::remote::ShardAddrs;
+    let spec = small_wide_n_deep();
+    let (ltls, ftls) = parties();
+    let rt = rt();
+    let mut pair = rt.block_on(listen_pair("127.0.0.1:0", 1 << 20, ltls.clone())).unwrap();
+    let addr = pair.local_addr.to_string();
+    let cfg = WorkerConfig {
+        worker: 0,
+        workers: 1,
+        batch_size: 32,
+        threads: 1,
+        peer_timeout: Duration::from_secs(10),
+        state: None,
+    };
+    let shards = ShardAddrs {
+        own: vfl_attest::PartyRole::Follower,
+        addrs: Vec::new(),
+        security: ftls.clone(),
+        max_message: 1 << 20,
+        wait: Duration::from_secs(1),
+    };
+    let g = generator();
+    let data = SynthParty {
+        generator: &g,
+        leader: false,
+    };
+    let handle = rt.handle().clone();
+    let e = std::thread::scope(|s| {
+        let follower =
+            s.spawn(|| worker::run_follower(&spec, &cfg, handle, &shards, (&addr, &ftls), (&data, None), None));
+        let mut incoming = rt.block_on(pair.streams.recv()).unwrap();
+        let first = rt.block_on(incoming.inbound.message()).unwrap().unwrap();
+        assert!(matches!(first.msg, Some(FMsg::Hello(_))));
+        let welcome = party_pb::PairWelcome {
+            steps: 0,
+            checkpoint_steps: 0,
+            run_id: "r1".into(),
+            release_exports: vec!["leader".into()],
+            committed: false,
+        };
+        rt.block_on(incoming.outbound.send(Ok(party_pb::LeaderWorkerMessage {
+            msg: Some(LMsg::Welcome(welcome)),
+        })))
+        .unwrap();
+        follower.join().unwrap().expect_err("refused")
+    });
+    assert!(matches!(&e, TrainError::ReleaseMismatch { .. }), "{e}");
+}
