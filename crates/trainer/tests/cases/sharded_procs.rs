@@ -409,28 +409,13 @@ fn a_held_out_pass_longer_than_the_peer_timeout_does_not_fail_the_job() {
 /// what the leader worker returns and what the follower receives.
 fn leader_worker_greeted(hello: vfl_bridge::party_pb::PairHello) -> (TrainError, Option<String>) {
     use vfl_bridge::party_pb::{self, follower_worker_message::Msg as FMsg, leader_worker_message::Msg as LMsg};
-    use vfl_trainer::sharded::remote::ShardAddrs;
     let spec = small_wide_n_deep();
     let (ltls, ftls) = parties();
     let rt = rt();
     let mut pair = rt.block_on(listen_pair("127.0.0.1:0", 1 << 20, ltls.clone())).unwrap();
     let addr = pair.local_addr.to_string();
-    let cfg = WorkerConfig {
-        worker: 0,
-        workers: 2,
-        batch_size: 32,
-        threads: 1,
-        peer_timeout: Duration::from_secs(10),
-        state: None,
-    };
     // Nothing past the Hello is reached: no shards, no coordinator.
-    let shards = ShardAddrs {
-        own: vfl_attest::PartyRole::Leader,
-        addrs: Vec::new(),
-        security: ltls.clone(),
-        max_message: 1 << 20,
-        wait: Duration::from_secs(1),
-    };
+    let (cfg, shards) = lone_worker(2, (vfl_attest::PartyRole::Leader, &ltls));
     let g = generator();
     let data = SynthParty {
         generator: &g,
@@ -465,6 +450,30 @@ fn leader_worker_greeted(hello: vfl_bridge::party_pb::PairHello) -> (TrainError,
         };
         (leader.join().unwrap().expect_err("refused"), told)
     })
+}
+
+/// Worker 0 of `workers` (batch 32) of party `own`, and shards it never
+/// reaches (the tests refuse before that).
+fn lone_worker(
+    workers: usize,
+    (own, security): (vfl_attest::PartyRole, &vfl_bridge::Security),
+) -> (WorkerConfig, vfl_trainer::sharded::remote::ShardAddrs) {
+    let cfg = WorkerConfig {
+        worker: 0,
+        workers,
+        batch_size: 32,
+        threads: 1,
+        peer_timeout: Duration::from_secs(10),
+        state: None,
+    };
+    let shards = vfl_trainer::sharded::remote::ShardAddrs {
+        own,
+        addrs: Vec::new(),
+        security: security.clone(),
+        max_message: 1 << 20,
+        wait: Duration::from_secs(1),
+    };
+    (cfg, shards)
 }
 
 fn hello() -> vfl_bridge::party_pb::PairHello {
@@ -518,27 +527,12 @@ fn a_leader_worker_refuses_a_follower_worker_of_another_pair_count() {
 #[test]
 fn a_follower_worker_refuses_another_release_list() {
     use vfl_bridge::party_pb::{self, follower_worker_message::Msg as FMsg, leader_worker_message::Msg as LMsg};
-    use vfl_trainer::sharded::remote::ShardAddrs;
     let spec = small_wide_n_deep();
     let (ltls, ftls) = parties();
     let rt = rt();
     let mut pair = rt.block_on(listen_pair("127.0.0.1:0", 1 << 20, ltls.clone())).unwrap();
     let addr = pair.local_addr.to_string();
-    let cfg = WorkerConfig {
-        worker: 0,
-        workers: 1,
-        batch_size: 32,
-        threads: 1,
-        peer_timeout: Duration::from_secs(10),
-        state: None,
-    };
-    let shards = ShardAddrs {
-        own: vfl_attest::PartyRole::Follower,
-        addrs: Vec::new(),
-        security: ftls.clone(),
-        max_message: 1 << 20,
-        wait: Duration::from_secs(1),
-    };
+    let (cfg, shards) = lone_worker(1, (vfl_attest::PartyRole::Follower, &ftls));
     let g = generator();
     let data = SynthParty {
         generator: &g,
