@@ -88,6 +88,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         peer_timeout: Duration::from_secs(a.peer_timeout),
         state,
         checkpoint_every: a.checkpoint_steps,
+        max_message: vfl_trainer::sharded::message_limit(&spec, role),
     };
     let rows = shard.rows();
     let rt = tokio::runtime::Builder::new_multi_thread()

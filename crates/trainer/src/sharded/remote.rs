@@ -159,13 +159,22 @@ impl RemoteShards {
             .and_then(|i| self.streams.get_mut(i))
             .ok_or(TrainError::Unsupported("no such worker"))?;
         for (stream, c) in row.iter_mut().zip(contributions) {
-            let msg = WMsg::Contribute(party_pb::Contribute {
-                step,
-                participants: participants.to_vec(),
-                examples: c.examples,
-                grads: Some(wire::encode(&c.grads)),
+            let mut msg = party_pb::WorkerMessage {
+                msg: Some(WMsg::Contribute(party_pb::Contribute {
+                    step,
+                    participants: participants.to_vec(),
+                    examples: c.examples,
+                    grads: Some(wire::encode(&c.grads)),
+                    padding: Vec::new(),
+                })),
+            };
+            // Its size says nothing of how many rows the batch touched.
+            wire::pad(&mut msg, self.at.max_message, |m, bytes| {
+                if let Some(WMsg::Contribute(c)) = &mut m.msg {
+                    c.padding = bytes;
+                }
             });
-            self.rt.block_on(send(stream, msg))?;
+            self.rt.block_on(send_whole(stream, msg))?;
         }
         Ok(())
     }
@@ -300,9 +309,13 @@ fn unexpected(expected: &'static str, got: &SMsg) -> TrainError {
 }
 
 async fn send(stream: &mut ShardStream, msg: WMsg) -> Result<(), TrainError> {
+    send_whole(stream, party_pb::WorkerMessage { msg: Some(msg) }).await
+}
+
+async fn send_whole(stream: &mut ShardStream, msg: party_pb::WorkerMessage) -> Result<(), TrainError> {
     stream
         .outbound
-        .send(party_pb::WorkerMessage { msg: Some(msg) })
+        .send(msg)
         .await
         .map_err(|_| BridgeError::Lost("the shard's stream closed".into()).into())
 }

@@ -46,6 +46,9 @@ pub struct ShardConfig {
     /// never).
     pub state: Option<StateDir>,
     pub checkpoint_every: u64,
+    /// The workers' largest message (`sharded::message_limit`): the step's
+    /// values are padded to a size bucket below it.
+    pub max_message: usize,
 }
 
 /// Serves `shard` on `listener` until the job is over (every worker's
@@ -594,12 +597,19 @@ fn handle(
                 {
                     sd.save_shard(run.as_deref().unwrap_or_default(), &shard.state())?;
                 }
-                let msg = party_pb::ShardMessage {
+                let mut msg = party_pb::ShardMessage {
                     msg: Some(SMsg::Changes(party_pb::Changes {
                         step: c.step,
                         params: Some(wire::encode(&changes)),
+                        padding: Vec::new(),
                     })),
                 };
+                // Its size says nothing of how many rows the step touched.
+                wire::pad(&mut msg, cfg.max_message, |m, bytes| {
+                    if let Some(SMsg::Changes(c)) = &mut m.msg {
+                        c.padding = bytes;
+                    }
+                });
                 let joined: Vec<u64> = conns
                     .iter()
                     .filter(|(_, c)| c.worker.is_some())

@@ -4,9 +4,57 @@
 //! must be is the shard's check ([`super::Shard::contribute`]) and the
 //! replica's ([`super::replica::apply`]).
 
+use prost::Message;
 use vfl_bridge::party_pb;
 
 use super::Params;
+
+/// The size bucket a message of `len` bytes is padded to: `len` rounded up
+/// to a number with at most [`BUCKET_BITS`] significant bits (8 buckets per
+/// doubling, at most 1/8 more bytes), and never past `limit` (the
+/// receiver's largest message), which is a bucket of its own.
+pub fn bucket(len: usize, limit: usize) -> usize {
+    let shift = (usize::BITS - len.leading_zeros()).saturating_sub(BUCKET_BITS);
+    let up = len.div_ceil(1 << shift).saturating_mul(1 << shift);
+    up.min(limit).max(len)
+}
+
+/// Significant bits of a size bucket.
+pub const BUCKET_BITS: u32 = 4;
+
+/// Pads `msg` with zero bytes (through `set`, which puts its argument in
+/// the message's `padding` field) so that its encoded size is its
+/// [`bucket`]: the host sees a size class, not how many rows the
+/// parameters hold. A size that no padding reaches exactly (the field's
+/// own length prefix grows with it) takes the next bucket.
+pub fn pad<M: Message>(msg: &mut M, limit: usize, mut set: impl FnMut(&mut M, Vec<u8>)) {
+    let base = msg.encoded_len();
+    let mut target = bucket(base, limit);
+    while target > base {
+        // The padding field's own tag and length prefix come on top.
+        let mut k = target - base;
+        for _ in 0..4 {
+            set(msg, vec![0; k]);
+            let got = msg.encoded_len();
+            if got == target {
+                return;
+            }
+            k = if got > target {
+                k.saturating_sub(got - target)
+            } else {
+                k + (target - got)
+            };
+            if k == 0 {
+                break;
+            }
+        }
+        if target >= limit {
+            break;
+        }
+        target = bucket(target + 1, limit);
+    }
+    set(msg, Vec::new());
+}
 
 /// Why received parameters do not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,7 +158,89 @@ mod tests {
         ));
     }
 
+    /// A worker's contribution of `rows` rows of 16 values, padded below
+    /// `limit`.
+    fn contribution(rows: u32, limit: usize) -> party_pb::WorkerMessage {
+        use party_pb::worker_message::Msg;
+        let p = Params {
+            dense: vec![(0, vec![0.25; 300])],
+            rows: (0..rows).map(|r| (r % 7, r * 3)).collect(),
+            values: vec![0.5; rows as usize * 16],
+        };
+        let mut m = party_pb::WorkerMessage {
+            msg: Some(Msg::Contribute(party_pb::Contribute {
+                step: 7,
+                participants: vec![0, 1],
+                examples: 64,
+                grads: Some(encode(&p)),
+                padding: Vec::new(),
+            })),
+        };
+        pad(&mut m, limit, |m, bytes| {
+            if let Some(Msg::Contribute(c)) = &mut m.msg {
+                c.padding = bytes;
+            }
+        });
+        m
+    }
+
+    #[test]
+    fn buckets_round_up_by_at_most_an_eighth_and_stop_at_the_limit() {
+        assert_eq!(bucket(1000, 1 << 20), 1024);
+        assert_eq!(bucket(1024, 1 << 20), 1024);
+        assert_eq!(bucket(1025, 1 << 20), 1152);
+        assert_eq!(bucket(7, 1 << 20), 7);
+        assert_eq!(bucket(1000, 1010), 1010);
+        assert_eq!(bucket(2000, 1010), 2000);
+    }
+
+    #[test]
+    fn contributions_of_different_row_counts_take_few_sizes() {
+        let sizes: std::collections::BTreeSet<usize> = (200..300)
+            .map(|rows| contribution(rows, 1 << 20).encoded_len())
+            .collect();
+        // 100 row counts (about 15 to 22 KB): the host sees 5 sizes, all
+        // buckets.
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            vec![15360, 16384, 18432, 20480, 22528]
+        );
+    }
+
+    #[test]
+    fn padding_is_ignored_by_the_receiver() {
+        use party_pb::worker_message::Msg;
+        let m = contribution(33, 1 << 20);
+        let back = party_pb::WorkerMessage::decode(m.encode_to_vec().as_slice()).unwrap();
+        let Some(Msg::Contribute(c)) = back.msg else {
+            panic!("not a contribution")
+        };
+        assert!(!c.padding.is_empty() && c.padding.iter().all(|&b| b == 0));
+        let p = decode_opt(c.grads.as_ref(), "gradients").unwrap();
+        assert_eq!((p.rows.len(), p.values.len()), (33, 33 * 16));
+    }
+
     proptest! {
+        #[test]
+        fn a_padded_size_is_a_bucket_within_an_eighth_or_the_limit(rows in 0u32..3000, limit in 20_000usize..200_000) {
+            let unpadded = {
+                let mut m = contribution(rows, limit);
+                if let Some(party_pb::worker_message::Msg::Contribute(c)) = &mut m.msg {
+                    c.padding.clear();
+                }
+                m.encoded_len()
+            };
+            let got = contribution(rows, limit).encoded_len();
+            prop_assert!(got >= unpadded);
+            if unpadded <= limit {
+                prop_assert!(got <= limit, "{} past the limit {}", got, limit);
+                // A bucket (or the limit): 3 significant bits at most.
+                let shift = (usize::BITS - got.leading_zeros()).saturating_sub(BUCKET_BITS);
+                prop_assert!(got == limit || got.is_multiple_of(1 << shift), "{} is no bucket", got);
+                prop_assert!(got as f64 <= unpadded as f64 * 1.25 + 16.0, "{} for {}", got, unpadded);
+            }
+        }
+
         #[test]
         fn params_round_trip(
             dense in proptest::collection::vec((any::<u32>(), proptest::collection::vec(any::<f32>(), 0..20)), 0..4),

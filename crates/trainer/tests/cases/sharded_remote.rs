@@ -109,6 +109,7 @@ pub fn start_shards_waiting(
             peer_timeout: wait,
             state: None,
             checkpoint_every: 0,
+            max_message: MAX,
         };
         let shard = Shard::new(spec, role, s, placement, workers).unwrap();
         tasks.push(rt.spawn(serve::run(cfg, shard, listener)));
@@ -420,6 +421,7 @@ fn shard_saving(
         peer_timeout: Duration::from_secs(10),
         state: Some(state),
         checkpoint_every: every,
+        max_message: MAX,
     };
     let shard = Shard::new(spec, Role::Leader, 0, Placement::new(1).unwrap(), 1).unwrap();
     (at, rt.spawn(serve::run(cfg, shard, listener)))
