@@ -713,6 +713,15 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
                     }
                 }
                 Event::Message(conn, WMsg::Register(r)) => {
+                    if machine.is_committed() {
+                        // After the end a worker that registers again
+                        // replaces its earlier stream (whose close may still
+                        // be on the way).
+                        let w = r.worker as usize;
+                        for c in super::drain(&mut conns, |c| c.worker == Some(w)) {
+                            c.reader.abort();
+                        }
+                    }
                     match check_register(&cfg, &conns, conn, &r) {
                         Ok(w) => {
                             if let Some(c) = conns.get_mut(&conn) {
@@ -848,6 +857,13 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
                             registered = 0;
                             deadline.as_mut().reset(tokio::time::Instant::now() + cfg.peer_timeout);
                             continue;
+                        }
+                        // After the record it only loses its connection.
+                        Err(Undelivered::Stalled(w)) if machine.is_committed() => {
+                            tracing::warn!(worker = w, "dropping a worker that does not read, after the job's end");
+                            for c in super::drain(&mut conns, |c| c.worker == Some(w)) {
+                                c.reader.abort();
+                            }
                         }
                         Err(Undelivered::Stalled(w)) => {
                             break Err(fail(format!("worker {w} does not read its assignments")));

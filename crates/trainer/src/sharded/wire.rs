@@ -237,7 +237,7 @@ mod tests {
                 // A bucket (or the limit): 3 significant bits at most.
                 let shift = (usize::BITS - got.leading_zeros()).saturating_sub(BUCKET_BITS);
                 prop_assert!(got == limit || got.is_multiple_of(1 << shift), "{} is no bucket", got);
-                prop_assert!(got as f64 <= unpadded as f64 * 1.25 + 16.0, "{} for {}", got, unpadded);
+                prop_assert!(got as f64 <= unpadded as f64 * 1.125 + 16.0, "{} for {}", got, unpadded);
             }
         }
 

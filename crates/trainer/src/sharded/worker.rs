@@ -464,9 +464,11 @@ fn say_bye(
     let bye = party_pb::WorkerStatus {
         msg: Some(SMsg::Bye(party_pb::Finished { steps })),
     };
-    let mut coord = match coord {
-        Some(c) if c.send(bye.clone()).is_ok() => c,
-        _ => {
+    // A stream that cannot take it is closed before a new one registers.
+    let open = coord.filter(|c| c.send(bye.clone()).is_ok());
+    let mut coord = match open {
+        Some(c) => c,
+        None => {
             let Some((again, _)) = ask_end(spec, cfg, rt, (coordinator, security)) else {
                 tracing::warn!("the coordinator is gone; the job's end is recorded, ending without a goodbye");
                 return;
@@ -802,28 +804,38 @@ fn lead(
         None => None,
     };
     beat(peer)?;
-    let exported = write_export(
-        export,
-        (&plan.run_id, step, &security.release_exports()),
-        (spec, cfg),
-        party.model_mut().tensors_mut(),
-    )?;
+    let release = security.release_exports();
+    let tensors = party.model_mut().tensors_mut();
+    let exported = beating(
+        every,
+        || write_export(export, (&plan.run_id, step, &release), (spec, cfg), tensors),
+        || beat(peer),
+    )??;
     beat(peer)?;
-    // The follower worker's end-of-job work (its export), then this
-    // pair's report; the coordinator records the job's end once every
-    // pair's is in.
+    // The follower worker's end-of-job work (its export, with heartbeats
+    // passed on), then this pair's report; the coordinator records the
+    // job's end once every pair's is in.
     to_follower(peer, LMsg::Finished(party_pb::Finished { steps: step }))?;
-    match from_follower(peer)? {
-        FMsg::Exported(f) if f.steps == step => {}
-        other => return Err(unexpected("the follower's end-of-job work", name_f(&other))),
+    loop {
+        match from_follower(peer)? {
+            FMsg::Working(_) => beat(peer)?,
+            FMsg::Exported(f) if f.steps == step => break,
+            other => return Err(unexpected("the follower's end-of-job work", name_f(&other))),
+        }
     }
     coord.send(status(SMsg::Finished(party_pb::Finished { steps: step })))?;
     let is_this_end = |c: &party_pb::Committed| c.steps == step && c.run_id == plan.run_id;
     let end = loop {
         match from_coord(&mut coord) {
             // Worker pair 0 is still at its end-of-job work: so is this
-            // pair's follower worker, waiting.
-            Ok(AMsg::Working(f)) => to_follower(peer, LMsg::Working(f))?,
+            // pair's follower worker, waiting. (Its part is done: if it is
+            // gone, the end does not need it; `finish_leader` welcomes it
+            // back.)
+            Ok(AMsg::Working(f)) => {
+                if let Err(e) = to_follower(peer, LMsg::Working(f)) {
+                    tracing::info!(error = %e, "follower worker gone after its end-of-job work");
+                }
+            }
             Ok(AMsg::Committed(c)) if is_this_end(&c) => break c,
             Ok(other) => return Err(unexpected("the job's end (Committed)", name_a(&other))),
             // The coordinator may have died after recording the end:
@@ -858,6 +870,31 @@ fn lead(
         end,
     };
     Ok((outcome, ending))
+}
+
+/// Runs `work` (an export) on its own thread and calls `beat` every
+/// `every` until it ends: end-of-job work longer than the peer timeout
+/// must not look like a lost peer.
+fn beating<T: Send>(
+    every: Duration,
+    work: impl FnOnce() -> T + Send,
+    mut beat: impl FnMut() -> Result<(), TrainError>,
+) -> Result<T, TrainError> {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let _ = tx.send(work());
+        });
+        loop {
+            match rx.recv_timeout(every) {
+                Ok(v) => return Ok(v),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => beat()?,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(TrainError::Unsupported("the export's thread ended without a result"));
+                }
+            }
+        }
+    })
 }
 
 /// With `export` (worker pair 0), writes this worker's replica (equal to
@@ -1236,12 +1273,14 @@ fn follow(
                         format!("step {}", f.steps),
                     ));
                 }
-                let exported = write_export(
-                    export,
-                    (&welcome.run_id, step, &release),
-                    (spec, cfg),
-                    party.model_mut().tensors_mut(),
-                )?;
+                let tensors = party.model_mut().tensors_mut();
+                let every = (cfg.peer_timeout / 4).max(Duration::from_millis(100));
+                let working = party_pb::Finished { steps: step };
+                let exported = beating(
+                    every,
+                    || write_export(export, (&welcome.run_id, step, &release), (spec, cfg), tensors),
+                    || to_leader(peer, FMsg::Working(working)),
+                )??;
                 // This worker's end-of-job work is done; the job's end is
                 // recorded once every pair's is in.
                 to_leader(peer, FMsg::Exported(party_pb::Finished { steps: step }))?;
@@ -1292,6 +1331,7 @@ fn name_f(m: &FMsg) -> String {
         FMsg::Failure(_) => "Failure",
         FMsg::Finished(_) => "Finished",
         FMsg::Exported(_) => "Exported",
+        FMsg::Working(_) => "Working",
     }
     .to_string()
 }
@@ -1327,4 +1367,37 @@ fn name_a(m: &AMsg) -> String {
         AMsg::Working(_) => "Working",
     }
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_work_beats_until_it_ends() {
+        let mut beats = 0;
+        let got = beating(
+            Duration::from_millis(20),
+            || {
+                std::thread::sleep(Duration::from_millis(200));
+                7
+            },
+            || {
+                beats += 1;
+                Ok(())
+            },
+        );
+        assert_eq!(got.unwrap(), 7);
+        assert!(beats >= 3, "{beats} beats");
+    }
+
+    #[test]
+    fn a_beat_that_fails_ends_the_wait() {
+        let got = beating(
+            Duration::from_millis(10),
+            || std::thread::sleep(Duration::from_millis(100)),
+            || Err(lost("gone".into())),
+        );
+        assert!(matches!(got, Err(TrainError::Bridge(BridgeError::Lost(_)))));
+    }
 }
