@@ -169,9 +169,9 @@ impl RemoteShards {
                 })),
             };
             // Its size says nothing of how many rows the batch touched.
-            wire::pad(&mut msg, self.at.max_message, |m, bytes| {
+            wire::pad(&mut msg, self.at.max_message, |m, fill| {
                 if let Some(WMsg::Contribute(c)) = &mut m.msg {
-                    c.padding = bytes;
+                    c.padding = fill;
                 }
             });
             self.rt.block_on(send_whole(stream, msg))?;

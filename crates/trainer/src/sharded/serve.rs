@@ -605,9 +605,9 @@ fn handle(
                     })),
                 };
                 // Its size says nothing of how many rows the step touched.
-                wire::pad(&mut msg, cfg.max_message, |m, bytes| {
+                wire::pad(&mut msg, cfg.max_message, |m, fill| {
                     if let Some(SMsg::Changes(c)) = &mut m.msg {
-                        c.padding = bytes;
+                        c.padding = fill;
                     }
                 });
                 let joined: Vec<u64> = conns

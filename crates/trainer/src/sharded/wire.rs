@@ -23,29 +23,31 @@ pub fn bucket(len: usize, limit: usize) -> usize {
 pub const BUCKET_BITS: u32 = 4;
 
 /// Pads `msg` with zero bytes (through `set`, which puts its argument in
-/// the message's `padding` field) so that its encoded size is its
+/// the message's repeated `padding` field) so that its encoded size is its
 /// [`bucket`]: the host sees a size class, not how many rows the
-/// parameters hold. A size that no padding reaches exactly (the field's
-/// own length prefix grows with it) takes the next bucket.
-pub fn pad<M: Message>(msg: &mut M, limit: usize, mut set: impl FnMut(&mut M, Vec<u8>)) {
+/// parameters hold. Where one element's length prefix would skip the
+/// target size, empty elements (2 bytes each) make it up; a size that
+/// still cannot be reached (1 byte short of a bucket) takes the next one.
+pub fn pad<M: Message>(msg: &mut M, limit: usize, mut set: impl FnMut(&mut M, Vec<Vec<u8>>)) {
     let base = msg.encoded_len();
     let mut target = bucket(base, limit);
     while target > base {
-        // The padding field's own tag and length prefix come on top.
-        let mut k = target - base;
-        for _ in 0..4 {
-            set(msg, vec![0; k]);
-            let got = msg.encoded_len();
-            if got == target {
-                return;
-            }
-            k = if got > target {
-                k.saturating_sub(got - target)
-            } else {
-                k + (target - got)
-            };
-            if k == 0 {
-                break;
+        for empty in 0..3usize {
+            // The field's tags and length prefixes come on top.
+            let mut k = (target - base).saturating_sub(2 * empty);
+            for _ in 0..4 {
+                let mut fill = vec![vec![0; k]];
+                fill.extend(std::iter::repeat_n(Vec::new(), empty));
+                set(msg, fill);
+                let got = msg.encoded_len();
+                if got == target {
+                    return;
+                }
+                k = if got > target {
+                    k.saturating_sub(got - target)
+                } else {
+                    k + (target - got)
+                };
             }
         }
         if target >= limit {
@@ -176,9 +178,9 @@ mod tests {
                 padding: Vec::new(),
             })),
         };
-        pad(&mut m, limit, |m, bytes| {
+        pad(&mut m, limit, |m, fill| {
             if let Some(Msg::Contribute(c)) = &mut m.msg {
-                c.padding = bytes;
+                c.padding = fill;
             }
         });
         m
@@ -207,6 +209,27 @@ mod tests {
         );
     }
 
+    /// Every size from 700 bytes to 30 KB (length prefixes of one, two
+    /// and three bytes): padded exactly to its bucket or, 1 byte short of
+    /// one, the next.
+    #[test]
+    fn every_size_in_a_sweep_reaches_its_bucket() {
+        use party_pb::worker_message::Msg;
+        for rows in 0..450 {
+            let mut m = contribution(rows, 1 << 20);
+            let got = m.encoded_len();
+            if let Some(Msg::Contribute(c)) = &mut m.msg {
+                c.padding.clear();
+            }
+            let base = m.encoded_len();
+            let want = bucket(base, 1 << 20);
+            assert!(
+                got == want || (want - base == 1 && got == bucket(want + 1, 1 << 20)),
+                "{base}: {got}, not {want}"
+            );
+        }
+    }
+
     #[test]
     fn padding_is_ignored_by_the_receiver() {
         use party_pb::worker_message::Msg;
@@ -215,7 +238,7 @@ mod tests {
         let Some(Msg::Contribute(c)) = back.msg else {
             panic!("not a contribution")
         };
-        assert!(!c.padding.is_empty() && c.padding.iter().all(|&b| b == 0));
+        assert!(!c.padding.is_empty() && c.padding.iter().flatten().all(|&b| b == 0));
         let p = decode_opt(c.grads.as_ref(), "gradients").unwrap();
         assert_eq!((p.rows.len(), p.values.len()), (33, 33 * 16));
     }
