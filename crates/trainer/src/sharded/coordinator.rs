@@ -929,6 +929,7 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
             run: machine.committed().run_id,
             steps: machine.steps(),
             complete: true,
+            done: Vec::new(),
         };
         if let Err(e) = sd.save_end(&end) {
             tracing::warn!(error = %e, "could not record the job's end");

@@ -63,7 +63,12 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
         Some(sd) => sd.load_end()?,
         None => None,
     };
-    if let Some(end) = known.as_ref().filter(|e| e.complete) {
+    let all_done = |e: &super::state::JobEnd| {
+        let done: std::collections::BTreeSet<u32> =
+            e.done.iter().copied().filter(|&w| (w as usize) < cfg.workers).collect();
+        done.len() == cfg.workers
+    };
+    if let Some(end) = known.as_ref().filter(|e| e.complete || all_done(e)) {
         // Every worker's Done was in: nothing is left to do.
         tracing::info!(step = end.steps, "the job had ended, every worker's Done was in");
         let _ = tokio::time::timeout(cfg.peer_timeout, listener.shutdown()).await;
@@ -90,7 +95,7 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
         run = Some(k.run.clone());
         end = Some(JobEnd {
             steps: k.steps,
-            workers: Default::default(),
+            workers: k.done.iter().copied().filter(|&w| (w as usize) < cfg.workers).collect(),
         });
     }
     let result = loop {
@@ -133,8 +138,8 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
                         // Ending its stream (dropping `c`) acknowledges it.
                         Ok(ended) => {
                             tracing::info!(worker = d.worker, steps = d.steps, "worker done: the job's end is recorded");
-                            if ended == 1 {
-                                record_end(&cfg, run.as_deref(), d.steps, false);
+                            if let Some(e) = &end {
+                                record_end(&cfg, run.as_deref(), e, ended == cfg.workers);
                             }
                             // No step is open after the end: one open here
                             // belonged to an attempt that restarted.
@@ -257,20 +262,21 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     if result.is_ok()
         && let Some(e) = &end
     {
-        record_end(&cfg, run.as_deref(), e.steps, true);
+        record_end(&cfg, run.as_deref(), e, true);
     }
     result.map(|()| end.map_or(shard.steps(), |e| e.steps))
 }
 
-/// Records the job's end (`complete`: every worker's Done is in, or no
-/// more is awaited). A record that cannot be written only costs a later
-/// restart its shortcut: warned, not failed.
-fn record_end(cfg: &ShardConfig, run: Option<&str>, steps: u64, complete: bool) {
+/// Records the job's end and the workers whose `Done` is in (`complete`:
+/// every worker's, or no more is awaited). A record that cannot be
+/// written only costs a later restart its shortcut: warned, not failed.
+fn record_end(cfg: &ShardConfig, run: Option<&str>, e: &JobEnd, complete: bool) {
     let Some(sd) = &cfg.state else { return };
     let end = super::state::JobEnd {
         run: run.unwrap_or_default().to_string(),
-        steps,
+        steps: e.steps,
         complete,
+        done: e.workers.iter().copied().collect(),
     };
     if let Err(e) = sd.save_end(&end) {
         tracing::warn!(error = %e, "could not record the job's end");

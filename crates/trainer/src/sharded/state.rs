@@ -46,6 +46,10 @@ pub struct JobEnd {
     /// This process's part of the ending is done too: started again, it
     /// ends at once. Otherwise it finishes that part (every wait bounded).
     pub complete: bool,
+    /// A shard: the workers whose `Done` it took (started again, it waits
+    /// only for the others').
+    #[serde(default)]
+    pub done: Vec<u32>,
 }
 
 /// Saved states kept per process: the coordinator's newest step is the

@@ -501,6 +501,7 @@ fn record_end(cfg: &WorkerConfig, end: &party_pb::Committed, complete: bool) {
         run: end.run_id.clone(),
         steps: end.steps,
         complete,
+        done: Vec::new(),
     };
     if let Err(e) = sd.save_end(&rec) {
         tracing::warn!(error = %e, "could not record the job's end");

@@ -394,6 +394,17 @@ fn shard_saving(
     dir: &std::path::Path,
     every: u64,
 ) -> (ShardAddrs, tokio::task::JoinHandle<Result<u64, TrainError>>) {
+    shard_saving_for(rt, spec, dir, every, 1)
+}
+
+/// [`shard_saving`] for `workers` workers.
+fn shard_saving_for(
+    rt: &tokio::runtime::Runtime,
+    spec: &ModelSpec,
+    dir: &std::path::Path,
+    every: u64,
+    workers: usize,
+) -> (ShardAddrs, tokio::task::JoinHandle<Result<u64, TrainError>>) {
     use vfl_trainer::sharded::state::StateDir;
     let (leader_tls, _) = parties();
     let fp = spec.fingerprint();
@@ -402,7 +413,7 @@ fn shard_saving(
         .block_on(listen_shard(
             "127.0.0.1:0",
             PartyRole::Leader,
-            (MAX, 1),
+            (MAX, workers),
             leader_tls.clone(),
         ))
         .unwrap();
@@ -416,14 +427,14 @@ fn shard_saving(
     let cfg = ShardConfig {
         index: 0,
         shards: 1,
-        workers: 1,
+        workers,
         model_fingerprint: fp,
         peer_timeout: Duration::from_secs(10),
         state: Some(state),
         checkpoint_every: every,
         max_message: MAX,
     };
-    let shard = Shard::new(spec, Role::Leader, 0, Placement::new(1).unwrap(), 1).unwrap();
+    let shard = Shard::new(spec, Role::Leader, 0, Placement::new(1).unwrap(), workers).unwrap();
     (at, rt.spawn(serve::run(cfg, shard, listener)))
 }
 
@@ -557,7 +568,7 @@ fn a_shard_refuses_the_done_of_a_worker_outside_the_run() {
 }
 
 /// The record a shard of [`shard_saving`] keeps of the job's end.
-fn shard_end_record(spec: &ModelSpec, dir: &std::path::Path, complete: bool) {
+fn shard_end_record(spec: &ModelSpec, dir: &std::path::Path, complete: bool, done: Vec<u32>) {
     use vfl_trainer::sharded::state::{JobEnd, StateDir};
     let state = StateDir::new(
         dir,
@@ -570,6 +581,7 @@ fn shard_end_record(spec: &ModelSpec, dir: &std::path::Path, complete: bool) {
             run: "r1".into(),
             steps: 0,
             complete,
+            done,
         })
         .unwrap();
 }
@@ -579,7 +591,7 @@ fn a_shard_that_recorded_the_whole_end_ends_at_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let spec = small_wide_n_deep();
     let tmp = tempfile::tempdir().unwrap();
-    shard_end_record(&spec, tmp.path(), true);
+    shard_end_record(&spec, tmp.path(), true, vec![0]);
     let (_, task) = shard_saving(&rt, &spec, tmp.path(), 5);
     let ended = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
     assert_eq!(ended.expect("ended at once").unwrap().unwrap(), 0);
@@ -591,7 +603,7 @@ fn a_shard_that_recorded_the_end_refuses_a_join_and_takes_the_rest_of_the_done()
     let rt = tokio::runtime::Runtime::new().unwrap();
     let spec = small_wide_n_deep();
     let tmp = tempfile::tempdir().unwrap();
-    shard_end_record(&spec, tmp.path(), false);
+    shard_end_record(&spec, tmp.path(), false, Vec::new());
     let (at, task) = shard_saving(&rt, &spec, tmp.path(), 5);
     let e = RemoteShards::connect(rt.handle().clone(), &at, (0..1, 1), (&spec.fingerprint(), 0, 5, "r1"))
         .expect_err("nothing trains after the end")
@@ -621,4 +633,19 @@ fn a_restarted_shard_refuses_the_done_of_a_run_it_has_no_state_of() {
     );
     tell_done(rt.handle(), &at, 0, (0, "r1")).unwrap();
     assert_eq!(rt.block_on(task).unwrap().unwrap(), 0);
+}
+
+#[test]
+fn a_restarted_shard_waits_only_for_the_done_it_has_not_taken() {
+    use vfl_trainer::sharded::remote::tell_done;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = small_wide_n_deep();
+    let tmp = tempfile::tempdir().unwrap();
+    // Worker 0's Done came before the restart; worker 1's is the last one.
+    shard_end_record(&spec, tmp.path(), false, vec![0]);
+    let (at, task) = shard_saving_for(&rt, &spec, tmp.path(), 5, 2);
+    tell_done(rt.handle(), &at, 1, (0, "r1")).unwrap();
+    // It ends at once (its peer timeout is 10 s).
+    let ended = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+    assert_eq!(ended.expect("ended at once").unwrap().unwrap(), 0);
 }
