@@ -21,7 +21,8 @@ struct ShardProcess {
     child: std::process::Child,
     addr: String,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-    /// What its killed earlier incarnations printed.
+    /// What was read of its output already (lines read while waiting for
+    /// a trigger, and what its killed earlier incarnations printed).
     before: Vec<String>,
 }
 
@@ -357,7 +358,6 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
             .procs
             .push(spawn("follower worker", &format!("follower-worker-{w}"), &a, false)?);
     }
-    let mut coordinator_lines = Vec::new();
     if let Some((victim, at)) = job.kill {
         // At the trigger: kill the victim, restart it alone.
         let (trigger, when) = at.trigger();
@@ -369,7 +369,7 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
         let mut hit = false;
         for l in coordinator.lines.by_ref().map_while(Result::ok) {
             hit = l.starts_with(trigger);
-            coordinator_lines.push(l);
+            coordinator.before.push(l);
             if hit {
                 break;
             }
@@ -379,10 +379,6 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
             shards.procs.iter_mut().find(|p| p.label == victim).with_context(|| {
                 format!("no process {victim} (coordinator, leader-shard-0, follower-worker-1, ...)")
             })?;
-        if p.label == "coordinator" {
-            // The lines before the kill are the first process's.
-            p.before = std::mem::take(&mut coordinator_lines);
-        }
         let ended = p.child.try_wait()?.is_some();
         kill_and_restart(p)?;
         let note = if ended { " (it had just ended)" } else { "" };
@@ -393,9 +389,6 @@ pub fn run_job(work: &Path, spec: &ModelSpec, job: &Job<'_>) -> anyhow::Result<J
     let mut failed = Vec::new();
     for mut p in std::mem::take(&mut shards.procs) {
         let mut lines = std::mem::take(&mut p.before);
-        if p.label == "coordinator" {
-            lines.append(&mut coordinator_lines);
-        }
         lines.extend(p.lines.by_ref().map_while(Result::ok));
         let status = p.child.wait()?;
         if !status.success() {

@@ -655,11 +655,8 @@ pub async fn run(cfg: CoordinatorConfig, mut listener: CoordinatorListener) -> R
     }
     // A fresh run's start is a checkpoint too (its run id survives a
     // restart of this process before the first one).
-    if let Some(sd) = &cfg.state
-        && sd.steps().is_empty()
-    {
-        let json = serde_json::to_vec(&machine.position()).map_err(StoreError::encode("coordinator position"))?;
-        sd.save_bytes(0, &json)?;
+    if cfg.state.as_ref().is_some_and(|sd| sd.steps().is_empty()) {
+        save_position(&cfg, &machine.position())?;
     }
     let (ev_tx, mut events) = mpsc::channel::<Event<WMsg>>(64);
     let mut conns: BTreeMap<u64, Conn> = BTreeMap::new();

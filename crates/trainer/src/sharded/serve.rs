@@ -63,20 +63,23 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
         Some(sd) => sd.load_end()?,
         None => None,
     };
-    let all_done = |e: &super::state::JobEnd| {
-        let done: std::collections::BTreeSet<u32> =
-            e.done.iter().copied().filter(|&w| (w as usize) < cfg.workers).collect();
-        done.len() == cfg.workers
-    };
-    if let Some(end) = known.as_ref().filter(|e| e.complete || all_done(e)) {
+    // The job's end, once a worker said it is recorded (or this shard did
+    // before a restart: it then takes only the remaining Done).
+    let mut end: Option<Tally> = known.as_ref().map(|k| Tally {
+        steps: k.steps,
+        workers: k.done.iter().copied().filter(|&w| (w as usize) < cfg.workers).collect(),
+    });
+    if let Some(k) = known.as_ref()
+        && (k.complete || end.as_ref().is_some_and(|e| e.workers.len() == cfg.workers))
+    {
         // Every worker's Done was in: nothing is left to do.
-        tracing::info!(step = end.steps, "the job had ended, every worker's Done was in");
+        tracing::info!(step = k.steps, "the job had ended, every worker's Done was in");
         let _ = tokio::time::timeout(cfg.peer_timeout, listener.shutdown()).await;
-        return Ok(end.steps);
+        return Ok(k.steps);
     }
     // The run the joined workers are of (its id binds the saved state;
-    // the first Join names it, and the step to load).
-    let mut run: Option<String> = None;
+    // the first Join names it, and the step to load; or the recorded end).
+    let mut run: Option<String> = known.map(|k| k.run);
     let (ev_tx, mut events) = mpsc::channel::<Event<WMsg>>(64);
     let mut conns: Conns = BTreeMap::new();
     let mut next_conn = 0u64;
@@ -88,16 +91,6 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
     // A worker was lost: the others were told, and the shard waits for the
     // job to rejoin (restarted from its checkpoint).
     let mut restarting = false;
-    // The job's end, once a worker said it is recorded (or this shard did
-    // before a restart: it then takes only the remaining Done).
-    let mut end: Option<JobEnd> = None;
-    if let Some(k) = &known {
-        run = Some(k.run.clone());
-        end = Some(JobEnd {
-            steps: k.steps,
-            workers: k.done.iter().copied().filter(|&w| (w as usize) < cfg.workers).collect(),
-        });
-    }
     let result = loop {
         tokio::select! {
             s = listener.streams.recv() => {
@@ -270,7 +263,7 @@ pub async fn run(cfg: ShardConfig, mut shard: Shard, mut listener: ShardListener
 /// Records the job's end and the workers whose `Done` is in (`complete`:
 /// every worker's, or no more is awaited). A record that cannot be
 /// written only costs a later restart its shortcut: warned, not failed.
-fn record_end(cfg: &ShardConfig, run: Option<&str>, e: &JobEnd, complete: bool) {
+fn record_end(cfg: &ShardConfig, run: Option<&str>, e: &Tally, complete: bool) {
     let Some(sd) = &cfg.state else { return };
     let end = super::state::JobEnd {
         run: run.unwrap_or_default().to_string(),
@@ -284,7 +277,7 @@ fn record_end(cfg: &ShardConfig, run: Option<&str>, e: &JobEnd, complete: bool) 
 }
 
 /// The job's end as the workers' `Done` tell it.
-struct JobEnd {
+struct Tally {
     steps: u64,
     workers: std::collections::BTreeSet<u32>,
 }
@@ -293,7 +286,7 @@ struct JobEnd {
 /// a new one); returns how many workers' are in.
 fn job_end(
     cfg: &ShardConfig,
-    (run, end): (&mut Option<String>, &mut Option<JobEnd>),
+    (run, end): (&mut Option<String>, &mut Option<Tally>),
     joined: Option<u32>,
     d: &party_pb::Done,
 ) -> Result<usize, TrainError> {
@@ -331,7 +324,7 @@ fn job_end(
         }
         None => *run = Some(d.run_id.clone()),
     }
-    let e = end.get_or_insert_with(|| JobEnd {
+    let e = end.get_or_insert_with(|| Tally {
         steps: d.steps,
         workers: Default::default(),
     });

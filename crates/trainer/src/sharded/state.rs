@@ -239,29 +239,40 @@ impl StateDir {
 
     /// Saves `bytes` (the coordinator's position) as step `step`'s state.
     pub fn save_bytes(&self, step: u64, bytes: &[u8]) -> Result<(), TrainError> {
-        std::fs::create_dir_all(&self.dir).map_err(StoreError::io(&self.dir))?;
-        let path = self.path(None, step);
-        match &self.sealer {
-            Some(s) => s.seal_to_file(&path, &self.context(None, step), bytes)?,
-            None => vfl_fs::write_bytes(&path, bytes, vfl_fs::Access::Private).map_err(StoreError::io(&path))?,
-        }
+        self.write(&self.path(None, step), &self.context(None, step), bytes)?;
         self.prune(None);
         Ok(())
     }
 
     /// The bytes saved at `step`, if any.
     pub fn load_bytes(&self, step: u64) -> Result<Option<Vec<u8>>, TrainError> {
-        let path = self.path(None, step);
+        self.read(&self.path(None, step), &self.context(None, step))
+    }
+
+    /// Writes `bytes` to `path` atomically, sealed under `ctx` when the
+    /// party seals.
+    fn write(&self, path: &Path, ctx: &Context, bytes: &[u8]) -> Result<(), TrainError> {
+        std::fs::create_dir_all(&self.dir).map_err(StoreError::io(&self.dir))?;
         match &self.sealer {
-            Some(s) => Ok(s.open_from_file(&path, &self.context(None, step))?.map(|(_, b)| b)),
-            None => match std::fs::read(&path) {
+            Some(s) => s.seal_to_file(path, ctx, bytes)?,
+            None => vfl_fs::write_bytes(path, bytes, vfl_fs::Access::Private).map_err(StoreError::io(path))?,
+        }
+        Ok(())
+    }
+
+    /// What [`StateDir::write`] wrote to `path`, if anything (a sealed file
+    /// without the sealer is refused).
+    fn read(&self, path: &Path, ctx: &Context) -> Result<Option<Vec<u8>>, TrainError> {
+        match &self.sealer {
+            Some(s) => Ok(s.open_from_file(path, ctx)?.map(|(_, b)| b)),
+            None => match std::fs::read(path) {
                 Ok(b) if vfl_attest::seal::is_sealed(&b) => Err(StoreError::Encrypted {
                     path: path.display().to_string(),
                 }
                 .into()),
                 Ok(b) => Ok(Some(b)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(StoreError::io(&path)(e)),
+                Err(e) => Err(StoreError::io(path)(e)),
             },
         }
     }
@@ -283,34 +294,16 @@ impl StateDir {
     /// atomically, sealed when the party seals). A state directory holds
     /// one job: once its end is recorded the process does not train again.
     pub fn save_end(&self, end: &JobEnd) -> Result<(), TrainError> {
-        std::fs::create_dir_all(&self.dir).map_err(StoreError::io(&self.dir))?;
-        let path = self.end_path();
         let bytes = serde_json::to_vec(end).map_err(StoreError::encode("the job's end"))?;
-        match &self.sealer {
-            Some(s) => s.seal_to_file(&path, &self.end_context(), &bytes)?,
-            None => vfl_fs::write_bytes(&path, &bytes, vfl_fs::Access::Private).map_err(StoreError::io(&path))?,
-        }
-        Ok(())
+        self.write(&self.end_path(), &self.end_context(), &bytes)
     }
 
     /// The job's end as this process recorded it, if it did.
     pub fn load_end(&self) -> Result<Option<JobEnd>, TrainError> {
         let path = self.end_path();
-        let bytes = match &self.sealer {
-            Some(s) => s.open_from_file(&path, &self.end_context())?.map(|(_, b)| b),
-            None => match std::fs::read(&path) {
-                Ok(b) if vfl_attest::seal::is_sealed(&b) => {
-                    return Err(StoreError::Encrypted {
-                        path: path.display().to_string(),
-                    }
-                    .into());
-                }
-                Ok(b) => Some(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(StoreError::io(&path)(e)),
-            },
+        let Some(bytes) = self.read(&path, &self.end_context())? else {
+            return Ok(None);
         };
-        let Some(bytes) = bytes else { return Ok(None) };
         let end: JobEnd = serde_json::from_slice(&bytes).map_err(|e| StoreError::Binding {
             path: path.display().to_string(),
             key: "the job's end".into(),

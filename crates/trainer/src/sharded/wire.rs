@@ -33,8 +33,10 @@ pub fn pad<M: Message>(msg: &mut M, limit: usize, mut set: impl FnMut(&mut M, Ve
     let mut target = bucket(base, limit);
     while target > base {
         for empty in 0..3usize {
-            // The field's tags and length prefixes come on top.
-            let mut k = (target - base).saturating_sub(2 * empty);
+            // The field's tags and length prefixes come on top (a first
+            // guess; an enclosing message's length prefix may grow too).
+            let room = (target - base).saturating_sub(2 * empty);
+            let mut k = room.saturating_sub(1 + prost::encoding::encoded_len_varint(room as u64));
             for _ in 0..4 {
                 let mut fill = vec![vec![0; k]];
                 fill.extend(std::iter::repeat_n(Vec::new(), empty));

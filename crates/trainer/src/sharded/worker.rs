@@ -85,6 +85,14 @@ pub struct WorkerConfig {
     pub state: Option<super::state::StateDir>,
 }
 
+impl WorkerConfig {
+    /// How often long end-of-job work sends a heartbeat: a quarter of the
+    /// peer timeout.
+    fn heartbeat(&self) -> Duration {
+        (self.peer_timeout / 4).max(Duration::from_millis(100))
+    }
+}
+
 /// Where and how worker pair 0 exports its party's trained model (the
 /// single pair's export format, `checkpoint::export`).
 pub struct ExportTo {
@@ -789,7 +797,7 @@ fn lead(
     // workers waiting for the end) and this pair's follower worker from
     // taking this worker for lost: a heartbeat every quarter of the peer
     // timeout.
-    let every = (cfg.peer_timeout / 4).max(Duration::from_millis(100));
+    let every = cfg.heartbeat();
     let mut last = std::time::Instant::now();
     let mut beat = |peer: &LeaderPeer| -> Result<(), TrainError> {
         if last.elapsed() >= every {
@@ -1087,7 +1095,14 @@ pub fn run_follower(
             batch_size: cfg.batch_size as u32,
         }),
     )?;
-    let result = follow(spec, cfg, shards, &mut peer, (data, export, security), &mut eval);
+    let result = follow(
+        spec,
+        cfg,
+        shards,
+        &mut peer,
+        (data, export, security),
+        (&mut eval, known.as_ref()),
+    );
     if let Err(e) = &result {
         let _ = peer.outbound.try_send(party_pb::FollowerWorkerMessage {
             msg: Some(FMsg::Failure(vfl_bridge::sanitize(&e.to_string(), 1000))),
@@ -1111,7 +1126,7 @@ fn follow(
     shards: &ShardAddrs,
     peer: &mut FollowerPeer,
     (data, export, security): (&dyn PartyBlocks, Option<&ExportTo>, &Security),
-    eval: &mut Option<&mut dyn BatchSource>,
+    (eval, known): (&mut Option<&mut dyn BatchSource>, Option<&super::state::JobEnd>),
 ) -> Result<WorkerOutcome, TrainError> {
     let w = cfg.worker;
     // The step the job resumes from, as the leader's coordinator decided.
@@ -1132,43 +1147,41 @@ fn follow(
             follower: release,
         });
     }
+    // A state directory holds one job: a recorded end admits only the
+    // same end.
+    if let Some(own) = known
+        && !(welcome.committed && own.run == welcome.run_id && own.steps == steps)
+    {
+        let offered = if welcome.committed {
+            format!(
+                "the end of run {} after step {steps}",
+                vfl_bridge::sanitize(&welcome.run_id, 64)
+            )
+        } else {
+            format!("a job resuming at step {steps}")
+        };
+        return Err(TrainError::Unexpected {
+            expected: "the end of the job this worker's state records",
+            got: format!(
+                "{offered} (this worker recorded the end of run {} after step {}; a new job needs a new state directory)",
+                vfl_bridge::sanitize(&own.run, 64),
+                own.steps
+            ),
+        });
+    }
     if welcome.committed {
         // The job's end was recorded before this attempt (it restarted
         // after it): nothing to train; the shards are told on new streams.
-        if let Some(own) = recorded_end(cfg)?
-            && (own.run != welcome.run_id || own.steps != steps)
-        {
-            return Err(TrainError::Unexpected {
-                expected: "the end of the job this worker's state records",
-                got: format!(
-                    "the end of run {} after step {steps} (this worker recorded run {} after step {})",
-                    vfl_bridge::sanitize(&welcome.run_id, 64),
-                    vfl_bridge::sanitize(&own.run, 64),
-                    own.steps
-                ),
-            });
-        }
         tracing::info!(step = steps, "the job's end was recorded before this attempt");
         let end = party_pb::Committed {
             steps,
             run_id: welcome.run_id.clone(),
         };
-        record_end(cfg, &end, false);
-        let told = super::remote::tell_done(&peer.rt, shards, w, (steps, &welcome.run_id));
-        end_follower_part(peer, told, steps);
-        record_end(cfg, &end, true);
-        return Ok(ended_before(&end));
-    }
-    if let Some(end) = recorded_end(cfg)? {
-        // A state directory holds one job.
-        return Err(TrainError::Unexpected {
-            expected: "the end of the job this worker's state records",
-            got: format!(
-                "a job resuming at step {steps} (this worker recorded the end of run {} after step {}; a new job needs a new state directory)",
-                vfl_bridge::sanitize(&end.run, 64),
-                end.steps
-            ),
+        let rt = peer.rt.clone();
+        end_follower_part(cfg, peer, &end, || {
+            super::remote::tell_done(&rt, shards, w, (steps, &welcome.run_id))
         });
+        return Ok(ended_before(&end));
     }
     let mut party = FollowerParty::new(spec, cfg.threads)?;
     party.set_update_mode(UpdateMode::Collect);
@@ -1275,10 +1288,9 @@ fn follow(
                     ));
                 }
                 let tensors = party.model_mut().tensors_mut();
-                let every = (cfg.peer_timeout / 4).max(Duration::from_millis(100));
                 let working = party_pb::Finished { steps: step };
                 let exported = beating(
-                    every,
+                    cfg.heartbeat(),
                     || write_export(export, (&welcome.run_id, step, &release), (spec, cfg), tensors),
                     || to_leader(peer, FMsg::Working(working)),
                 )??;
@@ -1293,10 +1305,7 @@ fn follow(
                         other => return Err(unexpected("the job's end (Committed)", name_l(&other))),
                     }
                 };
-                record_end(cfg, &end, false);
-                let told = own.done(step, &welcome.run_id);
-                end_follower_part(peer, told, step);
-                record_end(cfg, &end, true);
+                end_follower_part(cfg, peer, &end, || own.done(step, &welcome.run_id));
                 return Ok(WorkerOutcome {
                     steps: step,
                     examples,
@@ -1311,16 +1320,24 @@ fn follow(
     }
 }
 
-/// A follower worker's last part after the job's end: its shards were
-/// told (`told`), its leader worker hears `Finished` and ends the stream.
-/// Nothing here fails the worker (the end is recorded).
-fn end_follower_part(peer: &mut FollowerPeer, told: Result<(), TrainError>, steps: u64) {
-    if let Err(e) = told {
+/// A follower worker's part after the job's `end`: recorded, its shards
+/// told (`tell`), its leader worker hears `Finished` and ends the stream,
+/// then recorded complete. Nothing here fails the worker (the end is
+/// recorded).
+fn end_follower_part(
+    cfg: &WorkerConfig,
+    peer: &mut FollowerPeer,
+    end: &party_pb::Committed,
+    tell: impl FnOnce() -> Result<(), TrainError>,
+) {
+    record_end(cfg, end, false);
+    if let Err(e) = tell() {
         tracing::warn!(error = %e, "not every shard took the job's end");
     }
-    if to_leader(peer, FMsg::Finished(party_pb::Finished { steps })).is_ok() {
+    if to_leader(peer, FMsg::Finished(party_pb::Finished { steps: end.steps })).is_ok() {
         peer.await_close();
     }
+    record_end(cfg, end, true);
 }
 
 fn name_f(m: &FMsg) -> String {
