@@ -402,6 +402,84 @@ mod tests {
         assert_eq!((d.shard_steps("r1"), d.shard_steps("r2")), (vec![], vec![0]));
     }
 
+    fn end() -> JobEnd {
+        JobEnd {
+            run: "r1".into(),
+            steps: 96,
+            complete: false,
+            done: vec![0, 2],
+        }
+    }
+
+    fn sealed(tmp: &Path, process: &str) -> StateDir {
+        let sealer = Sealer::from_key([7; 32], "test").unwrap();
+        StateDir::new(tmp, ("app", Role::Follower, "m", "p"), process, Some(Arc::new(sealer)))
+    }
+
+    #[test]
+    fn an_end_record_round_trips_plain_and_sealed() {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in [dir(tmp.path(), "worker-0"), sealed(tmp.path(), "worker-1")] {
+            assert_eq!(d.load_end().unwrap(), None);
+            d.save_end(&end()).unwrap();
+            assert_eq!(d.load_end().unwrap(), Some(end()));
+        }
+        // An older record (without the workers' Done) still reads.
+        std::fs::write(
+            tmp.path().join("worker-0/end.json"),
+            br#"{"run":"r1","steps":3,"complete":true}"#,
+        )
+        .unwrap();
+        let old = dir(tmp.path(), "worker-0").load_end().unwrap().unwrap();
+        assert!(old.complete && old.done.is_empty());
+    }
+
+    #[test]
+    fn a_sealed_end_record_of_another_process_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        sealed(tmp.path(), "shard-1").save_end(&end()).unwrap();
+        std::fs::rename(tmp.path().join("shard-1"), tmp.path().join("shard-2")).unwrap();
+        let e = sealed(tmp.path(), "shard-2").load_end().unwrap_err();
+        assert!(matches!(e, TrainError::Seal(_)), "{e}");
+    }
+
+    #[test]
+    fn a_sealed_end_record_without_the_key_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        sealed(tmp.path(), "coordinator").save_end(&end()).unwrap();
+        let e = dir(tmp.path(), "coordinator").load_end().unwrap_err();
+        assert!(matches!(e, TrainError::Store(StoreError::Encrypted { .. })), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_end_record_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path(), "worker-0");
+        d.save_end(&end()).unwrap();
+        std::fs::write(tmp.path().join("worker-0/end.json"), b"{\"run\":7}").unwrap();
+        let e = d.load_end().unwrap_err();
+        assert!(
+            matches!(&e, TrainError::Store(StoreError::Binding { key, .. }) if key == "the job's end"),
+            "{e}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_end_record_round_trips(
+            run in "[a-z0-9-]{0,40}",
+            steps in proptest::prelude::any::<u64>(),
+            complete in proptest::prelude::any::<bool>(),
+            done in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..8),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = dir(tmp.path(), "shard-0");
+            let e = JobEnd { run, steps, complete, done };
+            d.save_end(&e).unwrap();
+            proptest::prop_assert_eq!(d.load_end().unwrap(), Some(e));
+        }
+    }
+
     #[test]
     fn bytes_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
